@@ -1,0 +1,193 @@
+"""
+Backends (an endpoint with counters and a state) and the pool of one proxy, which
+asks the balancer for a backend and keeps track of failures.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+
+UP = "up"
+DISABLED = "disabled"
+
+
+@implementer(IBackendInfo)
+class Backend:
+    """
+    One backend of a proxy, with the counters and state the status page shows.
+
+    @ivar active: sessions assigned to it now, including those still connecting.
+    @ivar connected: successful connects, ever.
+    @ivar failed: failed connects (refused, timed out, unresolvable), ever.
+    @ivar bytesIn: bytes received from the backend (relayed to clients).
+    @ivar bytesOut: bytes sent to the backend (received from clients).
+    @ivar lastError: the most recent connect failure, in words, or C{""}.
+    @ivar disabledUntil: the reactor time until which a connect failure keeps
+        the backend out of rotation.
+    """
+
+    def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.label = config.label
+        self.key = config.endpoint
+        self.weight = config.weight
+        self.active = 0
+        self.connected = 0
+        self.failed = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.lastError = ""
+        self.disabledUntil = 0.0
+
+    def stateAt(self, now: float) -> str:
+        """
+        The backend's state at reactor time C{now}: C{"up"} or C{"disabled"}.
+        """
+        return DISABLED if now < self.disabledUntil else UP
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.label!r} {self.key}>"
+
+
+class BackendPool:
+    """
+    The backends of one proxy, its balancer, and its per-proxy counters.
+
+    @ivar accepted: client connections accepted, ever.
+    @ivar active: sessions open now.
+    @ivar refused: client connections closed because no backend was available.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        backends: Iterable[Backend],
+        balancer: IBalancer,
+        clock: IReactorTime,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.backends = list(backends)
+        self.balancer = balancer
+        self.clock = clock
+        self.accepted = 0
+        self.active = 0
+        self.refused = 0
+        self._allDown = False
+
+    @classmethod
+    def fromConfig(
+        cls, config: ProxyConfig, balancer: IBalancer, reactor: IReactorTime
+    ) -> "BackendPool":
+        """
+        Build a pool whose backends connect through C{reactor}, from endpoint
+        strings parsed once, here, rather than per connection.
+        """
+        backends = [
+            Backend(b, clientFromString(reactor, b.endpoint)) for b in config.backends
+        ]
+        return cls(config, backends, balancer, reactor)
+
+    def pick(
+        self, connection: IConnectionInfo, exclude: "set[Backend] | frozenset[Backend]" = frozenset()
+    ) -> Optional[Backend]:
+        """
+        Choose a backend for C{connection} among those available now, leaving
+        out C{exclude} (those this session already failed to reach).
+
+        The chosen backend's C{active} count is raised at once, so that
+        concurrent choices see it. When nothing is available, the "all
+        backends down" error is logged once until a backend answers again.
+        """
+        now = self.clock.seconds()
+        candidates = [
+            b for b in self.backends if b not in exclude and now >= b.disabledUntil
+        ]
+        chosen = self.balancer.choose(candidates, connection) if candidates else None
+        if chosen is None:
+            if not self._allDown:
+                self._allDown = True
+                self.log.error(
+                    "proxy {proxy}: all backends down, closing client connections "
+                    "until one answers again",
+                    proxy=self.name,
+                )
+            return None
+        backend = chosen if isinstance(chosen, Backend) else self._own(chosen)
+        backend.active += 1
+        return backend
+
+    def _own(self, chosen: IBackendInfo) -> Backend:
+        # A third-party balancer may hand back a proxy object; map it back.
+        for backend in self.backends:
+            if backend.key == chosen.key:
+                return backend
+        raise ValueError(f"balancer returned {chosen!r}, which is not a candidate")
+
+    def connectFailed(self, backend: Backend, reason: Failure) -> None:
+        """
+        Record a failed connect: count it and disable the backend for its
+        disable-time.
+        """
+        backend.active -= 1
+        backend.failed += 1
+        backend.lastError = describeFailure(reason, backend.config.connectTimeout)
+        backend.disabledUntil = self.clock.seconds() + backend.config.disableTime
+        self.log.error(
+            "proxy {proxy}: connecting to backend {label} ({endpoint}) failed: "
+            "{error}; disabled for {seconds}s",
+            proxy=self.name,
+            label=backend.label,
+            endpoint=backend.key,
+            error=backend.lastError,
+            seconds=backend.config.disableTime,
+        )
+
+    def connectSucceeded(self, backend: Backend) -> None:
+        """
+        Record a successful connect.
+        """
+        backend.connected += 1
+        if self._allDown:
+            self._allDown = False
+            self.log.info(
+                "proxy {proxy}: backend {label} answers again", proxy=self.name,
+                label=backend.label,
+            )
+
+    def released(self, backend: Backend) -> None:
+        """
+        A session that had connected to C{backend} is over.
+        """
+        backend.active -= 1
+
+
+def describeFailure(reason: Failure, connectTimeout: float) -> str:
+    """
+    A one-line description of why a connect failed.
+    """
+    from twisted.internet import defer, error
+
+    if reason.check(defer.TimeoutError, error.TimeoutError):
+        return f"connect timeout after {connectTimeout:g}s"
+    value = reason.value
+    if reason.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if reason.check(error.DNSLookupError):
+        return f"cannot resolve: {value}"
+    if isinstance(value, OSError) and value.strerror:
+        return value.strerror
+    text = str(value).strip()
+    return text or reason.type.__name__  # type: ignore[union-attr]

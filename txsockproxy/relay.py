@@ -1,0 +1,475 @@
+"""
+The relay: one L{Session} per client connection, joining a frontend protocol (the
+client's) and a backend protocol built by a L{BackendFactory} (a ClientFactory)
+connected through the backend's endpoint.
+
+Rules the session keeps:
+ - Until the backend is connected, at most C{HOLD_LIMIT} bytes are read from the
+   client and held; then the client is paused. Reading that little lets the proxy
+   see the client leave while the connect is pending, and cancel it.
+ - Once connected, each transport is the other's streaming producer, so a slow
+   reader pauses the fast writer: memory per session stays bounded.
+ - EOF from one side becomes C{loseWriteConnection()} on the other; the other
+   direction keeps flowing. The session ends when both directions are done, or
+   at once on an error or reset from either side.
+ - A connect failure disables that backend and the session moves on to the next
+   one the balancer picks; when none is left the client is closed at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsockproxy.interfaces import IConnectionInfo
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from txsockproxy.backends import Backend, BackendPool
+
+# Bytes read from a client and held while the backend connect is pending.
+HOLD_LIMIT = 65536
+
+
+@implementer(IConnectionInfo)
+class ConnectionInfo:
+    """
+    What a balancer knows of a client connection.
+    """
+
+    def __init__(
+        self, peer: IAddress, local: IAddress, serverName: Optional[str] = None
+    ) -> None:
+        self.peer = peer
+        self.local = local
+        self.serverName = serverName
+
+    def __repr__(self) -> str:
+        return f"<ConnectionInfo peer={self.peer} local={self.local} sni={self.serverName}>"
+
+
+class ProxyFactory(ServerFactory):
+    """
+    The ServerFactory of one listen endpoint of a proxy: every connection it
+    accepts becomes a L{Session} drawing on the proxy's L{BackendPool}.
+    """
+
+    noisy = False
+
+    def __init__(self, pool: "BackendPool", reactor: IReactorTime, debug: int = 0) -> None:
+        self.pool = pool
+        self.reactor = reactor
+        self.debug = debug
+        self.idleTimeout = pool.config.idleTimeout
+        self.halfClosedTimeout = pool.config.halfClosedTimeout
+
+    def buildProtocol(self, addr: IAddress) -> "FrontendProtocol":
+        return FrontendProtocol(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class FrontendProtocol(Protocol):
+    """
+    The client's side of a session.
+    """
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.factory = factory
+        self.session: Optional[Session] = None
+
+    def connectionMade(self) -> None:
+        self.session = Session(self.factory, self)
+        self.session.start()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.fromClient(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.session.clientEOF()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.session is not None:
+            self.session.clientLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class BackendProtocol(Protocol):
+    """
+    The backend's side of a session.
+    """
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    def connectionMade(self) -> None:
+        self.session.backendConnected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.fromBackend(data)
+
+    def readConnectionLost(self) -> None:
+        self.session.backendEOF()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.session.backendLost(reason)
+
+
+class BackendFactory(ClientFactory):
+    """
+    Builds the backend protocol of one session; connected through the
+    backend's endpoint.
+    """
+
+    noisy = False
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    def buildProtocol(self, addr: IAddress) -> BackendProtocol:
+        return BackendProtocol(self.session)
+
+
+class Session:
+    """
+    One proxied connection: a client, and the backend chosen for it.
+
+    @ivar ended: why the session ended (e.g. C{"client closed"}), once it has.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: ProxyFactory, client: FrontendProtocol) -> None:
+        self.factory = factory
+        self.pool = factory.pool
+        self.clock = factory.reactor
+        self.client = client
+        self.clientTransport: Any = client.transport
+        self.backend: Optional[Backend] = None
+        self.backendProtocol: Optional[BackendProtocol] = None
+        self.backendTransport: Any = None
+        self.connecting: Optional[defer.Deferred[Any]] = None
+        self.tried: set[Backend] = set()
+        self.held: list[bytes] = []
+        self.heldSize = 0
+        self.clientPaused = False
+        self.clientDone = False  # the client sent EOF
+        self.backendDone = False  # the backend sent EOF
+        self.clientGone = False  # the client transport is closed
+        self.backendGone = False  # the backend transport is closed
+        self.bytesFromClient = 0
+        self.bytesFromBackend = 0
+        self.ended: Optional[str] = None
+        self.finished = False
+        self.started = self.clock.seconds()
+        self._timer: Optional[IDelayedCall] = None
+        self._timeout = 0.0
+        self._timeoutReason = ""
+        self._lastActivity = self.started
+        self.connection = ConnectionInfo(
+            self.clientTransport.getPeer(), self.clientTransport.getHost()
+        )
+
+    # -- connecting ---------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Account for the new client and start connecting to a backend.
+        """
+        self.pool.accepted += 1
+        self.pool.active += 1
+        self._connectNext()
+
+    def _connectNext(self) -> None:
+        backend = self.pool.pick(self.connection, self.tried)
+        if backend is None:
+            self.pool.refused += 1
+            self.ended = "all backends down"
+            self.clientTransport.loseConnection()
+            return
+        self.backend = backend
+        self.tried.add(backend)
+        if self.factory.debug >= 1:
+            self.log.info(
+                "proxy {proxy}: {client} -> backend {label}",
+                proxy=self.pool.name, client=_address(self.connection.peer),
+                label=backend.label,
+            )
+        if self.factory.debug >= 2:
+            self.log.info(
+                "proxy {proxy}: connecting to {endpoint}",
+                proxy=self.pool.name, endpoint=backend.key,
+            )
+        d = backend.endpoint.connect(BackendFactory(self))
+        d.addTimeout(backend.config.connectTimeout, self.clock)
+        self.connecting = d
+        d.addErrback(self._connectFailed, backend)
+
+    def _connectFailed(self, reason: Failure, backend: "Backend") -> None:
+        self.connecting = None
+        if self.clientGone:
+            # We cancelled it ourselves: the client left.
+            backend.active -= 1
+            return
+        self.pool.connectFailed(backend, reason)
+        self.backend = None
+        self._connectNext()
+
+    def backendConnected(self, protocol: BackendProtocol) -> None:
+        """
+        The backend accepted the connection: flush what the client sent
+        meanwhile and join the two transports.
+        """
+        self.connecting = None
+        backend = self.backend
+        if self.clientGone or backend is None:
+            # The connect was cancelled, but the endpoint connected anyway.
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.pool.connectSucceeded(backend)
+        if self.factory.debug >= 2:
+            self.log.info(
+                "proxy {proxy}: connected to backend {label} for {client}",
+                proxy=self.pool.name, label=backend.label,
+                client=_address(self.connection.peer),
+            )
+        self.backendProtocol = protocol
+        bt = self.backendTransport = protocol.transport
+        ct = self.clientTransport
+        if self.held:
+            backend.bytesOut += self.heldSize
+            bt.writeSequence(self.held)
+            self.held = []
+            self.heldSize = 0
+        ct.registerProducer(bt, True)
+        if self.clientDone:
+            bt.loseWriteConnection()
+        else:
+            bt.registerProducer(ct, True)
+            if self.clientPaused:
+                self.clientPaused = False
+                ct.resumeProducing()
+        self._updateTimer()
+
+    # -- relaying -----------------------------------------------------------
+
+    def fromClient(self, data: bytes) -> None:
+        """
+        Bytes from the client: to the backend, or held until it connects.
+        """
+        self.bytesFromClient += len(data)
+        if self._timeout:
+            self._lastActivity = self.clock.seconds()
+        bt = self.backendTransport
+        if bt is not None:
+            self.backend.bytesOut += len(data)  # type: ignore[union-attr]
+            bt.write(data)
+            return
+        self.held.append(data)
+        self.heldSize += len(data)
+        if self.heldSize >= HOLD_LIMIT and not self.clientPaused:
+            self.clientPaused = True
+            self.clientTransport.pauseProducing()
+
+    def fromBackend(self, data: bytes) -> None:
+        """
+        Bytes from the backend: to the client.
+        """
+        self.bytesFromBackend += len(data)
+        self.backend.bytesIn += len(data)  # type: ignore[union-attr]
+        if self._timeout:
+            self._lastActivity = self.clock.seconds()
+        self.clientTransport.write(data)
+
+    def clientEOF(self) -> None:
+        """
+        The client will send no more: end the write side towards the backend,
+        after what is buffered, and keep relaying the other way.
+        """
+        if self.clientDone:
+            return
+        self.clientDone = True
+        bt = self.backendTransport
+        if bt is not None and not self.backendGone:
+            # The client is done producing: unregister it first, or a paused
+            # producer would be resumed instead of the write side being shut.
+            bt.unregisterProducer()
+            bt.loseWriteConnection()
+        self._halfClosed()
+
+    def backendEOF(self) -> None:
+        """
+        The backend will send no more: end the write side towards the client,
+        and keep relaying the other way.
+        """
+        if self.backendDone:
+            return
+        self.backendDone = True
+        if not self.clientGone:
+            ct = self.clientTransport
+            ct.unregisterProducer()
+            ct.loseWriteConnection()
+        self._halfClosed()
+
+    def _halfClosed(self) -> None:
+        if self.clientDone and self.backendDone:
+            self.ended = self.ended or "closed by both"
+            self._closeBoth()
+        else:
+            self._updateTimer()
+
+    def _closeBoth(self) -> None:
+        # Both write sides are shut or shutting: close the sockets once their
+        # buffers are flushed. The timer still guards a peer that never reads.
+        if not self.clientGone:
+            self.clientTransport.loseConnection()
+        if self.backendTransport is not None and not self.backendGone:
+            self.backendTransport.loseConnection()
+        self._updateTimer()
+
+    # -- ending ---------------------------------------------------------------
+
+    def clientLost(self, reason: Failure) -> None:
+        """
+        The client connection is closed (by us, by the client, or by an error).
+        """
+        self.clientGone = True
+        if self.connecting is not None:
+            self.ended = self.ended or "client left while connecting"
+            d, self.connecting = self.connecting, None
+            d.cancel()
+        elif self.backendTransport is not None and not self.backendGone:
+            if reason.check(ConnectionDone) or self.clientDone:
+                # Everything the client sent has arrived: deliver it.
+                self.ended = self.ended or "client closed"
+                self.backendTransport.loseConnection()
+            else:
+                self.ended = self.ended or "client reset"
+                self.backendTransport.abortConnection()
+        self._maybeFinished()
+
+    def backendLost(self, reason: Failure) -> None:
+        """
+        The backend connection is closed.
+        """
+        self.backendGone = True
+        if not self.clientGone:
+            if reason.check(ConnectionDone) or self.backendDone:
+                # Everything the backend sent has arrived: deliver it.
+                self.ended = self.ended or "backend closed"
+                self.clientTransport.loseConnection()
+            else:
+                self.ended = self.ended or "backend reset"
+                self.clientTransport.abortConnection()
+        self._maybeFinished()
+
+    def _maybeFinished(self) -> None:
+        if self.finished or not self.clientGone:
+            return
+        if self.backendTransport is not None and not self.backendGone:
+            return
+        if self.connecting is not None:
+            return
+        self.finished = True
+        self._cancelTimer()
+        if self.backendTransport is not None:
+            self.pool.released(self.backend)  # type: ignore[arg-type]
+        self.pool.active -= 1
+        if self.factory.debug >= 1:
+            self.log.info(
+                "proxy {proxy}: session of {client} ended ({why}): "
+                "{up} bytes up, {down} bytes down, {duration:.3f}s",
+                proxy=self.pool.name,
+                client=_address(self.connection.peer),
+                why=self.ended or "closed",
+                up=self.bytesFromClient,
+                down=self.bytesFromBackend,
+                duration=self.clock.seconds() - self.started,
+            )
+
+    # -- timeouts -------------------------------------------------------------
+
+    def _updateTimer(self) -> None:
+        """
+        Arm the inactivity timer for the session's current phase: the idle
+        timeout while both directions flow; the shorter of it and the
+        half-closed timeout once one direction has ended.
+        """
+        idle = self.factory.idleTimeout
+        timeout, why = idle, "idle timeout"
+        if self.clientDone or self.backendDone:
+            half = self.factory.halfClosedTimeout
+            if half and (not idle or half < idle):
+                timeout, why = half, "half-closed timeout"
+        self._timeoutReason = why
+        if timeout == self._timeout:
+            return
+        self._timeout = timeout
+        self._lastActivity = self.clock.seconds()
+        self._cancelTimer()
+        if timeout:
+            self._timer = self.clock.callLater(timeout, self._checkTimeout)
+
+    def _checkTimeout(self) -> None:
+        self._timer = None
+        remaining = self._lastActivity + self._timeout - self.clock.seconds()
+        if remaining > 0:
+            self._timer = self.clock.callLater(remaining, self._checkTimeout)
+            return
+        self.ended = self._timeoutReason
+        self.log.info(
+            "proxy {proxy}: closing session of {client}: {why} ({seconds:g}s)",
+            proxy=self.pool.name, client=_address(self.connection.peer),
+            why=self.ended, seconds=self._timeout,
+        )
+        # Abort rather than close: a peer that stopped reading would
+        # otherwise keep a graceful close pending forever.
+        if self.backendTransport is not None and not self.backendGone:
+            self.backendTransport.abortConnection()
+        if not self.clientGone:
+            self.clientTransport.abortConnection()
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+
+def _address(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{name!r}" if name else "unix"
+    return str(address)
+
+
+__all__ = [
+    "BackendFactory",
+    "BackendProtocol",
+    "ConnectionInfo",
+    "FrontendProtocol",
+    "HOLD_LIMIT",
+    "ProxyFactory",
+    "Session",
+]
