@@ -90,7 +90,7 @@ class BackendPool:
     @classmethod
     def fromConfig(
         cls, config: ProxyConfig, balancer: IBalancer, reactor: IReactorTime
-    ) -> "BackendPool":
+    ) -> BackendPool:
         """
         Build a pool whose backends connect through C{reactor}, from endpoint
         strings parsed once, here, rather than per connection.
@@ -101,7 +101,7 @@ class BackendPool:
         return cls(config, backends, balancer, reactor)
 
     def pick(
-        self, connection: IConnectionInfo, exclude: "set[Backend] | frozenset[Backend]" = frozenset()
+        self, connection: IConnectionInfo, exclude: set[Backend] | frozenset[Backend] = frozenset()
     ) -> Optional[Backend]:
         """
         Choose a backend for C{connection} among those available now, leaving

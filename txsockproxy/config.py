@@ -176,7 +176,7 @@ def checkEndpoint(description: str, server: bool) -> str | None:
         return "empty endpoint string"
     parse = serverFromString if server else clientFromString
     try:
-        parse(_PlaceholderReactor(), description)  # type: ignore[arg-type]
+        parse(_PlaceholderReactor(), description)
     except Exception as e:
         reason = str(e) or e.__class__.__name__
         return f"bad {'server' if server else 'client'} endpoint {description!r}: {reason}"
@@ -331,9 +331,9 @@ class _Reader:
     ) -> float:
         if key not in table:
             return default
-        value = table[key]
-        kinds: tuple[type, ...] = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        value: Any = table[key]
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
             what = "an integer" if integer else "a number of seconds"
             self.problem(path + (key,), f"must be {what}, not {_tomlType(value)}")
             return default
@@ -423,7 +423,9 @@ def parseConfig(
         line = int(m.group(1)) if m else None
         if m:
             message = message[: m.start()].strip()
-        raise ConfigError([Problem(source, line, "", f"TOML syntax error: {message}")])
+        raise ConfigError(
+            [Problem(source, line, "", f"TOML syntax error: {message}")]
+        ) from None
     reader = _Reader(source, _LineIndex(text))
     return _buildConfig(data, reader, resolve, balancers)
 
@@ -440,12 +442,14 @@ def loadConfig(
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {e.strerror or e}")])
+        raise ConfigError(
+            [Problem(path, None, "", f"cannot read: {e.strerror or e}")]
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError([Problem(path, line, "", "not valid UTF-8")])
+        raise ConfigError([Problem(path, line, "", "not valid UTF-8")]) from None
     return parseConfig(text, path, resolve, balancers)
 
 
@@ -486,7 +490,7 @@ def _checkUnique(
     reader: _Reader, paths: Sequence[tuple[Any, ...]], values: Sequence[str], what: str
 ) -> None:
     seen: set[str] = set()
-    for path, value in zip(paths, values):
+    for path, value in zip(paths, values, strict=True):
         if value in seen:
             reader.problem(path, f"duplicate {what} {value!r}")
         seen.add(value)

@@ -68,14 +68,14 @@ class ProxyFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, pool: "BackendPool", reactor: IReactorTime, debug: int = 0) -> None:
+    def __init__(self, pool: BackendPool, reactor: IReactorTime, debug: int = 0) -> None:
         self.pool = pool
         self.reactor = reactor
         self.debug = debug
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
 
-    def buildProtocol(self, addr: IAddress) -> "FrontendProtocol":
+    def buildProtocol(self, addr: IAddress) -> FrontendProtocol:
         return FrontendProtocol(self)
 
 
@@ -113,7 +113,7 @@ class BackendProtocol(Protocol):
     The backend's side of a session.
     """
 
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     def connectionMade(self) -> None:
@@ -140,7 +140,7 @@ class BackendFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     def buildProtocol(self, addr: IAddress) -> BackendProtocol:
@@ -222,7 +222,7 @@ class Session:
         self.connecting = d
         d.addErrback(self._connectFailed, backend)
 
-    def _connectFailed(self, reason: Failure, backend: "Backend") -> None:
+    def _connectFailed(self, reason: Failure, backend: Backend) -> None:
         self.connecting = None
         if self.clientGone:
             # We cancelled it ourselves: the client left.

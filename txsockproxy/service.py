@@ -68,8 +68,9 @@ class ProxyService(MultiService):
                 raise ListenError(
                     f"proxy {name}: cannot listen on {desc}: {detail}"
                 ) from None
+        listeners = [listener for _, _, listener in self._listeners]
         for child in self:
-            if all(child is not l for _, _, l in self._listeners):
+            if all(child is not listener for listener in listeners):
                 child.privilegedStartService()
 
     def startService(self) -> None:

@@ -64,7 +64,7 @@ class Options(usage.Options):
         except ConfigError as e:
             for problem in e.problems:
                 print(f"sockproxy: {problem}", file=self.stderr)
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         if self["check"]:
             print(self["configObject"].describe(), file=self.stdout)
             raise SystemExit(0)
@@ -73,8 +73,8 @@ class Options(usage.Options):
         """
         The configuration the options describe.
 
-        @raise ConfigError: the options or the file are invalid.
-        @raise usage.UsageError: the options contradict each other.
+        @raise ConfigError: the options or the file are invalid, or
+            contradict each other.
         """
         from txsockproxy.config import Problem
 
@@ -86,7 +86,7 @@ class Options(usage.Options):
                 raise ConfigError(
                     [Problem("<command line>", None, "--debug",
                              f"must be an integer 0-3, not {self['debug']!r}")]
-                )
+                ) from None
             if not 0 <= debug <= 3:
                 raise ConfigError(
                     [Problem("<command line>", None, "--debug", f"must be 0 to 3, not {debug}")]
