@@ -46,16 +46,22 @@ class RoundRobinBalancer:
     Smooth weighted round-robin (nginx's algorithm), one state per proxy.
 
     With equal weights this is plain round-robin in config order; weights 3:1
-    give A A B A, never A A A B. Backends that are not candidates (disabled,
-    draining) are skipped and do not accumulate credit meanwhile.
+    give A A B A, never A A A B. When the set of candidates changes (a backend
+    is disabled or comes back) the cycle starts afresh over the new set, so
+    credit left over from the old set cannot skew the new one.
     """
 
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
+        self._keys: tuple[str, ...] = ()
 
     def choose(
         self, candidates: Sequence[IBackendInfo], connection: IConnectionInfo
     ) -> Optional[IBackendInfo]:
+        keys = tuple(backend.key for backend in candidates)
+        if keys != self._keys:
+            self._keys = keys
+            self._current = {}
         total = 0
         best: Optional[IBackendInfo] = None
         bestWeight = 0

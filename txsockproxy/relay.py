@@ -75,7 +75,7 @@ class ProxyFactory(ServerFactory):
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
 
-    def buildProtocol(self, addr: IAddress) -> FrontendProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> FrontendProtocol:
         return FrontendProtocol(self)
 
 
@@ -143,7 +143,7 @@ class BackendFactory(ClientFactory):
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def buildProtocol(self, addr: IAddress) -> BackendProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> BackendProtocol:
         return BackendProtocol(self.session)
 
 
@@ -161,7 +161,8 @@ class Session:
         self.pool = factory.pool
         self.clock = factory.reactor
         self.client = client
-        self.clientTransport: Any = client.transport
+        transport: Any = client.transport
+        self.clientTransport = transport
         self.backend: Optional[Backend] = None
         self.backendProtocol: Optional[BackendProtocol] = None
         self.backendTransport: Any = None
@@ -183,9 +184,7 @@ class Session:
         self._timeout = 0.0
         self._timeoutReason = ""
         self._lastActivity = self.started
-        self.connection = ConnectionInfo(
-            self.clientTransport.getPeer(), self.clientTransport.getHost()
-        )
+        self.connection = ConnectionInfo(transport.getPeer(), transport.getHost())
 
     # -- connecting ---------------------------------------------------------
 
@@ -251,7 +250,8 @@ class Session:
                 client=_address(self.connection.peer),
             )
         self.backendProtocol = protocol
-        bt = self.backendTransport = protocol.transport
+        bt: Any = protocol.transport
+        self.backendTransport = bt
         ct = self.clientTransport
         if self.held:
             backend.bytesOut += self.heldSize
@@ -357,8 +357,10 @@ class Session:
             d.cancel()
         elif self.backendTransport is not None and not self.backendGone:
             if reason.check(ConnectionDone) or self.clientDone:
-                # Everything the client sent has arrived: deliver it.
+                # Everything the client sent has arrived: deliver it. A
+                # producer left registered would keep the close pending.
                 self.ended = self.ended or "client closed"
+                self.backendTransport.unregisterProducer()
                 self.backendTransport.loseConnection()
             else:
                 self.ended = self.ended or "client reset"
@@ -374,6 +376,7 @@ class Session:
             if reason.check(ConnectionDone) or self.backendDone:
                 # Everything the backend sent has arrived: deliver it.
                 self.ended = self.ended or "backend closed"
+                self.clientTransport.unregisterProducer()
                 self.clientTransport.loseConnection()
             else:
                 self.ended = self.ended or "backend reset"

@@ -1,0 +1,489 @@
+"""
+Unit tests for L{txsockproxy.relay}: the session's states, with fake transports,
+fake endpoints and a L{Clock}.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from relay_fakes import Proxy, lost
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from txsockproxy.interfaces import IBackendInfo, IConnectionInfo
+from txsockproxy.relay import HOLD_LIMIT, BackendProtocol, FrontendProtocol
+
+
+class InterfaceTests(SynchronousTestCase):
+    """
+    The relay's protocols and info objects provide their interfaces.
+    """
+
+    def test_protocolsAreHalfCloseable(self) -> None:
+        """
+        L{FrontendProtocol} and L{BackendProtocol} provide
+        L{IHalfCloseableProtocol}, so endpoints forward half-closes to them.
+        """
+        proxy = Proxy()
+        client, _ = proxy.accept()
+        backend, _ = proxy.endpoints["a"].succeed()
+        self.assertIsInstance(client, FrontendProtocol)
+        self.assertIsInstance(backend, BackendProtocol)
+        verifyObject(IHalfCloseableProtocol, client)
+        verifyObject(IHalfCloseableProtocol, backend)
+
+    def test_infoObjects(self) -> None:
+        """
+        A session's connection info provides L{IConnectionInfo} and carries
+        the client's and the listener's addresses; a backend provides
+        L{IBackendInfo}.
+        """
+        proxy = Proxy()
+        peer = IPv4Address("TCP", "192.0.2.7", 5555)
+        client, _ = proxy.accept(peer)
+        info = client.session.connection  # type: ignore[union-attr]
+        verifyObject(IConnectionInfo, info)
+        self.assertEqual(info.peer, peer)
+        self.assertEqual(info.local, IPv4Address("TCP", "127.0.0.1", 8080))
+        self.assertIsNone(info.serverName)
+        verifyObject(IBackendInfo, proxy.backends["a"])
+
+
+class ConnectingTests(SynchronousTestCase):
+    """
+    What the session does while the backend connect is pending.
+    """
+
+    def test_holdsClientBytesUntilConnected(self) -> None:
+        """
+        Bytes the client sends before the backend is connected are held and
+        written to the backend, in order, once it connects.
+        """
+        proxy = Proxy()
+        client, _ = proxy.accept()
+        client.dataReceived(b"hello ")
+        client.dataReceived(b"world")
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"hello world")
+        self.assertEqual(proxy.backends["a"].bytesOut, 11)
+
+    def test_pausesClientWhenHoldIsFull(self) -> None:
+        """
+        Once C{HOLD_LIMIT} bytes are held the client is paused, and it is
+        resumed when the backend connects.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        client.dataReceived(b"x" * (HOLD_LIMIT - 1))
+        self.assertEqual(ct.producerState, "producing")
+        client.dataReceived(b"x")
+        self.assertEqual(ct.producerState, "paused")
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(ct.producerState, "producing")
+        self.assertEqual(len(bt.value()), HOLD_LIMIT)
+
+    def test_transportsAreEachOthersProducers(self) -> None:
+        """
+        Once connected, each transport is registered as the other's
+        streaming producer, so a slow reader pauses the fast writer.
+        """
+        proxy = Proxy()
+        _, ct = proxy.accept()
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertIs(bt.producer, ct)
+        self.assertTrue(bt.streaming)
+        self.assertIs(ct.producer, bt)
+        self.assertTrue(ct.streaming)
+
+    def test_clientLeavesWhileConnecting(self) -> None:
+        """
+        A client that goes away while the connect is pending cancels the
+        connect; no other backend is tried and all counts return to zero.
+        """
+        proxy = Proxy()
+        client, _ = proxy.accept()
+        endpoint = proxy.endpoints["a"]
+        self.assertEqual(proxy.backends["a"].active, 1)
+        client.connectionLost(lost(clean=False))
+        self.assertEqual(endpoint.cancelled, 1)
+        self.assertEqual(proxy.endpoints["b"].attempts, [])
+        self.assertEqual(proxy.backends["a"].active, 0)
+        self.assertEqual(proxy.backends["a"].failed, 0)
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertEqual(client.session.ended, "client left while connecting")  # type: ignore[union-attr]
+
+    def test_clientEOFBeforeConnected(self) -> None:
+        """
+        A client that sends and half-closes before the backend connects has
+        its bytes delivered and then the backend's write side shut.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        client.dataReceived(b"request")
+        client.readConnectionLost()
+        self.assertEqual(proxy.endpoints["a"].cancelled, 0)
+        backend, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"request")
+        self.assertTrue(bt.writeClosed)
+        self.assertIsNone(bt.producer)
+        backend.dataReceived(b"reply")
+        self.assertEqual(ct.value(), b"reply")
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    Relaying bytes and half-closes once connected.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = Proxy()
+        self.client, self.ct = self.proxy.accept()
+        self.backend, self.bt = self.proxy.endpoints["a"].succeed()
+
+    def test_relaysBothWays(self) -> None:
+        """
+        Bytes go unchanged both ways and are counted on the backend.
+        """
+        self.client.dataReceived(b"up")
+        self.backend.dataReceived(b"down!")
+        self.assertEqual(self.bt.value(), b"up")
+        self.assertEqual(self.ct.value(), b"down!")
+        backend = self.proxy.backends["a"]
+        self.assertEqual((backend.bytesOut, backend.bytesIn), (2, 5))
+        self.assertEqual(backend.connected, 1)
+
+    def test_clientHalfCloseFirst(self) -> None:
+        """
+        A client EOF shuts the backend's write side and unregisters the
+        client as its producer; the backend's reply still reaches the client;
+        the backend's EOF then closes both; the session ends once both are
+        gone.
+        """
+        self.client.dataReceived(b"question")
+        self.client.readConnectionLost()
+        self.assertTrue(self.bt.writeClosed)
+        self.assertIsNone(self.bt.producer)
+        self.assertFalse(self.ct.writeClosed)
+        self.assertFalse(self.ct.disconnecting)
+        self.backend.dataReceived(b"answer")
+        self.assertEqual(self.ct.value(), b"answer")
+        self.backend.readConnectionLost()
+        self.assertTrue(self.ct.writeClosed)
+        self.assertTrue(self.ct.disconnecting)
+        self.assertTrue(self.bt.disconnecting)
+        self.assertFalse(self.ct.aborted or self.bt.aborted)
+        self.client.connectionLost(lost())
+        self.assertEqual(self.proxy.pool.active, 1)
+        self.backend.connectionLost(lost())
+        self.assertEqual(self.proxy.pool.active, 0)
+        self.assertEqual(self.proxy.backends["a"].active, 0)
+        self.assertEqual(self.client.session.ended, "closed by both")  # type: ignore[union-attr]
+
+    def test_backendHalfCloseFirst(self) -> None:
+        """
+        A backend EOF shuts the client's write side; the client can still
+        send, and what it sends reaches the backend; the client's EOF then
+        closes both.
+        """
+        self.backend.dataReceived(b"banner")
+        self.backend.readConnectionLost()
+        self.assertTrue(self.ct.writeClosed)
+        self.assertIsNone(self.ct.producer)
+        self.assertFalse(self.bt.writeClosed)
+        self.client.dataReceived(b"late data")
+        self.assertEqual(self.bt.value(), b"late data")
+        self.client.readConnectionLost()
+        self.assertTrue(self.bt.writeClosed)
+        self.assertTrue(self.ct.disconnecting and self.bt.disconnecting)
+        self.backend.connectionLost(lost())
+        self.client.connectionLost(lost())
+        self.assertEqual(self.proxy.pool.active, 0)
+
+    def test_repeatedEOFIsIgnored(self) -> None:
+        """
+        A second EOF from the same side changes nothing (a transport may
+        report it again when resumed).
+        """
+        self.client.readConnectionLost()
+        self.bt.writeClosed = False
+        self.client.readConnectionLost()
+        self.assertFalse(self.bt.writeClosed)
+
+    def test_clientResetAbortsBackend(self) -> None:
+        """
+        A client reset in the middle of a session aborts the backend.
+        """
+        self.client.connectionLost(lost(clean=False))
+        self.assertTrue(self.bt.aborted)
+        self.backend.connectionLost(lost(clean=False))
+        self.assertEqual(self.client.session.ended, "client reset")  # type: ignore[union-attr]
+        self.assertEqual(self.proxy.pool.active, 0)
+
+    def test_backendResetAbortsClient(self) -> None:
+        """
+        A backend reset in the middle of a session aborts the client.
+        """
+        self.backend.connectionLost(lost(clean=False))
+        self.assertTrue(self.ct.aborted)
+        self.client.connectionLost(lost(clean=False))
+        self.assertEqual(self.client.session.ended, "backend reset")  # type: ignore[union-attr]
+        self.assertEqual(self.proxy.backends["a"].active, 0)
+
+    def test_backendErrorAfterEOFDeliversReply(self) -> None:
+        """
+        A backend that sent its whole reply and EOF, then fails (e.g. it
+        reset because the client kept sending), does not cost the client
+        the reply: the client is closed gracefully, not aborted.
+        """
+        self.backend.dataReceived(b"reply")
+        self.backend.readConnectionLost()
+        self.backend.connectionLost(lost(clean=False))
+        self.assertFalse(self.ct.aborted)
+        self.assertTrue(self.ct.disconnecting)
+        self.assertEqual(self.ct.value(), b"reply")
+
+    def test_backendCleanCloseUnregistersProducer(self) -> None:
+        """
+        When the backend connection ends cleanly, the client transport's
+        producer is unregistered before it is closed, so the close is not
+        held up waiting for a producer that is gone.
+        """
+        self.backend.connectionLost(lost())
+        self.assertIsNone(self.ct.producer)
+        self.assertTrue(self.ct.disconnecting)
+        self.assertFalse(self.ct.aborted)
+
+
+class FailoverTests(SynchronousTestCase):
+    """
+    Connect failures: disabling, retrying, and all backends down.
+    """
+
+    def test_refusedFailsOver(self) -> None:
+        """
+        A refused connect disables that backend for its disable-time, counts
+        the failure, and the session goes on to the next backend; the client
+        notices nothing.
+        """
+        proxy = Proxy(disableTime=5)
+        client, ct = proxy.accept()
+        client.dataReceived(b"early")
+        proxy.endpoints["a"].fail(ConnectionRefusedError())
+        a = proxy.backends["a"]
+        self.assertEqual((a.failed, a.active), (1, 0))
+        self.assertEqual(a.lastError, "connection refused")
+        self.assertEqual(a.stateAt(proxy.clock.seconds()), "disabled")
+        self.assertEqual(len(proxy.endpoints["b"].attempts), 1)
+        _, bt = proxy.endpoints["b"].succeed()
+        self.assertEqual(bt.value(), b"early")
+        self.assertFalse(ct.disconnecting)
+        proxy.clock.advance(5)
+        self.assertEqual(a.stateAt(proxy.clock.seconds()), "up")
+
+    def test_disabledBackendIsSkipped(self) -> None:
+        """
+        While a backend is disabled, new sessions do not try it; after its
+        disable-time they do again.
+        """
+        proxy = Proxy(disableTime=2)
+        proxy.accept()
+        proxy.endpoints["a"].fail(ConnectionRefusedError())
+        proxy.endpoints["b"].succeed()
+        proxy.accept()
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+        self.assertEqual(len(proxy.endpoints["b"].attempts), 2)
+        proxy.clock.advance(2)
+        proxy.accept()
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 2)
+
+    def test_connectTimeoutFailsOver(self) -> None:
+        """
+        A connect that takes longer than connect-timeout is cancelled,
+        counted as a failure with a timeout error, and the session moves on.
+        """
+        proxy = Proxy(connectTimeout=3)
+        proxy.accept()
+        proxy.clock.advance(2.9)
+        self.assertEqual(proxy.endpoints["a"].cancelled, 0)
+        proxy.clock.advance(0.1)
+        self.assertEqual(proxy.endpoints["a"].cancelled, 1)
+        self.assertEqual(proxy.backends["a"].lastError, "connect timeout after 3s")
+        self.assertEqual(len(proxy.endpoints["b"].attempts), 1)
+
+    def test_unresolvableFailsOver(self) -> None:
+        """
+        A name that does not resolve counts as a connect failure.
+        """
+        proxy = Proxy()
+        proxy.accept()
+        proxy.endpoints["a"].fail(DNSLookupError("no.such.host"))
+        self.assertIn("cannot resolve", proxy.backends["a"].lastError)
+        self.assertEqual(len(proxy.endpoints["b"].attempts), 1)
+
+    def test_allDownClosesClientAtOnce(self) -> None:
+        """
+        When every backend has failed, the client is closed at once (not
+        left hanging), and counted as refused.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        proxy.endpoints["a"].fail(ConnectionRefusedError())
+        proxy.endpoints["b"].fail(ConnectionRefusedError())
+        self.assertTrue(ct.disconnecting)
+        self.assertEqual(proxy.pool.refused, 1)
+        client.connectionLost(lost())
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertEqual(client.session.ended, "all backends down")  # type: ignore[union-attr]
+
+    def test_allDownLoggedOnce(self) -> None:
+        """
+        "all backends down" is logged once however many clients are turned
+        away, and again only after a backend has answered in between.
+        """
+
+        def allDown(events: list[dict[str, object]]) -> int:
+            return sum("all backends down" in str(e.get("log_format")) for e in events)
+
+        proxy = Proxy(labels=("a",))
+        with capturedLogs() as events:
+            proxy.accept()
+            proxy.endpoints["a"].fail(ConnectionRefusedError())
+            for _ in range(3):
+                _, ct = proxy.accept()
+                self.assertTrue(ct.disconnecting)
+            self.assertEqual(allDown(list(events)), 1)
+            proxy.clock.advance(1)
+            proxy.accept()
+            proxy.endpoints["a"].succeed()
+            proxy.accept()
+            proxy.endpoints["a"].fail(ConnectionRefusedError())
+            self.assertEqual(allDown(list(events)), 2)
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    Idle and half-closed timeouts.
+    """
+
+    def test_idleTimeout(self) -> None:
+        """
+        With an idle timeout, a session with no bytes either way for that
+        long is aborted on both sides; any byte restarts the count.
+        """
+        proxy = Proxy(idleTimeout=10)
+        client, ct = proxy.accept()
+        backend, bt = proxy.endpoints["a"].succeed()
+        proxy.clock.advance(9)
+        client.dataReceived(b"x")
+        proxy.clock.advance(9)
+        backend.dataReceived(b"y")
+        proxy.clock.advance(9)
+        self.assertFalse(ct.aborted or bt.aborted)
+        proxy.clock.advance(1)
+        self.assertTrue(ct.aborted and bt.aborted)
+        self.assertEqual(client.session.ended, "idle timeout")  # type: ignore[union-attr]
+
+    def test_noIdleTimeoutByDefault(self) -> None:
+        """
+        Without an idle timeout a silent session stays open.
+        """
+        proxy = Proxy()
+        _, ct = proxy.accept()
+        _, bt = proxy.endpoints["a"].succeed()
+        proxy.clock.advance(10**6)
+        self.assertFalse(ct.aborted or bt.aborted)
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+
+    def test_halfClosedTimeout(self) -> None:
+        """
+        Once one side has sent EOF, the other direction may be silent for at
+        most the half-closed timeout; bytes in it restart the count.
+        """
+        proxy = Proxy(halfClosedTimeout=30)
+        client, ct = proxy.accept()
+        backend, bt = proxy.endpoints["a"].succeed()
+        client.readConnectionLost()
+        proxy.clock.advance(29)
+        backend.dataReceived(b"still working")
+        proxy.clock.advance(29)
+        self.assertFalse(ct.aborted)
+        proxy.clock.advance(1)
+        self.assertTrue(ct.aborted and bt.aborted)
+        self.assertEqual(client.session.ended, "half-closed timeout")  # type: ignore[union-attr]
+
+    def test_timersCancelledAtEnd(self) -> None:
+        """
+        A session that ends leaves no timer behind.
+        """
+        proxy = Proxy(idleTimeout=10, halfClosedTimeout=5)
+        client, _ = proxy.accept()
+        backend, _ = proxy.endpoints["a"].succeed()
+        client.readConnectionLost()
+        backend.readConnectionLost()
+        client.connectionLost(lost())
+        backend.connectionLost(lost())
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+
+
+class RelayPropertyTests(SynchronousTestCase):
+    """
+    The relay delivers every byte in order whatever the chunking and the
+    order of the two half-closes.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        up=st.lists(st.binary(min_size=1, max_size=64), max_size=8),
+        down=st.lists(st.binary(min_size=1, max_size=64), max_size=8),
+        held=st.integers(min_value=0, max_value=8),
+        order=st.permutations(range(2)),
+        seed=st.randoms(use_true_random=False),
+    )
+    def test_bytesAndCloses(
+        self, up: list[bytes], down: list[bytes], held: int, order: list[int], seed: object
+    ) -> None:
+        """
+        For random chunks each way (some sent before the backend connects),
+        interleaved at random, and both EOFs in either order: the backend gets
+        exactly the client's bytes, the client exactly the backend's, both
+        write sides are shut, and the session ends with all counts at zero.
+        """
+        import random
+
+        rng: random.Random = seed  # type: ignore[assignment]
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        held = min(held, len(up))
+        for chunk in up[:held]:
+            client.dataReceived(chunk)
+        backend, bt = proxy.endpoints["a"].succeed()
+        # Interleave the two directions at random, keeping each one's order.
+        pending = {"up": list(up[held:]), "down": list(down)}
+        while pending["up"] or pending["down"]:
+            direction = rng.choice([d for d in pending if pending[d]])
+            chunk = pending[direction].pop(0)
+            if direction == "up":
+                client.dataReceived(chunk)
+            else:
+                backend.dataReceived(chunk)
+        eofs = [client.readConnectionLost, backend.readConnectionLost]
+        for i in order:
+            eofs[i]()
+        self.assertEqual(bt.value(), b"".join(up))
+        self.assertEqual(ct.value(), b"".join(down))
+        self.assertTrue(bt.writeClosed and ct.writeClosed)
+        self.assertTrue(bt.disconnecting and ct.disconnecting)
+        losses = [client.connectionLost, backend.connectionLost]
+        for i in order:
+            losses[i](lost())
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertEqual(proxy.backends["a"].active, 0)
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+
+
