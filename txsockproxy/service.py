@@ -34,6 +34,11 @@ class ProxyService(MultiService):
 
     log = Logger()
 
+    # When set (by the twistd plugin in the foreground), a listener that cannot
+    # bind is logged as one line and the process exits with status 1, instead
+    # of the exception (and its traceback) reaching twistd.
+    exitOnListenError = False
+
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
@@ -41,6 +46,7 @@ class ProxyService(MultiService):
         self.pools: dict[str, BackendPool] = {}
         self.factories: dict[str, ProxyFactory] = {}
         self._listeners: list[tuple[str, str, Any]] = []
+        self._bound = False
         for proxy in config.proxies:
             balancer = balancerFactory(proxy.balance)()
             pool = BackendPool.fromConfig(proxy, balancer, reactor)
@@ -59,21 +65,28 @@ class ProxyService(MultiService):
     def privilegedStartService(self) -> None:
         # Bind every listener now (strports raises bind errors synchronously)
         # and turn a failure into one clear line instead of a traceback.
+        self._bound = True
         for name, desc, listener in self._listeners:
             try:
                 listener.privilegedStartService()
             except Exception as e:
                 reason = getattr(e, "socketError", None) or e
                 detail = getattr(reason, "strerror", None) or str(reason)
-                raise ListenError(
-                    f"proxy {name}: cannot listen on {desc}: {detail}"
-                ) from None
+                error = ListenError(f"proxy {name}: cannot listen on {desc}: {detail}")
+                if self.exitOnListenError:
+                    self.log.critical("{error}", error=str(error))
+                    raise SystemExit(1) from None
+                raise error from None
         listeners = [listener for _, _, listener in self._listeners]
         for child in self:
             if all(child is not listener for listener in listeners):
                 child.privilegedStartService()
 
     def startService(self) -> None:
+        # "twist" and embedding programs may start us without the privileged
+        # step; binding here keeps bind errors just as clear.
+        if not self._bound:
+            self.privilegedStartService()
         super().startService()
         for name, pool in self.pools.items():
             self.log.info(
