@@ -3,6 +3,13 @@ Registers txsockproxy's built-in balancers as L{IBalancerFactory} plugins, the
 same way a third-party balancer is registered.
 """
 
-from txsockproxy.balancers import fair, leastConnection, roundRobin
+from txsockproxy.balancers import (
+    fair,
+    hashKey,
+    leastConnection,
+    randomTwo,
+    roundRobin,
+    sticky,
+)
 
-__all__ = ["fair", "leastConnection", "roundRobin"]
+__all__ = ["fair", "hashKey", "leastConnection", "randomTwo", "roundRobin", "sticky"]
