@@ -82,25 +82,68 @@ class ProxyServiceTests(SynchronousTestCase):
         error = self.assertRaises(ListenError, service.privilegedStartService)
         self.assertEqual(
             str(error),
-            "proxy db: cannot listen on tcp:5432:interface=127.0.0.1: Address already in use",
+            "Address already in use: cannot listen on tcp:5432:interface=127.0.0.1 (proxy db)",
         )
 
     def test_bindFailureExitsWhenAsked(self) -> None:
         """
-        With C{exitOnListenError} (the twistd plugin in the foreground), a bind
-        failure is logged as one critical line and exits with status 1.
+        With the twistd plugin's handler, a bind failure is logged as one
+        critical line and exits with status 1.
         """
+        from txsockproxy.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(
+            ["--listen", "tcp:5432:interface=127.0.0.1", "--backend", "tcp:host=127.0.0.1:port=1"]
+        )
         reactor = RaisingMemoryReactor(
             listenException=CannotListenError("127.0.0.1", 5432, OSError(98, "Address already in use"))
         )
-        service = ProxyService(twoProxies(), reactor)
-        service.exitOnListenError = True
+        service = makeService(options, reactor)
         with capturedLogs() as events:
             exit = self.assertRaises(SystemExit, service.privilegedStartService)
         self.assertEqual(exit.code, 1)
         critical = [e for e in events if e["log_level"].name == "critical"]
         self.assertEqual(len(critical), 1)
-        self.assertIn("cannot listen on tcp:5432", critical[0]["error"])
+        self.assertEqual(
+            critical[0]["error"],
+            "Address already in use: cannot listen on tcp:5432:interface=127.0.0.1",
+        )
+
+    def test_bindFailureReportedToDaemonParent(self) -> None:
+        """
+        Under a daemonizing twistd the reason is written to the status pipe
+        its parent waits on, and the pidfile is removed.
+        """
+        import os
+
+        from twisted.python import usage
+
+        from txsockproxy.tap import Options, makeService
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write("1234")
+        parent = usage.Options()
+        parent.update({"statusPipe": write, "pidfile": pidfile, "nodaemon": False})
+        options = Options()
+        options.parent = parent
+        options.parseOptions(
+            ["--listen", "tcp:5432:interface=127.0.0.1", "--backend", "tcp:host=127.0.0.1:port=1"]
+        )
+        reactor = RaisingMemoryReactor(
+            listenException=CannotListenError("127.0.0.1", 5432, OSError(98, "Address already in use"))
+        )
+        service = makeService(options, reactor)
+        with capturedLogs():
+            self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(
+            os.read(read, 200),
+            b"1 Address already in use: cannot listen on tcp:5432:interface=127.0.0.1",
+        )
+        self.assertFalse(os.path.exists(pidfile))
 
     def test_debug3LogsBackendStateEverySecond(self) -> None:
         """

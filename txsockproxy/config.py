@@ -8,17 +8,26 @@ that a bad file gives one clear line per mistake and never a traceback.
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import json
+import math
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
     clientFromString,
     quoteStringArgument,
     serverFromString,
 )
+from twisted.internet.interfaces import IReactorPluggableNameResolver
+from zope.interface import implementer
 
 DEFAULT_CONNECT_TIMEOUT = 8.0
 DEFAULT_DISABLE_TIME = 1.0
@@ -46,8 +55,21 @@ class Problem:
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
         if self.key:
-            return f"{where}: {self.key}: {self.message}"
-        return f"{where}: {self.message}"
+            text = f"{where}: {self.key}: {self.message}"
+        else:
+            text = f"{where}: {self.message}"
+        return _oneLine(text)
+
+
+def _oneLine(text: str) -> str:
+    """
+    Escape what would break a message over several lines or hide part of it
+    (a newline in a quoted TOML key, in an endpoint string, in an error from
+    a parser), so that every problem stays on one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(Exception):
@@ -124,10 +146,10 @@ class Config:
             lines.append("")
             lines.append(f"proxy {proxy.name!r}")
             for desc in proxy.listen:
-                lines.append(f"  listen           {desc}")
-            lines.append(f"  balance          {proxy.balance}")
-            lines.append(f"  idle-timeout     {_seconds(proxy.idleTimeout)}")
-            lines.append(f"  half-closed-timeout {_seconds(proxy.halfClosedTimeout)}")
+                lines.append(f"  {'listen':<20}{desc}")
+            lines.append(f"  {'balance':<20}{proxy.balance}")
+            lines.append(f"  {'idle-timeout':<20}{_seconds(proxy.idleTimeout)}")
+            lines.append(f"  {'half-closed-timeout':<20}{_seconds(proxy.halfClosedTimeout)}")
             for b in proxy.backends:
                 origin = f"  (from {b.origin})" if b.origin else ""
                 lines.append(
@@ -136,7 +158,7 @@ class Config:
                     f" connect-timeout={_seconds(b.connectTimeout)}"
                     f" disable-time={_seconds(b.disableTime)}"
                 )
-        return "\n".join(lines)
+        return "\n".join(_oneLine(line) for line in lines)
 
 
 def _seconds(value: float) -> str:
@@ -155,15 +177,67 @@ def resolveFirst(host: str) -> str:
 
     @raise OSError: the name does not resolve.
     """
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (UnicodeError, ValueError) as e:
+        # getaddrinfo rejects some names before asking DNS (a label longer
+        # than 63 characters, an embedded NUL): report them the same way.
+        raise OSError(f"not a valid host name ({e})") from None
     return str(infos[0][4][0])
 
 
+@implementer(IReactorPluggableNameResolver)
 class _PlaceholderReactor:
     """
     Stands in for a reactor while endpoint strings are only parsed: endpoint
     constructors store the reactor and use it when they connect or listen.
+
+    It provides L{IReactorPluggableNameResolver} because C{HostnameEndpoint}
+    (behind C{tls:}) looks for it when constructed, and warns without it.
     """
+
+    nameResolver = None
+
+    def installNameResolver(self, resolver: Any) -> Any:
+        raise NotImplementedError("a placeholder reactor resolves nothing")
+
+
+def _quote(text: str) -> str:
+    """
+    Quote C{text} for a message; unlike C{repr}, an endpoint string's
+    backslashes stay as the user wrote them.
+    """
+    if text.isprintable() and "'" not in text:
+        return f"'{text}'"
+    return repr(text)
+
+
+def _parseEndpoint(description: str, server: bool) -> Any:
+    parse = serverFromString if server else clientFromString
+    return parse(_PlaceholderReactor(), description)
+
+
+def _endpointReason(description: str, e: Exception) -> str:
+    """
+    Say why Twisted refused an endpoint string, in the terms the user wrote it
+    in rather than those of the parser function that failed.
+    """
+    text = str(e)
+    if isinstance(e, TypeError):
+        m = re.search(r"unexpected keyword argument '([^']+)'", text)
+        if m:
+            return f"unknown parameter {m.group(1)!r}"
+        m = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$", text)
+        if m:
+            return f"missing {m.group(1)}"
+    if isinstance(e, ValueError):
+        m = re.match(r"invalid literal for int\(\) with base 10: (.+)$", text)
+        if m:
+            return f"expected a whole number, not {m.group(1)}"
+    if isinstance(e, LookupError) and description.split(":", 1)[0].strip().lower() == "systemd":
+        # The systemd parser looks the socket up when parsing.
+        return "systemd passed no such socket (is this process started by systemd socket activation?)"
+    return text or e.__class__.__name__
 
 
 def checkEndpoint(description: str, server: bool) -> str | None:
@@ -174,13 +248,41 @@ def checkEndpoint(description: str, server: bool) -> str | None:
     """
     if not description.strip():
         return "empty endpoint string"
-    parse = serverFromString if server else clientFromString
     try:
-        parse(_PlaceholderReactor(), description)
+        _parseEndpoint(description, server)
     except Exception as e:
-        reason = str(e) or e.__class__.__name__
-        return f"bad {'server' if server else 'client'} endpoint {description!r}: {reason}"
+        reason = _endpointReason(description, e)
+        return f"bad {'server' if server else 'client'} endpoint {_quote(description)}: {reason}"
     return None
+
+
+def _listenKey(description: str) -> str | None:
+    """
+    What identifies the address a server endpoint string binds, so that two
+    spellings of one address (C{tcp:80}, C{tcp:port=80}) compare equal.
+
+    @return: L{None} for an ephemeral TCP port (port 0), which may be given
+        any number of times.
+    """
+    try:
+        endpoint = _parseEndpoint(description, server=True)
+    except Exception:
+        return description
+    # The endpoint classes keep their address in private attributes; when
+    # they are not there, fall back to comparing the strings.
+    if isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        port = getattr(endpoint, "_port", None)
+        interface = getattr(endpoint, "_interface", None)
+        if isinstance(port, int) and isinstance(interface, str):
+            if port == 0:
+                return None
+            family = "tcp6" if isinstance(endpoint, TCP6ServerEndpoint) else "tcp"
+            return f"{family}:{interface or '0.0.0.0'}:{port}"
+    if isinstance(endpoint, UNIXServerEndpoint):
+        address = getattr(endpoint, "_address", None)
+        if isinstance(address, str):
+            return f"unix:{address}"
+    return description
 
 
 def backendFromHost(
@@ -190,7 +292,9 @@ def backendFromHost(
     Turn lighttpd-style C{host}/C{port}/C{socket} into a client endpoint string.
 
     A host starting with C{/} is a unix socket path; a DNS name is resolved now,
-    to its first address; the port defaults to 80.
+    to its first address; the port defaults to 80. An IPv6 address gives a
+    C{tcp:} endpoint too: Twisted's TCP client connects to IPv6 literals, and
+    there is no C{tcp6:} client endpoint.
 
     @return: the endpoint string and a description of what was written.
     @raise ValueError: the combination is invalid or the name does not resolve.
@@ -198,9 +302,15 @@ def backendFromHost(
     if sock is not None:
         if host is not None or port is not None:
             raise ValueError("'socket' cannot be combined with 'host' or 'port'")
+        if not sock:
+            raise ValueError("must not be empty")
         return f"unix:path={quoteStringArgument(sock)}", f"socket = {sock!r}"
     if host is None:
+        if port is not None:
+            raise ValueError("'port' needs a 'host'")
         raise ValueError("needs 'endpoint', 'host' or 'socket'")
+    if not host.strip():
+        raise ValueError("must not be empty")
     if host.startswith("/"):
         if port is not None:
             raise ValueError("'port' makes no sense with a unix socket host")
@@ -211,9 +321,8 @@ def backendFromHost(
         address = resolve(host)
     except OSError as e:
         raise ValueError(f"cannot resolve host {host!r}: {e.strerror or e}") from None
-    kind = "tcp6" if ":" in address else "tcp"
     origin = f"host = {host!r}, port = {port}"
-    return f"{kind}:host={quoteStringArgument(address)}:port={port}", origin
+    return f"tcp:host={quoteStringArgument(address)}:port={port}", origin
 
 
 class _LineIndex:
@@ -225,16 +334,18 @@ class _LineIndex:
     lines. This is a best effort: an unusual layout only loses the line number.
     """
 
-    _header = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]")
-    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\" ]+?)\s*\]")
-    _key = re.compile(r"^\s*(\"[^\"]*\"|[A-Za-z0-9_\-]+)\s*=")
+    _header = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]")
+    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]")
+    _key = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
 
     def __init__(self, text: str) -> None:
         self._lines: dict[tuple[Any, ...], int] = {}
         path: tuple[Any, ...] = ()
         counts: dict[tuple[Any, ...], int] = {}
         inMultiline = False
-        for number, line in enumerate(text.splitlines(), 1):
+        # Split on "\n" only, as TOML (and tomllib's line numbers) do:
+        # str.splitlines() would also split on form feeds, U+2028 etc.
+        for number, line in enumerate(text.split("\n"), 1):
             if inMultiline:
                 if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
                     inMultiline = False
@@ -243,7 +354,7 @@ class _LineIndex:
                 inMultiline = True
             m = self._header.match(line)
             if m:
-                names = tuple(n.strip().strip('"') for n in m.group(1).split("."))
+                names = self._names(m.group(1))
                 parent = self._resolve(names[:-1], path)
                 arrayKey = parent + (names[-1],)
                 index = counts.get(arrayKey, 0)
@@ -253,13 +364,26 @@ class _LineIndex:
                 continue
             m = self._table.match(line)
             if m:
-                names = tuple(n.strip().strip('"') for n in m.group(1).split("."))
-                path = self._resolve(names, path)
+                path = self._resolve(self._names(m.group(1)), path)
                 self._lines.setdefault(path, number)
                 continue
             m = self._key.match(line)
             if m:
-                self._lines.setdefault(path + (m.group(1).strip('"'),), number)
+                self._lines.setdefault(path + (self._keyOf(m.group(1)),), number)
+
+    @staticmethod
+    def _keyOf(written: str) -> str:
+        if written.startswith('"'):
+            # A basic string key may hold escapes: let TOML decode it.
+            try:
+                return next(iter(tomllib.loads(written + " = 0")))
+            except tomllib.TOMLDecodeError:
+                return written.strip('"')
+        return written.strip("'")
+
+    @staticmethod
+    def _names(header: str) -> tuple[str, ...]:
+        return tuple(n.strip().strip("\"'") for n in header.split("."))
 
     @staticmethod
     def _resolve(names: tuple[str, ...], current: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -285,14 +409,37 @@ class _LineIndex:
         return None
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
 def _keyName(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            name = str(part)
+            if not _BARE_KEY.fullmatch(name):
+                # As it would be written in TOML: a quoted key.
+                name = json.dumps(name, ensure_ascii=False)
+            out += ("." if out else "") + name
     return out
+
+
+def _keyHint(key: str, allowed: Sequence[str], elsewhere: Mapping[str, str]) -> str:
+    """
+    A hint for an unknown key: the key the user probably meant, or the table
+    the key belongs in.
+    """
+    dashed = key.replace("_", "-")
+    if dashed != key and dashed in allowed:
+        return f" (did you mean {dashed!r}?)"
+    if key in elsewhere:
+        return f" ({elsewhere[key]})"
+    close = difflib.get_close_matches(dashed, allowed, n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return ""
 
 
 class _Reader:
@@ -309,47 +456,105 @@ class _Reader:
         line = self.index.line(path) if self.index else None
         self.problems.append(Problem(self.source, line, _keyName(path), message))
 
+    def where(self, path: tuple[Any, ...]) -> str:
+        """
+        Name C{path} for a message about another place: its key, and its line
+        when known.
+        """
+        line = self.index.line(path) if self.index else None
+        return _keyName(path) + ("" if line is None else f" (line {line})")
+
     def unknownKeys(
-        self, table: Mapping[str, Any], path: tuple[Any, ...], allowed: Iterable[str]
+        self,
+        table: Mapping[str, Any],
+        path: tuple[Any, ...],
+        allowed: Sequence[str],
+        elsewhere: Mapping[str, str],
     ) -> None:
-        allowed = set(allowed)
         for key in table:
             if key not in allowed:
-                hint = ""
-                if "_" in key and key.replace("_", "-") in allowed:
-                    hint = f" (did you mean {key.replace('_', '-')!r}?)"
-                self.problem(path + (key,), f"unknown key{hint}")
+                self.problem(path + (key,), "unknown key" + _keyHint(key, allowed, elsewhere))
 
-    def number(
+    def _wrongType(self, path: tuple[Any, ...], what: str, value: object) -> None:
+        self.problem(path, f"must be {what}, not {_tomlType(value)}")
+
+    def seconds(
         self,
         table: Mapping[str, Any],
         path: tuple[Any, ...],
         key: str,
         default: float,
-        integer: bool = False,
-        minimum: float = 0,
+        positive: bool = False,
     ) -> float:
+        """
+        Read a duration in seconds: a non-negative (or, if C{positive}, a
+        strictly positive) finite number, integer or float.
+        """
         if key not in table:
             return default
         value: Any = table[key]
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            what = "an integer" if integer else "a number of seconds"
-            self.problem(path + (key,), f"must be {what}, not {_tomlType(value)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._wrongType(path + (key,), "a number of seconds", value)
             return default
+        try:
+            seconds = float(value)
+        except OverflowError:
+            self.problem(path + (key,), "is too large")
+            return default
+        if not math.isfinite(seconds):
+            self.problem(path + (key,), f"must be a finite number of seconds, not {value}")
+            return default
+        if positive and seconds <= 0:
+            self.problem(path + (key,), f"must be more than 0, not {value}")
+            return default
+        if seconds < 0:
+            self.problem(path + (key,), f"must not be negative, not {value}")
+            return default
+        return seconds
+
+    def integer(
+        self,
+        table: Mapping[str, Any],
+        path: tuple[Any, ...],
+        key: str,
+        minimum: int,
+        maximum: int | None = None,
+    ) -> int | None:
+        """
+        Read an integer in C{minimum}..C{maximum}.
+
+        @return: the value, or L{None} if it is missing or wrong.
+        """
+        if key not in table:
+            return None
+        value: Any = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrongType(path + (key,), "an integer", value)
+            return None
+        if maximum is not None and not minimum <= value <= maximum:
+            self.problem(path + (key,), f"must be {minimum} to {maximum}, not {value}")
+            return None
         if value < minimum:
-            self.problem(path + (key,), f"must be at least {minimum:g}, not {value}")
-            return default
+            self.problem(path + (key,), f"must be at least {minimum}, not {value}")
+            return None
         return value
 
     def string(
-        self, table: Mapping[str, Any], path: tuple[Any, ...], key: str
+        self, table: Mapping[str, Any], path: tuple[Any, ...], key: str, nonEmpty: bool = True
     ) -> str | None:
+        """
+        Read a string.
+
+        @return: the value, or L{None} if it is missing or wrong.
+        """
         if key not in table:
             return None
         value = table[key]
         if not isinstance(value, str):
-            self.problem(path + (key,), f"must be a string, not {_tomlType(value)}")
+            self._wrongType(path + (key,), "a string", value)
+            return None
+        if nonEmpty and not value.strip():
+            self.problem(path + (key,), "must not be empty")
             return None
         return value
 
@@ -362,11 +567,17 @@ def _tomlType(value: object) -> str:
     if isinstance(value, float):
         return "a float"
     if isinstance(value, str):
-        return "a string"
+        return f"a string ({value!r})" if len(value) <= 40 else "a string"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
     return type(value).__name__
 
 
@@ -392,11 +603,28 @@ _BACKEND_KEYS = (
     "connect-timeout",
 )
 
+# Where a key that is unknown at one level belongs instead: the usual
+# mistakes are a proxy key written after [[proxy.backend]], and a proxy or
+# backend key written before the first [[proxy]] or [[proxy.backend]].
+_IN_PROXY = "a key of [[proxy]]: write it before the proxy's first [[proxy.backend]]"
+_IN_BACKEND = "a key of [[proxy.backend]]"
+_PROXY_ELSEWHERE = {key: _IN_BACKEND for key in _BACKEND_KEYS if key not in _PROXY_KEYS}
+_TOP_ELSEWHERE = dict(_PROXY_ELSEWHERE)
+_TOP_ELSEWHERE.update({key: "a key of [[proxy]]" for key in _PROXY_KEYS if key != "backend"})
+_BACKEND_ELSEWHERE = {key: _IN_PROXY for key in _PROXY_KEYS if key not in _BACKEND_KEYS}
+_BACKEND_ELSEWHERE["backend"] = "[[proxy.backend]] tables do not nest"
+_PROXY_ELSEWHERE["proxy"] = "[[proxy]] tables do not nest"
+
 
 def _knownBalancers() -> frozenset[str]:
     from txsockproxy.balancers import balancerNames
 
     return frozenset(balancerNames())
+
+
+def _unknownBalancer(name: str, balancers: frozenset[str]) -> str:
+    available = ", ".join(sorted(balancers)) or "none installed"
+    return f"unknown balancer {name!r} (available: {available})"
 
 
 def parseConfig(
@@ -419,12 +647,21 @@ def parseConfig(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         message = str(e)
-        m = re.search(r"\(at line (\d+), column \d+\)$", message)
-        line = int(m.group(1)) if m else None
+        line: int | None = None
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
         if m:
-            message = message[: m.start()].strip()
+            line = int(m.group(1))
+            message = f"{message[: m.start()]} (column {m.group(2)})"
+        else:
+            m = re.search(r"\s*\(at end of document\)$", message)
+            if m:
+                line = text.rstrip().count("\n") + 1
+                message = f"{message[: m.start()]} (at end of file)"
+        raise ConfigError([Problem(source, line, "", f"TOML syntax error: {message}")]) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
         raise ConfigError(
-            [Problem(source, line, "", f"TOML syntax error: {message}")]
+            [Problem(source, None, "", "TOML syntax error: arrays or tables nested too deeply")]
         ) from None
     reader = _Reader(source, _LineIndex(text))
     return _buildConfig(data, reader, resolve, balancers)
@@ -442,14 +679,15 @@ def loadConfig(
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise ConfigError(
-            [Problem(path, None, "", f"cannot read: {e.strerror or e}")]
-        ) from None
+        raise ConfigError([Problem(path, None, "", f"cannot read: {e.strerror or e}")]) from None
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: editors on Windows may start the file with a BOM.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError([Problem(path, line, "", "not valid UTF-8")]) from None
+        raise ConfigError(
+            [Problem(path, line, "", f"not valid UTF-8 (byte {raw[e.start]:#04x})")]
+        ) from None
     return parseConfig(text, path, resolve, balancers)
 
 
@@ -461,51 +699,136 @@ def _buildConfig(
 ) -> Config:
     if balancers is None:
         balancers = _knownBalancers()
-    reader.unknownKeys(data, (), _TOP_KEYS)
-    debug = int(reader.number(data, (), "debug", 0, integer=True))
-    if debug > 3:
-        reader.problem(("debug",), f"must be 0 to 3, not {debug}")
+    reader.unknownKeys(data, (), _TOP_KEYS, _TOP_ELSEWHERE)
+    debug = reader.integer(data, (), "debug", 0, 3)
     rawProxies = data.get("proxy")
-    proxies: list[ProxyConfig] = []
+    proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:
         reader.problem((), "no [[proxy]] defined: nothing to do")
     elif not isinstance(rawProxies, list):
         reader.problem(("proxy",), "must be an array of tables ([[proxy]])")
+    elif not rawProxies:
+        reader.problem(("proxy",), "is empty: nothing to do")
     else:
         for i, raw in enumerate(rawProxies):
             proxy = _buildProxy(raw, ("proxy", i), reader, resolve, balancers)
             if proxy is not None:
-                proxies.append(proxy)
+                proxies.append((i, proxy))
         _checkUnique(
-            reader, [("proxy", i, "name") for i in range(len(proxies))],
-            [p.name for p in proxies], "proxy name"
+            reader,
+            [(("proxy", i, "name"), ("proxy", i), p.name) for i, p in proxies],
+            "proxy name",
         )
+        proxies = _defaultNames(proxies)
         _checkListenUnique(reader, proxies)
     if reader.problems:
-        raise ConfigError(reader.problems)
-    return Config(proxies=tuple(proxies), debug=debug, source=reader.source)
+        # In file order, as a compiler would list them; problems of the
+        # whole file (no line) first.
+        raise ConfigError(
+            sorted(reader.problems, key=lambda p: (p.line is not None, p.line or 0))
+        )
+    return Config(
+        proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source
+    )
 
 
 def _checkUnique(
-    reader: _Reader, paths: Sequence[tuple[Any, ...]], values: Sequence[str], what: str
+    reader: _Reader,
+    entries: Sequence[tuple[tuple[Any, ...], tuple[Any, ...], str]],
+    what: str,
 ) -> None:
-    seen: set[str] = set()
-    for path, value in zip(paths, values, strict=True):
+    """
+    Report every value after the first that repeats an earlier one.
+
+    @param entries: for each value, the path to report it at, the path of
+        what it names (for the message about the first), and the value;
+        empty values (not known because of another problem) are skipped.
+    """
+    seen: dict[str, tuple[Any, ...]] = {}
+    for path, owner, value in entries:
+        if not value:
+            continue
         if value in seen:
-            reader.problem(path, f"duplicate {what} {value!r}")
-        seen.add(value)
+            reader.problem(
+                path, f"duplicate {what} {value!r}: already used by {reader.where(seen[value])}"
+            )
+        else:
+            seen[value] = owner
 
 
-def _checkListenUnique(reader: _Reader, proxies: Sequence[ProxyConfig]) -> None:
+def _defaultNames(
+    proxies: Sequence[tuple[int, ProxyConfig]],
+) -> list[tuple[int, ProxyConfig]]:
+    """
+    Name each proxy that has no name after its first listen endpoint, made
+    unique (C{tcp:0} may be the first listen endpoint of several proxies) and
+    never taking a name that was written.
+    """
+    taken = {p.name for _, p in proxies if p.name}
+    named: list[tuple[int, ProxyConfig]] = []
+    for i, proxy in proxies:
+        if not proxy.name and proxy.listen:
+            base = name = proxy.listen[0]
+            n = 2
+            while name in taken:
+                name = f"{base}#{n}"
+                n += 1
+            taken.add(name)
+            proxy = replace(proxy, name=name)
+        named.append((i, proxy))
+    return named
+
+
+def _checkListenUnique(reader: _Reader, proxies: Sequence[tuple[int, ProxyConfig]]) -> None:
     seen: dict[str, str] = {}
-    for i, proxy in enumerate(proxies):
+    for i, proxy in proxies:
         for desc in proxy.listen:
-            if desc in seen:
+            key = _listenKey(desc)
+            if key is None:
+                continue
+            if key in seen:
                 reader.problem(
                     ("proxy", i, "listen"),
-                    f"{desc!r} is already a listen endpoint of proxy {seen[desc]!r}",
+                    f"{_quote(desc)} is already a listen endpoint of {seen[key]}",
                 )
-            seen.setdefault(desc, proxy.name)
+            else:
+                seen[key] = f"proxy {proxy.name!r}" if proxy.name else _keyName(("proxy", i))
+
+
+def _readListen(raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader) -> list[str]:
+    """
+    Read C{listen}: one server endpoint string, or an array of them.
+
+    @return: the strings that parse.
+    """
+    listen: list[str] = []
+    keyPath = path + ("listen",)
+    rawListen = raw.get("listen")
+    if rawListen is None:
+        reader.problem(keyPath, 'missing: give a server endpoint string, e.g. "tcp:8080"')
+        return listen
+    items = [rawListen] if isinstance(rawListen, str) else rawListen
+    if not isinstance(items, list) or not items:
+        reader.problem(keyPath, "must be an endpoint string or a non-empty array of them")
+        return listen
+    seen: dict[str, str] = {}
+    for desc in items:
+        if not isinstance(desc, str):
+            reader.problem(keyPath, f"must hold strings, not {_tomlType(desc)}")
+            continue
+        error = checkEndpoint(desc, server=True)
+        if error:
+            reader.problem(keyPath, error)
+            continue
+        key = _listenKey(desc)
+        if key is not None and key in seen:
+            same = "" if seen[key] == desc else f" (the same address as {_quote(seen[key])})"
+            reader.problem(keyPath, f"duplicate listen endpoint {_quote(desc)}{same}")
+            continue
+        if key is not None:
+            seen[key] = desc
+        listen.append(desc)
+    return listen
 
 
 def _buildProxy(
@@ -515,80 +838,81 @@ def _buildProxy(
     resolve: Resolver,
     balancers: frozenset[str],
 ) -> ProxyConfig | None:
+    """
+    Read one C{[[proxy]]} table.
+
+    @return: the proxy as far as it could be read, for the checks across
+        proxies; or L{None} if it is not a table at all.
+    """
     if not isinstance(raw, dict):
         reader.problem(path, f"must be a table, not {_tomlType(raw)}")
         return None
-    before = len(reader.problems)
-    reader.unknownKeys(raw, path, _PROXY_KEYS)
+    reader.unknownKeys(raw, path, _PROXY_KEYS, _PROXY_ELSEWHERE)
+    listen = _readListen(raw, path, reader)
 
-    listen: list[str] = []
-    rawListen = raw.get("listen")
-    if rawListen is None:
-        reader.problem(path + ("listen",), "missing: give a server endpoint string, e.g. \"tcp:8080\"")
-    else:
-        items = [rawListen] if isinstance(rawListen, str) else rawListen
-        if not isinstance(items, list) or not items:
-            reader.problem(path + ("listen",), "must be an endpoint string or a non-empty array of them")
-            items = []
-        for desc in items:
-            if not isinstance(desc, str):
-                reader.problem(path + ("listen",), f"must hold strings, not {_tomlType(desc)}")
-                continue
-            error = checkEndpoint(desc, server=True)
-            if error:
-                reader.problem(path + ("listen",), error)
-            listen.append(desc)
-        _checkUnique(reader, [path + ("listen",)] * len(listen), listen, "listen endpoint")
+    # Left empty when not written: see _defaultNames.
+    name = reader.string(raw, path, "name") or ""
 
-    name = reader.string(raw, path, "name")
-    if name is not None and not name.strip():
-        reader.problem(path + ("name",), "must not be empty")
-    if not name:
-        name = listen[0] if listen else f"proxy{path[-1]}"
+    balance = reader.string(raw, path, "balance", nonEmpty=False)
+    if balance is None:
+        balance = DEFAULT_BALANCE
+    elif balance not in balancers:
+        reader.problem(path + ("balance",), _unknownBalancer(balance, balancers))
 
-    balance = reader.string(raw, path, "balance") or DEFAULT_BALANCE
-    if balance not in balancers:
-        reader.problem(
-            path + ("balance",),
-            f"unknown balancer {balance!r} (available: {', '.join(sorted(balancers))})",
-        )
+    connectTimeout = reader.seconds(
+        raw, path, "connect-timeout", DEFAULT_CONNECT_TIMEOUT, positive=True
+    )
+    disableTime = reader.seconds(raw, path, "disable-time", DEFAULT_DISABLE_TIME)
+    idleTimeout = reader.seconds(raw, path, "idle-timeout", 0.0)
+    halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
 
-    connectTimeout = reader.number(raw, path, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)
-    if "connect-timeout" in raw and connectTimeout == 0:
-        reader.problem(path + ("connect-timeout",), "must be more than 0")
-    disableTime = reader.number(raw, path, "disable-time", DEFAULT_DISABLE_TIME)
-    idleTimeout = reader.number(raw, path, "idle-timeout", 0.0)
-    halfClosed = reader.number(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
-
-    backends: list[BackendConfig] = []
+    backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
     if rawBackends is None:
         reader.problem(path + ("backend",), "missing: a proxy needs at least one [[proxy.backend]]")
     elif not isinstance(rawBackends, list) or not rawBackends:
-        reader.problem(path + ("backend",), "must be a non-empty array of tables ([[proxy.backend]])")
+        reader.problem(
+            path + ("backend",), "must be a non-empty array of tables ([[proxy.backend]])"
+        )
     else:
         for j, rawBackend in enumerate(rawBackends):
-            backend = _buildBackend(
+            built = _buildBackend(
                 rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime
             )
-            if backend is not None:
-                backends.append(backend)
-        _checkUnique(
-            reader,
-            [path + ("backend", j, "label") for j in range(len(backends))],
-            [b.label for b in backends],
-            "backend label",
-        )
-    if len(reader.problems) > before:
-        return None
+            if built is not None:
+                backends.append((j, *built))
+        _checkBackendsUnique(reader, path, backends)
     return ProxyConfig(
         name=name,
         listen=tuple(listen),
-        backends=tuple(backends),
+        backends=tuple(b for _, b, _ in backends),
         balance=balance,
         idleTimeout=idleTimeout,
         halfClosedTimeout=halfClosed,
     )
+
+
+def _checkBackendsUnique(
+    reader: _Reader, path: tuple[Any, ...], backends: Sequence[tuple[int, BackendConfig, str]]
+) -> None:
+    # The endpoint string is what identifies a backend to the pool and the
+    # balancers; the label is what identifies it to people.
+    firstByEndpoint: dict[str, tuple[Any, ...]] = {}
+    labels: list[tuple[tuple[Any, ...], tuple[Any, ...], str]] = []
+    for j, backend, addressKey in backends:
+        here = path + ("backend", j)
+        if backend.endpoint and backend.endpoint in firstByEndpoint:
+            reader.problem(
+                here + (addressKey,),
+                f"duplicate backend {_quote(backend.endpoint)}: already used by "
+                f"{reader.where(firstByEndpoint[backend.endpoint])}; "
+                "give one backend a weight instead",
+            )
+            continue
+        if backend.endpoint:
+            firstByEndpoint[backend.endpoint] = here
+        labels.append((here + ("label",), here, backend.label))
+    _checkUnique(reader, labels, "backend label")
 
 
 def _buildBackend(
@@ -598,56 +922,63 @@ def _buildBackend(
     resolve: Resolver,
     connectTimeout: float,
     disableTime: float,
-) -> BackendConfig | None:
+) -> tuple[BackendConfig, str] | None:
+    """
+    Read one C{[[proxy.backend]]} table.
+
+    @return: the backend as far as it could be read (its endpoint and label
+        empty when unknown), and the key its address was given by; or
+        L{None} if it is not a table at all.
+    """
     if not isinstance(raw, dict):
         reader.problem(path, f"must be a table, not {_tomlType(raw)}")
         return None
+    reader.unknownKeys(raw, path, _BACKEND_KEYS, _BACKEND_ELSEWHERE)
     before = len(reader.problems)
-    reader.unknownKeys(raw, path, _BACKEND_KEYS)
-    endpoint = reader.string(raw, path, "endpoint")
-    host = reader.string(raw, path, "host")
-    sock = reader.string(raw, path, "socket")
-    port: int | None = None
-    if "port" in raw:
-        port = int(reader.number(raw, path, "port", 0, integer=True, minimum=1))
-        if port > 65535:
-            reader.problem(path + ("port",), f"must be 1 to 65535, not {port}")
+    endpoint = reader.string(raw, path, "endpoint", nonEmpty=False)
+    host = reader.string(raw, path, "host", nonEmpty=False)
+    sock = reader.string(raw, path, "socket", nonEmpty=False)
+    port = reader.integer(raw, path, "port", 1, 65535)
+    addressKey = next((k for k in ("endpoint", "socket", "host", "port") if k in raw), "")
+    resolved = ""
     origin = ""
-    if len(reader.problems) > before:
-        return None
-    if endpoint is not None:
-        if host is not None or sock is not None or port is not None:
-            reader.problem(path + ("endpoint",), "give either 'endpoint' or 'host'/'port'/'socket', not both")
-            return None
-        error = checkEndpoint(endpoint, server=False)
-        if error:
-            reader.problem(path + ("endpoint",), error)
-            return None
-    else:
-        try:
-            endpoint, origin = backendFromHost(host, port, sock, resolve)
-        except ValueError as e:
-            key = "socket" if sock is not None else "host" if host is not None else ""
-            reader.problem(path + ((key,) if key else ()), str(e))
-            return None
+    if len(reader.problems) == before:
+        if endpoint is not None:
+            if host is not None or sock is not None or port is not None:
+                reader.problem(
+                    path + ("endpoint",),
+                    "give either 'endpoint' or 'host'/'port'/'socket', not both",
+                )
+            else:
+                error = checkEndpoint(endpoint, server=False)
+                if error:
+                    reader.problem(path + ("endpoint",), error)
+                else:
+                    resolved = endpoint
+        else:
+            try:
+                derived, origin = backendFromHost(host, port, sock, resolve)
+            except ValueError as e:
+                reader.problem(path + ((addressKey,) if addressKey else ()), str(e))
+            else:
+                error = checkEndpoint(derived, server=False)
+                if error:
+                    reader.problem(path + (addressKey,), f"{origin} gives a {error}")
+                else:
+                    resolved = derived
     label = reader.string(raw, path, "label")
-    if label is not None and not label.strip():
-        reader.problem(path + ("label",), "must not be empty")
-    weight = int(reader.number(raw, path, "weight", 1, integer=True, minimum=1))
-    ct = reader.number(raw, path, "connect-timeout", connectTimeout)
-    if "connect-timeout" in raw and ct == 0:
-        reader.problem(path + ("connect-timeout",), "must be more than 0")
-    dt = reader.number(raw, path, "disable-time", disableTime)
-    if len(reader.problems) > before:
-        return None
-    return BackendConfig(
-        endpoint=endpoint,
-        label=label or endpoint,
-        weight=weight,
+    weight = reader.integer(raw, path, "weight", 1)
+    ct = reader.seconds(raw, path, "connect-timeout", connectTimeout, positive=True)
+    dt = reader.seconds(raw, path, "disable-time", disableTime)
+    backend = BackendConfig(
+        endpoint=resolved,
+        label=label if label is not None else resolved if "label" not in raw else "",
+        weight=1 if weight is None else weight,
         disableTime=dt,
         connectTimeout=ct,
         origin=origin,
     )
+    return backend, addressKey or "endpoint"
 
 
 def configFromArguments(
@@ -666,33 +997,40 @@ def configFromArguments(
         balancers = _knownBalancers()
     source = "<command line>"
     problems: list[Problem] = []
+
+    def problem(option: str, message: str) -> None:
+        problems.append(Problem(source, None, option, message))
+
     if not listen:
-        problems.append(Problem(source, None, "--listen", "missing: give at least one server endpoint"))
+        problem("--listen", "missing: give at least one server endpoint")
     if not backends:
-        problems.append(Problem(source, None, "--backend", "missing: give at least one client endpoint"))
+        problem("--backend", "missing: give at least one client endpoint")
+    seenListen: dict[str, str] = {}
     for desc in listen:
         error = checkEndpoint(desc, server=True)
         if error:
-            problems.append(Problem(source, None, "--listen", error))
+            problem("--listen", error)
+            continue
+        key = _listenKey(desc)
+        if key is None:
+            continue
+        if key in seenListen:
+            problem("--listen", f"duplicate listen endpoint {_quote(desc)}")
+        seenListen.setdefault(key, desc)
+    seenBackends: set[str] = set()
     for desc in backends:
         error = checkEndpoint(desc, server=False)
         if error:
-            problems.append(Problem(source, None, "--backend", error))
-    balance = balance or DEFAULT_BALANCE
-    if balance not in balancers:
-        problems.append(
-            Problem(
-                source, None, "--balance",
-                f"unknown balancer {balance!r} (available: {', '.join(sorted(balancers))})",
-            )
-        )
+            problem("--backend", error)
+        elif desc in seenBackends:
+            problem("--backend", f"duplicate backend {_quote(desc)}")
+        seenBackends.add(desc)
+    if balance is None:
+        balance = DEFAULT_BALANCE
+    elif balance not in balancers:
+        problem("--balance", _unknownBalancer(balance, balancers))
     if not 0 <= debug <= 3:
-        problems.append(Problem(source, None, "--debug", f"must be 0 to 3, not {debug}"))
-    for desc in {d for d in listen if list(listen).count(d) > 1}:
-        problems.append(Problem(source, None, "--listen", f"duplicate listen endpoint {desc!r}"))
-    labels = [d for d in backends]
-    for desc in {d for d in labels if labels.count(d) > 1}:
-        problems.append(Problem(source, None, "--backend", f"duplicate backend {desc!r}"))
+        problem("--debug", f"must be 0 to 3, not {debug}")
     if problems:
         raise ConfigError(problems)
     proxy = ProxyConfig(

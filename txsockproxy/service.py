@@ -5,7 +5,7 @@ L{ProxyService} (a MultiService), built from a L{Config}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
@@ -29,22 +29,21 @@ class ProxyService(MultiService):
     Every proxy of a configuration, listening.
 
     @ivar pools: the L{BackendPool} of each proxy, by proxy name.
-    @ivar factories: the L{ProxyFactory} of each listen endpoint, by endpoint string.
+    @ivar factories: the L{ProxyFactory} of each listen endpoint, in config order.
     """
 
     log = Logger()
 
-    # When set (by the twistd plugin in the foreground), a listener that cannot
-    # bind is logged as one line and the process exits with status 1, instead
-    # of the exception (and its traceback) reaching twistd.
-    exitOnListenError = False
+    # Called with the L{ListenError} when a listener cannot bind, instead of
+    # raising it: the twistd plugin reports it as one line and exits.
+    onListenError: Optional[Callable[[ListenError], None]] = None
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.pools: dict[str, BackendPool] = {}
-        self.factories: dict[str, ProxyFactory] = {}
+        self.factories: list[ProxyFactory] = []
         self._listeners: list[tuple[str, str, Any]] = []
         self._bound = False
         for proxy in config.proxies:
@@ -53,7 +52,7 @@ class ProxyService(MultiService):
             self.pools[proxy.name] = pool
             for desc in proxy.listen:
                 factory = ProxyFactory(pool, reactor, config.debug)
-                self.factories[desc] = factory
+                self.factories.append(factory)
                 listener = strports.service(desc, factory, reactor=reactor)
                 listener.setServiceParent(self)
                 self._listeners.append((proxy.name, desc, listener))
@@ -72,10 +71,12 @@ class ProxyService(MultiService):
             except Exception as e:
                 reason = getattr(e, "socketError", None) or e
                 detail = getattr(reason, "strerror", None) or str(reason)
-                error = ListenError(f"proxy {name}: cannot listen on {desc}: {detail}")
-                if self.exitOnListenError:
-                    self.log.critical("{error}", error=str(error))
-                    raise SystemExit(1) from None
+                # The reason comes first: a daemonizing twistd passes only
+                # the first 100 bytes of the error to the waiting parent.
+                named = f" (proxy {name})" if name != desc else ""
+                error = ListenError(f"{detail}: cannot listen on {desc}{named}")
+                if self.onListenError is not None:
+                    self.onListenError(error)
                 raise error from None
         listeners = [listener for _, _, listener in self._listeners]
         for child in self:

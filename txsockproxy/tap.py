@@ -6,12 +6,23 @@ Both C{twistd sockproxy ...} and C{sockproxy.tac} go through here.
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import replace
 from typing import Any, Optional, TextIO
 
+from twisted.logger import Logger
 from twisted.python import usage
 
-from txsockproxy.config import Config, ConfigError, configFromArguments, loadConfig
+from txsockproxy.config import (
+    Config,
+    ConfigError,
+    Problem,
+    configFromArguments,
+    loadConfig,
+)
+
+_COMMAND_LINE = "<command line>"
 
 
 class Options(usage.Options):
@@ -76,30 +87,26 @@ class Options(usage.Options):
         @raise ConfigError: the options or the file are invalid, or
             contradict each other.
         """
-        from txsockproxy.config import Problem
-
         debug: Optional[int] = None
         if self["debug"] is not None:
             try:
                 debug = int(self["debug"])
             except ValueError:
                 raise ConfigError(
-                    [Problem("<command line>", None, "--debug",
-                             f"must be an integer 0-3, not {self['debug']!r}")]
+                    [Problem(_COMMAND_LINE, None, "--debug",
+                             f"must be an integer 0 to 3, not {self['debug']!r}")]
                 ) from None
             if not 0 <= debug <= 3:
                 raise ConfigError(
-                    [Problem("<command line>", None, "--debug", f"must be 0 to 3, not {debug}")]
+                    [Problem(_COMMAND_LINE, None, "--debug", f"must be 0 to 3, not {debug}")]
                 )
         if self["config"] is not None:
-            mixed = [
-                name for name in ("listen", "backend") if self[name]
-            ] + (["balance"] if self["balance"] is not None else [])
+            mixed = [name for name in ("listen", "backend", "balance") if self[name]]
             if mixed:
                 raise ConfigError(
                     [
                         Problem(
-                            "<command line>", None, "--" + name,
+                            _COMMAND_LINE, None, "--" + name,
                             "cannot be combined with --config: put it in the file "
                             "(only --debug overrides the file)",
                         )
@@ -108,14 +115,12 @@ class Options(usage.Options):
                 )
             config = loadConfig(self["config"])
             if debug is not None:
-                from dataclasses import replace
-
                 config = replace(config, debug=debug)
             return config
         if not self["listen"] and not self["backend"]:
             raise ConfigError(
-                [Problem("<command line>", None, "",
-                         "give --config FILE, or --listen and --backend")]
+                [Problem(_COMMAND_LINE, None, "",
+                         "nothing to do: give --config FILE, or --listen and --backend")]
             )
         return configFromArguments(
             self["listen"], self["backend"], self["balance"], debug or 0
@@ -128,4 +133,42 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from txsockproxy.service import makeProxyService
 
-    return makeProxyService(options["configObject"], reactor)
+    service = makeProxyService(options["configObject"], reactor)
+    service.onListenError = _ListenErrorExit(getattr(options, "parent", None))
+    return service
+
+
+class _ListenErrorExit:
+    """
+    Ends start-up when a listener cannot bind: one log line, exit status 1,
+    no traceback. Under a daemonizing twistd the reason is also handed to
+    the waiting parent process (as twistd does for exceptions) and the
+    pidfile is removed.
+    """
+
+    log = Logger()
+
+    def __init__(self, twistdOptions: Any) -> None:
+        # twistd's own options: a daemonizing twistd puts the pipe to its
+        # waiting parent there ("statusPipe") once it has forked.
+        self._options = twistdOptions
+
+    def __call__(self, error: Exception) -> None:
+        self.log.critical("{error}", error=str(error))
+        options = self._options
+        pipe = options.get("statusPipe") if hasattr(options, "get") else None
+        if pipe is not None:
+            # twistd's parent prints what follows the first two bytes.
+            message = ("1 " + str(error)).encode("ascii", "backslashreplace")[:100]
+            try:
+                os.write(pipe, message)
+                os.close(pipe)
+            except OSError:
+                pass
+            pidfile = options.get("pidfile")
+            if pidfile:
+                try:
+                    os.remove(pidfile)
+                except OSError:
+                    pass
+        raise SystemExit(1)

@@ -1,0 +1,378 @@
+"""
+Tests for L{txsockproxy.tap}: the C{twistd sockproxy} command line.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from textwrap import dedent
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from txsockproxy.balancers import balancerNames
+from txsockproxy.config import BackendConfig, Config, ProxyConfig, loadConfig
+from txsockproxy.tap import Options, makeService
+
+# Endpoint strings only: nothing here resolves a name or touches the network.
+CONFIG = dedent(
+    """\
+    debug = 1
+    [[proxy]]
+    name = "web"
+    listen = "tcp:8080:interface=127.0.0.1"
+    balance = "round-robin"
+    [[proxy.backend]]
+    endpoint = "tcp:host=127.0.0.1:port=10001"
+    label = "one"
+    [[proxy.backend]]
+    host = "/run/two.sock"
+    """
+)
+
+
+class OptionsTestCase(SynchronousTestCase):
+    """
+    Runs L{Options} on a command line, capturing what it prints.
+    """
+
+    def options(self) -> Options:
+        """
+        An L{Options} whose output goes to L{io.StringIO}s.
+        """
+        options = Options()
+        options.stdout = io.StringIO()
+        options.stderr = io.StringIO()
+        return options
+
+    def parse(self, args: list[str]) -> Options:
+        """
+        Parse C{args}, which must be valid and not ask to exit.
+        """
+        options = self.options()
+        options.parseOptions(args)
+        self.assertEqual(options.stderr.getvalue(), "")
+        return options
+
+    def exits(self, args: list[str], code: int) -> tuple[str, str]:
+        """
+        Parse C{args}, which must exit with C{code}.
+
+        @return: what was printed to stdout and to stderr.
+        """
+        options = self.options()
+        exit = self.assertRaises(SystemExit, options.parseOptions, args)
+        self.assertEqual(exit.code, code)
+        stdout, stderr = options.stdout.getvalue(), options.stderr.getvalue()
+        self.assertNotIn("Traceback", stdout + stderr)
+        return stdout, stderr
+
+    def problemLines(self, args: list[str]) -> list[str]:
+        """
+        Parse C{args}, which must be invalid: they exit 1 and print nothing
+        to stdout, and only lines starting C{sockproxy: } to stderr.
+
+        @return: those lines, without the prefix.
+        """
+        stdout, stderr = self.exits(args, 1)
+        self.assertEqual(stdout, "")
+        self.assertTrue(stderr.endswith("\n"), stderr)
+        lines = stderr[:-1].split("\n")
+        for line in lines:
+            self.assertTrue(line.startswith("sockproxy: "), stderr)
+        return [line[len("sockproxy: "):] for line in lines]
+
+    def writeConfig(self, text: str = CONFIG) -> str:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+
+class CommandLineProxyTests(OptionsTestCase):
+    """
+    L{Options} builds a one-proxy configuration from C{--listen},
+    C{--backend}, C{--balance} and C{--debug}.
+    """
+
+    def test_listenAndBackend(self) -> None:
+        """
+        L{Options} collects repeated C{--listen} (or C{-l}) and C{--backend}
+        options, in order, into one proxy with the default balancer.
+        """
+        options = self.parse(
+            [
+                "--listen", "tcp:8080",
+                "--backend", "tcp:host=127.0.0.1:port=10000",
+                "-l", "unix:/run/proxy.sock",
+                "--backend", "unix:/run/app.sock",
+            ]
+        )
+        self.assertEqual(
+            options["configObject"],
+            Config(
+                proxies=(
+                    ProxyConfig(
+                        name="tcp:8080",
+                        listen=("tcp:8080", "unix:/run/proxy.sock"),
+                        backends=(
+                            BackendConfig(
+                                "tcp:host=127.0.0.1:port=10000", "tcp:host=127.0.0.1:port=10000"
+                            ),
+                            BackendConfig("unix:/run/app.sock", "unix:/run/app.sock"),
+                        ),
+                        balance="fair",
+                    ),
+                ),
+                debug=0,
+                source="<command line>",
+            ),
+        )
+
+    def test_balance(self) -> None:
+        """
+        L{Options} uses the balancer named by C{--balance}.
+        """
+        options = self.parse(
+            ["--listen", "tcp:1", "--backend", "unix:/a", "--balance", "round-robin"]
+        )
+        self.assertEqual(options["configObject"].proxies[0].balance, "round-robin")
+
+    def test_debug(self) -> None:
+        """
+        L{Options} sets the debug level given by C{--debug}.
+        """
+        options = self.parse(["--listen", "tcp:1", "--backend", "unix:/a", "--debug", "2"])
+        self.assertEqual(options["configObject"].debug, 2)
+
+    def test_badDebug(self) -> None:
+        """
+        L{Options} reports a C{--debug} that is not an integer from 0 to 3.
+        """
+        for value, message in [("x", "must be an integer 0 to 3, not 'x'"), ("4", "must be 0 to 3, not 4")]:
+            lines = self.problemLines(["--listen", "tcp:1", "--backend", "unix:/a", "--debug", value])
+            self.assertEqual(lines, [f"<command line>: --debug: {message}"])
+
+    def test_unknownBalancer(self) -> None:
+        """
+        L{Options} reports an unknown C{--balance}, listing the installed
+        balancers.
+        """
+        lines = self.problemLines(["--listen", "tcp:1", "--backend", "unix:/a", "-b", "nope"])
+        self.assertEqual(
+            lines,
+            [
+                "<command line>: --balance: unknown balancer 'nope' "
+                f"(available: {', '.join(balancerNames())})"
+            ],
+        )
+
+    def test_badEndpoints(self) -> None:
+        """
+        L{Options} reports every bad C{--listen} and C{--backend}, one line
+        each.
+        """
+        lines = self.problemLines(
+            ["--listen", "tcp:http", "--backend", "tcp:host=a", "--backend", "nosuch:x"]
+        )
+        self.assertEqual(
+            lines,
+            [
+                "<command line>: --listen: bad server endpoint 'tcp:http': "
+                "expected a whole number, not 'http'",
+                "<command line>: --backend: bad client endpoint 'tcp:host=a': missing 'port'",
+                "<command line>: --backend: bad client endpoint 'nosuch:x': "
+                "Unknown endpoint type: 'nosuch'",
+            ],
+        )
+
+    def test_listenWithoutBackend(self) -> None:
+        """
+        L{Options} reports C{--listen} without C{--backend}, and the reverse.
+        """
+        self.assertEqual(
+            self.problemLines(["--listen", "tcp:1"]),
+            ["<command line>: --backend: missing: give at least one client endpoint"],
+        )
+        self.assertEqual(
+            self.problemLines(["--backend", "unix:/a"]),
+            ["<command line>: --listen: missing: give at least one server endpoint"],
+        )
+
+    def test_nothing(self) -> None:
+        """
+        L{Options} reports a command line giving neither a config file nor a
+        proxy.
+        """
+        self.assertEqual(
+            self.problemLines([]),
+            ["<command line>: nothing to do: give --config FILE, or --listen and --backend"],
+        )
+        self.assertEqual(len(self.problemLines(["--check"])), 1)
+
+    def test_unknownOption(self) -> None:
+        """
+        L{Options} raises L{usage.UsageError} for an option it does not know,
+        so that twistd prints the usage and the error and exits 1.
+        """
+        options = self.options()
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--lisen", "tcp:1"])
+
+
+class ConfigFileOptionTests(OptionsTestCase):
+    """
+    L{Options} loads C{--config}, and C{--debug} alone may override it.
+    """
+
+    def test_config(self) -> None:
+        """
+        L{Options} loads the configuration file given by C{--config}.
+        """
+        path = self.writeConfig()
+        options = self.parse(["--config", path])
+        config = options["configObject"]
+        self.assertEqual(config, loadConfig(path))
+        self.assertEqual(config.source, path)
+        self.assertEqual([b.label for b in config.proxies[0].backends], ["one", "unix:path=/run/two.sock"])
+
+    def test_debugOverridesFile(self) -> None:
+        """
+        L{Options} uses C{--debug} instead of the file's C{debug}, and the
+        file's value without it.
+        """
+        path = self.writeConfig()
+        self.assertEqual(self.parse(["--config", path])["configObject"].debug, 1)
+        self.assertEqual(self.parse(["-c", path, "--debug", "3"])["configObject"].debug, 3)
+        self.assertEqual(self.parse(["--debug", "0", "--config", path])["configObject"].debug, 0)
+
+    def test_configWithCommandLineProxy(self) -> None:
+        """
+        L{Options} refuses C{--listen}, C{--backend} or C{--balance} with
+        C{--config}, naming each option given.
+        """
+        path = self.writeConfig()
+        lines = self.problemLines(
+            ["--config", path, "--listen", "tcp:1", "--backend", "unix:/a", "--balance", "fair"]
+        )
+        message = "cannot be combined with --config: put it in the file (only --debug overrides the file)"
+        self.assertEqual(
+            lines,
+            [f"<command line>: --{name}: {message}" for name in ["listen", "backend", "balance"]],
+        )
+        self.assertEqual(
+            self.problemLines(["--config", path, "--balance", "fair"]),
+            [f"<command line>: --balance: {message}"],
+        )
+
+    def test_invalidFile(self) -> None:
+        """
+        L{Options} prints one line per problem of an invalid file, naming the
+        file, line and key, and exits 1.
+        """
+        path = self.writeConfig(
+            CONFIG.replace('balance = "round-robin"', 'balance = "nope"\nidle_timeout = 3')
+            .replace('label = "one"', "weight = 0")
+        )
+        lines = self.problemLines(["--config", path])
+        self.assertEqual(
+            [line.split(": ")[:2] for line in lines],
+            [
+                [f"{path}:5", "proxy[0].balance"],
+                [f"{path}:6", "proxy[0].idle_timeout"],
+                [f"{path}:9", "proxy[0].backend[0].weight"],
+            ],
+        )
+
+    def test_syntaxError(self) -> None:
+        """
+        L{Options} prints a TOML syntax error as one line with the file and line.
+        """
+        path = self.writeConfig('[[proxy]]\nlisten = "tcp:1"\nbalance = \n')
+        [line] = self.problemLines(["--config", path])
+        self.assertTrue(line.startswith(f"{path}:3: TOML syntax error: "), line)
+
+    def test_missingFile(self) -> None:
+        """
+        L{Options} reports a C{--config} file that cannot be read.
+        """
+        path = self.mktemp()
+        self.assertEqual(
+            self.problemLines(["--config", path]),
+            [f"{path}: cannot read: No such file or directory"],
+        )
+
+
+class CheckTests(OptionsTestCase):
+    """
+    C{--check} validates the configuration, prints it, and exits.
+    """
+
+    def test_checkFile(self) -> None:
+        """
+        L{Options} with C{--check} prints the effective configuration of a
+        valid file, with C{--debug} applied, and exits 0.
+        """
+        path = self.writeConfig()
+        stdout, stderr = self.exits(["--config", path, "--debug", "2", "--check"], 0)
+        self.assertEqual(stderr, "")
+        expected = loadConfig(path)
+        self.assertEqual(
+            stdout, expected.describe().replace("debug = 1", "debug = 2") + "\n"
+        )
+        self.assertIn("backend 'one': tcp:host=127.0.0.1:port=10001", stdout)
+
+    def test_checkCommandLine(self) -> None:
+        """
+        L{Options} with C{--check} prints the effective configuration of a
+        command-line proxy and exits 0.
+        """
+        stdout, stderr = self.exits(
+            ["--check", "--listen", "tcp:1", "--backend", "unix:/a", "--balance", "round-robin"], 0
+        )
+        self.assertEqual(stderr, "")
+        self.assertIn("# effective configuration from <command line>", stdout)
+        self.assertIn("listen              tcp:1", stdout)
+        self.assertIn("balance             round-robin", stdout)
+        self.assertIn("backend 'unix:/a': unix:/a", stdout)
+
+    def test_checkInvalid(self) -> None:
+        """
+        L{Options} with C{--check} on an invalid file prints only the
+        problems, and exits 1.
+        """
+        path = self.writeConfig(CONFIG.replace("debug = 1", "debug = 9"))
+        self.assertEqual(
+            self.problemLines(["--config", path, "--check"]),
+            [f"{path}:1: debug: must be 0 to 3, not 9"],
+        )
+
+
+class MakeServiceTests(OptionsTestCase):
+    """
+    L{makeService} builds the proxy service from parsed L{Options}.
+    """
+
+    def test_makeService(self) -> None:
+        """
+        L{makeService} builds the service of the options' configuration on
+        the reactor it is given.
+        """
+        options = self.parse(["--listen", "tcp:0", "--backend", "unix:/a"])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        self.assertIs(service.config, options["configObject"])
+        self.assertIs(service.reactor, reactor)
+
+    def test_noReactorImport(self) -> None:
+        """
+        Importing L{txsockproxy.tap} (as twistd does when it scans plugins)
+        does not import, and so install, the global reactor.
+        """
+        code = "import sys, txsockproxy.tap; print('twisted.internet.reactor' in sys.modules)"
+        output = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+        self.assertEqual(output, "False\n")
