@@ -111,6 +111,7 @@ class Proxy:
         connectTimeout: float = 8.0,
         disableTime: float = 1.0,
         debug: int = 0,
+        inspectDelay: float = 0.0,
     ) -> None:
         self.clock = Clock()
         configs = tuple(
@@ -128,6 +129,7 @@ class Proxy:
             backends=configs,
             idleTimeout=idleTimeout,
             halfClosedTimeout=halfClosedTimeout,
+            inspectDelay=inspectDelay,
         )
         self.endpoints = {label: FakeEndpoint() for label in labels}
         backends = [Backend(c, self.endpoints[c.label]) for c in configs]
@@ -138,15 +140,15 @@ class Proxy:
         self.factory = ProxyFactory(self.pool, self.clock, debug)
 
     def accept(
-        self, peer: Optional[IPv4Address] = None
+        self, peer: Optional[IPv4Address] = None, transport: Optional[HalfCloseTransport] = None
     ) -> tuple[FrontendProtocol, HalfCloseTransport]:
         """
-        A client connects.
+        A client connects (over C{transport} if given).
 
         @return: the frontend protocol and the client's transport.
         """
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 40000))
-        transport = HalfCloseTransport(peer)
+        transport = transport or HalfCloseTransport(peer)
         protocol.makeConnection(transport)
         return protocol, transport
 

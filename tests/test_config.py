@@ -185,8 +185,8 @@ class ValidConfigTests(SynchronousTestCase):
 
     def test_proxyKeys(self) -> None:
         """
-        L{parseConfig} reads a proxy's C{name}, C{balance}, C{idle-timeout} and
-        C{half-closed-timeout}, as floats of seconds.
+        L{parseConfig} reads a proxy's C{name}, C{balance}, C{idle-timeout},
+        C{half-closed-timeout} and C{inspect-delay}, as floats of seconds.
         """
         config = parse(
             """\
@@ -196,14 +196,16 @@ class ValidConfigTests(SynchronousTestCase):
             balance = "round-robin"
             idle-timeout = 300
             half-closed-timeout = 2.5
+            inspect-delay = 3
             [[proxy.backend]]
             endpoint = "tcp:host=10.0.0.2:port=5432"
             """
         )
         [proxy] = config.proxies
         self.assertEqual(
-            (proxy.name, proxy.balance, proxy.idleTimeout, proxy.halfClosedTimeout),
-            ("db", "round-robin", 300.0, 2.5),
+            (proxy.name, proxy.balance, proxy.idleTimeout, proxy.halfClosedTimeout,
+             proxy.inspectDelay),
+            ("db", "round-robin", 300.0, 2.5, 3.0),
         )
         self.assertIsInstance(proxy.idleTimeout, float)
 
@@ -1450,6 +1452,7 @@ def _configs(draw: st.DrawFn) -> tuple[str, Config, dict[str, str]]:
             "disable-time": draw(st.none() | _seconds),
             "idle-timeout": draw(st.none() | _seconds),
             "half-closed-timeout": draw(st.none() | _seconds),
+            "inspect-delay": draw(st.none() | _seconds),
         }
         for key, value in optional.items():
             if value is not None:
@@ -1480,6 +1483,7 @@ def _configs(draw: st.DrawFn) -> tuple[str, Config, dict[str, str]]:
                     300.0 if optional["half-closed-timeout"] is None
                     else optional["half-closed-timeout"]
                 ),
+                inspectDelay=float(optional["inspect-delay"] or 0.0),
             )
         )
     # One name resolves to one address: a name drawn twice, with two
@@ -1506,7 +1510,8 @@ _scalars = st.one_of(
 _keys = st.one_of(
     st.sampled_from(
         ["debug", "proxy", "name", "listen", "balance", "connect-timeout", "disable-time",
-         "idle-timeout", "half-closed-timeout", "backend", "endpoint", "host", "port",
+         "idle-timeout", "half-closed-timeout", "inspect-delay", "backend", "endpoint",
+         "host", "port",
          "socket", "label", "weight"]
     ),
     st.text(max_size=8),

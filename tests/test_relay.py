@@ -5,17 +5,20 @@ fake endpoints and a L{Clock}.
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relay_fakes import Proxy, lost
+from relay_fakes import HalfCloseTransport, Proxy, lost
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txsockproxy.interfaces import IBackendInfo, IConnectionInfo
+from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.relay import HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
 
@@ -487,3 +490,140 @@ class RelayPropertyTests(SynchronousTestCase):
         self.assertEqual(proxy.clock.getDelayedCalls(), [])
 
 
+
+
+@implementer(IBalancer)
+class NameRecorder:
+    """
+    A balancer that uses the SNI name and records what it was given.
+    """
+
+    wantsServerName = True
+
+    def __init__(self) -> None:
+        self.names: list[Optional[str]] = []
+
+    def choose(
+        self, candidates: Sequence[IBackendInfo], connection: IConnectionInfo
+    ) -> Optional[IBackendInfo]:
+        self.names.append(connection.serverName)
+        return candidates[0]
+
+
+@implementer(ISSLTransport)
+class TLSTransport(HalfCloseTransport):
+    """
+    A client transport of a TLS listener, whose handshake named C{serverName}.
+    """
+
+    def __init__(self, serverName: Optional[bytes]) -> None:
+        super().__init__()
+        self._serverName = serverName
+
+    def getHandle(self) -> Any:
+        serverName = self._serverName
+
+        class Handle:
+            def get_servername(self) -> Optional[bytes]:
+                return serverName
+
+        return Handle()
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+
+class InspectionTests(SynchronousTestCase):
+    """
+    Waiting for the TLS SNI name before choosing, for balancers that use it.
+    """
+
+    def test_waitsForClientHello(self) -> None:
+        """
+        With inspect-delay, nothing is connected until the ClientHello is
+        complete; then the balancer gets its SNI name and the backend gets
+        the hello, unchanged.
+        """
+        from test_sni import clientHello
+
+        recorder = NameRecorder()
+        proxy = Proxy(balancer=recorder, inspectDelay=5)
+        client, _ = proxy.accept()
+        hello = clientHello(b"Shop.Example")
+        client.dataReceived(hello[:10])
+        client.dataReceived(hello[10:100])
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        client.dataReceived(hello[100:])
+        self.assertEqual(recorder.names, ["shop.example"])
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), hello)
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+
+    def test_notTLSConnectsAtOnce(self) -> None:
+        """
+        Bytes that are not a ClientHello end the wait at once, with no name.
+        """
+        recorder = NameRecorder()
+        proxy = Proxy(balancer=recorder, inspectDelay=5)
+        client, _ = proxy.accept()
+        client.dataReceived(b"GET / HTTP/1.0\r\n")
+        self.assertEqual(recorder.names, [None])
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+
+    def test_silentClientWaitsInspectDelay(self) -> None:
+        """
+        A client that sends nothing (a server-speaks-first protocol) is
+        placed without a name after inspect-delay.
+        """
+        recorder = NameRecorder()
+        proxy = Proxy(balancer=recorder, inspectDelay=2)
+        proxy.accept()
+        proxy.clock.advance(1.9)
+        self.assertEqual(recorder.names, [])
+        proxy.clock.advance(0.1)
+        self.assertEqual(recorder.names, [None])
+
+    def test_clientEOFEndsWait(self) -> None:
+        """
+        A client that half-closes while being inspected is placed at once.
+        """
+        recorder = NameRecorder()
+        proxy = Proxy(balancer=recorder, inspectDelay=2)
+        client, _ = proxy.accept()
+        client.dataReceived(b"\x16\x03")
+        client.readConnectionLost()
+        self.assertEqual(recorder.names, [None])
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"\x16\x03")
+        self.assertTrue(bt.writeClosed)
+
+    def test_noWaitForOtherBalancers(self) -> None:
+        """
+        A balancer that does not use the name is asked at once, whatever
+        inspect-delay says.
+        """
+        proxy = Proxy(inspectDelay=5)
+        proxy.accept()
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+
+    def test_clientLeavesWhileInspected(self) -> None:
+        """
+        A client that leaves during the wait leaves no timer and no counts.
+        """
+        proxy = Proxy(balancer=NameRecorder(), inspectDelay=5)
+        client, _ = proxy.accept()
+        client.connectionLost(lost(clean=False))
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+
+    def test_tlsListenerHandshake(self) -> None:
+        """
+        On a TLS listener the name comes from the completed handshake.
+        """
+        recorder = NameRecorder()
+        proxy = Proxy(balancer=recorder, inspectDelay=5)
+        client, _ = proxy.accept(transport=TLSTransport(b"Api.Example."))
+        self.assertEqual(recorder.names, [])
+        client.handshakeCompleted()
+        self.assertEqual(recorder.names, ["api.example"])

@@ -114,6 +114,9 @@ class ProxyConfig:
         closed; 0 disables it.
     @ivar halfClosedTimeout: once one direction has ended, seconds without a
         byte in the other direction before the session is closed; 0 disables.
+    @ivar inspectDelay: for balancers that use the TLS SNI name (C{hash}), at
+        most how many seconds to wait for the client's ClientHello (or, on a
+        TLS listener, the handshake) before choosing a backend; 0 = do not wait.
     """
 
     name: str
@@ -122,6 +125,7 @@ class ProxyConfig:
     balance: str = DEFAULT_BALANCE
     idleTimeout: float = 0.0
     halfClosedTimeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
+    inspectDelay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ class Config:
             lines.append(f"  {'balance':<20}{proxy.balance}")
             lines.append(f"  {'idle-timeout':<20}{_seconds(proxy.idleTimeout)}")
             lines.append(f"  {'half-closed-timeout':<20}{_seconds(proxy.halfClosedTimeout)}")
+            if proxy.inspectDelay:
+                lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
             for b in proxy.backends:
                 origin = f"  (from {b.origin})" if b.origin else ""
                 lines.append(
@@ -590,6 +596,7 @@ _PROXY_KEYS = (
     "disable-time",
     "idle-timeout",
     "half-closed-timeout",
+    "inspect-delay",
     "backend",
 )
 _BACKEND_KEYS = (
@@ -865,6 +872,7 @@ def _buildProxy(
     disableTime = reader.seconds(raw, path, "disable-time", DEFAULT_DISABLE_TIME)
     idleTimeout = reader.seconds(raw, path, "idle-timeout", 0.0)
     halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
+    inspectDelay = reader.seconds(raw, path, "inspect-delay", 0.0)
 
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
@@ -889,6 +897,7 @@ def _buildProxy(
         balance=balance,
         idleTimeout=idleTimeout,
         halfClosedTimeout=halfClosed,
+        inspectDelay=inspectDelay,
     )
 
 

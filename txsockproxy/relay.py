@@ -25,7 +25,9 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IReactorTime,
+    ISSLTransport,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.logger import Logger
@@ -33,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.interfaces import IConnectionInfo
+from txsockproxy.sni import NEED_MORE, parseServerName
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -74,12 +77,18 @@ class ProxyFactory(ServerFactory):
         self.debug = debug
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
+        # Wait for the SNI name only if the balancer uses it.
+        self.inspectDelay = (
+            pool.config.inspectDelay
+            if getattr(pool.balancer, "wantsServerName", False)
+            else 0.0
+        )
 
     def buildProtocol(self, addr: Optional[IAddress]) -> FrontendProtocol:
         return FrontendProtocol(self)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class FrontendProtocol(Protocol):
     """
     The client's side of a session.
@@ -98,6 +107,9 @@ class FrontendProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self.session.clientEOF()  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        self.session.handshakeCompleted()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
         pass
@@ -179,6 +191,8 @@ class Session:
         self.bytesFromBackend = 0
         self.ended: Optional[str] = None
         self.finished = False
+        self.inspecting = False
+        self._inspectTimer: Optional[IDelayedCall] = None
         self.started = self.clock.seconds()
         self._timer: Optional[IDelayedCall] = None
         self._timeout = 0.0
@@ -194,7 +208,55 @@ class Session:
         """
         self.pool.accepted += 1
         self.pool.active += 1
+        delay = self.factory.inspectDelay
+        if delay:
+            # The balancer places connections by SNI name: wait (at most
+            # inspect-delay) for the ClientHello, or on a TLS listener for
+            # the handshake, before choosing.
+            self.inspecting = True
+            self._inspectTimer = self.clock.callLater(delay, self._inspected, None)
+            return
         self._connectNext()
+
+    def _inspected(self, serverName: Optional[str]) -> None:
+        """
+        Inspection is over: choose a backend, by C{serverName} if known.
+        """
+        if not self.inspecting:
+            return
+        self.inspecting = False
+        if self._inspectTimer is not None:
+            if self._inspectTimer.active():
+                self._inspectTimer.cancel()
+            self._inspectTimer = None
+        self.connection.serverName = serverName
+        if self.factory.debug >= 2:
+            self.log.info(
+                "proxy {proxy}: {client} SNI name {name}",
+                proxy=self.pool.name, client=_address(self.connection.peer),
+                name=serverName or "(none)",
+            )
+        self._connectNext()
+
+    def _inspectHeld(self) -> None:
+        status, name = parseServerName(b"".join(self.held))
+        if status != NEED_MORE:
+            self._inspected(name)
+
+    def handshakeCompleted(self) -> None:
+        """
+        A TLS listener finished its handshake: the SNI name is known now.
+        """
+        if not self.inspecting:
+            return
+        name: Optional[str] = None
+        try:
+            raw = self.clientTransport.getHandle().get_servername()
+        except Exception:
+            raw = None
+        if raw:
+            name = raw.decode("ascii", "replace").lower().rstrip(".")
+        self._inspected(name)
 
     def _connectNext(self) -> None:
         backend = self.pool.pick(self.connection, self.tried)
@@ -287,6 +349,8 @@ class Session:
         if self.heldSize >= HOLD_LIMIT and not self.clientPaused:
             self.clientPaused = True
             self.clientTransport.pauseProducing()
+        if self.inspecting and not ISSLTransport.providedBy(self.clientTransport):
+            self._inspectHeld()
 
     def fromBackend(self, data: bytes) -> None:
         """
@@ -306,6 +370,10 @@ class Session:
         if self.clientDone:
             return
         self.clientDone = True
+        if self.inspecting:
+            # No more bytes will come: decide with what was held.
+            self._inspectHeld()
+            self._inspected(None)
         bt = self.backendTransport
         if bt is not None and not self.backendGone:
             # The client is done producing: unregister it first, or a paused
@@ -351,6 +419,12 @@ class Session:
         The client connection is closed (by us, by the client, or by an error).
         """
         self.clientGone = True
+        if self.inspecting:
+            self.ended = self.ended or "client left while inspecting"
+            self.inspecting = False
+            if self._inspectTimer is not None and self._inspectTimer.active():
+                self._inspectTimer.cancel()
+            self._inspectTimer = None
         if self.connecting is not None:
             self.ended = self.ended or "client left while connecting"
             d, self.connecting = self.connecting, None
