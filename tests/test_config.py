@@ -5,6 +5,7 @@ Tests for L{txsockproxy.config}: loading and validating the native TOML format.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import tomllib
@@ -428,6 +429,8 @@ class ValidConfigTests(SynchronousTestCase):
                 """\
                 # effective configuration from test.toml
                 debug = 2
+                session-log = log (text)
+                shutdown-timeout = 30s
 
                 proxy 'db'
                   listen              tcp:5432
@@ -1638,3 +1641,101 @@ class ConfigPropertyTests(SynchronousTestCase):
         # The document is valid TOML: the checks after parsing are exercised.
         tomllib.loads(text)
         self.assertOnlyConfigError(text)
+
+
+class OperationsConfigTests(ConfigTestCase):
+    """
+    The status endpoint, session log and shutdown keys.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without them: no status endpoint, the session log goes to the twistd
+        log as text, and sessions get 30 seconds at shutdown.
+        """
+        config = parse(minimal())
+        self.assertIsNone(config.status)
+        self.assertEqual(
+            (config.sessionLog, config.logFormat, config.shutdownTimeout), ("log", "text", 30.0)
+        )
+
+    def test_status(self) -> None:
+        """
+        C{[status]} takes C{listen} (one or more server endpoints) and an
+        C{admin-token-file}, whose first line is read as the token.
+        """
+        token = self.mktemp()
+        with open(token, "w") as f:
+            f.write("s3cret-token-0123456789\n")
+        config = parse(
+            f'[status]\nlisten = ["tcp:9180:interface=127.0.0.1", "unix:/run/s.sock"]\n'
+            f"admin-token-file = {json.dumps(token)}\n\n" + minimal()
+        )
+        assert config.status is not None
+        self.assertEqual(
+            config.status.listen, ("tcp:9180:interface=127.0.0.1", "unix:/run/s.sock")
+        )
+        self.assertEqual(config.status.adminToken, "s3cret-token-0123456789")
+        self.assertNotIn("s3cret", repr(config))
+
+    def test_logging(self) -> None:
+        """
+        C{session-log}, C{log-format} and C{shutdown-timeout} are read.
+        """
+        config = parse(
+            'session-log = "/var/log/sessions.log"\nlog-format = "json"\n'
+            "shutdown-timeout = 5\n" + minimal()
+        )
+        self.assertEqual(
+            (config.sessionLog, config.logFormat, config.shutdownTimeout),
+            ("/var/log/sessions.log", "json", 5.0),
+        )
+
+    def test_badValues(self) -> None:
+        """
+        Each bad value is one problem naming its line and key.
+        """
+        self.assertOneProblem(
+            'session-log = "sessions.log"\n' + minimal(), 1, "session-log", "absolute file path"
+        )
+        self.assertOneProblem('log-format = "xml"\n' + minimal(), 1, "log-format", '"json"')
+        self.assertOneProblem(
+            "shutdown-timeout = -1\n" + minimal(), 1, "shutdown-timeout", "negative"
+        )
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:9180"\nbogus = 1\n' + minimal(), 3, "status.bogus",
+            "unknown key",
+        )
+        problems = self.problems("[status]\nadmin = 1\n" + minimal())
+        self.assertEqual(
+            [(p.line, p.key) for p in problems], [(1, "status.listen"), (2, "status.admin")]
+        )
+
+    def test_tokenProblems(self) -> None:
+        """
+        A missing or too short token file is reported at C{admin-token-file}.
+        """
+        missing = self.mktemp()
+        self.assertOneProblem(
+            f'[status]\nlisten = "tcp:9180"\nadmin-token-file = {json.dumps(missing)}\n'
+            + minimal(),
+            3, "status.admin-token-file", "cannot read",
+        )
+        short = self.mktemp()
+        with open(short, "w") as f:
+            f.write("abc\n")
+        self.assertOneProblem(
+            f'[status]\nlisten = "tcp:9180"\nadmin-token-file = {json.dumps(short)}\n'
+            + minimal(),
+            3, "status.admin-token-file", "too short",
+        )
+
+    def test_statusClashesWithProxy(self) -> None:
+        """
+        The status endpoint cannot listen where a proxy listens.
+        """
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:port=10000"\n\n'
+            '[[proxy]]\nlisten = "tcp:10000"\n[[proxy.backend]]\nendpoint = "tcp:host=a:port=1"\n',
+            2, "status.listen", "already a listen endpoint",
+        )

@@ -33,6 +33,7 @@ DEFAULT_CONNECT_TIMEOUT = 8.0
 DEFAULT_DISABLE_TIME = 1.0
 DEFAULT_HALF_CLOSED_TIMEOUT = 300.0
 DEFAULT_BALANCE = "fair"
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_PORT = 80
 
 
@@ -129,23 +130,61 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    """
+    The status and admin web endpoint.
+
+    @ivar listen: server endpoint strings it listens on.
+    @ivar adminTokenFile: the file holding the bearer token that admin
+        actions need, or C{""}: then admin actions are refused.
+    @ivar adminToken: that token, read when the config is loaded.
+    """
+
+    listen: tuple[str, ...]
+    adminTokenFile: str = ""
+    adminToken: str = field(default="", repr=False)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
 class Config:
     """
     A whole, validated configuration.
 
     @ivar source: where it was read from, for messages.
+    @ivar status: the status endpoint, if any.
+    @ivar sessionLog: where the one-line-per-session log goes: C{"log"} (the
+        twistd log), C{"off"}, or the path of a file of its own.
+    @ivar logFormat: C{"text"} or C{"json"} (JSON lines) for the session log.
+    @ivar shutdownTimeout: on SIGTERM/SIGINT, seconds sessions in flight get
+        to finish before they are closed.
     """
 
     proxies: tuple[ProxyConfig, ...]
     debug: int = 0
     source: str = "<command line>"
     notices: tuple[str, ...] = field(default=(), compare=False)
+    status: StatusConfig | None = None
+    sessionLog: str = "log"
+    logFormat: str = "text"
+    shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     def describe(self) -> str:
         """
         Render the effective configuration for humans (used by C{--check}).
         """
         lines = [f"# effective configuration from {self.source}", f"debug = {self.debug}"]
+        lines.append(f"session-log = {self.sessionLog} ({self.logFormat})")
+        lines.append(f"shutdown-timeout = {_seconds(self.shutdownTimeout)}")
+        if self.status is not None:
+            lines.append("")
+            lines.append("status")
+            for desc in self.status.listen:
+                lines.append(f"  {'listen':<20}{desc}")
+            admin = self.status.adminTokenFile or "(none: admin actions refused)"
+            lines.append(f"  {'admin-token-file':<20}{admin}")
         for proxy in self.proxies:
             lines.append("")
             lines.append(f"proxy {proxy.name!r}")
@@ -587,7 +626,8 @@ def _tomlType(value: object) -> str:
     return type(value).__name__
 
 
-_TOP_KEYS = ("debug", "proxy")
+_TOP_KEYS = ("debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout")
+_STATUS_KEYS = ("listen", "admin-token-file")
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -708,6 +748,17 @@ def _buildConfig(
         balancers = _knownBalancers()
     reader.unknownKeys(data, (), _TOP_KEYS, _TOP_ELSEWHERE)
     debug = reader.integer(data, (), "debug", 0, 3)
+    status = _buildStatus(data, reader)
+    sessionLog = reader.string(data, (), "session-log") or "log"
+    if sessionLog not in ("log", "off") and not sessionLog.startswith("/"):
+        reader.problem(
+            ("session-log",),
+            f"must be \"log\", \"off\" or an absolute file path, not {sessionLog!r}",
+        )
+    logFormat = reader.string(data, (), "log-format") or "text"
+    if logFormat not in LOG_FORMATS:
+        reader.problem(("log-format",), f"must be \"text\" or \"json\", not {logFormat!r}")
+    shutdownTimeout = reader.seconds(data, (), "shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT)
     rawProxies = data.get("proxy")
     proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:
@@ -734,9 +785,59 @@ def _buildConfig(
         raise ConfigError(
             sorted(reader.problems, key=lambda p: (p.line is not None, p.line or 0))
         )
+    if status is not None and proxies:
+        taken = {_listenKey(d): (("proxy", i, "listen"), p.name) for i, p in proxies for d in p.listen}
+        for desc in status.listen:
+            key = _listenKey(desc)
+            if key is not None and key in taken:
+                reader.problem(
+                    ("status", "listen"),
+                    f"{_quote(desc)} is already a listen endpoint of proxy {taken[key][1]!r}",
+                )
+    if reader.problems:
+        raise ConfigError(
+            sorted(reader.problems, key=lambda p: (p.line is not None, p.line or 0))
+        )
     return Config(
-        proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source
+        proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
+        status=status, sessionLog=sessionLog, logFormat=logFormat,
+        shutdownTimeout=shutdownTimeout,
     )
+
+
+def _buildStatus(data: Mapping[str, Any], reader: _Reader) -> StatusConfig | None:
+    raw = data.get("status")
+    if raw is None:
+        return None
+    path: tuple[Any, ...] = ("status",)
+    if not isinstance(raw, dict):
+        reader.problem(path, f"must be a table ([status]), not {_tomlType(raw)}")
+        return None
+    reader.unknownKeys(raw, path, _STATUS_KEYS, {})
+    listen = _readListen(raw, path, reader)
+    tokenFile = reader.string(raw, path, "admin-token-file") or ""
+    token = ""
+    if tokenFile:
+        token, error = readToken(tokenFile)
+        if error:
+            reader.problem(path + ("admin-token-file",), error)
+    return StatusConfig(listen=tuple(listen), adminTokenFile=tokenFile, adminToken=token)
+
+
+def readToken(path: str) -> tuple[str, str]:
+    """
+    Read an admin token file: its first line, stripped.
+
+    @return: the token and C{""}, or C{""} and what is wrong.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return "", f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}"
+    if len(token) < 16:
+        return "", f"the token in {path!r} is too short: use at least 16 characters"
+    return token, ""
 
 
 def _checkUnique(
@@ -996,9 +1097,13 @@ def configFromArguments(
     balance: str | None,
     debug: int,
     balancers: frozenset[str] | None = None,
+    status: Sequence[str] = (),
 ) -> Config:
     """
     Build a one-proxy configuration from command-line values.
+
+    @param status: server endpoint strings for the status page (no admin
+        token: admin actions are refused).
 
     @raise ConfigError: listing every problem, each naming its option.
     """
@@ -1040,6 +1145,12 @@ def configFromArguments(
         problem("--balance", _unknownBalancer(balance, balancers))
     if not 0 <= debug <= 3:
         problem("--debug", f"must be 0 to 3, not {debug}")
+    for desc in status:
+        error = checkEndpoint(desc, server=True)
+        if error:
+            problem("--status", error)
+        elif _listenKey(desc) is not None and _listenKey(desc) in seenListen:
+            problem("--status", f"{_quote(desc)} is already a --listen endpoint")
     if problems:
         raise ConfigError(problems)
     proxy = ProxyConfig(
@@ -1048,4 +1159,7 @@ def configFromArguments(
         backends=tuple(BackendConfig(endpoint=d, label=d) for d in backends),
         balance=balance,
     )
-    return Config(proxies=(proxy,), debug=debug, source=source)
+    return Config(
+        proxies=(proxy,), debug=debug, source=source,
+        status=StatusConfig(listen=tuple(status)) if status else None,
+    )

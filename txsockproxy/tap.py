@@ -52,6 +52,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["backend"] = []
+        self["status"] = []
         self.stdout: TextIO = sys.stdout
         self.stderr: TextIO = sys.stderr
 
@@ -66,6 +67,13 @@ class Options(usage.Options):
         Relay to this client endpoint (repeatable), e.g. tcp:host=127.0.0.1:port=10000.
         """
         self["backend"].append(endpoint)
+
+    def opt_status(self, endpoint: str) -> None:
+        """
+        Serve the status page and metrics on this server endpoint (repeatable),
+        e.g. tcp:9180:interface=127.0.0.1.
+        """
+        self["status"].append(endpoint)
 
     opt_l = opt_listen
 
@@ -101,7 +109,9 @@ class Options(usage.Options):
                     [Problem(_COMMAND_LINE, None, "--debug", f"must be 0 to 3, not {debug}")]
                 )
         if self["config"] is not None:
-            mixed = [name for name in ("listen", "backend", "balance") if self[name]]
+            mixed = [
+                name for name in ("listen", "backend", "balance", "status") if self[name]
+            ]
             if mixed:
                 raise ConfigError(
                     [
@@ -123,7 +133,8 @@ class Options(usage.Options):
                          "nothing to do: give --config FILE, or --listen and --backend")]
             )
         return configFromArguments(
-            self["listen"], self["backend"], self["balance"], debug or 0
+            self["listen"], self["backend"], self["balance"], debug or 0,
+            status=self["status"],
         )
 
 
