@@ -20,6 +20,7 @@ setup(
         "zope.interface>=6",
         "service-identity>=24.1",
         "pyOpenSSL>=24",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

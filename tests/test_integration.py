@@ -495,7 +495,7 @@ class FailoverIntegrationTests(_IntegrationTestCase):
         lines = proxy.lines
         down = [
             i for i, line in enumerate(lines)
-            if "all backends down" in line and "session of" not in line
+            if "all backends down, closing" in line
         ]
         again = [i for i, line in enumerate(lines) if "backend b0 answers again" in line]
         self.assertEqual(len(down), 2, proxy.output)

@@ -186,7 +186,7 @@ class RelayTests(SynchronousTestCase):
         self.backend.connectionLost(lost())
         self.assertEqual(self.proxy.pool.active, 0)
         self.assertEqual(self.proxy.backends["a"].active, 0)
-        self.assertEqual(self.client.session.ended, "closed by both")  # type: ignore[union-attr]
+        self.assertEqual(self.client.session.ended, "client closed")  # type: ignore[union-attr]
 
     def test_backendHalfCloseFirst(self) -> None:
         """

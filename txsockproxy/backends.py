@@ -16,8 +16,12 @@ from zope.interface import implementer
 from txsockproxy.config import BackendConfig, ProxyConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 
-UP = "up"
-DISABLED = "disabled"
+# A backend's state, as the status page and metrics show it.
+UP = "up"  # in rotation
+DISABLED = "disabled"  # out of rotation for disable-time after a connect failure
+DRAINING = "draining"  # set by an operator: no new sessions, current ones finish
+DOWN = "down"  # set by an operator: no new sessions
+STATES = (UP, DISABLED, DRAINING, DOWN)
 
 
 @implementer(IBackendInfo)
@@ -33,6 +37,7 @@ class Backend:
     @ivar lastError: the most recent connect failure, in words, or C{""}.
     @ivar disabledUntil: the reactor time until which a connect failure keeps
         the backend out of rotation.
+    @ivar adminState: what an operator set: C{"up"}, C{"draining"} or C{"down"}.
     """
 
     def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
@@ -48,12 +53,31 @@ class Backend:
         self.bytesOut = 0
         self.lastError = ""
         self.disabledUntil = 0.0
+        self.adminState = UP
 
     def stateAt(self, now: float) -> str:
         """
-        The backend's state at reactor time C{now}: C{"up"} or C{"disabled"}.
+        The backend's state at reactor time C{now}: what an operator set
+        (C{"down"}, C{"draining"}) first, else C{"disabled"} during its
+        disable-time after a connect failure, else C{"up"}.
         """
+        if self.adminState != UP:
+            return self.adminState
         return DISABLED if now < self.disabledUntil else UP
+
+    def availableAt(self, now: float) -> bool:
+        """
+        Whether new sessions may be sent to the backend at reactor time C{now}.
+        """
+        return self.adminState == UP and now >= self.disabledUntil
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """
+        Take the settings of C{config} (same label and endpoint), keeping
+        counters and state: used when the configuration is reloaded.
+        """
+        self.config = config
+        self.weight = config.weight
 
     def __repr__(self) -> str:
         return f"<Backend {self.label!r} {self.key}>"
@@ -112,9 +136,7 @@ class BackendPool:
         backends down" error is logged once until a backend answers again.
         """
         now = self.clock.seconds()
-        candidates = [
-            b for b in self.backends if b not in exclude and now >= b.disabledUntil
-        ]
+        candidates = [b for b in self.backends if b not in exclude and b.availableAt(now)]
         chosen = self.balancer.choose(candidates, connection) if candidates else None
         if chosen is None:
             if not self._allDown:
@@ -128,6 +150,27 @@ class BackendPool:
         backend = chosen if isinstance(chosen, Backend) else self._own(chosen)
         backend.active += 1
         return backend
+
+    def reconfigure(
+        self, config: ProxyConfig, backends: Iterable[Backend], balancer: IBalancer
+    ) -> None:
+        """
+        Use new settings, backends and balancer for new sessions, keeping the
+        proxy's counters: used when the configuration is reloaded. Sessions
+        in flight keep the backend they have.
+        """
+        self.config = config
+        self.backends = list(backends)
+        self.balancer = balancer
+
+    def backend(self, label: str) -> Optional[Backend]:
+        """
+        The backend labelled C{label}, if the proxy has one.
+        """
+        for backend in self.backends:
+            if backend.label == label:
+                return backend
+        return None
 
     def _own(self, chosen: IBackendInfo) -> Backend:
         # A third-party balancer may hand back a proxy object; map it back.

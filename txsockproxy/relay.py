@@ -18,7 +18,7 @@ Rules the session keeps:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -63,18 +63,80 @@ class ConnectionInfo:
         return f"<ConnectionInfo peer={self.peer} local={self.local} sni={self.serverName}>"
 
 
+class Sessions:
+    """
+    What the sessions of one service share: the debug level, the session
+    log, and the set of sessions open now (so that a shutdown can wait for
+    them, and end them).
+
+    @ivar recorder: called with each session when it ends, or L{None}.
+    """
+
+    def __init__(self, debug: int = 0, recorder: Optional[Callable[[Session], None]] = None) -> None:
+        self.debug = debug
+        self.recorder = recorder
+        self.open: set[Session] = set()
+        self._whenEmpty: list[defer.Deferred[None]] = []
+
+    def add(self, session: Session) -> None:
+        self.open.add(session)
+
+    def remove(self, session: Session) -> None:
+        self.open.discard(session)
+        if self.recorder is not None:
+            self.recorder(session)
+        if not self.open:
+            waiting, self._whenEmpty = self._whenEmpty, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenEmpty(self) -> defer.Deferred[None]:
+        """
+        A Deferred that fires once no session is open.
+        """
+        if not self.open:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._whenEmpty.append(d)
+        return d
+
+    def abortAll(self, why: str) -> None:
+        """
+        End every open session at once, recording C{why}.
+        """
+        for session in list(self.open):
+            session.abort(why)
+
+
 class ProxyFactory(ServerFactory):
     """
     The ServerFactory of one listen endpoint of a proxy: every connection it
     accepts becomes a L{Session} drawing on the proxy's L{BackendPool}.
+
+    @ivar listen: the listen endpoint string, for the session log.
     """
 
     noisy = False
 
-    def __init__(self, pool: BackendPool, reactor: IReactorTime, debug: int = 0) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        pool: BackendPool,
+        reactor: IReactorTime,
+        debug: int = 0,
+        listen: str = "",
+        sessions: Optional[Sessions] = None,
+    ) -> None:
         self.reactor = reactor
-        self.debug = debug
+        self.listen = listen
+        self.sessions = sessions if sessions is not None else Sessions(debug)
+        self.usePool(pool)
+
+    def usePool(self, pool: BackendPool) -> None:
+        """
+        Send new sessions to C{pool}, with its proxy's settings (at start, and
+        when the configuration is reloaded).
+        """
+        self.pool = pool
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
         # Wait for the SNI name only if the balancer uses it.
@@ -83,6 +145,10 @@ class ProxyFactory(ServerFactory):
             if getattr(pool.balancer, "wantsServerName", False)
             else 0.0
         )
+
+    @property
+    def debug(self) -> int:
+        return self.sessions.debug
 
     def buildProtocol(self, addr: Optional[IAddress]) -> FrontendProtocol:
         return FrontendProtocol(self)
@@ -208,6 +274,7 @@ class Session:
         """
         self.pool.accepted += 1
         self.pool.active += 1
+        self.factory.sessions.add(self)
         delay = self.factory.inspectDelay
         if delay:
             # The balancer places connections by SNI name: wait (at most
@@ -370,6 +437,8 @@ class Session:
         if self.clientDone:
             return
         self.clientDone = True
+        if not self.backendDone:
+            self.ended = self.ended or "client closed"
         if self.inspecting:
             # No more bytes will come: decide with what was held.
             self._inspectHeld()
@@ -390,6 +459,8 @@ class Session:
         if self.backendDone:
             return
         self.backendDone = True
+        if not self.clientDone:
+            self.ended = self.ended or "backend closed"
         if not self.clientGone:
             ct = self.clientTransport
             ct.unregisterProducer()
@@ -398,7 +469,6 @@ class Session:
 
     def _halfClosed(self) -> None:
         if self.clientDone and self.backendDone:
-            self.ended = self.ended or "closed by both"
             self._closeBoth()
         else:
             self._updateTimer()
@@ -469,6 +539,7 @@ class Session:
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1
+        self.factory.sessions.remove(self)
         if self.factory.debug >= 1:
             self.log.info(
                 "proxy {proxy}: session of {client} ended ({why}): "
@@ -522,6 +593,26 @@ class Session:
             self.backendTransport.abortConnection()
         if not self.clientGone:
             self.clientTransport.abortConnection()
+
+    def abort(self, why: str) -> None:
+        """
+        End the session at once (e.g. at the end of a graceful shutdown).
+        """
+        self.ended = self.ended or why
+        if self.connecting is not None and not self.clientGone:
+            self.clientTransport.abortConnection()
+            return
+        if self.backendTransport is not None and not self.backendGone:
+            self.backendTransport.abortConnection()
+        if not self.clientGone:
+            self.clientTransport.abortConnection()
+
+    @property
+    def duration(self) -> float:
+        """
+        Seconds since the client connected.
+        """
+        return self.clock.seconds() - self.started
 
     def _cancelTimer(self) -> None:
         if self._timer is not None:

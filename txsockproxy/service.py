@@ -1,102 +1,301 @@
 """
-The proxy as a Twisted service: one ServerFactory per listen endpoint, under one
-L{ProxyService} (a MultiService), built from a L{Config}.
+The proxy as a Twisted service: one ServerFactory per listen endpoint, the pools
+of backends, the status endpoint, the session log; reloading the configuration
+without dropping a connection, and shutting down gracefully.
 """
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
-from txsockproxy.backends import BackendPool
+from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
-from txsockproxy.config import Config
-from txsockproxy.relay import ProxyFactory
+from txsockproxy.config import Config, ConfigError, loadConfig
+from txsockproxy.relay import ProxyFactory, Sessions
+from txsockproxy.sessionlog import SessionLog
+
+STATUS = "[status]"
 
 
-class ListenError(Exception):
+class StartupError(Exception):
     """
-    A listen endpoint could not be bound; start-up stops.
+    The service cannot start: start-up stops.
     """
+
+
+class ListenError(StartupError):
+    """
+    A listen endpoint could not be bound.
+    """
+
+
+@dataclass
+class _Listener:
+    """
+    One listen endpoint: its service, and the factory of a proxy's listener
+    (L{None} for the status endpoint).
+    """
+
+    description: str
+    owner: str  # the proxy's name, or STATUS
+    service: Any
+    factory: Optional[ProxyFactory]
 
 
 class ProxyService(MultiService):
     """
-    Every proxy of a configuration, listening.
+    Every proxy of a configuration, listening; the status endpoint; reload
+    (on SIGHUP when run by twistd) and graceful shutdown.
 
     @ivar pools: the L{BackendPool} of each proxy, by proxy name.
-    @ivar factories: the L{ProxyFactory} of each listen endpoint, in config order.
+    @ivar sessions: the sessions open now, and what they share.
+    @ivar adminToken: the token admin actions need, or C{""}.
+    @ivar configPath: the file to read again on reload, if any.
     """
 
     log = Logger()
 
-    # Called with the L{ListenError} when a listener cannot bind, instead of
-    # raising it: the twistd plugin reports it as one line and exits.
-    onListenError: Optional[Callable[[ListenError], None]] = None
+    # Called with a L{StartupError} instead of raising it: the twistd plugin
+    # reports it as one line and exits.
+    onStartupError: Optional[Callable[[StartupError], None]] = None
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        configPath: Optional[str] = None,
+        loader: Callable[[str], Config] = loadConfig,
+    ) -> None:
         super().__init__()
-        self.config = config
         self.reactor = reactor
+        self.configPath = configPath
+        self.loader = loader
         self.pools: dict[str, BackendPool] = {}
-        self.factories: list[ProxyFactory] = []
-        self._listeners: list[tuple[str, str, Any]] = []
+        self.sessions = Sessions(config.debug)
+        self.sessionLog: Optional[SessionLog] = None
+        self.adminToken = ""
+        self.handleSignals = False
+        self._listeners: dict[str, _Listener] = {}
+        self._ticker: Optional[TimerService] = None
         self._bound = False
+        self._previousHUP: Any = None
+        self.config = config
+        self._preparePools(config)
+        for listener in self._plannedListeners(config):
+            self._listeners[listener.description] = listener
+        self._applySettings(config)
+
+    @property
+    def factories(self) -> list[ProxyFactory]:
+        """
+        The factory of each proxy listen endpoint, in config order.
+        """
+        return [
+            listener.factory
+            for listener in self._listeners.values()
+            if listener.factory is not None
+        ]
+
+    # -- building -------------------------------------------------------------
+
+    def _preparePools(self, config: Config) -> None:
+        """
+        Make C{self.pools} match C{config}: a proxy that stays keeps its pool
+        object (and counters); a backend that stays (same label and
+        endpoint) keeps its counters and state.
+        """
+        pools: dict[str, BackendPool] = {}
         for proxy in config.proxies:
-            balancer = balancerFactory(proxy.balance)()
-            pool = BackendPool.fromConfig(proxy, balancer, reactor)
-            self.pools[proxy.name] = pool
+            old = self.pools.get(proxy.name)
+            backends = [self._backend(old, b) for b in proxy.backends]
+            if old is not None and old.config.balance == proxy.balance:
+                balancer = old.balancer
+            else:
+                balancer = balancerFactory(proxy.balance)()
+            if old is not None:
+                old.reconfigure(proxy, backends, balancer)
+                pools[proxy.name] = old
+            else:
+                pools[proxy.name] = BackendPool(proxy, backends, balancer, self.reactor)
+        self.pools = pools
+
+    def _backend(self, old: Optional[BackendPool], config: Any) -> Backend:
+        if old is not None:
+            for backend in old.backends:
+                if backend.label == config.label and backend.key == config.endpoint:
+                    backend.reconfigure(config)
+                    return backend
+        return Backend(config, clientFromString(self.reactor, config.endpoint))
+
+    def _plannedListeners(self, config: Config) -> list[_Listener]:
+        """
+        The listeners C{config} asks for, reusing those already there.
+        """
+        planned = []
+        for proxy in config.proxies:
             for desc in proxy.listen:
-                factory = ProxyFactory(pool, reactor, config.debug)
-                self.factories.append(factory)
-                listener = strports.service(desc, factory, reactor=reactor)
-                listener.setServiceParent(self)
-                self._listeners.append((proxy.name, desc, listener))
-        if config.debug >= 3:
-            ticker = TimerService(1.0, self._logBackendStates)
-            ticker.clock = reactor
-            ticker.setServiceParent(self)
+                current = self._listeners.get(desc)
+                if current is not None and current.factory is not None:
+                    planned.append(_Listener(desc, proxy.name, current.service, current.factory))
+                else:
+                    factory = ProxyFactory(
+                        self.pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions
+                    )
+                    planned.append(self._newListener(desc, proxy.name, factory, factory))
+        if config.status is not None:
+            from txsockproxy.status import StatusSite, statusResource
+
+            for desc in config.status.listen:
+                current = self._listeners.get(desc)
+                if current is not None and current.factory is None:
+                    planned.append(current)
+                else:
+                    site = StatusSite(statusResource(self))
+                    planned.append(self._newListener(desc, STATUS, site, None))
+        return planned
+
+    def _newListener(
+        self, desc: str, owner: str, factory: IProtocolFactory, proxyFactory: Optional[ProxyFactory]
+    ) -> _Listener:
+        return _Listener(desc, owner, strports.service(desc, factory, reactor=self.reactor),
+                         proxyFactory)
+
+    def _applySettings(self, config: Config) -> None:
+        self.config = config
+        self.sessions.debug = config.debug
+        self.adminToken = config.status.adminToken if config.status is not None else ""
+        for listener in self._listeners.values():
+            if listener.factory is not None:
+                listener.factory.usePool(self.pools[listener.owner])
+
+    # -- starting and stopping ----------------------------------------------
+
+    def _fail(self, error: StartupError) -> None:
+        if self.onStartupError is not None:
+            self.onStartupError(error)
+        raise error
+
+    def _bind(self, listener: _Listener) -> None:
+        """
+        Bind C{listener} now; strports raises bind errors synchronously.
+
+        @raise ListenError: it cannot be bound.
+        """
+        try:
+            listener.service.privilegedStartService()
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            detail = getattr(reason, "strerror", None) or str(reason)
+            # The reason comes first: a daemonizing twistd passes only the
+            # first 100 bytes of the error to the waiting parent.
+            owner = "status" if listener.owner == STATUS else f"proxy {listener.owner}"
+            named = f" ({owner})" if listener.owner != listener.description else ""
+            raise ListenError(
+                f"{detail}: cannot listen on {listener.description}{named}"
+            ) from None
 
     def privilegedStartService(self) -> None:
-        # Bind every listener now (strports raises bind errors synchronously)
-        # and turn a failure into one clear line instead of a traceback.
         self._bound = True
-        for name, desc, listener in self._listeners:
+        for listener in self._listeners.values():
             try:
-                listener.privilegedStartService()
-            except Exception as e:
-                reason = getattr(e, "socketError", None) or e
-                detail = getattr(reason, "strerror", None) or str(reason)
-                # The reason comes first: a daemonizing twistd passes only
-                # the first 100 bytes of the error to the waiting parent.
-                named = f" (proxy {name})" if name != desc else ""
-                error = ListenError(f"{detail}: cannot listen on {desc}{named}")
-                if self.onListenError is not None:
-                    self.onListenError(error)
-                raise error from None
-        listeners = [listener for _, _, listener in self._listeners]
-        for child in self:
-            if all(child is not listener for listener in listeners):
-                child.privilegedStartService()
+                self._bind(listener)
+            except ListenError as e:
+                self._fail(e)
+        super().privilegedStartService()
 
     def startService(self) -> None:
         # "twist" and embedding programs may start us without the privileged
         # step; binding here keeps bind errors just as clear.
         if not self._bound:
             self.privilegedStartService()
+        try:
+            self._openSessionLog(self.config)
+        except StartupError as e:
+            self._fail(e)
         super().startService()
+        for listener in self._listeners.values():
+            listener.service.startService()
+        self._updateTicker()
+        if self.handleSignals:
+            self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
         for name, pool in self.pools.items():
             self.log.info(
                 "proxy {proxy}: listening on {listen}, {count} backend(s), balance {balance}",
-                proxy=name,
-                listen=", ".join(pool.config.listen),
-                count=len(pool.backends),
+                proxy=name, listen=", ".join(pool.config.listen), count=len(pool.backends),
                 balance=pool.config.balance,
             )
+        if self.config.status is not None:
+            self.log.info("status: listening on {listen}",
+                          listen=", ".join(self.config.status.listen))
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop accepting at once; give the sessions in flight up to
+        shutdown-timeout seconds to finish, then close them.
+        """
+        if self._previousHUP is not None:
+            signal.signal(signal.SIGHUP, self._previousHUP)
+            self._previousHUP = None
+        super().stopService()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stopService()
+        stopped = [
+            defer.maybeDeferred(listener.service.stopService)
+            for listener in self._listeners.values()
+        ]
+        timeout = self.config.shutdownTimeout
+        count = len(self.sessions.open)
+        if count:
+            self.log.info(
+                "shutting down: waiting up to {timeout}s for {count} session(s)",
+                timeout=timeout, count=count,
+            )
+        abort = self.reactor.callLater(timeout, self.sessions.abortAll, "shutdown")
+
+        def finished(result: object) -> None:
+            if abort.active():
+                abort.cancel()
+            if self.sessionLog is not None:
+                self.sessionLog.close()
+
+        done = defer.gatherResults([*stopped, self.sessions.whenEmpty()], consumeErrors=True)
+        return done.addBoth(finished)
+
+    def _openSessionLog(self, config: Config) -> None:
+        current = self.sessionLog
+        if (current is not None and current.destination == config.sessionLog
+                and current.logFormat == config.logFormat):
+            return
+        try:
+            log = SessionLog(config.sessionLog, config.logFormat)
+        except OSError as e:
+            raise StartupError(
+                f"cannot open session-log {config.sessionLog!r}: {e.strerror or e}"
+            ) from None
+        if current is not None:
+            current.close()
+        self.sessionLog = log
+        self.sessions.recorder = log
+
+    def _updateTicker(self) -> None:
+        want = self.config.debug >= 3
+        if want and self._ticker is None:
+            self._ticker = TimerService(1.0, self._logBackendStates)
+            self._ticker.clock = self.reactor
+            self._ticker.startService()
+        elif not want and self._ticker is not None:
+            self._ticker.stopService()
+            self._ticker = None
 
     def _logBackendStates(self) -> None:
         now = self.reactor.seconds()
@@ -110,13 +309,116 @@ class ProxyService(MultiService):
                     failed=backend.failed,
                 )
 
+    # -- reloading --------------------------------------------------------------
 
-def makeProxyService(config: Config, reactor: Any = None) -> ProxyService:
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and apply it: unchanged listeners
+        keep their sockets, new ones are bound, removed ones closed; new
+        sessions use the new pools; sessions in flight go on undisturbed.
+        Also reopens the session log file (for logrotate).
+
+        @return: whether the new configuration was applied. One that fails
+            validation, or whose new listeners cannot be bound, is logged
+            and the running configuration stays.
+        """
+        if self.sessionLog is not None:
+            self.sessionLog.reopen()
+        if self.configPath is None:
+            self.log.info("reload: no configuration file (command-line proxy): nothing to do")
+            return False
+        try:
+            config = self.loader(self.configPath)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.log.error("reload: {problem}", problem=str(problem))
+            self.log.error("reload failed: keeping the running configuration")
+            return False
+        try:
+            self.apply(config)
+        except StartupError as e:
+            self.log.error("reload failed: {error}; keeping the running configuration",
+                           error=str(e))
+            return False
+        self.log.info("reload: applied {source}", source=config.source)
+        return True
+
+    def apply(self, config: Config) -> None:
+        """
+        Switch a running service to C{config}.
+
+        @raise StartupError: a new listener cannot be bound, or the session
+            log cannot be opened; nothing was changed.
+        """
+        oldListeners = self._listeners
+        for desc in config.status.listen if config.status is not None else ():
+            current = oldListeners.get(desc)
+            if current is not None and current.factory is not None:
+                raise StartupError(f"{desc} moves from proxy {current.owner} to the status "
+                                   "page: that needs a restart")
+        for proxy in config.proxies:
+            for desc in proxy.listen:
+                current = oldListeners.get(desc)
+                if current is not None and current.factory is None:
+                    raise StartupError(f"{desc} moves from the status page to proxy "
+                                       f"{proxy.name}: that needs a restart")
+        # What to put back if a new listener cannot be bound.
+        oldPools = dict(self.pools)
+        savedPools = {
+            name: (pool.config, list(pool.backends), pool.balancer)
+            for name, pool in oldPools.items()
+        }
+        savedBackends = [
+            (backend, backend.config) for pool in oldPools.values() for backend in pool.backends
+        ]
+        self._preparePools(config)
+        planned = self._plannedListeners(config)
+        added = [
+            listener for listener in planned
+            if listener.description not in oldListeners
+            or oldListeners[listener.description].service is not listener.service
+        ]
+        wanted = {listener.description for listener in planned}
+        bound: list[_Listener] = []
+        try:
+            for listener in added:
+                self._bind(listener)
+                bound.append(listener)
+            self._openSessionLog(config)
+        except StartupError:
+            for listener in bound:
+                listener.service.stopService()
+            self.pools = oldPools
+            for name, (poolConfig, backends, balancer) in savedPools.items():
+                oldPools[name].reconfigure(poolConfig, backends, balancer)
+            for backend, backendConfig in savedBackends:
+                backend.reconfigure(backendConfig)
+            raise
+        for desc, listener in oldListeners.items():
+            if desc not in wanted:
+                listener.service.stopService()
+                self.log.info("reload: closed listener {listen}", listen=desc)
+        for listener in added:
+            listener.service.startService()
+            self.log.info("reload: listening on {listen}", listen=listener.description)
+        self._listeners = {listener.description: listener for listener in planned}
+        self._applySettings(config)
+        self._updateTicker()
+
+
+def makeProxyService(
+    config: Config, reactor: Any = None, configPath: Optional[str] = None
+) -> ProxyService:
     """
     Build the service for C{config}; C{reactor} defaults to the global one.
+
+    @param configPath: the file C{config} came from, read again on reload.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    return ProxyService(config, reactor)
+    return ProxyService(config, reactor, configPath=configPath)

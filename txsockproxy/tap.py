@@ -144,15 +144,17 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from txsockproxy.service import makeProxyService
 
-    service = makeProxyService(options["configObject"], reactor)
-    service.onListenError = _ListenErrorExit(getattr(options, "parent", None))
+    service = makeProxyService(options["configObject"], reactor, configPath=options["config"])
+    service.onStartupError = _StartupErrorExit(getattr(options, "parent", None))
+    # Run by twistd or twist: SIGHUP reloads the configuration file.
+    service.handleSignals = True
     return service
 
 
-class _ListenErrorExit:
+class _StartupErrorExit:
     """
-    Ends start-up when a listener cannot bind: one log line, exit status 1,
-    no traceback. Under a daemonizing twistd the reason is also handed to
+    Ends start-up when the service cannot start (e.g. a listener cannot
+    bind): one log line, exit status 1, no traceback. Under a daemonizing twistd the reason is also handed to
     the waiting parent process (as twistd does for exceptions) and the
     pidfile is removed.
     """
