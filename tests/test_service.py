@@ -167,3 +167,203 @@ class ProxyServiceTests(SynchronousTestCase):
         service = ProxyService(twoProxies(debug=2), reactor)
         service.startService()
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+def proxyConfig(name: str, listen: tuple[str, ...], *backends: tuple[str, str],
+                balance: str = "fair") -> ProxyConfig:
+    """
+    A proxy listening on C{listen} with backends given as (label, endpoint).
+    """
+    return ProxyConfig(
+        name=name, listen=listen, balance=balance,
+        backends=tuple(BackendConfig(endpoint=e, label=label) for label, e in backends),
+    )
+
+
+A = ("a", "tcp:host=10.0.0.1:port=1")
+B = ("b", "tcp:host=10.0.0.2:port=1")
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    L{ProxyService.apply} and L{ProxyService.reload} switch a running service
+    to a new configuration.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.configs: dict[str, Config] = {}
+        first = Config(proxies=(proxyConfig("web", ("tcp:8080",), A, B),))
+        self.service = ProxyService(first, self.reactor, configPath="c.toml",
+                                    loader=self.load)
+        self.service.startService()
+
+    def load(self, path: str) -> Config:
+        config = self.configs[path]
+        if isinstance(config, Exception):
+            raise config
+        return config
+
+    def ports(self) -> list[int]:
+        return [port for port, *_ in self.reactor.tcpServers]
+
+    def test_keepsListenersAndCounters(self) -> None:
+        """
+        A listener that stays keeps its socket (nothing is bound again) and
+        its factory; a backend that stays (same label and endpoint) keeps
+        its counters and state; the proxy keeps its counters.
+        """
+        pool = self.service.pools["web"]
+        a = pool.backends[0]
+        a.connected, a.adminState, pool.accepted = 9, "draining", 4
+        factory = self.service.factories[0]
+        self.configs["c.toml"] = Config(
+            proxies=(proxyConfig("web", ("tcp:8080",), A, ("c", "tcp:host=10.0.0.3:port=1"),
+                                 balance="round-robin"),)
+        )
+        self.assertTrue(self.service.reload())
+        self.assertEqual(self.ports(), [8080])
+        self.assertIs(self.service.factories[0], factory)
+        self.assertIs(self.service.pools["web"], pool)
+        self.assertEqual([b.label for b in pool.backends], ["a", "c"])
+        self.assertIs(pool.backends[0], a)
+        self.assertEqual((a.connected, a.adminState, pool.accepted), (9, "draining", 4))
+        self.assertEqual(pool.config.balance, "round-robin")
+
+    def test_newAndRemovedListeners(self) -> None:
+        """
+        New listen endpoints are bound, removed ones stop listening.
+        """
+        old = self.service._listeners["tcp:8080"].service
+        self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8081",), A),))
+        self.assertTrue(self.service.reload())
+        self.assertEqual(self.ports(), [8080, 8081])
+        self.assertEqual([f.listen for f in self.service.factories], ["tcp:8081"])
+        self.assertFalse(old.running)
+        self.assertTrue(self.service._listeners["tcp:8081"].service.running)
+
+    def test_sessionInFlightKeepsItsBackend(self) -> None:
+        """
+        A session started before a reload keeps its backend even when the
+        reload removes that backend.
+        """
+        from relay_fakes import HalfCloseTransport
+
+        factory = self.service.factories[0]
+        client = factory.buildProtocol(None)
+        client.makeConnection(HalfCloseTransport())
+        session = client.session
+        assert session is not None
+        backend = session.backend
+        assert backend is not None
+        self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8080",), B),))
+        self.service.reload()
+        self.assertIs(session.backend, backend)
+        self.assertNotIn(backend, self.service.pools["web"].backends)
+
+    def test_invalidConfigKeepsRunning(self) -> None:
+        """
+        A configuration that fails validation is logged, problem by problem,
+        and the running one stays.
+        """
+        from txsockproxy.config import ConfigError, Problem
+
+        self.configs["c.toml"] = ConfigError(  # type: ignore[assignment]
+            [Problem("c.toml", 3, "proxy[0].balance", "unknown balancer 'x'")]
+        )
+        with capturedLogs() as events:
+            self.assertFalse(self.service.reload())
+        text = [e.get("problem", "") for e in events]
+        self.assertIn("c.toml:3: proxy[0].balance: unknown balancer 'x'", text)
+        self.assertEqual([b.label for b in self.service.pools["web"].backends], ["a", "b"])
+
+    def test_bindFailureRollsBack(self) -> None:
+        """
+        When a new listener cannot be bound nothing changes: not the pools,
+        not the listeners.
+        """
+        pool = self.service.pools["web"]
+        self.reactor.listenTCP = _refuseBind(self.reactor.listenTCP, 9999)  # type: ignore[method-assign]
+        self.configs["c.toml"] = Config(
+            proxies=(proxyConfig("web", ("tcp:8080", "tcp:9999"), ("c", "tcp:host=10.0.0.3:port=1")),)
+        )
+        with capturedLogs() as events:
+            self.assertFalse(self.service.reload())
+        self.assertEqual([b.label for b in pool.backends], ["a", "b"])
+        self.assertEqual(list(self.service._listeners), ["tcp:8080"])
+        self.assertTrue(any("reload failed" in e.get("log_format", "") for e in events))
+
+    def test_noConfigFile(self) -> None:
+        """
+        A proxy from the command line has nothing to reload.
+        """
+        service = ProxyService(twoProxies(), MemoryReactorClock())
+        self.assertFalse(service.reload())
+
+
+def _refuseBind(listenTCP, refused: int):  # type: ignore[no-untyped-def]
+    def listen(port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        if port == refused:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return listenTCP(port, factory, backlog, interface)
+
+    return listen
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    L{ProxyService.stopService} stops accepting at once and waits for the
+    sessions in flight, up to shutdown-timeout.
+    """
+
+    def setUp(self) -> None:
+        from relay_fakes import HalfCloseTransport
+
+        self.reactor = MemoryReactorClock()
+        # Shorter than the connect timeout (8 s): the session stays connecting.
+        config = Config(proxies=(proxyConfig("web", ("tcp:8080",), A),), shutdownTimeout=3)
+        self.service = ProxyService(config, self.reactor)
+        self.service.startService()
+        factory = self.service.factories[0]
+        self.client = factory.buildProtocol(None)
+        self.clientTransport = HalfCloseTransport()
+        self.client.makeConnection(self.clientTransport)
+
+    def test_waitsForSessions(self) -> None:
+        """
+        The Deferred of C{stopService} fires only once the open session has
+        ended, before the timeout.
+        """
+        d = self.service.stopService()
+        self.assertNoResult(d)
+        self.reactor.advance(2)
+        self.assertNoResult(d)
+        self.client.connectionLost(_lost())
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timeoutAbortsSessions(self) -> None:
+        """
+        At shutdown-timeout the sessions still open are aborted; the Deferred
+        fires when they are gone.
+        """
+        d = self.service.stopService()
+        self.reactor.advance(3)
+        self.assertTrue(self.clientTransport.aborted)
+        self.assertNoResult(d)
+        self.client.connectionLost(_lost())
+        self.successResultOf(d)
+        self.assertEqual(self.client.session.ended, "shutdown")  # type: ignore[union-attr]
+
+    def test_noSessions(self) -> None:
+        """
+        With no session open, stopping is immediate.
+        """
+        self.client.connectionLost(_lost())
+        self.successResultOf(self.service.stopService())
+
+
+def _lost():  # type: ignore[no-untyped-def]
+    from relay_fakes import lost
+
+    return lost()

@@ -14,8 +14,8 @@ import json
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -248,6 +248,24 @@ class _JSON(Resource):
         return json.dumps(statusDocument(self._service), indent=1).encode("utf-8")
 
 
+class _Metrics(Resource):
+    """
+    Prometheus text exposition, rendered in the reactor thread (the
+    collector only reads counters; prometheus_client's own Twisted resource
+    would run it in a thread pool).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self._registry)
+
+
 class _Statistics(Resource):
     isLeaf = True
 
@@ -351,7 +369,7 @@ def statusResource(service: ProxyService) -> Resource:
     root.putChild(b"status.json", _JSON(service))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(service))
-    root.putChild(b"metrics", MetricsResource(registry=registry))
+    root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"server-statistics", _Statistics(service))
     root.putChild(b"backends", _Admin(service))
     return root
