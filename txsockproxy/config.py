@@ -46,19 +46,25 @@ class Problem:
     @ivar line: the 1-based line number, or L{None} when it is not known.
     @ivar key: the dotted key the problem concerns, e.g. C{proxy[0].backend[1].port}.
     @ivar message: what is wrong, in words.
+    @ivar column: the 1-based column, when known; shown after the message,
+        so that every problem keeps the form C{FILE:LINE: key: message}.
     """
 
     source: str
     line: int | None
     key: str
     message: str
+    column: int | None = None
 
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
+        message = self.message
+        if self.column is not None:
+            message = f"{message} (column {self.column})"
         if self.key:
-            text = f"{where}: {self.key}: {self.message}"
+            text = f"{where}: {self.key}: {message}"
         else:
-            text = f"{where}: {self.message}"
+            text = f"{where}: {message}"
         return _oneLine(text)
 
 
@@ -718,7 +724,8 @@ def loadConfig(
     path: str, resolve: Resolver = resolveFirst, balancers: frozenset[str] | None = None
 ) -> Config:
     """
-    Read and validate the configuration file at C{path}.
+    Read and validate the configuration file at C{path}: native TOML, or a
+    lighttpd.conf (see L{txsockproxy.lighttpd.looksLikeLighttpd}).
 
     @raise ConfigError: the file cannot be read or is invalid.
     """
@@ -735,6 +742,12 @@ def loadConfig(
         raise ConfigError(
             [Problem(path, line, "", f"not valid UTF-8 (byte {raw[e.start]:#04x})")]
         ) from None
+    # A lighttpd.conf (by its name, or by what it holds) is read by the
+    # lighttpd importer into the same config objects.
+    from txsockproxy.lighttpd import looksLikeLighttpd, parseLighttpd
+
+    if looksLikeLighttpd(path, text):
+        return parseLighttpd(text, path, resolve, balancers)
     return parseConfig(text, path, resolve, balancers)
 
 

@@ -23,6 +23,7 @@ from txsockproxy.config import (
 )
 
 _COMMAND_LINE = "<command line>"
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -40,12 +41,14 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["config", "c", None, "Configuration file (TOML)."],
+        ["config", "c", None, "Configuration file: TOML, or a lighttpd.conf (detected)."],
         ["balance", "b", None, "Balancer for --listen/--backend (default: fair)."],
         ["debug", "d", None, "Debug level 0-3 (overrides the config file's debug)."],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print it, and exit (0 = valid)."],
+        ["print-toml", None, "Print the configuration as native TOML (e.g. converted "
+         "from a lighttpd.conf), and exit."],
     ]
 
     def __init__(self) -> None:
@@ -84,8 +87,19 @@ class Options(usage.Options):
             for problem in e.problems:
                 print(f"sockproxy: {problem}", file=self.stderr)
             raise SystemExit(1) from None
+        config = self["configObject"]
+        if self["check"] or self["print-toml"]:
+            # Notices (e.g. what a lighttpd.conf holds that is ignored) go
+            # to stderr, so that --print-toml's output stays valid TOML.
+            for notice in config.notices:
+                print(f"sockproxy: notice: {notice}", file=self.stderr)
+        if self["print-toml"]:
+            from txsockproxy.render import renderToml
+
+            print(renderToml(config), end="", file=self.stdout)
+            raise SystemExit(0)
         if self["check"]:
-            print(self["configObject"].describe(), file=self.stdout)
+            print(config.describe(), file=self.stdout)
             raise SystemExit(0)
 
     def buildConfig(self) -> Config:
@@ -144,6 +158,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from txsockproxy.service import makeProxyService
 
+    for notice in options["configObject"].notices:
+        # Logged before twistd starts its log observers: buffered, and
+        # written once logging begins.
+        _log.warn("config notice: {notice}", notice=notice)
     service = makeProxyService(options["configObject"], reactor, configPath=options["config"])
     service.onStartupError = _StartupErrorExit(getattr(options, "parent", None))
     # Run by twistd or twist: SIGHUP reloads the configuration file.

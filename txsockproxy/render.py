@@ -1,0 +1,127 @@
+"""
+Write any L{Config} as native TOML that loads back to the same config: what
+C{twistd sockproxy --config FILE --print-toml} prints, e.g. to move from a
+lighttpd.conf to the native format.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from txsockproxy.config import (
+    DEFAULT_BALANCE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DISABLE_TIME,
+    DEFAULT_HALF_CLOSED_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    BackendConfig,
+    Config,
+    ProxyConfig,
+)
+from txsockproxy.lighttpd import originFields
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def tomlString(text: str) -> str:
+    """
+    C{text} as a TOML basic string.
+    """
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def tomlNumber(value: float) -> str:
+    """
+    A number of seconds as TOML: an integer when it is a whole number that
+    TOML integers hold exactly, else a float that reads back the same.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} cannot be written as TOML")
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _comment(text: str) -> str:
+    # A comment ends at the end of the line; keep it on one.
+    return "# " + "".join(c if c.isprintable() else " " for c in text)
+
+
+def _backendLines(backend: BackendConfig) -> Iterable[str]:
+    yield "[[proxy.backend]]"
+    yield f"label = {tomlString(backend.label)}"
+    fields = originFields(backend.origin)
+    if fields:
+        # Written the way it was given (lighttpd-style host/port/socket),
+        # so that it resolves again on load, and records the same origin.
+        yield _comment(f"resolved now: {backend.endpoint}")
+        for key in ("host", "port", "socket"):
+            value = fields.get(key)
+            if isinstance(value, str):
+                yield f"{key} = {tomlString(value)}"
+            elif isinstance(value, int):
+                yield f"{key} = {value}"
+    else:
+        yield f"endpoint = {tomlString(backend.endpoint)}"
+    if backend.weight != 1:
+        yield f"weight = {backend.weight}"
+    if backend.connectTimeout != DEFAULT_CONNECT_TIMEOUT:
+        yield f"connect-timeout = {tomlNumber(backend.connectTimeout)}"
+    if backend.disableTime != DEFAULT_DISABLE_TIME:
+        yield f"disable-time = {tomlNumber(backend.disableTime)}"
+
+
+def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
+    yield "[[proxy]]"
+    yield f"name = {tomlString(proxy.name)}"
+    yield "listen = [" + ", ".join(tomlString(desc) for desc in proxy.listen) + "]"
+    yield f"balance = {tomlString(proxy.balance or DEFAULT_BALANCE)}"
+    if proxy.idleTimeout:
+        yield f"idle-timeout = {tomlNumber(proxy.idleTimeout)}"
+    if proxy.halfClosedTimeout != DEFAULT_HALF_CLOSED_TIMEOUT:
+        yield f"half-closed-timeout = {tomlNumber(proxy.halfClosedTimeout)}"
+    if proxy.inspectDelay:
+        yield f"inspect-delay = {tomlNumber(proxy.inspectDelay)}"
+    for backend in proxy.backends:
+        yield ""
+        yield from _backendLines(backend)
+
+
+def renderToml(config: Config) -> str:
+    """
+    C{config} as native TOML. Loading the text gives a config equal to
+    C{config} (but for its C{source}); backends given lighttpd-style
+    (C{host}/C{port}/C{socket}) are written that way, and resolve again
+    when the text is loaded.
+    """
+    lines = [_comment(f"txsockproxy configuration, from {config.source}")]
+    for notice in config.notices:
+        lines.append(_comment(f"notice: {notice}"))
+    lines.append("")
+    lines.append(f"debug = {config.debug}")
+    if config.sessionLog != "log":
+        lines.append(f"session-log = {tomlString(config.sessionLog)}")
+    if config.logFormat != "text":
+        lines.append(f"log-format = {tomlString(config.logFormat)}")
+    if config.shutdownTimeout != DEFAULT_SHUTDOWN_TIMEOUT:
+        lines.append(f"shutdown-timeout = {tomlNumber(config.shutdownTimeout)}")
+    if config.status is not None:
+        lines.append("")
+        lines.append("[status]")
+        lines.append("listen = [" + ", ".join(tomlString(d) for d in config.status.listen) + "]")
+        if config.status.adminTokenFile:
+            lines.append(f"admin-token-file = {tomlString(config.status.adminTokenFile)}")
+    for proxy in config.proxies:
+        lines.append("")
+        lines.extend(_proxyLines(proxy))
+    return "\n".join(lines) + "\n"
