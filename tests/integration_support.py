@@ -448,3 +448,26 @@ def readVmHWM(pid: int) -> Optional[int]:
     except OSError:
         return None
     return None
+
+
+def assertRefused(port: int, seconds: float = 2.0) -> None:
+    """
+    Assert that loopback C{port} refuses connections, within C{seconds}.
+
+    Twisted logs "(TCP Port N Closed)" just before it closes the listening
+    socket, so a connect right after that line may still be accepted by the
+    kernel; and a connect to a free ephemeral port can, rarely, pick that
+    same port as its source and connect to itself. Both are retried, under
+    the deadline.
+    """
+    deadline = Deadline(seconds, f"127.0.0.1:{port} to refuse connections")
+    while True:
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # remaining() raises TimeoutError once the deadline has passed.
+        conn.settimeout(deadline.remaining())
+        try:
+            conn.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return
+        finally:
+            conn.close()

@@ -187,3 +187,48 @@ class AdminStateTests(SynchronousTestCase):
         a.adminState = "up"
         late, _ = proxy.accept()
         self.assertEqual(late.session.backend.label, "a")  # type: ignore[union-attr]
+
+
+class FailureTests(SynchronousTestCase):
+    """
+    A session log that fails costs no session and no shutdown.
+    """
+
+    def test_reopenFailureKeepsOldFile(self) -> None:
+        """
+        When the file cannot be reopened, the error is logged and lines keep
+        going to the old file.
+        """
+        files = [_File()]
+
+        def opener(path: str) -> _File:
+            if len(files) == 1 and getattr(files[0], "opened", False):
+                raise PermissionError(13, "Permission denied")
+            files[0].opened = True  # type: ignore[attr-defined]
+            return files[0]
+
+        log = SessionLog("/var/log/s.log", "text", opener=opener)
+        with capturedLogs() as events:
+            log.reopen()
+        self.assertTrue(any("cannot reopen" in e.get("log_format", "") for e in events))
+        proxy = Proxy()
+        proxy.factory.sessions.recorder = log
+        finishedSession(proxy)
+        self.assertEqual(len(files[0].getvalue().splitlines()), 1)
+
+    def test_recorderErrorStillEndsSession(self) -> None:
+        """
+        A recorder that raises does not keep a shutdown waiting: the
+        session is still removed and C{whenEmpty} fires.
+        """
+        proxy = Proxy()
+
+        def broken(session: Session) -> None:
+            raise ValueError("I/O operation on closed file")
+
+        proxy.factory.sessions.recorder = broken
+        client, _ = proxy.accept()
+        waiting = proxy.factory.sessions.whenEmpty()
+        self.assertRaises(ValueError, client.connectionLost, lost())
+        self.successResultOf(waiting)
+        self.assertEqual(proxy.factory.sessions.open, set())

@@ -83,8 +83,13 @@ class Sessions:
 
     def remove(self, session: Session) -> None:
         self.open.discard(session)
-        if self.recorder is not None:
-            self.recorder(session)
+        try:
+            if self.recorder is not None:
+                self.recorder(session)
+        finally:
+            self._notifyIfEmpty()
+
+    def _notifyIfEmpty(self) -> None:
         if not self.open:
             waiting, self._whenEmpty = self._whenEmpty, []
             for d in waiting:

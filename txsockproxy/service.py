@@ -88,6 +88,7 @@ class ProxyService(MultiService):
         self._listeners: dict[str, _Listener] = {}
         self._ticker: Optional[TimerService] = None
         self._bound = False
+        self._stopping = False
         self._previousHUP: Any = None
         self.config = config
         self._preparePools(config)
@@ -243,9 +244,11 @@ class ProxyService(MultiService):
         Stop accepting at once; give the sessions in flight up to
         shutdown-timeout seconds to finish, then close them.
         """
-        if self._previousHUP is not None:
-            signal.signal(signal.SIGHUP, self._previousHUP)
-            self._previousHUP = None
+        self._stopping = True
+        if self.handleSignals:
+            # A second SIGTERM or SIGINT ends the sessions at once.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._onSecondSignal)
         super().stopService()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stopService()
@@ -265,6 +268,9 @@ class ProxyService(MultiService):
         def finished(result: object) -> None:
             if abort.active():
                 abort.cancel()
+            if self._previousHUP is not None:
+                signal.signal(signal.SIGHUP, self._previousHUP)
+                self._previousHUP = None
             if self.sessionLog is not None:
                 self.sessionLog.close()
 
@@ -312,7 +318,20 @@ class ProxyService(MultiService):
     # -- reloading --------------------------------------------------------------
 
     def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        if self._stopping:
+            # Shutting down: no reload, but logrotate still needs a new file.
+            if self.sessionLog is not None:
+                self.reactor.callFromThread(self.sessionLog.reopen)
+            return
         self.reactor.callFromThread(self.reload)
+
+    def _onSecondSignal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._abortNow, signum)
+
+    def _abortNow(self, signum: int) -> None:
+        self.log.warn("signal {signum} during shutdown: closing {count} session(s) now",
+                      signum=signum, count=len(self.sessions.open))
+        self.sessions.abortAll("shutdown")
 
     def reload(self) -> bool:
         """

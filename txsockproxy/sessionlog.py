@@ -14,6 +14,10 @@ from twisted.logger import Logger
 if TYPE_CHECKING:
     from txsockproxy.relay import Session
 
+# A module-level logger: as a class attribute, Logger takes the class's name
+# as its namespace, and operators filter on this one.
+_log = Logger(namespace="txsockproxy.session")
+
 
 def sessionFields(session: Session) -> dict[str, Any]:
     """
@@ -56,8 +60,6 @@ class SessionLog:
     @param logFormat: C{"text"} or C{"json"}.
     """
 
-    log = Logger(namespace="txsockproxy.session")
-
     def __init__(
         self,
         destination: str,
@@ -90,18 +92,26 @@ class SessionLog:
                 line = f"{stamp}Z {line}"
             try:
                 self._file.write(line + "\n")
-            except OSError as e:
-                self.log.error("session log {path}: {error}", path=self.destination, error=e)
+            except (OSError, ValueError) as e:
+                _log.error("session log {path}: {error}", path=self.destination, error=e)
         else:
-            self.log.info("{line}", line=line, **{"session_" + k: v for k, v in fields.items()})
+            _log.info("{line}", line=line, **{"session_" + k: v for k, v in fields.items()})
 
     def reopen(self) -> None:
         """
-        Reopen the file (after logrotate moved it away).
+        Reopen the file (after logrotate moved it away). If the new file
+        cannot be opened, the error is logged and the old one is kept.
         """
-        if self._file is not None:
-            self._file.close()
-            self._file = self._opener(self.destination)
+        if self._file is None:
+            return
+        try:
+            new = self._opener(self.destination)
+        except OSError as e:
+            _log.error("session log {path}: cannot reopen ({error}); keeping the old file",
+                       path=self.destination, error=e.strerror or e)
+            return
+        old, self._file = self._file, new
+        old.close()
 
     def close(self) -> None:
         if self._file is not None:
