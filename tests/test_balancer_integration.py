@@ -10,21 +10,9 @@ import os
 import socket
 import textwrap
 
-try:
-    from integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
-    from test_integration import _IntegrationTestCase
-    from test_sni import clientHello
-except ImportError:  # tests/ collected as a package
-    from tests.integration_support import (  # type: ignore[no-redef]
-        Deadline,
-        Server,
-        connect,
-        freePort,
-        proxyConfig,
-        tcpListen,
-    )
-    from tests.test_integration import _IntegrationTestCase  # type: ignore[no-redef]
-    from tests.test_sni import clientHello  # type: ignore[no-redef]
+from integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
+from test_integration import _IntegrationTestCase
+from test_sni import clientHello
 
 from txsockproxy.balancers import HashBalancer
 from txsockproxy.relay import ConnectionInfo

@@ -23,52 +23,28 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import psutil
+from integration_support import (
+    REPO,
+    START_TIMEOUT,
+    TWIST,
+    TWISTD,
+    Deadline,
+    Handler,
+    Server,
+    Twistd,
+    connect,
+    echoHandler,
+    exchange,
+    freePort,
+    proxyConfig,
+    readVmHWM,
+    recvAll,
+    recvExactly,
+    tcpBackend,
+    tcpListen,
+    tomlString,
+)
 from twisted.trial.unittest import SynchronousTestCase
-
-try:
-    from integration_support import (
-        REPO,
-        START_TIMEOUT,
-        TWIST,
-        TWISTD,
-        Deadline,
-        Handler,
-        Server,
-        Twistd,
-        connect,
-        echoHandler,
-        exchange,
-        freePort,
-        proxyConfig,
-        readVmHWM,
-        recvAll,
-        recvExactly,
-        tcpBackend,
-        tcpListen,
-        tomlString,
-    )
-except ImportError:  # tests/ collected as a package
-    from tests.integration_support import (  # type: ignore[no-redef]
-        REPO,
-        START_TIMEOUT,
-        TWIST,
-        TWISTD,
-        Deadline,
-        Handler,
-        Server,
-        Twistd,
-        connect,
-        echoHandler,
-        exchange,
-        freePort,
-        proxyConfig,
-        readVmHWM,
-        recvAll,
-        recvExactly,
-        tcpBackend,
-        tcpListen,
-        tomlString,
-    )
 
 MiB = 1024 * 1024
 

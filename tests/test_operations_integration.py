@@ -27,44 +27,23 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any, Optional
 
+from integration_support import (
+    Deadline,
+    Server,
+    Twistd,
+    assertRefused,
+    connect,
+    echoHandler,
+    exchange,
+    freePort,
+    recvAll,
+    recvExactly,
+    tcpListen,
+    tomlString,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from test_integration import _IntegrationTestCase, refusedEndpoint
 from twisted.trial.unittest import SkipTest
-
-try:
-    from integration_support import (
-        Deadline,
-        Server,
-        Twistd,
-        assertRefused,
-        connect,
-        echoHandler,
-        exchange,
-        freePort,
-        recvAll,
-        recvExactly,
-        tcpListen,
-        tomlString,
-    )
-    from test_integration import _IntegrationTestCase, refusedEndpoint
-except ImportError:  # tests/ collected as a package
-    from tests.integration_support import (  # type: ignore[no-redef]
-        Deadline,
-        Server,
-        Twistd,
-        assertRefused,
-        connect,
-        echoHandler,
-        exchange,
-        freePort,
-        recvAll,
-        recvExactly,
-        tcpListen,
-        tomlString,
-    )
-    from tests.test_integration import (  # type: ignore[no-redef]
-        _IntegrationTestCase,
-        refusedEndpoint,
-    )
 
 CHROMIUM = "/usr/bin/chromium"
 
