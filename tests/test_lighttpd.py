@@ -10,6 +10,7 @@ import datetime
 import io
 import ipaddress
 import os
+import re
 from dataclasses import replace
 from textwrap import dedent
 from typing import Any, Callable
@@ -980,7 +981,7 @@ class ServerTests(LighttpdTestCase):
                                  '"b" => ( "host" => "10.0.0.2", "write-timeout" => 20, '
                                  '"read-timeout" => 0 ) ) )'))
         self.assertEqual(self.only(config).idleTimeout, 20.0)
-        self.notice(config, "the smallest, 20s, is the idle timeout")
+        self.notice(config, "the smallest set, 20s, is the idle timeout")
         config = parse(sockproxy('sockproxy.server = ( "" => ( '
                                  '"a" => ( "host" => "10.0.0.1", "read-timeout" => 30 ) ) )'))
         self.assertEqual(self.only(config).idleTimeout, 30.0)
@@ -1673,3 +1674,58 @@ class CommandLineTests(LighttpdTestCase):
         tap.makeService(options, MemoryReactorClock())
         self.assertEqual([e["notice"] for e in events], list(options["configObject"].notices))
         self.assertEqual({e["log_level"].name for e in events}, {"warn"})
+
+
+class DocumentationTests(LighttpdTestCase):
+    """
+    The lighttpd examples of doc/lighttpd-config.md and examples/lighttpd/
+    load, and the errors the doc quotes are the errors given.
+    """
+
+    def test_docExamples(self) -> None:
+        """
+        Every C{```lighttpd} block of doc/lighttpd-config.md loads; every
+        C{```lighttpd error} block is refused with exactly the message of
+        the C{```text} block after it (as if the file were
+        /etc/lighttpd/lighttpd.conf).
+        """
+        with open(os.path.join(REPO, "doc", "lighttpd-config.md"), encoding="utf-8") as f:
+            doc = f.read()
+        d = self.tempdir()
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        source = os.path.join(d, "lighttpd.conf")
+        blocks = re.findall(r"```lighttpd( error)?\n(.*?)```(?:\n\n```text\n(.*?)```)?", doc,
+                            re.DOTALL)
+        self.assertEqual(len(blocks), 8)
+        for error, block, expected in blocks:
+            block = block.replace("/etc/lighttpd/server.pem", pem)
+            with self.subTest(block=block):
+                if not error:
+                    config = parse(block, source, environ={"BACKEND_HOST": "10.0.0.5"})
+                    self.assertTrue(config.proxies)
+                    continue
+                with self.assertRaises(ConfigError) as caught:
+                    parse(block, source)
+                shown = str(caught.exception).replace(d, "/etc/lighttpd")
+                self.assertEqual(shown, expected.strip())
+
+    def test_examples(self) -> None:
+        """
+        Every config in examples/lighttpd/ loads, with nothing to notice
+        but lighttpd's HTTP socket and its document root.
+        """
+        directory = os.path.join(REPO, "examples", "lighttpd")
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".conf"))
+        self.assertEqual(names, ["lighttpd.conf"])
+        path = os.path.join(directory, "lighttpd.conf")
+        config = loadConfig(path, FakeResolver(), BALANCERS)
+        self.assertEqual([(p.name, p.balance, p.idleTimeout, [b.label for b in p.backends])
+                          for p in config.proxies],
+                         [("127.0.0.1:8080", "round-robin", 300.0, ["one", "two"])])
+        self.assertEqual(config.notices, (
+            f"{path}: lighttpd's HTTP socket(s) without sockproxy.server are not served "
+            "(sockproxy only proxies): 127.0.0.1:8090",
+            f"{path}: ignored, not used by sockproxy: server.document-root",
+        ))

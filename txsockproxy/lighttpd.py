@@ -1592,7 +1592,7 @@ class _Mapper:
         idle = min(positive) if positive else 0.0
         if positive and len(set(timeouts)) > 1:
             self.notice(assignment.pos, key, "read-timeout/write-timeout differ between hosts: "
-                        f"the smallest, {idle:g}s, is the idle timeout of every session of "
+                        f"the smallest set, {idle:g}s, is the idle timeout of every session of "
                         "this proxy")
         return _Server(backends=backends, idleTimeout=idle)
 
