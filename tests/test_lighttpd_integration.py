@@ -22,28 +22,16 @@ import socket
 import tempfile
 import threading
 
+from integration_support import (
+    START_TIMEOUT,
+    Deadline,
+    Server,
+    Twistd,
+    connect,
+    freePort,
+    recvAll,
+)
 from twisted.trial.unittest import SynchronousTestCase
-
-try:
-    from integration_support import (
-        START_TIMEOUT,
-        Deadline,
-        Server,
-        Twistd,
-        connect,
-        freePort,
-        recvAll,
-    )
-except ImportError:  # tests/ collected as a package
-    from tests.integration_support import (  # type: ignore[no-redef]
-        START_TIMEOUT,
-        Deadline,
-        Server,
-        Twistd,
-        connect,
-        freePort,
-        recvAll,
-    )
 
 LIGHTTPD = "/usr/sbin/lighttpd"
 HAVE_LIGHTTPD = os.access(LIGHTTPD, os.X_OK)
