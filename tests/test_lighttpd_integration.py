@@ -17,8 +17,10 @@ deadline.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 
@@ -31,7 +33,8 @@ from integration_support import (
     freePort,
     recvAll,
 )
-from twisted.trial.unittest import SynchronousTestCase
+from test_lighttpd import REPO, certificate
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 LIGHTTPD = "/usr/sbin/lighttpd"
 HAVE_LIGHTTPD = os.access(LIGHTTPD, os.X_OK)
@@ -318,20 +321,58 @@ class DifferentialTests(SynchronousTestCase):
         self.assertEqual(theirs, [b""] * 3)
 
 
-class WithoutLighttpdTests(SynchronousTestCase):
+class LighttpdAcceptsTests(SynchronousTestCase):
     """
-    Reported when lighttpd is not installed: the differential half of the
-    tests above did not run.
+    The lighttpd configs of the tests, the docs and the examples are
+    lighttpd's own syntax: C{lighttpd -tt} (parse, load and set up the
+    modules) accepts them.
     """
 
-    def test_lighttpdInstalled(self) -> None:
-        """
-        C{/usr/sbin/lighttpd} is there to compare with (apt-get install
-        lighttpd); without it only txsockproxy's side runs.
-        """
+    def setUp(self) -> None:
         if not HAVE_LIGHTTPD:
-            from twisted.trial.unittest import SkipTest
+            raise SkipTest(f"{LIGHTTPD} is not installed (apt-get install lighttpd)")
+        self.tmp = tempfile.mkdtemp(prefix="sockproxy-lt-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
 
-            raise SkipTest(f"{LIGHTTPD} is not installed: lighttpd's side is skipped")
-        self.assertTrue(os.access(LIGHTTPD, os.X_OK))
+    def assertAccepted(self, path: str, env: dict[str, str] | None = None) -> None:
+        done = subprocess.run([LIGHTTPD, "-tt", "-f", path], env=env, cwd=self.tmp,
+                              capture_output=True, timeout=30, check=False)
+        self.assertEqual((done.returncode, done.stderr.decode()), (0, ""), path)
 
+    def test_differentialConfig(self) -> None:
+        """
+        The config of the differential tests.
+        """
+        path = os.path.join(self.tmp, "lighttpd.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(CONFIG)
+        env = dict(os.environ)
+        env.update({name: str(1000 + i) for i, name in enumerate(
+            ("SP_HTTP", *SOCKETS, "SP_A", "SP_B", "SP_FINB", "SP_DOWN"))})
+        self.assertAccepted(path, env)
+
+    def test_examples(self) -> None:
+        """
+        examples/lighttpd/lighttpd.conf, with its include.
+        """
+        self.assertAccepted(os.path.join(REPO, "examples", "lighttpd", "lighttpd.conf"))
+
+    def test_docExamples(self) -> None:
+        """
+        The examples of doc/lighttpd-config.md that txsockproxy loads (they
+        are fragments: lighttpd also wants a C{server.document-root}).
+        """
+        with open(os.path.join(REPO, "doc", "lighttpd-config.md"), encoding="utf-8") as f:
+            blocks = re.findall(r"```lighttpd\n(.*?)```", f.read(), re.DOTALL)
+        self.assertEqual(len(blocks), 4)
+        pem = os.path.join(self.tmp, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        env = dict(os.environ, BACKEND_HOST="10.0.0.5")
+        for i, block in enumerate(blocks):
+            path = os.path.join(self.tmp, f"example{i}.conf")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write('server.document-root = var.CWD\n'
+                        + block.replace("/etc/lighttpd/server.pem", pem))
+            with self.subTest(block=block):
+                self.assertAccepted(path, env)
