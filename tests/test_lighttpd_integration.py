@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -44,7 +45,7 @@ HAVE_LIGHTTPD = os.access(LIGHTTPD, os.X_OK)
 # same for both.
 CONFIG = """\
 # Run unchanged by Debian's lighttpd and by twistd sockproxy.
-server.modules = ( "mod_sockproxy" )
+server.modules = ( "mod_sockproxy", "mod_openssl" )
 server.document-root = var.CWD
 server.bind = "127.0.0.1"
 server.port = env.SP_HTTP
@@ -72,6 +73,13 @@ $SERVER["socket"] == "127.0.0.1:" + env.SP_FAILOVER {
   sockproxy.debug = 1
 }
 
+# TLS terminated here; the backend gets plaintext
+$SERVER["socket"] == "127.0.0.1:" + env.SP_TLS {
+  ssl.engine  = "enable"
+  ssl.pemfile = env.SP_PEM
+  sockproxy.server = ( "" => ( "A" => var.A ) )
+}
+
 $SERVER["socket"] == "127.0.0.1:" + env.SP_FIN {
   sockproxy.server = ( "" => ( "fin" => ( "host" => "127.0.0.1", "port" => env.SP_FINB,
                                           "tcp-fin-propagate" => "enable" ) ) )
@@ -79,7 +87,7 @@ $SERVER["socket"] == "127.0.0.1:" + env.SP_FIN {
 }
 """
 
-SOCKETS = ("SP_RR", "SP_FAIR", "SP_FAILOVER", "SP_FIN")
+SOCKETS = ("SP_RR", "SP_FAIR", "SP_FAILOVER", "SP_TLS", "SP_FIN")
 
 # What lighttpd 1.4.69 was measured to do (lighttpd.md section 7.2).
 ALTERNATING = ["A", "B"] * 5
@@ -165,6 +173,9 @@ class DifferentialTests(SynchronousTestCase):
         self.config = os.path.join(self.tmp, "lighttpd.conf")
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(CONFIG)
+        self.pem = os.path.join(self.tmp, "server.pem")
+        with open(self.pem, "wb") as f:
+            f.write(certificate())
         self.backends = {label: LabelBackend(label) for label in ("A", "B", "FIN")}
         for backend in self.backends.values():
             self.addCleanup(backend.server.stop)
@@ -182,6 +193,7 @@ class DifferentialTests(SynchronousTestCase):
         env["SP_B"] = str(self.backends["B"].server.port)
         env["SP_FINB"] = str(self.backends["FIN"].server.port)
         env["SP_DOWN"] = str(self.down)
+        env["SP_PEM"] = self.pem
         return env
 
     def freePorts(self) -> dict[str, int]:
@@ -290,6 +302,33 @@ class DifferentialTests(SynchronousTestCase):
         theirs = self.sequential(self.sides[1], "SP_FAILOVER", count=6, waitForEnd=False)
         self.assertEqual(theirs[:2], ["A", "<EOF>"], theirs)
 
+    def test_tlsTermination(self) -> None:
+        """
+        C{ssl.engine} with C{ssl.pemfile}: both servers complete the TLS
+        handshake with the pemfile's certificate, and relay plaintext.
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        results = {}
+        for side in self.sides:
+            deadline = Deadline(10, f"{side.name} TLS")
+            raw = connect(("127.0.0.1", side.ports["SP_TLS"]), timeout=deadline.remaining())
+            with context.wrap_socket(raw, server_hostname="localhost") as conn:
+                peer = conn.getpeercert(binary_form=True)
+                line = b""
+                while not line.endswith(b"\n"):
+                    conn.settimeout(deadline.remaining())
+                    chunk = conn.recv(1)
+                    if not chunk:
+                        break
+                    line += chunk
+            results[side.name] = (line, peer)
+        certificatePem = certificate().split(b"-----END CERTIFICATE-----")[0]
+        expected = ssl.PEM_cert_to_DER_cert(
+            (certificatePem + b"-----END CERTIFICATE-----\n").decode())
+        self.assertEqual(results, {side.name: (b"A\n", expected) for side in self.sides})
+
     def loneFin(self, side: Side) -> bytes:
         """
         Send a line, wait until the backend has it, then half-close alone;
@@ -346,7 +385,10 @@ class LighttpdAcceptsTests(SynchronousTestCase):
         path = os.path.join(self.tmp, "lighttpd.conf")
         with open(path, "w", encoding="utf-8") as f:
             f.write(CONFIG)
-        env = dict(os.environ)
+        pem = os.path.join(self.tmp, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        env = dict(os.environ, SP_PEM=pem)
         env.update({name: str(1000 + i) for i, name in enumerate(
             ("SP_HTTP", *SOCKETS, "SP_A", "SP_B", "SP_FINB", "SP_DOWN"))})
         self.assertAccepted(path, env)
