@@ -1327,8 +1327,8 @@ class ErrorTests(LighttpdTestCase):
         A config without any C{sockproxy.server} is an error.
         """
         self.assertEqual(self.problems('server.document-root = "/var/www"\n'), [
-            f"{SOURCE}:1: sockproxy.server: not set for any socket: nothing to proxy (sockproxy "
-            "runs only the mod_sockproxy part of a lighttpd config) (column 1)"])
+            f"{SOURCE}: sockproxy.server: not set for any socket: nothing to proxy (sockproxy "
+            "runs only the mod_sockproxy part of a lighttpd config)"])
 
     def test_badUtf8(self) -> None:
         """

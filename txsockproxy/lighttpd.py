@@ -1198,7 +1198,7 @@ class _Mapper:
         self.checkServerLevel()
         self.noticeIgnored()
         if not order and not self.problems:
-            self.error(_Pos(self.source, 1, 1), "sockproxy.server",
+            self.error(None, "sockproxy.server",
                        "not set for any socket: nothing to proxy (sockproxy runs only the "
                        "mod_sockproxy part of a lighttpd config)")
         if self.problems:
@@ -1287,7 +1287,7 @@ class _Mapper:
             token = f"{host}:{port}"
         sockets: list[_Socket] = [_Socket(token, self.root, bindPos, isGlobal=True)]
         seen: dict[tuple[str, str, int], _Socket] = {}
-        globalKey = self.socketKey(token, port)
+        globalKey = self.splitSocket(token, port)
         if globalKey is not None:
             seen[globalKey] = sockets[0]
         nested: list[str] = []
@@ -1298,7 +1298,7 @@ class _Mapper:
             if not self.isSocketBlock(block):
                 nested.append(condition.value)
                 continue
-            key = self.socketKey(condition.value, port)
+            key = self.splitSocket(condition.value, port)
             if key is None:
                 self.error(condition.pos, '$SERVER["socket"]', f"{_quoted(condition.value)}: "
                            "not a socket: give \"ip:port\", \":port\", \"[ipv6]:port\" or a "
@@ -1361,9 +1361,6 @@ class _Mapper:
         if not 1 <= port <= 65535:
             return None
         return ("tcp", host, port)
-
-    def socketKey(self, token: str, defaultPort: int) -> tuple[str, str, int] | None:
-        return self.splitSocket(token, defaultPort)
 
     def listen(self, sock: _Socket) -> _Listen | None:
         """
