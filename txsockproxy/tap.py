@@ -32,7 +32,7 @@ class Options(usage.Options):
     command line.
     """
 
-    synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT ...] [--check]"
+    synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT ...] [--check | --print-toml]"
     longdesc = (
         "Relay connections from listen endpoints to backends, unchanged, with "
         "load balancing, failover and correct half-close. Endpoints are Twisted "
