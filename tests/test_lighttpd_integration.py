@@ -418,3 +418,58 @@ class LighttpdAcceptsTests(SynchronousTestCase):
                         + block.replace("/etc/lighttpd/server.pem", pem))
             with self.subTest(block=block):
                 self.assertAccepted(path, env)
+
+
+class DebianConfigTests(SynchronousTestCase):
+    """
+    Debian's own /etc/lighttpd/lighttpd.conf (its include_shell scripts,
+    conf-enabled/ includes and all), with mod_sockproxy enabled the Debian
+    way, runs under twistd sockproxy.
+    """
+
+    def setUp(self) -> None:
+        if not os.path.exists("/etc/lighttpd/lighttpd.conf"):
+            raise SkipTest("no /etc/lighttpd/lighttpd.conf (apt-get install lighttpd)")
+        self.tmp = tempfile.mkdtemp(prefix="sockproxy-deb-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def test_stockConfig(self) -> None:
+        """
+        A copy of /etc/lighttpd, changed only to read its own conf-enabled/
+        and to listen on a free port, with conf-available/10-sockproxy.conf
+        enabled and its example global sockproxy.server uncommented, relays
+        to the backend.
+        """
+        etc = os.path.join(self.tmp, "lighttpd")
+        shutil.copytree("/etc/lighttpd", etc, symlinks=False)
+        port = freePort()
+        main = os.path.join(etc, "lighttpd.conf")
+        with open(main, encoding="utf-8") as f:
+            text = f.read()
+        text = text.replace('"/etc/lighttpd/conf-enabled/', '"conf-enabled/')
+        text, count = re.subn(r"(?m)^server\.port\s*=\s*80$", f"server.port = {port}", text)
+        self.assertEqual(count, 1, "Debian's lighttpd.conf changed: no server.port = 80")
+        with open(main, "w", encoding="utf-8") as f:
+            f.write(text)
+        backend = LabelBackend("debian")
+        self.addCleanup(backend.server.stop)
+        with open(os.path.join(etc, "conf-available", "10-sockproxy.conf"),
+                  encoding="utf-8") as f:
+            enabled = f.read()
+        enabled = enabled.replace("#sockproxy.server", "sockproxy.server")
+        enabled = re.sub(r"(?m)^#( +[()\"])", r"\1", enabled)
+        enabled = enabled.replace('"192.168.0.101"', '"127.0.0.1"').replace(
+            "10000", str(backend.server.port))
+        with open(os.path.join(etc, "conf-enabled", "10-sockproxy.conf"), "w",
+                  encoding="utf-8") as f:
+            f.write(enabled)
+        process = Twistd(["sockproxy", "--config", main], cwd=self.tmp)
+        self.addCleanup(process.stop)
+        process.waitFor("listening on", timeout=START_TIMEOUT)
+        label, conn = readLabel(port, Deadline(10, "through Debian's config"))
+        conn.close()
+        self.assertEqual(label, "debian")
+        self.assertNoErrors(process)
+
+    def assertNoErrors(self, process: Twistd) -> None:
+        self.assertEqual([line for line in process.lines if "Traceback" in line], [])
