@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsockproxy import fastpath
 from txsockproxy.interfaces import IConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName
 
@@ -270,6 +271,7 @@ class Session:
         self._timeoutReason = ""
         self._lastActivity = self.started
         self.connection = ConnectionInfo(transport.getPeer(), transport.getHost())
+        self.relays: Optional[tuple[fastpath.Relay, fastpath.Relay]] = None
 
     # -- connecting ---------------------------------------------------------
 
@@ -400,6 +402,9 @@ class Session:
             if self.clientPaused:
                 self.clientPaused = False
                 ct.resumeProducing()
+        self.relays = fastpath.install(
+            ct, bt, self.fromClient, self.fromBackend, self._countUp, self._countDown
+        )
         self._updateTimer()
 
     # -- relaying -----------------------------------------------------------
@@ -423,6 +428,20 @@ class Session:
             self.clientTransport.pauseProducing()
         if self.inspecting and not ISSLTransport.providedBy(self.clientTransport):
             self._inspectHeld()
+
+    def _countUp(self, n: int) -> None:
+        # Bytes from the client relayed on the fast path.
+        self.bytesFromClient += n
+        self.backend.bytesOut += n  # type: ignore[union-attr]
+        if self._timeout:
+            self._lastActivity = self.clock.seconds()
+
+    def _countDown(self, n: int) -> None:
+        # Bytes from the backend relayed on the fast path.
+        self.bytesFromBackend += n
+        self.backend.bytesIn += n  # type: ignore[union-attr]
+        if self._timeout:
+            self._lastActivity = self.clock.seconds()
 
     def fromBackend(self, data: bytes) -> None:
         """
@@ -541,6 +560,10 @@ class Session:
             return
         self.finished = True
         self._cancelTimer()
+        if self.relays is not None:
+            for relay in self.relays:
+                relay.uninstall()
+            self.relays = None
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1

@@ -1,0 +1,608 @@
+"""
+Tests for L{txsockproxy.fastpath}: unit tests of L{Relay} over real socket
+pairs with a fake transport around each end, and loopback integration tests
+of C{twistd sockproxy} in each fast-path mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import threading
+from typing import Any
+
+from integration_support import (
+    Deadline,
+    Server,
+    connect,
+    exchange,
+    freePort,
+    proxyConfig,
+    recvAll,
+    recvExactly,
+    tcpListen,
+)
+from relay_fakes import HalfCloseTransport
+from test_integration import _IntegrationTestCase
+from twisted.internet import main
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from txsockproxy import fastpath
+
+MiB = 1024 * 1024
+
+
+class FakeSocketTransport:
+    """
+    The parts of a Twisted socket transport that L{fastpath.Relay} uses,
+    around a real non-blocking socket.
+
+    @ivar written: bytes given to C{write()} (Twisted's buffer).
+    @ivar reading: whether the reactor would read this transport.
+    @ivar writing: whether the reactor would call C{doWrite}.
+    @ivar ownWrites: how often the class's own C{doWrite} ran.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.socket = sock
+        self.connected = True
+        self.disconnecting = False
+        self._writeDisconnecting = False
+        self._writeDisconnected = False
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+        self.written: list[bytes] = []
+        self.reading = True
+        self.writing = False
+        self.ownWrites = 0
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self._tempDataLen += len(data)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def startWriting(self) -> None:
+        self.writing = True
+
+    def doWrite(self) -> None:
+        self.ownWrites += 1
+        self.writing = False
+
+
+def pair() -> tuple[socket.socket, FakeSocketTransport]:
+    """
+    A connected socket pair: the outer end (a peer) and a transport around
+    the inner end.
+    """
+    outer, inner = socket.socketpair()
+    return outer, FakeSocketTransport(inner)
+
+
+def drain(sock: socket.socket, size: int, seconds: float = 10.0) -> bytes:
+    """
+    Read exactly C{size} bytes from C{sock} under a deadline.
+    """
+    return recvExactly(sock, size, Deadline(seconds, "reading the sink's peer"))
+
+
+def fillSocket(sock: socket.socket) -> int:
+    """
+    Write to C{sock} until its buffers are full; return how much went in.
+    """
+    sock.setblocking(False)
+    chunk = b"\0" * 65536
+    total = 0
+    while True:
+        try:
+            total += sock.send(chunk)
+        except BlockingIOError:
+            return total
+
+
+class Recorder:
+    """
+    The session side of a relay: the ordinary path and the counter.
+    """
+
+    def __init__(self, sink: FakeSocketTransport) -> None:
+        self.sink = sink
+        self.ordinary: list[bytes] = []
+        self.counted = 0
+
+    def fromPeer(self, data: bytes) -> None:
+        self.ordinary.append(data)
+        self.sink.write(data)
+
+    def count(self, n: int) -> None:
+        self.counted += n
+
+
+class RelayTestsMixin:
+    """
+    Behaviour shared by both modes.
+    """
+
+    mode = "copy"
+
+    def setUp(self) -> None:
+        self.sourcePeer, self.source = pair()
+        self.sinkPeer, self.sink = pair()
+        for s in (self.sourcePeer, self.sinkPeer, self.source.socket, self.sink.socket):
+            self.addCleanup(s.close)  # type: ignore[attr-defined]
+        self.session = Recorder(self.sink)
+        self.relay = fastpath.Relay(
+            self.source, self.sink, self.session.fromPeer, self.session.count, self.mode
+        )
+        self.addCleanup(self.relay.closePipe)  # type: ignore[attr-defined]
+
+    def pump(self, limit: int = 10000) -> None:
+        """
+        Run the relay's reads (and the sink's writes) as a reactor would,
+        while the source's socket is readable.
+        """
+        for _ in range(limit):
+            if self.sink.writing:
+                self.sink.doWrite()
+            readable, _, _ = select.select([self.source.socket], [], [], 0)
+            if not readable or not self.source.reading:
+                return
+            result = self.relay.doRead()
+            if result is not None:
+                self.result = result
+                return
+        raise AssertionError("the relay never caught up")
+
+    def test_relaysBytesExactly(self: Any) -> None:
+        """
+        Bytes written by the source's peer arrive at the sink's peer
+        unchanged, straight from C{doRead}, and are counted.
+        """
+        payload = os.urandom(100_000)
+        self.sourcePeer.sendall(payload)
+        self.pump()
+        self.assertEqual(drain(self.sinkPeer, len(payload)), payload)
+        self.assertEqual(self.session.counted, len(payload))
+        self.assertEqual(self.session.ordinary, [])
+        self.assertEqual(self.sink.written, [])
+
+    def test_manyChunksInOrder(self: Any) -> None:
+        """
+        Chunks of all sizes, small and above the splice threshold, arrive in
+        order and complete.
+        """
+        chunks = [os.urandom(n) for n in (1, 7, 70_000, 3, 120_000, 64, 65_536, 5)]
+        got = []
+        for chunk in chunks:
+            self.sourcePeer.sendall(chunk)
+            self.pump()
+            got.append(drain(self.sinkPeer, len(chunk)))
+        self.assertEqual(got, chunks)
+        self.assertEqual(self.session.counted, sum(map(len, chunks)))
+
+    def test_eof(self: Any) -> None:
+        """
+        The source's EOF is returned as C{CONNECTION_DONE}, as Twisted's own
+        C{doRead} returns it, after every byte before it was relayed.
+        """
+        self.sourcePeer.sendall(b"last words")
+        self.sourcePeer.shutdown(socket.SHUT_WR)
+        self.pump()
+        self.assertIs(self.result, main.CONNECTION_DONE)
+        self.assertEqual(drain(self.sinkPeer, 10), b"last words")
+
+    def test_nothingToRead(self: Any) -> None:
+        """
+        A spurious wake-up reads nothing and reports nothing.
+        """
+        self.assertIsNone(self.relay.doRead())
+        self.assertEqual(self.session.counted, 0)
+
+    def test_resetIsConnectionLost(self: Any) -> None:
+        """
+        An error reading the source is returned as C{CONNECTION_LOST}.
+        """
+        self.source.socket.close()
+        self.assertIs(self.relay.doRead(), main.CONNECTION_LOST)
+
+    def test_busySinkTakesOrdinaryPath(self: Any) -> None:
+        """
+        While the sink's transport holds buffered bytes, a read goes the
+        ordinary way (to the session, then C{write()}), behind them.
+        """
+        self.sink.write(b"queued")
+        self.sourcePeer.sendall(b"x" * 100_000)
+        self.pump()
+        self.assertEqual(b"".join(self.session.ordinary), b"x" * 100_000)
+        self.assertEqual(self.session.counted, 0)
+
+    def test_closingSinkTakesOrdinaryPath(self: Any) -> None:
+        """
+        A sink that is closing or half-closed is written through Twisted.
+        """
+        for attribute in ("disconnecting", "_writeDisconnecting", "_writeDisconnected"):
+            setattr(self.sink, attribute, True)
+            self.sourcePeer.sendall(attribute.encode())
+            self.pump()
+            setattr(self.sink, attribute, False)
+        self.assertEqual(
+            b"".join(self.session.ordinary),
+            b"disconnecting_writeDisconnecting_writeDisconnected",
+        )
+
+
+class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
+    """
+    L{fastpath.Relay} in C{copy} mode.
+    """
+
+    mode = "copy"
+
+    def test_fullSinkBuffersInTwisted(self) -> None:
+        """
+        What the sink's socket does not take goes to the sink transport's
+        buffer (so Twisted's producer machinery pauses the source), in order.
+        """
+        fillSocket(self.sink.socket)
+        payload = os.urandom(200_000)
+        self.sourcePeer.sendall(payload)
+        self.relay.doRead()
+        buffered = b"".join(self.sink.written)
+        self.assertTrue(buffered)
+        self.assertTrue(payload.endswith(buffered))
+        self.assertEqual(self.session.counted, fastpath.READ_SIZE if len(payload) > fastpath.READ_SIZE else len(payload))
+
+
+class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
+    """
+    L{fastpath.Relay} in C{splice} mode.
+    """
+
+    mode = "splice"
+
+    def setUp(self) -> None:
+        if not fastpath.CAN_SPLICE:
+            raise SkipTest("no splice(2) here")
+        super().setUp()
+
+    def bulk(self) -> None:
+        """
+        Relay one chunk above the threshold: the direction gets its pipe.
+        """
+        first = os.urandom(fastpath.SPLICE_THRESHOLD)
+        self.sourcePeer.sendall(first)
+        self.pump()
+        self.assertEqual(drain(self.sinkPeer, len(first)), first)
+        self.assertGreaterEqual(self.relay.readFd, 0)
+
+    def test_smallMessagesNeedNoPipe(self) -> None:
+        """
+        A direction carrying small messages never opens a pipe (an idle
+        session costs no descriptors beyond its sockets).
+        """
+        for _ in range(10):
+            self.sourcePeer.sendall(b"ping")
+            self.pump()
+            self.assertEqual(drain(self.sinkPeer, 4), b"ping")
+        self.assertEqual(self.relay.readFd, -1)
+
+    def test_stalledSinkHoldsBytesInPipe(self) -> None:
+        """
+        When the sink's socket is full, the source stops being read, the
+        rest stays in the pipe (not in process memory), and the sink's
+        C{doWrite} drains it once the peer reads; then the source is read
+        again and Twisted's own C{doWrite} runs.
+        """
+        self.bulk()
+        filled = fillSocket(self.sink.socket)
+        payload = os.urandom(200_000)
+        self.sourcePeer.sendall(payload)
+        self.relay.doRead()
+        self.assertGreater(self.relay.pending, 0)
+        self.assertFalse(self.source.reading)
+        self.assertTrue(self.sink.writing)
+        self.assertEqual(self.sink.written, [])
+        self.assertEqual(self.session.ordinary, [])
+        # A reader that wakes while stalled reads nothing more.
+        self.source.startReading()
+        pending = self.relay.pending
+        self.relay.doRead()
+        self.assertEqual(self.relay.pending, pending)
+        self.assertFalse(self.source.reading)
+
+        # The peer reads everything: the pipe drains into the socket.
+        received = bytearray()
+        deadline = Deadline(10, "draining a stalled sink")
+        while len(received) < filled + len(payload):
+            self.sinkPeer.settimeout(deadline.remaining())
+            received += self.sinkPeer.recv(1 << 20)
+            if self.sink.writing:
+                self.sink.doWrite()
+            readable, _, _ = select.select([self.source.socket], [], [], 0)
+            if readable and self.source.reading:
+                self.relay.doRead()
+        self.assertEqual(bytes(received[filled:]), payload)
+        self.assertEqual(self.relay.pending, 0)
+        self.assertTrue(self.source.reading)
+        self.assertGreaterEqual(self.sink.ownWrites, 1)
+        self.assertNotIn("doWrite", vars(self.sink))
+
+    def test_sinkErrorReportedByDoWrite(self) -> None:
+        """
+        An error writing the sink is returned from the sink's C{doWrite}, so
+        the reactor closes the sink as it would on its own write error.
+        """
+        self.bulk()
+        self.sinkPeer.close()
+        payload = os.urandom(100_000)
+        self.sourcePeer.sendall(payload)
+        self.relay.doRead()
+        for _ in range(10):
+            if not self.sink.writing:
+                break
+            result = self.sink.doWrite()
+            if result is not None:
+                self.assertIs(result, main.CONNECTION_LOST)
+                return
+        self.fail("the sink's error was never reported")
+
+    def test_uninstallClosesPipe(self) -> None:
+        """
+        L{fastpath.Relay.uninstall} closes the direction's pipe.
+        """
+        self.bulk()
+        readFd = self.relay.readFd
+        self.source.doRead = self.relay.doRead  # type: ignore[attr-defined]
+        self.relay.uninstall()
+        self.assertEqual(self.relay.readFd, -1)
+        self.assertNotIn("doRead", vars(self.source))
+        with self.assertRaises(OSError):
+            os.fstat(readFd)
+
+
+class InstallTests(SynchronousTestCase):
+    """
+    L{fastpath.install} applies only to plain socket transports.
+    """
+
+    def test_notPlain(self) -> None:
+        """
+        Transports that are not the reactor's own plain TCP/unix transports
+        (here L{StringTransport}s, as a TLS or wrapped transport would be)
+        are left alone.
+        """
+        client, backend = HalfCloseTransport(), HalfCloseTransport()
+        result = fastpath.install(client, backend, print, print, print, print, mode="splice")
+        self.assertIsNone(result)
+        self.assertNotIn("doRead", vars(client))
+
+    def test_off(self) -> None:
+        """
+        Mode C{off} installs nothing.
+        """
+        self.assertIsNone(fastpath.install(None, None, print, print, print, print, mode="off"))
+
+    def test_modeFromEnvironment(self) -> None:
+        """
+        C{TXSOCKPROXY_FASTPATH} picks the mode; unknown values mean the default.
+        """
+        old = os.environ.get("TXSOCKPROXY_FASTPATH")
+        self.addCleanup(
+            lambda: os.environ.pop("TXSOCKPROXY_FASTPATH", None) if old is None
+            else os.environ.__setitem__("TXSOCKPROXY_FASTPATH", old)
+        )
+        os.environ["TXSOCKPROXY_FASTPATH"] = "copy"
+        self.assertEqual(fastpath.defaultMode(), "copy")
+        os.environ["TXSOCKPROXY_FASTPATH"] = "off"
+        self.assertEqual(fastpath.defaultMode(), "off")
+        os.environ["TXSOCKPROXY_FASTPATH"] = "bogus"
+        self.assertIn(fastpath.defaultMode(), ("splice", "copy"))
+
+
+class FastPathIntegrationTestsMixin:
+    """
+    C{twistd sockproxy} with the fast path in one mode: bytes exact, half-close
+    both ways, flow control with a stalled peer in both directions.
+    """
+
+    mode = "splice"
+
+    def proxy(self: Any, backend: Server) -> tuple[str, int]:
+        port = freePort()
+        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
+        self.startTwistd(
+            ["sockproxy", "--config", config],
+            env=self.environ(TXSOCKPROXY_FASTPATH=self.mode),
+        )
+        return ("127.0.0.1", port)
+
+    def test_clientHalfCloseThenLargeReply(self: Any) -> None:
+        """
+        16 MiB up, the client's half-close, then 16 MiB down sent by the
+        backend after it saw EOF: both arrive exactly, and the backend's
+        close reaches the client.
+        """
+        payload = os.urandom(16 * MiB)
+        reply = os.urandom(16 * MiB)
+        digests: list[str] = []
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            digest = hashlib.sha256(recvAll(conn, Deadline(30, "request"))).hexdigest()
+            digests.append(digest)
+            conn.sendall(reply)
+            conn.shutdown(socket.SHUT_WR)
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend)
+        with connect(address) as conn:
+            received = exchange(conn, payload, Deadline(60, "half-close exchange"))
+        self.assertEqual(digests, [hashlib.sha256(payload).hexdigest()])
+        self.assertTrue(received == reply, "the reply arrived altered")
+        self.assertNoHandlerErrors(backend)
+
+    def test_backendHalfCloseFirst(self: Any) -> None:
+        """
+        The backend sends 8 MiB and half-closes first; the client still
+        sends 8 MiB afterwards, and it reaches the backend exactly.
+        """
+        down = os.urandom(8 * MiB)
+        up = os.urandom(8 * MiB)
+        got: list[bytes] = []
+        done = threading.Event()
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            conn.sendall(down)
+            conn.shutdown(socket.SHUT_WR)
+            got.append(recvAll(conn, Deadline(30, "client's bytes after backend EOF")))
+            done.set()
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend)
+        deadline = Deadline(60, "backend-first half-close")
+        with connect(address) as conn:
+            received = recvAll(conn, deadline)
+            conn.sendall(up)
+            conn.shutdown(socket.SHUT_WR)
+            self.assertTrue(done.wait(deadline.remaining()), "the backend never saw EOF")
+        self.assertTrue(received == down, "the backend's bytes arrived altered")
+        self.assertTrue(got and got[0] == up, "the client's bytes arrived altered")
+        self.assertNoHandlerErrors(backend)
+
+    def stalled(self: Any, direction: str) -> None:
+        """
+        Push as fast as possible at a peer that does not read, until
+        everything stalls; then let it read: every byte arrives, and the
+        proxy's memory grew by far less than what was pushed.
+        """
+        import psutil
+
+        release = threading.Event()
+        self.addCleanup(release.set)
+        total = 64 * MiB
+        counted: list[int] = []
+        pushed: list[int] = []
+
+        def push(conn: socket.socket) -> int:
+            chunk = memoryview(b"\xab" * MiB)
+            conn.setblocking(False)
+            sent = 0
+            deadline = Deadline(30, "pushing at a stalled peer")
+            while sent < total:
+                _, writable, _ = select.select([], [conn], [], min(1.0, deadline.remaining()))
+                if not writable:
+                    break
+                try:
+                    sent += conn.send(chunk[: min(MiB, total - sent)])
+                except BlockingIOError:
+                    pass
+            conn.setblocking(True)
+            return sent
+
+        def count(conn: socket.socket) -> int:
+            n = 0
+            conn.settimeout(30)
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    return n
+                n += len(data)
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            if direction == "up":
+                release.wait(30)
+                counted.append(count(conn))
+                conn.close()
+            else:
+                pushed.append(push(conn))
+                conn.shutdown(socket.SHUT_WR)
+                release.wait(30)
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend)
+        process = None
+        with connect(address) as conn:
+            backend.waitForAccepted(1)
+            process = psutil.Process(self._lastTwistd().pid)
+            before = process.memory_info().rss
+            if direction == "up":
+                sent = push(conn)
+                grown = process.memory_info().rss - before
+                release.set()
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(30)
+                self.assertEqual(conn.recv(1), b"")
+                self.assertEqual(counted, [sent])
+            else:
+                deadline = Deadline(30, "backend stalls")
+                while not pushed and deadline.remaining() > 0:
+                    select.select([], [], [], 0.05)
+                grown = process.memory_info().rss - before
+                self.assertTrue(pushed, "the backend never stalled")
+                release.set()
+                self.assertEqual(count(conn), pushed[0])
+                sent = pushed[0]
+        self.assertLess(sent, total, "the push never stalled")
+        self.assertLess(grown, 4 * MiB, f"proxy RSS grew by {grown} bytes")
+        self.assertNoHandlerErrors(backend)
+
+    def test_stalledBackend(self: Any) -> None:
+        """
+        A backend that does not read stalls the client (flow control up).
+        """
+        self.stalled("up")
+
+    def test_stalledClient(self: Any) -> None:
+        """
+        A client that does not read stalls the backend (flow control down).
+        """
+        self.stalled("down")
+
+
+class _ModeIntegrationTestCase(_IntegrationTestCase):
+    def startTwistd(self, *args: Any, **kwargs: Any) -> Any:
+        process = super().startTwistd(*args, **kwargs)
+        self._twistd = process
+        return process
+
+    def _lastTwistd(self) -> Any:
+        return self._twistd
+
+
+class SpliceIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTestCase):
+    """
+    Integration tests of the C{splice} mode.
+    """
+
+    mode = "splice"
+
+    def setUp(self) -> None:
+        if not fastpath.CAN_SPLICE:
+            raise SkipTest("no splice(2) here")
+        super().setUp()
+
+
+class CopyIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTestCase):
+    """
+    Integration tests of the C{copy} mode.
+    """
+
+    mode = "copy"
+
+
+class OffIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTestCase):
+    """
+    The same behaviour with the fast path off (Twisted's own relay).
+    """
+
+    mode = "off"
