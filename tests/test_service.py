@@ -293,6 +293,21 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(list(self.service._listeners), ["tcp:8080"])
         self.assertTrue(any("reload failed" in e.get("log_format", "") for e in events))
 
+    def test_noticesLogged(self) -> None:
+        """
+        The notices of the new configuration (e.g. lighttpd directives that
+        are ignored) are logged on reload, as at start-up.
+        """
+        self.configs["c.toml"] = Config(
+            proxies=(proxyConfig("web", ("tcp:8080",), A),),
+            notices=("ignored directives: server.document-root",),
+        )
+        with capturedLogs() as events:
+            self.assertTrue(self.service.reload())
+        self.assertIn(
+            "ignored directives: server.document-root", [e.get("notice") for e in events]
+        )
+
     def test_noConfigFile(self) -> None:
         """
         A proxy from the command line has nothing to reload.

@@ -362,6 +362,8 @@ class ProxyService(MultiService):
             self.log.error("reload failed: {error}; keeping the running configuration",
                            error=str(e))
             return False
+        for notice in config.notices:
+            self.log.warn("config notice: {notice}", notice=notice)
         self.log.info("reload: applied {source}", source=config.source)
         return True
 
