@@ -121,11 +121,11 @@ class Recorder:
         self.ordinary: list[bytes] = []
         self.counted = 0
 
-    def fromPeer(self, data: bytes) -> None:
+    def fromClient(self, data: bytes) -> None:
         self.ordinary.append(data)
         self.sink.write(data)
 
-    def count(self, n: int) -> None:
+    def countUp(self, n: int) -> None:
         self.counted += n
 
 
@@ -142,9 +142,7 @@ class RelayTestsMixin:
         for s in (self.sourcePeer, self.sinkPeer, self.source.socket, self.sink.socket):
             self.addCleanup(s.close)  # type: ignore[attr-defined]
         self.session = Recorder(self.sink)
-        self.relay = fastpath.Relay(
-            self.source, self.sink, self.session.fromPeer, self.session.count, self.mode
-        )
+        self.relay = fastpath.Relay(self.source, self.sink, self.session, True, self.mode)
         self.addCleanup(self.relay.closePipe)  # type: ignore[attr-defined]
 
     def pump(self, limit: int = 10000) -> None:
@@ -383,7 +381,7 @@ class InstallTests(SynchronousTestCase):
         are left alone.
         """
         client, backend = HalfCloseTransport(), HalfCloseTransport()
-        result = fastpath.install(client, backend, print, print, print, print, mode="splice")
+        result = fastpath.install(client, backend, object(), mode="splice")
         self.assertIsNone(result)
         self.assertNotIn("doRead", vars(client))
 
@@ -391,7 +389,7 @@ class InstallTests(SynchronousTestCase):
         """
         Mode C{off} installs nothing.
         """
-        self.assertIsNone(fastpath.install(None, None, print, print, print, print, mode="off"))
+        self.assertIsNone(fastpath.install(None, None, object(), mode="off"))
 
     def test_modeFromEnvironment(self) -> None:
         """

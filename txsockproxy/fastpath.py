@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from twisted.internet import main, tcp
+from twisted.internet import defer, main, tcp
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import ClientFactory
 
 try:
     from twisted.internet import unix
@@ -123,40 +124,45 @@ class Relay:
     One direction of a session, C{source} -> C{sink}: the C{doRead} of the
     source transport while the fast path is installed.
 
-    @ivar ordinary: the session's own handler of bytes read (C{fromClient}
-        or C{fromBackend}): the ordinary path.
-    @ivar count: called with the size of every chunk relayed on the fast
-        path, for the session's counters.
+    @ivar owner: the session: its C{fromClient}/C{fromBackend} take bytes on
+        the ordinary path, its C{countUp}/C{countDown} count those relayed on
+        the fast path (methods looked up per call: bound methods kept per
+        session would cost memory).
+    @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
     """
 
-    __slots__ = (
-        "source", "sink", "ordinary", "count", "mode", "sourceSocket",
-        "sinkSocket", "sourceFd", "sinkFd", "readFd", "writeFd", "pending",
-        "stalled",
-    )
+    __slots__ = ("source", "sink", "owner", "up", "mode", "readFd", "writeFd", "pending", "stalled")
 
-    def __init__(
-        self,
-        source: Any,
-        sink: Any,
-        ordinary: Callable[[bytes], None],
-        count: Callable[[int], None],
-        mode: str,
-    ) -> None:
+    def __init__(self, source: Any, sink: Any, owner: Any, up: bool, mode: str) -> None:
         self.source = source
         self.sink = sink
-        self.ordinary = ordinary
-        self.count = count
+        self.owner = owner
+        self.up = up
         self.mode = mode
-        self.sourceSocket: socket.socket = source.socket
-        self.sinkSocket: socket.socket = sink.socket
-        self.sourceFd = source.fileno()
-        self.sinkFd = sink.fileno()
         self.readFd = -1
         self.writeFd = -1
         self.pending = 0
         self.stalled = False
+
+    def ordinary(self, data: bytes) -> None:
+        """
+        Bytes for the ordinary path: the owner's C{fromClient}/C{fromBackend}.
+        """
+        if self.up:
+            self.owner.fromClient(data)
+        else:
+            self.owner.fromBackend(data)
+
+    def count(self, n: int) -> None:
+        """
+        Count C{n} bytes relayed on the fast path: the owner's
+        C{countUp}/C{countDown}.
+        """
+        if self.up:
+            self.owner.countUp(n)
+        else:
+            self.owner.countDown(n)
 
     # -- reading ------------------------------------------------------------
 
@@ -176,7 +182,7 @@ class Relay:
         if self.readFd >= 0 and _quiet(self.sink):
             return self._spliceRead()
         try:
-            data = self.sourceSocket.recv(READ_SIZE)
+            data = self.source.socket.recv(READ_SIZE)
         except OSError as e:
             if e.errno in _AGAIN:
                 return None
@@ -189,7 +195,7 @@ class Relay:
             return None
         self.count(len(data))
         try:
-            sent = self.sinkSocket.send(data)
+            sent = self.sink.socket.send(data)
         except OSError:
             # Full, or an error: the sink's own doWrite meets the error
             # again and reports it.
@@ -206,7 +212,7 @@ class Relay:
 
     def _spliceRead(self) -> Optional[Exception]:
         try:
-            n = os.splice(self.sourceFd, self.writeFd, READ_SIZE, flags=_SPLICE_FLAGS)
+            n = os.splice(self.source.fileno(), self.writeFd, READ_SIZE, flags=_SPLICE_FLAGS)
         except OSError as e:
             if e.errno in _AGAIN:
                 return None
@@ -255,7 +261,7 @@ class Relay:
         """
         try:
             while self.pending:
-                n = os.splice(self.readFd, self.sinkFd, self.pending, flags=_SPLICE_FLAGS)
+                n = os.splice(self.readFd, self.sink.fileno(), self.pending, flags=_SPLICE_FLAGS)
                 if not n:
                     break
                 self.pending -= n
@@ -309,25 +315,65 @@ class Relay:
         Give the source its own C{doRead} back and release the pipe.
         """
         self._unstall()
+        source = self.source
+        if type(source) in _fastClasses.values():
+            source.__class__ = type(source).__mro__[1]
         try:
-            del self.source.doRead
+            del source.doRead
         except AttributeError:
             pass
         self.closePipe()
 
 
+_fastClasses: dict[type, type] = {}
+
+
+def _relayedRead(self: Any) -> Optional[Exception]:
+    # doRead of a transport on the fast path: its protocol holds the Relay.
+    relay: Relay = self.protocol.relay
+    return relay.doRead()
+
+
+def _fastClass(cls: type) -> type:
+    """
+    A subclass of transport class C{cls} whose C{doRead} is its protocol's
+    L{Relay}.  Switching a transport's class costs no memory per session,
+    where an instance attribute would cost a dict entry (and, on these
+    transports, turn their key-sharing dict into a larger one: ~0.9 KB per
+    session).
+    """
+    fast = _fastClasses.get(cls)
+    if fast is None:
+        fast = type(f"Relayed{cls.__name__}", (cls,), {"doRead": _relayedRead, "__module__": __name__})
+        _fastClasses[cls] = fast
+    return fast
+
+
+def _attach(transport: Any, protocol: Any, relay: Relay) -> None:
+    if protocol is not None:
+        protocol.relay = relay
+    if protocol is not None and transport.protocol is protocol:
+        transport.__class__ = _fastClass(type(transport))
+    else:
+        # Wrapped (e.g. by an endpoint): an instance attribute works too.
+        transport.doRead = relay.doRead
+
+
 def install(
     client: Any,
     backend: Any,
-    fromClient: Callable[[bytes], None],
-    fromBackend: Callable[[bytes], None],
-    countUp: Callable[[int], None],
-    countDown: Callable[[int], None],
+    owner: Any,
     mode: Optional[str] = None,
+    clientProtocol: Any = None,
+    backendProtocol: Any = None,
 ) -> Optional[tuple[Relay, Relay]]:
     """
     Relay between transports C{client} and C{backend} on the fast path, if
     both are plain sockets.
+
+    @param owner: the session (see L{Relay.owner}).
+    @param clientProtocol: the client transport's protocol, if it has a
+        C{relay} attribute to hold its L{Relay} (likewise C{backendProtocol}).
 
     @return: the two L{Relay}s (up, down), or L{None} if the fast path does
         not apply and the session relays through Twisted.
@@ -335,11 +381,68 @@ def install(
     mode = MODE if mode is None else mode
     if mode == "off" or not (isPlain(client) and isPlain(backend)):
         return None
-    up = Relay(client, backend, fromClient, countUp, mode)
-    down = Relay(backend, client, fromBackend, countDown, mode)
-    client.doRead = up.doRead
-    backend.doRead = down.doRead
+    up = Relay(client, backend, owner, True, mode)
+    down = Relay(backend, client, owner, False, mode)
+    _attach(client, clientProtocol, up)
+    _attach(backend, backendProtocol, down)
     return up, down
 
 
-__all__ = ["CAN_SPLICE", "MODE", "Relay", "install", "isPlain"]
+def directConnect(
+    endpoint: Any, factory: ClientFactory, timeout: float
+) -> Optional[defer.Deferred[Any]]:
+    """
+    Connect C{factory} the way C{endpoint} would, straight through the
+    reactor's C{connectTCP}/C{connectUNIX} with C{timeout} (the shorter of it
+    and the endpoint's own), if C{endpoint} is a plain
+    L{TCP4ClientEndpoint} or L{UNIXClientEndpoint}.
+
+    The endpoint would wrap the factory and its protocol (to forward
+    half-closes, which our protocols take themselves), chain Deferreds and
+    arm a second timer for the timeout: a third of the cost of a backend
+    connect.  C{factory.clientConnectionFailed} must fail the returned
+    Deferred (see L{connectFailed}); cancelling it stops the connect.
+
+    @return: a Deferred that fails when the connect fails or is cancelled
+        (success is reported to the factory's protocol), or L{None} when
+        C{endpoint} is of another type: then use C{endpoint.connect}.
+    """
+    kind = type(endpoint)
+    if kind is TCP4ClientEndpoint:
+        connect = endpoint._reactor.connectTCP
+        args: tuple[Any, ...] = (endpoint._host, endpoint._port)
+        extra: dict[str, Any] = {"bindAddress": endpoint._bindAddress}
+    elif kind is UNIXClientEndpoint:
+        connect = endpoint._reactor.connectUNIX
+        args = (endpoint._path,)
+        extra = {"checkPID": endpoint._checkPID}
+    else:
+        return None
+    if endpoint._timeout and endpoint._timeout < timeout:
+        timeout = endpoint._timeout
+    connector = None
+
+    def cancel(d: defer.Deferred[Any]) -> None:
+        if connector is not None:
+            connector.stopConnecting()
+
+    d: defer.Deferred[Any] = defer.Deferred(cancel)
+    factory.connecting = d  # type: ignore[attr-defined]
+    connector = connect(*args, factory, timeout=timeout, **extra)
+    return d
+
+
+def connectFailed(factory: ClientFactory, reason: Any) -> None:
+    """
+    Fail the Deferred of a L{directConnect} of C{factory} with C{reason},
+    unless it was cancelled (and so has failed) already.
+    """
+    d = getattr(factory, "connecting", None)
+    if d is not None and not d.called:
+        factory.connecting = None  # type: ignore[attr-defined]
+        d.errback(reason)
+
+
+__all__ = [
+    "CAN_SPLICE", "MODE", "Relay", "connectFailed", "directConnect", "install", "isPlain",
+]
