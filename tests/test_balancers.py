@@ -8,11 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay_fakes import Proxy
 from twisted.internet.address import IPv4Address
+from twisted.logger import capturedLogs
 from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from txsockproxy.backends import describeFailure
 from txsockproxy.balancers import (
     FairBalancer,
     HashBalancer,
@@ -232,9 +234,39 @@ class PoolTests(SynchronousTestCase):
                 return None
 
         proxy = Proxy(balancer=Refuser())
-        _, ct = proxy.accept()
+        with capturedLogs() as events:
+            _, ct = proxy.accept()
         self.assertTrue(ct.disconnecting)
         self.assertEqual(proxy.pool.refused, 1)
+        # The backends are not down: nothing says so.
+        self.assertFalse(any("all backends down" in e.get("log_format", "") for e in events))
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    """
+    L{describeFailure} says in a few words why a connect failed.
+    """
+
+    def test_reasons(self) -> None:
+        """
+        Refused, timed out (also as a cancelled connect, as wrapped
+        endpoints report the timeout), unresolvable, and an OS error by its
+        message.
+        """
+        from twisted.internet import defer, error
+        from twisted.python.failure import Failure
+
+        def describe(e: BaseException) -> str:
+            return describeFailure(Failure(e), 2)
+
+        self.assertEqual(describe(error.ConnectionRefusedError()), "connection refused")
+        self.assertEqual(describe(defer.TimeoutError()), "connect timeout after 2s")
+        self.assertEqual(describe(defer.CancelledError()), "connect timeout after 2s")
+        self.assertEqual(describe(error.ConnectingCancelledError(None)),
+                         "connect timeout after 2s")
+        self.assertEqual(describe(error.ConnectError(2, "No such file or directory")),
+                         "No such file or directory")
+        self.assertIn("cannot resolve", describe(error.DNSLookupError("x.invalid")))
 
 
 def connectionFrom(ip: str, port: int = 40000, serverName: str | None = None) -> ConnectionInfo:

@@ -366,6 +366,22 @@ class MakeServiceTests(OptionsTestCase):
         self.assertIs(service.config, options["configObject"])
         self.assertIs(service.reactor, reactor)
 
+    def test_debugOverrideSurvivesReload(self) -> None:
+        """
+        C{--debug} overrides the file's debug after a reload too.
+        """
+        path = self.mktemp()
+        config = '[[proxy]]\nlisten = "tcp:0"\n[[proxy.backend]]\nendpoint = "unix:/a"\n'
+        with open(path, "w") as f:
+            f.write("debug = 0\n" + config)
+        options = self.parse(["--config", path, "--debug", "2"])
+        service = makeService(options, MemoryReactorClock())
+        self.assertEqual(service.config.debug, 2)
+        with open(path, "w") as f:
+            f.write("debug = 1\n" + config)
+        self.assertTrue(service.reload())
+        self.assertEqual(service.config.debug, 2)
+
     def test_noReactorImport(self) -> None:
         """
         Importing L{txsockproxy.tap} (as twistd does when it scans plugins)

@@ -10,6 +10,8 @@ To embed the proxy in a Twisted program::
 Nothing here imports the global reactor.
 """
 
+from txsockproxy.backends import Backend, BackendPool
+from txsockproxy.balancers import balancerFactory, balancerNames
 from txsockproxy.config import (
     BackendConfig,
     Config,
@@ -25,6 +27,10 @@ from txsockproxy.service import ProxyService, makeProxyService
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
+    "BackendPool",
+    "balancerFactory",
+    "balancerNames",
     "BackendConfig",
     "Config",
     "ConfigError",

@@ -5,6 +5,7 @@ asks the balancer for a backend and keeps track of failures.
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Optional
 
 from twisted.internet.endpoints import clientFromString
@@ -137,8 +138,7 @@ class BackendPool:
         """
         now = self.clock.seconds()
         candidates = [b for b in self.backends if b not in exclude and b.availableAt(now)]
-        chosen = self.balancer.choose(candidates, connection) if candidates else None
-        if chosen is None:
+        if not candidates:
             if not self._allDown:
                 self._allDown = True
                 self.log.error(
@@ -146,6 +146,11 @@ class BackendPool:
                     "until one answers again",
                     proxy=self.name,
                 )
+            return None
+        chosen = self.balancer.choose(candidates, connection)
+        if chosen is None:
+            # The balancer refused this connection on purpose: backends are
+            # not down, so nothing to report beyond the refused count.
             return None
         backend = chosen if isinstance(chosen, Backend) else self._own(chosen)
         backend.active += 1
@@ -223,13 +228,20 @@ def describeFailure(reason: Failure, connectTimeout: float) -> str:
     """
     from twisted.internet import defer, error
 
-    if reason.check(defer.TimeoutError, error.TimeoutError):
+    # Cancelled connects here are the connect timeout's doing: a session
+    # whose client left does not report its cancelled connect.
+    if reason.check(
+        defer.TimeoutError, error.TimeoutError, defer.CancelledError,
+        error.ConnectingCancelledError,
+    ):
         return f"connect timeout after {connectTimeout:g}s"
     value = reason.value
     if reason.check(error.ConnectionRefusedError):
         return "connection refused"
     if reason.check(error.DNSLookupError):
         return f"cannot resolve: {value}"
+    if isinstance(value, error.ConnectError) and value.osError:
+        return os.strerror(value.osError)
     if isinstance(value, OSError) and value.strerror:
         return value.strerror
     text = str(value).strip()

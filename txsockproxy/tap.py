@@ -163,6 +163,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         # written once logging begins.
         _log.warn("config notice: {notice}", notice=notice)
     service = makeProxyService(options["configObject"], reactor, configPath=options["config"])
+    if options["debug"] is not None:
+        # --debug overrides the file's debug on reload too.
+        debug = options["configObject"].debug
+        service.loader = lambda path: replace(loadConfig(path), debug=debug)
     service.onStartupError = _StartupErrorExit(getattr(options, "parent", None))
     # Run by twistd or twist: SIGHUP reloads the configuration file.
     service.handleSignals = True
