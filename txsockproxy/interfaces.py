@@ -47,6 +47,11 @@ class IConnectionInfo(Interface):
 class IBalancer(Interface):
     """
     Picks a backend for each new client connection of one proxy.
+
+    A balancer may also have the optional attribute C{wantsServerName =
+    True}: the proxy then waits, up to its C{inspect-delay}, for the client's
+    TLS ClientHello (or a TLS listener's handshake) before calling
+    L{choose}, so that C{connection.serverName} is known.
     """
 
     def choose(
