@@ -604,3 +604,181 @@ class OffIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTestCas
     """
 
     mode = "off"
+
+
+class DirectConnectTests(SynchronousTestCase):
+    """
+    L{fastpath.directConnect} connects plain TCP and unix endpoints through
+    the reactor, with the shorter timeout, and reports failures and
+    cancellation through its Deferred.
+    """
+
+    def factory(self) -> Any:
+        from twisted.internet.protocol import ClientFactory
+
+        class Factory(ClientFactory):
+            def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+                fastpath.connectFailed(self, reason)
+
+        return Factory()
+
+    def test_tcp(self) -> None:
+        """
+        A L{TCP4ClientEndpoint} becomes one C{connectTCP} with its host,
+        port and bind address, and the connect timeout when it is shorter
+        than the endpoint's.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+
+        reactor = MemoryReactorClock()
+        endpoint = TCP4ClientEndpoint(reactor, "192.0.2.1", 5432, timeout=30, bindAddress=("127.0.0.1", 0))
+        factory = self.factory()
+        d = fastpath.directConnect(endpoint, factory, 8.0)
+        self.assertIsNotNone(d)
+        host, port, got, timeout, bind = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout, bind), ("192.0.2.1", 5432, 8.0, ("127.0.0.1", 0)))
+        self.assertIs(got, factory)
+        endpoint2 = TCP4ClientEndpoint(reactor, "192.0.2.1", 5432, timeout=2)
+        fastpath.directConnect(endpoint2, self.factory(), 8.0)
+        self.assertEqual(reactor.tcpClients[1][3], 2)
+
+    def test_unix(self) -> None:
+        """
+        A L{UNIXClientEndpoint} becomes one C{connectUNIX}.
+        """
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+
+        reactor = MemoryReactorClock()
+        endpoint = UNIXClientEndpoint(reactor, "/run/app.sock", timeout=30)
+        d = fastpath.directConnect(endpoint, self.factory(), 8.0)
+        self.assertIsNotNone(d)
+        path, _, timeout, _ = reactor.unixClients[0]
+        self.assertEqual((path, timeout), ("/run/app.sock", 8.0))
+
+    def test_otherEndpoints(self) -> None:
+        """
+        Any other endpoint (TLS, host names, plugins) is not handled.
+        """
+        from relay_fakes import FakeEndpoint
+
+        self.assertIsNone(fastpath.directConnect(FakeEndpoint(), self.factory(), 8.0))
+
+    def test_failure(self) -> None:
+        """
+        The factory's C{clientConnectionFailed} fails the Deferred once.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python.failure import Failure
+
+        reactor = MemoryReactorClock()
+        factory = self.factory()
+        d = fastpath.directConnect(TCP4ClientEndpoint(reactor, "192.0.2.1", 1), factory, 8.0)
+        assert d is not None
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.failureResultOf(d, ConnectionRefusedError)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling the Deferred stops the connector; its later failure
+        report is ignored.
+        """
+        from twisted.internet.defer import CancelledError
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.error import UserError
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python.failure import Failure
+
+        reactor = MemoryReactorClock()
+        factory = self.factory()
+        d = fastpath.directConnect(TCP4ClientEndpoint(reactor, "192.0.2.1", 1), factory, 8.0)
+        assert d is not None
+        connector = reactor.connectors[0]
+        d.cancel()
+        self.assertTrue(connector.stoppedConnecting)
+        factory.clientConnectionFailed(connector, Failure(UserError()))
+        self.failureResultOf(d, CancelledError)
+
+
+class ClassSwitchTests(SynchronousTestCase):
+    """
+    L{fastpath.install} switches a plain transport to a subclass whose
+    C{doRead} is its protocol's relay, and L{fastpath.Relay.uninstall}
+    switches it back.
+    """
+
+    def test_switchAndBack(self) -> None:
+        """
+        Both transports get the C{Relayed} subclass of their own class, the
+        protocols hold the relays, and uninstalling restores the classes.
+        """
+        from twisted.internet import tcp
+
+        class Proto:
+            relay = None
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        transports = []
+        protocols = []
+        for sock in (a, b):
+            t = tcp.Server.__new__(tcp.Server)
+            t.socket = sock
+            t.fileno = sock.fileno
+            t.connected = True
+            p = Proto()
+            t.protocol = p
+            transports.append(t)
+            protocols.append(p)
+        relays = fastpath.install(
+            transports[0], transports[1], object(), mode="copy",
+            clientProtocol=protocols[0], backendProtocol=protocols[1],
+        )
+        assert relays is not None
+        for t, p, relay in zip(transports, protocols, relays, strict=True):
+            self.assertIsNot(type(t), tcp.Server)
+            self.assertIsInstance(t, tcp.Server)
+            self.assertIs(p.relay, relay)
+            self.assertNotIn("doRead", vars(t))
+        for relay in relays:
+            relay.uninstall()
+        for t in transports:
+            self.assertIs(type(t), tcp.Server)
+
+
+class SessionMemoryTests(SynchronousTestCase):
+    """
+    What a session keeps per connection is small: the peer address is made
+    only when asked for, and sessions of one listen address share it.
+    """
+
+    def test_lazyPeerSharedLocal(self) -> None:
+        """
+        A session's connection info asks the transport for the peer address
+        once, when first read; two sessions share one local address object.
+        """
+        from relay_fakes import Proxy
+        from twisted.internet.address import IPv4Address
+
+        proxy = Proxy()
+        first, transport = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
+        second, _ = proxy.accept()
+        calls = []
+        getPeer = transport.getPeer
+
+        def countingGetPeer() -> Any:
+            calls.append(1)
+            return getPeer()
+
+        transport.getPeer = countingGetPeer  # type: ignore[method-assign]
+        info = first.session.connection  # type: ignore[union-attr]
+        self.assertEqual(calls, [])
+        self.assertEqual(info.peer, IPv4Address("TCP", "192.0.2.7", 5555))
+        self.assertEqual(info.peer, IPv4Address("TCP", "192.0.2.7", 5555))
+        self.assertEqual(calls, [1])
+        self.assertIs(info.local, second.session.connection.local)  # type: ignore[union-attr]

@@ -54,16 +54,42 @@ _NOTHING_HELD: list[bytes] = []
 class ConnectionInfo:
     """
     What a balancer knows of a client connection.
+
+    Built by a session with L{ConnectionInfo.ofTransport}, the peer address
+    is only made when first asked for (an idle session then holds none).
     """
 
-    __slots__ = ("peer", "local", "serverName")
+    __slots__ = ("_peer", "_transport", "local", "serverName")
 
     def __init__(
         self, peer: IAddress, local: IAddress, serverName: Optional[str] = None
     ) -> None:
-        self.peer = peer
+        self._peer: Optional[IAddress] = peer
+        self._transport: Any = None
         self.local = local
         self.serverName = serverName
+
+    @classmethod
+    def ofTransport(cls, transport: Any, local: IAddress) -> ConnectionInfo:
+        """
+        The info of a client connected over C{transport} to C{local}; its
+        peer address is asked of the transport when first needed.
+        """
+        info = cls(None, local)  # type: ignore[arg-type]
+        info._transport = transport
+        return info
+
+    @property
+    def peer(self) -> IAddress:
+        if self._peer is None and self._transport is not None:
+            self._peer = self._transport.getPeer()
+            self._transport = None
+        return self._peer  # type: ignore[return-value]
+
+    @peer.setter
+    def peer(self, value: IAddress) -> None:
+        self._peer = value
+        self._transport = None
 
     def __repr__(self) -> str:
         return f"<ConnectionInfo peer={self.peer} local={self.local} sni={self.serverName}>"
@@ -140,7 +166,24 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.listen = listen
         self.sessions = sessions if sessions is not None else Sessions(debug)
+        # Listen addresses seen, shared by the sessions (memory per session).
+        self._locals: dict[IAddress, IAddress] = {}
         self.usePool(pool)
+
+    def localAddress(self, transport: Any) -> IAddress:
+        """
+        The local address of C{transport}: one shared object per address.
+        """
+        local: IAddress = transport.getHost()
+        try:
+            known = self._locals.get(local)
+        except TypeError:  # not hashable
+            return local
+        if known is not None:
+            return known
+        if len(self._locals) < 64:
+            self._locals[local] = local
+        return local
 
     def usePool(self, pool: BackendPool) -> None:
         """
@@ -302,7 +345,7 @@ class Session:
         self._timeout = 0.0
         self._timeoutReason = ""
         self._lastActivity = self.started
-        self.connection = ConnectionInfo(transport.getPeer(), transport.getHost())
+        self.connection = ConnectionInfo.ofTransport(transport, factory.localAddress(transport))
 
     # -- connecting ---------------------------------------------------------
 
