@@ -232,24 +232,3 @@ class FailureTests(SynchronousTestCase):
         self.assertRaises(ValueError, client.connectionLost, lost())
         self.successResultOf(waiting)
         self.assertEqual(proxy.factory.sessions.open, set())
-
-
-class DebugEndLineTests(SynchronousTestCase):
-    """
-    At debug level 1 a session's end is logged once, not twice.
-    """
-
-    def ends(self, endsLogged: bool) -> int:
-        proxy = Proxy(debug=1)
-        proxy.factory.sessions.endsLogged = endsLogged
-        with capturedLogs() as events:
-            finishedSession(proxy)
-        return sum("session of {client} ended" in e.get("log_format", "") for e in events)
-
-    def test_notRepeated(self) -> None:
-        """
-        The debug line about a session's end is left out when the session
-        log already writes it to the Twisted log, and written otherwise.
-        """
-        self.assertEqual(self.ends(True), 0)
-        self.assertEqual(self.ends(False), 1)

@@ -102,14 +102,11 @@ class Sessions:
     them, and end them).
 
     @ivar recorder: called with each session when it ends, or L{None}.
-    @ivar endsLogged: whether the recorder already writes each session's end
-        into the Twisted log (then debug level 1 does not repeat it).
     """
 
     def __init__(self, debug: int = 0, recorder: Optional[Callable[[Session], None]] = None) -> None:
         self.debug = debug
         self.recorder = recorder
-        self.endsLogged = False
         self.open: set[Session] = set()
         self._whenEmpty: list[defer.Deferred[None]] = []
 
@@ -656,9 +653,8 @@ class Session:
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1
-        sessions = self.factory.sessions
-        sessions.remove(self)
-        if sessions.debug >= 1 and not sessions.endsLogged:
+        self.factory.sessions.remove(self)
+        if self.factory.debug >= 1:
             self.log.info(
                 "proxy {proxy}: session of {client} ended ({why}): "
                 "{up} bytes up, {down} bytes down, {duration:.3f}s",

@@ -292,7 +292,6 @@ class ProxyService(MultiService):
             current.close()
         self.sessionLog = log
         self.sessions.recorder = log
-        self.sessions.endsLogged = log.destination == "log"
 
     def _updateTicker(self) -> None:
         want = self.config.debug >= 3
