@@ -4,6 +4,7 @@ Tests for the built-in balancers, their plugin registration, and the pool.
 
 from __future__ import annotations
 
+from fakes import BackendInfo as Info
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay_fakes import Proxy
@@ -26,22 +27,8 @@ from txsockproxy.balancers import (
     balancerNames,
     stableHash,
 )
-from txsockproxy.interfaces import IBackendInfo, IBalancer, IBalancerFactory
+from txsockproxy.interfaces import IBalancer, IBalancerFactory
 from txsockproxy.relay import ConnectionInfo
-
-
-@implementer(IBackendInfo)
-class Info:
-    """
-    A backend as a balancer sees it.
-    """
-
-    def __init__(self, label: str, weight: int = 1, active: int = 0) -> None:
-        self.label = label
-        self.key = f"tcp:host=127.0.0.1:port={sum(map(ord, label))}"
-        self.weight = weight
-        self.active = active
-
 
 CONNECTION = ConnectionInfo(
     IPv4Address("TCP", "192.0.2.1", 40000), IPv4Address("TCP", "127.0.0.1", 8080)

@@ -12,6 +12,7 @@ import tomllib
 from textwrap import dedent
 from typing import Any
 
+from fakes import FakeResolver
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
@@ -38,24 +39,6 @@ from txsockproxy.config import (
 
 BALANCERS = frozenset({"fair", "least-connection", "round-robin"})
 SOURCE = "test.toml"
-
-
-class FakeResolver:
-    """
-    A resolver answering from a table, recording the names it was asked.
-    Names not in the table fail as an unknown DNS name does.
-    """
-
-    def __init__(self, table: dict[str, str] | None = None) -> None:
-        self.table = dict(table or {})
-        self.asked: list[str] = []
-
-    def __call__(self, host: str) -> str:
-        self.asked.append(host)
-        try:
-            return self.table[host]
-        except KeyError:
-            raise OSError(-2, "Name or service not known") from None
 
 
 def parse(text: str, resolve: FakeResolver | None = None) -> Config:

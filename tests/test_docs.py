@@ -29,18 +29,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
+from fakes import BackendInfo
 from twisted.application.service import IServiceCollection
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.plugin import IPlugin
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txsockproxy.balancers import balancerNames
 from txsockproxy.config import Config, ConfigError, loadConfig, parseConfig
-from txsockproxy.interfaces import IBackendInfo, IBalancer, IBalancerFactory
+from txsockproxy.interfaces import IBalancer, IBalancerFactory
 from txsockproxy.relay import ConnectionInfo
 from txsockproxy.service import ProxyService
 
@@ -372,19 +372,6 @@ def _importFrom(directory: Path, name: str, path: Path) -> ModuleType:
     return module
 
 
-@implementer(IBackendInfo)
-class _Backend:
-    """
-    A backend as a balancer sees it.
-    """
-
-    def __init__(self, label: str, active: int = 0, weight: int = 1) -> None:
-        self.label = label
-        self.key = f"tcp:host=10.0.0.1:port={5000 + len(label)}"
-        self.active = active
-        self.weight = weight
-
-
 CLIENT = ConnectionInfo(
     IPv4Address("TCP", "192.0.2.1", 40000), IPv4Address("TCP", "127.0.0.1", 15432)
 )
@@ -438,7 +425,7 @@ class ExamplePluginTests(SynchronousTestCase):
         is chosen, however busy; when it is gone, the next one.
         """
         balancer = self.balancerModule.failover()
-        primary, standby, spare = _Backend("primary", active=9), _Backend("standby"), _Backend("s")
+        primary, standby, spare = BackendInfo("primary", active=9), BackendInfo("standby"), BackendInfo("s")
         self.assertIs(balancer.choose([primary, standby, spare], CLIENT), primary)
         self.assertIs(balancer.choose([standby, spare], CLIENT), standby)
         unixClient = ConnectionInfo(UNIXAddress(None), UNIXAddress("/run/p.sock"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import ipaddress
 import os
 import re
 from dataclasses import replace
@@ -19,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from fakes import FakeResolver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import quoteStringArgument
@@ -51,28 +51,6 @@ BALANCERS = frozenset(
 )
 SOURCE = "/srv/lt/lighttpd.conf"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class FakeResolver:
-    """
-    Resolves IP literals to themselves and names from a table; other names
-    fail as an unknown DNS name does. Records the names asked.
-    """
-
-    def __init__(self, table: dict[str, str] | None = None) -> None:
-        self.table = dict(table or {})
-        self.asked: list[str] = []
-
-    def __call__(self, host: str) -> str:
-        self.asked.append(host)
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            pass
-        try:
-            return self.table[host]
-        except KeyError:
-            raise OSError(-2, "Name or service not known") from None
 
 
 def refuseShell(command: str, cwd: str | None) -> str:
