@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from typing import Any, Callable, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from relay_fakes import Proxy, lost
 from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsockproxy import sessionlog
 from txsockproxy.relay import Session
-from txsockproxy.sessionlog import SessionLog, formatText
+from txsockproxy.sessionlog import SessionLog, formatText, sessionFields
 
 
 class _File(io.StringIO):
@@ -37,6 +42,82 @@ def finishedSession(proxy: Proxy) -> Session:
     backend.connectionLost(lost())
     assert client.session is not None
     return client.session
+
+
+def referenceText(fields: dict[str, Any]) -> str:
+    """
+    The text line as the session log first wrote it, the rule its faster
+    code must keep to the byte.
+    """
+    parts = []
+    for key, value in fields.items():
+        text = str(value)
+        if not text or any(c in text for c in ' "='):
+            text = json.dumps(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def referenceStamp(now: float) -> str:
+    """
+    The timestamp of a line written at C{now}, as the session log first
+    made it (for every line).
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + "Z"
+
+
+class _Named:
+    def __init__(self, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+
+
+class _FakeSession:
+    """
+    What the session log reads of a session, each part chosen by the test.
+    """
+
+    def __init__(self, proxy: str = "web", listen: str = "tcp:8080", host: str = "127.0.0.1",
+                 port: object = 45670, label: str = "a", connected: bool = True,
+                 up: int = 2, down: int = 28, duration: float = 0.2024761,
+                 ended: str | None = "client closed") -> None:
+        self.pool = _Named(name=proxy)
+        self.factory = _Named(listen=listen)
+        self.connection = _Named(peer=_Named(host=host, port=port))
+        self.backend = _Named(label=label)
+        self.backendTransport = object() if connected else None
+        self.bytesFromClient = up
+        self.bytesFromBackend = down
+        self.duration = duration
+        self.ended = ended
+
+    def asSession(self) -> Session:
+        return cast(Session, self)
+
+
+def logged(logFormat: str, session: Session) -> dict[str, Any]:
+    """
+    The event that a L{SessionLog} into the Twisted log emits for C{session}.
+    """
+    with capturedLogs() as events:
+        SessionLog("log", logFormat)(session)
+    [event] = events
+    return cast("dict[str, Any]", event)
+
+
+def written(logFormat: str, session: Session, times: list[float]) -> str:
+    """
+    What a L{SessionLog} into a file writes for C{session}, once at each of
+    C{times}.
+    """
+    out = _File()
+    clock = iter(times)
+    log = SessionLog("/s.log", logFormat, opener=lambda path: out, now=lambda: next(clock))
+    for _ in times:
+        log(session)
+    return out.getvalue()
+
+
+texts = st.text(max_size=12) | st.sampled_from(["", " ", '"', "=", "a b", "tcp:80:interface=::1"])
 
 
 class SessionLogTests(SynchronousTestCase):
@@ -115,6 +196,136 @@ class SessionLogTests(SynchronousTestCase):
         """
         self.assertEqual(formatText({"a": "x y", "b": 'q"', "c": "", "d": 1}),
                          'a="x y" b="q\\"" c="" d=1')
+
+
+    def test_eventFields(self) -> None:
+        """
+        The event in the Twisted log carries every field of the session as
+        C{session_}I{name}, with the values of L{sessionFields}.
+        """
+        proxy = Proxy()
+        proxy.factory.sessions.recorder = SessionLog("log", "json")
+        with capturedLogs() as events:
+            session = finishedSession(proxy)
+        [event] = [e for e in events if "session_end" in e]
+        expected = {"session_" + k: v for k, v in sessionFields(session).items()}
+        self.assertEqual({k: v for k, v in event.items() if k.startswith("session_")}, expected)
+        self.assertEqual(event["line"], json.dumps(sessionFields(session), separators=(",", ":")))
+        self.assertEqual(event["log_format"], "{line}")
+        self.assertEqual(event["log_namespace"], "txsockproxy.session")
+        self.assertEqual(event["log_level"].name, "info")
+
+    def test_sessionFields(self) -> None:
+        """
+        L{sessionFields} names what the session log records, in the order of
+        a line; a session that never connected a backend has backend C{-},
+        one without an end reason ended C{closed}.
+        """
+        session = _FakeSession(connected=False, ended=None, duration=1.23456789)
+        self.assertEqual(list(sessionFields(session.asSession()).items()), [
+            ("proxy", "web"), ("listen", "tcp:8080"), ("client", "127.0.0.1:45670"),
+            ("backend", "-"), ("bytes_up", 2), ("bytes_down", 28), ("duration", 1.234568),
+            ("end", "closed"),
+        ])
+
+    def test_quotingEdges(self) -> None:
+        """
+        L{formatText} quotes exactly the values that are empty or hold a
+        space, C{"} or C{=}, as JSON strings (non-ASCII escaped); numbers
+        and other text go as they are.
+        """
+        self.assertEqual(
+            formatText({"a": "=", "b": " ", "c": "x\ty", "d": "é", "e": "é f", "f": 0.0,
+                        "g": -1, "h": "a:b,c", "i": "\\"}),
+            'a="=" b=" " c=x\ty d=é e="\\u00e9 f" f=0.0 g=-1 h=a:b,c i=\\',
+        )
+
+    @settings(max_examples=300, deadline=None)
+    @given(data=st.data())
+    def test_sameAsReference(self, data: st.DataObject) -> None:
+        """
+        For any names, addresses, counts, durations (NaN and infinities
+        too) and end reasons, each format writes to the byte what the first
+        session log wrote: text with quoting by L{formatText}'s rule, JSON
+        as C{json.dumps} with compact separators, with the same event
+        fields and the same timestamp in a file.
+        """
+        session = _FakeSession(
+            proxy=data.draw(texts), listen=data.draw(texts), host=data.draw(texts),
+            port=data.draw(st.integers(0, 65535) | texts), label=data.draw(texts),
+            connected=data.draw(st.booleans()), up=data.draw(st.integers(min_value=0)),
+            down=data.draw(st.integers(min_value=0)),
+            duration=data.draw(st.floats() | st.integers(0, 10**6)),
+            ended=data.draw(st.none() | texts),
+        ).asSession()
+        now = data.draw(st.floats(min_value=-1e9, max_value=4e9))
+        fields = sessionFields(session)
+        self.assertEqual(formatText(fields), referenceText(fields))
+        reference = {
+            "text": referenceText(fields),
+            "json": json.dumps(fields, separators=(",", ":")),
+        }
+        for logFormat in ("text", "json"):
+            event = logged(logFormat, session)
+            self.assertEqual(event["line"], reference[logFormat])
+            for key, value in fields.items():
+                # NaN is not equal to itself: compare its text.
+                self.assertEqual(repr(event["session_" + key]), repr(value))
+        self.assertEqual(written("text", session, [now]),
+                         f"{referenceStamp(now)} {reference['text']}\n")
+        stamped = {"time": referenceStamp(now), **fields}
+        self.assertEqual(written("json", session, [now]),
+                         json.dumps(stamped, separators=(",", ":")) + "\n")
+
+
+class TimestampTests(SynchronousTestCase):
+    """
+    A session log file stamps each line with the UTC second it was written
+    in, formatting that second once.
+    """
+
+    def test_rollsOver(self) -> None:
+        """
+        Lines within one second share its stamp; the first line at or after
+        the next second has the next one, and a clock set back gets the
+        earlier second again.
+        """
+        times = [86400.0, 86400.25, 86400.999999, 86401.0, 86401.5, 86400.5, 86462.0]
+        lines = written("text", _FakeSession().asSession(), times).splitlines()
+        self.assertEqual([line.split(" ", 1)[0] for line in lines], [
+            "1970-01-02T00:00:00Z", "1970-01-02T00:00:00Z", "1970-01-02T00:00:00Z",
+            "1970-01-02T00:00:01Z", "1970-01-02T00:00:01Z", "1970-01-02T00:00:00Z",
+            "1970-01-02T00:01:02Z",
+        ])
+        self.assertEqual([line.split(" ", 1)[0] for line in lines],
+                         [referenceStamp(t) for t in times])
+
+    def test_beforeTheEpoch(self) -> None:
+        """
+        A time before 1970 is stamped with the second that holds it, as
+        C{time.gmtime} rounds it, and the next second follows.
+        """
+        lines = written("json", _FakeSession().asSession(), [-0.5, -0.000001, 0.0]).splitlines()
+        self.assertEqual([json.loads(line)["time"] for line in lines],
+                         ["1969-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "1970-01-01T00:00:00Z"])
+
+    def test_formattedOncePerSecond(self) -> None:
+        """
+        The time is turned into text once per second that lines are written
+        in, not once per line.
+        """
+        calls: list[float] = []
+        gmtime: Callable[[float], time.struct_time] = time.gmtime
+
+        def counting(seconds: float) -> time.struct_time:
+            calls.append(seconds)
+            return gmtime(seconds)
+
+        self.patch(sessionlog.time, "gmtime", counting)
+        lines = written("text", _FakeSession().asSession(),
+                        [10.0, 10.5, 10.9, 11.1, 11.2]).splitlines()
+        self.assertEqual(len(lines), 5)
+        self.assertEqual(calls, [10.0, 11.1])
 
 
 class EndReasonTests(SynchronousTestCase):

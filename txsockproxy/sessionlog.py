@@ -6,10 +6,14 @@ twistd log or into a file of its own.
 from __future__ import annotations
 
 import json
+import math
 import time
+from json.encoder import encode_basestring_ascii
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+
+from txsockproxy.relay import _address
 
 if TYPE_CHECKING:
     from txsockproxy.relay import Session
@@ -18,38 +22,98 @@ if TYPE_CHECKING:
 # as its namespace, and operators filter on this one.
 _log = Logger(namespace="txsockproxy.session")
 
+# What json.dumps(fields, separators=(",", ":")) uses, made once: json.dumps
+# with any non-default argument builds a new encoder per call.
+_jsonEncoder = json.JSONEncoder(separators=(",", ":"))
+
+_Values = tuple[str, str, str, str, int, int, float, str]
+
+_FIELDS = ("proxy", "listen", "client", "backend", "bytes_up", "bytes_down", "duration", "end")
+
+
+def _sessionValues(session: Session) -> _Values:
+    """
+    What the session log records of C{session}, in the order of C{_FIELDS}.
+    """
+    backend = session.backend
+    return (
+        session.pool.name,
+        session.factory.listen,
+        _address(session.connection.peer),
+        backend.label if backend is not None and session.backendTransport is not None
+        else "-",
+        session.bytesFromClient,
+        session.bytesFromBackend,
+        round(session.duration, 6),
+        session.ended or "closed",
+    )
+
 
 def sessionFields(session: Session) -> dict[str, Any]:
     """
     What the session log records of C{session}.
     """
-    from txsockproxy.relay import _address
-
-    backend = session.backend
-    return {
-        "proxy": session.pool.name,
-        "listen": session.factory.listen,
-        "client": _address(session.connection.peer),
-        "backend": backend.label if backend is not None and session.backendTransport is not None
-        else "-",
-        "bytes_up": session.bytesFromClient,
-        "bytes_down": session.bytesFromBackend,
-        "duration": round(session.duration, 6),
-        "end": session.ended or "closed",
-    }
+    return dict(zip(_FIELDS, _sessionValues(session), strict=True))
 
 
 def formatText(fields: dict[str, Any]) -> str:
     """
     A session as one line of C{key=value} pairs; values with spaces quoted.
     """
-    parts = []
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c in text for c in ' "='):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    return " ".join(f"{key}={_textValue(str(value))}" for key, value in fields.items())
+
+
+def _textValue(text: str) -> str:
+    """
+    C{text} as a value in a C{key=value} line: JSON-quoted when it is empty
+    or holds a space, C{"} or C{=}, so that the line splits back into its
+    fields; as it is otherwise.
+    """
+    if not text or " " in text or '"' in text or "=" in text:
+        # What json.dumps(text) returns for a str, without its dispatch.
+        return encode_basestring_ascii(text)
+    return text
+
+
+def _textLine(values: _Values) -> str:
+    """
+    C{formatText(dict(zip(_FIELDS, values)))}, without the dict.
+
+    Numbers need no quoting: C{str} of an int or a float is never empty and
+    holds no space, C{"} or C{=}.
+    """
+    proxy, listen, client, backend, up, down, duration, end = values
+    return (
+        f"proxy={_textValue(proxy)} listen={_textValue(listen)} client={_textValue(client)} "
+        f"backend={_textValue(backend)} bytes_up={up} bytes_down={down} duration={duration} "
+        f"end={_textValue(end)}"
+    )
+
+
+def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
+    """
+    C{json.dumps(fields, separators=(",", ":"))} of C{dict(zip(_FIELDS,
+    values))}, with a first C{"time"} field of C{stamp} unless it is
+    L{None}, made without the dict.
+    """
+    proxy, listen, client, backend, up, down, duration, end = values
+    if not math.isfinite(duration):
+        # JSON's NaN and Infinity are not Python's repr of them.
+        fields = dict(zip(_FIELDS, values, strict=True))
+        return _jsonEncoder.encode(fields if stamp is None else {"time": stamp, **fields})
+    # json writes ints and floats with int.__repr__ and float.__repr__ and
+    # every str with encode_basestring_ascii (ensure_ascii is on).
+    line = (
+        f'"proxy":{encode_basestring_ascii(proxy)},'
+        f'"listen":{encode_basestring_ascii(listen)},'
+        f'"client":{encode_basestring_ascii(client)},'
+        f'"backend":{encode_basestring_ascii(backend)},'
+        f'"bytes_up":{up!r},"bytes_down":{down!r},"duration":{duration!r},'
+        f'"end":{encode_basestring_ascii(end)}}}'
+    )
+    if stamp is None:
+        return "{" + line
+    return f'{{"time":{encode_basestring_ascii(stamp)},{line}'
 
 
 class SessionLog:
@@ -58,6 +122,7 @@ class SessionLog:
 
     @param destination: C{"log"} (the Twisted log), C{"off"}, or a file path.
     @param logFormat: C{"text"} or C{"json"}.
+    @param now: the time, for the timestamp of each line in a file.
     """
 
     def __init__(
@@ -72,30 +137,54 @@ class SessionLog:
         self._opener = opener
         self._now = now
         self._file: Optional[IO[str]] = None
+        # The timestamp of every time in [_stampFrom, _stampUntil), one whole
+        # second: time.strftime costs more than the rest of a text line.
+        self._stamp = ""
+        self._stampFrom = self._stampUntil = 0.0
         if destination not in ("log", "off"):
             self._file = opener(destination)
 
+    def _timestamp(self) -> str:
+        """
+        The UTC time now, to the second, as C{2026-11-30T04:55:10Z}.
+        """
+        now = self._now()
+        if not self._stampFrom <= now < self._stampUntil:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            # gmtime rounds down, to the start of the second it names.
+            self._stampFrom = math.floor(now)
+            self._stampUntil = self._stampFrom + 1
+        return self._stamp
+
     def __call__(self, session: Session) -> None:
+        """
+        Write the line of C{session}, which has ended.
+        """
         if self.destination == "off":
             return
-        fields = sessionFields(session)
-        if self.logFormat == "json":
-            line = json.dumps(fields, separators=(",", ":"))
-        else:
-            line = formatText(fields)
-        if self._file is not None:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._now()))
+        values = _sessionValues(session)
+        if self._file is None:
             if self.logFormat == "json":
-                fields = {"time": stamp + "Z", **fields}
-                line = json.dumps(fields, separators=(",", ":"))
+                line = _jsonObject(values, None)
             else:
-                line = f"{stamp}Z {line}"
-            try:
-                self._file.write(line + "\n")
-            except (OSError, ValueError) as e:
-                _log.error("session log {path}: {error}", path=self.destination, error=e)
+                line = _textLine(values)
+            proxy, listen, client, backend, up, down, duration, end = values
+            _log.emit(
+                LogLevel.info, "{line}", line=line, session_proxy=proxy,
+                session_listen=listen, session_client=client, session_backend=backend,
+                session_bytes_up=up, session_bytes_down=down, session_duration=duration,
+                session_end=end,
+            )
+            return
+        stamp = self._timestamp()
+        if self.logFormat == "json":
+            line = _jsonObject(values, stamp) + "\n"
         else:
-            _log.info("{line}", line=line, **{"session_" + k: v for k, v in fields.items()})
+            line = f"{stamp} {_textLine(values)}\n"
+        try:
+            self._file.write(line)
+        except (OSError, ValueError) as e:
+            _log.error("session log {path}: {error}", path=self.destination, error=e)
 
     def reopen(self) -> None:
         """
