@@ -43,9 +43,10 @@ import os
 import sys
 from typing import Any, Optional
 
-from twisted.internet import defer, main, tcp
+from twisted.internet import defer, error, main, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
+from twisted.python import failure
 
 try:
     from twisted.internet import unix
@@ -56,6 +57,9 @@ except ImportError:  # pragma: no cover (no unix sockets on this platform)
 
 # Transport classes whose socket the fast path may use directly.
 PLAIN_TRANSPORTS: tuple[type, ...] = (tcp.Server, tcp.Client) + _UNIX
+
+# The same, and their subclasses made by _fastClass.
+_plain: set[type] = set(PLAIN_TRANSPORTS)
 
 # Bytes asked for per read.  Larger reads halve the reads, wakeups and
 # sends per byte of a bulk transfer; small messages are not affected.
@@ -97,7 +101,7 @@ def isPlain(transport: Any) -> bool:
     of the reactor's own (no TLS layer in it or over it).
     """
     return (
-        type(transport) in PLAIN_TRANSPORTS
+        type(transport) in _plain
         and not getattr(transport, "TLS", False)
         and getattr(transport, "connected", False)
         and hasattr(transport, "socket")
@@ -346,6 +350,7 @@ def _fastClass(cls: type) -> type:
     if fast is None:
         fast = type(f"Relayed{cls.__name__}", (cls,), {"doRead": _relayedRead, "__module__": __name__})
         _fastClasses[cls] = fast
+        _plain.add(fast)
     return fast
 
 
@@ -386,6 +391,215 @@ def install(
     _attach(client, clientProtocol, up)
     _attach(backend, backendProtocol, down)
     return up, down
+
+
+# -- ending a direction, or a connection, without a reactor turn ------------
+
+def _idle(transport: Any) -> bool:
+    """
+    Whether C{transport} may be shut or closed at once, as Twisted would do in
+    the reactor's next turn: a plain socket, nothing buffered, no producer,
+    not closing, and not waiting on the reactor to write.  Only a reactor that
+    keeps its registrations by descriptor (epoll, poll) can tell the last.
+    """
+    if MODE == "off" or not isPlain(transport) or not _quiet(transport):
+        return False
+    if transport.producer is not None:
+        return False
+    writes = getattr(transport.reactor, "_writes", None)
+    if writes is None or getattr(transport.reactor, "_selectables", None) is None:
+        return False
+    return transport.fileno() not in writes
+
+
+def shutWrite(transport: Any) -> None:
+    """
+    End C{transport}'s write side, as C{loseWriteConnection()} does, but at
+    once (C{shutdown(SHUT_WR)} now) when nothing is left to write: that saves
+    a reactor turn and two C{epoll_ctl()} calls per direction.
+    """
+    if not _idle(transport):
+        transport.loseWriteConnection()
+        return
+    transport._writeDisconnecting = True
+    transport._writeDisconnected = True
+    transport._closeWriteConnection()
+
+
+def close(transport: Any) -> None:
+    """
+    Close C{transport}, whose peer's EOF has been read, with
+    C{loseConnection()}.  Once its write side is shut too (both directions
+    ended), Twisted closes at once,
+    but first calls C{shutdown(SHUT_RDWR)}, which has nothing left to do:
+    skip that system call.
+    """
+    if MODE != "off" and isPlain(transport) and transport._writeDisconnected:
+        transport._shouldShutdown = False
+    transport.loseConnection()
+
+
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: straight to its socket when it is a plain
+    one with nothing buffered (what the socket does not take is buffered by
+    Twisted as usual), else through C{write()}.
+    """
+    if MODE == "off" or not isPlain(transport) or not _quiet(transport):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        # Full, or an error: Twisted's doWrite meets it again and reports it.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
+
+
+# -- connecting -------------------------------------------------------------
+
+
+class _ConnectAtOnce:
+    """
+    Mixed into Twisted's client transports: start the connect in the
+    constructor, not in the reactor's next turn (Twisted's
+    C{callLater(0, ...)}, and for TCP a Deferred for an address that needs no
+    resolving).
+    """
+
+    def _finishInit(self, whenDone: Any, skt: Any, error: Any, reactor: Any) -> None:
+        if whenDone:
+            self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[attr-defined]
+            whenDone()
+        else:
+            reactor.callLater(0, self.failIfNotConnected, error)  # type: ignore[attr-defined]
+
+
+class TCPClient(_ConnectAtOnce, tcp.Client):
+    """
+    A TCP client transport that connects at once (see L{connect}).
+    """
+
+    def resolveAddress(self) -> None:
+        if self._requiresResolution:
+            tcp.Client.resolveAddress(self)
+        else:
+            self._setRealAddress(self.addr)
+
+
+if _UNIX:
+
+    class UNIXClient(_ConnectAtOnce, unix.Client):
+        """
+        A unix-socket client transport that connects at once (see
+        L{connect}).
+        """
+
+    PLAIN_TRANSPORTS += (TCPClient, UNIXClient)
+else:  # pragma: no cover
+    PLAIN_TRANSPORTS += (TCPClient,)
+_plain.update(PLAIN_TRANSPORTS)
+
+
+class Connecting:
+    """
+    A connect started by L{connect}: the connector of its transport (what
+    Twisted's C{Connector} would be, without its Deferred-free bookkeeping
+    and second timer), and what the session cancels if the client leaves.
+
+    The factory's C{buildProtocol} is called once connected, its
+    C{clientConnectionFailed(connecting, reason)} on failure, timeout
+    (L{error.TimeoutError}) or cancellation (L{error.UserError}).
+    """
+
+    __slots__ = ("factory", "transport", "timer", "_plan")
+
+    def __init__(
+        self, factory: ClientFactory, reactor: Any, timeout: float, plan: tuple[Any, ...]
+    ) -> None:
+        self.factory = factory
+        self.transport: Any = None
+        self.timer: Any = None
+        self._plan: Optional[tuple[Any, ...]] = (reactor, timeout) + plan
+
+    def start(self) -> None:
+        """
+        Start connecting.
+        """
+        assert self._plan is not None, "started twice"
+        reactor, timeout, transportType, *args = self._plan
+        self._plan = None
+        self.timer = reactor.callLater(timeout, self._timedOut)
+        # Once finished (even within this call), the transport ignores
+        # cancel() and the timeout.
+        self.transport = transportType(*args, self, reactor)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._stopTimer()
+        return self.factory.buildProtocol(addr)
+
+    def connectionFailed(self, reason: failure.Failure) -> None:
+        self._stopTimer()
+        self.factory.clientConnectionFailed(self, reason)  # type: ignore[arg-type]
+
+    def connectionLost(self, reason: failure.Failure) -> None:
+        """
+        The connection, once made, ended: the protocol has been told.
+        """
+
+    def getDestination(self) -> Any:
+        return self.transport.getPeer() if self.transport is not None else None
+
+    def cancel(self) -> None:
+        """
+        Stop connecting (the factory hears of it as a failure).
+        """
+        if self.transport is not None:
+            self.transport.stopConnecting()
+
+    def _timedOut(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.failIfNotConnected(error.TimeoutError())
+
+    def _stopTimer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+
+def connect(endpoint: Any, factory: ClientFactory, timeout: float) -> Optional[Connecting]:
+    """
+    Prepare to connect C{factory} the way C{endpoint} would, but at once and
+    with one timer, if C{endpoint} is a plain L{TCP4ClientEndpoint} or
+    L{UNIXClientEndpoint} on a POSIX reactor.  L{Connecting.start} starts
+    the connect, which may even complete (unix sockets) or fail (an address
+    that cannot be reached) before C{start} returns: keep the L{Connecting}
+    first.
+
+    @return: the L{Connecting}, or L{None} when C{endpoint} is of another
+        kind (or the reactor is not a POSIX one): then use L{directConnect}
+        or C{endpoint.connect}.
+    """
+    if MODE == "off":
+        return None
+    reactor = getattr(endpoint, "_reactor", None)
+    if getattr(reactor, "_selectables", None) is None:
+        return None
+    kind = type(endpoint)
+    if kind is TCP4ClientEndpoint:
+        args: tuple[Any, ...] = (
+            TCPClient, endpoint._host, endpoint._port, endpoint._bindAddress
+        )
+    elif kind is UNIXClientEndpoint and _UNIX and not endpoint._checkPID:
+        args = (UNIXClient, endpoint._path)
+    else:
+        return None
+    if endpoint._timeout and endpoint._timeout < timeout:
+        timeout = endpoint._timeout
+    return Connecting(factory, reactor, timeout, args)
 
 
 def directConnect(

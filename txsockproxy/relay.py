@@ -291,8 +291,12 @@ class BackendFactory(ClientFactory):
         return BackendProtocol(self.session)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        # Only reached when connected through fastpath.directConnect.
-        fastpath.connectFailed(self, reason)
+        # Only reached when connected through fastpath.connect or
+        # fastpath.directConnect (an endpoint reports through its Deferred).
+        if isinstance(connector, fastpath.Connecting):
+            self.session._connectFailed(reason, self.session.backend)
+        else:
+            fastpath.connectFailed(self, reason)
 
 
 class Session:
@@ -325,7 +329,8 @@ class Session:
         self.backend: Optional[Backend] = None
         self.backendProtocol: Optional[BackendProtocol] = None
         self.backendTransport: Any = None
-        self.connecting: Optional[defer.Deferred[Any]] = None
+        # What cancels the connect in progress: a fastpath.Connecting or a Deferred.
+        self.connecting: Optional[fastpath.Connecting | defer.Deferred[Any]] = None
         self.tried: frozenset[Backend] = frozenset()
         self.held: list[bytes] = []
         self.heldSize = 0
@@ -428,6 +433,12 @@ class Session:
             )
         factory = BackendFactory(self)
         timeout = backend.config.connectTimeout
+        connecting = fastpath.connect(backend.endpoint, factory, timeout)
+        if connecting is not None:
+            # Kept before it starts: it may succeed or fail at once.
+            self.connecting = connecting
+            connecting.start()
+            return
         direct = fastpath.directConnect(backend.endpoint, factory, timeout)
         if direct is not None:
             d = direct
@@ -437,8 +448,9 @@ class Session:
         self.connecting = d
         d.addErrback(self._connectFailed, backend)
 
-    def _connectFailed(self, reason: Failure, backend: Backend) -> None:
+    def _connectFailed(self, reason: Failure, backend: Optional[Backend]) -> None:
         self.connecting = None
+        assert backend is not None
         if self.clientGone:
             # We cancelled it ourselves: the client left.
             backend.active -= 1
@@ -474,7 +486,7 @@ class Session:
         ct = self.clientTransport
         if self.held:
             backend.bytesOut += self.heldSize
-            bt.writeSequence(self.held)
+            fastpath.writeNow(bt, b"".join(self.held))
             self.heldSize = 0
         self.held = _NOTHING_HELD
         ct.registerProducer(bt, True)
@@ -558,7 +570,7 @@ class Session:
             # The client is done producing: unregister it first, or a paused
             # producer would be resumed instead of the write side being shut.
             bt.unregisterProducer()
-            bt.loseWriteConnection()
+            fastpath.shutWrite(bt)
         self._halfClosed()
 
     def backendEOF(self) -> None:
@@ -574,7 +586,7 @@ class Session:
         if not self.clientGone:
             ct = self.clientTransport
             ct.unregisterProducer()
-            ct.loseWriteConnection()
+            fastpath.shutWrite(ct)
         self._halfClosed()
 
     def _halfClosed(self) -> None:
@@ -587,10 +599,11 @@ class Session:
         # Both write sides are shut or shutting: close the sockets once their
         # buffers are flushed. The timer still guards a peer that never reads.
         if not self.clientGone:
-            self.clientTransport.loseConnection()
+            fastpath.close(self.clientTransport)
         if self.backendTransport is not None and not self.backendGone:
-            self.backendTransport.loseConnection()
-        self._updateTimer()
+            fastpath.close(self.backendTransport)
+        if not self.finished:
+            self._updateTimer()
 
     # -- ending ---------------------------------------------------------------
 
@@ -610,7 +623,7 @@ class Session:
             d, self.connecting = self.connecting, None
             d.cancel()
         elif self.backendTransport is not None and not self.backendGone:
-            if reason.check(ConnectionDone) or self.clientDone:
+            if isinstance(reason.value, ConnectionDone) or self.clientDone:
                 # Everything the client sent has arrived: deliver it. A
                 # producer left registered would keep the close pending.
                 self.ended = self.ended or "client closed"
@@ -627,7 +640,7 @@ class Session:
         """
         self.backendGone = True
         if not self.clientGone:
-            if reason.check(ConnectionDone) or self.backendDone:
+            if isinstance(reason.value, ConnectionDone) or self.backendDone:
                 # Everything the backend sent has arrived: deliver it.
                 self.ended = self.ended or "backend closed"
                 self.clientTransport.unregisterProducer()

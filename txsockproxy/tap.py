@@ -158,6 +158,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from txsockproxy.service import makeProxyService
 
+    if reactor is None:
+        # Unless twistd --reactor chose one already: epoll, minus a logging
+        # context per I/O event (see txsockproxy.reactor).
+        from txsockproxy.reactor import installDefault
+
+        installDefault()
     for notice in options["configObject"].notices:
         # Logged before twistd starts its log observers: buffered, and
         # written once logging begins.

@@ -1,0 +1,424 @@
+"""
+Tests for the per-connection shortcuts of L{txsockproxy.fastpath}
+(L{fastpath.connect}, L{fastpath.shutWrite}, L{fastpath.writeNow}) and for
+L{txsockproxy.reactor}: loopback integration tests on a private, uninstalled
+epoll reactor that the test turns by hand, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import tempfile
+from typing import Any, Callable, Optional
+
+from twisted.internet import error
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txsockproxy import fastpath
+from txsockproxy.reactor import EPollReactor, installDefault
+
+
+@implementer(IHalfCloseableProtocol)
+class Recording(Protocol):
+    """
+    A half-closeable protocol that records what happens to it.
+    """
+
+    def __init__(self) -> None:
+        self.made = False
+        self.eof = False
+        self.received: list[bytes] = []
+        self.lost: Optional[Failure] = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.lost = reason
+
+
+class RecordingFactory(ClientFactory):
+    """
+    A client factory that records its protocol and its failure.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.protocol: Optional[Recording] = None  # type: ignore[assignment]
+        self.failed: Optional[Failure] = None
+        self.connector: Any = None
+
+    def buildProtocol(self, addr: Any) -> Recording:
+        self.protocol = Recording()
+        return self.protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.connector = connector
+        self.failed = reason
+
+
+def readable(sock: socket.socket) -> bool:
+    """
+    Whether C{sock} is readable now (no waiting).
+    """
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class _ReactorTestCase(SynchronousTestCase):
+    """
+    A private epoll reactor, turned by the test.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self._closeReactor)
+
+    def _closeReactor(self) -> None:
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(error.ConnectionDone()))
+        for call in self.reactor.getDelayedCalls():
+            call.cancel()
+        self.reactor.waker.connectionLost(None)
+        self.reactor._poller.close()
+
+    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
+        """
+        Turn the reactor until C{condition()} holds, at most C{turns} times
+        (each waits at most 50 ms for an event).
+        """
+        for _ in range(turns):
+            if condition():
+                return
+            self.reactor.runUntilCurrent()
+            self.reactor.doIteration(0.05)
+        self.assertTrue(condition(), "the condition never held")
+
+    def listenTCP(self) -> socket.socket:
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        return server
+
+    def connectTCP(self, server: socket.socket, timeout: float = 5.0) -> tuple[RecordingFactory, fastpath.Connecting]:
+        factory = RecordingFactory()
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1], timeout=30)
+        connecting = fastpath.connect(endpoint, factory, timeout)
+        assert connecting is not None
+        connecting.start()
+        return factory, connecting
+
+    def connected(self) -> tuple[Any, socket.socket, Recording]:
+        """
+        A transport of ours connected to a plain socket: (transport, peer,
+        protocol).
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        assert factory.protocol is not None
+        return connecting.transport, peer, factory.protocol
+
+
+class ConnectIntegrationTests(_ReactorTestCase):
+    """
+    L{fastpath.connect} starts a backend connect before it returns, with one
+    timer, and reports success to the factory's protocol and failure,
+    timeout and cancellation to its C{clientConnectionFailed}.
+    """
+
+    def test_tcpStartsAtOnce(self) -> None:
+        """
+        The connect is on its way when C{start} returns (Twisted's
+        C{connectTCP} waits for the reactor's next turn): the listener has a
+        connection to accept before the reactor ran; the factory's protocol
+        is connected after one event.
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        self.assertTrue(readable(server))
+        self.assertIsNone(factory.protocol)
+        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+        self.assertIsInstance(connecting.transport, fastpath.TCPClient)
+        self.assertTrue(fastpath.isPlain(connecting.transport))
+        self.assertEqual(self.reactor.getDelayedCalls(), [], "the timer outlived the connect")
+
+    def test_timerUsesShorterTimeout(self) -> None:
+        """
+        One timer guards the connect, with the shorter of the session's
+        timeout and the endpoint's.
+        """
+        server = self.listenTCP()
+        _, connecting = self.connectTCP(server, timeout=3.0)
+        [timer] = self.reactor.getDelayedCalls()
+        self.assertTrue(2.5 < timer.getTime() - self.reactor.seconds() <= 3.0)
+        connecting.cancel()
+
+    def test_unixConnectsWithinStart(self) -> None:
+        """
+        A unix-socket connect completes inside C{start}: the protocol is
+        connected before the reactor ran, and the peer reads its bytes.
+        """
+        # A short path: unix socket names are limited to 107 bytes.
+        directory = tempfile.mkdtemp(prefix="txsp-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "s")
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        server.bind(path)
+        server.listen(8)
+        factory = RecordingFactory()
+        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        assert factory.protocol is not None
+        self.assertTrue(factory.protocol.made)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        fastpath.writeNow(connecting.transport, b"hello")
+        self.assertEqual(peer.recv(16), b"hello")
+
+    def test_refused(self) -> None:
+        """
+        A refused connect reaches C{clientConnectionFailed} as
+        L{error.ConnectionRefusedError}, and cancels the timer.
+        """
+        server = self.listenTCP()
+        port = server.getsockname()[1]
+        server.close()
+        factory = RecordingFactory()
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+        connecting = fastpath.connect(endpoint, factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.turnUntil(lambda: factory.failed is not None)
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.ConnectionRefusedError)
+        self.assertIs(factory.connector, connecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timeout(self) -> None:
+        """
+        When the timer fires first, the connect fails with
+        L{error.TimeoutError} and its socket is closed.
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        [timer] = self.reactor.getDelayedCalls()
+        timer.cancel()
+        connecting._timedOut()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.TimeoutError)
+        self.assertFalse(hasattr(connecting.transport, "socket"))
+
+    def test_cancel(self) -> None:
+        """
+        C{cancel} stops a connect in progress: the factory hears
+        L{error.UserError}, nothing is built, no timer is left.
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        connecting.cancel()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.UserError)
+        self.assertIsNone(factory.protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_notHandled(self) -> None:
+        """
+        Endpoints on a reactor that is not a POSIX one (a memory reactor),
+        other kinds of endpoint, and the fast path turned off are left to
+        the endpoint.
+        """
+        from relay_fakes import FakeEndpoint
+
+        memory = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 1)
+        self.assertIsNone(fastpath.connect(memory, RecordingFactory(), 5.0))
+        self.assertIsNone(fastpath.connect(FakeEndpoint(), RecordingFactory(), 5.0))
+        self.patch(fastpath, "MODE", "off")
+        real = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 1)
+        self.assertIsNone(fastpath.connect(real, RecordingFactory(), 5.0))
+
+
+class ShutWriteIntegrationTests(_ReactorTestCase):
+    """
+    L{fastpath.shutWrite} ends a transport's write side at once when nothing
+    is left to write, and otherwise after what is buffered, as
+    C{loseWriteConnection} does; L{fastpath.writeNow} writes to the socket
+    at once.
+    """
+
+    def test_atOnce(self) -> None:
+        """
+        With nothing buffered, the peer sees EOF before the reactor runs
+        again, and the other direction still works.
+        """
+        transport, peer, protocol = self.connected()
+        fastpath.shutWrite(transport)
+        self.assertTrue(readable(peer))
+        self.assertEqual(peer.recv(16), b"")
+        peer.sendall(b"still open")
+        self.turnUntil(lambda: b"".join(protocol.received) == b"still open")
+
+    def test_afterBuffered(self) -> None:
+        """
+        With bytes buffered by Twisted, EOF follows them once the reactor
+        has written them.
+        """
+        transport, peer, protocol = self.connected()
+        transport.write(b"buffered")
+        fastpath.shutWrite(transport)
+        self.assertFalse(readable(peer))
+        received: list[bytes] = []
+
+        def gotEOF() -> bool:
+            if readable(peer):
+                data = peer.recv(64)
+                received.append(data)
+                return data == b""
+            return False
+
+        self.turnUntil(gotEOF)
+        self.assertEqual(b"".join(received), b"buffered")
+
+    def test_off(self) -> None:
+        """
+        With the fast path off, Twisted's own C{loseWriteConnection} runs:
+        EOF comes after a reactor turn.
+        """
+        transport, peer, protocol = self.connected()
+        self.patch(fastpath, "MODE", "off")
+        fastpath.shutWrite(transport)
+        self.assertFalse(readable(peer))
+        self.turnUntil(lambda: readable(peer))
+        self.assertEqual(peer.recv(16), b"")
+
+    def test_closeBothEnded(self) -> None:
+        """
+        L{fastpath.close} of a transport whose directions both ended closes
+        it at once, without a C{shutdown(SHUT_RDWR)} first: the protocol
+        hears L{error.ConnectionDone}.
+        """
+        transport, peer, protocol = self.connected()
+        fastpath.shutWrite(transport)
+        peer.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: protocol.eof)
+        fastpath.close(transport)
+        self.assertFalse(transport._shouldShutdown)
+        assert protocol.lost is not None
+        self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
+        self.assertEqual(peer.recv(16), b"")
+
+    def test_closeStillWriting(self) -> None:
+        """
+        L{fastpath.close} of a transport whose write side is still open is
+        C{loseConnection()}: buffered bytes are written first, then the
+        orderly close.
+        """
+        transport, peer, protocol = self.connected()
+        transport.write(b"last words")
+        fastpath.close(transport)
+        self.assertTrue(transport._shouldShutdown)
+        self.assertIsNone(protocol.lost)
+        self.turnUntil(lambda: protocol.lost is not None)
+        self.assertEqual(peer.recv(64), b"last words")
+
+    def test_writeNow(self) -> None:
+        """
+        L{fastpath.writeNow} puts bytes on the socket before the reactor
+        runs; what the socket does not take is buffered by Twisted and
+        written later, in order.
+        """
+        transport, peer, protocol = self.connected()
+        fastpath.writeNow(transport, b"now")
+        self.assertEqual(peer.recv(16), b"now")
+        big = os.urandom(16 * 1024 * 1024)
+        fastpath.writeNow(transport, big)
+        self.assertGreater(transport._tempDataLen + len(transport.dataBuffer), 0)
+        got = bytearray()
+
+        def gotAll() -> bool:
+            while readable(peer) and len(got) < len(big):
+                got.extend(peer.recv(1 << 20))
+            return len(got) == len(big)
+
+        self.turnUntil(gotAll, turns=2000)
+        self.assertTrue(bytes(got) == big, "the bytes arrived altered")
+
+
+class ReactorTests(SynchronousTestCase):
+    """
+    L{txsockproxy.reactor}: the epoll reactor without a logging context per
+    event, installed only when no reactor is.
+    """
+
+    def test_noLogContextPerEvent(self) -> None:
+        """
+        I/O events are dispatched without C{callWithLogger}.
+        """
+        from twisted.python import log
+
+        calls: list[Any] = []
+        self.patch(log, "callWithLogger", lambda *a, **k: calls.append(a))
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        seen: list[bytes] = []
+
+        class Reader:
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def doRead(self) -> None:
+                seen.append(a.recv(16))
+
+            def logPrefix(self) -> str:
+                return "reader"
+
+        reader = Reader()
+        reactor.addReader(reader)  # type: ignore[arg-type]
+        b.send(b"x")
+        for _ in range(100):
+            if seen:
+                break
+            reactor.doIteration(0.05)
+        reactor.removeReader(reader)  # type: ignore[arg-type]
+        self.assertEqual(seen, [b"x"])
+        self.assertEqual(calls, [])
+
+    def test_installDefaultLeavesInstalledReactor(self) -> None:
+        """
+        When a reactor is installed already (here: the test runner's),
+        L{installDefault} changes nothing.
+        """
+        from twisted.internet import reactor
+
+        self.assertIsNone(installDefault())
+        from twisted.internet import reactor as after
+
+        self.assertIs(after, reactor)

@@ -1,0 +1,85 @@
+"""
+The reactor C{twistd sockproxy} runs on by default on Linux: Twisted's epoll
+reactor, less one cost per I/O event.
+
+Twisted's reactors call every C{doRead}/C{doWrite} through
+C{twisted.python.log.callWithLogger}, which asks the transport for its log
+prefix and pushes a legacy logging context (the C{system} of old-style
+C{log.msg} calls made inside the handler).  For a proxy that is ~2 µs of
+every event, about 5 events per proxied connection.  txsockproxy logs with
+C{twisted.logger}, whose events do not use that context; the only visible
+difference is that a traceback Twisted logs from inside an I/O handler is
+labelled C{[-]} instead of with the transport's prefix.
+
+It is installed by L{installDefault} when nothing has installed a reactor
+yet (C{twistd --reactor=...} still chooses any other), and not when the
+fast path is off (C{TXSOCKPROXY_FASTPATH=off}: Twisted as shipped).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Any, Optional
+
+from twisted.internet import epollreactor
+
+
+class EPollReactor(epollreactor.EPollReactor):
+    """
+    Twisted's epoll reactor, dispatching I/O events without a logging
+    context per event.
+    """
+
+    def doPoll(self, timeout: Optional[float]) -> None:
+        """
+        Poll for events and dispatch them to their descriptors.
+        """
+        if timeout is None:
+            timeout = -1  # Wait indefinitely.
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        dispatch = self._doReadOrWrite
+        selectables = self._selectables
+        for fd, event in events:
+            # A descriptor closed by an earlier event of this batch is gone.
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                dispatch(selectable, fd, event)
+
+    doIteration = doPoll
+
+
+def install() -> EPollReactor:
+    """
+    Install L{EPollReactor} as the global reactor.
+    """
+    from twisted.internet.main import installReactor
+
+    reactor = EPollReactor()
+    installReactor(reactor)
+    return reactor
+
+
+def installDefault() -> Optional[Any]:
+    """
+    Install L{EPollReactor} if no reactor is installed yet, epoll exists and
+    the fast path is on.
+
+    @return: the reactor installed, or L{None} if this left things as they
+        were.
+    """
+    from txsockproxy import fastpath
+
+    if "twisted.internet.reactor" in sys.modules or fastpath.MODE == "off":
+        return None
+    if not hasattr(epollreactor, "EPollReactor") or not sys.platform.startswith("linux"):
+        return None  # pragma: no cover
+    return install()
+
+
+__all__ = ["EPollReactor", "install", "installDefault"]
