@@ -759,8 +759,9 @@ class SessionMemoryTests(SynchronousTestCase):
 
     def test_lazyPeerSharedLocal(self) -> None:
         """
-        A session's connection info asks the transport for the peer address
-        once, when first read; two sessions share one local address object.
+        A session's connection info asks the transport for the peer and
+        local addresses once each, when first read; two sessions share one
+        local address object.
         """
         from relay_fakes import Proxy
         from twisted.internet.address import IPv4Address
@@ -776,9 +777,20 @@ class SessionMemoryTests(SynchronousTestCase):
             return getPeer()
 
         transport.getPeer = countingGetPeer  # type: ignore[method-assign]
+        getHost = transport.getHost
+        hostCalls = []
+
+        def countingGetHost() -> Any:
+            hostCalls.append(1)
+            return getHost()
+
+        transport.getHost = countingGetHost  # type: ignore[method-assign]
         info = first.session.connection  # type: ignore[union-attr]
-        self.assertEqual(calls, [])
+        self.assertEqual((calls, hostCalls), ([], []))
         self.assertEqual(info.peer, IPv4Address("TCP", "192.0.2.7", 5555))
         self.assertEqual(info.peer, IPv4Address("TCP", "192.0.2.7", 5555))
         self.assertEqual(calls, [1])
+        self.assertEqual(info.local, getHost())
+        self.assertEqual(info.local, getHost())
+        self.assertEqual(hostCalls, [1])
         self.assertIs(info.local, second.session.connection.local)  # type: ignore[union-attr]

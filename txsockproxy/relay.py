@@ -55,27 +55,29 @@ class ConnectionInfo:
     """
     What a balancer knows of a client connection.
 
-    Built by a session with L{ConnectionInfo.ofTransport}, the peer address
-    is only made when first asked for (an idle session then holds none).
+    Built by a session with L{ConnectionInfo.ofTransport}, the peer and
+    local addresses are only made when first asked for (most sessions never
+    need them: an idle session then holds neither, and a short one saves the
+    system call); sessions of one listen address share one local address.
     """
 
-    __slots__ = ("_peer", "_transport", "local", "serverName")
+    __slots__ = ("_local", "_peer", "_transport", "serverName")
 
     def __init__(
         self, peer: IAddress, local: IAddress, serverName: Optional[str] = None
     ) -> None:
         self._peer: Optional[IAddress] = peer
+        self._local: Optional[IAddress] = local
         self._transport: Any = None
-        self.local = local
         self.serverName = serverName
 
     @classmethod
-    def ofTransport(cls, transport: Any, local: IAddress) -> ConnectionInfo:
+    def ofTransport(cls, transport: Any) -> ConnectionInfo:
         """
-        The info of a client connected over C{transport} to C{local}; its
-        peer address is asked of the transport when first needed.
+        The info of a client connected over C{transport}; its addresses are
+        asked of the transport when first needed.
         """
-        info = cls(None, local)  # type: ignore[arg-type]
+        info = cls(None, None)  # type: ignore[arg-type]
         info._transport = transport
         return info
 
@@ -83,16 +85,43 @@ class ConnectionInfo:
     def peer(self) -> IAddress:
         if self._peer is None and self._transport is not None:
             self._peer = self._transport.getPeer()
-            self._transport = None
         return self._peer  # type: ignore[return-value]
 
     @peer.setter
     def peer(self, value: IAddress) -> None:
         self._peer = value
-        self._transport = None
+
+    @property
+    def local(self) -> IAddress:
+        if self._local is None and self._transport is not None:
+            self._local = _shared(self._transport.getHost())
+        return self._local  # type: ignore[return-value]
+
+    @local.setter
+    def local(self, value: IAddress) -> None:
+        self._local = value
 
     def __repr__(self) -> str:
         return f"<ConnectionInfo peer={self.peer} local={self.local} sni={self.serverName}>"
+
+
+# Local addresses seen, shared by the sessions (memory per session).
+_locals: dict[IAddress, IAddress] = {}
+
+
+def _shared(address: IAddress) -> IAddress:
+    """
+    One shared object per local address (the first 256 seen).
+    """
+    try:
+        known = _locals.get(address)
+    except TypeError:  # not hashable
+        return address
+    if known is not None:
+        return known
+    if len(_locals) < 256:
+        _locals[address] = address
+    return address
 
 
 class Sessions:
@@ -166,24 +195,7 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.listen = listen
         self.sessions = sessions if sessions is not None else Sessions(debug)
-        # Listen addresses seen, shared by the sessions (memory per session).
-        self._locals: dict[IAddress, IAddress] = {}
         self.usePool(pool)
-
-    def localAddress(self, transport: Any) -> IAddress:
-        """
-        The local address of C{transport}: one shared object per address.
-        """
-        local: IAddress = transport.getHost()
-        try:
-            known = self._locals.get(local)
-        except TypeError:  # not hashable
-            return local
-        if known is not None:
-            return known
-        if len(self._locals) < 64:
-            self._locals[local] = local
-        return local
 
     def usePool(self, pool: BackendPool) -> None:
         """
@@ -350,7 +362,7 @@ class Session:
         self._timeout = 0.0
         self._timeoutReason = ""
         self._lastActivity = self.started
-        self.connection = ConnectionInfo.ofTransport(transport, factory.localAddress(transport))
+        self.connection = ConnectionInfo.ofTransport(transport)
 
     # -- connecting ---------------------------------------------------------
 
@@ -628,7 +640,7 @@ class Session:
                 # producer left registered would keep the close pending.
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
-                self.backendTransport.loseConnection()
+                fastpath.close(self.backendTransport)
             else:
                 self.ended = self.ended or "client reset"
                 self.backendTransport.abortConnection()
@@ -644,7 +656,7 @@ class Session:
                 # Everything the backend sent has arrived: deliver it.
                 self.ended = self.ended or "backend closed"
                 self.clientTransport.unregisterProducer()
-                self.clientTransport.loseConnection()
+                fastpath.close(self.clientTransport)
             else:
                 self.ended = self.ended or "backend reset"
                 self.clientTransport.abortConnection()
