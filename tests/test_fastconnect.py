@@ -14,6 +14,8 @@ import socket
 import tempfile
 from typing import Any, Callable, Optional
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -422,3 +424,74 @@ class ReactorTests(SynchronousTestCase):
         from twisted.internet import reactor as after
 
         self.assertIs(after, reactor)
+
+
+def epollMasks(reactor: Any) -> dict[int, int]:
+    """
+    What C{reactor}'s epoll instance watches: descriptor -> event mask, as
+    Linux reports it in /proc/self/fdinfo.
+    """
+    masks = {}
+    with open(f"/proc/self/fdinfo/{reactor._poller.fileno()}") as info:
+        for line in info:
+            if line.startswith("tfd:"):
+                fields = line.split()
+                masks[int(fields[1])] = int(fields[3], 16) & 0xFFFF
+    return masks
+
+
+class RegistrationTests(SynchronousTestCase):
+    """
+    L{EPollReactor}'s own C{addReader}/C{addWriter}/C{removeReader}/
+    C{removeWriter} keep the same books and the same epoll registrations as
+    Twisted's, for any sequence of calls.
+    """
+
+    @given(st.lists(st.tuples(st.sampled_from(["addReader", "addWriter", "removeReader", "removeWriter"]),
+                              st.integers(0, 2)), max_size=40))
+    @settings(max_examples=60, deadline=None)
+    def test_sameAsTwisted(self, calls: list[tuple[str, int]]) -> None:
+        """
+        After every call, both reactors read and write the same
+        descriptors, map them to the same objects, and epoll watches them
+        for the same events.
+        """
+        from twisted.internet.epollreactor import EPollReactor as TwistedEPollReactor
+
+        sockets = [socket.socketpair() for _ in range(3)]
+
+        class Selectable:
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+
+            def fileno(self) -> int:
+                return self.sock.fileno()
+
+            def logPrefix(self) -> str:
+                return "selectable"
+
+        selectables = [Selectable(a) for a, _ in sockets]
+
+        def books(reactor: Any) -> tuple[Any, ...]:
+            # Each reactor has a waker of its own: leave it out.
+            waker = reactor.waker.fileno()
+            return (
+                reactor._reads - {waker},
+                reactor._writes - {waker},
+                {fd: s for fd, s in reactor._selectables.items() if fd != waker},
+                {fd: m for fd, m in epollMasks(reactor).items() if fd != waker},
+            )
+
+        ours, theirs = EPollReactor(), TwistedEPollReactor()
+        try:
+            for method, which in calls:
+                for reactor in (ours, theirs):
+                    getattr(reactor, method)(selectables[which])
+                self.assertEqual(books(ours), books(theirs))
+        finally:
+            for reactor in (ours, theirs):
+                reactor.waker.connectionLost(None)
+                reactor._poller.close()
+            for a, b in sockets:
+                a.close()
+                b.close()
