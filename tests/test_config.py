@@ -412,7 +412,7 @@ class ValidConfigTests(SynchronousTestCase):
                 """\
                 # effective configuration from test.toml
                 debug = 2
-                session-log = log (text)
+                session-log = off (text)
                 shutdown-timeout = 30s
 
                 proxy 'db'
@@ -1633,13 +1633,13 @@ class OperationsConfigTests(ConfigTestCase):
 
     def test_defaults(self) -> None:
         """
-        Without them: no status endpoint, the session log goes to the twistd
-        log as text, and sessions get 30 seconds at shutdown.
+        Without them: no status endpoint, no session log (text when turned
+        on), and sessions get 30 seconds at shutdown.
         """
         config = parse(minimal())
         self.assertIsNone(config.status)
         self.assertEqual(
-            (config.sessionLog, config.logFormat, config.shutdownTimeout), ("log", "text", 30.0)
+            (config.sessionLog, config.logFormat, config.shutdownTimeout), ("off", "text", 30.0)
         )
 
     def test_status(self) -> None:

@@ -92,6 +92,9 @@ def writeConfig(
     @param top: more top-level C{key = value} lines.
     @return: C{path}.
     """
+    if not any(line.startswith("session-log") for line in top):
+        # Most of these tests read the session log, which is off by default.
+        top = ['session-log = "log"', *top]
     lines = [f"debug = {debug}", *top, ""]
     if status is not None:
         lines += ["[status]", f"listen = {tomlString(status)}"]

@@ -161,8 +161,10 @@ class Config:
 
     @ivar source: where it was read from, for messages.
     @ivar status: the status endpoint, if any.
-    @ivar sessionLog: where the one-line-per-session log goes: C{"log"} (the
-        twistd log), C{"off"}, or the path of a file of its own.
+    @ivar sessionLog: where the one-line-per-session log goes: C{"off"} (the
+        default: it costs CPU per connection, and peers log nothing by
+        default either), C{"log"} (the twistd log), or the path of a file of
+        its own.
     @ivar logFormat: C{"text"} or C{"json"} (JSON lines) for the session log.
     @ivar shutdownTimeout: on SIGTERM/SIGINT, seconds sessions in flight get
         to finish before they are closed.
@@ -173,7 +175,7 @@ class Config:
     source: str = "<command line>"
     notices: tuple[str, ...] = field(default=(), compare=False)
     status: StatusConfig | None = None
-    sessionLog: str = "log"
+    sessionLog: str = "off"
     logFormat: str = "text"
     shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
@@ -762,7 +764,7 @@ def _buildConfig(
     reader.unknownKeys(data, (), _TOP_KEYS, _TOP_ELSEWHERE)
     debug = reader.integer(data, (), "debug", 0, 3)
     status = _buildStatus(data, reader)
-    sessionLog = reader.string(data, (), "session-log") or "log"
+    sessionLog = reader.string(data, (), "session-log") or "off"
     if sessionLog not in ("log", "off") and not sessionLog.startswith("/"):
         reader.problem(
             ("session-log",),

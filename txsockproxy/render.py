@@ -109,7 +109,7 @@ def renderToml(config: Config) -> str:
         lines.append(_comment(f"notice: {notice}"))
     lines.append("")
     lines.append(f"debug = {config.debug}")
-    if config.sessionLog != "log":
+    if config.sessionLog != "off":
         lines.append(f"session-log = {tomlString(config.sessionLog)}")
     if config.logFormat != "text":
         lines.append(f"log-format = {tomlString(config.logFormat)}")
