@@ -370,6 +370,47 @@ class ShutWriteIntegrationTests(_ReactorTestCase):
         self.assertTrue(bytes(got) == big, "the bytes arrived altered")
 
 
+class RelayedClassIntegrationTests(_ReactorTestCase):
+    """
+    The transport classes the fast path switches to close as Twisted's do:
+    an orderly close sends EOF and tells the protocol and the connector; an
+    abort resets the connection.
+    """
+
+    def relayed(self) -> tuple[Any, socket.socket, Recording, list[Failure]]:
+        transport, peer, protocol = self.connected()
+        transport.__class__ = fastpath._fastClass(type(transport))
+        told: list[Failure] = []
+        self.patch(fastpath.Connecting, "connectionLost", lambda connecting, reason: told.append(reason))
+        return transport, peer, protocol, told
+
+    def test_orderlyClose(self) -> None:
+        """
+        C{loseConnection} after a half-close closes at once: the peer reads
+        EOF, protocol and connector hear L{error.ConnectionDone}.
+        """
+        transport, peer, protocol, told = self.relayed()
+        fastpath.shutWrite(transport)
+        transport.loseConnection()
+        assert protocol.lost is not None
+        self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
+        self.assertEqual([f.value.__class__ for f in told], [error.ConnectionDone])
+        self.assertEqual(peer.recv(16), b"")
+        self.assertFalse(hasattr(transport, "socket"))
+
+    def test_abortResets(self) -> None:
+        """
+        C{abortConnection} resets the connection: the peer's next read
+        fails with C{ECONNRESET}.
+        """
+        transport, peer, protocol, told = self.relayed()
+        transport.abortConnection()
+        self.turnUntil(lambda: protocol.lost is not None)
+        assert protocol.lost is not None
+        self.assertIsInstance(protocol.lost.value, error.ConnectionAborted)
+        self.assertRaises(ConnectionResetError, peer.recv, 16)
+
+
 class ReactorTests(SynchronousTestCase):
     """
     L{txsockproxy.reactor}: the epoll reactor without a logging context per

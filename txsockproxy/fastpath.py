@@ -45,10 +45,10 @@ import sys
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any, Optional
 
-from twisted.internet import defer, error, main, tcp
+from twisted.internet import abstract, defer, error, main, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
-from twisted.python import failure
+from twisted.python import failure, log
 
 try:
     from twisted.internet import unix
@@ -77,6 +77,7 @@ PIPE_SIZE = 256 * 1024
 CAN_SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _F_SETPIPE_SZ = 1031
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 
@@ -340,6 +341,34 @@ def _relayedRead(self: Any) -> Optional[Exception]:
     return relay.doRead()
 
 
+def _readConnectionLost(self: Any, reason: Any) -> None:
+    # tcp.Connection's, less the adaptation to IHalfCloseableProtocol: the
+    # relay's protocols provide it.
+    try:
+        self.protocol.readConnectionLost()
+    except BaseException:
+        log.err()
+        self.connectionLost(failure.Failure())
+
+
+def _connectionLost(self: Any, reason: failure.Failure) -> None:
+    # tcp.Connection's (and, for clients, _BaseBaseClient's once connected),
+    # with an isinstance test where Twisted's Failure.check builds the names
+    # of every class of the exception, twice per proxied connection.
+    if not hasattr(self, "socket"):
+        return
+    abstract.FileDescriptor.connectionLost(self, reason)
+    self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+    protocol = self.protocol
+    del self.protocol
+    del self.socket
+    del self.fileno
+    protocol.connectionLost(reason)
+    connector = getattr(self, "connector", None)
+    if connector is not None:
+        connector.connectionLost(reason)
+
+
 def _fastClass(cls: type) -> type:
     """
     A subclass of transport class C{cls} whose C{doRead} is its protocol's
@@ -350,7 +379,16 @@ def _fastClass(cls: type) -> type:
     """
     fast = _fastClasses.get(cls)
     if fast is None:
-        fast = type(f"Relayed{cls.__name__}", (cls,), {"doRead": _relayedRead, "__module__": __name__})
+        fast = type(
+            f"Relayed{cls.__name__}",
+            (cls,),
+            {
+                "doRead": _relayedRead,
+                "readConnectionLost": _readConnectionLost,
+                "connectionLost": _connectionLost,
+                "__module__": __name__,
+            },
+        )
         _fastClasses[cls] = fast
         _plain.add(fast)
     return fast
@@ -472,6 +510,14 @@ class _ConnectAtOnce:
     as asyncio has it), and one C{epoll_ctl()} instead of three to go from
     waiting to connect to reading.
     """
+
+    def createInternetSocket(self) -> socket.socket:
+        # Non-blocking from the start where the system can: no
+        # ioctl(FIONBIO) afterwards.
+        skt = socket.socket(self.addressFamily, self.socketType | _SOCK_NONBLOCK)  # type: ignore[attr-defined]
+        if not _SOCK_NONBLOCK:
+            skt.setblocking(False)
+        return skt
 
     def doConnect(self) -> None:
         self.doWrite = self.doRead = self._connecting

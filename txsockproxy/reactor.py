@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Any, Optional
-
 from select import EPOLLIN, EPOLLOUT
+from typing import Any, Optional
 
 from twisted.internet import epollreactor
 
