@@ -261,6 +261,22 @@ class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertTrue(payload.endswith(buffered))
         self.assertEqual(self.session.counted, fastpath.READ_SIZE if len(payload) > fastpath.READ_SIZE else len(payload))
 
+    def test_bufferedBytesOutliveTheNextRead(self) -> None:
+        """
+        Reads share one buffer: what the sink's socket did not take, handed to
+        the sink transport, and what takes the ordinary path, are copies that
+        later reads do not overwrite.
+        """
+        fillSocket(self.sink.socket)
+        first = b"a" * 1000
+        self.sourcePeer.sendall(first)
+        self.relay.doRead()
+        second = b"b" * 1000
+        self.sourcePeer.sendall(second)
+        self.relay.doRead()
+        self.assertEqual(b"".join(self.sink.written), first + second)
+        self.assertEqual(b"".join(self.session.ordinary), second)
+
 
 class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
     """
