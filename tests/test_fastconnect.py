@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -453,6 +453,78 @@ class ReactorTests(SynchronousTestCase):
         reactor.removeReader(reader)  # type: ignore[arg-type]
         self.assertEqual(seen, [b"x"])
         self.assertEqual(calls, [])
+
+    def readable(self) -> tuple[EPollReactor, socket.socket, Any]:
+        """
+        A reactor, the peer of a socket pair, and a recording reader of the
+        other end, registered.
+        """
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+
+        @implementer(IHalfCloseableDescriptor)
+        class Reader:
+            def __init__(self) -> None:
+                self.result: Any = None
+                self.lost: list[tuple[str, Any]] = []
+
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def doRead(self) -> Any:
+                a.recv(16)
+                if isinstance(self.result, Exception) and not isinstance(self.result, error.ConnectionDone):
+                    raise self.result
+                return self.result
+
+            def readConnectionLost(self, reason: Failure) -> None:
+                self.lost.append(("read", reason.value))
+
+            def writeConnectionLost(self, reason: Failure) -> None:
+                pass
+
+            def connectionLost(self, reason: Failure) -> None:
+                self.lost.append(("all", reason.value))
+
+            def logPrefix(self) -> str:
+                return "reader"
+
+        reader = Reader()
+        reactor.addReader(reader)  # type: ignore[arg-type]
+        return reactor, b, reader
+
+    def turn(self, reactor: EPollReactor, reader: Any) -> None:
+        for _ in range(100):
+            if reader.lost:
+                return
+            reactor.doIteration(0.05)
+
+    def test_readEOFIsHalfClose(self) -> None:
+        """
+        A read event whose C{doRead} reports EOF reaches a half-closeable
+        descriptor as C{readConnectionLost}, as Twisted's dispatch does.
+        """
+        reactor, peer, reader = self.readable()
+        reader.result = error.ConnectionDone()
+        peer.send(b"x")
+        self.turn(reactor, reader)
+        self.assertEqual([kind for kind, _ in reader.lost], ["read"])
+
+    def test_readErrorLosesConnection(self) -> None:
+        """
+        A C{doRead} that raises is logged and loses the connection with that
+        error.
+        """
+        reactor, peer, reader = self.readable()
+        reader.result = ValueError("broken")
+        peer.send(b"x")
+        self.turn(reactor, reader)
+        self.assertEqual([(kind, type(why)) for kind, why in reader.lost], [("all", ValueError)])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_installDefaultLeavesInstalledReactor(self) -> None:
         """

@@ -24,6 +24,8 @@ from select import EPOLLIN, EPOLLOUT
 from typing import Any, Optional
 
 from twisted.internet import epollreactor
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.python import log
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -49,8 +51,23 @@ class EPollReactor(epollreactor.EPollReactor):
         for fd, event in events:
             # A descriptor closed by an earlier event of this batch is gone.
             selectable = selectables.get(fd)
-            if selectable is not None:
+            if selectable is None:
+                continue
+            if event != EPOLLIN:
                 dispatch(selectable, fd, event)
+                continue
+            # Readable, nothing else: what _doReadOrWrite does then, inline
+            # (most events of a proxy are these).
+            if selectable.fileno() == -1:
+                self._disconnectSelectable(selectable, _NO_FILEDESC, False)
+                continue
+            try:
+                why = selectable.doRead()
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+            if why:
+                self._disconnectSelectable(selectable, why, True)
 
     doIteration = doPoll
 
