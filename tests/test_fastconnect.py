@@ -7,11 +7,13 @@ epoll reactor that the test turns by hand, a bounded number of times.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import shutil
 import socket
 import tempfile
+import weakref
 from typing import Any, Callable, Optional
 
 from hypothesis import given, settings
@@ -409,6 +411,62 @@ class RelayedClassIntegrationTests(_ReactorTestCase):
         assert protocol.lost is not None
         self.assertIsInstance(protocol.lost.value, error.ConnectionAborted)
         self.assertRaises(ConnectionResetError, peer.recv, 16)
+
+
+class SessionLifetimeIntegrationTests(_ReactorTestCase):
+    """
+    A finished session leaves no reference cycle behind: reference counting
+    frees it, its protocols and its transports at once, without the cyclic
+    garbage collector.
+    """
+
+    def test_freedWithoutCollector(self) -> None:
+        """
+        With the collector off, a session relayed to its end through real
+        sockets is gone as soon as it finished, and so are both transports.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+        from txsockproxy.config import BackendConfig, ProxyConfig
+        from txsockproxy.relay import ProxyFactory
+
+        server = self.listenTCP()
+        config = ProxyConfig(
+            name="t",
+            listen=("tcp:0",),
+            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
+        )
+        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client = socket.create_connection(("127.0.0.1", listening.getHost().port))
+        self.addCleanup(client.close)
+        self.turnUntil(lambda: bool(factory.sessions.open))
+        [session] = factory.sessions.open
+        refs = [weakref.ref(session)]
+        del session
+        self.turnUntil(lambda: readable(server))
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        self.turnUntil(lambda: refs[0]().backendTransport is not None)  # type: ignore[union-attr]
+        live = refs[0]()
+        assert live is not None
+        refs += [weakref.ref(live.clientTransport), weakref.ref(live.backendTransport)]
+        del live
+        client.sendall(b"ping")
+        self.turnUntil(lambda: readable(peer))
+        peer.sendall(peer.recv(16))
+        self.turnUntil(lambda: readable(client))
+        self.assertEqual(client.recv(16), b"ping")
+        client.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: readable(peer))
+        self.assertEqual(peer.recv(16), b"")
+        peer.close()
+        self.turnUntil(lambda: not factory.sessions.open)
+        self.assertEqual([ref() for ref in refs], [None, None, None])
 
 
 class ReactorTests(SynchronousTestCase):

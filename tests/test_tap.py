@@ -366,6 +366,20 @@ class MakeServiceTests(OptionsTestCase):
         self.assertIs(service.config, options["configObject"])
         self.assertIs(service.reactor, reactor)
 
+    def test_startUpObjectsFrozen(self) -> None:
+        """
+        L{makeService} collects start-up's garbage and freezes what remains,
+        so that the collector's full passes no longer walk it.
+        """
+        import gc
+
+        gc.unfreeze()
+        self.addCleanup(gc.unfreeze)
+        options = self.parse(["--listen", "tcp:0", "--backend", "unix:/a"])
+        self.assertEqual(gc.get_freeze_count(), 0)
+        makeService(options, MemoryReactorClock())
+        self.assertGreater(gc.get_freeze_count(), 0)
+
     def test_debugOverrideSurvivesReload(self) -> None:
         """
         C{--debug} overrides the file's debug after a reload too.

@@ -637,8 +637,12 @@ class Connecting:
 
     def connectionLost(self, reason: failure.Failure) -> None:
         """
-        The connection, once made, ended: the protocol has been told.
+        The connection, once made, ended: the protocol has been told.  Forget
+        the factory and the transport: the transport keeps this connector,
+        and the factory (by way of the session) the transport.
         """
+        self.factory = None  # type: ignore[assignment]
+        self.transport = None
 
     def getDestination(self) -> Any:
         return self.transport.getPeer() if self.transport is not None else None

@@ -280,7 +280,8 @@ class BackendProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        self.session.backendLost(reason)
+        if self.session is not None:
+            self.session.backendLost(reason)
 
 
 class BackendFactory(ClientFactory):
@@ -679,6 +680,11 @@ class Session:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1
         self.factory.sessions.remove(self)
+        # The protocols point back at the session: break those cycles, so that
+        # reference counting frees a finished session and its transports at
+        # once, rather than the cyclic garbage collector, later and at a cost.
+        self.client = None  # type: ignore[assignment]
+        self.backendProtocol = None
         if self.factory.debug >= 1:
             self.log.info(
                 "proxy {proxy}: session of {client} ended ({why}): "
