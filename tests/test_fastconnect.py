@@ -113,7 +113,8 @@ class _ReactorTestCase(SynchronousTestCase):
             if condition():
                 return
             self.reactor.runUntilCurrent()
-            self.reactor.doIteration(0.05)
+            due = self.reactor.timeout()
+            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
         self.assertTrue(condition(), "the condition never held")
 
     def listenTCP(self) -> socket.socket:
@@ -264,6 +265,117 @@ class ConnectIntegrationTests(_ReactorTestCase):
         self.patch(fastpath, "MODE", "off")
         real = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 1)
         self.assertIsNone(fastpath.connect(real, RecordingFactory(), 5.0))
+
+
+class ConnectEdgeIntegrationTests(_ReactorTestCase):
+    """
+    The edges of L{fastpath.connect} found in review: a readiness event that
+    is not (a stale one), failures found while the connect starts, and
+    addresses the socket layer rejects outright.
+    """
+
+    def test_staleEventIsNotConnected(self) -> None:
+        """
+        A readiness event while the connect is still in progress (C{SO_ERROR}
+        is 0 then too) does not make the transport connected: C{connect()}
+        is asked again, and says "in progress".
+        """
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        # Fill the listener's queue: further handshakes stay unanswered.
+        fillers = []
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+            fillers.append(filler)
+            self.addCleanup(filler.close)
+        factory, connecting = self.connectTCP(server)
+        transport = connecting.transport
+        for _ in range(3):
+            transport.doWrite()
+        self.assertIsNone(factory.protocol)
+        self.assertFalse(transport.connected)
+        self.assertIsNone(factory.failed)
+        connecting.cancel()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.UserError)
+
+    def test_failureAtStartReportedNextTurn(self) -> None:
+        """
+        A connect that fails inside C{start} (no such unix socket) is
+        reported in the reactor's next turn, not from within C{start}.
+        """
+        factory = RecordingFactory()
+        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, "/nonexistent/txsp.sock"), factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.assertIsNone(factory.failed)
+        self.reactor.runUntilCurrent()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.ConnectError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_rejectedAddress(self) -> None:
+        """
+        An address the socket layer rejects outright (a unix path over the
+        system's limit) is a connect failure with its reason, not an
+        exception.
+        """
+        factory = RecordingFactory()
+        path = "/tmp/" + "x" * 200
+        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.reactor.runUntilCurrent()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.ConnectError)
+        self.assertIn("too long", str(factory.failed.value))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failoverAlongManyUnreachableBackends(self) -> None:
+        """
+        A session fails over along 150 backends that fail as they start
+        (missing unix sockets) without recursing, and reaches the one that
+        answers.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+        from txsockproxy.config import BackendConfig, ProxyConfig
+        from txsockproxy.relay import ProxyFactory
+
+        server = self.listenTCP()
+        bad = tuple(
+            BackendConfig(endpoint=f"unix:/nonexistent/txsp-{i}.sock", label=f"bad{i}")
+            for i in range(150)
+        )
+        good = BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="good")
+        config = ProxyConfig(name="t", listen=("tcp:0",), backends=bad + (good,))
+        self.patch(BackendPool, "log", _QuietLogger())
+        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        client = socket.create_connection(("127.0.0.1", listening.getHost().port))
+        self.addCleanup(client.close)
+        self.turnUntil(lambda: readable(server), turns=2000)
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        pool = factory.pool
+        self.assertEqual(sum(b.failed for b in pool.backends), 150)
+
+
+class _QuietLogger:
+    """
+    Stands in for a pool's logger: 150 connect failures need not be logged.
+    """
+
+    def error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 class ShutWriteIntegrationTests(_ReactorTestCase):
@@ -467,6 +579,107 @@ class SessionLifetimeIntegrationTests(_ReactorTestCase):
         peer.close()
         self.turnUntil(lambda: not factory.sessions.open)
         self.assertEqual([ref() for ref in refs], [None, None, None])
+
+
+class StaleEventTests(SynchronousTestCase):
+    """
+    L{EPollReactor} drops an event of a batch for a descriptor that an
+    earlier event of the same batch unregistered.
+    """
+
+    def test_unregisteredInBatch(self) -> None:
+        """
+        Two readable descriptors whose handlers each replace the other's
+        reader with a new one on the same descriptor number (as when a
+        socket is closed and its number given to a new one): in one batch
+        only the first handled runs, and the new reader does not get the
+        old reader's event.
+        """
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        pairs = [socket.socketpair() for _ in range(2)]
+        for a, b in pairs:
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+        ran: list[str] = []
+
+        class Reader:
+            def __init__(self, index: int, name: str) -> None:
+                self.index = index
+                self.name = name
+
+            def fileno(self) -> int:
+                return pairs[self.index][0].fileno()
+
+            def doRead(self) -> None:
+                ran.append(self.name)
+                pairs[self.index][0].recv(16)
+                other = 1 - self.index
+                reactor.removeReader(readers[other])  # type: ignore[arg-type]
+                readers[other] = Reader(other, f"new {other}")
+                reactor.addReader(readers[other])  # type: ignore[arg-type]
+
+            def logPrefix(self) -> str:
+                return "reader"
+
+        readers = [Reader(0, "old 0"), Reader(1, "old 1")]
+        for reader in readers:
+            reactor.addReader(reader)  # type: ignore[arg-type]
+        for _, b in pairs:
+            b.send(b"x")
+        reactor.doIteration(1.0)
+        self.assertEqual(len(ran), 1)
+        self.assertTrue(ran[0].startswith("old"))
+        for reader in readers:
+            reactor.removeReader(reader)  # type: ignore[arg-type]
+
+    def test_errorDoesNotStopBatch(self) -> None:
+        """
+        A handler that raises is logged, and the other events of the batch
+        are still handled.
+        """
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        pairs = [socket.socketpair() for _ in range(2)]
+        for a, b in pairs:
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+        ran: list[int] = []
+
+        class Broken:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def fileno(self) -> int:
+                return pairs[self.index][0].fileno()
+
+            def doRead(self) -> None:
+                ran.append(self.index)
+                pairs[self.index][0].recv(16)
+                reactor.removeReader(self)  # type: ignore[arg-type]
+
+            def connectionLost(self, reason: Failure) -> None:
+                raise RuntimeError("connectionLost broke")
+
+            def logPrefix(self) -> str:
+                return "broken"
+
+        readers = [Broken(0), Broken(1)]
+
+        def doReadThenFail(self: Any) -> Any:
+            Broken.doRead(self)
+            return error.ConnectionLost()
+
+        for reader in readers:
+            reader.doRead = doReadThenFail.__get__(reader)  # type: ignore[method-assign]
+            reactor.addReader(reader)  # type: ignore[arg-type]
+        for _, b in pairs:
+            b.send(b"x")
+        reactor.doIteration(1.0)
+        self.assertEqual(sorted(ran), [0, 1])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
 
 class ReactorTests(SynchronousTestCase):

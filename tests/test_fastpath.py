@@ -767,6 +767,25 @@ class ClassSwitchTests(SynchronousTestCase):
             self.assertIs(type(t), tcp.Server)
 
 
+class ConnectionInfoTests(SynchronousTestCase):
+    """
+    L{ConnectionInfo}'s addresses, made on first use.
+    """
+
+    def test_localAfterClose(self) -> None:
+        """
+        The local address first asked for once the client's socket is gone
+        is L{None}, not an error.
+        """
+        from txsockproxy.relay import ConnectionInfo
+
+        class Closed:
+            def getHost(self) -> Any:
+                raise AttributeError("socket")
+
+        self.assertIsNone(ConnectionInfo.ofTransport(Closed()).local)
+
+
 class SessionMemoryTests(SynchronousTestCase):
     """
     What a session keeps per connection is small: the peer address is made

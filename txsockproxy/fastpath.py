@@ -84,7 +84,6 @@ PIPE_SIZE = 256 * 1024
 CAN_SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _F_SETPIPE_SZ = 1031
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 
@@ -508,28 +507,29 @@ class _ConnectAtOnce:
     constructor, not in the reactor's next turn (Twisted's
     C{callLater(0, ...)}, and for TCP a Deferred for an address that needs no
     resolving); and complete it with fewer system calls than Twisted's
-    C{doConnect}: no C{SO_ERROR} check before the first C{connect()}, no
-    second C{connect()} once the socket is writable (C{SO_ERROR} says it all,
-    as asyncio has it), and one C{epoll_ctl()} instead of three to go from
-    waiting to connect to reading.
+    C{doConnect}: no C{SO_ERROR} check before the first C{connect()}, and one
+    C{epoll_ctl()} instead of three to go from connecting to reading.
     """
-
-    def createInternetSocket(self) -> socket.socket:
-        # Non-blocking from the start where the system can: no
-        # ioctl(FIONBIO) afterwards.
-        skt = socket.socket(self.addressFamily, self.socketType | _SOCK_NONBLOCK)  # type: ignore[attr-defined]
-        if not _SOCK_NONBLOCK:
-            skt.setblocking(False)
-        return skt
 
     def doConnect(self) -> None:
         self.doWrite = self.doRead = self._connecting
         if not hasattr(self, "connector"):
             return
+        self._connectStep()
+
+    def _connectStep(self) -> None:
+        """
+        Call C{connect()}: connected, in progress, or failed.  Once the socket
+        is readable or writable, C{connect()} again is what tells "connected"
+        from "still in progress" (C{SO_ERROR} is 0 in both).
+        """
         try:
             result = self.socket.connect_ex(self.realAddress)  # type: ignore[attr-defined]
         except OSError as e:
-            result = e.args[0]
+            result = e.errno if e.errno is not None else -1
+            if result == -1:
+                self.failIfNotConnected(error.ConnectError(string=str(e)))  # type: ignore[attr-defined]
+                return
         if result in (EINPROGRESS, EWOULDBLOCK, EALREADY):
             self.startReading()  # type: ignore[attr-defined]
             self.startWriting()  # type: ignore[attr-defined]
@@ -538,7 +538,7 @@ class _ConnectAtOnce:
                 error.getConnectError((result, os.strerror(result)))
             )
         else:
-            self._connected(False)
+            self._connected(self.fileno() in self.reactor._writes)  # type: ignore[attr-defined]
 
     def _connecting(self) -> None:
         """
@@ -551,7 +551,7 @@ class _ConnectAtOnce:
         if err:
             self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))  # type: ignore[attr-defined]
             return
-        self._connected(True)
+        self._connectStep()
 
     def _connected(self, registered: bool) -> None:
         del self.doWrite, self.doRead
@@ -602,30 +602,41 @@ class Connecting:
 
     The factory's C{buildProtocol} is called once connected, its
     C{clientConnectionFailed(connecting, reason)} on failure, timeout
-    (L{error.TimeoutError}) or cancellation (L{error.UserError}).
+    (L{error.TimeoutError}) or cancellation (L{error.UserError}).  A failure
+    found while C{start} runs (an address that cannot be reached at all) is
+    reported in the reactor's next turn, as Twisted's connectors do: a
+    session failing over along many such backends must not recurse.
     """
 
-    __slots__ = ("factory", "transport", "timer", "_plan")
+    __slots__ = ("factory", "transport", "timer", "reactor", "_plan", "_starting")
 
     def __init__(
         self, factory: ClientFactory, reactor: Any, timeout: float, plan: tuple[Any, ...]
     ) -> None:
         self.factory = factory
+        self.reactor = reactor
         self.transport: Any = None
         self.timer: Any = None
-        self._plan: Optional[tuple[Any, ...]] = (reactor, timeout) + plan
+        self._plan: Optional[tuple[Any, ...]] = (timeout,) + plan
+        self._starting = False
 
     def start(self) -> None:
         """
         Start connecting.
         """
         assert self._plan is not None, "started twice"
-        reactor, timeout, transportType, *args = self._plan
+        timeout, transportType, *args = self._plan
         self._plan = None
-        self.timer = reactor.callLater(timeout, self._timedOut)
-        # Once finished (even within this call), the transport ignores
-        # cancel() and the timeout.
-        self.transport = transportType(*args, self, reactor)
+        self.timer = self.reactor.callLater(timeout, self._timedOut)
+        self._starting = True
+        try:
+            # Once finished (even within this call), the transport ignores
+            # cancel() and the timeout.
+            self.transport = transportType(*args, self, self.reactor)
+        except Exception as e:
+            self.connectionFailed(failure.Failure(error.ConnectError(string=str(e))))
+        finally:
+            self._starting = False
 
     def buildProtocol(self, addr: Any) -> Any:
         self._stopTimer()
@@ -633,6 +644,12 @@ class Connecting:
 
     def connectionFailed(self, reason: failure.Failure) -> None:
         self._stopTimer()
+        if self._starting:
+            self.reactor.callLater(0, self._report, reason)
+        else:
+            self._report(reason)
+
+    def _report(self, reason: failure.Failure) -> None:
         self.factory.clientConnectionFailed(self, reason)  # type: ignore[arg-type]
 
     def connectionLost(self, reason: failure.Failure) -> None:
@@ -666,23 +683,36 @@ class Connecting:
             self.timer = None
 
 
+def _connectsAtOnce(reactor: Any) -> bool:
+    """
+    Whether a connect may start inside an event handler of C{reactor}: only on
+    txsockproxy's reactor, which drops the stale events of a batch that a
+    socket given a recycled descriptor number would otherwise receive.
+    """
+    try:
+        from txsockproxy.reactor import EPollReactor
+    except ImportError:  # pragma: no cover (no epoll here)
+        return False
+    return isinstance(reactor, EPollReactor)
+
+
 def connect(endpoint: Any, factory: ClientFactory, timeout: float) -> Optional[Connecting]:
     """
     Prepare to connect C{factory} the way C{endpoint} would, but at once and
     with one timer, if C{endpoint} is a plain L{TCP4ClientEndpoint} or
-    L{UNIXClientEndpoint} on a POSIX reactor.  L{Connecting.start} starts
+    L{UNIXClientEndpoint} on txsockproxy's reactor.  L{Connecting.start} starts
     the connect, which may even complete (unix sockets) or fail (an address
     that cannot be reached) before C{start} returns: keep the L{Connecting}
     first.
 
     @return: the L{Connecting}, or L{None} when C{endpoint} is of another
-        kind (or the reactor is not a POSIX one): then use L{directConnect}
+        kind, or the reactor is not txsockproxy's: then use L{directConnect}
         or C{endpoint.connect}.
     """
     if MODE == "off":
         return None
     reactor = getattr(endpoint, "_reactor", None)
-    if getattr(reactor, "_selectables", None) is None:
+    if not _connectsAtOnce(reactor):
         return None
     kind = type(endpoint)
     if kind is TCP4ClientEndpoint:

@@ -34,9 +34,19 @@ class EPollReactor(epollreactor.EPollReactor):
     context per event.
     """
 
+    # Descriptors unregistered while a batch of events is being handled; an
+    # event of the batch for one of them is stale (see doPoll).
+    _unregistered: Optional[set[int]] = None
+
     def doPoll(self, timeout: Optional[float]) -> None:
         """
         Poll for events and dispatch them to their descriptors.
+
+        An event for a descriptor unregistered by an earlier event of the same
+        batch is dropped: the descriptor may have been closed and its number
+        given to a new socket (an accepted client, a backend connect started
+        at once), which must not receive the old socket's readiness or hang
+        up.  A descriptor still watched reports again at the next poll.
         """
         if timeout is None:
             timeout = -1  # Wait indefinitely.
@@ -48,26 +58,41 @@ class EPollReactor(epollreactor.EPollReactor):
             raise
         dispatch = self._doReadOrWrite
         selectables = self._selectables
-        for fd, event in events:
-            # A descriptor closed by an earlier event of this batch is gone.
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            if event != EPOLLIN:
-                dispatch(selectable, fd, event)
-                continue
-            # Readable, nothing else: what _doReadOrWrite does then, inline
-            # (most events of a proxy are these).
-            if selectable.fileno() == -1:
-                self._disconnectSelectable(selectable, _NO_FILEDESC, False)
-                continue
-            try:
-                why = selectable.doRead()
-            except BaseException:
-                why = sys.exc_info()[1]
-                log.err()
-            if why:
-                self._disconnectSelectable(selectable, why, True)
+        gone: set[int] = set()
+        self._unregistered = gone
+        try:
+            for fd, event in events:
+                if fd in gone:
+                    continue
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                # Each event on its own, as Twisted's log.callWithLogger
+                # does: an error is logged, and the batch goes on.
+                try:
+                    if event != EPOLLIN:
+                        dispatch(selectable, fd, event)
+                        continue
+                    # Readable, nothing else: what _doReadOrWrite does then,
+                    # inline (most events of a proxy are these).
+                    inRead = False
+                    try:
+                        if selectable.fileno() == -1:
+                            why: Any = _NO_FILEDESC
+                        else:
+                            why = selectable.doRead()
+                            inRead = True
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        self._disconnectSelectable(selectable, why, inRead)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err()
+        finally:
+            self._unregistered = None
 
     doIteration = doPoll
 
@@ -117,6 +142,8 @@ class EPollReactor(epollreactor.EPollReactor):
         else:
             del self._selectables[fd]
             self._poller.unregister(fd)
+            if self._unregistered is not None:
+                self._unregistered.add(fd)
         self._reads.remove(fd)
 
     def removeWriter(self, writer: Any) -> None:
@@ -130,6 +157,8 @@ class EPollReactor(epollreactor.EPollReactor):
         else:
             del self._selectables[fd]
             self._poller.unregister(fd)
+            if self._unregistered is not None:
+                self._unregistered.add(fd)
         self._writes.remove(fd)
 
 

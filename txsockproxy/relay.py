@@ -94,7 +94,12 @@ class ConnectionInfo:
     @property
     def local(self) -> IAddress:
         if self._local is None and self._transport is not None:
-            self._local = _shared(self._transport.getHost())
+            try:
+                self._local = _shared(self._transport.getHost())
+            except (AttributeError, OSError):
+                # Asked first once the connection is closed: the socket is
+                # gone, and with it the address.
+                return None  # type: ignore[return-value]
         return self._local  # type: ignore[return-value]
 
     @local.setter
@@ -307,7 +312,12 @@ class BackendFactory(ClientFactory):
         # Only reached when connected through fastpath.connect or
         # fastpath.directConnect (an endpoint reports through its Deferred).
         if isinstance(connector, fastpath.Connecting):
-            self.session._connectFailed(reason, self.session.backend)
+            session = self.session
+            session._connectFailed(reason, session.backend)
+            # A failure found as the connect started is reported a turn
+            # later: the client may have left meanwhile.
+            if session.clientGone:
+                session._maybeFinished()
         else:
             fastpath.connectFailed(self, reason)
 
