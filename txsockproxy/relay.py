@@ -285,8 +285,7 @@ class BackendProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        if self.session is not None:
-            self.session.backendLost(reason)
+        self.session.backendLost(reason)
 
 
 class BackendFactory(ClientFactory):
