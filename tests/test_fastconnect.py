@@ -87,6 +87,27 @@ def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
+def privateReactor(case: SynchronousTestCase) -> EPollReactor:
+    """
+    A new, uninstalled L{EPollReactor}, closed when C{case} ends.
+    """
+    reactor = EPollReactor()
+    case.addCleanup(reactor._poller.close)
+    case.addCleanup(reactor.waker.connectionLost, None)
+    return reactor
+
+
+def socketPairs(case: SynchronousTestCase, count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """
+    C{count} connected socket pairs, closed when C{case} ends.
+    """
+    pairs = [socket.socketpair() for _ in range(count)]
+    for a, b in pairs:
+        case.addCleanup(a.close)
+        case.addCleanup(b.close)
+    return pairs
+
+
 class _ReactorTestCase(SynchronousTestCase):
     """
     A private epoll reactor, turned by the test.
@@ -595,13 +616,8 @@ class StaleEventTests(SynchronousTestCase):
         only the first handled runs, and the new reader does not get the
         old reader's event.
         """
-        reactor = EPollReactor()
-        self.addCleanup(reactor._poller.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
-        pairs = [socket.socketpair() for _ in range(2)]
-        for a, b in pairs:
-            self.addCleanup(a.close)
-            self.addCleanup(b.close)
+        reactor = privateReactor(self)
+        pairs = socketPairs(self, 2)
         ran: list[str] = []
 
         class Reader:
@@ -639,13 +655,8 @@ class StaleEventTests(SynchronousTestCase):
         A handler that raises is logged, and the other events of the batch
         are still handled.
         """
-        reactor = EPollReactor()
-        self.addCleanup(reactor._poller.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
-        pairs = [socket.socketpair() for _ in range(2)]
-        for a, b in pairs:
-            self.addCleanup(a.close)
-            self.addCleanup(b.close)
+        reactor = privateReactor(self)
+        pairs = socketPairs(self, 2)
         ran: list[int] = []
 
         class Broken:
@@ -696,12 +707,8 @@ class ReactorTests(SynchronousTestCase):
 
         calls: list[Any] = []
         self.patch(log, "callWithLogger", lambda *a, **k: calls.append(a))
-        reactor = EPollReactor()
-        self.addCleanup(reactor._poller.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
-        a, b = socket.socketpair()
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
+        reactor = privateReactor(self)
+        [(a, b)] = socketPairs(self, 1)
         seen: list[bytes] = []
 
         class Reader:
@@ -730,12 +737,8 @@ class ReactorTests(SynchronousTestCase):
         A reactor, the peer of a socket pair, and a recording reader of the
         other end, registered.
         """
-        reactor = EPollReactor()
-        self.addCleanup(reactor._poller.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
-        a, b = socket.socketpair()
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
+        reactor = privateReactor(self)
+        [(a, b)] = socketPairs(self, 1)
 
         @implementer(IHalfCloseableDescriptor)
         class Reader:
