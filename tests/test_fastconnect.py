@@ -882,3 +882,158 @@ class RegistrationTests(SynchronousTestCase):
             for a, b in sockets:
                 a.close()
                 b.close()
+
+
+class MainLoopTests(SynchronousTestCase):
+    """
+    L{EPollReactor.mainLoop}: Twisted's main loop, with timed calls run only
+    when due.  Each test runs a private reactor whose polls are counted: past
+    C{TURNS} turns the loop is stopped, so a broken loop fails, not hangs.
+    """
+
+    TURNS = 200
+
+    def running(self) -> tuple[EPollReactor, list[Optional[float]]]:
+        """
+        A private reactor whose C{doPoll} records its timeout (and waits at
+        most 50 ms), and the list it records to.
+        """
+        reactor = privateReactor(self)
+        timeouts: list[Optional[float]] = []
+        doPoll = reactor.doPoll
+
+        def recordingPoll(timeout: Optional[float]) -> None:
+            timeouts.append(timeout)
+            if len(timeouts) >= self.TURNS:
+                reactor._started = False
+                return
+            doPoll(0.05 if timeout is None or timeout > 0.05 else timeout)
+
+        reactor.doPoll = recordingPoll  # type: ignore[method-assign]
+        return reactor, timeouts
+
+    def runReactor(self, reactor: EPollReactor) -> None:
+        """
+        Run C{reactor} until it stops (or the turns run out).
+        """
+        reactor.run(installSignalHandlers=False)
+
+    def test_timedCallsRunWhenDue(self) -> None:
+        """
+        Timed calls run once due, in order of their times; one stops the
+        reactor, and the loop ends.
+        """
+        reactor, timeouts = self.running()
+        ran: list[str] = []
+        reactor.callLater(0.02, lambda: (ran.append("later"), reactor.stop()))
+        reactor.callLater(0, ran.append, "now")
+        self.runReactor(reactor)
+        self.assertEqual(ran, ["now", "later"])
+        self.assertLess(len(timeouts), self.TURNS)
+
+    def firstWait(self, delays: list[float]) -> Optional[float]:
+        """
+        How long the second poll of a reactor with calls pending after
+        C{delays} seconds may wait (the first turn takes in new calls, as
+        Twisted's does; the second is the usual case).
+        """
+        reactor = privateReactor(self)
+        calls = [reactor.callLater(delay, lambda: None) for delay in delays]
+        waits: list[Optional[float]] = []
+
+        def poll(timeout: Optional[float]) -> None:
+            waits.append(timeout)
+            if len(waits) == 2:
+                reactor._started = False
+
+        reactor.doPoll = poll  # type: ignore[method-assign]
+        self.runReactor(reactor)
+        for call in calls:
+            call.cancel()
+        return waits[1]
+
+    def test_pollWaitsForNextTimedCall(self) -> None:
+        """
+        With timed calls pending, the poll waits until the first is due.
+        """
+        wait = self.firstWait([300, 100])
+        assert wait is not None
+        self.assertTrue(90 < wait <= 100, wait)
+
+    def test_pollWaitsAtMostTwistedsLimit(self) -> None:
+        """
+        A timed call further than Twisted's limit (2147483 seconds, what
+        epoll_wait takes) makes the poll wait that long.
+        """
+        self.assertEqual(self.firstWait([10**9]), 2147483)
+
+    def test_pollWaitsIndefinitely(self) -> None:
+        """
+        With no timed call pending, the poll waits indefinitely (L{None}).
+        """
+        self.assertIsNone(self.firstWait([]))
+
+    def test_callFromThread(self) -> None:
+        """
+        A call from another thread runs in the loop (the poll is woken).
+        """
+        import threading
+
+        reactor, timeouts = self.running()
+        ran: list[str] = []
+
+        def fromThread() -> None:
+            ran.append("called")
+            reactor.stop()
+
+        thread = threading.Thread(target=reactor.callFromThread, args=(fromThread,))
+        reactor.callWhenRunning(thread.start)
+        self.runReactor(reactor)
+        thread.join(5)
+        self.assertEqual(ran, ["called"])
+        self.assertLess(len(timeouts), self.TURNS)
+
+    def test_errorInTurnLoggedLoopGoesOn(self) -> None:
+        """
+        An exception out of a turn is logged as Twisted's loop logs it, and
+        the loop goes on.
+        """
+        reactor, timeouts = self.running()
+        recordingPoll = reactor.doPoll
+        failed: list[bool] = []
+
+        def failOnce(timeout: Optional[float]) -> None:
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("turn broke")
+            recordingPoll(timeout)
+
+        reactor.doPoll = failOnce  # type: ignore[method-assign]
+        reactor.callLater(0.01, reactor.stop)
+        self.runReactor(reactor)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertLess(len(timeouts), self.TURNS)
+
+    def test_cancelledCallsSwept(self) -> None:
+        """
+        Many calls cancelled by I/O handlers (outside the timed calls) are
+        swept from the heap though none is due, as Twisted's
+        C{runUntilCurrent} does.
+        """
+        reactor = privateReactor(self)
+        keep = reactor.callLater(1000, lambda: None)
+        calls = [reactor.callLater(1000 + i, lambda: None) for i in range(200)]
+        self.addCleanup(keep.cancel)
+        sizes: list[int] = []
+
+        def poll(timeout: Optional[float]) -> None:
+            sizes.append(len(reactor._pendingTimedCalls))
+            if len(sizes) == 1:
+                for call in calls:
+                    call.cancel()
+            else:
+                reactor._started = False
+
+        reactor.doPoll = poll  # type: ignore[method-assign]
+        self.runReactor(reactor)
+        self.assertEqual(sizes, [201, 1])

@@ -11,6 +11,14 @@ C{twisted.logger}, whose events do not use that context; the only visible
 difference is that a traceback Twisted logs from inside an I/O handler is
 labelled C{[-]} instead of with the transport's prefix.
 
+Its main loop also does less per turn: Twisted's enters an error handler,
+runs C{runUntilCurrent} and asks C{timeout()} (each taking in new timed calls
+and reading the clock) every turn; this one handles errors once around the
+loop and runs the timed calls only when one is due or something else is
+waiting for that step (a call from a thread, a new timed call, a stop, many
+cancelled calls to sweep).  With the relay's checks inlined, that took the
+user CPU of a one-byte request relayed each way from ~22 to ~15-19 µs.
+
 It is installed by L{installDefault} when nothing has installed a reactor
 yet (C{twistd --reactor=...} still chooses any other), and not when the
 fast path is off (C{TXSOCKPROXY_FASTPATH=off}: Twisted as shipped).
@@ -23,7 +31,7 @@ import sys
 from select import EPOLLIN, EPOLLOUT
 from typing import Any, Optional
 
-from twisted.internet import epollreactor
+from twisted.internet import base, epollreactor
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
@@ -34,9 +42,54 @@ class EPollReactor(epollreactor.EPollReactor):
     context per event.
     """
 
-    # Descriptors unregistered while a batch of events is being handled; an
-    # event of the batch for one of them is stale (see doPoll).
-    _unregistered: Optional[set[int]] = None
+    # The longest wait epoll_wait(2) takes, in seconds (Twisted's limit).
+    _LONGEST = 2147483
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Descriptors unregistered since the last poll returned; an event of a
+        # batch for one of them is stale (see doPoll).
+        self._unregistered: set[int] = set()
+
+    def mainLoop(self) -> None:
+        """
+        Twisted's main loop, in fewer steps per turn: one error handler for
+        the whole loop rather than one entered per turn, and the timed calls
+        run only when one is due (or a call from a thread, a new timed call or
+        a stop is waiting), as Twisted's C{runUntilCurrent} would find.
+        """
+        while self._started:
+            with base._topHandler:
+                self._turns()
+        base._log.info("Main loop terminated.")
+
+    def _turns(self) -> None:
+        """
+        Run turns of the main loop until the reactor stops (or an error
+        escapes a turn).
+        """
+        seconds = self.seconds
+        longest = self._LONGEST
+        while self._started:
+            if self.threadCallQueue or self._newTimedCalls or self._justStopped:
+                self.runUntilCurrent()
+                timeout = self.timeout()
+            else:
+                pending = self._pendingTimedCalls
+                if not pending:
+                    timeout = None
+                else:
+                    timeout = pending[0].time - seconds()
+                    cancelled = self._cancellations
+                    if timeout <= 0 or (cancelled > 50 and cancelled > len(pending) >> 1):
+                        # Due, or the heap is to be swept of cancelled calls.
+                        self.runUntilCurrent()
+                        timeout = self.timeout()
+                    elif timeout > longest:
+                        timeout = longest
+            if not self.running:
+                timeout = 0
+            self.doPoll(timeout)
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """
@@ -56,43 +109,40 @@ class EPollReactor(epollreactor.EPollReactor):
             if err.errno == errno.EINTR:
                 return
             raise
-        dispatch = self._doReadOrWrite
         selectables = self._selectables
-        gone: set[int] = set()
-        self._unregistered = gone
-        try:
-            for fd, event in events:
-                if fd in gone:
+        gone = self._unregistered
+        if gone:
+            gone.clear()
+        for fd, event in events:
+            if fd in gone:
+                continue
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            # Each event on its own, as Twisted's log.callWithLogger does: an
+            # error is logged, and the batch goes on.
+            try:
+                if event != EPOLLIN:
+                    self._doReadOrWrite(selectable, fd, event)
                     continue
-                selectable = selectables.get(fd)
-                if selectable is None:
-                    continue
-                # Each event on its own, as Twisted's log.callWithLogger
-                # does: an error is logged, and the batch goes on.
+                # Readable, nothing else: what _doReadOrWrite does then,
+                # inline (most events of a proxy are these).
+                inRead = False
                 try:
-                    if event != EPOLLIN:
-                        dispatch(selectable, fd, event)
-                        continue
-                    # Readable, nothing else: what _doReadOrWrite does then,
-                    # inline (most events of a proxy are these).
-                    inRead = False
-                    try:
-                        if selectable.fileno() == -1:
-                            why: Any = _NO_FILEDESC
-                        else:
-                            why = selectable.doRead()
-                            inRead = True
-                    except BaseException:
-                        why = sys.exc_info()[1]
-                        log.err()
-                    if why:
-                        self._disconnectSelectable(selectable, why, inRead)
-                except KeyboardInterrupt:
-                    raise
+                    if selectable.fileno() == -1:
+                        why: Any = _NO_FILEDESC
+                    else:
+                        why = selectable.doRead()
+                        inRead = True
                 except BaseException:
+                    why = sys.exc_info()[1]
                     log.err()
-        finally:
-            self._unregistered = None
+                if why:
+                    self._disconnectSelectable(selectable, why, inRead)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.err()
 
     doIteration = doPoll
 
@@ -142,8 +192,7 @@ class EPollReactor(epollreactor.EPollReactor):
         else:
             del self._selectables[fd]
             self._poller.unregister(fd)
-            if self._unregistered is not None:
-                self._unregistered.add(fd)
+            self._unregistered.add(fd)
         self._reads.remove(fd)
 
     def removeWriter(self, writer: Any) -> None:
@@ -157,8 +206,7 @@ class EPollReactor(epollreactor.EPollReactor):
         else:
             del self._selectables[fd]
             self._poller.unregister(fd)
-            if self._unregistered is not None:
-                self._unregistered.add(fd)
+            self._unregistered.add(fd)
         self._writes.remove(fd)
 
 
