@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import shutil
 import socket
 import tempfile
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reactor_support import (
+    ReactorTestCase,
+    Recording,
+    RecordingFactory,
+    privateReactor,
+    readable,
+    socketPairs,
+)
 from twisted.internet import error
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,143 +37,7 @@ from txsockproxy import fastpath
 from txsockproxy.reactor import EPollReactor, installDefault
 
 
-@implementer(IHalfCloseableProtocol)
-class Recording(Protocol):
-    """
-    A half-closeable protocol that records what happens to it.
-    """
-
-    def __init__(self) -> None:
-        self.made = False
-        self.eof = False
-        self.received: list[bytes] = []
-        self.lost: Optional[Failure] = None
-
-    def connectionMade(self) -> None:
-        self.made = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def readConnectionLost(self) -> None:
-        self.eof = True
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
-        self.lost = reason
-
-
-class RecordingFactory(ClientFactory):
-    """
-    A client factory that records its protocol and its failure.
-    """
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.protocol: Optional[Recording] = None  # type: ignore[assignment]
-        self.failed: Optional[Failure] = None
-        self.connector: Any = None
-
-    def buildProtocol(self, addr: Any) -> Recording:
-        self.protocol = Recording()
-        return self.protocol
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.connector = connector
-        self.failed = reason
-
-
-def readable(sock: socket.socket) -> bool:
-    """
-    Whether C{sock} is readable now (no waiting).
-    """
-    return bool(select.select([sock], [], [], 0)[0])
-
-
-def privateReactor(case: SynchronousTestCase) -> EPollReactor:
-    """
-    A new, uninstalled L{EPollReactor}, closed when C{case} ends.
-    """
-    reactor = EPollReactor()
-    case.addCleanup(reactor._poller.close)
-    case.addCleanup(reactor.waker.connectionLost, None)
-    return reactor
-
-
-def socketPairs(case: SynchronousTestCase, count: int) -> list[tuple[socket.socket, socket.socket]]:
-    """
-    C{count} connected socket pairs, closed when C{case} ends.
-    """
-    pairs = [socket.socketpair() for _ in range(count)]
-    for a, b in pairs:
-        case.addCleanup(a.close)
-        case.addCleanup(b.close)
-    return pairs
-
-
-class _ReactorTestCase(SynchronousTestCase):
-    """
-    A private epoll reactor, turned by the test.
-    """
-
-    def setUp(self) -> None:
-        self.reactor = EPollReactor()
-        self.addCleanup(self._closeReactor)
-
-    def _closeReactor(self) -> None:
-        for selectable in self.reactor.removeAll():
-            selectable.connectionLost(Failure(error.ConnectionDone()))
-        for call in self.reactor.getDelayedCalls():
-            call.cancel()
-        self.reactor.waker.connectionLost(None)
-        self.reactor._poller.close()
-
-    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
-        """
-        Turn the reactor until C{condition()} holds, at most C{turns} times
-        (each waits at most 50 ms for an event).
-        """
-        for _ in range(turns):
-            if condition():
-                return
-            self.reactor.runUntilCurrent()
-            due = self.reactor.timeout()
-            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
-        self.assertTrue(condition(), "the condition never held")
-
-    def listenTCP(self) -> socket.socket:
-        server = socket.socket()
-        self.addCleanup(server.close)
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        return server
-
-    def connectTCP(self, server: socket.socket, timeout: float = 5.0) -> tuple[RecordingFactory, fastpath.Connecting]:
-        factory = RecordingFactory()
-        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1], timeout=30)
-        connecting = fastpath.connect(endpoint, factory, timeout)
-        assert connecting is not None
-        connecting.start()
-        return factory, connecting
-
-    def connected(self) -> tuple[Any, socket.socket, Recording]:
-        """
-        A transport of ours connected to a plain socket: (transport, peer,
-        protocol).
-        """
-        server = self.listenTCP()
-        factory, connecting = self.connectTCP(server)
-        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
-        peer, _ = server.accept()
-        self.addCleanup(peer.close)
-        assert factory.protocol is not None
-        return connecting.transport, peer, factory.protocol
-
-
-class ConnectIntegrationTests(_ReactorTestCase):
+class ConnectIntegrationTests(ReactorTestCase):
     """
     L{fastpath.connect} starts a backend connect before it returns, with one
     timer, and reports success to the factory's protocol and failure,
@@ -288,7 +158,7 @@ class ConnectIntegrationTests(_ReactorTestCase):
         self.assertIsNone(fastpath.connect(real, RecordingFactory(), 5.0))
 
 
-class ConnectEdgeIntegrationTests(_ReactorTestCase):
+class ConnectEdgeIntegrationTests(ReactorTestCase):
     """
     The edges of L{fastpath.connect} found in review: a readiness event that
     is not (a stale one), failures found while the connect starts, and
@@ -399,7 +269,7 @@ class _QuietLogger:
         pass
 
 
-class ShutWriteIntegrationTests(_ReactorTestCase):
+class ShutWriteIntegrationTests(ReactorTestCase):
     """
     L{fastpath.shutWrite} ends a transport's write side at once when nothing
     is left to write, and otherwise after what is buffered, as
@@ -505,7 +375,7 @@ class ShutWriteIntegrationTests(_ReactorTestCase):
         self.assertTrue(bytes(got) == big, "the bytes arrived altered")
 
 
-class RelayedClassIntegrationTests(_ReactorTestCase):
+class RelayedClassIntegrationTests(ReactorTestCase):
     """
     The transport classes the fast path switches to close as Twisted's do:
     an orderly close sends EOF and tells the protocol and the connector; an
@@ -546,7 +416,7 @@ class RelayedClassIntegrationTests(_ReactorTestCase):
         self.assertRaises(ConnectionResetError, peer.recv, 16)
 
 
-class SessionLifetimeIntegrationTests(_ReactorTestCase):
+class SessionLifetimeIntegrationTests(ReactorTestCase):
     """
     A finished session leaves no reference cycle behind: reference counting
     frees it, its protocols and its transports at once, without the cyclic

@@ -189,6 +189,9 @@ class ProxyFactory(ServerFactory):
 
     noisy = False
 
+    # buildProtocol ignores the address: txsockproxy's ports need not make it.
+    wantsAddress = False
+
     def __init__(
         self,
         pool: BackendPool,

@@ -1,0 +1,158 @@
+"""
+Support for tests on a private, uninstalled txsockproxy reactor that the test
+turns by hand, a bounded number of times: the reactor, loopback sockets, and
+a protocol and client factory that record what happens to them.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any, Callable, Optional
+
+from twisted.internet import error
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txsockproxy import fastpath
+from txsockproxy.reactor import EPollReactor
+
+
+@implementer(IHalfCloseableProtocol)
+class Recording(Protocol):
+    """
+    A half-closeable protocol that records what happens to it.
+    """
+
+    def __init__(self) -> None:
+        self.made = False
+        self.eof = False
+        self.received: list[bytes] = []
+        self.lost: Optional[Failure] = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.lost = reason
+
+
+class RecordingFactory(ClientFactory):
+    """
+    A client factory that records its protocol and its failure.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.protocol: Optional[Recording] = None  # type: ignore[assignment]
+        self.failed: Optional[Failure] = None
+        self.connector: Any = None
+
+    def buildProtocol(self, addr: Any) -> Recording:
+        self.protocol = Recording()
+        return self.protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.connector = connector
+        self.failed = reason
+
+
+def readable(sock: socket.socket) -> bool:
+    """
+    Whether C{sock} is readable now (no waiting).
+    """
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def privateReactor(case: SynchronousTestCase) -> EPollReactor:
+    """
+    A new, uninstalled L{EPollReactor}, closed when C{case} ends.
+    """
+    reactor = EPollReactor()
+    case.addCleanup(reactor._poller.close)
+    case.addCleanup(reactor.waker.connectionLost, None)
+    return reactor
+
+
+def socketPairs(case: SynchronousTestCase, count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """
+    C{count} connected socket pairs, closed when C{case} ends.
+    """
+    pairs = [socket.socketpair() for _ in range(count)]
+    for a, b in pairs:
+        case.addCleanup(a.close)
+        case.addCleanup(b.close)
+    return pairs
+
+
+class ReactorTestCase(SynchronousTestCase):
+    """
+    A private epoll reactor, turned by the test.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self._closeReactor)
+
+    def _closeReactor(self) -> None:
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(error.ConnectionDone()))
+        for call in self.reactor.getDelayedCalls():
+            call.cancel()
+        self.reactor.waker.connectionLost(None)
+        self.reactor._poller.close()
+
+    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
+        """
+        Turn the reactor until C{condition()} holds, at most C{turns} times
+        (each waits at most 50 ms for an event).
+        """
+        for _ in range(turns):
+            if condition():
+                return
+            self.reactor.runUntilCurrent()
+            due = self.reactor.timeout()
+            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
+        self.assertTrue(condition(), "the condition never held")
+
+    def listenTCP(self) -> socket.socket:
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        return server
+
+    def connectTCP(self, server: socket.socket, timeout: float = 5.0) -> tuple[RecordingFactory, fastpath.Connecting]:
+        factory = RecordingFactory()
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1], timeout=30)
+        connecting = fastpath.connect(endpoint, factory, timeout)
+        assert connecting is not None
+        connecting.start()
+        return factory, connecting
+
+    def connected(self) -> tuple[Any, socket.socket, Recording]:
+        """
+        A transport of ours connected to a plain socket: (transport, peer,
+        protocol).
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        assert factory.protocol is not None
+        return connecting.transport, peer, factory.protocol

@@ -1,0 +1,306 @@
+"""
+Tests for L{txsockproxy.tcpport} (the TCP ports of txsockproxy's reactor) and
+for the lean construction of L{fastpath.TCPClient}: loopback integration
+tests on a private reactor turned by hand, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Optional
+
+from reactor_support import ReactorTestCase, RecordingFactory
+from twisted.internet import address, tcp
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import globalLogPublisher
+
+from txsockproxy import fastpath, tcpport
+
+
+class Accepted(Protocol):
+    """
+    A server protocol that records its address and connection.
+    """
+
+    def __init__(self, addr: Any) -> None:
+        self.addr = addr
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+
+class AcceptingFactory(ServerFactory):
+    """
+    Records the protocols it builds; C{refuse} makes it build none.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.built: list[Accepted] = []
+        self.refuse = False
+        self.onBuild: Optional[Any] = None
+
+    def buildProtocol(self, addr: Any) -> Optional[Accepted]:  # type: ignore[override]
+        if self.onBuild is not None:
+            self.onBuild()
+        if self.refuse:
+            return None
+        protocol = Accepted(addr)
+        self.built.append(protocol)
+        return protocol
+
+
+class NoAddressFactory(AcceptingFactory):
+    """
+    Declares that it does not use the address (as the proxy's factory does).
+    """
+
+    wantsAddress = False
+
+
+class PortTests(ReactorTestCase):
+    """
+    L{tcpport.Port} accepts clients as Twisted's port does, with less work.
+    """
+
+    def listen(self, factory: ServerFactory, interface: str = "127.0.0.1") -> Any:
+        port = self.reactor.listenTCP(0, factory, interface=interface)
+        self.addCleanup(lambda: port.connected and port.connectionLost(None))
+        return port
+
+    def clients(self, port: Any, count: int, family: int = socket.AF_INET) -> list[socket.socket]:
+        clients = []
+        host = port.getHost()
+        for _ in range(count):
+            client = socket.socket(family)
+            self.addCleanup(client.close)
+            client.connect((host.host, host.port))
+            clients.append(client)
+        return clients
+
+    def test_listenTCPUsesLeanPort(self) -> None:
+        """
+        The reactor's C{listenTCP} listens with L{tcpport.Port}, whose
+        transports are L{tcpport.Server}s.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        self.assertIsInstance(port, tcpport.Port)
+        self.clients(port, 1)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        self.assertIsInstance(factory.built[0].transport, tcpport.Server)
+        self.assertTrue(factory.built[0].made)
+
+    def test_addressGiven(self) -> None:
+        """
+        A factory gets each client's address, as with Twisted's port.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        clients = self.clients(port, 3)
+        self.turnUntil(lambda: len(factory.built) == 3)
+        expected = sorted(c.getsockname()[1] for c in clients)
+        self.assertEqual(sorted(p.addr.port for p in factory.built), expected)
+        for protocol in factory.built:
+            self.assertEqual(protocol.addr.host, "127.0.0.1")
+            self.assertEqual(protocol.addr, protocol.transport.getPeer())
+
+    def test_noAddressForFactoryThatDoesNotWantIt(self) -> None:
+        """
+        A factory with C{wantsAddress = False} gets L{None}; the transport
+        still knows the peer.
+        """
+        factory = NoAddressFactory()
+        port = self.listen(factory)
+        [client] = self.clients(port, 1)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        protocol = factory.built[0]
+        self.assertIsNone(protocol.addr)
+        self.assertEqual(
+            protocol.transport.getPeer(), address.IPv4Address("TCP", *client.getsockname())
+        )
+
+    def test_logPrefixAndRepr(self) -> None:
+        """
+        The transport's log prefix and C{repr()} read as Twisted's do, made
+        when asked; a log prefix set replaces it.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        self.clients(port, 2)
+        self.turnUntil(lambda: len(factory.built) == 2)
+        second = max(factory.built, key=lambda p: p.transport.sessionno)
+        transport = second.transport
+        self.assertEqual(transport.sessionno, 1)
+        self.assertEqual(transport.logPrefix(), "Accepted,1,127.0.0.1")
+        self.assertEqual(repr(transport), f"<Accepted #1 on {port.getHost().port}>")
+        self.assertNotIn("logstr", transport.__dict__)
+        transport.logstr = "changed"
+        transport.repstr = "<changed>"
+        self.assertEqual(transport.logPrefix(), "changed")
+        self.assertEqual(repr(transport), "<changed>")
+
+    def test_waitingClientsAcceptedInOneRead(self) -> None:
+        """
+        One readiness event accepts every client waiting (up to Twisted's
+        adaptive limit), and the limit follows what was accepted.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        self.clients(port, 5)
+        port.doRead()
+        self.assertEqual(len(factory.built), 5)
+        self.assertEqual(port.numberAccepts, 5)
+        port.doRead()
+        self.assertEqual(port.numberAccepts, 1)
+
+    def test_refusedClientClosed(self) -> None:
+        """
+        When the factory builds no protocol, the client's socket is closed.
+        """
+        factory = AcceptingFactory()
+        factory.refuse = True
+        port = self.listen(factory)
+        [client] = self.clients(port, 1)
+        port.doRead()
+        client.settimeout(5)
+        self.assertEqual(client.recv(1), b"")
+
+    def test_stopsAcceptingOnceStopped(self) -> None:
+        """
+        A port stopped by a protocol it built accepts no more in that read.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        factory.onBuild = port.stopListening
+        self.clients(port, 3)
+        port.doRead()
+        self.assertEqual(len(factory.built), 1)
+
+    def test_otherAcceptErrorsGoToTwisted(self) -> None:
+        """
+        An accept error other than "no more clients" is handled by Twisted's
+        C{doRead}: out of descriptors in the whole system is logged, and the
+        port goes on accepting.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        real = port.socket
+
+        class Exhausted:
+            def _accept(self) -> Any:
+                raise OSError(errno.ENFILE, "Too many open files in system")
+
+            def accept(self) -> Any:
+                raise OSError(errno.ENFILE, "Too many open files in system")
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port.socket = Exhausted()
+        self.clients(port, 1)
+        port.doRead()
+        self.assertEqual(factory.built, [])
+        self.assertIn("ENFILE", [e.get("acceptError") for e in events])
+        port.socket = real
+        port.doRead()
+        self.assertEqual(len(factory.built), 1)
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 port gives IPv6 addresses.
+        """
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        factory = AcceptingFactory()
+        try:
+            port = self.listen(factory, interface="::1")
+        except Exception as e:
+            self.skipTest(f"cannot listen on ::1: {e}")
+        [client] = self.clients(port, 1, socket.AF_INET6)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        protocol = factory.built[0]
+        self.assertIsInstance(protocol.addr, address.IPv6Address)
+        self.assertEqual(protocol.addr.port, client.getsockname()[1])
+        self.assertEqual(protocol.transport.getPeer(), protocol.addr)
+
+    def test_relayedLikeTwistedsServer(self) -> None:
+        """
+        The fast path takes L{tcpport.Server} for a plain socket, as it does
+        Twisted's C{tcp.Server}.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        self.clients(port, 1)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        self.assertTrue(fastpath.isPlain(factory.built[0].transport))
+
+
+class TCPClientTests(ReactorTestCase):
+    """
+    L{fastpath.TCPClient} to an IPv4 address is made with less work than
+    Twisted's, and otherwise by Twisted's constructor.
+    """
+
+    def test_nonBlockingFromCreation(self) -> None:
+        """
+        To an IPv4 address, the socket is created non-blocking: no
+        C{setblocking()} call, and the connect completes.
+        """
+        calls: list[Any] = []
+        original = socket.socket.setblocking
+
+        def recording(sock: socket.socket, flag: bool) -> None:
+            calls.append(flag)
+            original(sock, flag)
+
+        self.patch(socket.socket, "setblocking", recording)
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        self.assertEqual(connecting.transport.socket.gettimeout(), 0.0)
+        self.assertEqual(calls, [])
+        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        self.assertEqual(peer.getpeername(), connecting.transport.socket.getsockname())
+
+    def test_bindAddressThroughTwisted(self) -> None:
+        """
+        With a bind address, Twisted's constructor makes the transport (and
+        binds it).
+        """
+        server = self.listenTCP()
+        factory = RecordingFactory()
+        endpoint = TCP4ClientEndpoint(
+            self.reactor, "127.0.0.1", server.getsockname()[1], bindAddress=("127.0.0.1", 0)
+        )
+        calls: list[Any] = []
+        original = tcp.Client.__init__
+
+        def recording(self: Any, *args: Any) -> None:
+            calls.append(args[:3])
+            original(self, *args)
+
+        self.patch(tcp.Client, "__init__", recording)
+        connecting = fastpath.connect(endpoint, factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+        self.assertEqual(calls, [("127.0.0.1", server.getsockname()[1], ("127.0.0.1", 0))])
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+
+    def test_ipv4Literals(self) -> None:
+        """
+        Only IPv4 address literals take the lean construction.
+        """
+        self.assertTrue(fastpath._isIPv4("127.0.0.1"))
+        self.assertFalse(fastpath._isIPv4("localhost"))
+        self.assertFalse(fastpath._isIPv4("::1"))
