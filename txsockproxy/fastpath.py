@@ -628,8 +628,8 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
         self.socket = skt
         if not _NONBLOCK:  # pragma: no cover (Linux has SOCK_NONBLOCK)
             skt.setblocking(False)
-        self.fileno = skt.fileno  # type: ignore[method-assign]
-        self.protocol = None
+        self.fileno = skt.fileno
+        self.protocol = None  # type: ignore[assignment]
         self.doConnect()
 
     def resolveAddress(self) -> None:

@@ -58,10 +58,10 @@ class Server(tcp.Server):
         self._tempDataLen = 0
         self.socket = sock
         sock.setblocking(False)
-        self.fileno = sock.fileno  # type: ignore[method-assign]
+        self.fileno = sock.fileno
         self.protocol = protocol
         if len(client) != 2:
-            self._addressType = address.IPv6Address  # type: ignore[assignment]
+            self._addressType = address.IPv6Address
         self.server = server
         self.client = client
         self.sessionno = sessionno
@@ -71,7 +71,7 @@ class Server(tcp.Server):
 
     # Made when first asked for; a value set replaces them, as with Twisted's.
 
-    @property  # type: ignore[override]
+    @property
     def logstr(self) -> str:
         given: Optional[str] = self.__dict__.get("_logstr")
         if given is not None:
@@ -110,9 +110,9 @@ class Port(tcp.Port):
         """
         accepted = 0
         try:
-            factory = self.factory
+            factory: Any = self.factory
             wantsAddress = getattr(factory, "wantsAddress", True)
-            accept = self.socket._accept  # type: ignore[attr-defined]
+            accept = self.socket._accept  # type: ignore[union-attr]
             family = self.addressFamily
             transport = self.transport
             reactor = self.reactor
