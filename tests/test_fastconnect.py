@@ -352,6 +352,63 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         self.turnUntil(lambda: protocol.lost is not None)
         self.assertEqual(peer.recv(64), b"last words")
 
+    def recordShutdowns(self) -> list[int]:
+        """
+        Record the C{shutdown()} calls on sockets from now on.
+        """
+        calls: list[int] = []
+        original = socket.socket.shutdown
+
+        def recording(sock: socket.socket, how: int) -> None:
+            calls.append(how)
+            original(sock, how)
+
+        self.patch(socket.socket, "shutdown", recording)
+        return calls
+
+    def test_closeDrained(self) -> None:
+        """
+        L{fastpath.close} with C{drained=True} of a transport with nothing
+        to write closes it at once with no C{shutdown()} at all: the peer
+        reads EOF (an orderly FIN, not a reset), the protocol hears
+        L{error.ConnectionDone}.
+        """
+        transport, peer, protocol = self.connected()
+        peer.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: protocol.eof)
+        shutdowns = self.recordShutdowns()
+        fastpath.close(transport, drained=True)
+        assert protocol.lost is not None
+        self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
+        self.assertEqual(peer.recv(16), b"")
+        self.assertEqual(shutdowns, [])
+
+    def test_closeDrainedStillWriting(self) -> None:
+        """
+        L{fastpath.close} with C{drained=True} of a transport with bytes
+        buffered writes them first, then closes in order (Twisted's way).
+        """
+        transport, peer, protocol = self.connected()
+        peer.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: protocol.eof)
+        big = os.urandom(8 * 1024 * 1024)
+        transport.write(big)
+        fastpath.close(transport, drained=True)
+        self.assertIsNone(protocol.lost)
+        got = bytearray()
+
+        def gotAll() -> bool:
+            while readable(peer):
+                data = peer.recv(1 << 20)
+                if not data:
+                    return True
+                got.extend(data)
+            return False
+
+        self.turnUntil(gotAll, turns=2000)
+        self.assertTrue(bytes(got) == big, "the bytes arrived altered")
+        self.turnUntil(lambda: protocol.lost is not None)
+
     def test_writeNow(self) -> None:
         """
         L{fastpath.writeNow} puts bytes on the socket before the reactor
@@ -701,10 +758,12 @@ class RegistrationTests(SynchronousTestCase):
     """
     L{EPollReactor}'s own C{addReader}/C{addWriter}/C{removeReader}/
     C{removeWriter} keep the same books and the same epoll registrations as
-    Twisted's, for any sequence of calls.
+    Twisted's, for any sequence of calls; C{addReaderAndWriter} as Twisted's
+    C{addReader} then C{addWriter}.
     """
 
-    @given(st.lists(st.tuples(st.sampled_from(["addReader", "addWriter", "removeReader", "removeWriter"]),
+    @given(st.lists(st.tuples(st.sampled_from(["addReader", "addWriter", "removeReader", "removeWriter",
+                                               "addReaderAndWriter"]),
                               st.integers(0, 2)), max_size=40))
     @settings(max_examples=60, deadline=None)
     def test_sameAsTwisted(self, calls: list[tuple[str, int]]) -> None:
@@ -742,8 +801,13 @@ class RegistrationTests(SynchronousTestCase):
         ours, theirs = EPollReactor(), TwistedEPollReactor()
         try:
             for method, which in calls:
-                for reactor in (ours, theirs):
-                    getattr(reactor, method)(selectables[which])
+                if method == "addReaderAndWriter":
+                    ours.addReaderAndWriter(selectables[which])
+                    theirs.addReader(selectables[which])
+                    theirs.addWriter(selectables[which])
+                else:
+                    for reactor in (ours, theirs):
+                        getattr(reactor, method)(selectables[which])
                 self.assertEqual(books(ours), books(theirs))
         finally:
             for reactor in (ours, theirs):

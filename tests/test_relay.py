@@ -165,8 +165,8 @@ class RelayTests(SynchronousTestCase):
         """
         A client EOF shuts the backend's write side and unregisters the
         client as its producer; the backend's reply still reaches the client;
-        the backend's EOF then closes both; the session ends once both are
-        gone.
+        the backend's EOF then closes both (the close ends the client's
+        stream: no half-close first); the session ends once both are gone.
         """
         self.client.dataReceived(b"question")
         self.client.readConnectionLost()
@@ -177,7 +177,8 @@ class RelayTests(SynchronousTestCase):
         self.backend.dataReceived(b"answer")
         self.assertEqual(self.ct.value(), b"answer")
         self.backend.readConnectionLost()
-        self.assertTrue(self.ct.writeClosed)
+        self.assertFalse(self.ct.writeClosed)
+        self.assertIsNone(self.ct.producer)
         self.assertTrue(self.ct.disconnecting)
         self.assertTrue(self.bt.disconnecting)
         self.assertFalse(self.ct.aborted or self.bt.aborted)
@@ -192,7 +193,8 @@ class RelayTests(SynchronousTestCase):
         """
         A backend EOF shuts the client's write side; the client can still
         send, and what it sends reaches the backend; the client's EOF then
-        closes both.
+        closes both (the close ends the backend's stream: no half-close
+        first).
         """
         self.backend.dataReceived(b"banner")
         self.backend.readConnectionLost()
@@ -202,7 +204,8 @@ class RelayTests(SynchronousTestCase):
         self.client.dataReceived(b"late data")
         self.assertEqual(self.bt.value(), b"late data")
         self.client.readConnectionLost()
-        self.assertTrue(self.bt.writeClosed)
+        self.assertFalse(self.bt.writeClosed)
+        self.assertIsNone(self.bt.producer)
         self.assertTrue(self.ct.disconnecting and self.bt.disconnecting)
         self.backend.connectionLost(lost())
         self.client.connectionLost(lost())
@@ -454,8 +457,9 @@ class RelayPropertyTests(SynchronousTestCase):
         """
         For random chunks each way (some sent before the backend connects),
         interleaved at random, and both EOFs in either order: the backend gets
-        exactly the client's bytes, the client exactly the backend's, both
-        write sides are shut, and the session ends with all counts at zero.
+        exactly the client's bytes, the client exactly the backend's, the
+        first EOF half-closes the other side, the second closes both, and the
+        session ends with all counts at zero.
         """
         import random
 
@@ -480,7 +484,9 @@ class RelayPropertyTests(SynchronousTestCase):
             eofs[i]()
         self.assertEqual(bt.value(), b"".join(up))
         self.assertEqual(ct.value(), b"".join(down))
-        self.assertTrue(bt.writeClosed and ct.writeClosed)
+        # The first EOF half-closes the other side; the second closes both.
+        firstHalfClosed = bt if order[0] == 0 else ct
+        self.assertEqual([t.writeClosed for t in (bt, ct)], [t is firstHalfClosed for t in (bt, ct)])
         self.assertTrue(bt.disconnecting and ct.disconnecting)
         losses = [client.connectionLost, backend.connectionLost]
         for i in order:

@@ -482,15 +482,26 @@ def shutWrite(transport: Any) -> None:
     transport._closeWriteConnection()
 
 
-def close(transport: Any) -> None:
+def close(transport: Any, drained: bool = False) -> None:
     """
     Close C{transport} with C{loseConnection()}.  Once its write side is shut,
     Twisted closes at once, but first calls C{shutdown(SHUT_RDWR)}, which has
     nothing left to do (our FIN is sent; unread bytes make C{close()} reset
     the connection either way): skip that system call.
+
+    @param drained: the peer's EOF has been read (nothing more can arrive).
+        Then a socket with nothing left to write is closed at once, without
+        C{shutdown()}: C{close()} sends the FIN, as unread bytes cannot be
+        there to turn it into a reset.  (Twisted would shut it a reactor turn
+        later, then close it.)
     """
-    if MODE != "off" and isPlain(transport) and transport._writeDisconnected:
-        transport._shouldShutdown = False
+    if MODE != "off" and isPlain(transport):
+        if transport._writeDisconnected:
+            transport._shouldShutdown = False
+        elif drained and _idle(transport):
+            transport._writeDisconnecting = True
+            transport._writeDisconnected = True
+            transport._shouldShutdown = False
     transport.loseConnection()
 
 
@@ -545,8 +556,8 @@ class _ConnectAtOnce:
                 self.failIfNotConnected(error.ConnectError(string=str(e)))  # type: ignore[attr-defined]
                 return
         if result in (EINPROGRESS, EWOULDBLOCK, EALREADY):
-            self.startReading()  # type: ignore[attr-defined]
-            self.startWriting()  # type: ignore[attr-defined]
+            # Readable or writable: connected, or failed (one epoll_ctl).
+            self.reactor.addReaderAndWriter(self)  # type: ignore[attr-defined]
         elif result and result != EISCONN:
             self.failIfNotConnected(  # type: ignore[attr-defined]
                 error.getConnectError((result, os.strerror(result)))

@@ -181,6 +181,26 @@ class EPollReactor(epollreactor.EPollReactor):
         self._writes.add(fd)
         self._selectables[fd] = writer
 
+    def addReaderAndWriter(self, selectable: Any) -> None:
+        """
+        C{addReader(selectable)} and C{addWriter(selectable)}, in one
+        C{epoll_ctl()} when it is watched for neither yet.
+        """
+        fd = selectable.fileno()
+        if fd in self._reads or fd in self._writes:
+            self.addReader(selectable)
+            self.addWriter(selectable)
+            return
+        try:
+            self._poller.register(fd, EPOLLIN | EPOLLOUT)
+        except OSError:
+            super().addReader(selectable)
+            super().addWriter(selectable)
+            return
+        self._reads.add(fd)
+        self._writes.add(fd)
+        self._selectables[fd] = selectable
+
     def removeReader(self, reader: Any) -> None:
         fd = reader.fileno()
         if fd not in self._reads:

@@ -595,7 +595,10 @@ class Session:
             # The client is done producing: unregister it first, or a paused
             # producer would be resumed instead of the write side being shut.
             bt.unregisterProducer()
-            fastpath.shutWrite(bt)
+            if not self.backendDone:
+                fastpath.shutWrite(bt)
+            # else both directions are done: _closeBoth closes it, and the
+            # close sends the FIN (no shutdown first).
         self._halfClosed()
 
     def backendEOF(self) -> None:
@@ -611,7 +614,8 @@ class Session:
         if not self.clientGone:
             ct = self.clientTransport
             ct.unregisterProducer()
-            fastpath.shutWrite(ct)
+            if not self.clientDone:
+                fastpath.shutWrite(ct)
         self._halfClosed()
 
     def _halfClosed(self) -> None:
@@ -621,12 +625,13 @@ class Session:
             self._updateTimer()
 
     def _closeBoth(self) -> None:
-        # Both write sides are shut or shutting: close the sockets once their
-        # buffers are flushed. The timer still guards a peer that never reads.
+        # Both directions are done (each side's EOF read): close the sockets
+        # once their buffers are flushed. The timer still guards a peer that
+        # never reads.
         if not self.clientGone:
-            fastpath.close(self.clientTransport)
+            fastpath.close(self.clientTransport, drained=True)
         if self.backendTransport is not None and not self.backendGone:
-            fastpath.close(self.backendTransport)
+            fastpath.close(self.backendTransport, drained=True)
         if not self.finished:
             self._updateTimer()
 
