@@ -529,6 +529,110 @@ class SessionLifetimeIntegrationTests(ReactorTestCase):
         self.assertEqual([ref() for ref in refs], [None, None, None])
 
 
+class SessionCloseIntegrationTests(ReactorTestCase):
+    """
+    A session whose two sides both sent EOF, in either order, ends as soon
+    as the second EOF is handled, with no C{shutdown()} after it: the side
+    half-closed by the first EOF is closed, the other closed at once (its
+    close sends the FIN).
+    """
+
+    def session(self) -> tuple[Any, Any, socket.socket, socket.socket]:
+        """
+        A proxy on a private reactor relaying a loopback client to a
+        loopback backend: (factory, session, client socket, backend socket).
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+        from txsockproxy.config import BackendConfig, ProxyConfig
+        from txsockproxy.relay import ProxyFactory
+
+        server = self.listenTCP()
+        config = ProxyConfig(
+            name="t",
+            listen=("tcp:0",),
+            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
+        )
+        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        client = socket.create_connection(("127.0.0.1", listening.getHost().port))
+        self.addCleanup(client.close)
+        self.turnUntil(lambda: bool(factory.sessions.open))
+        [session] = factory.sessions.open
+        self.turnUntil(lambda: readable(server))
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        self.turnUntil(lambda: session.backendTransport is not None)
+        self.tests = {server.fileno(), client.fileno(), peer.fileno()}
+        return factory, session, client, peer
+
+    def proxyShutdowns(self) -> list[int]:
+        """
+        Record the C{shutdown()} calls on the proxy's sockets from now on.
+        """
+        calls: list[int] = []
+        original = socket.socket.shutdown
+
+        def recording(sock: socket.socket, how: int) -> None:
+            if sock.fileno() not in self.tests:
+                calls.append(how)
+            original(sock, how)
+
+        self.patch(socket.socket, "shutdown", recording)
+        return calls
+
+    def test_clientFirst(self) -> None:
+        """
+        Client EOF, then backend EOF: the backend's write side was shut by
+        the first; the second ends the session at once; both peers read EOF.
+        """
+        factory, session, client, peer = self.session()
+        client.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: session.clientDone)
+        peer.settimeout(5)
+        self.assertEqual(peer.recv(64), b"")
+        shutdowns = self.proxyShutdowns()
+        peer.sendall(b"response")
+        peer.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: session.backendDone)
+        self.assertTrue(session.finished)
+        self.assertEqual(shutdowns, [])
+        client.settimeout(5)
+        self.assertEqual(recvAll(client), b"response")
+
+    def test_backendFirst(self) -> None:
+        """
+        Backend EOF (a server that closes first), then client EOF: the same.
+        """
+        factory, session, client, peer = self.session()
+        peer.sendall(b"response")
+        peer.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: session.backendDone)
+        client.settimeout(5)
+        self.assertEqual(recvAll(client), b"response")
+        shutdowns = self.proxyShutdowns()
+        client.sendall(b"late")
+        client.shutdown(socket.SHUT_WR)
+        self.turnUntil(lambda: session.clientDone)
+        self.assertTrue(session.finished)
+        self.assertEqual(shutdowns, [])
+        peer.settimeout(5)
+        self.assertEqual(recvAll(peer), b"late")
+
+
+def recvAll(sock: socket.socket) -> bytes:
+    """
+    What C{sock} receives until EOF (within its timeout).
+    """
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
 class StaleEventTests(SynchronousTestCase):
     """
     L{EPollReactor} drops an event of a batch for a descriptor that an

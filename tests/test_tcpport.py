@@ -144,6 +144,22 @@ class PortTests(ReactorTestCase):
         self.assertEqual(transport.logPrefix(), "changed")
         self.assertEqual(repr(transport), "<changed>")
 
+    def test_logPrefixAndReprOnceClosed(self) -> None:
+        """
+        Once closed (its protocol gone), the transport still has a log
+        prefix and a C{repr()}, as Twisted's does (Twisted logs with them
+        when it disconnects everything at shutdown).
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        self.clients(port, 1)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        transport = factory.built[0].transport
+        transport.loseConnection()
+        self.turnUntil(lambda: not hasattr(transport, "socket"))
+        self.assertEqual(transport.logPrefix(), "Uninitialized,0,127.0.0.1")
+        self.assertEqual(repr(transport), f"<closed #0 on {port.getHost().port}>")
+
     def test_waitingClientsAcceptedInOneRead(self) -> None:
         """
         One readiness event accepts every client waiting (up to Twisted's

@@ -112,10 +112,10 @@ def isPlain(transport: Any) -> bool:
     Whether C{transport} is a plain, connected TCP or unix-socket transport
     of the reactor's own (no TLS layer in it or over it).
     """
-    return (
+    return bool(
         type(transport) in _plain
-        and not getattr(transport, "TLS", False)
-        and getattr(transport, "connected", False)
+        and transport.connected
+        and not transport.TLS
         and hasattr(transport, "socket")
     )
 
@@ -337,18 +337,22 @@ class Relay:
         """
         Give the source its own C{doRead} back and release the pipe.
         """
-        self._unstall()
+        if self.stalled:
+            self._unstall()
         source = self.source
-        if type(source) in _fastClasses.values():
-            source.__class__ = type(source).__mro__[1]
-        try:
+        base = _relayedBases.get(type(source))
+        if base is not None:
+            source.__class__ = base
+        elif "doRead" in source.__dict__:
             del source.doRead
-        except AttributeError:
-            pass
-        self.closePipe()
+        if self.readFd >= 0:
+            self.closePipe()
 
 
 _fastClasses: dict[type, type] = {}
+
+# The other way: each class made by _fastClass -> the class it was made of.
+_relayedBases: dict[type, type] = {}
 
 
 def _relayedRead(self: Any) -> Optional[Exception]:
@@ -406,6 +410,7 @@ def _fastClass(cls: type) -> type:
             },
         )
         _fastClasses[cls] = fast
+        _relayedBases[fast] = cls
         _plain.add(fast)
     return fast
 
@@ -502,7 +507,15 @@ def close(transport: Any, drained: bool = False) -> None:
             transport._writeDisconnecting = True
             transport._writeDisconnected = True
             transport._shouldShutdown = False
+        if transport._writeDisconnected and not transport.disconnecting:
+            # What loseConnection() does then, with a shared reason (as the
+            # reactor's own) rather than a new Failure per call.
+            transport.connectionLost(_CONNECTION_DONE)
+            return
     transport.loseConnection()
+
+
+_CONNECTION_DONE = failure.Failure(main.CONNECTION_DONE)
 
 
 def writeNow(transport: Any, data: bytes) -> None:
@@ -678,13 +691,19 @@ class Connecting:
     session failing over along many such backends must not recurse.
     """
 
-    __slots__ = ("factory", "transport", "timer", "reactor", "_plan", "_starting")
+    __slots__ = ("factory", "transport", "timer", "reactor", "timeouts", "_plan", "_starting")
 
     def __init__(
-        self, factory: ClientFactory, reactor: Any, timeout: float, plan: tuple[Any, ...]
+        self,
+        factory: ClientFactory,
+        reactor: Any,
+        timeout: float,
+        plan: tuple[Any, ...],
+        timeouts: Any = None,
     ) -> None:
         self.factory = factory
         self.reactor = reactor
+        self.timeouts = timeouts if timeouts is not None else reactor
         self.transport: Any = None
         self.timer: Any = None
         self._plan: Optional[tuple[Any, ...]] = (timeout,) + plan
@@ -697,7 +716,7 @@ class Connecting:
         assert self._plan is not None, "started twice"
         timeout, transportType, *args = self._plan
         self._plan = None
-        self.timer = self.reactor.callLater(timeout, self._timedOut)
+        self.timer = self.timeouts.callLater(timeout, self._timedOut)
         self._starting = True
         try:
             # Once finished (even within this call), the transport ignores
@@ -772,7 +791,9 @@ def _connectsAtOnce(reactor: Any) -> bool:
 _ourReactor: Optional[type] = None
 
 
-def connect(endpoint: Any, factory: ClientFactory, timeout: float) -> Optional[Connecting]:
+def connect(
+    endpoint: Any, factory: ClientFactory, timeout: float, timeouts: Any = None
+) -> Optional[Connecting]:
     """
     Prepare to connect C{factory} the way C{endpoint} would, but at once and
     with one timer, if C{endpoint} is a plain L{TCP4ClientEndpoint} or
@@ -780,6 +801,9 @@ def connect(endpoint: Any, factory: ClientFactory, timeout: float) -> Optional[C
     the connect, which may even complete (unix sockets) or fail (an address
     that cannot be reached) before C{start} returns: keep the L{Connecting}
     first.
+
+    @param timeouts: what arms the timer (its C{callLater}): a
+        L{txsockproxy.timeouts.Timeouts}, or by default the reactor.
 
     @return: the L{Connecting}, or L{None} when C{endpoint} is of another
         kind, or the reactor is not txsockproxy's: then use L{directConnect}
@@ -801,7 +825,7 @@ def connect(endpoint: Any, factory: ClientFactory, timeout: float) -> Optional[C
         return None
     if endpoint._timeout and endpoint._timeout < timeout:
         timeout = endpoint._timeout
-    return Connecting(factory, reactor, timeout, args)
+    return Connecting(factory, reactor, timeout, args, timeouts)
 
 
 def directConnect(

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from txsockproxy import fastpath
 from txsockproxy.interfaces import IConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName
+from txsockproxy.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -203,6 +204,8 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.listen = listen
         self.sessions = sessions if sessions is not None else Sessions(debug)
+        # The connect and inactivity timeouts of its sessions.
+        self.timeouts = Timeouts(reactor)
         self.usePool(pool)
 
     def usePool(self, pool: BackendPool) -> None:
@@ -458,7 +461,9 @@ class Session:
             )
         factory = BackendFactory(self)
         timeout = backend.config.connectTimeout
-        connecting = fastpath.connect(backend.endpoint, factory, timeout)
+        connecting = fastpath.connect(
+            backend.endpoint, factory, timeout, timeouts=self.factory.timeouts
+        )
         if connecting is not None:
             # Kept before it starts: it may succeed or fail at once.
             self.connecting = connecting
@@ -658,7 +663,7 @@ class Session:
                 # producer left registered would keep the close pending.
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
-                fastpath.close(self.backendTransport)
+                fastpath.close(self.backendTransport, drained=self.backendDone)
             else:
                 self.ended = self.ended or "client reset"
                 self.backendTransport.abortConnection()
@@ -674,7 +679,7 @@ class Session:
                 # Everything the backend sent has arrived: deliver it.
                 self.ended = self.ended or "backend closed"
                 self.clientTransport.unregisterProducer()
-                fastpath.close(self.clientTransport)
+                fastpath.close(self.clientTransport, drained=self.clientDone)
             else:
                 self.ended = self.ended or "backend reset"
                 self.clientTransport.abortConnection()
@@ -735,7 +740,7 @@ class Session:
         self._lastActivity = self.clock.seconds()
         self._cancelTimer()
         if timeout:
-            self._timer = self.clock.callLater(timeout, self._checkTimeout)
+            self._timer = self.factory.timeouts.callLater(timeout, self._checkTimeout)
 
     def _checkTimeout(self) -> None:
         self._timer = None

@@ -76,7 +76,10 @@ class Server(tcp.Server):
         given: Optional[str] = self.__dict__.get("_logstr")
         if given is not None:
             return given
-        return f"{self._getLogPrefix(self.protocol)},{self.sessionno},{self.hostname}"
+        protocol = self.__dict__.get("protocol")
+        # Once closed, the protocol is gone (Twisted's class default then).
+        prefix = "Uninitialized" if protocol is None else self._getLogPrefix(protocol)
+        return f"{prefix},{self.sessionno},{self.hostname}"
 
     @logstr.setter
     def logstr(self, value: str) -> None:
@@ -88,7 +91,9 @@ class Server(tcp.Server):
         if given is not None:
             return given
         port = getattr(self.server, "_realPortNumber", None)
-        return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {port}>"
+        protocol = self.__dict__.get("protocol")
+        name = "closed" if protocol is None else protocol.__class__.__name__
+        return f"<{name} #{self.sessionno} on {port}>"
 
     @repstr.setter
     def repstr(self, value: str) -> None:
