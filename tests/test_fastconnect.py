@@ -1075,3 +1075,97 @@ class MainLoopTests(SynchronousTestCase):
         reactor.doPoll = poll  # type: ignore[method-assign]
         self.runReactor(reactor)
         self.assertEqual(sizes, [201, 1])
+
+
+class DispatchTests(SynchronousTestCase):
+    """
+    L{EPollReactor.doPoll} handles each event as Twisted's
+    C{_doReadOrWrite} does, for every mix of event bits and every outcome of
+    C{doRead}/C{doWrite}, whether it handles it inline or not.
+    """
+
+    @given(
+        st.sets(st.sampled_from(["IN", "OUT", "HUP", "ERR", "RDHUP"]), min_size=1),
+        st.sampled_from([None, "done", "lost", "raise"]),
+        st.sampled_from([None, "done", "lost", "raise"]),
+        st.booleans(),
+    )
+    @settings(max_examples=150, deadline=None)
+    def test_sameAsTwisted(self, bits: set[str], readResult: Optional[str],
+                           writeResult: Optional[str], writing: bool) -> None:
+        """
+        One event, dispatched by C{doPoll} and by Twisted's
+        C{_doReadOrWrite}: the same calls on the descriptor, in the same
+        order, and the same registrations afterwards.
+        """
+        import select as selectModule
+
+        masks = {"IN": selectModule.EPOLLIN, "OUT": selectModule.EPOLLOUT,
+                 "HUP": selectModule.EPOLLHUP, "ERR": selectModule.EPOLLERR,
+                 "RDHUP": selectModule.EPOLLRDHUP}
+        event = 0
+        for bit in bits:
+            event |= masks[bit]
+        outcomes = {None: None, "done": error.ConnectionDone(), "lost": error.ConnectionLost()}
+
+        def run(inline: bool) -> tuple[list[str], bool, bool]:
+            reactor = privateReactor(self)
+            [(a, b)] = socketPairs(self, 1)
+            calls: list[str] = []
+
+            @implementer(IHalfCloseableDescriptor)
+            class Descriptor:
+                def fileno(self) -> int:
+                    return a.fileno()
+
+                def outcome(self, name: str, result: Optional[str]) -> Any:
+                    calls.append(name)
+                    if result == "raise":
+                        raise ValueError(name)
+                    return outcomes[result]
+
+                def doRead(self) -> Any:
+                    return self.outcome("doRead", readResult)
+
+                def doWrite(self) -> Any:
+                    return self.outcome("doWrite", writeResult)
+
+                def readConnectionLost(self, reason: Failure) -> None:
+                    calls.append(f"readConnectionLost {type(reason.value).__name__}")
+
+                def writeConnectionLost(self, reason: Failure) -> None:
+                    calls.append("writeConnectionLost")
+
+                def connectionLost(self, reason: Failure) -> None:
+                    calls.append(f"connectionLost {type(reason.value).__name__}")
+
+                def logPrefix(self) -> str:
+                    return "descriptor"
+
+            descriptor = Descriptor()
+            reactor.addReader(descriptor)  # type: ignore[arg-type]
+            if writing:
+                reactor.addWriter(descriptor)  # type: ignore[arg-type]
+            fd = a.fileno()
+            if inline:
+                real = reactor._poller
+
+                class OneEvent:
+                    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+                        return [(fd, event)]
+
+                    def __getattr__(self, name: str) -> Any:
+                        return getattr(real, name)
+
+                reactor._poller = OneEvent()  # type: ignore[assignment]
+                reactor.doPoll(0)
+                reactor._poller = real
+            else:
+                reactor._doReadOrWrite(descriptor, fd, event)
+            self.flushLoggedErrors(ValueError)
+            registered = (fd in reactor._reads, fd in reactor._writes)
+            reactor.removeReader(descriptor)  # type: ignore[arg-type]
+            reactor.removeWriter(descriptor)  # type: ignore[arg-type]
+            return (calls, *registered)
+
+        self.assertEqual(run(inline=True), run(inline=False))

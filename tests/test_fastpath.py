@@ -371,6 +371,45 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
                 return
         self.fail("the sink's error was never reported")
 
+    def pipeSize(self) -> int:
+        import fcntl
+
+        return fcntl.fcntl(self.relay.writeFd, 1032)  # F_GETPIPE_SZ
+
+    def test_pipeSize(self) -> None:
+        """
+        Within the pipe budget a direction's pipe holds L{fastpath.PIPE_SIZE}
+        (1 MiB), and the budget counts it until the pipe is closed.
+        """
+        self.patch(fastpath, "PIPE_BUDGET", -1)
+        before = fastpath._pipeBytes
+        self.bulk()
+        self.assertEqual(self.pipeSize(), fastpath.PIPE_SIZE)
+        self.assertEqual(fastpath._pipeBytes, before + fastpath.PIPE_SIZE)
+        self.relay.closePipe()
+        self.assertEqual(fastpath._pipeBytes, before)
+
+    def test_pipeSizeWithinBudget(self) -> None:
+        """
+        When a large pipe would take more than the budget left, the pipe is
+        smaller (L{fastpath.SMALL_PIPE_SIZE}), and past that of the default
+        size; it relays all the same.
+        """
+        before = fastpath._pipeBytes
+        self.patch(fastpath, "PIPE_BUDGET", before + fastpath.SMALL_PIPE_SIZE)
+        self.bulk()
+        self.assertEqual(self.pipeSize(), fastpath.SMALL_PIPE_SIZE)
+        self.relay.closePipe()
+        self.patch(fastpath, "PIPE_BUDGET", before)
+        data = os.urandom(2 * 1024 * 1024)
+        self.sourcePeer.sendall(data[: fastpath.SPLICE_THRESHOLD])
+        self.pump()
+        self.assertEqual(drain(self.sinkPeer, fastpath.SPLICE_THRESHOLD), data[: fastpath.SPLICE_THRESHOLD])
+        self.assertGreaterEqual(self.relay.readFd, 0)
+        self.assertLess(self.pipeSize(), fastpath.SMALL_PIPE_SIZE)
+        self.assertEqual(fastpath._pipeBytes, before)
+        self.relay.closePipe()
+
     def test_uninstallClosesPipe(self) -> None:
         """
         L{fastpath.Relay.uninstall} closes the direction's pipe.

@@ -320,3 +320,103 @@ class TCPClientTests(ReactorTestCase):
         self.assertTrue(fastpath._isIPv4("127.0.0.1"))
         self.assertFalse(fastpath._isIPv4("localhost"))
         self.assertFalse(fastpath._isIPv4("::1"))
+
+
+class AddressRecordingFactory(RecordingFactory):
+    """
+    Records the address given to C{buildProtocol}; C{refuse} builds none.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: list[Any] = []
+        self.refuse = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.addresses.append(addr)
+        if self.refuse:
+            return None
+        return super().buildProtocol(addr)
+
+
+class NoAddressRecordingFactory(AddressRecordingFactory):
+    """
+    Declares that it does not use the address (as the session's backend
+    factory does).
+    """
+
+    wantsAddress = False
+
+
+class ConnectDoneTests(ReactorTestCase):
+    """
+    A connect started by L{fastpath.connect} completes as Twisted's
+    C{_connectDone} does, less the address for a factory that does not want
+    it and the log prefix until asked for.
+    """
+
+    def connectWith(self, factory: AddressRecordingFactory) -> tuple[Any, socket.socket]:
+        server = self.listenTCP()
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1])
+        connecting = fastpath.connect(endpoint, factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.turnUntil(lambda: bool(factory.addresses))
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        return connecting.transport, server
+
+    def test_addressGiven(self) -> None:
+        """
+        A factory gets the peer's address, as with Twisted's transport.
+        """
+        factory = AddressRecordingFactory()
+        transport, server = self.connectWith(factory)
+        self.assertEqual(factory.addresses, [address.IPv4Address("TCP", *server.getsockname())])
+        assert factory.protocol is not None
+        self.assertTrue(factory.protocol.made)
+
+    def test_noAddressForFactoryThatDoesNotWantIt(self) -> None:
+        """
+        A factory with C{wantsAddress = False} gets L{None}; the transport
+        still knows its peer.
+        """
+        factory = NoAddressRecordingFactory()
+        transport, server = self.connectWith(factory)
+        self.assertEqual(factory.addresses, [None])
+        self.assertEqual(transport.getPeer(), address.IPv4Address("TCP", *server.getsockname()))
+
+    def test_logPrefix(self) -> None:
+        """
+        The log prefix reads as Twisted's (C{"<protocol>,client"}), made when
+        asked; a value set replaces it; once closed it is Twisted's default.
+        """
+        factory = AddressRecordingFactory()
+        transport, server = self.connectWith(factory)
+        self.assertNotIn("logstr", transport.__dict__)
+        self.assertEqual(transport.logPrefix(), "Recording,client")
+        transport.logstr = "changed"
+        self.assertEqual(transport.logPrefix(), "changed")
+        del transport.__dict__["_logstr"]
+        transport.loseConnection()
+        self.turnUntil(lambda: not hasattr(transport, "socket"))
+        self.assertEqual(transport.logPrefix(), "Uninitialized")
+
+    def test_noProtocol(self) -> None:
+        """
+        A factory that builds no protocol gets the connection dropped, as
+        with Twisted's transport.
+        """
+        factory = AddressRecordingFactory()
+        factory.refuse = True
+        server = self.listenTCP()
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1])
+        connecting = fastpath.connect(endpoint, factory, 5.0)
+        assert connecting is not None
+        connecting.start()
+        self.turnUntil(lambda: bool(factory.addresses))
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        peer.settimeout(5)
+        self.turnUntil(lambda: not hasattr(connecting.transport, "socket"))
+        self.assertEqual(peer.recv(16), b"")

@@ -19,7 +19,7 @@ L{Relay} that moves bytes straight from one socket to the other:
    What the peer socket does not take stays in the pipe: the reader stops,
    and the peer transport's C{doWrite} drains the pipe when the socket is
    writable again, then resumes the reader.  So a stalled peer holds at most
-   one pipe (L{PIPE_SIZE}) of kernel memory, and no process memory.
+   one pipe (L{PIPE_SIZE}, 1 MiB) of kernel memory, and no process memory.
 
 Whenever the peer transport has anything buffered by Twisted, or is closing,
 or half-closed, a read takes the ordinary path (the session's C{fromClient} /
@@ -47,7 +47,7 @@ from typing import Any, Optional
 
 from twisted.internet import abstract, defer, error, main, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python import failure, log
 
 from txsockproxy import tcpport
@@ -80,11 +80,36 @@ _VIEW = memoryview(_BUFFER)
 SPLICE_THRESHOLD = 64 * 1024
 
 # Capacity asked for each direction's pipe (F_SETPIPE_SZ): one splice moves
-# at most a pipe's capacity.
-PIPE_SIZE = 256 * 1024
+# at most a pipe's capacity.  1 MiB (Linux's default pipe-max-size) halves
+# the CPU per byte of 256 KiB pipes.  Pipes above the default size count
+# against the user's pipe quota (fs.pipe-user-pages-soft, 64 MiB by default
+# for unprivileged users; past it, new pipes of the user get one page): ours
+# take at most half of it, with SMALL_PIPE_SIZE, then the default size, once
+# large pipes would not fit.
+PIPE_SIZE = 1024 * 1024
+SMALL_PIPE_SIZE = 256 * 1024
 
 CAN_SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _F_SETPIPE_SZ = 1031
+
+
+def _pipeBudget() -> int:
+    """
+    Bytes of pipe capacity our pipes may take: half the user's soft pipe
+    quota, or no limit (-1) where there is none.
+    """
+    try:
+        with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+            pages = int(f.read())
+    except (OSError, ValueError):
+        return -1
+    return -1 if pages <= 0 else pages * 4096 // 2
+
+
+PIPE_BUDGET = _pipeBudget()
+
+# Capacity of the pipes open now, beyond the default size.
+_pipeBytes = 0
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
@@ -148,7 +173,10 @@ class Relay:
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
     """
 
-    __slots__ = ("source", "sink", "owner", "up", "mode", "readFd", "writeFd", "pending", "stalled")
+    __slots__ = (
+        "source", "sink", "owner", "up", "mode", "readFd", "writeFd", "pending", "stalled",
+        "capacity",
+    )
 
     def __init__(self, source: Any, sink: Any, owner: Any, up: bool, mode: str) -> None:
         self.source = source
@@ -160,6 +188,7 @@ class Relay:
         self.writeFd = -1
         self.pending = 0
         self.stalled = False
+        self.capacity = 0  # of the pipe, beyond the default size
 
     def ordinary(self, data: bytes) -> None:
         """
@@ -235,7 +264,9 @@ class Relay:
 
     def _spliceRead(self) -> Optional[Exception]:
         try:
-            n = os.splice(self.source.fileno(), self.writeFd, READ_SIZE, flags=_SPLICE_FLAGS)
+            n = os.splice(
+                self.source.fileno(), self.writeFd, self.capacity or READ_SIZE, flags=_SPLICE_FLAGS
+            )
         except OSError as e:
             if e.errno in _AGAIN:
                 return None
@@ -259,12 +290,18 @@ class Relay:
             # Out of descriptors: stay on the copying path.
             self.mode = "copy"
             return
-        try:
-            import fcntl
+        global _pipeBytes
+        for size in (PIPE_SIZE, SMALL_PIPE_SIZE):
+            if PIPE_BUDGET >= 0 and _pipeBytes + size > PIPE_BUDGET:
+                continue
+            try:
+                import fcntl
 
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # over the user's pipe quota: a default-sized pipe works too
+                self.capacity = fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+            except OSError:
+                continue  # over a limit: smaller, or the default size
+            _pipeBytes += self.capacity
+            break
         self.readFd, self.writeFd = r, w
 
     def closePipe(self) -> None:
@@ -272,10 +309,13 @@ class Relay:
         Close the pipe, if any (the session ended, or the source sent EOF
         with the pipe empty).
         """
+        global _pipeBytes
         if self.readFd >= 0:
             os.close(self.readFd)
             os.close(self.writeFd)
             self.readFd = self.writeFd = -1
+            _pipeBytes -= self.capacity
+            self.capacity = 0
         self.pending = 0
 
     def _drain(self) -> Optional[Exception]:
@@ -597,6 +637,40 @@ class _ConnectAtOnce:
             # Still registered for reading, which _connectDone wants.
             self.stopWriting()  # type: ignore[attr-defined]
         self._connectDone()  # type: ignore[attr-defined]
+
+    def _connectDone(self) -> None:
+        """
+        Twisted's C{BaseClient._connectDone}, less two things made per
+        connection that the proxy does not use: the peer's address for a
+        factory that declares C{wantsAddress = False}, and the log prefix
+        (made when asked for, see L{logstr}).
+        """
+        connector: Any = self.connector  # type: ignore[attr-defined]
+        wants = getattr(getattr(connector, "factory", None), "wantsAddress", True)
+        protocol = connector.buildProtocol(self.getPeer() if wants else None)  # type: ignore[attr-defined]
+        self.connected = 1
+        if protocol is None:
+            # As Twisted: a stand-in protocol, and the connection dropped.
+            self.protocol = Protocol()
+            self.loseConnection()  # type: ignore[attr-defined]
+        else:
+            self.protocol = protocol
+            self.startReading()  # type: ignore[attr-defined]
+            protocol.makeConnection(self)
+
+    @property
+    def logstr(self) -> str:
+        given: Optional[str] = self.__dict__.get("_logstr")
+        if given is not None:
+            return given
+        protocol = self.__dict__.get("protocol")
+        if protocol is None:
+            return "Uninitialized"
+        return f"{self._getLogPrefix(protocol)},client"  # type: ignore[attr-defined]
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self.__dict__["_logstr"] = value
 
     def _finishInit(self, whenDone: Any, skt: Any, error: Any, reactor: Any) -> None:
         if whenDone:

@@ -122,18 +122,28 @@ class EPollReactor(epollreactor.EPollReactor):
             # Each event on its own, as Twisted's log.callWithLogger does: an
             # error is logged, and the batch goes on.
             try:
-                if event != EPOLLIN:
+                # Readable and not writable (with or without a hang-up or an
+                # error), or only writable: what _doReadOrWrite does then,
+                # inline (nearly all events of a proxy are these).
+                if event & EPOLLIN:
+                    if event & EPOLLOUT:
+                        self._doReadOrWrite(selectable, fd, event)
+                        continue
+                    reading = True
+                elif event == EPOLLOUT:
+                    reading = False
+                else:
                     self._doReadOrWrite(selectable, fd, event)
                     continue
-                # Readable, nothing else: what _doReadOrWrite does then,
-                # inline (most events of a proxy are these).
                 inRead = False
                 try:
                     if selectable.fileno() == -1:
                         why: Any = _NO_FILEDESC
-                    else:
+                    elif reading:
                         why = selectable.doRead()
                         inRead = True
+                    else:
+                        why = selectable.doWrite()
                 except BaseException:
                     why = sys.exc_info()[1]
                     log.err()

@@ -302,6 +302,9 @@ class BackendFactory(ClientFactory):
 
     noisy = False
 
+    # buildProtocol ignores the address: fastpath's transports need not make it.
+    wantsAddress = False
+
     __slots__ = ("session", "connecting")
 
     def __init__(self, session: Session) -> None:
