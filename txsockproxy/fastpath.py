@@ -636,7 +636,7 @@ class _ConnectAtOnce:
         if registered:
             # Still registered for reading, which _connectDone wants.
             self.stopWriting()  # type: ignore[attr-defined]
-        self._connectDone()  # type: ignore[attr-defined]
+        self._connectDone()
 
     def _connectDone(self) -> None:
         """
@@ -645,18 +645,19 @@ class _ConnectAtOnce:
         factory that declares C{wantsAddress = False}, and the log prefix
         (made when asked for, see L{logstr}).
         """
-        connector: Any = self.connector  # type: ignore[attr-defined]
+        transport: Any = self
+        connector = transport.connector
         wants = getattr(getattr(connector, "factory", None), "wantsAddress", True)
-        protocol = connector.buildProtocol(self.getPeer() if wants else None)  # type: ignore[attr-defined]
-        self.connected = 1
+        protocol = connector.buildProtocol(transport.getPeer() if wants else None)
+        transport.connected = 1
         if protocol is None:
             # As Twisted: a stand-in protocol, and the connection dropped.
-            self.protocol = Protocol()
-            self.loseConnection()  # type: ignore[attr-defined]
+            transport.protocol = Protocol()
+            transport.loseConnection()
         else:
-            self.protocol = protocol
-            self.startReading()  # type: ignore[attr-defined]
-            protocol.makeConnection(self)
+            transport.protocol = protocol
+            transport.startReading()
+            protocol.makeConnection(transport)
 
     @property
     def logstr(self) -> str:
