@@ -391,10 +391,11 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
 
     def test_pipeSizeWithinBudget(self) -> None:
         """
-        When a large pipe would take more than the budget left, the pipe is
-        smaller (L{fastpath.SMALL_PIPE_SIZE}), and past that of the default
-        size; it relays all the same.
+        Not running as root, large pipes take at most half the budget, and
+        smaller ones (L{fastpath.SMALL_PIPE_SIZE}) the rest; past that a pipe
+        keeps the default size and relays all the same.
         """
+        self.patch(os, "geteuid", lambda: 1000)
         before = fastpath._pipeBytes
         self.patch(fastpath, "PIPE_BUDGET", before + fastpath.SMALL_PIPE_SIZE)
         self.bulk()
@@ -408,6 +409,17 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertGreaterEqual(self.relay.readFd, 0)
         self.assertLess(self.pipeSize(), fastpath.SMALL_PIPE_SIZE)
         self.assertEqual(fastpath._pipeBytes, before)
+        self.relay.closePipe()
+
+    def test_pipeBudgetNotForRoot(self) -> None:
+        """
+        As root (whom the kernel does not hold to the pipe quota) every pipe
+        holds L{fastpath.PIPE_SIZE}.
+        """
+        self.patch(os, "geteuid", lambda: 0)
+        self.patch(fastpath, "PIPE_BUDGET", 0)
+        self.bulk()
+        self.assertEqual(self.pipeSize(), fastpath.PIPE_SIZE)
         self.relay.closePipe()
 
     def test_uninstallClosesPipe(self) -> None:

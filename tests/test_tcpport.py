@@ -389,7 +389,7 @@ class ConnectDoneTests(ReactorTestCase):
     def test_logPrefix(self) -> None:
         """
         The log prefix reads as Twisted's (C{"<protocol>,client"}), made when
-        asked; a value set replaces it; once closed it is Twisted's default.
+        asked; a value set replaces it; once closed it is the class default.
         """
         factory = AddressRecordingFactory()
         transport, server = self.connectWith(factory)

@@ -97,7 +97,7 @@ class TimeoutsTests(SynchronousTestCase):
         self.clock.advance(3)
         self.assertEqual(self.ran, [])
         [call] = self.clock.getDelayedCalls()
-        self.assertEqual(call.getTime(), 7)
+        self.assertAlmostEqual(call.getTime(), 7, places=5)
         self.clock.advance(2)
         self.assertEqual(self.ran, ["live"])
 
@@ -181,3 +181,45 @@ class TimeoutsTests(SynchronousTestCase):
         timeout = self.timeouts.callLater(1000, lambda: None)
         self.assertNotIsInstance(timeout, Timeout)
         timeout.cancel()
+
+    def test_nextOnTimeAfterSlowTimeouts(self) -> None:
+        """
+        The time the due timeouts take to run does not delay the next one.
+        """
+
+        def slow() -> None:
+            self.ran.append("slow")
+            self.clock.rightNow += 0.5  # half a second of work
+
+        self.timeouts.callLater(5, slow)
+        self.clock.advance(0.7)
+        self.arm(5, "next")
+        self.clock.advance(4.3)
+        self.assertEqual(self.ran, ["slow"])
+        self.clock.advance(0.2)
+        self.assertEqual(self.ran, ["slow", "next"])
+
+    def test_queueRunsAfterBaseException(self) -> None:
+        """
+        A timeout that raises a C{BaseException} (which the reactor logs)
+        does not stop the queue: later timeouts of its length still run.
+        """
+
+        def interrupted() -> None:
+            raise KeyboardInterrupt()
+
+        self.timeouts.callLater(5, interrupted)
+        self.assertRaises(KeyboardInterrupt, self.clock.advance, 5)
+        self.arm(5, "later")
+        self.clock.advance(5)
+        self.assertEqual(self.ran, ["later"])
+
+    def test_oldLengthsDropped(self) -> None:
+        """
+        Queues of lengths no longer in use (earlier configurations) make
+        room for new ones.
+        """
+        for i in range(64):
+            self.arm(1 + i, str(i))
+        self.clock.advance(100)
+        self.assertIsInstance(self.timeouts.callLater(1000, lambda: None), Timeout)

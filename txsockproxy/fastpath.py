@@ -81,11 +81,11 @@ SPLICE_THRESHOLD = 64 * 1024
 
 # Capacity asked for each direction's pipe (F_SETPIPE_SZ): one splice moves
 # at most a pipe's capacity.  1 MiB (Linux's default pipe-max-size) halves
-# the CPU per byte of 256 KiB pipes.  Pipes above the default size count
-# against the user's pipe quota (fs.pipe-user-pages-soft, 64 MiB by default
-# for unprivileged users; past it, new pipes of the user get one page): ours
-# take at most half of it, with SMALL_PIPE_SIZE, then the default size, once
-# large pipes would not fit.
+# the CPU per byte of 256 KiB pipes.  Pipes count against the user's pipe
+# quota (fs.pipe-user-pages-soft, 64 MiB by default; past it, the kernel
+# gives the user's new pipes two pages), which root is not held to.  Not
+# running as root, our pipes take 1 MiB each up to a quarter of the quota,
+# then SMALL_PIPE_SIZE up to half of it, then the default size.
 PIPE_SIZE = 1024 * 1024
 SMALL_PIPE_SIZE = 256 * 1024
 
@@ -108,7 +108,7 @@ def _pipeBudget() -> int:
 
 PIPE_BUDGET = _pipeBudget()
 
-# Capacity of the pipes open now, beyond the default size.
+# Capacity of the resized pipes open now.
 _pipeBytes = 0
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
@@ -291,8 +291,9 @@ class Relay:
             self.mode = "copy"
             return
         global _pipeBytes
-        for size in (PIPE_SIZE, SMALL_PIPE_SIZE):
-            if PIPE_BUDGET >= 0 and _pipeBytes + size > PIPE_BUDGET:
+        limited = PIPE_BUDGET >= 0 and os.geteuid() != 0
+        for size, budget in ((PIPE_SIZE, PIPE_BUDGET // 2), (SMALL_PIPE_SIZE, PIPE_BUDGET)):
+            if limited and _pipeBytes + size > budget:
                 continue
             try:
                 import fcntl

@@ -100,28 +100,36 @@ class _Queue:
         # Timeouts added meanwhile must not set a call of their own: the
         # earliest live one left gets it, below.
         self.call = _RUNNING
-        now = self.clock.seconds()
-        entries = self.entries
-        while entries:
-            timeout = entries[0]
-            func = timeout.func
-            if func is None:
-                entries.popleft()
-                continue
-            if timeout.time > now + _EPSILON:
-                break
-            entries.popleft()
-            timeout.func = None
-            self.live -= 1
-            try:
-                func()
-            except Exception:
-                _log.failure("while handling a timeout")
-            # A timeout run may have cancelled or added others.
+        try:
+            now = self.clock.seconds()
             entries = self.entries
-        self.call = None
-        if self.live:
-            self.call = self.clock.callLater(max(0.0, entries[0].time - now), self.expire)
+            while entries:
+                timeout = entries[0]
+                func = timeout.func
+                if func is None:
+                    entries.popleft()
+                    continue
+                if timeout.time > now + _EPSILON:
+                    break
+                entries.popleft()
+                timeout.func = None
+                self.live -= 1
+                try:
+                    func()
+                except Exception:
+                    _log.failure("while handling a timeout")
+                # A timeout run may have cancelled or added others.
+                entries = self.entries
+        finally:
+            # Even if a BaseException escapes (else the queue never runs
+            # again); from the time now, not before the timeouts ran (else
+            # the next one is late by their run time); and a hair early, as
+            # a time recomputed from a delay may round up past the timeout's
+            # own (expire runs a timeout that close to due).
+            self.call = None
+            if self.live:
+                delay = self.entries[0].time - self.clock.seconds() - _EPSILON / 2
+                self.call = self.clock.callLater(max(0.0, delay), self.expire)
 
 
 class Timeouts:
@@ -145,6 +153,9 @@ class Timeouts:
         """
         queue = self._queues.get(delay)
         if queue is None:
+            if len(self._queues) >= 64:
+                # Lengths of earlier configurations: drop their empty queues.
+                self._queues = {d: q for d, q in self._queues.items() if q.live}
             if len(self._queues) >= 64:
                 # Not a timeout of the configuration: no queue for it.
                 return self.clock.callLater(delay, func)
