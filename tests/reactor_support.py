@@ -156,3 +156,44 @@ class ReactorTestCase(SynchronousTestCase):
         self.addCleanup(peer.close)
         assert factory.protocol is not None
         return connecting.transport, peer, factory.protocol
+
+    def proxy(self, server: socket.socket) -> tuple[Any, Any]:
+        """
+        A proxy (its factory and listening port) on the private reactor,
+        relaying to the backend listening on C{server}.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+        from txsockproxy.config import BackendConfig, ProxyConfig
+        from txsockproxy.relay import ProxyFactory
+
+        config = ProxyConfig(
+            name="t",
+            listen=("tcp:0",),
+            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
+        )
+        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        return factory, listening
+
+
+def recordCalls(
+    case: SynchronousTestCase, name: str, only: Callable[[socket.socket], bool] = lambda sock: True
+) -> list[Any]:
+    """
+    Record the argument of each call of C{socket.socket} method C{name}
+    (C{shutdown}, C{setblocking}) on the sockets C{only} accepts, for the
+    rest of C{case}.
+    """
+    calls: list[Any] = []
+    original = getattr(socket.socket, name)
+
+    def recording(sock: socket.socket, argument: Any) -> Any:
+        if only(sock):
+            calls.append(argument)
+        return original(sock, argument)
+
+    case.patch(socket.socket, name, recording)
+    return calls
+

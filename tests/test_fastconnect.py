@@ -23,6 +23,7 @@ from reactor_support import (
     RecordingFactory,
     privateReactor,
     readable,
+    recordCalls,
     socketPairs,
 )
 from twisted.internet import error
@@ -356,15 +357,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         """
         Record the C{shutdown()} calls on sockets from now on.
         """
-        calls: list[int] = []
-        original = socket.socket.shutdown
-
-        def recording(sock: socket.socket, how: int) -> None:
-            calls.append(how)
-            original(sock, how)
-
-        self.patch(socket.socket, "shutdown", recording)
-        return calls
+        return recordCalls(self, "shutdown")
 
     def test_closeDrained(self) -> None:
         """
@@ -485,20 +478,8 @@ class SessionLifetimeIntegrationTests(ReactorTestCase):
         With the collector off, a session relayed to its end through real
         sockets is gone as soon as it finished, and so are both transports.
         """
-        from txsockproxy.backends import BackendPool
-        from txsockproxy.balancers import FairBalancer
-        from txsockproxy.config import BackendConfig, ProxyConfig
-        from txsockproxy.relay import ProxyFactory
-
         server = self.listenTCP()
-        config = ProxyConfig(
-            name="t",
-            listen=("tcp:0",),
-            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
-        )
-        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
-        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
+        factory, listening = self.proxy(server)
         gc.collect()
         gc.disable()
         self.addCleanup(gc.enable)
@@ -542,20 +523,8 @@ class SessionCloseIntegrationTests(ReactorTestCase):
         A proxy on a private reactor relaying a loopback client to a
         loopback backend: (factory, session, client socket, backend socket).
         """
-        from txsockproxy.backends import BackendPool
-        from txsockproxy.balancers import FairBalancer
-        from txsockproxy.config import BackendConfig, ProxyConfig
-        from txsockproxy.relay import ProxyFactory
-
         server = self.listenTCP()
-        config = ProxyConfig(
-            name="t",
-            listen=("tcp:0",),
-            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
-        )
-        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
-        listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
+        factory, listening = self.proxy(server)
         client = socket.create_connection(("127.0.0.1", listening.getHost().port))
         self.addCleanup(client.close)
         self.turnUntil(lambda: bool(factory.sessions.open))
@@ -571,16 +540,7 @@ class SessionCloseIntegrationTests(ReactorTestCase):
         """
         Record the C{shutdown()} calls on the proxy's sockets from now on.
         """
-        calls: list[int] = []
-        original = socket.socket.shutdown
-
-        def recording(sock: socket.socket, how: int) -> None:
-            if sock.fileno() not in self.tests:
-                calls.append(how)
-            original(sock, how)
-
-        self.patch(socket.socket, "shutdown", recording)
-        return calls
+        return recordCalls(self, "shutdown", lambda sock: sock.fileno() not in self.tests)
 
     def test_clientFirst(self) -> None:
         """

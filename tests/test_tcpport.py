@@ -10,7 +10,7 @@ import errno
 import socket
 from typing import Any, Optional
 
-from reactor_support import ReactorTestCase, RecordingFactory
+from reactor_support import ReactorTestCase, RecordingFactory, recordCalls
 from twisted.internet import address, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -270,14 +270,7 @@ class TCPClientTests(ReactorTestCase):
         To an IPv4 address, the socket is created non-blocking: no
         C{setblocking()} call, and the connect completes.
         """
-        calls: list[Any] = []
-        original = socket.socket.setblocking
-
-        def recording(sock: socket.socket, flag: bool) -> None:
-            calls.append(flag)
-            original(sock, flag)
-
-        self.patch(socket.socket, "setblocking", recording)
+        calls = recordCalls(self, "setblocking")
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         self.assertEqual(connecting.transport.socket.gettimeout(), 0.0)
@@ -355,7 +348,11 @@ class ConnectDoneTests(ReactorTestCase):
     it and the log prefix until asked for.
     """
 
-    def connectWith(self, factory: AddressRecordingFactory) -> tuple[Any, socket.socket]:
+    def connectWith(self, factory: AddressRecordingFactory) -> tuple[Any, socket.socket, socket.socket]:
+        """
+        Connect C{factory} to a loopback listener until its C{buildProtocol}
+        is called: (transport, listening socket, the accepted peer).
+        """
         server = self.listenTCP()
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1])
         connecting = fastpath.connect(endpoint, factory, 5.0)
@@ -364,14 +361,14 @@ class ConnectDoneTests(ReactorTestCase):
         self.turnUntil(lambda: bool(factory.addresses))
         peer, _ = server.accept()
         self.addCleanup(peer.close)
-        return connecting.transport, server
+        return connecting.transport, server, peer
 
     def test_addressGiven(self) -> None:
         """
         A factory gets the peer's address, as with Twisted's transport.
         """
         factory = AddressRecordingFactory()
-        transport, server = self.connectWith(factory)
+        transport, server, _ = self.connectWith(factory)
         self.assertEqual(factory.addresses, [address.IPv4Address("TCP", *server.getsockname())])
         assert factory.protocol is not None
         self.assertTrue(factory.protocol.made)
@@ -382,7 +379,7 @@ class ConnectDoneTests(ReactorTestCase):
         still knows its peer.
         """
         factory = NoAddressRecordingFactory()
-        transport, server = self.connectWith(factory)
+        transport, server, _ = self.connectWith(factory)
         self.assertEqual(factory.addresses, [None])
         self.assertEqual(transport.getPeer(), address.IPv4Address("TCP", *server.getsockname()))
 
@@ -392,7 +389,7 @@ class ConnectDoneTests(ReactorTestCase):
         asked; a value set replaces it; once closed it is the class default.
         """
         factory = AddressRecordingFactory()
-        transport, server = self.connectWith(factory)
+        transport, server, _ = self.connectWith(factory)
         self.assertNotIn("logstr", transport.__dict__)
         self.assertEqual(transport.logPrefix(), "Recording,client")
         transport.logstr = "changed"
@@ -409,14 +406,7 @@ class ConnectDoneTests(ReactorTestCase):
         """
         factory = AddressRecordingFactory()
         factory.refuse = True
-        server = self.listenTCP()
-        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1])
-        connecting = fastpath.connect(endpoint, factory, 5.0)
-        assert connecting is not None
-        connecting.start()
-        self.turnUntil(lambda: bool(factory.addresses))
-        peer, _ = server.accept()
-        self.addCleanup(peer.close)
+        transport, _, peer = self.connectWith(factory)
         peer.settimeout(5)
-        self.turnUntil(lambda: not hasattr(connecting.transport, "socket"))
+        self.turnUntil(lambda: not hasattr(transport, "socket"))
         self.assertEqual(peer.recv(16), b"")

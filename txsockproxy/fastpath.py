@@ -660,19 +660,11 @@ class _ConnectAtOnce:
             transport.startReading()
             protocol.makeConnection(transport)
 
-    @property
-    def logstr(self) -> str:
-        given: Optional[str] = self.__dict__.get("_logstr")
-        if given is not None:
-            return given
-        protocol = self.__dict__.get("protocol")
-        if protocol is None:
-            return "Uninitialized"
-        return f"{self._getLogPrefix(protocol)},client"  # type: ignore[attr-defined]
-
-    @logstr.setter
-    def logstr(self, value: str) -> None:
-        self.__dict__["_logstr"] = value
+    logstr = tcpport.madeWhenAsked(
+        "logstr",
+        lambda self: "Uninitialized" if self.__dict__.get("protocol") is None
+        else f"{tcpport.logPrefixOf(self)},client",
+    )
 
     def _finishInit(self, whenDone: Any, skt: Any, error: Any, reactor: Any) -> None:
         if whenDone:

@@ -28,12 +28,46 @@ from __future__ import annotations
 
 import socket
 from errno import EAGAIN, EWOULDBLOCK
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import address, tcp
 from twisted.python import log
 
 _SOCK_STREAM = socket.SOCK_STREAM
+
+
+def madeWhenAsked(name: str, make: Callable[[Any], str]) -> Any:
+    """
+    A property for a transport's string attribute C{name} (C{logstr},
+    C{repstr}) that Twisted computes in the constructor: made by C{make} each
+    time it is asked for, unless a value was set (which is then kept).
+    """
+    key = "_" + name
+
+    def get(self: Any) -> str:
+        given: Optional[str] = self.__dict__.get(key)
+        return given if given is not None else make(self)
+
+    def set(self: Any, value: str) -> None:
+        self.__dict__[key] = value
+
+    return property(get, set)
+
+
+def logPrefixOf(transport: Any) -> str:
+    """
+    The log prefix of C{transport}'s protocol, or once it is closed (the
+    protocol gone) Twisted's class default, C{"Uninitialized"}.
+    """
+    protocol = transport.__dict__.get("protocol")
+    if protocol is None:
+        return "Uninitialized"
+    return str(transport._getLogPrefix(protocol))
+
+
+def _protocolName(transport: Any) -> str:
+    protocol = transport.__dict__.get("protocol")
+    return "closed" if protocol is None else type(protocol).__name__
 
 
 class Server(tcp.Server):
@@ -70,34 +104,16 @@ class Server(tcp.Server):
         self.connected = 1
 
     # Made when first asked for; a value set replaces them, as with Twisted's.
-
-    @property
-    def logstr(self) -> str:
-        given: Optional[str] = self.__dict__.get("_logstr")
-        if given is not None:
-            return given
-        protocol = self.__dict__.get("protocol")
-        # Once closed, the protocol is gone (Twisted's class default then).
-        prefix = "Uninitialized" if protocol is None else self._getLogPrefix(protocol)
-        return f"{prefix},{self.sessionno},{self.hostname}"
-
-    @logstr.setter
-    def logstr(self, value: str) -> None:
-        self.__dict__["_logstr"] = value
-
-    @property
-    def repstr(self) -> str:
-        given: Optional[str] = self.__dict__.get("_repstr")
-        if given is not None:
-            return given
-        port = getattr(self.server, "_realPortNumber", None)
-        protocol = self.__dict__.get("protocol")
-        name = "closed" if protocol is None else protocol.__class__.__name__
-        return f"<{name} #{self.sessionno} on {port}>"
-
-    @repstr.setter
-    def repstr(self, value: str) -> None:
-        self.__dict__["_repstr"] = value
+    logstr = madeWhenAsked(
+        "logstr", lambda self: f"{logPrefixOf(self)},{self.sessionno},{self.hostname}"
+    )
+    repstr = madeWhenAsked(
+        "repstr",
+        lambda self: (
+            f"<{_protocolName(self)} #{self.sessionno} on "
+            f"{getattr(self.server, '_realPortNumber', None)}>"
+        ),
+    )
 
 
 class Port(tcp.Port):
