@@ -188,7 +188,7 @@ class Relay:
         self.writeFd = -1
         self.pending = 0
         self.stalled = False
-        self.capacity = 0  # of the pipe, beyond the default size
+        self.capacity = 0  # of the pipe, once resized (else 0: default size)
 
     def ordinary(self, data: bytes) -> None:
         """

@@ -239,7 +239,6 @@ class EPollReactor(epollreactor.EPollReactor):
             self._unregistered.add(fd)
         self._writes.remove(fd)
 
-
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         """
         Listen with a L{txsockproxy.tcpport.Port}: Twisted's, accepting with
