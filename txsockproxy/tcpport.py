@@ -172,4 +172,4 @@ class Port(tcp.Port):
             log.deferr()
 
 
-__all__ = ["Port", "Server"]
+__all__ = ["Port", "Server", "logPrefixOf", "madeWhenAsked"]
