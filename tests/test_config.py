@@ -397,6 +397,7 @@ class ValidConfigTests(SynchronousTestCase):
             listen = ["tcp:5432", "unix:/run/db.sock"]
             balance = "round-robin"
             idle-timeout = 30
+            client-congestion = "system"
             [[proxy.backend]]
             host = "db3"
             port = 5432
@@ -421,7 +422,8 @@ class ValidConfigTests(SynchronousTestCase):
                   balance             round-robin
                   idle-timeout        30s
                   half-closed-timeout 300s
-                  backend 'three': tcp:host=10.0.0.3:port=5432  (from host = 'db3', port = 5432)  weight=2 connect-timeout=1.5s disable-time=1s"""
+                  client-congestion   system
+                  backend 'three': tcp:host=10.0.0.3:port=5432  (from host = 'db3', port = 5432)  weight=2 connect-timeout=1.5s disable-time=1s congestion=auto"""
             ),
         )
 

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 
 # A backend's state, as the status page and metrics show it.
@@ -39,6 +40,7 @@ class Backend:
     @ivar disabledUntil: the reactor time until which a connect failure keeps
         the backend out of rotation.
     @ivar adminState: what an operator set: C{"up"}, C{"draining"} or C{"down"}.
+    @ivar congestion: the congestion control its sockets get.
     """
 
     def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
@@ -47,6 +49,7 @@ class Backend:
         self.label = config.label
         self.key = config.endpoint
         self.weight = config.weight
+        self.congestion = Congestion(config.congestion)
         self.active = 0
         self.connected = 0
         self.failed = 0
@@ -79,6 +82,7 @@ class Backend:
         """
         self.config = config
         self.weight = config.weight
+        self.congestion = Congestion(config.congestion)
 
     def __repr__(self) -> str:
         return f"<Backend {self.label!r} {self.key}>"

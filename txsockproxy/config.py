@@ -29,6 +29,9 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IReactorPluggableNameResolver
 from zope.interface import implementer
 
+from txsockproxy import congestion
+from txsockproxy.congestion import AUTO
+
 DEFAULT_CONNECT_TIMEOUT = 8.0
 DEFAULT_DISABLE_TIME = 1.0
 DEFAULT_HALF_CLOSED_TIMEOUT = 300.0
@@ -102,6 +105,9 @@ class BackendConfig:
     @ivar connectTimeout: seconds a connect attempt may take.
     @ivar origin: what the user wrote, when the endpoint was derived from
         lighttpd-style C{host}/C{port}/C{socket} keys.
+    @ivar congestion: the TCP congestion control of the sockets to this
+        backend: C{"auto"}, C{"system"} or an algorithm's name (see
+        L{txsockproxy.congestion}).
     """
 
     endpoint: str
@@ -110,6 +116,7 @@ class BackendConfig:
     disableTime: float = DEFAULT_DISABLE_TIME
     connectTimeout: float = DEFAULT_CONNECT_TIMEOUT
     origin: str = ""
+    congestion: str = AUTO
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,9 @@ class ProxyConfig:
     @ivar inspectDelay: for balancers that use the TLS SNI name (C{hash}), at
         most how many seconds to wait for the client's ClientHello (or, on a
         TLS listener, the handshake) before choosing a backend; 0 = do not wait.
+    @ivar clientCongestion: the TCP congestion control of the clients'
+        sockets: C{"auto"}, C{"system"} or an algorithm's name (see
+        L{txsockproxy.congestion}).
     """
 
     name: str
@@ -133,6 +143,7 @@ class ProxyConfig:
     idleTimeout: float = 0.0
     halfClosedTimeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
     inspectDelay: float = 0.0
+    clientCongestion: str = AUTO
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,7 @@ class Config:
             lines.append(f"  {'half-closed-timeout':<20}{_seconds(proxy.halfClosedTimeout)}")
             if proxy.inspectDelay:
                 lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
+            lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
             for b in proxy.backends:
                 origin = f"  (from {b.origin})" if b.origin else ""
                 lines.append(
@@ -210,6 +222,7 @@ class Config:
                     f"  weight={b.weight}"
                     f" connect-timeout={_seconds(b.connectTimeout)}"
                     f" disable-time={_seconds(b.disableTime)}"
+                    f" congestion={b.congestion}"
                 )
         return "\n".join(_oneLine(line) for line in lines)
 
@@ -592,6 +605,20 @@ class _Reader:
             return None
         return value
 
+    def congestion(self, table: Mapping[str, Any], path: tuple[Any, ...], key: str) -> str:
+        """
+        Read a congestion control setting: C{"auto"} (the default),
+        C{"system"}, or an algorithm of this kernel.
+        """
+        value = self.string(table, path, key)
+        if value is None:
+            return AUTO
+        error = congestion.check(value)
+        if error:
+            self.problem(path + (key,), error)
+            return AUTO
+        return value
+
     def string(
         self, table: Mapping[str, Any], path: tuple[Any, ...], key: str, nonEmpty: bool = True
     ) -> str | None:
@@ -645,6 +672,7 @@ _PROXY_KEYS = (
     "idle-timeout",
     "half-closed-timeout",
     "inspect-delay",
+    "client-congestion",
     "backend",
 )
 _BACKEND_KEYS = (
@@ -656,6 +684,7 @@ _BACKEND_KEYS = (
     "weight",
     "disable-time",
     "connect-timeout",
+    "congestion",
 )
 
 # Where a key that is unknown at one level belongs instead: the usual
@@ -664,6 +693,9 @@ _BACKEND_KEYS = (
 _IN_PROXY = "a key of [[proxy]]: write it before the proxy's first [[proxy.backend]]"
 _IN_BACKEND = "a key of [[proxy.backend]]"
 _PROXY_ELSEWHERE = {key: _IN_BACKEND for key in _BACKEND_KEYS if key not in _PROXY_KEYS}
+_PROXY_ELSEWHERE["congestion"] = (
+    "a key of [[proxy.backend]] (its sockets); for the clients' sockets, write client-congestion"
+)
 _TOP_ELSEWHERE = dict(_PROXY_ELSEWHERE)
 _TOP_ELSEWHERE.update({key: "a key of [[proxy]]" for key in _PROXY_KEYS if key != "backend"})
 _BACKEND_ELSEWHERE = {key: _IN_PROXY for key in _PROXY_KEYS if key not in _BACKEND_KEYS}
@@ -989,6 +1021,7 @@ def _buildProxy(
     idleTimeout = reader.seconds(raw, path, "idle-timeout", 0.0)
     halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
     inspectDelay = reader.seconds(raw, path, "inspect-delay", 0.0)
+    clientCongestion = reader.congestion(raw, path, "client-congestion")
 
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
@@ -1014,6 +1047,7 @@ def _buildProxy(
         idleTimeout=idleTimeout,
         halfClosedTimeout=halfClosed,
         inspectDelay=inspectDelay,
+        clientCongestion=clientCongestion,
     )
 
 
@@ -1102,6 +1136,7 @@ def _buildBackend(
         disableTime=dt,
         connectTimeout=ct,
         origin=origin,
+        congestion=reader.congestion(raw, path, "congestion"),
     )
     return backend, addressKey or "endpoint"
 

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy import fastpath
+from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
@@ -216,6 +217,8 @@ class ProxyFactory(ServerFactory):
         self.pool = pool
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
+        # Read again on a reload: the system's algorithm may have changed.
+        self.congestion = Congestion(pool.config.clientCongestion)
         # Wait for the SNI name only if the balancer uses it.
         self.inspectDelay = (
             pool.config.inspectDelay
@@ -246,6 +249,9 @@ class FrontendProtocol(Protocol):
         self.relay: Optional[fastpath.Relay] = None  # set by fastpath.install
 
     def connectionMade(self) -> None:
+        congestion = self.factory.congestion
+        if congestion.name is not None:
+            congestion.apply(self.transport)
         self.session = Session(self.factory, self)
         self.session.start()
 
@@ -516,6 +522,8 @@ class Session:
         self.backendProtocol = protocol
         bt: Any = protocol.transport
         self.backendTransport = bt
+        if backend.congestion.name is not None:
+            backend.congestion.apply(bt)
         ct = self.clientTransport
         if self.held:
             backend.bytesOut += self.heldSize

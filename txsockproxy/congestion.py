@@ -1,0 +1,228 @@
+"""
+The TCP congestion control algorithm of the proxy's sockets (Linux).
+
+Linux's BBR paces its sends with a timer.  Between two processes of the
+same host (loopback) there is no network to pace for, and the timer sends
+from whichever CPU it fires on while the process sends from its own: on
+loopback, packets of one connection then arrive out of order, the sender
+retransmits what was not lost, and a relay that is idle half the time
+waits on it.  Measured on a 2-core machine with C{bbr} as the system's
+default, one connection relayed by txsockproxy: 2.0-2.4 GB/s, 40 % of the
+CPUs idle and 22 MB retransmitted per 2.7 GB; with the relay's own sockets
+on C{cubic}, 2.6-4.0 GB/s (doc/performance.md).
+
+So by default (C{"auto"}), when the system's algorithm is BBR, a socket
+whose peer is on this host (a loopback address) is switched to C{cubic}
+(or C{reno}, which every user may set, if C{cubic} cannot be had); other
+sockets, and every socket when the system's algorithm is not BBR, keep the
+system's.  C{"system"} never changes anything; any other setting names an
+algorithm of this kernel (C{/proc/sys/net/ipv4/tcp_available_congestion_control})
+that every TCP socket of that side gets.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Optional, Sequence
+
+from twisted.logger import Logger
+
+AUTO = "auto"
+SYSTEM = "system"
+
+# Used by "auto" for loopback peers, best first.
+LOOPBACK_CHOICES = ("cubic", "reno")
+
+_TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
+_PROC = "/proc/sys/net/ipv4/"
+
+_log = Logger()
+# (algorithm, errno) pairs already reported: one warning per process each.
+_reported: set[tuple[str, int]] = set()
+
+
+def _read(name: str) -> Optional[str]:
+    try:
+        with open(_PROC + name) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def systemDefault() -> Optional[str]:
+    """
+    The system's algorithm (C{net.ipv4.tcp_congestion_control}), or L{None}
+    where it cannot be read (not Linux).
+    """
+    return _read("tcp_congestion_control")
+
+
+def available() -> Optional[tuple[str, ...]]:
+    """
+    The algorithms this kernel has loaded, or L{None} where that cannot be
+    read (not Linux).
+    """
+    names = _read("tcp_available_congestion_control")
+    return None if names is None else tuple(names.split())
+
+
+def paces(name: Optional[str]) -> bool:
+    """
+    Whether algorithm C{name} paces its sends (BBR and its versions).
+    """
+    return name is not None and name.startswith("bbr")
+
+
+def check(setting: str, names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """
+    What is wrong with C{setting} as the value of a congestion key, in
+    words, or L{None} if it can be used.
+
+    @param names: the kernel's algorithms; read from C{/proc} if not given.
+    """
+    if setting in (AUTO, SYSTEM):
+        return None
+    if names is None:
+        names = available()
+    if names is None:
+        return (
+            f"{setting!r}: choosing an algorithm needs Linux's"
+            f" {_PROC}tcp_available_congestion_control; use {AUTO!r} or {SYSTEM!r}"
+        )
+    if setting not in names:
+        choices = ", ".join([AUTO, SYSTEM, *names])
+        return f"{setting!r} is not an algorithm of this kernel: one of {choices}"
+    return None
+
+
+def isLoopback(host: Any) -> bool:
+    """
+    Whether C{host}, an address as sockets give it, is a loopback address.
+    """
+    if not isinstance(host, str):
+        return False
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
+
+
+def _underlying(transport: Any) -> Any:
+    # The transport holding the socket, under TLS or other wrapping
+    # transports; None if there is none.
+    for _ in range(4):
+        if getattr(transport, "socket", None) is not None:
+            return transport
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def _peer(transport: Any) -> Any:
+    # The peer's (host, port, ...) of a TCP transport, from what the
+    # transport already holds where it can: a server's client address, a
+    # client's resolved address; a unix transport holds a path (a server:
+    # (path, None)) instead.
+    peer = getattr(transport, "client", None)
+    if peer is None:
+        peer = getattr(transport, "realAddress", None)
+    if peer is None:
+        try:
+            peer = transport.socket.getpeername()
+        except OSError:
+            return None
+    return peer
+
+
+class Congestion:
+    """
+    The algorithm one side's sockets get (a proxy's client sockets, or one
+    backend's): see the module's docstring for the settings.
+
+    @ivar setting: what the configuration says.
+    @ivar name: the algorithm set now, as bytes, or L{None} when sockets are
+        left as they are.  Callers test it before calling L{apply}.
+    @ivar loopbackOnly: whether only sockets with a loopback peer get it.
+    """
+
+    __slots__ = ("setting", "name", "loopbackOnly", "_choices")
+
+    def __init__(
+        self,
+        setting: str = AUTO,
+        default: Optional[str] = None,
+        names: Optional[Sequence[str]] = None,
+    ) -> None:
+        """
+        @param default: the system's algorithm; read from C{/proc} if not given.
+        @param names: the kernel's algorithms; read from C{/proc} if not given.
+        """
+        self.setting = setting
+        self.loopbackOnly = setting == AUTO
+        choices: tuple[str, ...] = ()
+        if setting == AUTO:
+            if default is None:
+                default = systemDefault()
+            if paces(default):
+                if names is None:
+                    names = available() or ()
+                choices = tuple(n for n in LOOPBACK_CHOICES if n in names)
+        elif setting != SYSTEM:
+            choices = (setting,)
+        self._choices = choices
+        self.name: Optional[bytes] = choices[0].encode() if choices else None
+
+    def __repr__(self) -> str:
+        chosen = "unchanged" if self.name is None else self.name.decode()
+        return f"<Congestion {self.setting!r}: {chosen}>"
+
+    def apply(self, transport: Any) -> None:
+        """
+        Give the TCP socket under C{transport} (through a TLS transport) the
+        algorithm, if its peer qualifies.  Unix sockets, transports without a
+        socket and closed ones are left alone.  If the kernel refuses the
+        algorithm (not permitted to this user, no longer loaded), that is
+        logged once, and the next choice (for C{"auto"}) or none is used from
+        then on.
+        """
+        held = _underlying(transport)
+        if held is None:
+            return
+        peer = _peer(held)
+        if not isinstance(peer, tuple) or len(peer) < 2 or not isinstance(peer[1], int):
+            return  # a unix socket: a path, or (path, None)
+        if self.loopbackOnly and not isLoopback(peer[0]):
+            return
+        while self.name is not None:
+            try:
+                held.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOENT, errno.EACCES):
+                    return  # closed meanwhile, or not TCP: nothing to do
+                self._refused(e)
+
+    def _refused(self, e: OSError) -> None:
+        refused = self._choices[0]
+        self._choices = self._choices[1:]
+        self.name = self._choices[0].encode() if self._choices else None
+        if (refused, e.errno or 0) not in _reported:
+            _reported.add((refused, e.errno or 0))
+            instead = (
+                f"using {self._choices[0]!r}" if self._choices else "keeping the system's"
+            )
+            _log.warn(
+                "congestion control {name!r} cannot be set: {error}; {instead}",
+                name=refused, error=e.strerror or str(e), instead=instead,
+            )
+
+
+__all__ = [
+    "AUTO",
+    "SYSTEM",
+    "Congestion",
+    "available",
+    "check",
+    "isLoopback",
+    "paces",
+    "systemDefault",
+]
