@@ -157,10 +157,13 @@ class ReactorTestCase(SynchronousTestCase):
         assert factory.protocol is not None
         return connecting.transport, peer, factory.protocol
 
-    def proxy(self, server: socket.socket) -> tuple[Any, Any]:
+    def proxy(
+        self, server: socket.socket, clientCongestion: str = "auto", congestion: str = "auto"
+    ) -> tuple[Any, Any]:
         """
         A proxy (its factory and listening port) on the private reactor,
-        relaying to the backend listening on C{server}.
+        relaying to the backend listening on C{server}, with the given
+        congestion control settings of the client and backend sockets.
         """
         from txsockproxy.backends import BackendPool
         from txsockproxy.balancers import FairBalancer
@@ -170,7 +173,14 @@ class ReactorTestCase(SynchronousTestCase):
         config = ProxyConfig(
             name="t",
             listen=("tcp:0",),
-            backends=(BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="b"),),
+            backends=(
+                BackendConfig(
+                    endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}",
+                    label="b",
+                    congestion=congestion,
+                ),
+            ),
+            clientCongestion=clientCongestion,
         )
         factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
         listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")

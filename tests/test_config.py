@@ -20,6 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsockproxy import congestion
 from txsockproxy.balancers import balancerNames
 from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -215,6 +216,32 @@ class ValidConfigTests(SynchronousTestCase):
                 connectTimeout=0.5,
             ),
         )
+
+    def test_congestionKeys(self) -> None:
+        """
+        L{parseConfig} reads a proxy's C{client-congestion} and a backend's
+        C{congestion}, both C{"auto"} when not written.
+        """
+        names = congestion.available()
+        named = "reno" if names and "reno" in names else "system"
+        config = parse(
+            f"""\
+            [[proxy]]
+            listen = "tcp:5432"
+            client-congestion = "system"
+            [[proxy.backend]]
+            endpoint = "tcp:host=10.0.0.2:port=5432"
+            congestion = "{named}"
+            [[proxy.backend]]
+            endpoint = "tcp:host=10.0.0.3:port=5432"
+            """
+        )
+        [proxy] = config.proxies
+        self.assertEqual(
+            (proxy.clientCongestion, [b.congestion for b in proxy.backends]),
+            ("system", [named, "auto"]),
+        )
+        self.assertEqual(parse(minimal()).proxies[0].clientCongestion, "auto")
 
     def test_proxyTimeoutsAreBackendDefaults(self) -> None:
         """
@@ -569,6 +596,26 @@ class ConfigErrorTests(ConfigTestCase):
         text = minimal().replace("[[proxy.backend]]", 'label = "x"\n[[proxy.backend]]')
         problem = self.assertOneProblem(text, 3, "proxy[0].label", "unknown key")
         self.assertIn("[[proxy.backend]]", problem.message)
+
+    def test_unknownCongestion(self) -> None:
+        """
+        L{parseConfig} reports a congestion control algorithm that the
+        kernel does not have, naming the choices, and a value of the wrong
+        type; C{congestion} written in a C{[[proxy]]} is said to be a
+        backend's key, with the proxy's own spelling for the clients.
+        """
+        text = minimal().replace("[[proxy.backend]]", 'client-congestion = "vegas9"\n[[proxy.backend]]')
+        problem = self.assertOneProblem(text, 3, "proxy[0].client-congestion", "'vegas9'")
+        self.assertIn("auto, system", problem.message)
+        self.assertOneProblem(
+            minimal('endpoint = "unix:/a"\ncongestion = 3'),
+            5,
+            "proxy[0].backend[0].congestion",
+            "must be a string",
+        )
+        text = minimal().replace("[[proxy.backend]]", 'congestion = "auto"\n[[proxy.backend]]')
+        problem = self.assertOneProblem(text, 3, "proxy[0].congestion", "unknown key")
+        self.assertIn("write client-congestion", problem.message)
 
     def test_unknownBackendKey(self) -> None:
         """
