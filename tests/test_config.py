@@ -1438,8 +1438,9 @@ def _backends(draw: st.DrawFn, proxyDefaults: dict[str, float]) -> tuple[dict[st
     weight = draw(st.none() | st.integers(1, 1000))
     disableTime = draw(st.none() | _seconds)
     connectTimeout = draw(st.none() | _positiveSeconds)
+    backendCongestion = draw(st.none() | _congestions)
     for key, value in [("label", label), ("weight", weight), ("disable-time", disableTime),
-                       ("connect-timeout", connectTimeout)]:
+                       ("connect-timeout", connectTimeout), ("congestion", backendCongestion)]:
         if value is not None:
             table[key] = value
     backend = BackendConfig(
@@ -1451,8 +1452,13 @@ def _backends(draw: st.DrawFn, proxyDefaults: dict[str, float]) -> tuple[dict[st
             proxyDefaults["connect-timeout"] if connectTimeout is None else connectTimeout
         ),
         origin=origin,
+        congestion=backendCongestion or "auto",
     )
     return table, backend, host, address
+
+
+# Congestion control settings valid here: the kernel's algorithms too.
+_congestions = st.sampled_from(["auto", "system", *(congestion.available() or ())])
 
 
 @st.composite
@@ -1488,6 +1494,7 @@ def _configs(draw: st.DrawFn) -> tuple[str, Config, dict[str, str]]:
             "idle-timeout": draw(st.none() | _seconds),
             "half-closed-timeout": draw(st.none() | _seconds),
             "inspect-delay": draw(st.none() | _seconds),
+            "client-congestion": draw(st.none() | _congestions),
         }
         for key, value in optional.items():
             if value is not None:
@@ -1519,6 +1526,7 @@ def _configs(draw: st.DrawFn) -> tuple[str, Config, dict[str, str]]:
                     else optional["half-closed-timeout"]
                 ),
                 inspectDelay=float(optional["inspect-delay"] or 0.0),
+                clientCongestion=optional["client-congestion"] or "auto",
             )
         )
     # One name resolves to one address: a name drawn twice, with two
@@ -1575,6 +1583,8 @@ _plausible: dict[str, st.SearchStrategy[Any]] = {
     "socket": st.sampled_from(["/a", "/b", "", "/run/x"]),
     "label": st.sampled_from(["x", "y", ""]),
     "weight": st.integers(-1, 3),
+    "congestion": st.sampled_from(["auto", "system", "reno", "nope", ""]),
+    "client-congestion": st.sampled_from(["auto", "cubic", "nope"]),
 }
 
 
@@ -1599,12 +1609,13 @@ def _tablesOf(
 
 
 _backendTables = _tablesOf(
-    ["endpoint", "host", "port", "socket", "label", "weight", "disable-time", "connect-timeout"],
+    ["endpoint", "host", "port", "socket", "label", "weight", "disable-time", "connect-timeout",
+     "congestion"],
     {},
 )
 _proxyTables = _tablesOf(
     ["name", "balance", "connect-timeout", "disable-time", "idle-timeout",
-     "half-closed-timeout"],
+     "half-closed-timeout", "client-congestion"],
     {
         "listen": st.one_of(_plausible["listen"], _plausible["listen"], _values),
         "backend": st.lists(_backendTables, min_size=1, max_size=3) | _values,

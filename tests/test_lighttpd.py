@@ -1542,7 +1542,8 @@ class RenderTests(SynchronousTestCase):
     def test_everyKey(self) -> None:
         """
         Status, session log, log format, shutdown timeout, idle, half-closed
-        and inspect timeouts, weights and per-backend timeouts all survive.
+        and inspect timeouts, weights, per-backend timeouts and congestion
+        control settings all survive.
         """
         token = os.path.abspath(self.mktemp())
         with open(token, "w") as f:
@@ -1551,10 +1552,11 @@ class RenderTests(SynchronousTestCase):
             proxies=(ProxyConfig(
                 name='a "quoted"\tname', listen=("tcp:1", "unix:/run/x\\:y"),
                 backends=(BackendConfig("tcp:host=10.0.0.1:port=2", "one", weight=3,
-                                        disableTime=0.5, connectTimeout=2.0),
+                                        disableTime=0.5, connectTimeout=2.0,
+                                        congestion="system"),
                           BackendConfig("unix:path=/run/é", "two\u007f")),
                 balance="round-robin", idleTimeout=30.0, halfClosedTimeout=1.25,
-                inspectDelay=0.1),),
+                inspectDelay=0.1, clientCongestion="system"),),
             debug=2, source="x", status=StatusConfig(("tcp:9180",), token,
                                                      "a-token-of-more-than-16-characters"),
             sessionLog="/var/log/sessions.log", logFormat="json", shutdownTimeout=5.0,

@@ -19,6 +19,7 @@ from txsockproxy.config import (
     Config,
     ProxyConfig,
 )
+from txsockproxy.congestion import AUTO
 from txsockproxy.lighttpd import originFields
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
@@ -79,6 +80,8 @@ def _backendLines(backend: BackendConfig) -> Iterable[str]:
         yield f"connect-timeout = {tomlNumber(backend.connectTimeout)}"
     if backend.disableTime != DEFAULT_DISABLE_TIME:
         yield f"disable-time = {tomlNumber(backend.disableTime)}"
+    if backend.congestion != AUTO:
+        yield f"congestion = {tomlString(backend.congestion)}"
 
 
 def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
@@ -92,6 +95,8 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
         yield f"half-closed-timeout = {tomlNumber(proxy.halfClosedTimeout)}"
     if proxy.inspectDelay:
         yield f"inspect-delay = {tomlNumber(proxy.inspectDelay)}"
+    if proxy.clientCongestion != AUTO:
+        yield f"client-congestion = {tomlString(proxy.clientCongestion)}"
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
