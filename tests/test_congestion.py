@@ -148,6 +148,18 @@ class SettingTests(SynchronousTestCase):
         assert message is not None
         self.assertIn("one of auto, system", message)
 
+    def test_summary(self) -> None:
+        """
+        L{congestion.summary} says what C{"auto"} does, or nothing when it
+        changes nothing.
+        """
+        self.assertEqual(
+            congestion.summary("bbr", ("reno", "bbr")),
+            "TCP congestion control: the system's is bbr; with the default (auto),"
+            " sockets with a loopback peer use reno",
+        )
+        self.assertIsNone(congestion.summary("cubic", self.NAMES))
+
     def test_isLoopback(self) -> None:
         """
         IPv4 loopback addresses, C{::1} and IPv4-mapped loopback addresses

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsockproxy import congestion
 from txsockproxy.config import BackendConfig, Config, ProxyConfig
 from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import ListenError, ProxyService
@@ -167,6 +168,40 @@ class ProxyServiceTests(SynchronousTestCase):
         service = ProxyService(twoProxies(debug=2), reactor)
         service.startService()
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def startLog(self, config: Config, default: str) -> list[str]:
+        """
+        The messages a service of C{config} logs as it starts, with
+        C{default} as the system's congestion control.
+        """
+        self.patch(congestion, "systemDefault", lambda: default)
+        self.patch(congestion, "available", lambda: ("reno", "cubic", "bbr"))
+        service = ProxyService(config, MemoryReactorClock())
+        with capturedLogs() as events:
+            service.startService()
+        return [formatEvent(e) for e in events]
+
+    def test_congestionLogged(self) -> None:
+        """
+        Under BBR, the start-up log says which algorithm sockets with a
+        loopback peer get; it says nothing when the system's algorithm does
+        not pace, or when no proxy or backend is left on C{"auto"}.
+        """
+        line = (
+            "TCP congestion control: the system's is bbr; with the default (auto),"
+            " sockets with a loopback peer use cubic"
+        )
+        self.assertIn(line, self.startLog(twoProxies(), "bbr"))
+        self.assertFalse(
+            [m for m in self.startLog(twoProxies(), "cubic") if "congestion" in m]
+        )
+        backend = BackendConfig(endpoint="tcp:host=127.0.0.1:port=1", label="b", congestion="system")
+        config = Config(
+            proxies=(
+                ProxyConfig(name="p", listen=("tcp:1",), backends=(backend,), clientCongestion="reno"),
+            )
+        )
+        self.assertFalse([m for m in self.startLog(config, "bbr") if "congestion" in m])
 
 
 def proxyConfig(name: str, listen: tuple[str, ...], *backends: tuple[str, str],

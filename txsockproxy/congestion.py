@@ -133,6 +133,21 @@ def _peer(transport: Any) -> Any:
     return peer
 
 
+def summary(default: Optional[str] = None, names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """
+    What C{"auto"} does on this system, in words, for the start-up log; or
+    L{None} when it changes nothing (the system's algorithm does not pace).
+    """
+    c = Congestion(AUTO, default, names)
+    if c.name is None:
+        return None
+    system = default if default is not None else systemDefault()
+    return (
+        f"TCP congestion control: the system's is {system}; with the default"
+        f" (auto), sockets with a loopback peer use {c.name.decode()}"
+    )
+
+
 class Congestion:
     """
     The algorithm one side's sockets get (a proxy's client sockets, or one
@@ -224,5 +239,6 @@ __all__ = [
     "check",
     "isLoopback",
     "paces",
+    "summary",
     "systemDefault",
 ]

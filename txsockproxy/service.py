@@ -18,6 +18,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
+from txsockproxy import congestion
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
 from txsockproxy.config import Config, ConfigError, loadConfig
@@ -238,6 +239,17 @@ class ProxyService(MultiService):
         if self.config.status is not None:
             self.log.info("status: listening on {listen}",
                           listen=", ".join(self.config.status.listen))
+        automatic = congestion.summary()
+        if automatic is not None and self._usesAuto():
+            self.log.info("{summary}", summary=automatic)
+
+    def _usesAuto(self) -> bool:
+        # Whether a proxy or backend leaves its congestion control on "auto".
+        return any(
+            proxy.clientCongestion == congestion.AUTO
+            or any(b.congestion == congestion.AUTO for b in proxy.backends)
+            for proxy in self.config.proxies
+        )
 
     def stopService(self) -> defer.Deferred[None]:
         """
