@@ -5,6 +5,8 @@ failures.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
@@ -241,6 +243,29 @@ class ReloadTests(SynchronousTestCase):
 
     def ports(self) -> list[int]:
         return [port for port, *_ in self.reactor.tcpServers]
+
+    def test_congestionReadAgain(self) -> None:
+        """
+        A reload reads the system's congestion control algorithm again: after
+        a change to BBR, loopback sockets of new sessions get C{cubic}, on the
+        kept listener and backend as on new ones.
+        """
+        self.patch(congestion, "available", lambda: ("reno", "cubic", "bbr"))
+        self.configs["c.toml"] = Config(
+            proxies=(proxyConfig("web", ("tcp:8080",), A, ("c", "tcp:host=10.0.0.3:port=1")),)
+        )
+
+        def chosen() -> list[Optional[bytes]]:
+            factory = self.service.factories[0]
+            backends = self.service.pools["web"].backends
+            return [factory.congestion.name] + [b.congestion.name for b in backends]
+
+        self.patch(congestion, "systemDefault", lambda: "cubic")
+        self.assertTrue(self.service.reload())
+        self.assertEqual(chosen(), [None, None, None])
+        self.patch(congestion, "systemDefault", lambda: "bbr")
+        self.assertTrue(self.service.reload())
+        self.assertEqual(chosen(), [b"cubic", b"cubic", b"cubic"])
 
     def test_keepsListenersAndCounters(self) -> None:
         """
