@@ -33,9 +33,15 @@ class FakeSocket:
     C{refuse} with the error given there.
     """
 
-    def __init__(self, refuse: Optional[dict[bytes, int]] = None) -> None:
+    def __init__(
+        self, refuse: Optional[dict[bytes, int]] = None, local: str = "10.9.9.9"
+    ) -> None:
         self.refuse = refuse or {}
+        self.local = local
         self.set: list[bytes] = []
+
+    def getsockname(self) -> tuple[str, int]:
+        return (self.local, 5000)
 
     def setsockopt(self, level: int, option: int, value: bytes) -> None:
         assert (level, option) == (socket.IPPROTO_TCP, TCP_CONGESTION)
@@ -64,15 +70,17 @@ class Wrapping:
         self.transport = transport
 
 
-def captureWarnings(case: SynchronousTestCase) -> list[str]:
+def captureLog(case: SynchronousTestCase) -> list[str]:
     """
-    The text of the warnings logged from now until the end of C{case}.
+    The messages logged at level info or above from now until the end of
+    C{case}, each after its level's name (C{"warn: ..."}).
     """
     seen: list[str] = []
 
     def observer(event: dict[str, Any]) -> None:
-        if event.get("log_level") == LogLevel.warn:
-            seen.append(formatEvent(event))
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.info:
+            seen.append(f"{level.name}: {formatEvent(event)}")
 
     globalLogPublisher.addObserver(observer)
     case.addCleanup(globalLogPublisher.removeObserver, observer)
@@ -88,8 +96,8 @@ class SettingTests(SynchronousTestCase):
 
     def test_autoUnderBBR(self) -> None:
         """
-        C{"auto"}, when the system's algorithm is BBR, gives loopback peers
-        C{cubic}.
+        C{"auto"}, when the system's algorithm is BBR, gives peers on this
+        host C{cubic}.
         """
         c = Congestion("auto", default="bbr", names=self.NAMES)
         self.assertEqual((c.name, c.loopbackOnly), (b"cubic", True))
@@ -100,6 +108,26 @@ class SettingTests(SynchronousTestCase):
         """
         c = Congestion("auto", default="bbr", names=("reno", "bbr"))
         self.assertEqual(c.name, b"reno")
+
+    def test_autoNotAllowed(self) -> None:
+        """
+        C{"auto"} chooses only among the algorithms the process may set:
+        C{reno} where C{cubic} is not allowed to it.
+        """
+        names = ("reno", "cubic", "bbr")
+        self.assertEqual(Congestion("auto", "bbr", names, allowed=("reno", "bbr")).name, b"reno")
+        self.assertEqual(Congestion("auto", "bbr", names, allowed=congestion.ALL).name, b"cubic")
+
+    def test_allowedToUs(self) -> None:
+        """
+        Root may set every algorithm; another user those of
+        C{net.ipv4.tcp_allowed_congestion_control}.
+        """
+        self.patch(congestion, "_read", lambda name: {"tcp_allowed_congestion_control": "reno bbr"}[name])
+        self.patch(congestion.os, "geteuid", lambda: 0)
+        self.assertIs(congestion._allowedToUs(), congestion.ALL)
+        self.patch(congestion.os, "geteuid", lambda: 1000)
+        self.assertEqual(congestion._allowedToUs(), ("reno", "bbr"))
 
     def test_autoUnderOthers(self) -> None:
         """
@@ -156,7 +184,7 @@ class SettingTests(SynchronousTestCase):
         self.assertEqual(
             congestion.summary("bbr", ("reno", "bbr")),
             "TCP congestion control: the system's is bbr; with the default (auto),"
-            " sockets with a loopback peer use reno",
+            " sockets whose peer is on this host use reno",
         )
         self.assertIsNone(congestion.summary("cubic", self.NAMES))
 
@@ -165,7 +193,7 @@ class SettingTests(SynchronousTestCase):
         IPv4 loopback addresses, C{::1} and IPv4-mapped loopback addresses
         are loopback; others, and what is not an address, are not.
         """
-        yes = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]
+        yes = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::"]
         no = ["10.0.0.1", "::ffff:10.0.0.1", "fe80::1", "", None, b"127.0.0.1"]
         self.assertEqual([isLoopback(h) for h in yes], [True] * len(yes))
         self.assertEqual([isLoopback(h) for h in no], [False] * len(no))
@@ -185,6 +213,32 @@ class ApplyTests(SynchronousTestCase):
             FakeTransport(sock, ("127.0.0.1", 4000))
         )
         self.assertEqual(sock.set, [b"cubic"])
+
+    def test_ownAddress(self) -> None:
+        """
+        C{"auto"} sets its algorithm on a socket whose peer has the socket's
+        own address (another address of this host, carried over loopback).
+        """
+        sock = FakeSocket(local="192.0.2.7")
+        Congestion("auto", default="bbr", names=("cubic",)).apply(
+            FakeTransport(sock, ("192.0.2.7", 4000))
+        )
+        self.assertEqual(sock.set, [b"cubic"])
+
+    def test_onThisHost(self) -> None:
+        """
+        L{congestion.onThisHost}: loopback addresses, and the socket's own
+        address; not another address, nor when the socket cannot tell.
+        """
+
+        class Closed:
+            def getsockname(self) -> Any:
+                raise OSError(errno.EBADF, "closed")
+
+        self.assertTrue(congestion.onThisHost(Closed(), "127.0.0.1"))
+        self.assertTrue(congestion.onThisHost(FakeSocket(local="192.0.2.7"), "192.0.2.7"))
+        self.assertFalse(congestion.onThisHost(FakeSocket(local="192.0.2.7"), "192.0.2.8"))
+        self.assertFalse(congestion.onThisHost(Closed(), "192.0.2.8"))
 
     def test_remotePeer(self) -> None:
         """
@@ -242,9 +296,10 @@ class ApplyTests(SynchronousTestCase):
     def test_refusedFallsBack(self) -> None:
         """
         If the kernel refuses C{"auto"}'s first choice, the next one is set,
-        and used from then on, and the refusal is logged once.
+        and used from then on, and the refusal is logged once, as
+        information: C{"auto"} does what it is meant to.
         """
-        seen = captureWarnings(self)
+        seen = captureLog(self)
         congestion._reported.clear()
         c = Congestion("auto", default="bbr", names=("reno", "cubic"))
         refusing = FakeSocket({b"cubic": errno.EPERM})
@@ -254,27 +309,49 @@ class ApplyTests(SynchronousTestCase):
         c.apply(FakeTransport(other, ("127.0.0.1", 2)))
         self.assertEqual(other.set, [b"reno"])
         self.assertEqual(len(seen), 1, seen)
+        self.assertTrue(seen[0].startswith("info: "), seen)
         self.assertIn("'cubic' cannot be set", seen[0])
         self.assertIn("using 'reno'", seen[0])
 
     def test_refusedAltogether(self) -> None:
         """
         If the kernel refuses every choice, sockets keep the system's
-        algorithm and nothing more is tried.
+        algorithm and nothing more is tried; that is a warning.
         """
-        seen = captureWarnings(self)
+        seen = captureLog(self)
         congestion._reported.clear()
         c = Congestion("reno", names=("reno",))
         c.apply(FakeTransport(FakeSocket({b"reno": errno.ENOENT}), ("127.0.0.1", 1)))
         self.assertIsNone(c.name)
         self.assertEqual(len(seen), 1)
+        self.assertTrue(seen[0].startswith("warn: "), seen)
         self.assertIn("keeping the system's", seen[0])
+
+    def test_eachOutcomeReported(self) -> None:
+        """
+        The same refusal leading to another outcome for another setting is
+        reported too: C{"auto"} going on with C{reno} does not hide a named
+        C{cubic} left off.
+        """
+        seen = captureLog(self)
+        congestion._reported.clear()
+        refusing = {b"cubic": errno.EPERM}
+        auto = Congestion("auto", default="bbr", names=("cubic", "reno"))
+        named = Congestion("cubic", names=("cubic",))
+        auto.apply(FakeTransport(FakeSocket(refusing), ("127.0.0.1", 1)))
+        named.apply(FakeTransport(FakeSocket(refusing), ("127.0.0.1", 2)))
+        self.assertEqual((auto.name, named.name), (b"reno", None))
+        self.assertEqual(len(seen), 2, seen)
+        self.assertIn("info: ", seen[0])
+        self.assertIn("using 'reno'", seen[0])
+        self.assertIn("warn: ", seen[1])
+        self.assertIn("keeping the system's", seen[1])
 
     def test_closedSocket(self) -> None:
         """
         A socket closed meanwhile (C{EBADF}) changes nothing and logs nothing.
         """
-        seen = captureWarnings(self)
+        seen = captureLog(self)
         c = Congestion("reno", names=("reno",))
         c.apply(FakeTransport(FakeSocket({b"reno": errno.EBADF}), ("127.0.0.1", 1)))
         self.assertEqual((c.name, seen), (b"reno", []))
@@ -320,6 +397,36 @@ class ProxySocketsTests(ReactorTestCase):
         """
         default = congestion.systemDefault()
         self.assertEqual(self.sessionSockets("system", "system"), (default, default))
+
+    def test_autoOwnAddress(self) -> None:
+        """
+        With C{"auto"} under BBR, a client connecting to one of this host's
+        addresses other than loopback is on this host too: its socket gets
+        C{cubic}.
+        """
+        if not paces(congestion.systemDefault()):
+            raise self.skipTest("the system's algorithm is not BBR")
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent
+            own = probe.getsockname()[0]
+        except OSError:
+            raise self.skipTest("no address but loopback") from None
+        finally:
+            probe.close()
+        if isLoopback(own):
+            raise self.skipTest("no address but loopback") from None
+        backend = self.listenTCP()
+        factory, _ = self.proxy(backend)
+        listening = self.reactor.listenTCP(0, factory, interface=own)
+        self.addCleanup(listening.stopListening)
+        client = socket.create_connection((own, listening.getHost().port))
+        self.addCleanup(client.close)
+        self.turnUntil(lambda: any(s.backendTransport for s in factory.sessions.open))
+        accepted, _ = backend.accept()
+        self.addCleanup(accepted.close)
+        [session] = factory.sessions.open
+        self.assertEqual(algorithmOf(session.clientTransport.socket), "cubic")
 
     def test_auto(self) -> None:
         """

@@ -185,13 +185,13 @@ class ProxyServiceTests(SynchronousTestCase):
 
     def test_congestionLogged(self) -> None:
         """
-        Under BBR, the start-up log says which algorithm sockets with a
-        loopback peer get; it says nothing when the system's algorithm does
+        Under BBR, the start-up log says which algorithm sockets whose peer
+        is on this host get; it says nothing when the system's algorithm does
         not pace, or when no proxy or backend is left on C{"auto"}.
         """
         line = (
             "TCP congestion control: the system's is bbr; with the default (auto),"
-            " sockets with a loopback peer use cubic"
+            " sockets whose peer is on this host use cubic"
         )
         self.assertIn(line, self.startLog(twoProxies(), "bbr"))
         self.assertFalse(

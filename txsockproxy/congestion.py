@@ -5,14 +5,14 @@ Linux's BBR paces its sends with a timer.  Between two processes of the
 same host (loopback) there is no network to pace for, and the timer sends
 from whichever CPU it fires on while the process sends from its own: on
 loopback, packets of one connection then arrive out of order, the sender
-retransmits what was not lost, and a relay that is idle half the time
-waits on it.  Measured on a 2-core machine with C{bbr} as the system's
-default, one connection relayed by txsockproxy: 2.0-2.4 GB/s, 40 % of the
-CPUs idle and 22 MB retransmitted per 2.7 GB; with the relay's own sockets
-on C{cubic}, 2.6-4.0 GB/s (doc/performance.md).
+retransmits what was not lost, and the relay waits on it.  Measured on a
+2-core machine with C{bbr} as the system's default, one connection relayed
+by txsockproxy: 1.9-2.4 GB/s with the CPUs a third idle, and 22.9 MB
+retransmitted per 2.8 GB; with the relay's own sockets on C{cubic}, 2.0-3.5
+GB/s (doc/performance.md, "Congestion control on loopback").
 
 So by default (C{"auto"}), when the system's algorithm is BBR, a socket
-whose peer is on this host (a loopback address) is switched to C{cubic}
+whose peer is on this host (see L{onThisHost}) is switched to C{cubic}
 (or C{reno}, which every user may set, if C{cubic} cannot be had); other
 sockets, and every socket when the system's algorithm is not BBR, keep the
 system's.  C{"system"} never changes anything; any other setting names an
@@ -23,6 +23,7 @@ that every TCP socket of that side gets.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any, Optional, Sequence
 
@@ -31,15 +32,16 @@ from twisted.logger import Logger
 AUTO = "auto"
 SYSTEM = "system"
 
-# Used by "auto" for loopback peers, best first.
+# Used by "auto" for peers on this host, best first.
 LOOPBACK_CHOICES = ("cubic", "reno")
 
 _TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 _PROC = "/proc/sys/net/ipv4/"
 
 _log = Logger()
-# (algorithm, errno) pairs already reported: one warning per process each.
-_reported: set[tuple[str, int]] = set()
+# (algorithm, errno, what is done instead) already reported: each warning
+# once per process.
+_reported: set[tuple[str, int, str]] = set()
 
 
 def _read(name: str) -> Optional[str]:
@@ -65,6 +67,19 @@ def available() -> Optional[tuple[str, ...]]:
     """
     names = _read("tcp_available_congestion_control")
     return None if names is None else tuple(names.split())
+
+
+# What _allowedToUs gives root: every algorithm.
+ALL: Sequence[str] = ("*",)
+
+
+def _allowedToUs() -> Sequence[str]:
+    # The algorithms this process may set: all (ALL) for root, which has
+    # CAP_NET_ADMIN; for other users, those the system allows everyone.
+    if os.geteuid() == 0:
+        return ALL
+    names = _read("tcp_allowed_congestion_control")
+    return () if names is None else tuple(names.split())
 
 
 def paces(name: Optional[str]) -> bool:
@@ -98,11 +113,31 @@ def check(setting: str, names: Optional[Sequence[str]] = None) -> Optional[str]:
 
 def isLoopback(host: Any) -> bool:
     """
-    Whether C{host}, an address as sockets give it, is a loopback address.
+    Whether C{host}, an address as sockets give it, is a loopback address,
+    or the unspecified address (a connect to which reaches this host).
     """
     if not isinstance(host, str):
         return False
-    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
+    return (
+        host.startswith("127.")
+        or host.startswith("::ffff:127.")
+        or host in ("::1", "0.0.0.0", "::", "::ffff:0.0.0.0")
+    )
+
+
+def onThisHost(sock: Any, host: Any) -> bool:
+    """
+    Whether the peer at C{host} of the connected socket C{sock} is on this
+    host: a loopback address (L{isLoopback}), or the socket's own address
+    (a connection to one of this host's other addresses, which Linux also
+    carries over loopback, has the same address at both ends).
+    """
+    if isLoopback(host):
+        return True
+    try:
+        return bool(sock.getsockname()[0] == host)
+    except (OSError, AttributeError, IndexError, TypeError):
+        return False
 
 
 def _underlying(transport: Any) -> Any:
@@ -144,7 +179,7 @@ def summary(default: Optional[str] = None, names: Optional[Sequence[str]] = None
     system = default if default is not None else systemDefault()
     return (
         f"TCP congestion control: the system's is {system}; with the default"
-        f" (auto), sockets with a loopback peer use {c.name.decode()}"
+        f" (auto), sockets whose peer is on this host use {c.name.decode()}"
     )
 
 
@@ -156,7 +191,8 @@ class Congestion:
     @ivar setting: what the configuration says.
     @ivar name: the algorithm set now, as bytes, or L{None} when sockets are
         left as they are.  Callers test it before calling L{apply}.
-    @ivar loopbackOnly: whether only sockets with a loopback peer get it.
+    @ivar loopbackOnly: whether only sockets whose peer is on this host (see
+        L{onThisHost}) get it.
     """
 
     __slots__ = ("setting", "name", "loopbackOnly", "_choices")
@@ -166,10 +202,14 @@ class Congestion:
         setting: str = AUTO,
         default: Optional[str] = None,
         names: Optional[Sequence[str]] = None,
+        allowed: Optional[Sequence[str]] = None,
     ) -> None:
         """
         @param default: the system's algorithm; read from C{/proc} if not given.
         @param names: the kernel's algorithms; read from C{/proc} if not given.
+        @param allowed: those C{"auto"} may choose: by default, all of
+            C{names} if they were given, else all for root and those of
+            C{net.ipv4.tcp_allowed_congestion_control} for other users.
         """
         self.setting = setting
         self.loopbackOnly = setting == AUTO
@@ -178,9 +218,13 @@ class Congestion:
             if default is None:
                 default = systemDefault()
             if paces(default):
+                if allowed is None:
+                    allowed = names if names is not None else _allowedToUs()
                 if names is None:
                     names = available() or ()
-                choices = tuple(n for n in LOOPBACK_CHOICES if n in names)
+                choices = tuple(
+                    n for n in LOOPBACK_CHOICES if n in names and (allowed is ALL or n in allowed)
+                )
         elif setting != SYSTEM:
             choices = (setting,)
         self._choices = choices
@@ -205,7 +249,7 @@ class Congestion:
         peer = _peer(held)
         if not isinstance(peer, tuple) or len(peer) < 2 or not isinstance(peer[1], int):
             return  # a unix socket: a path, or (path, None)
-        if self.loopbackOnly and not isLoopback(peer[0]):
+        if self.loopbackOnly and not onThisHost(held.socket, peer[0]):
             return
         while self.name is not None:
             try:
@@ -220,12 +264,15 @@ class Congestion:
         refused = self._choices[0]
         self._choices = self._choices[1:]
         self.name = self._choices[0].encode() if self._choices else None
-        if (refused, e.errno or 0) not in _reported:
-            _reported.add((refused, e.errno or 0))
-            instead = (
-                f"using {self._choices[0]!r}" if self._choices else "keeping the system's"
-            )
-            _log.warn(
+        instead = f"using {self._choices[0]!r}" if self._choices else "keeping the system's"
+        key = (refused, e.errno or 0, instead)
+        if key not in _reported:
+            _reported.add(key)
+            # "auto" going on with its next choice (root's choice, refused
+            # once twistd has dropped root) is as designed; a setting the
+            # operator wrote that cannot be had deserves a warning.
+            emit = _log.info if self.setting == AUTO and self._choices else _log.warn
+            emit(
                 "congestion control {name!r} cannot be set: {error}; {instead}",
                 name=refused, error=e.strerror or str(e), instead=instead,
             )
@@ -238,6 +285,7 @@ __all__ = [
     "available",
     "check",
     "isLoopback",
+    "onThisHost",
     "paces",
     "summary",
     "systemDefault",
