@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from dataclasses import replace
 from typing import Any, Optional
 
 from reactor_support import ReactorTestCase
@@ -34,11 +35,21 @@ class FakeSocket:
     """
 
     def __init__(
-        self, refuse: Optional[dict[bytes, int]] = None, local: str = "10.9.9.9"
+        self,
+        refuse: Optional[dict[bytes, int]] = None,
+        local: str = "10.9.9.9",
+        algorithm: bytes = b"bbr",
     ) -> None:
         self.refuse = refuse or {}
         self.local = local
+        self.algorithm = algorithm
         self.set: list[bytes] = []
+        self.asked = 0
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        assert (level, option) == (socket.IPPROTO_TCP, TCP_CONGESTION)
+        self.asked += 1
+        return self.algorithm.ljust(size, b"\0")
 
     def getsockname(self) -> tuple[str, int]:
         return (self.local, 5000)
@@ -48,6 +59,7 @@ class FakeSocket:
         if value in self.refuse:
             raise OSError(self.refuse[value], "refused")
         self.set.append(value)
+        self.algorithm = value
 
 
 class FakeTransport:
@@ -59,6 +71,26 @@ class FakeTransport:
     def __init__(self, sock: Any, client: Any) -> None:
         self.socket = sock
         self.client = client
+
+
+class FakePort:
+    """
+    A listening port bound to C{host}.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.socket = FakeSocket(local=host)
+
+
+class Accepted(FakeTransport):
+    """
+    A connection accepted by C{port}, from C{client}; its socket was given
+    C{algorithm} when the kernel created it.
+    """
+
+    def __init__(self, port: FakePort, client: Any, algorithm: bytes = b"bbr") -> None:
+        super().__init__(FakeSocket(algorithm=algorithm), client)
+        self.server = port
 
 
 class Wrapping:
@@ -193,8 +225,8 @@ class SettingTests(SynchronousTestCase):
         IPv4 loopback addresses, C{::1} and IPv4-mapped loopback addresses
         are loopback; others, and what is not an address, are not.
         """
-        yes = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::"]
-        no = ["10.0.0.1", "::ffff:10.0.0.1", "fe80::1", "", None, b"127.0.0.1"]
+        yes = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]
+        no = ["10.0.0.1", "::ffff:10.0.0.1", "fe80::1", "0.0.0.0", "::", "", None, b"127.0.0.1"]
         self.assertEqual([isLoopback(h) for h in yes], [True] * len(yes))
         self.assertEqual([isLoopback(h) for h in no], [False] * len(no))
 
@@ -227,7 +259,8 @@ class ApplyTests(SynchronousTestCase):
 
     def test_onThisHost(self) -> None:
         """
-        L{congestion.onThisHost}: loopback addresses, and the socket's own
+        L{congestion.onThisHost}: loopback addresses, the unspecified
+        addresses (connected to, they reach this host), and the socket's own
         address; not another address, nor when the socket cannot tell.
         """
 
@@ -236,6 +269,8 @@ class ApplyTests(SynchronousTestCase):
                 raise OSError(errno.EBADF, "closed")
 
         self.assertTrue(congestion.onThisHost(Closed(), "127.0.0.1"))
+        self.assertTrue(congestion.onThisHost(Closed(), "0.0.0.0"))
+        self.assertTrue(congestion.onThisHost(Closed(), "::"))
         self.assertTrue(congestion.onThisHost(FakeSocket(local="192.0.2.7"), "192.0.2.7"))
         self.assertFalse(congestion.onThisHost(FakeSocket(local="192.0.2.7"), "192.0.2.8"))
         self.assertFalse(congestion.onThisHost(Closed(), "192.0.2.8"))
@@ -357,6 +392,115 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual((c.name, seen), (b"reno", []))
 
 
+class BeforeConnectTests(SynchronousTestCase):
+    """
+    L{Congestion.beforeConnect} gives a socket about to connect the
+    algorithm when the address is enough to tell.
+    """
+
+    def test_loopback(self) -> None:
+        """
+        C{"auto"} sets its algorithm before a connect to a loopback or
+        unspecified address, and says nothing is left to do.
+        """
+        for host in ("127.0.0.1", "::1", "0.0.0.0"):
+            sock = FakeSocket()
+            self.assertTrue(Congestion("auto", "bbr", ("cubic",)).beforeConnect(sock, host))
+            self.assertEqual(sock.set, [b"cubic"])
+
+    def test_otherAddress(self) -> None:
+        """
+        Before a connect to another address, C{"auto"} leaves the socket
+        alone and says it must be looked at once connected (it may be this
+        host's own address); a named algorithm is set.
+        """
+        sock = FakeSocket()
+        self.assertFalse(Congestion("auto", "bbr", ("cubic",)).beforeConnect(sock, "192.0.2.7"))
+        self.assertEqual(sock.set, [])
+        self.assertTrue(Congestion("reno", names=("reno",)).beforeConnect(sock, "192.0.2.7"))
+        self.assertEqual(sock.set, [b"reno"])
+
+    def test_refused(self) -> None:
+        """
+        A refused choice gives way to the next one before the connect too.
+        """
+        captureLog(self)
+        congestion._reported.clear()
+        sock = FakeSocket({b"cubic": errno.EPERM})
+        c = Congestion("auto", "bbr", ("cubic", "reno"))
+        self.assertTrue(c.beforeConnect(sock, "127.0.0.1"))
+        self.assertEqual((sock.set, c.name), ([b"reno"], b"reno"))
+
+
+class ApplyAcceptedTests(SynchronousTestCase):
+    """
+    L{Congestion.applyAccepted} gives the listening socket the algorithm
+    when every connection it accepts qualifies, so that the kernel gives it
+    to the connections it creates from then on.
+    """
+
+    def test_loopbackListener(self) -> None:
+        """
+        Under C{"auto"}, the first connection of a port bound to a loopback
+        address gets the algorithm, and so does the listening socket; a
+        connection created before that is found and switched; once one
+        created after it is seen, later ones are not looked at.
+        """
+        port = FakePort("127.0.0.1")
+        c = Congestion("auto", "bbr", ("cubic",))
+        first = Accepted(port, ("127.0.0.1", 1))
+        c.applyAccepted(first)
+        self.assertEqual((first.socket.set, port.socket.set), ([b"cubic"], [b"cubic"]))
+        earlier = Accepted(port, ("127.0.0.1", 2))  # created before the change
+        c.applyAccepted(earlier)
+        self.assertEqual(earlier.socket.set, [b"cubic"])
+        later = Accepted(port, ("127.0.0.1", 3), algorithm=b"cubic")
+        c.applyAccepted(later)
+        self.assertEqual((later.socket.set, later.socket.asked), ([], 1))
+        last = Accepted(port, ("127.0.0.1", 4), algorithm=b"cubic")
+        c.applyAccepted(last)
+        self.assertEqual((last.socket.set, last.socket.asked), ([], 0))
+        self.assertEqual(port.socket.set, [b"cubic"])
+
+    def test_wildcardListener(self) -> None:
+        """
+        Under C{"auto"}, a port bound to all addresses keeps the system's
+        algorithm: each connection is looked at on its own.
+        """
+        port = FakePort("0.0.0.0")
+        c = Congestion("auto", "bbr", ("cubic",))
+        local = Accepted(port, ("127.0.0.1", 1))
+        remote = Accepted(port, ("192.0.2.9", 2))
+        c.applyAccepted(local)
+        c.applyAccepted(remote)
+        c.applyAccepted(local)
+        self.assertEqual(
+            (port.socket.set, local.socket.set, remote.socket.set), ([], [b"cubic"] * 2, [])
+        )
+
+    def test_namedAnyListener(self) -> None:
+        """
+        A named algorithm is given to any TCP listening socket.
+        """
+        port = FakePort("0.0.0.0")
+        Congestion("reno", names=("reno",)).applyAccepted(Accepted(port, ("192.0.2.9", 2)))
+        self.assertEqual(port.socket.set, [b"reno"])
+
+    def test_release(self) -> None:
+        """
+        L{Congestion.release} gives the listening socket it changed the
+        system's algorithm back; after that, connections are looked at one
+        by one again.
+        """
+        self.patch(congestion, "systemDefault", lambda: "bbr")
+        port = FakePort("127.0.0.1")
+        c = Congestion("auto", "bbr", ("cubic",))
+        c.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
+        c.release()
+        self.assertEqual(port.socket.set, [b"cubic", b"bbr"])
+        Congestion("auto", "bbr", ("cubic",)).release()  # changed nothing: does nothing
+
+
 class ProxySocketsTests(ReactorTestCase):
     """
     A proxy gives its client and backend sockets the configured algorithms.
@@ -427,6 +571,63 @@ class ProxySocketsTests(ReactorTestCase):
         self.addCleanup(accepted.close)
         [session] = factory.sessions.open
         self.assertEqual(algorithmOf(session.clientTransport.socket), "cubic")
+
+    def openSessions(self, factory: Any, listening: Any, backend: socket.socket, count: int) -> list[Any]:
+        """
+        Open C{count} more sessions through the proxy, one after the other;
+        all of its sessions open.
+        """
+        for _ in range(count):
+            expected = len(factory.sessions.open) + 1
+            client = socket.create_connection(("127.0.0.1", listening.getHost().port))
+            self.addCleanup(client.close)
+            self.turnUntil(
+                lambda n=expected: sum(1 for s in factory.sessions.open if s.backendTransport) == n
+            )
+            accepted, _ = backend.accept()
+            self.addCleanup(accepted.close)
+        return list(factory.sessions.open)
+
+    def test_autoOnLoopbackListener(self) -> None:
+        """
+        Under BBR, with C{"auto"}, a proxy listening on loopback gives its
+        listening socket C{cubic}, so that every client socket has it, and
+        gives it to each backend socket before the connect.
+        """
+        default = congestion.systemDefault()
+        if not paces(default) or "cubic" not in (KERNEL_NAMES or ()):
+            raise self.skipTest("the system's algorithm is not BBR, or no cubic")
+        backend = self.listenTCP()
+        factory, listening = self.proxy(backend)
+        sessions = self.openSessions(factory, listening, backend, 3)
+        self.assertEqual(algorithmOf(listening.socket), "cubic")
+        self.assertEqual(
+            [(algorithmOf(s.clientTransport.socket), algorithmOf(s.backendTransport.socket),
+              s.backendTransport.congestionSet) for s in sessions],
+            [("cubic", "cubic", True)] * 3,
+        )
+
+    def test_reloadReleasesListener(self) -> None:
+        """
+        A reload to C{"system"} gives the listening socket the system's
+        algorithm back, and new clients keep it.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+
+        default = congestion.systemDefault()
+        if not paces(default) or "cubic" not in (KERNEL_NAMES or ()):
+            raise self.skipTest("the system's algorithm is not BBR, or no cubic")
+        backend = self.listenTCP()
+        factory, listening = self.proxy(backend)
+        [first] = self.openSessions(factory, listening, backend, 1)
+        self.assertEqual(algorithmOf(listening.socket), "cubic")
+        config = replace(factory.pool.config, clientCongestion="system")
+        factory.usePool(BackendPool.fromConfig(config, FairBalancer(), self.reactor))
+        self.assertEqual(algorithmOf(listening.socket), default)
+        sessions = self.openSessions(factory, listening, backend, 1)
+        [second] = [s for s in sessions if s is not first]
+        self.assertEqual(algorithmOf(second.clientTransport.socket), default)
 
     def test_auto(self) -> None:
         """

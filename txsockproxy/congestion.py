@@ -113,26 +113,28 @@ def check(setting: str, names: Optional[Sequence[str]] = None) -> Optional[str]:
 
 def isLoopback(host: Any) -> bool:
     """
-    Whether C{host}, an address as sockets give it, is a loopback address,
-    or the unspecified address (a connect to which reaches this host).
+    Whether C{host}, an address as sockets give it, is a loopback address.
     """
     if not isinstance(host, str):
         return False
-    return (
-        host.startswith("127.")
-        or host.startswith("::ffff:127.")
-        or host in ("::1", "0.0.0.0", "::", "::ffff:0.0.0.0")
-    )
+    return host.startswith("127.") or host.startswith("::ffff:127.") or host == "::1"
+
+
+def _reachesThisHost(host: Any) -> bool:
+    # A peer address that is this host whatever the socket: loopback, or
+    # the unspecified address (a connect to which reaches this host).
+    return isLoopback(host) or host in ("0.0.0.0", "::", "::ffff:0.0.0.0")
 
 
 def onThisHost(sock: Any, host: Any) -> bool:
     """
     Whether the peer at C{host} of the connected socket C{sock} is on this
-    host: a loopback address (L{isLoopback}), or the socket's own address
-    (a connection to one of this host's other addresses, which Linux also
-    carries over loopback, has the same address at both ends).
+    host: a loopback address, the unspecified address (a connect to which
+    reaches this host), or the socket's own address (a connection to one of
+    this host's other addresses, which Linux also carries over loopback, has
+    the same address at both ends).
     """
-    if isLoopback(host):
+    if _reachesThisHost(host):
         return True
     try:
         return bool(sock.getsockname()[0] == host)
@@ -195,7 +197,7 @@ class Congestion:
         L{onThisHost}) get it.
     """
 
-    __slots__ = ("setting", "name", "loopbackOnly", "_choices")
+    __slots__ = ("setting", "name", "loopbackOnly", "_choices", "_port", "_checking", "_tried")
 
     def __init__(
         self,
@@ -229,6 +231,12 @@ class Congestion:
             choices = (setting,)
         self._choices = choices
         self.name: Optional[bytes] = choices[0].encode() if choices else None
+        # The listening port whose socket was given the algorithm (see
+        # applyAccepted), and whether connections it accepted may still
+        # predate that.
+        self._port: Any = None
+        self._checking = False
+        self._tried = False
 
     def __repr__(self) -> str:
         chosen = "unchanged" if self.name is None else self.name.decode()
@@ -259,6 +267,94 @@ class Congestion:
                 if e.errno not in (errno.EPERM, errno.ENOENT, errno.EACCES):
                     return  # closed meanwhile, or not TCP: nothing to do
                 self._refused(e)
+
+    def beforeConnect(self, sock: Any, host: str) -> bool:
+        """
+        Give the algorithm to C{sock}, a TCP socket about to connect to
+        C{host}, if the peer qualifies without being connected: a named
+        algorithm, or C{"auto"} and a loopback or unspecified address.  The
+        connection then starts with it (no switch once established).
+
+        @return: whether nothing is left to do once connected (it was set,
+            or the algorithm is none); L{False} if L{apply} must decide then.
+        """
+        if self.loopbackOnly and not _reachesThisHost(host):
+            return False
+        while self.name is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name)
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOENT, errno.EACCES):
+                    return False
+                self._refused(e)
+        return True
+
+    def applyAccepted(self, transport: Any) -> None:
+        """
+        L{apply} for a connection accepted by a listening port, which the
+        first such connection also gives the algorithm when every connection
+        it accepts qualifies (a named algorithm; or C{"auto"} and a port
+        bound to a loopback address): the kernel then gives it to later
+        connections as it creates them, with no system call of ours.
+        Connections created before that are found and switched: they are
+        accepted in the order created, so the first one found with the
+        algorithm ends the search.
+        """
+        held = _underlying(transport)
+        if held is None:
+            return
+        port = getattr(held, "server", None)
+        if port is not None and port is self._port:
+            if not self._checking:
+                return
+            try:
+                if held.socket.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16).rstrip(
+                    b"\0"
+                ) == self.name:
+                    self._checking = False
+                    return
+            except OSError:
+                return
+        self.apply(transport)
+        if not self._tried and port is not None and self.name is not None:
+            self._giveListener(port)
+
+    def _giveListener(self, port: Any) -> None:
+        # Once: the listening socket does not change.
+        self._tried = True
+        listening = getattr(port, "socket", None)
+        try:
+            host = listening.getsockname()[0]  # type: ignore[union-attr]
+        except (OSError, AttributeError, IndexError, TypeError):
+            return
+        if not isinstance(host, str) or (self.loopbackOnly and not isLoopback(host)):
+            return
+        try:
+            listening.setsockopt(  # type: ignore[union-attr]
+                socket.IPPROTO_TCP, _TCP_CONGESTION, self.name
+            )
+        except OSError:
+            return  # refused, or not TCP: each connection gets it
+        self._port = port
+        self._checking = True
+
+    def release(self) -> None:
+        """
+        Give a listening socket that L{applyAccepted} changed the system's
+        algorithm back (this setting is being replaced, on a reload).
+        """
+        port, self._port = self._port, None
+        self._checking = False
+        if port is None:
+            return
+        default = systemDefault()
+        listening = getattr(port, "socket", None)
+        if default and listening is not None:
+            try:
+                listening.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, default.encode())
+            except OSError:
+                pass
 
     def _refused(self, e: OSError) -> None:
         refused = self._choices[0]

@@ -722,6 +722,11 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
             skt.setblocking(False)
         self.fileno = skt.fileno
         self.protocol = None  # type: ignore[assignment]
+        # The backend's congestion control, set before the connect when the
+        # address tells already (see Congestion.beforeConnect).
+        congestion = getattr(connector, "congestion", None)
+        if congestion is not None and congestion.name is not None:
+            self.congestionSet = congestion.beforeConnect(skt, host)
         self.doConnect()
 
     def resolveAddress(self) -> None:
@@ -759,7 +764,9 @@ class Connecting:
     session failing over along many such backends must not recurse.
     """
 
-    __slots__ = ("factory", "transport", "timer", "reactor", "timeouts", "_plan", "_starting")
+    __slots__ = (
+        "factory", "transport", "timer", "reactor", "timeouts", "congestion", "_plan", "_starting"
+    )
 
     def __init__(
         self,
@@ -768,10 +775,12 @@ class Connecting:
         timeout: float,
         plan: tuple[Any, ...],
         timeouts: Any = None,
+        congestion: Any = None,
     ) -> None:
         self.factory = factory
         self.reactor = reactor
         self.timeouts = timeouts if timeouts is not None else reactor
+        self.congestion = congestion
         self.transport: Any = None
         self.timer: Any = None
         self._plan: Optional[tuple[Any, ...]] = (timeout,) + plan
@@ -860,7 +869,11 @@ _ourReactor: Optional[type] = None
 
 
 def connect(
-    endpoint: Any, factory: ClientFactory, timeout: float, timeouts: Any = None
+    endpoint: Any,
+    factory: ClientFactory,
+    timeout: float,
+    timeouts: Any = None,
+    congestion: Any = None,
 ) -> Optional[Connecting]:
     """
     Prepare to connect C{factory} the way C{endpoint} would, but at once and
@@ -872,6 +885,9 @@ def connect(
 
     @param timeouts: what arms the timer (its C{callLater}): a
         L{txsockproxy.timeouts.Timeouts}, or by default the reactor.
+    @param congestion: the L{txsockproxy.congestion.Congestion} a TCP
+        socket is given before it connects, where the address allows
+        (the transport's C{congestionSet} then says so).
 
     @return: the L{Connecting}, or L{None} when C{endpoint} is of another
         kind, or the reactor is not txsockproxy's: then use L{directConnect}
@@ -893,7 +909,7 @@ def connect(
         return None
     if endpoint._timeout and endpoint._timeout < timeout:
         timeout = endpoint._timeout
-    return Connecting(factory, reactor, timeout, args, timeouts)
+    return Connecting(factory, reactor, timeout, args, timeouts, congestion)
 
 
 def directConnect(

@@ -218,6 +218,9 @@ class ProxyFactory(ServerFactory):
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
         # Read again on a reload: the system's algorithm may have changed.
+        previous = getattr(self, "congestion", None)
+        if previous is not None:
+            previous.release()
         self.congestion = Congestion(pool.config.clientCongestion)
         # Wait for the SNI name only if the balancer uses it.
         self.inspectDelay = (
@@ -251,7 +254,7 @@ class FrontendProtocol(Protocol):
     def connectionMade(self) -> None:
         congestion = self.factory.congestion
         if congestion.name is not None:
-            congestion.apply(self.transport)
+            congestion.applyAccepted(self.transport)
         self.session = Session(self.factory, self)
         self.session.start()
 
@@ -471,7 +474,8 @@ class Session:
         factory = BackendFactory(self)
         timeout = backend.config.connectTimeout
         connecting = fastpath.connect(
-            backend.endpoint, factory, timeout, timeouts=self.factory.timeouts
+            backend.endpoint, factory, timeout, timeouts=self.factory.timeouts,
+            congestion=backend.congestion,
         )
         if connecting is not None:
             # Kept before it starts: it may succeed or fail at once.
@@ -522,7 +526,7 @@ class Session:
         self.backendProtocol = protocol
         bt: Any = protocol.transport
         self.backendTransport = bt
-        if backend.congestion.name is not None:
+        if backend.congestion.name is not None and not getattr(bt, "congestionSet", False):
             backend.congestion.apply(bt)
         ct = self.clientTransport
         if self.held:
