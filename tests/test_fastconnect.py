@@ -45,13 +45,53 @@ class ConnectIntegrationTests(ReactorTestCase):
     timeout and cancellation to its C{clientConnectionFailed}.
     """
 
+    def test_tcpLoopbackConnectsWithinStart(self) -> None:
+        """
+        To a listener of this host, the connect completes inside C{start}
+        (Linux completes the handshake within the first C{connect()}, and
+        the second says so): the protocol is connected before the reactor
+        ran, the timer is gone, and the socket is registered for reading
+        only.
+        """
+        server = self.listenTCP()
+        factory, connecting = self.connectTCP(server)
+        assert factory.protocol is not None
+        self.assertTrue(factory.protocol.made)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        fd = connecting.transport.fileno()
+        self.assertIn(fd, self.reactor._reads)
+        self.assertNotIn(fd, self.reactor._writes)
+
+    def test_inProgress(self) -> None:
+        """
+        When the handshake is not done when C{connect()} is asked again (a
+        listener that takes no more connections drops the SYN), the connect
+        stays in progress, guarded by its timer, until cancelled.
+        """
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler = socket.create_connection(server.getsockname())  # fills the queue
+        self.addCleanup(filler.close)
+        factory, connecting = self.connectTCP(server)
+        self.assertIsNone(factory.protocol)
+        self.assertIsNone(factory.failed)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.assertIn(connecting.transport.fileno(), self.reactor._writes)
+        connecting.cancel()
+        assert factory.failed is not None
+        self.assertIsInstance(factory.failed.value, error.UserError)
+
     def test_tcpStartsAtOnce(self) -> None:
         """
-        The connect is on its way when C{start} returns (Twisted's
-        C{connectTCP} waits for the reactor's next turn): the listener has a
-        connection to accept before the reactor ran; the factory's protocol
-        is connected after one event.
+        Without asking C{connect()} again at once, the connect is on its way
+        when C{start} returns (Twisted's C{connectTCP} waits for the
+        reactor's next turn): the listener has a connection to accept before
+        the reactor ran; the factory's protocol is connected after one event
+        (writable: C{SO_ERROR}, then C{connect()} again).
         """
+        self.patch(fastpath._ConnectAtOnce, "askAgain", False)
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         self.assertTrue(readable(server))
@@ -66,6 +106,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         One timer guards the connect, with the shorter of the session's
         timeout and the endpoint's.
         """
+        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         _, connecting = self.connectTCP(server, timeout=3.0)
         [timer] = self.reactor.getDelayedCalls()
@@ -121,6 +162,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         When the timer fires first, the connect fails with
         L{error.TimeoutError} and its socket is closed.
         """
+        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         [timer] = self.reactor.getDelayedCalls()
@@ -135,6 +177,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         C{cancel} stops a connect in progress: the factory hears
         L{error.UserError}, nothing is built, no timer is left.
         """
+        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         connecting.cancel()

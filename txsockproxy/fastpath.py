@@ -596,14 +596,28 @@ class _ConnectAtOnce:
             return
         self._connectStep()
 
-    def _connectStep(self) -> None:
+    # Whether a connect in progress is asked again at once (see _connectStep).
+    askAgain = True
+
+    def _connectStep(self, first: bool = True) -> None:
         """
         Call C{connect()}: connected, in progress, or failed.  Once the socket
         is readable or writable, C{connect()} again is what tells "connected"
         from "still in progress" (C{SO_ERROR} is 0 in both).
+
+        @param first: whether this starts the connect.  Then, if it is in
+            progress, C{connect()} is asked again at once: to an address of
+            this host, Linux completes the handshake within the first call
+            (which still says "in progress"), and the answer then saves
+            waiting for the socket to become writable (an event, a
+            C{getsockopt} and two C{epoll_ctl}).  Elsewhere it says "in
+            progress" again.
         """
         try:
-            result = self.socket.connect_ex(self.realAddress)  # type: ignore[attr-defined]
+            connect = self.socket.connect_ex  # type: ignore[attr-defined]
+            result = connect(self.realAddress)  # type: ignore[attr-defined]
+            if first and result == EINPROGRESS and self.askAgain:
+                result = connect(self.realAddress)  # type: ignore[attr-defined]
         except OSError as e:
             result = e.errno if e.errno is not None else -1
             if result == -1:
@@ -630,7 +644,7 @@ class _ConnectAtOnce:
         if err:
             self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))  # type: ignore[attr-defined]
             return
-        self._connectStep()
+        self._connectStep(first=False)
 
     def _connected(self, registered: bool) -> None:
         del self.doWrite, self.doRead
