@@ -486,19 +486,83 @@ class ApplyAcceptedTests(SynchronousTestCase):
         Congestion("reno", names=("reno",)).applyAccepted(Accepted(port, ("192.0.2.9", 2)))
         self.assertEqual(port.socket.set, [b"reno"])
 
-    def test_release(self) -> None:
+    def test_adoptedListener(self) -> None:
         """
-        L{Congestion.release} gives the listening socket it changed the
-        system's algorithm back; after that, connections are looked at one
-        by one again.
+        A listening socket the proxy did not make (handed over by systemd:
+        Twisted does not shut adopted sockets down) outlives the proxy: it
+        is left alone, and each connection is looked at on its own.
+        """
+        port = FakePort("127.0.0.1")
+        port._shouldShutdown = False  # type: ignore[attr-defined]
+        c = Congestion("auto", "bbr", ("cubic",))
+        first = Accepted(port, ("127.0.0.1", 1))
+        second = Accepted(port, ("127.0.0.1", 2))
+        c.applyAccepted(first)
+        c.applyAccepted(second)
+        self.assertEqual(
+            (port.socket.set, first.socket.set, second.socket.set), ([], [b"cubic"], [b"cubic"])
+        )
+
+    def test_takeOverSame(self) -> None:
+        """
+        A reload to a setting that chooses the same algorithm leaves the
+        listening socket as it is and goes on with the search for the
+        connections created before it was changed: none is left behind.
+        """
+        port = FakePort("127.0.0.1")
+        old = Congestion("auto", "bbr", ("cubic",))
+        old.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
+        new = Congestion("auto", "bbr", ("cubic",))
+        new.takeOver(old)
+        earlier = Accepted(port, ("127.0.0.1", 2))  # created before the first change
+        new.applyAccepted(earlier)
+        later = Accepted(port, ("127.0.0.1", 3), algorithm=b"cubic")
+        new.applyAccepted(later)
+        self.assertEqual(
+            (port.socket.set, earlier.socket.set, later.socket.set, later.socket.asked),
+            ([b"cubic"], [b"cubic"], [], 1),
+        )
+
+    def test_takeOverOther(self) -> None:
+        """
+        A reload to another algorithm gives the listening socket the new one
+        at once; connections created before (with the old one or the
+        system's) are found and switched.
+        """
+        port = FakePort("127.0.0.1")
+        old = Congestion("auto", "bbr", ("cubic", "reno"))
+        old.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
+        new = Congestion("reno", "bbr", ("cubic", "reno"))
+        new.takeOver(old)
+        self.assertEqual(port.socket.set, [b"cubic", b"reno"])
+        queued = Accepted(port, ("127.0.0.1", 2), algorithm=b"cubic")
+        new.applyAccepted(queued)
+        self.assertEqual(queued.socket.set, [b"reno"])
+
+    def test_takeOverNone(self) -> None:
+        """
+        A reload to a setting that gives no algorithm gives the listening
+        socket the system's algorithm as it is now.
         """
         self.patch(congestion, "systemDefault", lambda: "bbr")
         port = FakePort("127.0.0.1")
-        c = Congestion("auto", "bbr", ("cubic",))
-        c.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
-        c.release()
+        old = Congestion("auto", "bbr", ("cubic",))
+        old.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
+        Congestion("system").takeOver(old)
         self.assertEqual(port.socket.set, [b"cubic", b"bbr"])
-        Congestion("auto", "bbr", ("cubic",)).release()  # changed nothing: does nothing
+
+    def test_takeOverUntouched(self) -> None:
+        """
+        After a setting that did not change the listening socket, a new one
+        tries it at its first connection.
+        """
+        port = FakePort("0.0.0.0")
+        old = Congestion("auto", "bbr", ("cubic",))
+        old.applyAccepted(Accepted(port, ("127.0.0.1", 1)))
+        new = Congestion("reno", "bbr", ("reno",))
+        new.takeOver(old)
+        new.applyAccepted(Accepted(port, ("192.0.2.1", 2)))
+        self.assertEqual(port.socket.set, [b"reno"])
 
 
 class ProxySocketsTests(ReactorTestCase):
@@ -607,10 +671,39 @@ class ProxySocketsTests(ReactorTestCase):
             [("cubic", "cubic", True)] * 3,
         )
 
+    def test_reloadSameSetting(self) -> None:
+        """
+        A reload that keeps the setting (logrotate's SIGHUP) leaves no client
+        on the system's algorithm, even clients waiting to be accepted across
+        it.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import FairBalancer
+
+        default = congestion.systemDefault()
+        if not paces(default) or "cubic" not in (KERNEL_NAMES or ()):
+            raise self.skipTest("the system's algorithm is not BBR, or no cubic")
+        backend = self.listenTCP()
+        factory, listening = self.proxy(backend)
+        self.openSessions(factory, listening, backend, 1)
+        address = ("127.0.0.1", listening.getHost().port)
+        waiting = [socket.create_connection(address) for _ in range(2)]
+        factory.usePool(BackendPool.fromConfig(factory.pool.config, FairBalancer(), self.reactor))
+        waiting.append(socket.create_connection(address))
+        for client in waiting:
+            self.addCleanup(client.close)
+        self.turnUntil(lambda: sum(1 for s in factory.sessions.open if s.backendTransport) == 4)
+        for _ in range(3):
+            accepted, _ = backend.accept()
+            self.addCleanup(accepted.close)
+        self.assertEqual(
+            [algorithmOf(s.clientTransport.socket) for s in factory.sessions.open], ["cubic"] * 4
+        )
+
     def test_reloadReleasesListener(self) -> None:
         """
         A reload to C{"system"} gives the listening socket the system's
-        algorithm back, and new clients keep it.
+        algorithm, and new clients keep it.
         """
         from txsockproxy.backends import BackendPool
         from txsockproxy.balancers import FairBalancer

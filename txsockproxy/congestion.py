@@ -323,37 +323,56 @@ class Congestion:
     def _giveListener(self, port: Any) -> None:
         # Once: the listening socket does not change.
         self._tried = True
-        listening = getattr(port, "socket", None)
+        if self._owns(port):
+            self._setListener(port, self.name)
+
+    def _owns(self, port: Any) -> bool:
+        # Whether every connection of this port qualifies, and the listening
+        # socket is the proxy's own: not one handed over by systemd or
+        # another program (Twisted's adopted ports do not shut it down),
+        # which outlives the proxy and would keep the algorithm.
+        if not getattr(port, "_shouldShutdown", True):
+            return False
         try:
-            host = listening.getsockname()[0]  # type: ignore[union-attr]
+            host = port.socket.getsockname()[0]
         except (OSError, AttributeError, IndexError, TypeError):
-            return
-        if not isinstance(host, str) or (self.loopbackOnly and not isLoopback(host)):
-            return
+            return False
+        return isinstance(host, str) and (not self.loopbackOnly or isLoopback(host))
+
+    def _setListener(self, port: Any, name: Optional[bytes]) -> bool:
         try:
-            listening.setsockopt(  # type: ignore[union-attr]
-                socket.IPPROTO_TCP, _TCP_CONGESTION, self.name
-            )
-        except OSError:
-            return  # refused, or not TCP: each connection gets it
+            port.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, name)
+        except (OSError, AttributeError, TypeError):
+            return False  # refused, closed, or not TCP: each connection gets it
         self._port = port
         self._checking = True
+        return True
 
-    def release(self) -> None:
+    def takeOver(self, previous: Congestion) -> None:
         """
-        Give a listening socket that L{applyAccepted} changed the system's
-        algorithm back (this setting is being replaced, on a reload).
+        Replace C{previous} as the setting of the same listening port (on a
+        reload).  If they choose the same algorithm, the listening socket
+        stays as C{previous} left it.  Otherwise a listening socket that
+        C{previous} changed is given this setting's algorithm at once (the
+        connections created before are found and switched, as for the
+        first), or, if this one gives it none, the system's algorithm as it
+        is now: Linux has no way back to "whatever the system's is", so that
+        listening socket keeps it until the proxy restarts.
         """
-        port, self._port = self._port, None
-        self._checking = False
+        port = previous._port
+        if (self.name, self.loopbackOnly) == (previous.name, previous.loopbackOnly):
+            self._port, self._checking, self._tried = port, previous._checking, previous._tried
+            return
         if port is None:
+            return  # this setting tries the listening socket at its first connection
+        self._tried = True
+        if self.name is not None and self._owns(port) and self._setListener(port, self.name):
             return
         default = systemDefault()
-        listening = getattr(port, "socket", None)
-        if default and listening is not None:
+        if default:
             try:
-                listening.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, default.encode())
-            except OSError:
+                port.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, default.encode())
+            except (OSError, AttributeError):
                 pass
 
     def _refused(self, e: OSError) -> None:

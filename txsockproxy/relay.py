@@ -218,10 +218,11 @@ class ProxyFactory(ServerFactory):
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
         # Read again on a reload: the system's algorithm may have changed.
+        congestion = Congestion(pool.config.clientCongestion)
         previous = getattr(self, "congestion", None)
         if previous is not None:
-            previous.release()
-        self.congestion = Congestion(pool.config.clientCongestion)
+            congestion.takeOver(previous)
+        self.congestion = congestion
         # Wait for the SNI name only if the balancer uses it.
         self.inspectDelay = (
             pool.config.inspectDelay
