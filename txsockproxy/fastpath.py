@@ -610,8 +610,8 @@ class _ConnectAtOnce:
             this host, Linux completes the handshake within the first call
             (which still says "in progress"), and the answer then saves
             waiting for the socket to become writable (an event, a
-            C{getsockopt} and two C{epoll_ctl}).  Elsewhere it says "in
-            progress" again.
+            C{getsockopt} and an C{epoll_ctl}: the socket is registered for
+            reading only).  Elsewhere it says "in progress" again.
         """
         try:
             connect = self.socket.connect_ex  # type: ignore[attr-defined]
