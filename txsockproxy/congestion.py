@@ -259,14 +259,25 @@ class Congestion:
             return  # a unix socket: a path, or (path, None)
         if self.loopbackOnly and not onThisHost(held.socket, peer[0]):
             return
+        self._give(held.socket)
+
+    def _give(self, sock: Any) -> bool:
+        """
+        Set the algorithm on C{sock}, going on to the next choice when the
+        kernel refuses one.
+
+        @return: L{False} if C{sock} could not take any (closed meanwhile,
+            not TCP); else L{True}, also when every choice was refused.
+        """
         while self.name is not None:
             try:
-                held.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name)
-                return
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name)
+                return True
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOENT, errno.EACCES):
-                    return  # closed meanwhile, or not TCP: nothing to do
+                    return False
                 self._refused(e)
+        return True
 
     def beforeConnect(self, sock: Any, host: str) -> bool:
         """
@@ -280,15 +291,7 @@ class Congestion:
         """
         if self.loopbackOnly and not _reachesThisHost(host):
             return False
-        while self.name is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name)
-                return True
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOENT, errno.EACCES):
-                    return False
-                self._refused(e)
-        return True
+        return self._give(sock)
 
     def applyAccepted(self, transport: Any) -> None:
         """
