@@ -65,7 +65,7 @@ class RateLimitedLogTests(SynchronousTestCase):
         L{RateLimitedLog.stop} cancels the window's reactor call: no summary
         is logged after it.
         """
-        for i in range(5):
+        for _ in range(5):
             self.limited.emit(LogLevel.info, "e")
         self.limited.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
