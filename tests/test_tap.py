@@ -5,11 +5,15 @@ Tests for L{txsockproxy.tap}: the C{twistd sockproxy} command line.
 from __future__ import annotations
 
 import io
+import os
+import socket
 import subprocess
 import sys
 from textwrap import dedent
 
-from twisted.internet.testing import MemoryReactorClock
+from integration_support import TWISTD
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -406,3 +410,109 @@ class MakeServiceTests(OptionsTestCase):
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
         ).stdout
         self.assertEqual(output, "False\n")
+
+
+def daemonizingTwistd(**overrides: object) -> usage.Options:
+    """
+    Options like those of a daemonizing C{twistd} (no C{-n}) that has not
+    forked yet, as L{makeService} finds them in its options' C{parent}.
+    """
+    parent = usage.Options()
+    parent.update({"nodaemon": False, "chroot": None, "rundir": ".", "pidfile": "twistd.pid"})
+    parent.update(overrides)
+    return parent
+
+
+class BindBeforeDaemonizingTests(OptionsTestCase):
+    """
+    Under a daemonizing C{twistd}, L{makeService} binds the listeners in the
+    process the user started, before twistd forks.
+    """
+
+    ARGS = ["--listen", "tcp:5432:interface=127.0.0.1", "--backend", "tcp:host=127.0.0.1:port=1"]
+
+    def daemonOptions(self, **overrides: object) -> Options:
+        options = self.parse(self.ARGS)
+        options.parent = daemonizingTwistd(**overrides)
+        return options
+
+    def test_boundOnce(self) -> None:
+        """
+        The listeners are bound by L{makeService}; twistd's privileged start
+        and start, after the fork, do not bind them again.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(self.daemonOptions(), reactor)
+        self.assertEqual([port for port, *_ in reactor.tcpServers], [5432])
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertTrue(service.running)
+        self.assertTrue(service.proxy.running)
+
+    def test_bindErrorPrinted(self) -> None:
+        """
+        A listener that cannot be bound ends L{makeService} with exit status
+        1 and one plain line on stderr, in the format of the config's
+        errors.
+        """
+        options = self.daemonOptions()
+        reactor = RaisingMemoryReactor(
+            listenException=CannotListenError("127.0.0.1", 5432, OSError(98, "Address already in use"))
+        )
+        exit = self.assertRaises(SystemExit, makeService, options, reactor)
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(
+            options.stderr.getvalue(),
+            "sockproxy: Address already in use: cannot listen on tcp:5432:interface=127.0.0.1\n",
+        )
+
+    def test_notWhenNotDaemonizing(self) -> None:
+        """
+        With C{-n}, after twistd has forked (its status pipe is there), and
+        with C{--chroot} or C{--rundir} (applied before the fork),
+        L{makeService} binds nothing: twistd's privileged start does.
+        """
+        for overrides in [{"nodaemon": True}, {"statusPipe": 7}, {"chroot": "/srv"},
+                          {"rundir": "/srv"}]:
+            with self.subTest(overrides=overrides):
+                reactor = MemoryReactorClock()
+                service = makeService(self.daemonOptions(**overrides), reactor)
+                self.assertEqual(reactor.tcpServers, [])
+                service.privilegedStartService()
+                self.assertEqual([port for port, *_ in reactor.tcpServers], [5432])
+
+
+class DaemonizingIntegrationTests(SynchronousTestCase):
+    """
+    Integration tests: a real daemonizing C{twistd sockproxy} (no C{-n}), run
+    as a user would.
+    """
+
+    def test_bindErrorIsPlainText(self) -> None:
+        """
+        A daemonizing twistd whose listen port is taken prints the reason as
+        one plain line (not twistd's C{An error has occurred: b'...'}),
+        exits with status 1, and leaves no pidfile and no log behind.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        tmp = self.mktemp()
+        os.makedirs(tmp)
+        pidfile = os.path.join(tmp, "twistd.pid")
+        logfile = os.path.join(tmp, "twistd.log")
+        done = subprocess.run(
+            [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "sockproxy",
+             "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--backend", "tcp:host=127.0.0.1:port=1"],
+            cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(
+            (done.returncode, done.stdout, done.stderr),
+            (1, "", f"sockproxy: Address already in use: cannot listen on "
+                    f"tcp:{port}:interface=127.0.0.1\n"),
+        )
+        self.assertEqual(os.listdir(tmp), [])

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from typing import Any, Optional, TextIO
 
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -174,23 +175,71 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         # --debug overrides the file's debug on reload too.
         debug = options["configObject"].debug
         service.loader = lambda path: replace(loadConfig(path), debug=debug)
-    service.onStartupError = _StartupErrorExit(getattr(options, "parent", None))
+    twistd = getattr(options, "parent", None)
+    onStartupError = _StartupErrorExit(twistd)
+    service.onStartupError = onStartupError
     # Run by twistd or twist: SIGHUP reloads the configuration file.
     service.handleSignals = True
+    result: Any = service
+    if _beforeDaemonizing(twistd):
+        # Bind now, in the process the user started: a listener that cannot
+        # be bound is then one plain line on stderr, and twistd never forks.
+        # After the fork, twistd's waiting parent would print the child's
+        # reason as a bytes literal (b'Address already in use...').
+        onStartupError.stderr = options.stderr
+        service.privilegedStartService()
+        onStartupError.stderr = None
+        result = _BoundBeforeDaemonizing(service)
     # What start-up made (modules, plugins, the configuration) lives as long
     # as the process: keep it out of the cyclic collector's full passes,
     # which otherwise walk it every few thousand connections.
     gc.collect()
     gc.freeze()
-    return service
+    return result
+
+
+def _beforeDaemonizing(twistd: Any) -> bool:
+    """
+    Whether C{twistd} (the options of the command that runs the plugin, if
+    any) are those of a twistd that will daemonize and has not forked yet.
+
+    Not with C{--chroot} or C{--rundir}: twistd applies them before it
+    forks, and a relative unix socket path must mean the same as it does
+    without them.
+    """
+    if not hasattr(twistd, "get") or "nodaemon" not in twistd:
+        return False
+    return (
+        not twistd["nodaemon"]
+        and twistd.get("statusPipe") is None
+        and twistd.get("chroot") is None
+        and twistd.get("rundir", ".") == "."
+    )
+
+
+class _BoundBeforeDaemonizing(MultiService):
+    """
+    The proxy service under a daemonizing twistd, its listeners bound already
+    by L{makeService}: twistd's privileged start, after the fork, does not
+    bind them again.
+    """
+
+    def __init__(self, proxy: Service) -> None:
+        super().__init__()
+        self.proxy = proxy
+        proxy.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
 
 
 class _StartupErrorExit:
     """
     Ends start-up when the service cannot start (e.g. a listener cannot
-    bind): one log line, exit status 1, no traceback. Under a daemonizing twistd the reason is also handed to
-    the waiting parent process (as twistd does for exceptions) and the
-    pidfile is removed.
+    bind): one log line, exit status 1, no traceback. Before a daemonizing
+    twistd forks, the line goes to stderr instead. After the fork, the reason
+    is also handed to the waiting parent process (as twistd does for
+    exceptions; it prints it as a bytes literal) and the pidfile is removed.
     """
 
     log = Logger()
@@ -199,8 +248,16 @@ class _StartupErrorExit:
         # twistd's own options: a daemonizing twistd puts the pipe to its
         # waiting parent there ("statusPipe") once it has forked.
         self._options = twistdOptions
+        # Set while binding before twistd daemonizes: its log is not open
+        # yet, and the error is printed here instead, like the config's.
+        self.stderr: Optional[TextIO] = None
 
     def __call__(self, error: Exception) -> None:
+        if self.stderr is not None:
+            # Not logged as well: before logging begins, Twisted copies
+            # critical events to stderr, which would say it twice.
+            print(f"sockproxy: {error}", file=self.stderr)
+            raise SystemExit(1)
         self.log.critical("{error}", error=str(error))
         options = self._options
         pipe = options.get("statusPipe") if hasattr(options, "get") else None
