@@ -226,6 +226,26 @@ class CommandLineProxyTests(OptionsTestCase):
         self.assertRaises(usage.UsageError, options.parseOptions, ["--lisen", "tcp:1"])
 
 
+class HelpTests(SynchronousTestCase):
+    """
+    C{twistd sockproxy --help}.
+    """
+
+    def test_descriptionsReadAsWritten(self) -> None:
+        """
+        Every option's description in the rendered help is single-spaced
+        prose: no indentation of a docstring's second line shows inside it
+        (as in C{"(repeatable),         e.g."}).
+        """
+        lines = str(Options()).splitlines()
+        start = lines.index("Options:") + 1
+        end = lines.index("", start)
+        column = lines[start].index("Balancer for")
+        descriptions = " ".join(line[column:] for line in lines[start:end])
+        self.assertIn("(repeatable), e.g. tcp:9180:interface=127.0.0.1.", descriptions)
+        self.assertNotIn("  ", descriptions)
+
+
 class ConfigFileOptionTests(OptionsTestCase):
     """
     L{Options} loads C{--config}, and C{--debug} alone may override it.

@@ -73,10 +73,12 @@ class Options(usage.Options):
         """
         self["backend"].append(endpoint)
 
+    # One line each: --help shows an option method's docstring as it is,
+    # the indentation of a second line included.
+
     def opt_status(self, endpoint: str) -> None:
         """
-        Serve the status page and metrics on this server endpoint (repeatable),
-        e.g. tcp:9180:interface=127.0.0.1.
+        Serve the status page and metrics on this endpoint (repeatable), e.g. tcp:9180:interface=127.0.0.1.
         """
         self["status"].append(endpoint)
 
