@@ -26,7 +26,8 @@ from integration_support import (
 )
 from relay_fakes import HalfCloseTransport
 from test_integration import _IntegrationTestCase
-from twisted.internet import main
+from twisted.internet import error, main
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txsockproxy import fastpath
@@ -59,6 +60,10 @@ class FakeSocketTransport:
         self.reading = True
         self.writing = False
         self.ownWrites = 0
+        self.disconnected = False
+        self._aborting = False
+        self.reactor = Clock()
+        self.lost: list[Any] = []
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -75,6 +80,13 @@ class FakeSocketTransport:
 
     def startWriting(self) -> None:
         self.writing = True
+
+    def stopWriting(self) -> None:
+        self.writing = False
+
+    def connectionLost(self, reason: Any) -> None:
+        self.disconnected = True
+        self.lost.append(reason)
 
     def doWrite(self) -> None:
         self.ownWrites += 1
@@ -213,6 +225,41 @@ class RelayTestsMixin:
         """
         self.source.socket.close()
         self.assertIs(self.relay.doRead(), main.CONNECTION_LOST)
+
+    def assertSinkLostByError(self: Any) -> None:
+        """
+        The sink was reported lost by an error (C{ConnectionLost}, not
+        C{ConnectionDone}) in the reactor's next turn, and is neither read
+        nor written until then.
+        """
+        self.assertEqual(self.sink.lost, [])
+        self.assertFalse(self.sink.reading)
+        self.assertFalse(self.sink.writing)
+        self.sink.reactor.advance(0)
+        self.assertEqual(len(self.sink.lost), 1)
+        self.assertIsInstance(self.sink.lost[0].value, error.ConnectionLost)
+
+    def test_sinkErrorIsSinkLost(self: Any) -> None:
+        """
+        When sending to the sink fails (its peer is gone), the sink is
+        reported lost by an error at once: that send took the socket's
+        error, and a later read of the sink would find a clean EOF.
+        """
+        self.sinkPeer.close()
+        self.sourcePeer.sendall(b"x" * 1000)
+        self.assertIsNone(self.relay.doRead())
+        self.assertSinkLostByError()
+
+    def test_sinkLostOnce(self: Any) -> None:
+        """
+        A sink already reported lost (or aborted) is not reported again.
+        """
+        self.sinkPeer.close()
+        self.sink._aborting = True
+        self.sourcePeer.sendall(b"x" * 1000)
+        self.relay.doRead()
+        self.sink.reactor.advance(0)
+        self.assertEqual(self.sink.lost, [])
 
     def test_busySinkTakesOrdinaryPath(self: Any) -> None:
         """
@@ -354,22 +401,30 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
 
     def test_sinkErrorReportedByDoWrite(self) -> None:
         """
-        An error writing the sink is returned from the sink's C{doWrite}, so
-        the reactor closes the sink as it would on its own write error.
+        An error writing the sink from the pipe, in the sink's C{doWrite}, is
+        returned from it, so the reactor closes the sink as it would on its
+        own write error.
         """
         self.bulk()
-        self.sinkPeer.close()
+        fillSocket(self.sink.socket)
         payload = os.urandom(100_000)
         self.sourcePeer.sendall(payload)
         self.relay.doRead()
-        for _ in range(10):
-            if not self.sink.writing:
-                break
-            result = self.sink.doWrite()
-            if result is not None:
-                self.assertIs(result, main.CONNECTION_LOST)
-                return
-        self.fail("the sink's error was never reported")
+        self.assertTrue(self.relay.pending, "the sink never stalled")
+        self.assertTrue(self.sink.writing)
+        self.sinkPeer.close()
+        self.assertIs(self.sink.doWrite(), main.CONNECTION_LOST)
+
+    def test_sinkErrorWhileSplicingIsSinkLost(self) -> None:
+        """
+        When splicing to the sink fails (its peer is gone), the sink is
+        reported lost by an error at once, not left for a read to find EOF.
+        """
+        self.bulk()
+        self.sinkPeer.close()
+        self.sourcePeer.sendall(os.urandom(100_000))
+        self.assertIsNone(self.relay.doRead())
+        self.assertSinkLostByError()
 
     def pipeSize(self) -> int:
         import fcntl

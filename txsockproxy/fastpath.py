@@ -220,7 +220,9 @@ class Relay:
         """
         if self.pending:
             # Resumed by someone else while the sink is stalled.
-            self._drain()
+            if self._drain() is not None:
+                failSoon(self.sink)
+                return None
             if self.pending:
                 self._stall()
                 return None
@@ -252,9 +254,13 @@ class Relay:
             self.owner.countDown(n)
         try:
             sent = sink.socket.send(_VIEW[:n])
-        except OSError:
-            # Full, or an error: the sink's own doWrite meets the error
-            # again and reports it.
+        except OSError as e:
+            if e.errno not in _AGAIN:
+                # Reset: this send took the socket's error, so its next read
+                # would say EOF. Report the reset now, as Twisted's doWrite
+                # would have.
+                failSoon(sink)
+                return None
             sent = 0
         if sent < n:
             sink.write(_VIEW[sent:n].tobytes())
@@ -276,7 +282,9 @@ class Relay:
             return main.CONNECTION_DONE
         self.count(n)
         self.pending = n
-        self._drain()
+        if self._drain() is not None:
+            failSoon(self.sink)
+            return None
         if self.pending:
             self._stall()
         return None
@@ -570,11 +578,40 @@ def writeNow(transport: Any, data: bytes) -> None:
         return
     try:
         sent = transport.socket.send(data)
-    except OSError:
-        # Full, or an error: Twisted's doWrite meets it again and reports it.
+    except OSError as e:
+        if e.errno not in _AGAIN:
+            # The send took the socket's error (see Relay.doRead).
+            failSoon(transport)
+            return
         sent = 0
     if sent < len(data):
         transport.write(data[sent:] if sent else data)
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_CONNECTION_LOST = failure.Failure(main.CONNECTION_LOST)
+
+
+def failSoon(transport: Any) -> None:
+    """
+    Report C{transport}'s connection as lost by an error (a reset), in the
+    reactor's next turn, as Twisted's C{abortConnection} reports an abort;
+    meanwhile it is neither read nor written.
+
+    For a socket whose error a C{send()} or C{splice()} of ours has taken:
+    the kernel then reports the next read on it as EOF, which must not pass
+    for the peer's clean close.
+    """
+    if transport.disconnected or transport._aborting:
+        return
+    transport._aborting = True
+    transport.stopReading()
+    transport.stopWriting()
+    transport.doRead = transport.doWrite = _nothing
+    transport.reactor.callLater(0, transport.connectionLost, _CONNECTION_LOST)
 
 
 # -- connecting -------------------------------------------------------------
