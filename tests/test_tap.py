@@ -374,6 +374,60 @@ class CheckTests(OptionsTestCase):
         )
 
 
+class PrintTomlTests(OptionsTestCase):
+    """
+    C{--print-toml}.
+    """
+
+    def test_defaultsLeftOut(self) -> None:
+        """
+        C{--print-toml} leaves out the keys a file sets to their default
+        (C{debug = 0}, C{balance = "fair"}, a backend's C{weight = 1}) and
+        keeps the others.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(dedent(
+                """\
+                debug = 0
+                [[proxy]]
+                name = "a"
+                listen = "tcp:8080"
+                balance = "fair"
+                [[proxy.backend]]
+                endpoint = "unix:/a"
+                weight = 1
+                [[proxy]]
+                name = "b"
+                listen = "tcp:8081"
+                balance = "round-robin"
+                [[proxy.backend]]
+                endpoint = "unix:/b"
+                """))
+        out, err = self.exits(["--config", path, "--print-toml"], 0)
+        self.assertEqual((out, err), (dedent(
+            f"""\
+            # txsockproxy configuration, from {path}
+
+            [[proxy]]
+            name = "a"
+            listen = ["tcp:8080"]
+
+            [[proxy.backend]]
+            label = "unix:/a"
+            endpoint = "unix:/a"
+
+            [[proxy]]
+            name = "b"
+            listen = ["tcp:8081"]
+            balance = "round-robin"
+
+            [[proxy.backend]]
+            label = "unix:/b"
+            endpoint = "unix:/b"
+            """), ""))
+
+
 class MakeServiceTests(OptionsTestCase):
     """
     L{makeService} builds the proxy service from parsed L{Options}.

@@ -88,7 +88,8 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
     yield "[[proxy]]"
     yield f"name = {tomlString(proxy.name)}"
     yield "listen = [" + ", ".join(tomlString(desc) for desc in proxy.listen) + "]"
-    yield f"balance = {tomlString(proxy.balance or DEFAULT_BALANCE)}"
+    if proxy.balance and proxy.balance != DEFAULT_BALANCE:
+        yield f"balance = {tomlString(proxy.balance)}"
     if proxy.idleTimeout:
         yield f"idle-timeout = {tomlNumber(proxy.idleTimeout)}"
     if proxy.halfClosedTimeout != DEFAULT_HALF_CLOSED_TIMEOUT:
@@ -104,22 +105,27 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
 
 def renderToml(config: Config) -> str:
     """
-    C{config} as native TOML. Loading the text gives a config equal to
-    C{config} (but for its C{source}); backends given lighttpd-style
+    C{config} as native TOML. Keys at their default are left out. Loading
+    the text gives a config equal to C{config} (but for its C{source});
+    backends given lighttpd-style
     (C{host}/C{port}/C{socket}) are written that way, and resolve again
     when the text is loaded.
     """
     lines = [_comment(f"txsockproxy configuration, from {config.source}")]
     for notice in config.notices:
         lines.append(_comment(f"notice: {notice}"))
-    lines.append("")
-    lines.append(f"debug = {config.debug}")
+    topLevel = []
+    if config.debug:
+        topLevel.append(f"debug = {config.debug}")
     if config.sessionLog != "off":
-        lines.append(f"session-log = {tomlString(config.sessionLog)}")
+        topLevel.append(f"session-log = {tomlString(config.sessionLog)}")
     if config.logFormat != "text":
-        lines.append(f"log-format = {tomlString(config.logFormat)}")
+        topLevel.append(f"log-format = {tomlString(config.logFormat)}")
     if config.shutdownTimeout != DEFAULT_SHUTDOWN_TIMEOUT:
-        lines.append(f"shutdown-timeout = {tomlNumber(config.shutdownTimeout)}")
+        topLevel.append(f"shutdown-timeout = {tomlNumber(config.shutdownTimeout)}")
+    if topLevel:
+        lines.append("")
+        lines.extend(topLevel)
     if config.status is not None:
         lines.append("")
         lines.append("[status]")
