@@ -5,17 +5,21 @@ failures.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from txsockproxy import congestion
 from txsockproxy.config import BackendConfig, Config, ProxyConfig
 from txsockproxy.relay import ProxyFactory
-from txsockproxy.service import ListenError, ProxyService
+from txsockproxy.service import ListenError, ProxyService, reactorThreadRunner
 
 
 def twoProxies(debug: int = 0) -> Config:
@@ -261,10 +265,10 @@ class ReloadTests(SynchronousTestCase):
             return [factory.congestion.name] + [b.congestion.name for b in backends]
 
         self.patch(congestion, "systemDefault", lambda: "cubic")
-        self.assertTrue(self.service.reload())
+        self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(chosen(), [None, None, None])
         self.patch(congestion, "systemDefault", lambda: "bbr")
-        self.assertTrue(self.service.reload())
+        self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(chosen(), [b"cubic", b"cubic", b"cubic"])
 
     def test_keepsListenersAndCounters(self) -> None:
@@ -281,7 +285,7 @@ class ReloadTests(SynchronousTestCase):
             proxies=(proxyConfig("web", ("tcp:8080",), A, ("c", "tcp:host=10.0.0.3:port=1"),
                                  balance="round-robin"),)
         )
-        self.assertTrue(self.service.reload())
+        self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(self.ports(), [8080])
         self.assertIs(self.service.factories[0], factory)
         self.assertIs(self.service.pools["web"], pool)
@@ -296,7 +300,7 @@ class ReloadTests(SynchronousTestCase):
         """
         old = self.service._listeners["tcp:8080"].service
         self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8081",), A),))
-        self.assertTrue(self.service.reload())
+        self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(self.ports(), [8080, 8081])
         self.assertEqual([f.listen for f in self.service.factories], ["tcp:8081"])
         self.assertFalse(old.running)
@@ -317,7 +321,7 @@ class ReloadTests(SynchronousTestCase):
         backend = session.backend
         assert backend is not None
         self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8080",), B),))
-        self.service.reload()
+        self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertIs(session.backend, backend)
         self.assertNotIn(backend, self.service.pools["web"].backends)
 
@@ -332,7 +336,7 @@ class ReloadTests(SynchronousTestCase):
             [Problem("c.toml", 3, "proxy[0].balance", "unknown balancer 'x'")]
         )
         with capturedLogs() as events:
-            self.assertFalse(self.service.reload())
+            self.assertFalse(self.successResultOf(self.service.reload()))
         text = [e.get("problem", "") for e in events]
         self.assertIn("c.toml:3: proxy[0].balance: unknown balancer 'x'", text)
         self.assertEqual([b.label for b in self.service.pools["web"].backends], ["a", "b"])
@@ -348,7 +352,7 @@ class ReloadTests(SynchronousTestCase):
             proxies=(proxyConfig("web", ("tcp:8080", "tcp:9999"), ("c", "tcp:host=10.0.0.3:port=1")),)
         )
         with capturedLogs() as events:
-            self.assertFalse(self.service.reload())
+            self.assertFalse(self.successResultOf(self.service.reload()))
         self.assertEqual([b.label for b in pool.backends], ["a", "b"])
         self.assertEqual(list(self.service._listeners), ["tcp:8080"])
         self.assertTrue(any("reload failed" in e.get("log_format", "") for e in events))
@@ -363,7 +367,7 @@ class ReloadTests(SynchronousTestCase):
             notices=("ignored directives: server.document-root",),
         )
         with capturedLogs() as events:
-            self.assertTrue(self.service.reload())
+            self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertIn(
             "ignored directives: server.document-root", [e.get("notice") for e in events]
         )
@@ -373,7 +377,302 @@ class ReloadTests(SynchronousTestCase):
         A proxy from the command line has nothing to reload.
         """
         service = ProxyService(twoProxies(), MemoryReactorClock())
-        self.assertFalse(service.reload())
+        self.assertFalse(self.successResultOf(service.reload()))
+
+
+class FakeThreadRunner:
+    """
+    Stands in for a thread pool: records each function given to run, and
+    runs it only when the test says so, firing its Deferred then.
+
+    @ivar calls: each call not yet run: the function, its arguments and
+        the Deferred returned for it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, function: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((function, args, d))
+        return d
+
+    def runNext(self) -> None:
+        """
+        Run the oldest recorded call, as the pool's thread would, and fire
+        its Deferred with the outcome.
+        """
+        function, args, d = self.calls.pop(0)
+        try:
+            result = function(*args)
+        except BaseException:
+            d.errback()
+        else:
+            d.callback(result)
+
+
+class _ReopenCounter:
+    """
+    A session log that counts its reopens.
+    """
+
+    destination = "/var/log/sockproxy.log"
+    logFormat = "text"
+
+    def __init__(self) -> None:
+        self.reopened = 0
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+    def close(self) -> None:
+        pass
+
+
+class ReloadOffThreadTests(SynchronousTestCase):
+    """
+    L{ProxyService.reload} reads the file through its thread runner, away
+    from the reactor thread, applies the result on the reactor thread, and
+    runs one reload at a time.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.runner = FakeThreadRunner()
+        self.loaded: list[str] = []
+        self.next: list[Any] = []
+        first = Config(proxies=(proxyConfig("web", ("tcp:8080",), A),))
+        self.service = ProxyService(first, self.reactor, configPath="c.toml",
+                                    loader=self.load, runInThread=self.runner)
+        self.service.startService()
+
+    def load(self, path: str) -> Config:
+        """
+        The loader: records the path and returns (or raises) the next of
+        C{self.next}.
+        """
+        self.loaded.append(path)
+        outcome = self.next.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, Config)
+        return outcome
+
+    def listening(self, port: int) -> Config:
+        """
+        A config whose one proxy listens on C{port}.
+        """
+        return Config(proxies=(proxyConfig("web", (f"tcp:{port}",), A),))
+
+    def listen(self) -> list[tuple[str, ...]]:
+        return [proxy.listen for proxy in self.service.config.proxies]
+
+    def test_loadsThroughRunner(self) -> None:
+        """
+        C{reload()} hands the loader and the path to the thread runner and
+        returns at once: nothing is read or changed until the runner has run
+        it; then the config is applied and the Deferred fires with C{True}.
+        """
+        self.next.append(self.listening(8081))
+        d = self.service.reload()
+        self.assertEqual([(f, args) for f, args, _ in self.runner.calls],
+                         [(self.load, ("c.toml",))])
+        self.assertEqual(self.loaded, [])
+        self.assertNoResult(d)
+        self.assertEqual(self.listen(), [("tcp:8080",)])
+        self.runner.runNext()
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(self.listen(), [("tcp:8081",)])
+        self.assertEqual([port for port, *_ in self.reactor.tcpServers], [8080, 8081])
+
+    def test_oneAtATimeInOrder(self) -> None:
+        """
+        A reload asked for while one runs waits for it: only one load is in
+        the runner at a time, and the configs are applied in the order they
+        were read, the last one staying.
+        """
+        self.next.extend([self.listening(8081), self.listening(8082)])
+        first = self.service.reload()
+        second = self.service.reload()
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.assertTrue(self.successResultOf(first))
+        self.assertNoResult(second)
+        self.assertEqual(self.listen(), [("tcp:8081",)])
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.assertTrue(self.successResultOf(second))
+        self.assertEqual(self.listen(), [("tcp:8082",)])
+        self.assertEqual(self.runner.calls, [])
+
+    def test_waitingReloadsRunOnce(self) -> None:
+        """
+        Several reloads asked for while one runs are done by one more
+        reload, after it; each of their Deferreds fires with its outcome.
+        """
+        self.next.extend([self.listening(8081), self.listening(8082)])
+        first = self.service.reload()
+        waiting = [self.service.reload() for _ in range(3)]
+        self.runner.runNext()
+        self.successResultOf(first)
+        self.runner.runNext()
+        self.assertEqual([self.successResultOf(d) for d in waiting], [True, True, True])
+        self.assertEqual(self.loaded, ["c.toml", "c.toml"])
+        self.assertEqual(self.runner.calls, [])
+
+    def test_sessionLogReopenedAtOnce(self) -> None:
+        """
+        The session log is reopened when a reload is asked for, even while
+        another runs (logrotate has just moved the file).
+        """
+        log = _ReopenCounter()
+        self.service.sessionLog = log  # type: ignore[assignment]
+        self.next.extend([self.listening(8080), self.listening(8080)])
+        self.service.reload()
+        self.service.reload()
+        self.assertEqual(log.reopened, 2)
+        self.assertEqual(len(self.runner.calls), 1)
+
+    def test_notDuringShutdown(self) -> None:
+        """
+        Once the service is stopping, C{reload()} reads nothing and fires
+        with C{False}.
+        """
+        self.service.stopService()
+        with capturedLogs() as events:
+            self.assertFalse(self.successResultOf(self.service.reload()))
+        self.assertEqual(self.runner.calls, [])
+        self.assertIn("reload: shutting down: not reloading",
+                      [formatEvent(e) for e in events])
+
+    def test_shutdownDuringLoad(self) -> None:
+        """
+        A config read while the service started stopping is not applied,
+        and a reload that was waiting does not run.
+        """
+        self.next.append(self.listening(8081))
+        running = self.service.reload()
+        waiting = self.service.reload()
+        self.service.stopService()
+        self.runner.runNext()
+        self.assertFalse(self.successResultOf(running))
+        self.assertFalse(self.successResultOf(waiting))
+        self.assertEqual(self.listen(), [("tcp:8080",)])
+        self.assertEqual(self.runner.calls, [])
+
+    def test_invalidConfigLogged(self) -> None:
+        """
+        A config that fails validation in the runner is logged problem by
+        problem, as before; the running config stays and the next reload
+        runs.
+        """
+        from txsockproxy.config import ConfigError, Problem
+
+        self.next.append(ConfigError([Problem("c.toml", 3, "debug", "must be 0 to 3, not 9")]))
+        self.next.append(self.listening(8081))
+        with capturedLogs() as events:
+            d = self.service.reload()
+            self.runner.runNext()
+        self.assertFalse(self.successResultOf(d))
+        messages = [formatEvent(e) for e in events]
+        self.assertIn("reload: c.toml:3: debug: must be 0 to 3, not 9", messages)
+        self.assertIn("reload failed: keeping the running configuration", messages)
+        self.assertEqual(self.listen(), [("tcp:8080",)])
+        d = self.service.reload()
+        self.runner.runNext()
+        self.assertTrue(self.successResultOf(d))
+
+    def test_unexpectedErrorLogged(self) -> None:
+        """
+        An unexpected error of the loader is logged with its traceback, the
+        Deferred fires with C{False} (it never fails), and reloads go on.
+        """
+        self.next.extend([RuntimeError("bug"), self.listening(8081)])
+        with capturedLogs() as events:
+            d = self.service.reload()
+            self.runner.runNext()
+        self.assertFalse(self.successResultOf(d))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("reload failed: keeping the running configuration",
+                      [formatEvent(e) for e in events])
+        d = self.service.reload()
+        self.runner.runNext()
+        self.assertTrue(self.successResultOf(d))
+
+
+class _FakeThreadPool:
+    """
+    A thread pool that records what it is asked to run.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def callInThreadWithCallback(self, onResult: Any, function: Any, *args: Any) -> None:
+        self.calls.append((onResult, function, args))
+
+
+@implementer(IReactorThreads)
+class _ThreadedMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor with a thread pool of L{_FakeThreadPool}, whose calls
+    from threads are recorded.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = _FakeThreadPool()
+        self.fromThreads: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def getThreadPool(self) -> _FakeThreadPool:  # type: ignore[override]
+        return self.pool
+
+    def callFromThread(self, callable: Any, *args: Any, **kwargs: Any) -> None:
+        self.fromThreads.append((callable, args))
+
+    def callInThread(self, callable: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError()
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        raise NotImplementedError()
+
+
+class ReactorThreadRunnerTests(SynchronousTestCase):
+    """
+    L{reactorThreadRunner} runs functions in the reactor's thread pool when
+    it has one, and at once when it has none.
+    """
+
+    def test_reactorThreadPool(self) -> None:
+        """
+        With a reactor that provides L{IReactorThreads}, a reload's loader is
+        given to the reactor's thread pool, and the result comes back through
+        C{callFromThread} before it is applied.
+        """
+        reactor = _ThreadedMemoryReactor()
+        self.assertTrue(verifyObject(IReactorThreads, reactor))
+        loaded = Config(proxies=(proxyConfig("web", ("tcp:8081",), A),))
+        first = Config(proxies=(proxyConfig("web", ("tcp:8080",), A),))
+        service = ProxyService(first, reactor, configPath="c.toml", loader=lambda p: loaded)
+        service.startService()
+        d = service.reload()
+        [(onResult, function, args)] = reactor.pool.calls
+        self.assertEqual(args, ("c.toml",))
+        self.assertNoResult(d)
+        onResult(True, function(*args))
+        self.assertNoResult(d)
+        [(callable, callArgs)] = reactor.fromThreads
+        callable(*callArgs)
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(service.config, loaded)
+
+    def test_noThreads(self) -> None:
+        """
+        With a reactor without threads, the function runs at once and the
+        Deferred has its result.
+        """
+        run = reactorThreadRunner(MemoryReactorClock())
+        self.assertEqual(self.successResultOf(run(lambda a, b: a + b, 2, 3)), 5)
 
 
 def _refuseBind(listenTCP, refused: int):  # type: ignore[no-untyped-def]

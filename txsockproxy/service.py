@@ -13,10 +13,11 @@ from typing import Any, Callable, Optional
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txsockproxy import congestion
 from txsockproxy.backends import Backend, BackendPool
@@ -26,6 +27,25 @@ from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
 
 STATUS = "[status]"
+
+# Runs a function away from the reactor thread: (function, *args) -> a
+# Deferred of its result, fired on the reactor thread.
+ThreadRunner = Callable[..., "defer.Deferred[Any]"]
+
+
+def reactorThreadRunner(reactor: Any) -> ThreadRunner:
+    """
+    The L{ThreadRunner} of C{reactor}: its thread pool, when it has one
+    (L{IReactorThreads}); else (a memory reactor in tests) the function runs
+    at once, on the caller's thread.
+    """
+    if not IReactorThreads.providedBy(reactor):
+        return defer.maybeDeferred
+
+    def runInThread(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    return runInThread
 
 
 class StartupError(Exception):
@@ -62,6 +82,8 @@ class ProxyService(MultiService):
     @ivar sessions: the sessions open now, and what they share.
     @ivar adminToken: the token admin actions need, or C{""}.
     @ivar configPath: the file to read again on reload, if any.
+    @ivar runInThread: runs the loader on reload, away from the reactor
+        thread (see L{reactorThreadRunner}).
     """
 
     log = Logger()
@@ -76,11 +98,18 @@ class ProxyService(MultiService):
         reactor: Any,
         configPath: Optional[str] = None,
         loader: Callable[[str], Config] = loadConfig,
+        runInThread: Optional[ThreadRunner] = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.configPath = configPath
         self.loader = loader
+        self.runInThread = runInThread or reactorThreadRunner(reactor)
+        # Reloads run one at a time: the one running (if any), and the
+        # Deferreds of those asked for since it started, which the next one
+        # answers.
+        self._reloading = False
+        self._reloadsWaiting: list[defer.Deferred[bool]] = []
         self.pools: dict[str, BackendPool] = {}
         self.sessions = Sessions(config.debug)
         self.sessionLog: Optional[SessionLog] = None
@@ -345,28 +374,83 @@ class ProxyService(MultiService):
                       signum=signum, count=len(self.sessions.open))
         self.sessions.abortAll("shutdown")
 
-    def reload(self) -> bool:
+    def reload(self) -> defer.Deferred[bool]:
         """
         Read the configuration file again and apply it: unchanged listeners
         keep their sockets, new ones are bound, removed ones closed; new
         sessions use the new pools; sessions in flight go on undisturbed.
         Also reopens the session log file (for logrotate).
 
-        @return: whether the new configuration was applied. One that fails
-            validation, or whose new listeners cannot be bound, is logged
-            and the running configuration stays.
+        The file is read and its host names resolved on a thread (an
+        C{include_shell} may run for seconds, C{getaddrinfo} blocks), while
+        the reactor goes on relaying; the result is applied on the reactor
+        thread. One reload runs at a time: those asked for while one runs
+        are done once, after it, so the last file read is the one applied.
+        During shutdown nothing is reloaded.
+
+        @return: a Deferred that fires with whether the new configuration
+            was applied. One that fails validation, or whose new listeners
+            cannot be bound, is logged and the running configuration stays.
+            It never fails.
         """
+        # At once, even when a reload is running: logrotate has just moved
+        # the file away.
         if self.sessionLog is not None:
             self.sessionLog.reopen()
+        if self._stopping:
+            self.log.info("reload: shutting down: not reloading")
+            return defer.succeed(False)
+        done: defer.Deferred[bool] = defer.Deferred()
+        self._reloadsWaiting.append(done)
+        self._nextReload()
+        return done
+
+    def _nextReload(self) -> None:
+        """
+        Start a reload for those waiting, unless one is running.
+        """
+        if self._reloading or not self._reloadsWaiting:
+            return
+        waiting, self._reloadsWaiting = self._reloadsWaiting, []
+        if self._stopping:
+            self.log.info("reload: shutting down: not reloading")
+            for done in waiting:
+                done.callback(False)
+            return
+        self._reloading = True
+        self._reloadOnce().addBoth(self._reloaded, waiting)
+
+    def _reloaded(self, applied: object, waiting: list[defer.Deferred[bool]]) -> None:
+        self._reloading = False
+        result = applied is True
+        if isinstance(applied, Failure):
+            self.log.failure("reload failed: keeping the running configuration", applied)
+        for done in waiting:
+            done.callback(result)
+        self._nextReload()
+
+    def _reloadOnce(self) -> defer.Deferred[bool]:
         if self.configPath is None:
             self.log.info("reload: no configuration file (command-line proxy): nothing to do")
-            return False
+            return defer.succeed(False)
         try:
-            config = self.loader(self.configPath)
-        except ConfigError as e:
-            for problem in e.problems:
-                self.log.error("reload: {problem}", problem=str(problem))
-            self.log.error("reload failed: keeping the running configuration")
+            loading = self.runInThread(self.loader, self.configPath)
+        except Exception:
+            return defer.fail()
+        return loading.addCallbacks(self._applyLoaded, self._loadFailed)
+
+    def _loadFailed(self, failure: Failure) -> bool:
+        failure.trap(ConfigError)
+        assert isinstance(failure.value, ConfigError)
+        for problem in failure.value.problems:
+            self.log.error("reload: {problem}", problem=str(problem))
+        self.log.error("reload failed: keeping the running configuration")
+        return False
+
+    def _applyLoaded(self, config: Config) -> bool:
+        if self._stopping:
+            self.log.info("reload: shutting down: {source} read, not applied",
+                          source=config.source)
             return False
         try:
             self.apply(config)
