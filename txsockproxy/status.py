@@ -1,6 +1,7 @@
 """
 The status web resource: an HTML page, JSON, Prometheus metrics, lighttpd-style
 statistics, and the admin actions (drain, disable, enable a backend).
+Endpoint strings are shown without the paths of keys and certificates.
 
 Everything here only reads the counters kept by the pools and backends, except
 the admin actions, which set a backend's administrative state.
@@ -25,14 +26,114 @@ from txsockproxy.backends import DOWN, DRAINING, STATES, UP, Backend, BackendPoo
 if TYPE_CHECKING:
     from txsockproxy.service import ProxyService
 
+REDACTED = "<redacted>"
+
+# Endpoint-string parameters whose values are (paths of) secrets: Twisted's
+# privateKey, certKey, extraCertChain, dhParameters (ssl:), certificate,
+# trustRoots (tls:), caCertsDir (ssl: clients), txtorcon's hiddenServiceDir
+# and privateKeyFile, and any password or token a plugin takes.
+_SECRET_PARTS = ("key", "cert", "pass", "secret", "token", "trust", "dhparam",
+                 "hiddenservicedir")
+# Server endpoint types with positional secrets: the positional arguments
+# (counted after the type) that are. ssl:PORT:PRIVATEKEY:CERTKEY, and
+# txacme's le:/lets:CERTIFICATE-DIRECTORY:ENDPOINT.
+_POSITIONAL_SECRETS = {"ssl": (1, 2), "le": (0,), "lets": (0,)}
+
+
+def _splitEscaped(text: str, separator: str, limit: int = -1) -> list[str]:
+    """
+    Split C{text} at C{separator}s not escaped by a backslash, as Twisted's
+    endpoint-string parser does, keeping the escapes in the parts.
+    """
+    parts, current, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            current.append(text[i:i + 2])
+            i += 2
+            continue
+        if c == separator and limit != 0:
+            parts.append("".join(current))
+            current = []
+            limit -= 1
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _escape(text: str) -> str:
+    return "".join("\\" + c if c in ":=\\" else c for c in text)
+
+
+def _isSecret(name: str) -> bool:
+    lowered = _unescape(name).lower()
+    return any(part in lowered for part in _SECRET_PARTS)
+
+
+def redactEndpoint(description: str, server: bool = False) -> str:
+    """
+    C{description}, an endpoint string, with the values of the parameters that
+    name keys, certificates or other secrets replaced by C{<redacted>}.
+
+    Parameters are found as Twisted's parser finds them, minding backslash
+    escapes; an endpoint string nested in a parameter's value (escaped) is
+    redacted too.
+
+    @param server: whether C{description} is a server endpoint string, whose
+        C{ssl:} type also takes the key and certificate as positional
+        arguments (C{ssl:443:server.pem}).
+    """
+    out = []
+    secret: tuple[int, ...] = ()
+    position = -1  # the type is not a positional argument
+    for segment in _splitEscaped(description, ":"):
+        parameter = _splitEscaped(segment, "=", 1)
+        if len(parameter) == 2:
+            name, value = parameter
+            out.append(f"{name}={REDACTED if _isSecret(name) else _redactValue(value)}")
+            continue
+        if position in secret:
+            out.append(REDACTED)
+            position += 1
+            continue
+        out.append(_redactValue(segment))
+        kind = _unescape(segment).lower()
+        if server and kind in _POSITIONAL_SECRETS:
+            # Also a wrapper's inner type (haproxy:ssl:...).
+            secret, position = _POSITIONAL_SECRETS[kind], 0
+        else:
+            position += 1
+    return ":".join(out)
+
+
+def _redactValue(value: str) -> str:
+    # Only a value holding an escaped colon can be a nested endpoint string.
+    if "\\:" not in value:
+        return value
+    inner = _unescape(value)
+    redacted = redactEndpoint(inner)
+    return value if redacted == inner else _escape(redacted)
+
 
 def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
     """
     One backend as C{/status.json} shows it.
     """
     return {
-        "label": backend.label,
-        "endpoint": backend.key,
+        "label": redactEndpoint(backend.label),
+        "endpoint": redactEndpoint(backend.key),
         "state": backend.stateAt(now),
         "weight": backend.weight,
         "active": backend.active,
@@ -46,14 +147,15 @@ def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
 
 def statusDocument(service: ProxyService) -> dict[str, Any]:
     """
-    The whole C{/status.json} document.
+    The whole C{/status.json} document. Endpoint strings, and the names and
+    labels that default to them, are shown by L{redactEndpoint}.
     """
     now = service.reactor.seconds()
     return {
         "proxies": [
             {
-                "name": pool.name,
-                "listen": list(pool.config.listen),
+                "name": redactEndpoint(pool.name, server=True),
+                "listen": [redactEndpoint(d, server=True) for d in pool.config.listen],
                 "balance": pool.config.balance,
                 "accepted": pool.accepted,
                 "active": pool.active,
@@ -121,11 +223,12 @@ class _Collector:
             labels=backendLabels + ["state"],
         )
         for pool in service.pools.values():
-            accepted.add_metric([pool.name], pool.accepted)
-            refused.add_metric([pool.name], pool.refused)
-            active.add_metric([pool.name], pool.active)
+            proxy = redactEndpoint(pool.name, server=True)
+            accepted.add_metric([proxy], pool.accepted)
+            refused.add_metric([proxy], pool.refused)
+            active.add_metric([proxy], pool.active)
             for b in pool.backends:
-                labels = [pool.name, b.label]
+                labels = [proxy, redactEndpoint(b.label)]
                 bActive.add_metric(labels, b.active)
                 connected.add_metric(labels, b.connected)
                 failed.add_metric(labels, b.failed)
@@ -156,15 +259,16 @@ def serverStatistics(service: ProxyService) -> str:
     add("gw.active-requests", 0)
     for pool in service.pools.values():
         for b in pool.backends:
+            label = redactEndpoint(b.label)
             add("sockproxy.requests", b.connected)
             add("gw.active-requests", b.active)
-            add(f"gw.backend.{b.label}.load", b.active)
-            add(f"gw.backend.{b.label}.0.connected", b.connected)
-            add(f"gw.backend.{b.label}.0.died", b.failed)
-            add(f"gw.backend.{b.label}.0.overloaded", 0)
+            add(f"gw.backend.{label}.load", b.active)
+            add(f"gw.backend.{label}.0.connected", b.connected)
+            add(f"gw.backend.{label}.0.died", b.failed)
+            add(f"gw.backend.{label}.0.overloaded", 0)
             # Every failure disables the backend for its disable-time.
-            add(f"gw.backend.{b.label}.0.disabled", b.failed)
-            add(f"gw.backend.{b.label}.0.load", b.active)
+            add(f"gw.backend.{label}.0.disabled", b.failed)
+            add(f"gw.backend.{label}.0.load", b.active)
     # lighttpd sorts by key length, then by key.
     return "".join(
         f"{name}: {value}\n" for name, value in sorted(counters.items(), key=lambda i: (len(i[0]), i[0]))
