@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from itertools import pairwise
 
 from integration_support import Deadline, echoHandler, freePort
 from test_integration import _IntegrationTestCase
@@ -52,7 +53,7 @@ class PingPong(threading.Thread):
         (counting from C{start} to the first and from the last to C{end}).
         """
         inside = [start] + [t for t in self.stamps if start < t < end] + [end]
-        return max(b - a for a, b in zip(inside, inside[1:]))
+        return max(b - a for a, b in pairwise(inside))
 
     def finish(self) -> None:
         self.stopping.set()
