@@ -12,14 +12,22 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txsockproxy import congestion
-from txsockproxy.config import BackendConfig, Config, ProxyConfig
+from txsockproxy import service as serviceModule
+from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
 from txsockproxy.relay import ProxyFactory
-from txsockproxy.service import ListenError, ProxyService, reactorThreadRunner
+from txsockproxy.service import (
+    DEFAULT_BACKLOG,
+    ListenError,
+    ProxyService,
+    reactorThreadRunner,
+    systemBacklog,
+    withBacklog,
+)
 
 
 def twoProxies(debug: int = 0) -> Config:
@@ -673,6 +681,102 @@ class ReactorThreadRunnerTests(SynchronousTestCase):
         """
         run = reactorThreadRunner(MemoryReactorClock())
         self.assertEqual(self.successResultOf(run(lambda a, b: a + b, 2, 3)), 5)
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    Listeners get the system's longest listen backlog unless their endpoint
+    string gives one.
+    """
+
+    def test_systemBacklog(self) -> None:
+        """
+        L{systemBacklog} reads C{net.core.somaxconn}; a file that is missing
+        or holds no positive number gives L{DEFAULT_BACKLOG}, 1024.
+        """
+        path = self.mktemp()
+        for text, expected in [("2048\n", 2048), ("x\n", 1024), ("0\n", 1024), ("-5", 1024)]:
+            with open(path, "w") as f:
+                f.write(text)
+            self.assertEqual(systemBacklog(path), expected, text)
+        self.assertEqual(systemBacklog(path + ".missing"), 1024)
+        self.assertEqual(DEFAULT_BACKLOG, 1024)
+
+    def test_systemBacklogIsSomaxconn(self) -> None:
+        """
+        By default L{systemBacklog} is the value in
+        C{/proc/sys/net/core/somaxconn}.
+        """
+        try:
+            with open("/proc/sys/net/core/somaxconn") as f:
+                expected = int(f.read())
+        except OSError:
+            raise SkipTest("no /proc/sys/net/core/somaxconn") from None
+        self.assertEqual(systemBacklog(), expected)
+
+    def test_withBacklog(self) -> None:
+        """
+        L{withBacklog} gives C{tcp:}, C{tcp6:}, C{ssl:} and C{unix:} endpoint
+        strings (also wrapped in C{haproxy:}) a first C{backlog=} argument;
+        others are left as they are.
+        """
+        cases = {
+            "tcp:8080": "tcp:backlog=99:8080",
+            "tcp:8080:interface=127.0.0.1:backlog=7": "tcp:backlog=99:8080:interface=127.0.0.1:backlog=7",
+            "TCP6:8080:interface=\\:\\:1": "TCP6:backlog=99:8080:interface=\\:\\:1",
+            "ssl:443:privateKey=k.pem": "ssl:backlog=99:443:privateKey=k.pem",
+            "unix:/run/p.sock": "unix:backlog=99:/run/p.sock",
+            "haproxy:tcp:8080": "haproxy:tcp:backlog=99:8080",
+            "systemd:domain=INET:index=0": "systemd:domain=INET:index=0",
+            "stdio:": "stdio:",
+            "8080": "8080",
+        }
+        for desc, expected in cases.items():
+            self.assertEqual(withBacklog(desc, 99), expected, desc)
+
+    def test_backlogGivenToListen(self) -> None:
+        """
+        The backlog the reactor is asked to listen with is the system's for
+        every kind of listener, and the one the endpoint string gives when
+        it gives one.
+        """
+        from test_lighttpd import certificate
+
+        self.patch(serviceModule, "systemBacklog", lambda: 3333)
+        pem = self.mktemp()
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        unixPath = self.mktemp()
+        config = Config(proxies=(
+            proxyConfig("p", (
+                "tcp:8080", "tcp6:8081:interface=\\:\\:1", "haproxy:tcp:8082",
+                "tcp:8083:backlog=7", f"unix:{unixPath}", f"unix:{unixPath}2:backlog=8",
+                f"ssl:8443:privateKey={pem}", f"ssl:8444:privateKey={pem}:backlog=9",
+            ), A),
+        ))
+        reactor = MemoryReactorClock()
+        ProxyService(config, reactor).startService()
+        self.assertEqual(
+            [(port, backlog) for port, _, backlog, _ in reactor.tcpServers],
+            [(8080, 3333), (8081, 3333), (8082, 3333), (8083, 7)],
+        )
+        self.assertEqual([backlog for _, _, backlog, _, _ in reactor.unixServers], [3333, 8])
+        self.assertEqual(
+            [(port, backlog) for port, _, _, backlog, _ in reactor.sslServers],
+            [(8443, 3333), (8444, 9)],
+        )
+
+    def test_statusBacklog(self) -> None:
+        """
+        The status endpoint's listener gets the system's backlog too.
+        """
+        self.patch(serviceModule, "systemBacklog", lambda: 3333)
+        config = Config(proxies=(proxyConfig("p", ("tcp:8080",), A),),
+                        status=StatusConfig(listen=("tcp:9090",)))
+        reactor = MemoryReactorClock()
+        ProxyService(config, reactor).startService()
+        self.assertEqual([(port, backlog) for port, _, backlog, _ in reactor.tcpServers],
+                         [(8080, 3333), (9090, 3333)])
 
 
 def _refuseBind(listenTCP, refused: int):  # type: ignore[no-untyped-def]

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from typing import Any, Optional
 
 from reactor_support import ReactorTestCase, RecordingFactory, recordCalls
 from twisted.internet import address, tcp
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import globalLogPublisher
 
 from txsockproxy import fastpath, tcpport
+from txsockproxy.service import systemBacklog, withBacklog
 
 
 class Accepted(Protocol):
@@ -257,6 +259,59 @@ class PortTests(ReactorTestCase):
         self.clients(port, 1)
         self.turnUntil(lambda: len(factory.built) == 1)
         self.assertTrue(fastpath.isPlain(factory.built[0].transport))
+
+
+def listenBacklog(sock: socket.socket) -> int:
+    """
+    The backlog a listening TCP socket was given by C{listen()}, as the kernel
+    keeps it (Linux reports it in C{tcpi_sacked} of a listening socket's
+    C{TCP_INFO}, where C{ss -lt} reads its Send-Q).
+    """
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("8B6I", info)[-1])
+
+
+class BacklogTests(ReactorTestCase):
+    """
+    The listen backlog of a proxy's listener reaches C{listen()} of the
+    reactor's L{tcpport.Port}: the system's longest by default, the endpoint
+    string's own when it gives one.
+    """
+
+    def listenWith(self, description: str) -> Any:
+        """
+        Listen on C{description} as the proxy's service does: with its
+        default backlog, through Twisted's endpoint parsing.
+        """
+        endpoint = serverFromString(self.reactor, withBacklog(description, systemBacklog()))
+        port = self.successResultOf(endpoint.listen(AcceptingFactory()))
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, tcpport.Port)
+        return port
+
+    def test_defaultIsSystems(self) -> None:
+        """
+        A C{tcp:} listener whose string gives no backlog listens with the
+        system's longest (C{net.core.somaxconn}), not Twisted's 50.
+        """
+        port = self.listenWith("tcp:0:interface=127.0.0.1")
+        self.assertEqual(listenBacklog(port.socket), systemBacklog())
+        self.assertGreater(systemBacklog(), 50)
+
+    def test_givenBacklogWins(self) -> None:
+        """
+        A C{backlog=} in the endpoint string is the one given to C{listen()}.
+        """
+        port = self.listenWith("tcp:0:interface=127.0.0.1:backlog=37")
+        self.assertEqual(listenBacklog(port.socket), 37)
+
+    def test_portListensWithBacklog(self) -> None:
+        """
+        The reactor's C{listenTCP} passes its C{backlog} to C{listen()}.
+        """
+        port = self.reactor.listenTCP(0, AcceptingFactory(), backlog=41, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertEqual(listenBacklog(port.socket), 41)
 
 
 class TCPClientTests(ReactorTestCase):

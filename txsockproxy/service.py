@@ -28,6 +28,45 @@ from txsockproxy.sessionlog import SessionLog
 
 STATUS = "[status]"
 
+# The listen endpoint types that take a backlog= argument, and a wrapper
+# whose wrapped endpoint may be one of them.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+_WRAPPERS = frozenset({"haproxy"})
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+# When the system's maximum cannot be read.
+DEFAULT_BACKLOG = 1024
+
+
+def systemBacklog(path: str = SOMAXCONN) -> int:
+    """
+    The longest listen backlog the system allows (C{net.core.somaxconn}: the
+    kernel silently caps larger ones), or L{DEFAULT_BACKLOG} when it cannot be
+    read.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return DEFAULT_BACKLOG
+    return value if value > 0 else DEFAULT_BACKLOG
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    The server endpoint string C{description} with a default listen backlog
+    of C{backlog} for the endpoint types that take one (Twisted's own default
+    is 50). The argument goes first: Twisted keeps the last of a repeated
+    argument, so a C{backlog=} that C{description} gives wins.
+    """
+    kind, colon, rest = description.partition(":")
+    if not colon:
+        return description
+    if kind.strip().lower() in _WRAPPERS:
+        return f"{kind}:{withBacklog(rest, backlog)}"
+    if kind.strip().lower() in _BACKLOG_TYPES:
+        return f"{kind}:backlog={backlog}:{rest}"
+    return description
+
 # Runs a function away from the reactor thread: (function, *args) -> a
 # Deferred of its result, fired on the reactor thread.
 ThreadRunner = Callable[..., "defer.Deferred[Any]"]
@@ -198,8 +237,11 @@ class ProxyService(MultiService):
     def _newListener(
         self, desc: str, owner: str, factory: IProtocolFactory, proxyFactory: Optional[ProxyFactory]
     ) -> _Listener:
-        return _Listener(desc, owner, strports.service(desc, factory, reactor=self.reactor),
-                         proxyFactory)
+        # Twisted's backlog of 50 drops SYNs when hundreds of clients connect
+        # at once: they then wait for a retransmit (1 s or more).
+        service = strports.service(withBacklog(desc, systemBacklog()), factory,
+                                   reactor=self.reactor)
+        return _Listener(desc, owner, service, proxyFactory)
 
     def _applySettings(self, config: Config) -> None:
         self.config = config
