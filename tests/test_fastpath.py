@@ -132,6 +132,8 @@ class Recorder:
         self.sink = sink
         self.ordinary: list[bytes] = []
         self.counted = 0
+        self.paused: list[bool] = []
+        self.resumed: list[bool] = []
 
     def fromClient(self, data: bytes) -> None:
         self.ordinary.append(data)
@@ -139,6 +141,12 @@ class Recorder:
 
     def countUp(self, n: int) -> None:
         self.counted += n
+
+    def sidePaused(self, client: bool) -> None:
+        self.paused.append(client)
+
+    def sideResumed(self, client: bool) -> None:
+        self.resumed.append(client)
 
 
 class RelayTestsMixin:
@@ -375,6 +383,8 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertTrue(self.sink.writing)
         self.assertEqual(self.sink.written, [])
         self.assertEqual(self.session.ordinary, [])
+        # The session heard that the source (the client: up) is not read.
+        self.assertEqual(self.session.paused, [True])
         # A reader that wakes while stalled reads nothing more.
         self.source.startReading()
         pending = self.relay.pending
@@ -396,6 +406,7 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(bytes(received[filled:]), payload)
         self.assertEqual(self.relay.pending, 0)
         self.assertTrue(self.source.reading)
+        self.assertEqual((self.session.paused, self.session.resumed), ([True], [True]))
         self.assertGreaterEqual(self.sink.ownWrites, 1)
         self.assertNotIn("doWrite", vars(self.sink))
 

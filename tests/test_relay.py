@@ -5,6 +5,7 @@ fake endpoints and a L{Clock}.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Optional, Sequence
 
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from relay_fakes import HalfCloseTransport, Proxy, lost
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -99,10 +100,63 @@ class ConnectingTests(SynchronousTestCase):
         proxy = Proxy()
         _, ct = proxy.accept()
         _, bt = proxy.endpoints["a"].succeed()
-        self.assertIs(bt.producer, ct)
+        self.assertIs(bt.producer.transport, ct)
         self.assertTrue(bt.streaming)
-        self.assertIs(ct.producer, bt)
+        self.assertIs(ct.producer.transport, bt)
         self.assertTrue(ct.streaming)
+        verifyObject(IPushProducer, bt.producer)
+        bt.producer.pauseProducing()
+        self.assertEqual(ct.producerState, "paused")
+        bt.producer.resumeProducing()
+        self.assertEqual(ct.producerState, "producing")
+
+    def test_pausedSidesWatched(self) -> None:
+        """
+        A side paused by the other's flow control is watched by the proxy's
+        L{PausedWatch} until it is resumed, or the session ends.
+        """
+        proxy = Proxy()
+        _, ct = proxy.accept()
+        _, bt = proxy.endpoints["a"].succeed()
+        watch = proxy.factory.watch
+        bt.producer.pauseProducing()
+        ct.producer.pauseProducing()
+        self.assertEqual(len(watch), 0, "fake transports have no socket to watch")
+        session = next(iter(proxy.factory.sessions.open))
+        self.assertEqual(session._paused, 3)
+        bt.producer.resumeProducing()
+        self.assertEqual(session._paused, 2)
+
+    def test_pausedSideReset(self) -> None:
+        """
+        A paused side found reset ends the session with a reset of both
+        sides, recorded as that side's reset.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        _, bt = proxy.endpoints["a"].succeed()
+        session = next(iter(proxy.factory.sessions.open))
+        bt.producer.pauseProducing()
+        session.pausedSideFailed(True, errno.ECONNRESET)
+        self.assertTrue(ct.aborted)
+        self.assertTrue(bt.aborted)
+        self.assertEqual(session.ended, "client reset")
+
+    def test_pausedSideFinStartsHalfClosedTimeout(self) -> None:
+        """
+        A FIN seen on a paused side (behind bytes not yet read) starts the
+        half-closed timeout: without traffic the session is reset when it
+        runs out.
+        """
+        proxy = Proxy(halfClosedTimeout=30)
+        _, ct = proxy.accept()
+        _, bt = proxy.endpoints["a"].succeed()
+        session = next(iter(proxy.factory.sessions.open))
+        session.pausedSideFinished(False)
+        proxy.clock.advance(30)
+        self.assertTrue(ct.aborted)
+        self.assertTrue(bt.aborted)
+        self.assertEqual(session.ended, "half-closed timeout")
 
     def test_clientLeavesWhileConnecting(self) -> None:
         """

@@ -167,7 +167,8 @@ class Relay:
 
     @ivar owner: the session: its C{fromClient}/C{fromBackend} take bytes on
         the ordinary path, its C{countUp}/C{countDown} count those relayed on
-        the fast path (methods looked up per call: bound methods kept per
+        the fast path, its C{sidePaused}/C{sideResumed} hear when the source
+        is not read while the pipe waits for the sink (methods looked up per call: bound methods kept per
         session would cost memory).
     @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
@@ -350,6 +351,8 @@ class Relay:
         if not self.stalled:
             self.stalled = True
             self.sink.doWrite = self.doWrite
+            # The source is not read meanwhile: the owner watches it.
+            self.owner.sidePaused(self.up)
         self.source.stopReading()
         self.sink.startWriting()
 
@@ -377,6 +380,7 @@ class Relay:
     def _unstall(self) -> None:
         if self.stalled:
             self.stalled = False
+            self.owner.sideResumed(self.up)
             try:
                 del self.sink.doWrite
             except AttributeError:

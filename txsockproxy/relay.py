@@ -11,13 +11,18 @@ Rules the session keeps:
    reader pauses the fast writer: memory per session stays bounded.
  - EOF from one side becomes C{loseWriteConnection()} on the other; the other
    direction keeps flowing. The session ends when both directions are done, or
-   at once on an error or reset from either side.
+   at once on an error or reset from either side, which becomes a reset of
+   the other side (never a FIN: a truncated stream must not look complete).
+ - A side that is not being read (paused by flow control) is still watched
+   (L{PausedWatch}): its reset ends the session, its FIN starts the
+   half-closed timeout.
  - A connect failure disables that backend and the session moves on to the next
    one the balancer picks; when none is left the client is closed at once.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
@@ -26,6 +31,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IHandshakeListener,
+    IPushProducer,
     IReactorTime,
     ISSLTransport,
 )
@@ -39,6 +45,7 @@ from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
+from txsockproxy.watch import PausedWatch
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -50,6 +57,10 @@ HOLD_LIMIT = 65536
 
 # What a connected session holds (nothing; shared, it costs no memory).
 _NOTHING_HELD: list[bytes] = []
+
+# The sides of a session, as bits of Session._paused.
+_CLIENT = 1
+_BACKEND = 2
 
 
 @implementer(IConnectionInfo)
@@ -207,6 +218,8 @@ class ProxyFactory(ServerFactory):
         self.sessions = sessions if sessions is not None else Sessions(debug)
         # The connect and inactivity timeouts of its sessions.
         self.timeouts = Timeouts(reactor)
+        # The sides of its sessions that are not being read.
+        self.watch = PausedWatch(reactor)
         self.usePool(pool)
 
     def usePool(self, pool: BackendPool) -> None:
@@ -304,6 +317,33 @@ class BackendProtocol(Protocol):
         self.session.backendLost(reason)
 
 
+@implementer(IPushProducer)
+class SideProducer:
+    """
+    One side's transport as the producer of the other side's: it pauses and
+    resumes the transport as Twisted's flow control asks, and tells the
+    session, which watches a side while it is not read.
+    """
+
+    __slots__ = ("transport", "session", "client")
+
+    def __init__(self, transport: Any, session: Session, client: bool) -> None:
+        self.transport = transport
+        self.session = session
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        self.session.sidePaused(self.client)
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        self.session.sideResumed(self.client)
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
 class BackendFactory(ClientFactory):
     """
     Builds the backend protocol of one session; connected through the
@@ -355,7 +395,8 @@ class Session:
         "heldSize", "clientPaused", "clientDone", "backendDone", "clientGone",
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
-        "_timeoutReason", "_lastActivity", "connection", "__weakref__",
+        "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
+        "__weakref__",
     )
 
     log = Logger()
@@ -392,6 +433,10 @@ class Session:
         self._timeoutReason = ""
         self._lastActivity = self.started
         self.connection = ConnectionInfo.ofTransport(transport)
+        # A side not being read has sent its FIN (not read yet).
+        self.finSeen = False
+        # The sides not being read now: _CLIENT | _BACKEND.
+        self._paused = 0
 
     # -- connecting ---------------------------------------------------------
 
@@ -535,14 +580,15 @@ class Session:
             fastpath.writeNow(bt, b"".join(self.held))
             self.heldSize = 0
         self.held = _NOTHING_HELD
-        ct.registerProducer(bt, True)
+        ct.registerProducer(SideProducer(bt, self, False), True)
         if self.clientDone:
             bt.loseWriteConnection()
         else:
-            bt.registerProducer(ct, True)
+            bt.registerProducer(SideProducer(ct, self, True), True)
             if self.clientPaused:
                 self.clientPaused = False
                 ct.resumeProducing()
+                self.sideResumed(True)
         # The relays, if any, are kept by the two protocols.
         fastpath.install(ct, bt, self, clientProtocol=self.client, backendProtocol=protocol)
         self._updateTimer()
@@ -566,6 +612,7 @@ class Session:
         if self.heldSize >= HOLD_LIMIT and not self.clientPaused:
             self.clientPaused = True
             self.clientTransport.pauseProducing()
+            self.sidePaused(True)
         if self.inspecting and not ISSLTransport.providedBy(self.clientTransport):
             self._inspectHeld()
 
@@ -586,6 +633,55 @@ class Session:
         self.backend.bytesIn += n  # type: ignore[union-attr]
         if self._timeout:
             self._lastActivity = self.clock.seconds()
+
+    def sidePaused(self, client: bool) -> None:
+        """
+        The client's (C{client}) or the backend's side is no longer read:
+        watch it for a reset or a FIN meanwhile.
+        """
+        bit = _CLIENT if client else _BACKEND
+        if self._paused & bit or self.finished:
+            return
+        self._paused |= bit
+        self.factory.watch.add(
+            self, client, self.clientTransport if client else self.backendTransport
+        )
+
+    def sideResumed(self, client: bool) -> None:
+        """
+        That side is read again.
+        """
+        bit = _CLIENT if client else _BACKEND
+        if self._paused & bit:
+            self._paused &= ~bit
+            self.factory.watch.discard(self, client)
+
+    def pausedSideFailed(self, client: bool, errno: int) -> None:
+        """
+        A side that is not being read was reset: end the session with a
+        reset of both sides.
+        """
+        self._paused &= ~(_CLIENT if client else _BACKEND)
+        self.ended = self.ended or ("client reset" if client else "backend reset")
+        if self.factory.debug >= 2:
+            self.log.info(
+                "proxy {proxy}: {side} of {client} reset while not being read: {error}",
+                proxy=self.pool.name, side="client" if client else "backend",
+                client=_address(self.connection.peer), error=os.strerror(errno),
+            )
+        if self.backendTransport is not None and not self.backendGone:
+            self.backendTransport.abortConnection()
+        if not self.clientGone:
+            self.clientTransport.abortConnection()
+
+    def pausedSideFinished(self, client: bool) -> None:
+        """
+        A side that is not being read has sent its FIN, behind bytes not yet
+        relayed: the half-closed timeout applies from now.
+        """
+        if not self.finSeen:
+            self.finSeen = True
+            self._updateTimer()
 
     def fromBackend(self, data: bytes) -> None:
         """
@@ -710,6 +806,10 @@ class Session:
             return
         self.finished = True
         self._cancelTimer()
+        if self._paused:
+            self._paused = 0
+            self.factory.watch.discard(self, True)
+            self.factory.watch.discard(self, False)
         for protocol in (self.client, self.backendProtocol):
             if protocol is not None and protocol.relay is not None:
                 protocol.relay.uninstall()
@@ -745,7 +845,7 @@ class Session:
         """
         idle = self.factory.idleTimeout
         timeout, why = idle, "idle timeout"
-        if self.clientDone or self.backendDone:
+        if self.clientDone or self.backendDone or self.finSeen:
             half = self.factory.halfClosedTimeout
             if half and (not idle or half < idle):
                 timeout, why = half, "half-closed timeout"
@@ -823,4 +923,5 @@ __all__ = [
     "HOLD_LIMIT",
     "ProxyFactory",
     "Session",
+    "SideProducer",
 ]
