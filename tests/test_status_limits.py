@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from io import BytesIO
+from typing import Any, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_status import backends, makeService, render
+from test_status import TOKEN, backends, makeService, render
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txsockproxy.status import REDACTED, redactEndpoint, statusResource
+from txsockproxy.service import ProxyService
+from txsockproxy.status import (
+    ABORT_TIMEOUT,
+    LOG_INTERVAL,
+    LOG_LINES,
+    MAX_BODY_SIZE,
+    MAX_CONNECTIONS,
+    REDACTED,
+    REQUEST_TIMEOUT,
+    RefusalLog,
+    StatusSite,
+    redactEndpoint,
+    statusResource,
+)
 
 # Endpoint strings naming files a reader of the status page must not learn.
 SECRET_LISTEN = "ssl:5433:privateKey=/etc/secret/server.key:certKey=/etc/secret/server.crt"
@@ -180,3 +202,447 @@ class RedactedPagesTests(SynchronousTestCase):
         self.assertNoSecrets(body)
         self.assertIn(f"gw.backend.{redactEndpoint(SECRET_BACKEND)}.0.connected: 0\n".encode(),
                       body)
+
+
+def siteFor(service: ProxyService, **limits: Any) -> StatusSite:
+    """
+    The status site of C{service}, as the service builds it, with
+    C{limits} given to L{StatusSite}.
+    """
+    return StatusSite(statusResource(service), **limits)
+
+
+def connect(site: StatusSite, port: int = 40000) -> tuple[Protocol, StringTransport]:
+    """
+    A connection from 127.0.0.1:C{port} to C{site}.
+
+    @return: the protocol the site built for it, and its transport.
+    """
+    peer = IPv4Address("TCP", "127.0.0.1", port)
+    protocol = site.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol: Protocol) -> None:
+    """
+    Tell C{protocol} its connection is closed, as the reactor would.
+    """
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def post(path: bytes, headers: bytes = b"", token: str = TOKEN) -> bytes:
+    """
+    The head of an HTTP/1.1 admin request for C{path} with the token.
+    """
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: status\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n" + headers + b"\r\n")
+
+
+def warnings(events: list[dict[str, Any]]) -> list[str]:
+    """
+    The warnings among C{events}, formatted.
+    """
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+
+class BodyLimitTests(SynchronousTestCase):
+    """
+    Request bodies larger than C{maxBodySize} are refused with 413 before
+    they are read; none is ever written to a temporary file.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService()
+        self.site = siteFor(self.service, maxBodySize=100)
+
+    def assertRefused(self, transport: StringTransport) -> None:
+        """
+        C{transport} got a 413 answer and is being closed.
+        """
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value())
+        self.assertIn(b"connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_contentLengthOverLimit(self) -> None:
+        """
+        A request declaring a body over the limit is answered 413 and closed
+        as soon as its headers are in, without a "100 Continue" nor
+        authentication; the body sent after is not read.
+        """
+        protocol, transport = connect(self.site)
+        with capturedLogs() as events:
+            protocol.dataReceived(post(b"/backends/db/primary/drain",
+                                       b"Content-Length: 1073741824\r\n"
+                                       b"Expect: 100-continue\r\n", token="wrong" * 4))
+        self.assertRefused(transport)
+        self.assertNotIn(b"100 Continue", transport.value())
+        [request] = protocol.requests  # type: ignore[attr-defined]
+        self.assertIsNone(request.content)
+        protocol.dataReceived(b"x" * 1000)
+        self.assertIsNone(request.content)
+        self.assertEqual(self.site.refusedBodies, 1)
+        self.assertEqual(backends(self.service)[0].adminState, "up")
+        [warning] = warnings(events)
+        self.assertIn("1073741824-byte body", warning)
+
+    def test_chunkedOverLimit(self) -> None:
+        """
+        A chunked body is kept in memory, and refused with 413 as soon as
+        it grows over the limit; what comes after is not kept.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(post(b"/backends/db/primary/drain",
+                                   b"Transfer-Encoding: chunked\r\n"))
+        [request] = protocol.requests  # type: ignore[attr-defined]
+        self.assertIsInstance(request.content, BytesIO)
+        protocol.dataReceived(b"3c\r\n" + b"a" * 60 + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        protocol.dataReceived((b"3c\r\n" + b"b" * 60 + b"\r\n") * 3 + b"0\r\n\r\n")
+        self.assertRefused(transport)
+        self.assertEqual(request.content.getvalue(), b"a" * 60)
+        protocol.dataReceived(b"3c\r\n" + b"c" * 60 + b"\r\n")
+        self.assertEqual(request.content.getvalue(), b"a" * 60)
+        self.assertEqual(backends(self.service)[0].adminState, "up")
+
+    def test_bodyWithinLimit(self) -> None:
+        """
+        A body within the limit, declared or chunked, is read and the admin
+        action done.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(post(b"/backends/db/primary/drain", b"Content-Length: 2\r\n")
+                              + b"{}")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual(backends(self.service)[0].adminState, "draining")
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(post(b"/backends/db/primary/enable",
+                                   b"Transfer-Encoding: chunked\r\n") + b"2\r\n{}\r\n0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual(backends(self.service)[0].adminState, "up")
+
+    def test_defaultLimit(self) -> None:
+        """
+        By default bodies are limited to L{MAX_BODY_SIZE} bytes.
+        """
+        site = siteFor(self.service)
+        self.assertEqual(site.maxBodySize, MAX_BODY_SIZE)
+        protocol, transport = connect(site)
+        protocol.dataReceived(post(b"/backends/db/primary/drain",
+                                   b"Content-Length: %d\r\n" % (MAX_BODY_SIZE + 1,)))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value())
+
+    def test_resetIfNotRead(self) -> None:
+        """
+        A refused client that does not take its answer is reset after
+        L{ABORT_TIMEOUT} seconds.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(post(b"/", b"Content-Length: 101\r\n"))
+        self.assertTrue(transport.disconnecting)
+        self.service.reactor.advance(ABORT_TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnected)
+        self.service.reactor.advance(0.1)
+        self.assertTrue(transport.disconnected)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """
+    The status site keeps at most C{maxConnections} connections open; those
+    beyond are closed at once, counted and logged.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService()
+        self.site = siteFor(self.service, maxConnections=2)
+
+    def test_overLimitClosedAtOnce(self) -> None:
+        """
+        A connection beyond the limit is aborted as soon as it is made,
+        counted in C{refusedConnections} and logged with the client.
+        """
+        first, firstTransport = connect(self.site)
+        connect(self.site)
+        self.assertEqual(self.site.openConnections, 2)
+        with capturedLogs() as events:
+            third, transport = connect(self.site, port=40003)
+        self.assertTrue(transport.disconnected)
+        self.assertFalse(firstTransport.disconnecting)
+        self.assertEqual((self.site.openConnections, self.site.refusedConnections), (2, 1))
+        [warning] = warnings(events)
+        self.assertIn("connection from 127.0.0.1 refused", warning)
+        lose(third)
+        self.assertEqual(self.site.openConnections, 2)
+
+    def test_closedMakesRoom(self) -> None:
+        """
+        Once a connection is closed, a new one is served.
+        """
+        first, _ = connect(self.site)
+        connect(self.site)
+        lose(first)
+        self.assertEqual(self.site.openConnections, 1)
+        protocol, transport = connect(self.site)
+        self.assertFalse(transport.disconnected)
+        protocol.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: status\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+
+    def test_wrappedNotNone(self) -> None:
+        """
+        Over the limit the site still builds a protocol (which closes its
+        connection), so that wrapping factories such as TLS's do not wrap
+        L{None}.
+        """
+        connect(self.site)
+        connect(self.site)
+        self.assertIsNotNone(self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+
+    def test_default(self) -> None:
+        """
+        By default the limit is L{MAX_CONNECTIONS}.
+        """
+        site = siteFor(self.service)
+        transports = [connect(site, port=40000 + i)[1] for i in range(MAX_CONNECTIONS + 1)]
+        self.assertEqual([t.disconnected for t in transports],
+                         [False] * MAX_CONNECTIONS + [True])
+
+
+class RequestTimeoutTests(SynchronousTestCase):
+    """
+    A connection has C{requestTimeout} seconds for each whole request, from
+    its opening and from its previous request's end.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService()
+        self.clock = self.service.reactor
+        self.site = siteFor(self.service, requestTimeout=10)
+
+    def test_slowHeaders(self) -> None:
+        """
+        A client sending its headers a line at a time, however often, is
+        closed when the timeout passes since the connection opened; the
+        close is counted and logged.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        for i in range(9):
+            self.clock.advance(1)
+            protocol.dataReceived(b"X-%d: y\r\n" % (i,))
+        self.assertFalse(transport.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.site.timedOut, 1)
+        [warning] = warnings(events)
+        self.assertIn("no whole request within 10 s", warning)
+
+    def test_slowBody(self) -> None:
+        """
+        The timeout also covers the body.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(post(b"/backends/db/primary/drain", b"Content-Length: 10\r\n"))
+        protocol.dataReceived(b"12345")
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(backends(self.service)[0].adminState, "up")
+
+    def test_silentConnection(self) -> None:
+        """
+        A connection that sends nothing is closed after the timeout, and
+        reset L{ABORT_TIMEOUT} seconds later if it is still open then.
+        """
+        protocol, transport = connect(self.site)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(ABORT_TIMEOUT)
+        self.assertTrue(transport.disconnected)
+
+    def test_keepAlive(self) -> None:
+        """
+        A kept-alive connection has the timeout again for its next request,
+        from the end of the previous one; idle, it is closed after it
+        without a warning.
+        """
+        protocol, transport = connect(self.site)
+        self.clock.advance(9)
+        protocol.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: status\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        transport.clear()
+        self.clock.advance(9)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: status\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertFalse(transport.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(warnings(events), [])
+        self.assertEqual(self.site.timedOut, 0)
+
+    def test_noTimerLeft(self) -> None:
+        """
+        Once the connection is closed, no timer of its is left.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: status\r\n\r\n")
+        lose(protocol)
+        self.site.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_default(self) -> None:
+        """
+        By default the timeout is L{REQUEST_TIMEOUT} seconds.
+        """
+        protocol, transport = connect(siteFor(self.service))
+        self.clock.advance(REQUEST_TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    L{RefusalLog} logs at most C{lines} warnings an interval, and sums up
+    the others in one line at the interval's end.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.refusals = RefusalLog(self.clock, lines=3, interval=60)
+        self.log = Logger(namespace="test")
+
+    def warn(self, count: int, kind: str = "admin requests") -> None:
+        """
+        Give C{self.refusals} C{count} warnings of C{kind}.
+        """
+        for i in range(count):
+            self.refusals.warn(self.log, kind, "refused {n}", n=i)
+
+    def test_limited(self) -> None:
+        """
+        Of a flood of refusals, the first C{lines} are logged, and one line
+        at the end of the interval says how many more of each kind there
+        were.
+        """
+        with capturedLogs() as events:
+            self.warn(1000)
+            self.warn(5, "connections over the limit")
+            self.clock.advance(59)
+        self.assertEqual(warnings(events), ["refused 0", "refused 1", "refused 2"])
+        with capturedLogs() as events:
+            self.clock.advance(1)
+        self.assertEqual(warnings(events), [
+            "status: 1002 more refusals suppressed in 60 s: 997 admin requests, "
+            "5 connections over the limit"])
+
+    def test_nextInterval(self) -> None:
+        """
+        After the interval, warnings are logged again.
+        """
+        self.warn(10)
+        self.clock.advance(60)
+        with capturedLogs() as events:
+            self.warn(4)
+        self.assertEqual(warnings(events), ["refused 0", "refused 1", "refused 2"])
+
+    def test_noSummaryWhenNoneLeftOut(self) -> None:
+        """
+        Without warnings left out, there is no summary line and no timer.
+        """
+        with capturedLogs() as events:
+            self.warn(3)
+            self.clock.advance(120)
+        self.assertEqual(len(warnings(events)), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush(self) -> None:
+        """
+        L{RefusalLog.flush} logs the summary at once, and cancels its timer;
+        a site stopping flushes its refusal log.
+        """
+        self.warn(5)
+        with capturedLogs() as events:
+            self.refusals.flush()
+        self.assertEqual(warnings(events),
+                         ["status: 2 more refusals suppressed in 60 s: 2 admin requests"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        service = makeService()
+        site = StatusSite(statusResource(service), refusals=self.refusals)
+        site.doStart()
+        self.warn(5)
+        with capturedLogs() as events:
+            site.doStop()
+        self.assertEqual(len(warnings(events)), 1)
+
+    def test_defaults(self) -> None:
+        """
+        By default L{LOG_LINES} lines are logged in L{LOG_INTERVAL} seconds.
+        """
+        refusals = RefusalLog(self.clock)
+        self.assertEqual((refusals.lines, refusals.interval), (LOG_LINES, LOG_INTERVAL))
+
+
+class AdminRefusalLogTests(SynchronousTestCase):
+    """
+    Every refused admin request is logged (as the documentation says), at
+    the rate the refusal log allows.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService()
+        self.root = statusResource(self.service)
+
+    def refusalsLogged(self, path: bytes, method: bytes = b"POST",
+                       authorization: Optional[str] = f"Bearer {TOKEN}") -> list[str]:
+        """
+        Render C{path}; return the warnings logged.
+        """
+        with capturedLogs() as events:
+            render(self.root, path, method, authorization)
+        return warnings(events)
+
+    def test_every400404405Logged(self) -> None:
+        """
+        Unknown actions (400), unknown proxies, backends and paths (404)
+        and methods other than POST (405) are logged with the client and
+        the code.
+        """
+        cases = [
+            (b"/backends/db/primary/explode", b"POST", "unknown action 'explode' (400)"),
+            (b"/backends/nope/primary/drain", b"POST", "no proxy 'nope' (404)"),
+            (b"/backends/db/nope/drain", b"POST", "proxy 'db' has no backend 'nope' (404)"),
+            (b"/backends/db/primary", b"POST", "no such action 'db/primary' (404)"),
+            (b"/backends/db/primary/drain", b"GET", "GET is not POST (405)"),
+            (b"/backends/db/primary/drain", b"DELETE", "DELETE is not POST (405)"),
+        ]
+        for path, method, expected in cases:
+            [warning] = self.refusalsLogged(path, method)
+            self.assertTrue(warning.startswith("status: admin request from "), warning)
+            self.assertTrue(warning.endswith(" refused: " + expected), warning)
+
+    def test_405Answer(self) -> None:
+        """
+        Any method but POST is answered 405 with C{Allow: POST}.
+        """
+        for method in (b"GET", b"PUT", b"DELETE"):
+            code, _, request = render(self.root, b"/backends/db/primary/drain", method)
+            self.assertEqual(code, 405)
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"allow"), [b"POST"])
+
+    def test_floodLimited(self) -> None:
+        """
+        A flood of requests without a token logs L{LOG_LINES} lines, then
+        one line saying how many more were refused.
+        """
+        with capturedLogs() as events:
+            for _ in range(1000):
+                render(self.root, b"/backends/db/primary/drain", b"POST")
+            self.service.reactor.advance(LOG_INTERVAL)
+        lines = warnings(events)
+        self.assertEqual(len(lines), LOG_LINES + 1)
+        self.assertEqual(lines[-1], f"status: {1000 - LOG_LINES} more refusals suppressed in "
+                         f"{LOG_INTERVAL} s: {1000 - LOG_LINES} admin requests")

@@ -1,7 +1,11 @@
 """
 The status web resource: an HTML page, JSON, Prometheus metrics, lighttpd-style
-statistics, and the admin actions (drain, disable, enable a backend).
-Endpoint strings are shown without the paths of keys and certificates.
+statistics, and the admin actions (drain, disable, enable a backend); and the
+site serving it. The site shares the process, and its file descriptors, with
+the relay, so it is kept small: request bodies are refused beyond a small
+size before they are read, connections are limited in number and in time,
+refusals are logged at a bounded rate, and endpoint strings are shown without
+the paths of keys and certificates.
 
 Everything here only reads the counters kept by the pools and backends, except
 the admin actions, which set a backend's administrative state.
@@ -12,12 +16,17 @@ from __future__ import annotations
 import hmac
 import html
 import json
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Iterator, Optional, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -25,6 +34,24 @@ from txsockproxy.backends import DOWN, DRAINING, STATES, UP, Backend, BackendPoo
 
 if TYPE_CHECKING:
     from txsockproxy.service import ProxyService
+
+#: The largest request body accepted, in bytes. Admin actions have none; a
+#: larger one is refused with 413 before any of it is read.
+MAX_BODY_SIZE = 1024
+#: Connections open to the status site at once; more are closed at once.
+MAX_CONNECTIONS = 64
+#: Seconds a connection has to send a whole request (headers and body), from
+#: its opening and from the end of its previous request: slow or idle clients
+#: are closed after it.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a closed connection has to take the rest of its reply before it is
+#: reset.
+ABORT_TIMEOUT = 5.0
+#: Refusals logged per interval; those beyond are counted and summed up in one
+#: line at the end of the interval.
+LOG_LINES = 10
+#: That interval, in seconds.
+LOG_INTERVAL = 60.0
 
 REDACTED = "<redacted>"
 
@@ -385,62 +412,142 @@ class _Statistics(Resource):
 ACTIONS = {"drain": DRAINING, "disable": DOWN, "enable": UP}
 
 
+class RefusalLog:
+    """
+    The warnings of refused requests and connections, at most C{lines} of
+    them in an C{interval} of seconds (from the first warning of the
+    interval). Those beyond are counted, and one line at the end of the
+    interval says how many of each kind were left out, so that a flood of
+    refusals cannot fill the disk.
+
+    @ivar suppressed: for each kind, how many warnings were left out in this
+        interval so far.
+    """
+
+    log = Logger(namespace="txsockproxy.status")
+
+    def __init__(
+        self, clock: IReactorTime, lines: int = LOG_LINES, interval: float = LOG_INTERVAL
+    ) -> None:
+        self._clock = clock
+        self.lines = lines
+        self.interval = interval
+        self._intervalEnd = float("-inf")
+        self._logged = 0
+        self.suppressed: dict[str, int] = {}
+        self._summary: Optional[IDelayedCall] = None
+
+    def warn(self, log: Logger, kind: str, format: str, **fields: Any) -> None:
+        """
+        Log C{format} with C{fields} as a warning through C{log}, unless
+        C{lines} were logged already in this interval: then count it under
+        C{kind} (a plural noun: "admin requests").
+        """
+        now = self._clock.seconds()
+        if now >= self._intervalEnd:
+            self.flush()
+            self._intervalEnd = now + self.interval
+            self._logged = 0
+        if self._logged < self.lines:
+            self._logged += 1
+            log.warn(format, **fields)
+            return
+        self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+        if self._summary is None:
+            self._summary = self._clock.callLater(self._intervalEnd - now, self.flush)
+
+    def flush(self) -> None:
+        """
+        Log how many warnings were left out, if any, now.
+        """
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None
+        if self.suppressed:
+            self.log.warn(
+                "status: {count} more refusals suppressed in {interval} s: {kinds}",
+                count=sum(self.suppressed.values()), interval=self.interval,
+                kinds=", ".join(f"{n} {kind}" for kind, n in self.suppressed.items()),
+            )
+            self.suppressed = {}
+
+
+def _client(address: Optional[IAddress]) -> str:
+    return str(getattr(address, "host", None) or address)
+
+
 class _Admin(Resource):
     """
     C{POST /backends/<proxy>/<label>/drain|disable|enable}, with
-    C{Authorization: Bearer <token>}.
+    C{Authorization: Bearer <token>}. Every action is logged, and every
+    refusal, at the rate L{RefusalLog} allows.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, service: ProxyService, refusals: RefusalLog) -> None:
         super().__init__()
         self._service = service
+        self._refusals = refusals
 
     def _reply(self, request: Request, code: int, document: dict[str, Any]) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
         return (json.dumps(document) + "\n").encode("utf-8")
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"allow", b"POST")
-        return self._reply(request, 405, {"error": "use POST"})
+    def _refuse(
+        self, request: Request, code: int, why: str, document: dict[str, Any], **fields: Any
+    ) -> bytes:
+        self._refusals.warn(
+            self.log, "admin requests",
+            "status: admin request from {client} refused: " + why + " ({code})",
+            client=_client(request.getClientAddress()), code=code, **fields,
+        )
+        return self._reply(request, code, document)
+
+    def render(self, request: Request) -> bytes:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            method = request.method.decode("latin-1")[:20]
+            return self._refuse(request, 405, "{method} is not POST", {"error": "use POST"},
+                                method=method)
+        return self.render_POST(request)
 
     def render_POST(self, request: Request) -> bytes:
-        client = request.getClientAddress()
-        who = getattr(client, "host", None) or str(client)
+        who = _client(request.getClientAddress())
         token = self._service.adminToken
         if not token:
-            self.log.warn("status: admin request from {client} refused: no admin-token-file "
-                          "configured", client=who)
-            return self._reply(request, 403, {
+            return self._refuse(request, 403, "no admin-token-file configured", {
                 "error": "admin actions are disabled: set [status] admin-token-file"})
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             request.setHeader(b"www-authenticate", b'Bearer realm="sockproxy"')
-            self.log.warn("status: admin request from {client} refused: no bearer token",
-                          client=who)
-            return self._reply(request, 401, {"error": "needs Authorization: Bearer <token>"})
+            return self._refuse(request, 401, "no bearer token",
+                                {"error": "needs Authorization: Bearer <token>"})
         if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
-            self.log.warn("status: admin request from {client} refused: wrong token",
-                          client=who)
-            return self._reply(request, 403, {"error": "wrong token"})
+            return self._refuse(request, 403, "wrong token", {"error": "wrong token"})
         parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
         if len(parts) != 3:
-            return self._reply(request, 404, {
-                "error": "use POST /backends/<proxy>/<label>/drain|disable|enable"})
+            return self._refuse(request, 404, "no such action {path!r}", {
+                "error": "use POST /backends/<proxy>/<label>/drain|disable|enable"},
+                path="/".join(parts)[:200])
         proxyName, label, action = parts
         if action not in ACTIONS:
-            return self._reply(request, 400, {
-                "error": f"unknown action {action!r}: drain, disable or enable"})
+            return self._refuse(request, 400, "unknown action {action!r}", {
+                "error": f"unknown action {action!r}: drain, disable or enable"},
+                action=action[:50])
         pool: Optional[BackendPool] = self._service.pools.get(proxyName)
         if pool is None:
-            return self._reply(request, 404, {"error": f"no proxy {proxyName!r}"})
+            return self._refuse(request, 404, "no proxy {proxy!r}",
+                                {"error": f"no proxy {proxyName!r}"}, proxy=proxyName[:200])
         backend = pool.backend(label)
         if backend is None:
-            return self._reply(request, 404, {"error": f"proxy {proxyName!r} has no backend {label!r}"})
+            return self._refuse(
+                request, 404, "proxy {proxy!r} has no backend {label!r}",
+                {"error": f"proxy {proxyName!r} has no backend {label!r}"},
+                proxy=proxyName[:200], label=label[:200])
         backend.adminState = ACTIONS[action]
         self.log.info(
             "status: {client} set backend {label} of proxy {proxy} to {state}",
@@ -449,24 +556,260 @@ class _Admin(Resource):
         return self._reply(request, 200, backendStatus(backend, self._service.reactor.seconds()))
 
 
+class StatusRoot(Resource):
+    """
+    The root resource of the status site.
+
+    @ivar service: the service it shows.
+    @ivar refusals: the refusal log shared by the admin actions and the site.
+    """
+
+    def __init__(self, service: ProxyService) -> None:
+        super().__init__()
+        self.service = service
+        self.refusals = RefusalLog(service.reactor)
+
+
+_siteLog = Logger(namespace="txsockproxy.status.StatusSite")
+
+
+def _tooLarge(limit: int) -> bytes:
+    body = (json.dumps({"error": f"request bodies are limited to {limit} bytes"}) + "\n").encode()
+    return (b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+
+
+class _StatusRequest(Request):
+    """
+    A request whose body is kept in memory, and refused as soon as it grows
+    beyond the site's C{maxBodySize}: Twisted's own spools a large or chunked
+    body to a temporary file before the resource (and its authentication)
+    sees it.
+    """
+
+    _body: BytesIO
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # The channel refused a declared length over the limit already.
+        self.content = self._body = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if not isinstance(channel, _StatusChannel) or channel.closing:
+            return
+        if self._body.tell() + len(data) > channel.site.maxBodySize:
+            channel.refuseBody(None)
+            return
+        self._body.write(data)
+
+
+class _StatusChannel(HTTPChannel):
+    """
+    An HTTP connection to the status site: counted in the site's
+    C{openConnections}; refused with 413 when its request's body is over
+    the site's C{maxBodySize}; closed when it has not sent a whole request
+    within the site's C{requestTimeout} seconds of opening or of its
+    previous request's end (which also closes idle keep-alive connections).
+
+    @ivar closing: whether it is being closed, and reads nothing more.
+    """
+
+    site: StatusSite
+    closing = False
+    _deadline: Optional[IDelayedCall] = None
+    _abort: Optional[IDelayedCall] = None
+    # Whether bytes of a request not yet complete were received.
+    _partial = False
+
+    def _transport(self) -> ITCPTransport:
+        # Any stream transport: TCP, unix, TLS.
+        return cast(ITCPTransport, self.transport)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.openConnections += 1
+        self._startDeadline()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.site.openConnections -= 1
+        self._cancelDeadline()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._partial = True
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        if self.length is not None and self.length > self.site.maxBodySize:
+            self.refuseBody(self.length)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self.closing:
+            return
+        self._partial = False
+        self._cancelDeadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        # Before HTTPChannel goes on to a pipelined request, if there is one.
+        self._startDeadline()
+        super().requestDone(request)
+
+    def refuseBody(self, length: Optional[int]) -> None:
+        """
+        Answer 413 and close, reading nothing more.
+
+        @param length: the body's declared length, or L{None} for a chunked
+            body found over the limit as it came.
+        """
+        site = self.site
+        site.refusedBodies += 1
+        size = f"{length}-byte" if length is not None else "chunked"
+        site.refusals.warn(
+            _siteLog, "request bodies",
+            "status: request from {client} refused (413): {size} body, over the limit of "
+            "{limit} bytes ({count} refused so far)",
+            client=_client(self._transport().getPeer()), size=size, limit=site.maxBodySize,
+            count=site.refusedBodies,
+        )
+        self._transport().write(_tooLarge(site.maxBodySize))
+        self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._cancelDeadline()
+        # Closing already after a response without keep-alive.
+        if not getattr(self.transport, "disconnecting", False):
+            self.loseConnection()
+        # A client that does not read its answer is reset after a while.
+        self._abort = self.site.reactor.callLater(ABORT_TIMEOUT,
+                                                 self._transport().abortConnection)
+
+    def _startDeadline(self) -> None:
+        self._cancelDeadline()
+        if not self.closing:
+            self._deadline = self.site.reactor.callLater(self.site.requestTimeout, self._timedOut)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        if self._partial:
+            site = self.site
+            site.timedOut += 1
+            site.refusals.warn(
+                _siteLog, "slow requests",
+                "status: connection from {client} closed: no whole request within {timeout} s "
+                "({count} closed so far)",
+                client=_client(self._transport().getPeer()), timeout=site.requestTimeout,
+                count=site.timedOut,
+            )
+        # An idle keep-alive connection is closed without a word.
+        self._close()
+
+
+class _Refused(Protocol):
+    """
+    A connection over the status site's limit: closed at once.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
 class StatusSite(Site):
     """
     The status endpoint's site: scrapes are not worth a log line each (admin
     actions are logged by themselves), and tracebacks are not shown.
+
+    It holds the limits that keep it from taking the relay's file
+    descriptors, memory and disk.
+
+    @ivar maxConnections: connections open at once; more are closed at once.
+    @ivar requestTimeout: seconds a connection has for each whole request.
+    @ivar maxBodySize: the largest request body, in bytes.
+    @ivar refusals: where refusals are logged.
+    @ivar openConnections: connections open now.
+    @ivar refusedConnections: connections closed at once for being over
+        C{maxConnections}, ever.
+    @ivar refusedBodies: requests refused for their body, ever.
+    @ivar timedOut: connections closed in the middle of a request for being
+        slower than C{requestTimeout}, ever.
     """
 
     noisy = False
     displayTracebacks = False
+    protocol = _StatusChannel  # type: ignore[assignment]
+    requestFactory = _StatusRequest
+
+    def __init__(
+        self,
+        resource: Resource,
+        reactor: Optional[IReactorTime] = None,
+        maxConnections: int = MAX_CONNECTIONS,
+        requestTimeout: float = REQUEST_TIMEOUT,
+        maxBodySize: int = MAX_BODY_SIZE,
+        refusals: Optional[RefusalLog] = None,
+    ) -> None:
+        """
+        @param reactor: the clock of the timeouts; by default the service's
+            when C{resource} is a L{StatusRoot}.
+        @param refusals: by default the L{StatusRoot}'s.
+        """
+        if reactor is None and isinstance(resource, StatusRoot):
+            reactor = resource.service.reactor
+        # The idle timeout of HTTPChannel is reset by every byte received
+        # (a client sending a byte now and then is never closed), and logs
+        # every timeout: the request timeout replaces it.
+        super().__init__(resource, reactor=reactor, timeout=None)
+        self.maxConnections = maxConnections
+        self.requestTimeout = requestTimeout
+        self.maxBodySize = maxBodySize
+        if refusals is None:
+            refusals = (resource.refusals if isinstance(resource, StatusRoot)
+                        else RefusalLog(self.reactor))
+        self.refusals = refusals
+        self.openConnections = 0
+        self.refusedConnections = 0
+        self.refusedBodies = 0
+        self.timedOut = 0
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
+        if self.openConnections >= self.maxConnections:
+            self.refusedConnections += 1
+            self.refusals.warn(
+                _siteLog, "connections over the limit",
+                "status: connection from {client} refused: {open} connections open, the limit "
+                "({count} refused so far)",
+                client=_client(addr), open=self.openConnections, count=self.refusedConnections,
+            )
+            # Not None: a TLS or other wrapping factory would wrap None.
+            return _Refused()
+        protocol: Protocol = super().buildProtocol(addr)
+        return protocol
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        self.refusals.flush()
 
     def log(self, request: Any) -> None:
         pass
 
 
-def statusResource(service: ProxyService) -> Resource:
+def statusResource(service: ProxyService) -> StatusRoot:
     """
     The root resource of the status endpoint for C{service}.
     """
-    root = Resource()
+    root = StatusRoot(service)
     page = _Page(service)
     root.putChild(b"", page)
     root.putChild(b"index.html", page)
@@ -475,5 +818,5 @@ def statusResource(service: ProxyService) -> Resource:
     registry.register(_Collector(service))
     root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"server-statistics", _Statistics(service))
-    root.putChild(b"backends", _Admin(service))
+    root.putChild(b"backends", _Admin(service, root.refusals))
     return root
