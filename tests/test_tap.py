@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import select
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from textwrap import dedent
 
 from integration_support import TWISTD
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txsockproxy.balancers import balancerNames
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, loadConfig
@@ -557,6 +563,129 @@ class BindBeforeDaemonizingTests(OptionsTestCase):
                 self.assertEqual([port for port, *_ in reactor.tcpServers], [5432])
 
 
+class StrandedPidfileTests(OptionsTestCase):
+    """
+    With C{twistd --uid}, L{makeService} warns when the user it switches to
+    will not be able to delete the pidfile at exit.
+    """
+
+    NOBODY = 65534
+
+    def setUp(self) -> None:
+        # A directory every user may enter: trial's own may be private.
+        self.tmp = tempfile.mkdtemp(prefix="sockproxy-pid-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        os.chmod(self.tmp, 0o755)
+
+    def warnings(self, directory: str, mode: int, **twistd: object) -> list[str]:
+        """
+        The warnings L{makeService} logs for a pidfile in C{directory}, made
+        with C{mode}, under a C{twistd -n --uid NOBODY}.
+        """
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, mode)
+        self.addCleanup(os.chmod, directory, 0o755)
+        options = self.parse(["--listen", "tcp:0", "--backend", "unix:/a"])
+        defaults: dict[str, object] = {
+            "uid": self.NOBODY, "gid": self.NOBODY, "nodaemon": True,
+            "pidfile": os.path.join(directory, "twistd.pid"),
+        }
+        defaults.update(twistd)
+        options.parent = daemonizingTwistd(**defaults)
+        with capturedLogs() as events:
+            makeService(options, MemoryReactorClock())
+        return [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+
+    def test_rootsDirectory(self) -> None:
+        """
+        A pidfile in a directory the user cannot write to is reported, with
+        what to do.
+        """
+        directory = os.path.join(self.tmp, "root")
+        self.assertEqual(self.warnings(directory, 0o755), [
+            f"{directory}/twistd.pid will be left behind at exit: uid 65534 cannot write "
+            f"to {directory}; give the pidfile a directory of its own that uid 65534 "
+            f"owns, or run without one"
+        ])
+
+    def test_stickyDirectory(self) -> None:
+        """
+        A pidfile in a sticky directory (such as C{/tmp}) the user does not
+        own is reported: the file is root's.
+        """
+        directory = os.path.join(self.tmp, "sticky")
+        [warning] = self.warnings(directory, 0o1777)
+        self.assertIn(f"{directory} is sticky and the pidfile is root's", warning)
+
+    def test_closedAncestor(self) -> None:
+        """
+        A pidfile under a directory the user cannot enter is reported.
+        """
+        closed = os.path.join(self.tmp, "closed")
+        os.makedirs(closed)
+        os.chmod(closed, 0o700)
+        self.addCleanup(os.chmod, closed, 0o755)
+        [warning] = self.warnings(os.path.join(closed, "run"), 0o777)
+        self.assertIn(f"uid 65534 cannot enter {closed};", warning)
+
+    def test_writableDirectory(self) -> None:
+        """
+        No warning when the user may delete the pidfile, when there is no
+        pidfile, and without C{--uid}.
+        """
+        directory = os.path.join(self.tmp, "open")
+        self.assertEqual(self.warnings(directory, 0o777), [])
+        self.assertEqual(self.warnings(directory, 0o755, pidfile=""), [])
+        self.assertEqual(self.warnings(directory, 0o755, uid=None, gid=None), [])
+
+    def test_ownDirectory(self) -> None:
+        """
+        No warning for a directory the user owns, as the documentation's
+        C{/run/sockproxy} (needs root, to give it away).
+        """
+        if os.getuid() != 0:
+            raise SkipTest("giving a directory to another user needs root")
+        directory = os.path.join(self.tmp, "own")
+        os.makedirs(directory)
+        os.chown(directory, self.NOBODY, self.NOBODY)
+        self.assertEqual(self.warnings(directory, 0o755), [])
+
+
+class StartupErrorAfterForkTests(OptionsTestCase):
+    """
+    A start-up error after a daemonizing twistd has forked goes to the
+    parent waiting on twistd's status pipe.
+    """
+
+    def test_pidfileRemovedBeforeParentIsTold(self) -> None:
+        """
+        The pidfile is deleted before the reason is written to the status
+        pipe: once the parent (and the shell that started it) has exited,
+        no pidfile is left.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        pidfile = os.path.abspath(self.mktemp())
+        with open(pidfile, "w") as f:
+            f.write("1234")
+        options = self.parse(["--listen", "tcp:5432", "--backend", "unix:/a"])
+        options.parent = daemonizingTwistd(statusPipe=write, pidfile=pidfile)
+        service = makeService(options, RaisingMemoryReactor(
+            listenException=CannotListenError("", 5432, OSError(98, "Address already in use"))))
+        realWrite = os.write
+        seen = []
+
+        def write_(fd: int, data: bytes) -> int:
+            if fd == write:
+                seen.append((data, os.path.exists(pidfile)))
+            return realWrite(fd, data)
+
+        self.patch(os, "write", write_)
+        with capturedLogs():
+            self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(seen, [(b"1 Address already in use: cannot listen on tcp:5432", False)])
+
+
 class DaemonizingIntegrationTests(SynchronousTestCase):
     """
     Integration tests: a real daemonizing C{twistd sockproxy} (no C{-n}), run
@@ -590,3 +719,88 @@ class DaemonizingIntegrationTests(SynchronousTestCase):
                     f"tcp:{port}:interface=127.0.0.1\n"),
         )
         self.assertEqual(os.listdir(tmp), [])
+
+    def test_errorAfterForkLeavesNoPidfile(self) -> None:
+        """
+        A start-up error after the fork (a session log file that cannot be
+        opened) reaches the terminal through twistd's own message, with exit
+        status 1; the pidfile is gone by the time twistd has exited.
+        """
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        config = os.path.join(tmp, "sockproxy.toml")
+        with open(config, "w") as f:
+            f.write(dedent(
+                """\
+                session-log = "/nonexistent/sessions.log"
+                [[proxy]]
+                listen = "tcp:0:interface=127.0.0.1"
+                [[proxy.backend]]
+                endpoint = "tcp:host=127.0.0.1:port=1"
+                """))
+        done = subprocess.run(
+            [TWISTD, "--pidfile=twistd.pid", "--logfile=twistd.log", "sockproxy",
+             "--config", config],
+            cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+        reason = "cannot open session-log '/nonexistent/sessions.log': No such file or directory"
+        self.assertEqual(
+            (done.returncode, done.stderr),
+            (1, f'An error has occurred: b"{reason}"\nPlease look at log file for more information.\n'),
+        )
+        self.assertEqual(sorted(os.listdir(tmp)), ["sockproxy.toml", "twistd.log"])
+
+    def runAndStop(self, piddir: str, *twistdArgs: str) -> tuple[bool, str]:
+        """
+        Start a daemonizing C{twistd sockproxy} with its pidfile in
+        C{piddir}, stop it with C{SIGTERM}, and wait until it has exited.
+
+        @return: whether the pidfile is still there, and the log.
+        """
+        tmp = os.path.dirname(piddir)
+        pidfile = os.path.join(piddir, "twistd.pid")
+        logfile = os.path.join(tmp, "twistd.log")
+        done = subprocess.run(
+            [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", *twistdArgs, "sockproxy",
+             "--listen", "tcp:0:interface=127.0.0.1", "--backend", "tcp:host=127.0.0.1:port=1"],
+            cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        # Not our child (twistd forked twice): wait on a pidfd.
+        pidfd = os.pidfd_open(pid)
+        self.addCleanup(os.close, pidfd)
+        os.kill(pid, signal.SIGTERM)
+        readable, _, _ = select.select([pidfd], [], [], 30)
+        self.assertEqual(readable, [pidfd], "twistd did not exit within 30s")
+        with open(logfile) as f:
+            return os.path.exists(pidfile), f.read()
+
+    def test_pidfileOfSwitchedUser(self) -> None:
+        """
+        With C{-u nobody -g nogroup}, a pidfile in a directory root owns is
+        left behind at exit, as L{makeService} warns in the log; in a
+        directory of its own that nobody owns (doc/deployment.md's
+        C{/run/sockproxy}) it is deleted.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("switching user needs root")
+        # Not under trial's temporary directory: nobody must be able to
+        # enter every directory above the pidfile.
+        tmp = tempfile.mkdtemp(prefix="sockproxy-pid-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o755)
+        rootsDir = os.path.join(tmp, "root")
+        os.makedirs(rootsDir)
+        switch = ("-u", "nobody", "-g", str(pwd.getpwnam("nobody").pw_gid))
+        left, log = self.runAndStop(rootsDir, *switch)
+        self.assertTrue(left)
+        self.assertIn(f"{rootsDir}/twistd.pid will be left behind at exit", log)
+        ownDir = os.path.join(tmp, "sockproxy")
+        os.makedirs(ownDir)
+        os.chown(ownDir, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+        os.remove(os.path.join(tmp, "twistd.log"))
+        left, log = self.runAndStop(ownDir, *switch)
+        self.assertFalse(left)
+        self.assertNotIn("left behind", log)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import pwd
+import stat
 import sys
 from dataclasses import replace
 from typing import Any, Optional, TextIO
@@ -178,6 +180,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         debug = options["configObject"].debug
         service.loader = lambda path: replace(loadConfig(path), debug=debug)
     twistd = getattr(options, "parent", None)
+    stranded = _strandedPidfile(twistd)
+    if stranded is not None:
+        _log.warn("{pidfile} will be left behind at exit: {reason}",
+                  pidfile=stranded[0], reason=stranded[1])
     onStartupError = _StartupErrorExit(twistd)
     service.onStartupError = onStartupError
     # Run by twistd or twist: SIGHUP reloads the configuration file.
@@ -217,6 +223,58 @@ def _beforeDaemonizing(twistd: Any) -> bool:
         and twistd.get("chroot") is None
         and twistd.get("rundir", ".") == "."
     )
+
+
+def _strandedPidfile(twistd: Any) -> Optional[tuple[str, str]]:
+    """
+    The pidfile a twistd with C{--uid} writes as root but, once it has
+    switched user, cannot delete at exit, and why; or C{None}.
+
+    Deleting a file takes write permission on its directory (and, in a
+    sticky directory such as C{/tmp}, owning the file or the directory).
+    """
+    if not hasattr(twistd, "get") or twistd.get("chroot") is not None:
+        return None
+    uid, pidfile = twistd.get("uid"), twistd.get("pidfile")
+    if uid is None or uid == 0 or not pidfile:
+        return None
+    gid = twistd.get("gid")
+    try:
+        entry: Any = pwd.getpwuid(uid)
+    except KeyError:
+        entry = None
+    if gid is None:
+        if entry is None:
+            return None
+        gid = entry.pw_gid
+    groups = set(os.getgrouplist(entry.pw_name, gid)) if entry is not None else {gid}
+    path = os.path.abspath(os.path.join(twistd.get("rundir") or ".", pidfile))
+    directory = os.path.dirname(path)
+    advice = f"give the pidfile a directory of its own that uid {uid} owns, or run without one"
+
+    def allowed(st: os.stat_result, user: int, group: int, other: int) -> bool:
+        if st.st_uid == uid:
+            return st.st_mode & user == user
+        if st.st_gid in groups:
+            return st.st_mode & group == group
+        return st.st_mode & other == other
+
+    try:
+        st = os.stat(directory)
+        parent = directory
+        while True:
+            if not allowed(os.stat(parent), stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+                return path, f"uid {uid} cannot enter {parent}; {advice}"
+            if parent == os.path.dirname(parent):
+                break
+            parent = os.path.dirname(parent)
+    except OSError:
+        return None
+    if not allowed(st, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH):
+        return path, f"uid {uid} cannot write to {directory}; {advice}"
+    if st.st_mode & stat.S_ISVTX and st.st_uid != uid:
+        return path, f"{directory} is sticky and the pidfile is root's; {advice}"
+    return None
 
 
 class _BoundBeforeDaemonizing(MultiService):
@@ -264,6 +322,14 @@ class _StartupErrorExit:
         options = self._options
         pipe = options.get("statusPipe") if hasattr(options, "get") else None
         if pipe is not None:
+            # First, so that the pidfile is gone by the time the waiting
+            # parent (and the shell that started it) is told.
+            pidfile = options.get("pidfile")
+            if pidfile:
+                try:
+                    os.remove(pidfile)
+                except OSError:
+                    pass
             # twistd's parent prints what follows the first two bytes.
             message = ("1 " + str(error)).encode("ascii", "backslashreplace")[:100]
             try:
@@ -271,10 +337,4 @@ class _StartupErrorExit:
                 os.close(pipe)
             except OSError:
                 pass
-            pidfile = options.get("pidfile")
-            if pidfile:
-                try:
-                    os.remove(pidfile)
-                except OSError:
-                    pass
         raise SystemExit(1)
