@@ -262,6 +262,15 @@ class ExampleFileTests(_FakeSocketActivation, SynchronousTestCase):
         self.assertEqual(len(shown), 1)
         self.assertIn(shown[0].text, path.read_text(encoding="utf-8"))
 
+    def test_readmeExampleCanBeLeftRunning(self) -> None:
+        """
+        examples/sockproxy.toml writes no log line per session, into a twistd
+        log that twistd never prunes: C{debug} is 0 (level 1 logs two lines
+        per session) and the session log is off.
+        """
+        config = loadConfig(str(EXAMPLES / "sockproxy.toml"), resolve=fakeResolve)
+        self.assertEqual((config.debug, config.sessionLog), (0, "off"))
+
     def test_embedTac(self) -> None:
         """
         examples/embed.tac builds an application holding a proxy service,
@@ -298,6 +307,38 @@ class ReadmeTests(SynchronousTestCase):
                 "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
             ],
         )
+
+
+class CommandLineDocumentTests(SynchronousTestCase):
+    """
+    The command lines of doc/command-line.md, run.
+    """
+
+    def test_checkExample(self) -> None:
+        """
+        The C{--check} example shows what C{--check} prints for
+        examples/sockproxy.toml.
+        """
+        import io
+        import os
+
+        from txsockproxy.tap import Options
+
+        [block] = [
+            b for b in codeBlocks(REPO / "doc" / "command-line.md")
+            if b.text.startswith("$ twistd sockproxy --config examples/sockproxy.toml --check\n")
+        ]
+        previous = os.getcwd()
+        os.chdir(REPO)
+        self.addCleanup(os.chdir, previous)
+        options = Options()
+        options.stdout = io.StringIO()
+        options.stderr = io.StringIO()
+        exit = self.assertRaises(
+            SystemExit, options.parseOptions, ["--config", "examples/sockproxy.toml", "--check"]
+        )
+        self.assertEqual(exit.code, 0)
+        self.assertEqual(block.text.split("\n", 1)[1], options.stdout.getvalue())
 
 
 def _slug(heading: str) -> str:
