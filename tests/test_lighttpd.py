@@ -1573,12 +1573,9 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(renderToml(config), dedent("""\
             # txsockproxy configuration, from s
 
-            debug = 0
-
             [[proxy]]
             name = "p"
             listen = ["tcp:1"]
-            balance = "fair"
 
             [[proxy.backend]]
             label = "b"
