@@ -6,15 +6,17 @@ fake endpoints and a L{Clock}.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any, Optional, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay_fakes import HalfCloseTransport, Proxy, lost
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -385,6 +387,70 @@ class FailoverTests(SynchronousTestCase):
         proxy.endpoints["a"].fail(DNSLookupError("no.such.host"))
         self.assertIn("cannot resolve", proxy.backends["a"].lastError)
         self.assertEqual(len(proxy.endpoints["b"].attempts), 1)
+
+    def test_outOfDescriptorsIsNotTheBackends(self) -> None:
+        """
+        A connect that fails because the proxy is out of descriptors (or
+        memory) closes the client, counts the event as the proxy's own
+        C{resourceErrors}, and neither disables nor blames the backend, nor
+        tries the others; the next session uses the same backend.
+        """
+        for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            proxy = Proxy(labels=("a", "b"))
+            client, ct = proxy.accept()
+            proxy.endpoints["a"].fail(ConnectBindError(code, os.strerror(code)))
+            a = proxy.backends["a"]
+            self.assertEqual((a.failed, a.active, a.lastError), (0, 0, ""))
+            self.assertEqual(a.stateAt(proxy.clock.seconds()), "up")
+            self.assertEqual(proxy.endpoints["b"].attempts, [])
+            self.assertTrue(ct.disconnecting)
+            self.assertEqual((proxy.pool.resourceErrors, proxy.pool.refused), (1, 0))
+            client.connectionLost(lost())
+            self.assertEqual(client.session.ended, "out of resources")  # type: ignore[union-attr]
+            self.assertEqual(proxy.pool.active, 0)
+            proxy.accept()
+            self.assertEqual(len(proxy.endpoints["a"].attempts), 2)
+
+    def test_outOfDescriptorsLogBounded(self) -> None:
+        """
+        A flood of sessions closed for lack of descriptors logs a bounded
+        number of lines, then one line counting the rest.
+        """
+        proxy = Proxy(labels=("a",))
+        with capturedLogs() as events:
+            for _ in range(100):
+                proxy.accept()
+                proxy.endpoints["a"].fail(ConnectBindError(errno.EMFILE, "Too many open files"))
+            proxy.clock.advance(60)
+        lines = [e for e in events if "out of resources" in str(e.get("log_format"))]
+        summaries = [e for e in events if "not logged" in str(e.get("log_format"))]
+        self.assertEqual(len(lines), 10)
+        self.assertEqual([e["count"] for e in summaries], [90])
+        self.assertEqual(proxy.pool.resourceErrors, 100)
+
+    def test_concurrentFailuresLoggedOnce(self) -> None:
+        """
+        Connects already under way when a backend's first one fails fail
+        too: all are counted, but the failure is logged once per
+        disable-time (and again when the error changes).
+        """
+
+        def failures(events: list[dict[str, object]]) -> int:
+            return sum("failed: {error}" in str(e.get("log_format")) for e in events)
+
+        proxy = Proxy(labels=("a",), disableTime=10)
+        with capturedLogs() as events:
+            for _ in range(20):
+                proxy.accept()
+            pending = list(proxy.endpoints["a"].attempts)
+            for _, d in pending:
+                d.errback(Failure(ConnectionRefusedError()))
+            self.assertEqual(proxy.backends["a"].failed, 20)
+            self.assertEqual(failures(list(events)), 1)
+            proxy.clock.advance(10)
+            proxy.accept()
+            proxy.endpoints["a"].fail(ConnectionRefusedError())
+            self.assertEqual(failures(list(events)), 2)
 
     def test_allDownClosesClientAtOnce(self) -> None:
         """

@@ -5,18 +5,20 @@ asks the balancer for a backend and keeps track of failures.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Iterable, Optional
 
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.config import BackendConfig, ProxyConfig
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.ratelimit import RateLimitedLog
 
 # A backend's state, as the status page and metrics show it.
 UP = "up"  # in rotation
@@ -95,6 +97,9 @@ class BackendPool:
     @ivar accepted: client connections accepted, ever.
     @ivar active: sessions open now.
     @ivar refused: client connections closed because no backend was available.
+    @ivar resourceErrors: client connections closed because the proxy itself
+        ran out of a resource (descriptors, memory) while connecting to a
+        backend; the backend is not blamed for these.
     """
 
     log = Logger()
@@ -114,7 +119,11 @@ class BackendPool:
         self.accepted = 0
         self.active = 0
         self.refused = 0
+        self.resourceErrors = 0
         self._allDown = False
+        self._resourceLog = RateLimitedLog(
+            clock, self.log, "sessions closed for lack of resources"
+        )
 
     @classmethod
     def fromConfig(
@@ -191,12 +200,18 @@ class BackendPool:
     def connectFailed(self, backend: Backend, reason: Failure) -> None:
         """
         Record a failed connect: count it and disable the backend for its
-        disable-time.
+        disable-time. Logged once per disable-time: the connects already
+        under way when the first failed fail too, and are only counted.
         """
         backend.active -= 1
         backend.failed += 1
-        backend.lastError = describeFailure(reason, backend.config.connectTimeout)
-        backend.disabledUntil = self.clock.seconds() + backend.config.disableTime
+        now = self.clock.seconds()
+        wasAvailable = now >= backend.disabledUntil
+        error = describeFailure(reason, backend.config.connectTimeout)
+        backend.disabledUntil = now + backend.config.disableTime
+        if not wasAvailable and error == backend.lastError:
+            return
+        backend.lastError = error
         self.log.error(
             "proxy {proxy}: connecting to backend {label} ({endpoint}) failed: "
             "{error}; disabled for {seconds}s",
@@ -205,6 +220,23 @@ class BackendPool:
             endpoint=backend.key,
             error=backend.lastError,
             seconds=backend.config.disableTime,
+        )
+
+    def resourceError(self, backend: Backend, reason: Failure, client: str) -> None:
+        """
+        Record a connect to C{backend} that failed for lack of a resource
+        of the proxy's own (see L{localResourceError}): the backend is
+        neither counted as failed nor disabled; the proxy's
+        C{resourceErrors} counts it, and it is logged at a bounded rate.
+        """
+        backend.active -= 1
+        self.resourceErrors += 1
+        self._resourceLog.emit(
+            LogLevel.error,
+            "proxy {proxy}: closing {client}: cannot connect to backend {label}: "
+            "the proxy is out of resources ({error}); the backend stays up",
+            proxy=self.name, client=client, label=backend.label,
+            error=describeFailure(reason, backend.config.connectTimeout),
         )
 
     def connectSucceeded(self, backend: Backend) -> None:
@@ -224,6 +256,27 @@ class BackendPool:
         A session that had connected to C{backend} is over.
         """
         backend.active -= 1
+
+
+# Errors of the proxy's own resources, not the backend's doing.
+LOCAL_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def localResourceError(reason: Failure) -> Optional[int]:
+    """
+    The errno of C{reason} if it says the proxy ran out of a resource of its
+    own (descriptors, buffers, memory) rather than that the backend failed,
+    else L{None}.
+    """
+    from twisted.internet import error
+
+    value = reason.value
+    code: object = None
+    if isinstance(value, error.ConnectError):
+        code = value.osError
+    elif isinstance(value, OSError):
+        code = value.errno
+    return code if isinstance(code, int) and code in LOCAL_RESOURCE_ERRORS else None
 
 
 def describeFailure(reason: Failure, connectTimeout: float) -> str:

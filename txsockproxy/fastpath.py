@@ -855,7 +855,11 @@ class Connecting:
             # cancel() and the timeout.
             self.transport = transportType(*args, self, self.reactor)
         except Exception as e:
-            self.connectionFailed(failure.Failure(error.ConnectError(string=str(e))))
+            # Keep the errno: out of descriptors is the proxy's problem.
+            code = e.errno if isinstance(e, OSError) else None
+            self.connectionFailed(
+                failure.Failure(error.ConnectError(osError=code, string=str(e)))
+            )
         finally:
             self._starting = False
 

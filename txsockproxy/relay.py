@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy import fastpath
+from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName
@@ -543,6 +544,14 @@ class Session:
         if self.clientGone:
             # We cancelled it ourselves: the client left.
             backend.active -= 1
+            return
+        if localResourceError(reason) is not None:
+            # Out of descriptors or memory: the proxy's problem, not the
+            # backend's, and no other backend would fare better.
+            self.pool.resourceError(backend, reason, _address(self.connection.peer))
+            self.backend = None
+            self.ended = "out of resources"
+            self.clientTransport.loseConnection()
             return
         self.pool.connectFailed(backend, reason)
         self.backend = None
