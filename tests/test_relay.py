@@ -15,14 +15,14 @@ from relay_fakes import HalfCloseTransport, Proxy, lost
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectBindError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
-from txsockproxy.relay import HOLD_LIMIT, BackendProtocol, FrontendProtocol
+from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
 
 class InterfaceTests(SynchronousTestCase):
@@ -753,3 +753,90 @@ class InspectionTests(SynchronousTestCase):
         self.assertEqual(recorder.names, [])
         client.handshakeCompleted()
         self.assertEqual(recorder.names, ["api.example"])
+
+
+def handshakeTimers(proxy: Proxy) -> list[Any]:
+    """
+    The handshake timeouts pending on C{proxy}'s clock.
+    """
+    return [c for c in proxy.clock.getDelayedCalls() if "_handshakeTimedOut" in repr(c)]
+
+
+class TLSListenerTests(SynchronousTestCase):
+    """
+    On a TLS listener, no backend is chosen or connected before the client's
+    handshake is done; a handshake that fails or never ends is logged (at a
+    bounded rate) and costs no backend connection.
+    """
+
+    def test_noBackendBeforeHandshake(self) -> None:
+        """
+        The backend connect starts when the handshake completes, whatever
+        the balancer.
+        """
+        proxy = Proxy()
+        client, _ = proxy.accept(transport=TLSTransport(None))
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        client.handshakeCompleted()
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+        self.assertFalse(handshakeTimers(proxy))
+
+    def test_failedHandshake(self) -> None:
+        """
+        A client whose handshake fails ends its session without any backend
+        work, as "TLS handshake failed", with OpenSSL's reason logged.
+        """
+        from OpenSSL.SSL import Error
+
+        proxy = Proxy()
+        with capturedLogs() as events:
+            client, _ = proxy.accept(transport=TLSTransport(None))
+            reason = Error([("SSL routines", "", "no shared cipher")])
+            client.connectionLost(Failure(reason))
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        self.assertEqual(client.session.ended, "TLS handshake failed")  # type: ignore[union-attr]
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertFalse(handshakeTimers(proxy))
+        logged = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("TLS handshake with 127.0.0.2:40000 failed: no shared cipher", logged[0])
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A client that does not complete its handshake within
+        C{HANDSHAKE_TIMEOUT} is reset, without any backend work.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept(transport=TLSTransport(None))
+        proxy.clock.advance(HANDSHAKE_TIMEOUT - 0.1)
+        self.assertFalse(ct.aborted)
+        proxy.clock.advance(0.1)
+        self.assertTrue(ct.aborted)
+        client.connectionLost(lost(clean=False))
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        self.assertEqual(client.session.ended, "TLS handshake timeout")  # type: ignore[union-attr]
+
+    def test_clientLeavesDuringHandshake(self) -> None:
+        """
+        A client that half-closes before its handshake is done is closed; no
+        backend is connected for it.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept(transport=TLSTransport(None))
+        client.readConnectionLost()
+        self.assertTrue(ct.disconnecting)
+        client.connectionLost(lost())
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        self.assertFalse(handshakeTimers(proxy))
+
+    def test_failedHandshakesLogBounded(self) -> None:
+        """
+        A flood of failed handshakes logs a bounded number of lines.
+        """
+        proxy = Proxy()
+        with capturedLogs() as events:
+            for _ in range(50):
+                client, _ = proxy.accept(transport=TLSTransport(None))
+                client.connectionLost(lost(clean=False))
+        failed = [e for e in events if "TLS handshake with" in str(e.get("log_format"))]
+        self.assertEqual(len(failed), 10)

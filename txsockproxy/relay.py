@@ -36,7 +36,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -44,6 +44,7 @@ from txsockproxy import fastpath
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IConnectionInfo
+from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
 from txsockproxy.watch import PausedWatch
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
 
 # Bytes read from a client and held while the backend connect is pending.
 HOLD_LIMIT = 65536
+
+# Seconds a client of a TLS listener has to complete its handshake, before
+# which no backend is chosen or connected.
+HANDSHAKE_TIMEOUT = 10.0
 
 # What a connected session holds (nothing; shared, it costs no memory).
 _NOTHING_HELD: list[bytes] = []
@@ -221,6 +226,8 @@ class ProxyFactory(ServerFactory):
         self.timeouts = Timeouts(reactor)
         # The sides of its sessions that are not being read.
         self.watch = PausedWatch(reactor)
+        # Failed TLS handshakes: a client can make as many as it likes.
+        self.tlsLog = RateLimitedLog(reactor, Session.log, "failed TLS handshakes")
         self.usePool(pool)
 
     def usePool(self, pool: BackendPool) -> None:
@@ -397,6 +404,7 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
+        "handshaking",
         "__weakref__",
     )
 
@@ -438,6 +446,8 @@ class Session:
         self.finSeen = False
         # The sides not being read now: _CLIENT | _BACKEND.
         self._paused = 0
+        # Waiting for a TLS listener's handshake (with inspecting).
+        self.handshaking = False
 
     # -- connecting ---------------------------------------------------------
 
@@ -448,6 +458,14 @@ class Session:
         self.pool.accepted += 1
         self.pool.active += 1
         self.factory.sessions.add(self)
+        if ISSLTransport.providedBy(self.clientTransport):
+            # A TLS listener: no backend work before the client's handshake
+            # is done (its SNI name is known then, too).
+            self.inspecting = self.handshaking = True
+            self._inspectTimer = self.clock.callLater(
+                HANDSHAKE_TIMEOUT, self._handshakeTimedOut
+            )
+            return
         delay = self.factory.inspectDelay
         if delay:
             # The balancer places connections by SNI name: wait (at most
@@ -483,12 +501,26 @@ class Session:
         if status != NEED_MORE:
             self._inspected(name)
 
+    def _handshakeTimedOut(self) -> None:
+        self._inspectTimer = None
+        self.inspecting = self.handshaking = False
+        self.ended = self.ended or "TLS handshake timeout"
+        self.factory.tlsLog.emit(
+            LogLevel.warn,
+            "proxy {proxy}: closing {client}: no TLS handshake within {seconds:g}s",
+            proxy=self.pool.name, client=_address(self.connection.peer),
+            seconds=HANDSHAKE_TIMEOUT,
+        )
+        self.clientTransport.abortConnection()
+
     def handshakeCompleted(self) -> None:
         """
-        A TLS listener finished its handshake: the SNI name is known now.
+        A TLS listener finished its handshake: choose and connect a backend
+        now, by the SNI name if the balancer uses it.
         """
         if not self.inspecting:
             return
+        self.handshaking = False
         name: Optional[str] = None
         try:
             raw = self.clientTransport.getHandle().get_servername()
@@ -712,6 +744,11 @@ class Session:
         self.clientDone = True
         if not self.backendDone:
             self.ended = self.ended or "client closed"
+        if self.handshaking:
+            # Gone before its TLS handshake was done: nothing to relay.
+            self.ended = "client closed during TLS handshake"
+            self.clientTransport.loseConnection()
+            return
         if self.inspecting:
             # No more bytes will come: decide with what was held.
             self._inspectHeld()
@@ -768,6 +805,16 @@ class Session:
         The client connection is closed (by us, by the client, or by an error).
         """
         self.clientGone = True
+        if self.handshaking:
+            self.handshaking = False
+            if not isinstance(reason.value, ConnectionDone):
+                self.ended = self.ended or "TLS handshake failed"
+                self.factory.tlsLog.emit(
+                    LogLevel.warn,
+                    "proxy {proxy}: TLS handshake with {client} failed: {error}",
+                    proxy=self.pool.name, client=_address(self.connection.peer),
+                    error=_describeTLSError(reason),
+                )
         if self.inspecting:
             self.ended = self.ended or "client left while inspecting"
             self.inspecting = False
@@ -911,6 +958,22 @@ class Session:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+def _describeTLSError(reason: Failure) -> str:
+    """
+    One line for a TLS handshake's failure: OpenSSL's reason strings (as
+    "certificate unknown"), or the exception's.
+    """
+    value = reason.value
+    errors = getattr(value, "args", ())
+    reasons: list[str] = []
+    if errors and isinstance(errors[0], list):
+        for entry in errors[0]:
+            if isinstance(entry, tuple) and entry:
+                reasons.append(str(entry[-1]))
+    text = "; ".join(reasons) or str(value).strip()
+    return text or type(value).__name__
 
 
 def _address(address: IAddress) -> str:
