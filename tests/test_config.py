@@ -35,6 +35,7 @@ from txsockproxy.config import (
     configFromArguments,
     loadConfig,
     parseConfig,
+    readToken,
     resolveFirst,
 )
 
@@ -1328,8 +1329,10 @@ _settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
+# Any name but one with a NUL character (refused: see NulTests).
 _names = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\0"),
+    min_size=1, max_size=12,
 ).filter(lambda s: s.strip() != "")
 _seconds = st.one_of(
     st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
@@ -1782,3 +1785,154 @@ class OperationsConfigTests(ConfigTestCase):
             '[[proxy]]\nlisten = "tcp:10000"\n[[proxy.backend]]\nendpoint = "tcp:host=a:port=1"\n',
             2, "status.listen", "already a listen endpoint",
         )
+
+
+# Where each key is written, in a config that is valid as it is: the table
+# path, and whether the key takes a string (else a string is the wrong type).
+_NUL_BASE: dict[str, Any] = {
+    "session-log": "/var/log/sockproxy/sessions.log",
+    "status": {"listen": "tcp:9000"},
+    "proxy": [{"listen": ["tcp:8000"], "backend": [{"endpoint": "unix:/run/a.sock"}]}],
+}
+_STRING_KEYS: list[tuple[tuple[Any, ...], str]] = [
+    ((), "session-log"), ((), "log-format"),
+    (("status",), "listen"), (("status",), "admin-token-file"),
+    (("proxy", 0), "name"), (("proxy", 0), "listen"), (("proxy", 0), "balance"),
+    (("proxy", 0), "client-congestion"),
+    (("proxy", 0, "backend", 0), "endpoint"), (("proxy", 0, "backend", 0), "host"),
+    (("proxy", 0, "backend", 0), "socket"), (("proxy", 0, "backend", 0), "label"),
+    (("proxy", 0, "backend", 0), "congestion"),
+]
+_OTHER_KEYS: list[tuple[tuple[Any, ...], str]] = [
+    ((), "debug"), ((), "shutdown-timeout"), ((), "proxy"), ((), "status"),
+    (("proxy", 0), "connect-timeout"), (("proxy", 0), "disable-time"),
+    (("proxy", 0), "idle-timeout"), (("proxy", 0), "half-closed-timeout"),
+    (("proxy", 0), "inspect-delay"), (("proxy", 0), "backend"),
+    (("proxy", 0, "backend", 0), "port"), (("proxy", 0, "backend", 0), "weight"),
+    (("proxy", 0, "backend", 0), "disable-time"),
+    (("proxy", 0, "backend", 0), "connect-timeout"),
+    ((), "unknown"), (("proxy", 0), "unknown"), (("proxy", 0, "backend", 0), "unknown"),
+]
+_oddText = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_withNul = st.builds(lambda a, b: a + "\0" + b, _oddText, _oddText)
+
+
+def _nulConfig(path: tuple[Any, ...], key: str, value: str, inArray: bool = False) -> str:
+    """
+    The TOML of L{_NUL_BASE} with C{key} of the table at C{path} set to
+    C{value} (as the one item of an array, if C{inArray}); a backend given a
+    C{host} or C{socket} loses its C{endpoint}.
+    """
+    data = json.loads(json.dumps(_NUL_BASE))
+    table = data
+    for part in path:
+        table = table[part]
+    if key in ("host", "socket"):
+        del table["endpoint"]
+    table[key] = [value] if inArray else value
+    return _tables(data)
+
+
+def _keyText(path: tuple[Any, ...], key: str) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else ("." if i else "") + p
+                   for i, p in enumerate(path)) + ("." if path else "") + key
+
+
+class NulTests(ConfigTestCase):
+    """
+    A NUL character in a string value is a one-line problem at its key, in
+    every key: no file name, host name or endpoint can hold one, and the
+    system would refuse it only when it is used (a traceback at start-up).
+    """
+
+    def test_pathKeys(self) -> None:
+        """
+        C{admin-token-file}, C{session-log}, a backend's C{socket} and
+        C{host} with a NUL are each reported at their line and key.
+        """
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:1"\nadmin-token-file = "/etc/token\\u0000x"\n'
+            + minimal(), 3, "status.admin-token-file",
+            "must not contain a NUL character (\\x00): '/etc/token\\x00x'",
+        )
+        problem = self.assertOneProblem(
+            'session-log = "/var/log/s\\u0000"\n' + minimal(), 1, "session-log",
+            "must not contain a NUL character",
+        )
+        self.assertEqual(
+            str(problem),
+            "test.toml:1: session-log: must not contain a NUL character (\\x00): "
+            "'/var/log/s\\x00'",
+        )
+        self.assertOneProblem(minimal('socket = "/run/a\\u0000.sock"'), 4,
+                              "proxy[0].backend[0].socket", "must not contain a NUL")
+        self.assertOneProblem(minimal('host = "/run/a\\u0000.sock"'), 4,
+                              "proxy[0].backend[0].host", "must not contain a NUL")
+
+    def test_listenItem(self) -> None:
+        """
+        A listen endpoint with a NUL, alone or in an array, is reported at
+        the proxy's C{listen}.
+        """
+        text = _nulConfig(("proxy", 0), "listen", "unix:/run/p\0.sock", inArray=True)
+        self.assertOneProblem(text, 4, "proxy[0].listen", "must not contain a NUL")
+
+    def test_readToken(self) -> None:
+        """
+        L{readToken} reports a path with a NUL as a file it cannot read.
+        """
+        token, error = readToken("/etc/token\0")
+        self.assertEqual(token, "")
+        self.assertIn("cannot read '/etc/token\\x00'", error)
+
+    @_settings
+    @given(st.sampled_from(_STRING_KEYS), _withNul, st.booleans())
+    def test_nulInStringKeys(
+        self, where: tuple[tuple[Any, ...], str], value: str, inArray: bool
+    ) -> None:
+        """
+        A string value with a NUL character in any key that takes a string
+        is a problem at that key saying so, on one line.
+        """
+        path, key = where
+        inArray = inArray and key == "listen"
+        text = _nulConfig(path, key, value, inArray)
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text, SOURCE, resolve=FakeResolver(), balancers=BALANCERS)
+        problems = caught.exception.problems
+        self.assertIn(
+            (_keyText(path, key), True),
+            [(p.key, p.message.startswith("must not contain a NUL character")) for p in problems],
+        )
+        for problem in problems:
+            self.assertTrue(str(problem).isprintable(), str(problem))
+
+    @_settings
+    @given(st.sampled_from(_STRING_KEYS + _OTHER_KEYS), _withNul)
+    def test_nulInAnyKey(self, where: tuple[tuple[Any, ...], str], value: str) -> None:
+        """
+        A string value with a NUL character in any key, one that takes a
+        string or not, known or not, gives a L{ConfigError} and nothing else.
+        """
+        path, key = where
+        text = _nulConfig(path, key, value)
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text, SOURCE, resolve=FakeResolver(), balancers=BALANCERS)
+        for problem in caught.exception.problems:
+            self.assertTrue(str(problem).isprintable(), str(problem))
+
+    @_settings
+    @given(st.sampled_from(_STRING_KEYS + _OTHER_KEYS), _oddText)
+    def test_oddTextInAnyKey(self, where: tuple[tuple[Any, ...], str], value: str) -> None:
+        """
+        Any string (control characters, newlines, any script) in any key
+        gives a config or a L{ConfigError} of one-line problems, never
+        another exception.
+        """
+        path, key = where
+        text = _nulConfig(path, key, value)
+        try:
+            parseConfig(text, SOURCE, resolve=FakeResolver(), balancers=BALANCERS)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.assertTrue(str(problem).isprintable(), str(problem))

@@ -1534,6 +1534,113 @@ class RoundTripTests(LighttpdTestCase):
         self.assertEqual(replace(again, source=SOURCE), config)
 
 
+# Directives a string is written in, by template: each is a valid config
+# once {v} is replaced by a quoted string that fits.
+_STRING_SLOTS = {
+    "include_shell": 'include_shell {v}\n' + sockproxy(ONE_HOST),
+    "include": 'include {v}\n' + sockproxy(ONE_HOST),
+    "var": 'var.x = {v}\n' + sockproxy(ONE_HOST),
+    "server.errorlog": 'server.errorlog = {v}\n' + sockproxy(ONE_HOST),
+    "server.bind": 'server.modules = ( "mod_sockproxy" )\nserver.bind = {v}\n' + ONE_HOST + "\n",
+    "socket": 'server.modules = ( "mod_sockproxy" )\n$SERVER["socket"] == {v} {{\n'
+              + ONE_HOST + "\n}}\n",
+    "host": sockproxy('sockproxy.server = ( "" => ( "a" => ( "host" => {v} ) ) )'),
+    "host socket": sockproxy('sockproxy.server = ( "" => ( "a" => ( "socket" => {v} ) ) )'),
+    "label": sockproxy('sockproxy.server = ( "" => ( {v} => ( "host" => "127.0.0.1" ) ) )'),
+    "balance": sockproxy(ONE_HOST + "\nsockproxy.balance = {v}"),
+    "pemfile": sockproxy(ONE_HOST + '\nssl.engine = "enable"\nssl.pemfile = {v}'),
+    "condition": sockproxy(ONE_HOST) + '$HTTP["host"] == {v} {{\n}}\n',
+}
+# lighttpd's only escape is \": a backslash before the closing quote would
+# escape it.
+_lighttpdOdd = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters='\\"\0'),
+    max_size=30,
+)
+
+
+def _emptyShell(command: str, cwd: str | None) -> str:
+    """
+    A shell runner whose commands print nothing.
+    """
+    return ""
+
+
+def _slot(name: str, value: str) -> str:
+    """
+    The config of C{_STRING_SLOTS[name]} with C{value} as its string.
+    """
+    return _STRING_SLOTS[name].replace("{{", "{").replace("}}", "}").replace(
+        "{v}", lighttpdString(value))
+
+
+class NulTests(LighttpdTestCase):
+    """
+    A NUL character in a string of a lighttpd config is an error at its
+    directive, wherever the string is.
+    """
+
+    def test_pathDirectives(self) -> None:
+        """
+        C{include_shell}, C{include}, a unix socket and a backend's socket
+        with a NUL are one-line errors naming the directive; no shell runs.
+        """
+        self.assertProblem(
+            'include_shell "echo\0x"\n',
+            f"{SOURCE}:1: include_shell: must not contain a NUL character (\\x00): "
+            "'echo\\x00x' (column 15)",
+        )
+        self.assertProblem(
+            'include "a\0.conf"\n',
+            f"{SOURCE}:1: include: must not contain a NUL character (\\x00): "
+            "'a\\x00.conf' (column 9)",
+        )
+        self.assertProblem(
+            _slot("socket", "/run/p\0.sock"),
+            f'{SOURCE}:2: $SERVER["socket"]: must not contain a NUL character (\\x00): '
+            "'/run/p\\x00.sock' (column 22)",
+        )
+        [problem] = self.problems(_slot("host socket", "/run/b\0"))
+        self.assertIn("sockproxy.server: must not contain a NUL character", problem)
+
+    def test_runShellNul(self) -> None:
+        """
+        L{runShell} reports a command with a NUL (which no process can be
+        given) as a L{ShellError}.
+        """
+        with self.assertRaises(ShellError) as caught:
+            runShell("echo\0", None)
+        self.assertEqual(str(caught.exception), "cannot run it: embedded null byte")
+
+    @settings(max_examples=int(os.environ.get("TXSOCKPROXY_EXAMPLES", "60")), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(sorted(_STRING_SLOTS)), _lighttpdOdd, _lighttpdOdd)
+    def test_nulAnywhere(self, name: str, before: str, after: str) -> None:
+        """
+        A string with a NUL character in any of the directives that take
+        one is a L{ConfigError}, saying so, on one line.
+        """
+        problems = self.problems(_slot(name, before + "\0" + after), shell=_emptyShell)
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("must not contain a NUL character", problems[0])
+        self.assertTrue(problems[0].isprintable(), problems[0])
+
+    @settings(max_examples=int(os.environ.get("TXSOCKPROXY_EXAMPLES", "60")), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(sorted(_STRING_SLOTS)), _lighttpdOdd)
+    def test_oddTextAnywhere(self, name: str, value: str) -> None:
+        """
+        Any string (control characters, newlines, any script) in those
+        directives gives a config or a L{ConfigError} of one-line problems,
+        never another exception.
+        """
+        try:
+            parse(_slot(name, value), shell=_emptyShell)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.assertTrue(str(problem).isprintable(), str(problem))
+
+
 class RenderTests(SynchronousTestCase):
     """
     L{renderToml} writes any config as TOML that loads back to it.

@@ -24,6 +24,7 @@ from txsockproxy.service import (
     DEFAULT_BACKLOG,
     ListenError,
     ProxyService,
+    StartupError,
     reactorThreadRunner,
     systemBacklog,
     withBacklog,
@@ -216,6 +217,25 @@ class ProxyServiceTests(SynchronousTestCase):
             )
         )
         self.assertFalse([m for m in self.startLog(config, "bbr") if "congestion" in m])
+
+
+class SessionLogStartupTests(SynchronousTestCase):
+    """
+    A session log that cannot be opened stops start-up with one line.
+    """
+
+    def test_nulInPath(self) -> None:
+        """
+        A session-log path with a NUL (which loading refuses, but a config
+        built in code may hold) is a L{StartupError}, not a C{ValueError}.
+        """
+        config = Config(proxies=twoProxies().proxies, sessionLog="/var/log/s\0")
+        service = ProxyService(config, MemoryReactorClock())
+        reported: list[StartupError] = []
+        service.onStartupError = reported.append
+        self.assertRaises(StartupError, service.startService)
+        self.assertEqual([str(e) for e in reported],
+                         ["cannot open session-log '/var/log/s\\x00': embedded null byte"])
 
 
 def proxyConfig(name: str, listen: tuple[str, ...], *backends: tuple[str, str],

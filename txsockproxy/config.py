@@ -278,6 +278,15 @@ def _quote(text: str) -> str:
     return repr(text)
 
 
+def nulProblem(value: str) -> str:
+    """
+    What is wrong with a string value that holds a NUL character: no file
+    name, host name or endpoint can (the system would refuse it, or cut it
+    short, only when it is used).
+    """
+    return f"must not contain a NUL character (\\x00): {_quote(value)}"
+
+
 def _parseEndpoint(description: str, server: bool) -> Any:
     parse = serverFromString if server else clientFromString
     return parse(_PlaceholderReactor(), description)
@@ -636,6 +645,9 @@ class _Reader:
         if nonEmpty and not value.strip():
             self.problem(path + (key,), "must not be empty")
             return None
+        if "\0" in value:
+            self.problem(path + (key,), nulProblem(value))
+            return None
         return value
 
 
@@ -880,7 +892,8 @@ def readToken(path: str) -> tuple[str, str]:
     try:
         with open(path, encoding="utf-8") as f:
             token = f.readline().strip()
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        # ValueError: a path the system refuses before trying (a NUL in it).
         return "", f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}"
     if len(token) < 16:
         return "", f"the token in {path!r} is too short: use at least 16 characters"
@@ -970,6 +983,9 @@ def _readListen(raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader) 
     for desc in items:
         if not isinstance(desc, str):
             reader.problem(keyPath, f"must hold strings, not {_tomlType(desc)}")
+            continue
+        if "\0" in desc:
+            reader.problem(keyPath, nulProblem(desc))
             continue
         error = checkEndpoint(desc, server=True)
         if error:

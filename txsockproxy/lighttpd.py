@@ -51,6 +51,7 @@ from txsockproxy.config import (
     _unknownBalancer,
     backendFromHost,
     checkEndpoint,
+    nulProblem,
     resolveFirst,
 )
 
@@ -94,8 +95,9 @@ def runShell(command: str, cwd: str | None) -> str:
         )
     except subprocess.TimeoutExpired:
         raise ShellError(f"did not finish within {SHELL_TIMEOUT:g}s") from None
-    except OSError as e:
-        raise ShellError(f"cannot run it: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:
+        # ValueError: what the system refuses before trying (a NUL in it).
+        raise ShellError(f"cannot run it: {getattr(e, 'strerror', None) or e}") from None
     if done.returncode != 0:
         why = done.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = f": {why[-1]}" if why else ""
@@ -847,6 +849,10 @@ class _FileParser:
     def value(self, name: str) -> _Value:
         token = self.next()
         if token.kind == "STRING":
+            if "\0" in token.text:
+                # No path, host name or endpoint can hold one; refused here,
+                # the system would refuse it only once the value is used.
+                raise _Stop(_problem(token.pos, name, nulProblem(token.text)))
             return _Str(token.text, token.pos)
         if token.kind == "INTEGER":
             number = int(token.text, 10)

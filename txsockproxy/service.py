@@ -367,9 +367,12 @@ class ProxyService(MultiService):
             return
         try:
             log = SessionLog(config.sessionLog, config.logFormat)
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            # ValueError: a path the system refuses before trying (a NUL in
+            # it; loading refuses those, a Config built in code may not).
             raise StartupError(
-                f"cannot open session-log {config.sessionLog!r}: {e.strerror or e}"
+                f"cannot open session-log {config.sessionLog!r}: "
+                f"{getattr(e, 'strerror', None) or e}"
             ) from None
         if current is not None:
             current.close()
