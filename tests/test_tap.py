@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -768,6 +769,16 @@ class DaemonizingIntegrationTests(SynchronousTestCase):
         self.assertEqual((done.returncode, done.stderr), (0, ""))
         with open(pidfile) as f:
             pid = int(f.read())
+        # The signal handlers are installed once the reactor runs: until
+        # then SIGTERM would kill it outright. The reactor is running once
+        # the proxy has answered a client (by closing it: no backend).
+        with open(logfile) as f:
+            [port] = re.findall(r"ProxyFactory starting on (\d+)", f.read())
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as client:
+            try:
+                self.assertEqual(client.recv(1), b"")
+            except ConnectionResetError:
+                pass
         # Not our child (twistd forked twice): wait on a pidfd.
         pidfd = os.pidfd_open(pid)
         self.addCleanup(os.close, pidfd)
