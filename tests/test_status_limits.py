@@ -371,7 +371,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertFalse(firstTransport.disconnecting)
         self.assertEqual((self.site.openConnections, self.site.refusedConnections), (2, 1))
         [warning] = warnings(events)
-        self.assertIn("connection from 127.0.0.1 refused", warning)
+        self.assertIn("connection from 127.0.0.1 refused: the limit of 2 connections is reached "
+                      "(1 refused so far)", warning)
         lose(third)
         self.assertEqual(self.site.openConnections, 2)
 

@@ -788,9 +788,9 @@ class StatusSite(Site):
             self.refusedConnections += 1
             self.refusals.warn(
                 _siteLog, "connections over the limit",
-                "status: connection from {client} refused: {open} connections open, the limit "
-                "({count} refused so far)",
-                client=_client(addr), open=self.openConnections, count=self.refusedConnections,
+                "status: connection from {client} refused: the limit of {limit} connections is "
+                "reached ({count} refused so far)",
+                client=_client(addr), limit=self.maxConnections, count=self.refusedConnections,
             )
             # Not None: a TLS or other wrapping factory would wrap None.
             return _Refused()
