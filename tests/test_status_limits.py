@@ -8,11 +8,14 @@ number and in time.
 from __future__ import annotations
 
 import json
+import socket
+import tempfile
 from dataclasses import replace
 from io import BytesIO
 from typing import Any, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
+from reactor_support import ReactorTestCase, readable
 from test_status import TOKEN, backends, makeService, render
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -647,3 +650,103 @@ class AdminRefusalLogTests(SynchronousTestCase):
         self.assertEqual(len(lines), LOG_LINES + 1)
         self.assertEqual(lines[-1], f"status: {1000 - LOG_LINES} more refusals suppressed in "
                          f"{LOG_INTERVAL} s: {1000 - LOG_LINES} admin requests")
+
+
+class StatusSiteLoopbackIntegrationTests(ReactorTestCase):
+    """
+    The status site on a real loopback socket, on a private reactor turned
+    by the test: the limits hold for real clients.
+    """
+
+    def listen(self, **limits: Any) -> tuple[StatusSite, int]:
+        """
+        The status site of a test service, with C{limits}, listening on
+        loopback.
+
+        @return: the site and its port.
+        """
+        site = StatusSite(statusResource(makeService()), reactor=self.reactor, **limits)
+        port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return site, port.getHost().port
+
+    def client(self, port: int) -> socket.socket:
+        """
+        A non-blocking client socket connected to C{port}.
+        """
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        sock.setblocking(False)
+        return sock
+
+    def readAll(self, sock: socket.socket) -> tuple[bytes, bool]:
+        """
+        What C{sock} can read now, and whether it was closed (EOF or reset).
+        """
+        data = b""
+        while readable(sock):
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return data, True
+            if not chunk:
+                return data, True
+            data += chunk
+        return data, False
+
+    def test_largeBodyNeverSpooled(self) -> None:
+        """
+        A client announcing a 1 GiB body and sending as fast as it can gets
+        413 and its connection closed; no temporary file is opened and the
+        server stops reading after at most what the socket buffers held.
+        """
+        opened: list[object] = []
+        self.patch(tempfile, "TemporaryFile", lambda *a, **k: opened.append(a) or BytesIO())
+        site, port = self.listen()
+        sock = self.client(port)
+        sock.sendall(post(b"/backends/db/primary/drain", b"Content-Length: 1073741824\r\n",
+                          token="x" * 16))
+        sent, answer, closed = 0, b"", False
+        block = b"\0" * 65536
+        for _ in range(400):
+            try:
+                sent += sock.send(block)
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            self.reactor.runUntilCurrent()
+            self.reactor.doIteration(0.005)
+            data, closed = self.readAll(sock)
+            answer += data
+            if closed:
+                break
+        self.assertTrue(closed, "the connection was not closed")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
+        self.assertEqual(opened, [])
+        self.assertEqual(site.refusedBodies, 1)
+        self.assertLess(sent, 64 << 20)
+
+    def test_connectionLimit(self) -> None:
+        """
+        With a limit of 3, of 5 idle clients the last 2 are closed at once
+        and the first 3 are served.
+        """
+        site, port = self.listen(maxConnections=3)
+        socks = []
+        for _ in range(5):
+            socks.append(self.client(port))
+            self.turnUntil(lambda: site.openConnections + site.refusedConnections == len(socks))
+        self.turnUntil(lambda: all(self.readAll(s)[1] for s in socks[3:]))
+        self.assertEqual((site.openConnections, site.refusedConnections), (3, 2))
+        for sock in socks[:3]:
+            sock.sendall(b"GET /status.json HTTP/1.1\r\nHost: status\r\n\r\n")
+        answers = [b""] * 3
+
+        def answered() -> bool:
+            for i, sock in enumerate(socks[:3]):
+                answers[i] += self.readAll(sock)[0]
+            return all(b"\r\n\r\n" in a for a in answers)
+
+        self.turnUntil(answered)
+        self.assertEqual([a[:13] for a in answers], [b"HTTP/1.1 200 "] * 3)
