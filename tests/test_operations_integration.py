@@ -48,7 +48,9 @@ from twisted.trial.unittest import SkipTest
 CHROMIUM = "/usr/bin/chromium"
 
 # The keys /status.json documents, for each proxy and each backend.
-PROXY_KEYS = {"name", "listen", "accepted", "active", "refused", "backends"}
+PROXY_KEYS = {"name", "listen", "accepted", "active", "refused", "resource_errors", "backends"}
+# Metrics of the whole process, with no proxy label.
+PROCESS_METRICS = {"sockproxy_closed_at_accept"}
 BACKEND_KEYS = {
     "label", "endpoint", "state", "active", "connected", "failed", "bytes_in", "bytes_out",
     "last_error",
@@ -422,7 +424,8 @@ class StatusIntegrationTests(_OperationsTestCase):
         """
         proxy, sent = self.runSessions()
         document = self.statusDocument()
-        self.assertEqual(list(document), ["proxies"])
+        self.assertEqual(list(document), ["proxies", "closed_at_accept"])
+        self.assertEqual(document["closed_at_accept"], 0)
         proxies = {p["name"]: p for p in document["proxies"]}
         self.assertEqual(list(proxies), ["main", "dead"])
         for p in proxies.values():
@@ -458,8 +461,8 @@ class StatusIntegrationTests(_OperationsTestCase):
     def test_metrics(self) -> None:
         """
         C{/metrics} is Prometheus text that the official parser reads: every
-        metric is named C{sockproxy_...}, labelled by proxy (and backend),
-        and the values match the sessions run.
+        metric is named C{sockproxy_...}, labelled by proxy (and backend)
+        but for the process's own, and the values match the sessions run.
         """
         proxy, sent = self.runSessions()
         code, headers, body = http(self.url("/metrics"))
@@ -471,7 +474,8 @@ class StatusIntegrationTests(_OperationsTestCase):
         for family in families:
             self.assertTrue(family.name.startswith("sockproxy_"), family.name)
             for sample in family.samples:
-                self.assertIn("proxy", sample.labels)
+                if family.name not in PROCESS_METRICS:
+                    self.assertIn("proxy", sample.labels)
                 samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
 
         def value(name: str, **labels: str) -> float:
@@ -486,6 +490,8 @@ class StatusIntegrationTests(_OperationsTestCase):
         self.assertEqual(value("sockproxy_refused_total", **main), 0)
         self.assertEqual(value("sockproxy_accepted_total", **dead), 1)
         self.assertEqual(value("sockproxy_refused_total", **dead), 1)
+        self.assertEqual(value("sockproxy_resource_errors_total", **main), 0)
+        self.assertEqual(value("sockproxy_closed_at_accept_total"), 0)
         self.assertEqual(value("sockproxy_active_sessions", **main), 0)
         self.assertEqual(value("sockproxy_backend_connects_total", **working), 3)
         self.assertEqual(value("sockproxy_backend_connects_total", **refusing), 0)

@@ -187,11 +187,21 @@ def statusDocument(service: ProxyService) -> dict[str, Any]:
                 "accepted": pool.accepted,
                 "active": pool.active,
                 "refused": pool.refused,
+                "resource_errors": pool.resourceErrors,
                 "backends": [backendStatus(b, now) for b in pool.backends],
             }
             for pool in service.pools.values()
-        ]
+        ],
+        "closed_at_accept": _closedAtAccept(service),
     }
+
+
+def _closedAtAccept(service: ProxyService) -> int:
+    """
+    Clients closed at accept, for lack of descriptors, by the process.
+    """
+    counter = getattr(service, "acceptRecovery", None)
+    return counter.closed if counter is not None else 0
 
 
 class _Collector:
@@ -217,6 +227,17 @@ class _Collector:
         )
         active = GaugeMetricFamily(
             "sockproxy_active_sessions", "Sessions open now.", labels=proxyLabels
+        )
+        resourceErrors = CounterMetricFamily(
+            "sockproxy_resource_errors",
+            "Client connections closed because the proxy ran out of descriptors or "
+            "memory while connecting to a backend.",
+            labels=proxyLabels,
+        )
+        closedAtAccept = CounterMetricFamily(
+            "sockproxy_closed_at_accept",
+            "Client connections closed at accept by the process for lack of descriptors.",
+            value=_closedAtAccept(service),
         )
         bActive = GaugeMetricFamily(
             "sockproxy_backend_active_sessions",
@@ -253,6 +274,7 @@ class _Collector:
             proxy = redactEndpoint(pool.name, server=True)
             accepted.add_metric([proxy], pool.accepted)
             refused.add_metric([proxy], pool.refused)
+            resourceErrors.add_metric([proxy], pool.resourceErrors)
             active.add_metric([proxy], pool.active)
             for b in pool.backends:
                 labels = [proxy, redactEndpoint(b.label)]
@@ -265,8 +287,8 @@ class _Collector:
                 up.add_metric(labels, 1 if current == UP else 0)
                 for name in STATES:
                     state.add_metric(labels + [name], 1 if name == current else 0)
-        yield from (accepted, refused, active, bActive, connected, failed, bytesIn, bytesOut,
-                    up, state)
+        yield from (accepted, refused, resourceErrors, closedAtAccept, active, bActive,
+                    connected, failed, bytesIn, bytesOut, up, state)
 
 
 def serverStatistics(service: ProxyService) -> str:
@@ -343,7 +365,9 @@ def statusPage(service: ProxyService, refresh: int = 5) -> str:
             f'<p>listen: {e(", ".join(proxy["listen"]))}; balance: {e(proxy["balance"])}; '
             f'accepted <b class="accepted">{proxy["accepted"]}</b>, '
             f'active <b class="active">{proxy["active"]}</b>, '
-            f'refused <b class="refused">{proxy["refused"]}</b></p>\n'
+            f'refused <b class="refused">{proxy["refused"]}</b>, '
+            f'closed for lack of resources <b class="resource-errors">'
+            f'{proxy["resource_errors"]}</b></p>\n'
             f'<table data-proxy="{e(proxy["name"])}"><thead><tr><th>backend</th><th>endpoint</th>'
             "<th>state</th><th>weight</th><th>active</th><th>connected</th><th>failed</th>"
             "<th>bytes in</th><th>bytes out</th><th>last error</th></tr></thead>\n<tbody>"
