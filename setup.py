@@ -16,7 +16,9 @@ setup(
     # would hide our plugins from twistd.
     package_dir={"": "."},
     install_requires=[
-        "Twisted>=24.7",
+        # 26.4: the oldest tested; before it, a TLS status site fails every
+        # client with pyOpenSSL 26.2 and later (see txsockproxy.alpn).
+        "Twisted>=26.4",
         "zope.interface>=6",
         "service-identity>=24.1",
         "pyOpenSSL>=24",

@@ -1724,6 +1724,42 @@ class OperationsConfigTests(ConfigTestCase):
         self.assertEqual(config.status.adminToken, "s3cret-token-0123456789")
         self.assertNotIn("s3cret", repr(config))
 
+    def test_statusLimits(self) -> None:
+        """
+        C{[status]} takes the site's limits: C{max-connections},
+        C{request-timeout} and C{max-body-size}, with defaults of 64, 10 s
+        and 1 KiB; bad values are one problem each at their key.
+        """
+        config = parse('[status]\nlisten = "tcp:9180"\n\n' + minimal())
+        assert config.status is not None
+        self.assertEqual(
+            (config.status.maxConnections, config.status.requestTimeout,
+             config.status.maxBodySize),
+            (64, 10.0, 1024),
+        )
+        config = parse(
+            '[status]\nlisten = "tcp:9180"\nmax-connections = 8\nrequest-timeout = 2.5\n'
+            "max-body-size = 0\n\n" + minimal()
+        )
+        assert config.status is not None
+        self.assertEqual(
+            (config.status.maxConnections, config.status.requestTimeout,
+             config.status.maxBodySize),
+            (8, 2.5, 0),
+        )
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:9180"\nmax-connections = 0\n' + minimal(),
+            3, "status.max-connections", "at least 1",
+        )
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:9180"\nrequest-timeout = 0\n' + minimal(),
+            3, "status.request-timeout", "more than 0",
+        )
+        self.assertOneProblem(
+            '[status]\nlisten = "tcp:9180"\nmax-body-size = "1k"\n' + minimal(),
+            3, "status.max-body-size", "integer",
+        )
+
     def test_logging(self) -> None:
         """
         C{session-log}, C{log-format} and C{shutdown-timeout} are read.

@@ -6,8 +6,10 @@ descriptor limit the test lowers once it has started.
 
 from __future__ import annotations
 
+import json
 import select
 import socket
+import urllib.request
 
 import psutil
 from integration_support import (
@@ -36,10 +38,13 @@ class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
         """
         backend = self.startServer(echoHandler)
         port = freePort()
+        statusPort = freePort()
         config = proxyConfig(
             self.tmp, [tcpListen(port)],
             [{"endpoint": backend.endpoint, "disable-time": 60}], debug=1,
         )
+        with open(config, "a", encoding="utf-8") as f:
+            f.write(f'\n[status]\nlisten = "tcp:{statusPort}:interface=127.0.0.1"\n')
         process = self.startTwistd(["sockproxy", "--config", config])
         proxy = psutil.Process(process.pid)
         # Odd: once 20 sessions hold 40, the next accept takes the last
@@ -71,6 +76,18 @@ class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
                 probe.settimeout(5)
                 probe.sendall(b"probe %d" % i)
                 self.assertEqual(probe.recv(100), b"probe %d" % i)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{statusPort}/status.json", timeout=10
+        ) as reply:
+            document = json.load(reply)
+        [proxyStatus] = document["proxies"]
+        self.assertGreaterEqual(proxyStatus["resource_errors"], 1)
+        self.assertEqual(proxyStatus["backends"][0]["failed"], 0)
+        # The spike goes on past the descriptors: later clients are closed
+        # at accept, and counted.
+        closed = len(process.matching("EMFILE recovery: Closed"))
+        self.assertGreaterEqual(closed, 1)
+        self.assertEqual(document["closed_at_accept"], closed)
         self.assertEqual(process.matching("disabled for"), [])
         self.assertEqual(process.matching("all backends down"), [])
         self.assertNoHandlerErrors(backend)

@@ -5,6 +5,7 @@ failures.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
@@ -797,6 +798,37 @@ class BacklogTests(SynchronousTestCase):
         ProxyService(config, reactor).startService()
         self.assertEqual([(port, backlog) for port, _, backlog, _ in reactor.tcpServers],
                          [(8080, 3333), (9090, 3333)])
+
+
+class StatusLimitsTests(SynchronousTestCase):
+    """
+    The status site gets the limits of C{[status]}, at start and, as it
+    lives on across reloads, at each reload.
+    """
+
+    def site(self, reactor: MemoryReactorClock) -> Any:
+        [site] = [factory for port, factory, _, _ in reactor.tcpServers if port == 9090]
+        return site
+
+    def test_limits(self) -> None:
+        """
+        C{max-connections}, C{request-timeout} and C{max-body-size} reach
+        the site, and a reload that changes them changes the running site.
+        """
+        status = StatusConfig(listen=("tcp:9090",), maxConnections=5, requestTimeout=3.0,
+                              maxBodySize=10)
+        config = Config(proxies=(proxyConfig("p", ("tcp:8080",), A),), status=status)
+        reactor = MemoryReactorClock()
+        service = ProxyService(config, reactor)
+        service.startService()
+        site = self.site(reactor)
+        self.assertEqual((site.maxConnections, site.requestTimeout, site.maxBodySize),
+                         (5, 3.0, 10))
+        changed = replace(config, status=replace(status, maxConnections=7, maxBodySize=0))
+        service.apply(changed)
+        self.assertIs(self.site(reactor), site)
+        self.assertEqual((site.maxConnections, site.requestTimeout, site.maxBodySize),
+                         (7, 3.0, 0))
 
 
 def _refuseBind(listenTCP, refused: int):  # type: ignore[no-untyped-def]

@@ -27,8 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from integration_support import Deadline, Server, echoHandler
+from integration_support import Deadline, Server, echoHandler, freePort, proxyConfig
 from OpenSSL import SSL
+from test_integration import _IntegrationTestCase
 from twisted.application import strports
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -584,3 +585,49 @@ class TLSProxyIntegrationTests(TestCase):
         self.assertNotIn("alert internal error", output)
         self.assertIn("No ALPN negotiated", output)
         self.assertEqual(output.count("hello from s_client"), 1)
+
+
+class TwistdTLSListenerIntegrationTests(_IntegrationTestCase):
+    """
+    C{twistd sockproxy} with an C{ssl:} listener, as a user runs it: clients
+    that offer ALPN are served, and clients that never complete a handshake
+    cost no backend connection.
+    """
+
+    def startProxy(self, backend: Server) -> int:
+        port = freePort()
+        config = proxyConfig(self.tmp, [tlsListen(self, port)], [{"endpoint": backend.endpoint}])
+        self.startTwistd(["sockproxy", "--config", config])
+        return port
+
+    def test_alpnClient(self) -> None:
+        """
+        A client offering C{h2} and C{http/1.1} completes its handshake (no
+        protocol selected) and its bytes are relayed both ways.
+        """
+        backend = self.startServer(echoHandler)
+        port = self.startProxy(backend)
+        alpn, received = pythonClient(port, b"hello through TLS")
+        self.assertIsNone(alpn)
+        self.assertEqual(received, b"hello through TLS")
+
+    def test_noBackendBeforeHandshake(self) -> None:
+        """
+        Clients that send garbage, or nothing, instead of a TLS handshake
+        open no backend connection; a real client then still gets one.
+        """
+        backend = self.startServer(echoHandler)
+        port = self.startProxy(backend)
+        for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01\x00\x05hello", b""):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as garbage:
+                if payload:
+                    garbage.sendall(payload)
+                    garbage.settimeout(10)
+                    try:
+                        while garbage.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+        _, received = pythonClient(port, b"after the garbage")
+        self.assertEqual(received, b"after the garbage")
+        self.assertEqual(backend.accepted, 1)

@@ -146,6 +146,12 @@ class ProxyConfig:
     clientCongestion: str = AUTO
 
 
+# The status site's limits: it shares the relay's descriptors.
+DEFAULT_STATUS_MAX_CONNECTIONS = 64
+DEFAULT_STATUS_REQUEST_TIMEOUT = 10.0
+DEFAULT_STATUS_MAX_BODY_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class StatusConfig:
     """
@@ -155,11 +161,17 @@ class StatusConfig:
     @ivar adminTokenFile: the file holding the bearer token that admin
         actions need, or C{""}: then admin actions are refused.
     @ivar adminToken: that token, read when the config is loaded.
+    @ivar maxConnections: connections open to it at once; more are closed.
+    @ivar requestTimeout: seconds a connection has to send a whole request.
+    @ivar maxBodySize: the largest request body accepted, in bytes.
     """
 
     listen: tuple[str, ...]
     adminTokenFile: str = ""
     adminToken: str = field(default="", repr=False)
+    maxConnections: int = DEFAULT_STATUS_MAX_CONNECTIONS
+    requestTimeout: float = DEFAULT_STATUS_REQUEST_TIMEOUT
+    maxBodySize: int = DEFAULT_STATUS_MAX_BODY_SIZE
 
 
 LOG_FORMATS = ("text", "json")
@@ -674,7 +686,9 @@ def _tomlType(value: object) -> str:
 
 
 _TOP_KEYS = ("debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout")
-_STATUS_KEYS = ("listen", "admin-token-file")
+_STATUS_KEYS = (
+    "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
+)
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -880,7 +894,18 @@ def _buildStatus(data: Mapping[str, Any], reader: _Reader) -> StatusConfig | Non
         token, error = readToken(tokenFile)
         if error:
             reader.problem(path + ("admin-token-file",), error)
-    return StatusConfig(listen=tuple(listen), adminTokenFile=tokenFile, adminToken=token)
+    maxConnections = reader.integer(raw, path, "max-connections", 1)
+    maxBodySize = reader.integer(raw, path, "max-body-size", 0)
+    return StatusConfig(
+        listen=tuple(listen), adminTokenFile=tokenFile, adminToken=token,
+        maxConnections=(
+            DEFAULT_STATUS_MAX_CONNECTIONS if maxConnections is None else maxConnections
+        ),
+        requestTimeout=reader.seconds(
+            raw, path, "request-timeout", DEFAULT_STATUS_REQUEST_TIMEOUT, positive=True
+        ),
+        maxBodySize=DEFAULT_STATUS_MAX_BODY_SIZE if maxBodySize is None else maxBodySize,
+    )
 
 
 def readToken(path: str) -> tuple[str, str]:

@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsockproxy import congestion
+from txsockproxy.acceptcount import AcceptRecoveryCounter
+from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
 from txsockproxy.config import Config, ConfigError, loadConfig
@@ -151,6 +153,8 @@ class ProxyService(MultiService):
         self._reloadsWaiting: list[defer.Deferred[bool]] = []
         self.pools: dict[str, BackendPool] = {}
         self.sessions = Sessions(config.debug)
+        # Clients Twisted's ports close at accept for lack of descriptors.
+        self.acceptRecovery = AcceptRecoveryCounter()
         self.sessionLog: Optional[SessionLog] = None
         self.adminToken = ""
         self.handleSignals = False
@@ -230,7 +234,11 @@ class ProxyService(MultiService):
                 if current is not None and current.factory is None:
                     planned.append(current)
                 else:
-                    site = StatusSite(statusResource(self))
+                    status = config.status
+                    site = StatusSite(
+                        statusResource(self), maxConnections=status.maxConnections,
+                        requestTimeout=status.requestTimeout, maxBodySize=status.maxBodySize,
+                    )
                     planned.append(self._newListener(desc, STATUS, site, None))
         return planned
 
@@ -239,14 +247,24 @@ class ProxyService(MultiService):
     ) -> _Listener:
         # Twisted's backlog of 50 drops SYNs when hundreds of clients connect
         # at once: they then wait for a retransmit (1 s or more).
+        # Listening through reactorDecliningALPN: Twisted's TLS listeners
+        # fail every client that offers ALPN otherwise (see txsockproxy.alpn).
         service = strports.service(withBacklog(desc, systemBacklog()), factory,
-                                   reactor=self.reactor)
+                                   reactor=reactorDecliningALPN(self.reactor))
         return _Listener(desc, owner, service, proxyFactory)
 
     def _applySettings(self, config: Config) -> None:
         self.config = config
         self.sessions.debug = config.debug
         self.adminToken = config.status.adminToken if config.status is not None else ""
+        status = config.status
+        for listener in self._listeners.values():
+            site = listener.service.factory if listener.factory is None else None
+            if status is not None and site is not None and hasattr(site, "maxConnections"):
+                # The status site lives on across reloads: give it the limits.
+                site.maxConnections = status.maxConnections
+                site.requestTimeout = status.requestTimeout
+                site.maxBodySize = status.maxBodySize
         for listener in self._listeners.values():
             if listener.factory is not None:
                 listener.factory.usePool(self.pools[listener.owner])
@@ -296,6 +314,7 @@ class ProxyService(MultiService):
         except StartupError as e:
             self._fail(e)
         super().startService()
+        self.acceptRecovery.start()
         for listener in self._listeners.values():
             listener.service.startService()
         self._updateTicker()
@@ -333,6 +352,7 @@ class ProxyService(MultiService):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._onSecondSignal)
         super().stopService()
+        self.acceptRecovery.stop()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stopService()
         stopped = [

@@ -31,19 +31,24 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from txsockproxy.backends import DOWN, DRAINING, STATES, UP, Backend, BackendPool
+from txsockproxy.config import (
+    DEFAULT_STATUS_MAX_BODY_SIZE,
+    DEFAULT_STATUS_MAX_CONNECTIONS,
+    DEFAULT_STATUS_REQUEST_TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from txsockproxy.service import ProxyService
 
 #: The largest request body accepted, in bytes. Admin actions have none; a
 #: larger one is refused with 413 before any of it is read.
-MAX_BODY_SIZE = 1024
+MAX_BODY_SIZE = DEFAULT_STATUS_MAX_BODY_SIZE
 #: Connections open to the status site at once; more are closed at once.
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = DEFAULT_STATUS_MAX_CONNECTIONS
 #: Seconds a connection has to send a whole request (headers and body), from
 #: its opening and from the end of its previous request: slow or idle clients
 #: are closed after it.
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = DEFAULT_STATUS_REQUEST_TIMEOUT
 #: Seconds a closed connection has to take the rest of its reply before it is
 #: reset.
 ABORT_TIMEOUT = 5.0
