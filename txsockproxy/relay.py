@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy import fastpath
+from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IConnectionInfo
@@ -491,7 +492,7 @@ class Session:
         if self.factory.debug >= 2:
             self.log.info(
                 "proxy {proxy}: {client} SNI name {name}",
-                proxy=self.pool.name, client=_address(self.connection.peer),
+                proxy=self.pool.name, client=formatAddress(self.connection.peer),
                 name=serverName or "(none)",
             )
         self._connectNext()
@@ -508,7 +509,7 @@ class Session:
         self.factory.tlsLog.emit(
             LogLevel.warn,
             "proxy {proxy}: closing {client}: no TLS handshake within {seconds:g}s",
-            proxy=self.pool.name, client=_address(self.connection.peer),
+            proxy=self.pool.name, client=formatAddress(self.connection.peer),
             seconds=HANDSHAKE_TIMEOUT,
         )
         self.clientTransport.abortConnection()
@@ -542,7 +543,7 @@ class Session:
         if self.factory.debug >= 1:
             self.log.info(
                 "proxy {proxy}: {client} -> backend {label}",
-                proxy=self.pool.name, client=_address(self.connection.peer),
+                proxy=self.pool.name, client=formatAddress(self.connection.peer),
                 label=backend.label,
             )
         if self.factory.debug >= 2:
@@ -580,7 +581,7 @@ class Session:
         if localResourceError(reason) is not None:
             # Out of descriptors or memory: the proxy's problem, not the
             # backend's, and no other backend would fare better.
-            self.pool.resourceError(backend, reason, _address(self.connection.peer))
+            self.pool.resourceError(backend, reason, formatAddress(self.connection.peer))
             self.backend = None
             self.ended = "out of resources"
             self.clientTransport.loseConnection()
@@ -608,7 +609,7 @@ class Session:
             self.log.info(
                 "proxy {proxy}: connected to backend {label} for {client}",
                 proxy=self.pool.name, label=backend.label,
-                client=_address(self.connection.peer),
+                client=formatAddress(self.connection.peer),
             )
         self.backendProtocol = protocol
         bt: Any = protocol.transport
@@ -708,7 +709,7 @@ class Session:
             self.log.info(
                 "proxy {proxy}: {side} of {client} reset while not being read: {error}",
                 proxy=self.pool.name, side="client" if client else "backend",
-                client=_address(self.connection.peer), error=os.strerror(errno),
+                client=formatAddress(self.connection.peer), error=os.strerror(errno),
             )
         if self.backendTransport is not None and not self.backendGone:
             self.backendTransport.abortConnection()
@@ -812,7 +813,7 @@ class Session:
                 self.factory.tlsLog.emit(
                     LogLevel.warn,
                     "proxy {proxy}: TLS handshake with {client} failed: {error}",
-                    proxy=self.pool.name, client=_address(self.connection.peer),
+                    proxy=self.pool.name, client=formatAddress(self.connection.peer),
                     error=_describeTLSError(reason),
                 )
         if self.inspecting:
@@ -884,7 +885,7 @@ class Session:
                 "proxy {proxy}: session of {client} ended ({why}): "
                 "{up} bytes up, {down} bytes down, {duration:.3f}s",
                 proxy=self.pool.name,
-                client=_address(self.connection.peer),
+                client=formatAddress(self.connection.peer),
                 why=self.ended or "closed",
                 up=self.bytesFromClient,
                 down=self.bytesFromBackend,
@@ -923,7 +924,7 @@ class Session:
         self.ended = self._timeoutReason
         self.log.info(
             "proxy {proxy}: closing session of {client}: {why} ({seconds:g}s)",
-            proxy=self.pool.name, client=_address(self.connection.peer),
+            proxy=self.pool.name, client=formatAddress(self.connection.peer),
             why=self.ended, seconds=self._timeout,
         )
         # Abort rather than close: a peer that stopped reading would
@@ -976,15 +977,8 @@ def _describeTLSError(reason: Failure) -> str:
     return text or type(value).__name__
 
 
-def _address(address: IAddress) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return f"unix:{name!r}" if name else "unix"
-    return str(address)
+# Until sessionlog imports formatAddress itself.
+_address = formatAddress
 
 
 __all__ = [

@@ -1,0 +1,25 @@
+"""
+Addresses in words, as the logs and the session log write them.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress
+
+
+def formatAddress(address: IAddress) -> str:
+    """
+    C{host:port} for an IP address, C{unix:'path'} (or C{unix} for an
+    unnamed socket) for a unix socket, else C{str(address)}.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{name!r}" if name else "unix"
+    return str(address)
+
+
+__all__ = ["formatAddress"]
