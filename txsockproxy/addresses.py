@@ -4,12 +4,14 @@ Addresses in words, as the logs and the session log write them.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.interfaces import IAddress
 
 
 def formatAddress(address: IAddress) -> str:
     """
-    C{host:port} for an IP address, C{unix:'path'} (or C{unix} for an
+    C{host:port} for an IP address, C{unix:path} (or C{unix} for an
     unnamed socket) for a unix socket, else C{str(address)}.
     """
     host = getattr(address, "host", None)
@@ -18,7 +20,9 @@ def formatAddress(address: IAddress) -> str:
         return f"{host}:{port}"
     name = getattr(address, "name", None)
     if name is not None:
-        return f"unix:{name!r}" if name else "unix"
+        if isinstance(name, bytes):
+            name = os.fsdecode(name)
+        return f"unix:{name}" if name else "unix"
     return str(address)
 
 
