@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IAddress
 
 
@@ -18,8 +19,8 @@ def formatAddress(address: IAddress) -> str:
     port = getattr(address, "port", None)
     if host is not None and port is not None:
         return f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
+    if isinstance(address, UNIXAddress):
+        name = address.name
         if isinstance(name, bytes):
             name = os.fsdecode(name)
         return f"unix:{name}" if name else "unix"
