@@ -20,10 +20,9 @@ def formatAddress(address: IAddress) -> str:
     if host is not None and port is not None:
         return f"{host}:{port}"
     if isinstance(address, UNIXAddress):
-        name = address.name
-        if isinstance(name, bytes):
-            name = os.fsdecode(name)
-        return f"unix:{name}" if name else "unix"
+        raw = address.name
+        path = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+        return f"unix:{path}" if path else "unix"
     return str(address)
 
 
