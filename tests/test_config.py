@@ -1,5 +1,7 @@
 """
-Tests for L{txsockproxy.config}: loading and validating the native TOML format.
+Tests for the native TOML format (L{txsockproxy.tomlconfig}, loaded through
+L{txsockproxy.loading}), the command-line config (L{txsockproxy.cmdline}) and
+the endpoint checks (L{txsockproxy.endpoints}).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txsockproxy import congestion
 from txsockproxy.balancers import balancerNames
+from txsockproxy.cmdline import configFromArguments
 from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
@@ -31,13 +34,11 @@ from txsockproxy.config import (
     ConfigError,
     Problem,
     ProxyConfig,
-    checkEndpoint,
-    configFromArguments,
-    loadConfig,
-    parseConfig,
-    readToken,
-    resolveFirst,
 )
+from txsockproxy.endpoints import checkEndpoint, resolveFirst
+from txsockproxy.loading import loadConfig
+from txsockproxy.render import describeConfig
+from txsockproxy.tomlconfig import parseConfig, readToken
 
 BALANCERS = frozenset({"fair", "least-connection", "round-robin"})
 SOURCE = "test.toml"
@@ -436,7 +437,7 @@ class ValidConfigTests(SynchronousTestCase):
             resolver,
         )
         self.assertEqual(
-            config.describe(),
+            describeConfig(config),
             dedent(
                 """\
                 # effective configuration from test.toml

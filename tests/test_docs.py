@@ -39,8 +39,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from txsockproxy.balancers import balancerNames
-from txsockproxy.config import Config, ConfigError, loadConfig, parseConfig
+from txsockproxy.config import Config, ConfigError
 from txsockproxy.interfaces import IBalancer, IBalancerFactory
+from txsockproxy.loading import loadConfig, parseConfig
 from txsockproxy.relay import ConnectionInfo
 from txsockproxy.service import ProxyService
 

@@ -33,10 +33,8 @@ from txsockproxy.config import (
     ConfigError,
     ProxyConfig,
     StatusConfig,
-    backendFromHost,
-    loadConfig,
-    parseConfig,
 )
+from txsockproxy.endpoints import backendFromHost
 from txsockproxy.lighttpd import (
     ShellError,
     looksLikeLighttpd,
@@ -44,6 +42,7 @@ from txsockproxy.lighttpd import (
     parseLighttpd,
     runShell,
 )
+from txsockproxy.loading import loadConfig, parseConfig
 from txsockproxy.render import renderToml, tomlNumber, tomlString
 
 BALANCERS = frozenset(

@@ -25,7 +25,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txsockproxy.balancers import balancerNames
-from txsockproxy.config import BackendConfig, Config, ProxyConfig, loadConfig
+from txsockproxy.config import BackendConfig, Config, ProxyConfig
+from txsockproxy.loading import loadConfig
+from txsockproxy.render import describeConfig
 from txsockproxy.tap import Options, makeService
 
 # Endpoint strings only: nothing here resolves a name or touches the network.
@@ -351,7 +353,7 @@ class CheckTests(OptionsTestCase):
         self.assertEqual(stderr, "")
         expected = loadConfig(path)
         self.assertEqual(
-            stdout, expected.describe().replace("debug = 1", "debug = 2") + "\n"
+            stdout, describeConfig(expected).replace("debug = 1", "debug = 2") + "\n"
         )
         self.assertIn("backend 'one': tcp:host=127.0.0.1:port=10001", stdout)
 

@@ -12,15 +12,9 @@ Nothing here imports the global reactor.
 
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory, balancerNames
-from txsockproxy.config import (
-    BackendConfig,
-    Config,
-    ConfigError,
-    ProxyConfig,
-    configFromArguments,
-    loadConfig,
-    parseConfig,
-)
+from txsockproxy.cmdline import configFromArguments
+from txsockproxy.config import BackendConfig, Config, ConfigError, ProxyConfig
+from txsockproxy.loading import loadConfig, parseConfig
 from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import ProxyService, makeProxyService
 

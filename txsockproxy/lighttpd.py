@@ -26,7 +26,6 @@ doc/lighttpd-config.md describes the mapping for users.
 
 from __future__ import annotations
 
-import ast
 import glob
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Callable, Mapping, NoReturn, Sequence
 
 from twisted.internet.endpoints import quoteStringArgument
 
+from txsockproxy.checks import knownBalancers, nulProblem, unknownBalancer
 from txsockproxy.config import (
     DEFAULT_BALANCE,
     DEFAULT_CONNECT_TIMEOUT,
@@ -46,12 +46,12 @@ from txsockproxy.config import (
     ConfigError,
     Problem,
     ProxyConfig,
+)
+from txsockproxy.endpoints import (
     Resolver,
-    _knownBalancers,
-    _unknownBalancer,
     backendFromHost,
     checkEndpoint,
-    nulProblem,
+    originFields,
     resolveFirst,
 )
 
@@ -1517,7 +1517,7 @@ class _Mapper:
         if not name:
             return DEFAULT_BALANCE
         if name not in self.balancers:
-            self.error(found.pos, "sockproxy.balance", _unknownBalancer(name, self.balancers)
+            self.error(found.pos, "sockproxy.balance", unknownBalancer(name, self.balancers)
                        + " (lighttpd would log an error and use fair)")
             return None
         return name
@@ -1820,39 +1820,6 @@ def _addressLabel(backend: BackendConfig) -> str:
     return backend.endpoint
 
 
-_ORIGIN_HOST_PORT = re.compile(r"^host = (.+), port = (\d+)$", re.DOTALL)
-_ORIGIN_ONE = re.compile(r"^(host|socket) = (.+)$", re.DOTALL)
-
-
-def originFields(origin: str) -> dict[str, str | int]:
-    """
-    The lighttpd-style C{host}/C{port}/C{socket} keys a backend's C{origin}
-    (as L{txsockproxy.config.backendFromHost} writes it) records.
-
-    @return: those keys, or an empty dict if C{origin} is empty or not in
-        that form.
-    """
-
-    def literal(text: str) -> str | None:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, str) else None
-
-    m = _ORIGIN_HOST_PORT.match(origin)
-    if m:
-        host = literal(m.group(1))
-        if host is not None:
-            return {"host": host, "port": int(m.group(2))}
-    m = _ORIGIN_ONE.match(origin)
-    if m:
-        value = literal(m.group(2))
-        if value is not None:
-            return {m.group(1): value}
-    return {}
-
-
 def _escape(text: str) -> str:
     """
     Quote a value for an endpoint string: C{quoteStringArgument} escapes
@@ -1904,7 +1871,7 @@ def parseLighttpd(
     @raise ConfigError: the config has errors; each names file, line, column.
     """
     if balancers is None:
-        balancers = _knownBalancers()
+        balancers = knownBalancers()
     ev = _Evaluator(
         source,
         os.environ if environ is None else environ,

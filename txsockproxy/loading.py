@@ -6,8 +6,10 @@ immutable config objects of L{txsockproxy.config} either way.
 
 from __future__ import annotations
 
-from txsockproxy.config import Config, ConfigError, Problem, Resolver, parseConfig, resolveFirst
+from txsockproxy.config import Config, ConfigError, Problem
+from txsockproxy.endpoints import Resolver, resolveFirst
 from txsockproxy.lighttpd import looksLikeLighttpd, parseLighttpd
+from txsockproxy.tomlconfig import parseConfig
 
 __all__ = ["loadConfig", "parseConfig"]
 

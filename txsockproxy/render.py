@@ -1,7 +1,8 @@
 """
-Write any L{Config} as native TOML that loads back to the same config: what
-C{twistd sockproxy --config FILE --print-toml} prints, e.g. to move from a
-lighttpd.conf to the native format.
+Rendering a L{Config} for people and for files, in one place: what
+C{twistd sockproxy --check} prints (L{describeConfig}), and what
+C{--print-toml} prints (L{renderToml}): native TOML that loads back to the
+same config, e.g. to move from a lighttpd.conf to the native format.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from typing import Iterable
 
 from txsockproxy.config import (
+    AUTO,
     DEFAULT_BALANCE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
@@ -18,9 +20,9 @@ from txsockproxy.config import (
     BackendConfig,
     Config,
     ProxyConfig,
+    oneLine,
 )
-from txsockproxy.congestion import AUTO
-from txsockproxy.lighttpd import originFields
+from txsockproxy.endpoints import originFields
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
             "\r": "\\r"}
@@ -136,3 +138,46 @@ def renderToml(config: Config) -> str:
         lines.append("")
         lines.extend(_proxyLines(proxy))
     return "\n".join(lines) + "\n"
+
+
+def describeConfig(config: Config) -> str:
+    """
+    The effective configuration C{config}, for people: what C{--check} prints.
+    """
+    lines = [f"# effective configuration from {config.source}", f"debug = {config.debug}"]
+    lines.append(f"session-log = {config.sessionLog} ({config.logFormat})")
+    lines.append(f"shutdown-timeout = {_seconds(config.shutdownTimeout)}")
+    if config.status is not None:
+        lines.append("")
+        lines.append("status")
+        for desc in config.status.listen:
+            lines.append(f"  {'listen':<20}{desc}")
+        admin = config.status.adminTokenFile or "(none: admin actions refused)"
+        lines.append(f"  {'admin-token-file':<20}{admin}")
+    for proxy in config.proxies:
+        lines.append("")
+        lines.append(f"proxy {proxy.name!r}")
+        for desc in proxy.listen:
+            lines.append(f"  {'listen':<20}{desc}")
+        lines.append(f"  {'balance':<20}{proxy.balance}")
+        lines.append(f"  {'idle-timeout':<20}{_seconds(proxy.idleTimeout)}")
+        lines.append(f"  {'half-closed-timeout':<20}{_seconds(proxy.halfClosedTimeout)}")
+        if proxy.inspectDelay:
+            lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
+        lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
+        for b in proxy.backends:
+            origin = f"  (from {b.origin})" if b.origin else ""
+            lines.append(
+                f"  backend {b.label!r}: {b.endpoint}{origin}"
+                f"  weight={b.weight}"
+                f" connect-timeout={_seconds(b.connectTimeout)}"
+                f" disable-time={_seconds(b.disableTime)}"
+                f" congestion={b.congestion}"
+            )
+    return "\n".join(oneLine(line) for line in lines)
+
+
+def _seconds(value: float) -> str:
+    if value == 0:
+        return "off"
+    return f"{value:g}s"

@@ -18,13 +18,10 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from txsockproxy.config import (
-    Config,
-    ConfigError,
-    Problem,
-    configFromArguments,
-    loadConfig,
-)
+from txsockproxy.cmdline import configFromArguments
+from txsockproxy.config import Config, ConfigError, Problem
+from txsockproxy.loading import loadConfig
+from txsockproxy.render import describeConfig, renderToml
 
 _COMMAND_LINE = "<command line>"
 _log = Logger()
@@ -100,12 +97,10 @@ class Options(usage.Options):
             for notice in config.notices:
                 print(f"sockproxy: notice: {notice}", file=self.stderr)
         if self["print-toml"]:
-            from txsockproxy.render import renderToml
-
             print(renderToml(config), end="", file=self.stdout)
             raise SystemExit(0)
         if self["check"]:
-            print(config.describe(), file=self.stdout)
+            print(describeConfig(config), file=self.stdout)
             raise SystemExit(0)
 
     def buildConfig(self) -> Config:

@@ -1,0 +1,769 @@
+"""
+The native TOML configuration format: reading and validating it into the
+config objects of L{txsockproxy.config}.
+
+Everything a running proxy needs is checked here, once, at load time: a problem is
+reported as a L{Problem} naming the file, the line where it is known, and the key, so
+that a bad file gives one clear line per mistake and never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import math
+import re
+import tomllib
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
+
+from txsockproxy import congestion
+from txsockproxy.checks import knownBalancers, nulProblem, quote, unknownBalancer
+from txsockproxy.config import (
+    AUTO,
+    DEFAULT_BALANCE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DISABLE_TIME,
+    DEFAULT_HALF_CLOSED_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STATUS_MAX_BODY_SIZE,
+    DEFAULT_STATUS_MAX_CONNECTIONS,
+    DEFAULT_STATUS_REQUEST_TIMEOUT,
+    LOG_FORMATS,
+    BackendConfig,
+    Config,
+    ConfigError,
+    Problem,
+    ProxyConfig,
+    StatusConfig,
+)
+from txsockproxy.endpoints import Resolver, backendFromHost, checkEndpoint, listenKey, resolveFirst
+
+
+class _LineIndex:
+    """
+    Finds the line on which a TOML key or table was written.
+
+    C{tomllib} keeps no positions, so the source is scanned for table headers
+    (counting C{[[proxy]]} and C{[[proxy.backend]]} occurrences) and C{key =}
+    lines. This is a best effort: an unusual layout only loses the line number.
+    """
+
+    _header = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]")
+    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]")
+    _key = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[tuple[Any, ...], int] = {}
+        path: tuple[Any, ...] = ()
+        counts: dict[tuple[Any, ...], int] = {}
+        inMultiline = False
+        # Split on "\n" only, as TOML (and tomllib's line numbers) do:
+        # str.splitlines() would also split on form feeds, U+2028 etc.
+        for number, line in enumerate(text.split("\n"), 1):
+            if inMultiline:
+                if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
+                    inMultiline = False
+                continue
+            if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
+                inMultiline = True
+            m = self._header.match(line)
+            if m:
+                names = self._names(m.group(1))
+                parent = self._resolve(names[:-1], path)
+                arrayKey = parent + (names[-1],)
+                index = counts.get(arrayKey, 0)
+                counts[arrayKey] = index + 1
+                path = arrayKey + (index,)
+                self._lines.setdefault(path, number)
+                continue
+            m = self._table.match(line)
+            if m:
+                path = self._resolve(self._names(m.group(1)), path)
+                self._lines.setdefault(path, number)
+                continue
+            m = self._key.match(line)
+            if m:
+                self._lines.setdefault(path + (self._keyOf(m.group(1)),), number)
+
+    @staticmethod
+    def _keyOf(written: str) -> str:
+        if written.startswith('"'):
+            # A basic string key may hold escapes: let TOML decode it.
+            try:
+                return next(iter(tomllib.loads(written + " = 0")))
+            except tomllib.TOMLDecodeError:
+                return written.strip('"')
+        return written.strip("'")
+
+    @staticmethod
+    def _names(header: str) -> tuple[str, ...]:
+        return tuple(n.strip().strip("\"'") for n in header.split("."))
+
+    @staticmethod
+    def _resolve(names: tuple[str, ...], current: tuple[Any, ...]) -> tuple[Any, ...]:
+        # A dotted header like [[proxy.backend]] nests under the most recent
+        # element of each array named on the way (here: the current proxy).
+        result: tuple[Any, ...] = ()
+        for name in names:
+            result = result + (name,)
+            n = len(result)
+            if len(current) > n and current[:n] == result and isinstance(current[n], int):
+                result = result + (current[n],)
+        return result
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        """
+        The line of C{path} (a tuple of keys and array indexes), or of the
+        nearest enclosing table that has one.
+        """
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path[:-1]
+        return None
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _keyName(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = str(part)
+            if not _BARE_KEY.fullmatch(name):
+                # As it would be written in TOML: a quoted key.
+                name = json.dumps(name, ensure_ascii=False)
+            out += ("." if out else "") + name
+    return out
+
+
+def _keyHint(key: str, allowed: Sequence[str], elsewhere: Mapping[str, str]) -> str:
+    """
+    A hint for an unknown key: the key the user probably meant, or the table
+    the key belongs in.
+    """
+    dashed = key.replace("_", "-")
+    if dashed != key and dashed in allowed:
+        return f" (did you mean {dashed!r}?)"
+    if key in elsewhere:
+        return f" ({elsewhere[key]})"
+    close = difflib.get_close_matches(dashed, allowed, n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return ""
+
+
+class _Reader:
+    """
+    Collects problems while converting the parsed TOML into config objects.
+    """
+
+    def __init__(self, source: str, index: _LineIndex | None) -> None:
+        self.source = source
+        self.index = index
+        self.problems: list[Problem] = []
+
+    def problem(self, path: tuple[Any, ...], message: str) -> None:
+        line = self.index.line(path) if self.index else None
+        self.problems.append(Problem(self.source, line, _keyName(path), message))
+
+    def where(self, path: tuple[Any, ...]) -> str:
+        """
+        Name C{path} for a message about another place: its key, and its line
+        when known.
+        """
+        line = self.index.line(path) if self.index else None
+        return _keyName(path) + ("" if line is None else f" (line {line})")
+
+    def unknownKeys(
+        self,
+        table: Mapping[str, Any],
+        path: tuple[Any, ...],
+        allowed: Sequence[str],
+        elsewhere: Mapping[str, str],
+    ) -> None:
+        for key in table:
+            if key not in allowed:
+                self.problem(path + (key,), "unknown key" + _keyHint(key, allowed, elsewhere))
+
+    def _wrongType(self, path: tuple[Any, ...], what: str, value: object) -> None:
+        self.problem(path, f"must be {what}, not {_tomlType(value)}")
+
+    def seconds(
+        self,
+        table: Mapping[str, Any],
+        path: tuple[Any, ...],
+        key: str,
+        default: float,
+        positive: bool = False,
+    ) -> float:
+        """
+        Read a duration in seconds: a non-negative (or, if C{positive}, a
+        strictly positive) finite number, integer or float.
+        """
+        if key not in table:
+            return default
+        value: Any = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._wrongType(path + (key,), "a number of seconds", value)
+            return default
+        try:
+            seconds = float(value)
+        except OverflowError:
+            self.problem(path + (key,), "is too large")
+            return default
+        if not math.isfinite(seconds):
+            self.problem(path + (key,), f"must be a finite number of seconds, not {value}")
+            return default
+        if positive and seconds <= 0:
+            self.problem(path + (key,), f"must be more than 0, not {value}")
+            return default
+        if seconds < 0:
+            self.problem(path + (key,), f"must not be negative, not {value}")
+            return default
+        return seconds
+
+    def integer(
+        self,
+        table: Mapping[str, Any],
+        path: tuple[Any, ...],
+        key: str,
+        minimum: int,
+        maximum: int | None = None,
+    ) -> int | None:
+        """
+        Read an integer in C{minimum}..C{maximum}.
+
+        @return: the value, or L{None} if it is missing or wrong.
+        """
+        if key not in table:
+            return None
+        value: Any = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrongType(path + (key,), "an integer", value)
+            return None
+        if maximum is not None and not minimum <= value <= maximum:
+            self.problem(path + (key,), f"must be {minimum} to {maximum}, not {value}")
+            return None
+        if value < minimum:
+            self.problem(path + (key,), f"must be at least {minimum}, not {value}")
+            return None
+        return value
+
+    def congestion(self, table: Mapping[str, Any], path: tuple[Any, ...], key: str) -> str:
+        """
+        Read a congestion control setting: C{"auto"} (the default),
+        C{"system"}, or an algorithm of this kernel.
+        """
+        value = self.string(table, path, key)
+        if value is None:
+            return AUTO
+        error = congestion.check(value)
+        if error:
+            self.problem(path + (key,), error)
+            return AUTO
+        return value
+
+    def string(
+        self, table: Mapping[str, Any], path: tuple[Any, ...], key: str, nonEmpty: bool = True
+    ) -> str | None:
+        """
+        Read a string.
+
+        @return: the value, or L{None} if it is missing or wrong.
+        """
+        if key not in table:
+            return None
+        value = table[key]
+        if not isinstance(value, str):
+            self._wrongType(path + (key,), "a string", value)
+            return None
+        if nonEmpty and not value.strip():
+            self.problem(path + (key,), "must not be empty")
+            return None
+        if "\0" in value:
+            self.problem(path + (key,), nulProblem(value))
+            return None
+        return value
+
+
+def _tomlType(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return f"a string ({value!r})" if len(value) <= 40 else "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    return type(value).__name__
+
+
+_TOP_KEYS = ("debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout")
+_STATUS_KEYS = (
+    "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
+)
+_PROXY_KEYS = (
+    "name",
+    "listen",
+    "balance",
+    "connect-timeout",
+    "disable-time",
+    "idle-timeout",
+    "half-closed-timeout",
+    "inspect-delay",
+    "client-congestion",
+    "backend",
+)
+_BACKEND_KEYS = (
+    "endpoint",
+    "host",
+    "port",
+    "socket",
+    "label",
+    "weight",
+    "disable-time",
+    "connect-timeout",
+    "congestion",
+)
+
+# Where a key that is unknown at one level belongs instead: the usual
+# mistakes are a proxy key written after [[proxy.backend]], and a proxy or
+# backend key written before the first [[proxy]] or [[proxy.backend]].
+_IN_PROXY = "a key of [[proxy]]: write it before the proxy's first [[proxy.backend]]"
+_IN_BACKEND = "a key of [[proxy.backend]]"
+_PROXY_ELSEWHERE = {key: _IN_BACKEND for key in _BACKEND_KEYS if key not in _PROXY_KEYS}
+_PROXY_ELSEWHERE["congestion"] = (
+    "a key of [[proxy.backend]] (its sockets); for the clients' sockets, write client-congestion"
+)
+_TOP_ELSEWHERE = dict(_PROXY_ELSEWHERE)
+_TOP_ELSEWHERE.update({key: "a key of [[proxy]]" for key in _PROXY_KEYS if key != "backend"})
+_BACKEND_ELSEWHERE = {key: _IN_PROXY for key in _PROXY_KEYS if key not in _BACKEND_KEYS}
+_BACKEND_ELSEWHERE["backend"] = "[[proxy.backend]] tables do not nest"
+_PROXY_ELSEWHERE["proxy"] = "[[proxy]] tables do not nest"
+
+
+def parseConfig(
+    text: str,
+    source: str = "<string>",
+    resolve: Resolver = resolveFirst,
+    balancers: frozenset[str] | None = None,
+) -> Config:
+    """
+    Parse and validate the native TOML configuration format.
+
+    @param text: the file's contents.
+    @param source: the file name, for messages.
+    @param resolve: resolves lighttpd-style C{host} names at load time.
+    @param balancers: the balancer names that may be used; by default, those
+        of the installed balancer plugins.
+    @raise ConfigError: listing every problem found.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        line: int | None = None
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if m:
+            line = int(m.group(1))
+            message = f"{message[: m.start()]} (column {m.group(2)})"
+        else:
+            m = re.search(r"\s*\(at end of document\)$", message)
+            if m:
+                line = text.rstrip().count("\n") + 1
+                message = f"{message[: m.start()]} (at end of file)"
+        raise ConfigError([Problem(source, line, "", f"TOML syntax error: {message}")]) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise ConfigError(
+            [Problem(source, None, "", "TOML syntax error: arrays or tables nested too deeply")]
+        ) from None
+    reader = _Reader(source, _LineIndex(text))
+    return _buildConfig(data, reader, resolve, balancers)
+
+
+def _buildConfig(
+    data: Mapping[str, Any],
+    reader: _Reader,
+    resolve: Resolver,
+    balancers: frozenset[str] | None,
+) -> Config:
+    if balancers is None:
+        balancers = knownBalancers()
+    reader.unknownKeys(data, (), _TOP_KEYS, _TOP_ELSEWHERE)
+    debug = reader.integer(data, (), "debug", 0, 3)
+    status = _buildStatus(data, reader)
+    sessionLog = reader.string(data, (), "session-log") or "off"
+    if sessionLog not in ("log", "off") and not sessionLog.startswith("/"):
+        reader.problem(
+            ("session-log",),
+            f"must be \"log\", \"off\" or an absolute file path, not {sessionLog!r}",
+        )
+    logFormat = reader.string(data, (), "log-format") or "text"
+    if logFormat not in LOG_FORMATS:
+        reader.problem(("log-format",), f"must be \"text\" or \"json\", not {logFormat!r}")
+    shutdownTimeout = reader.seconds(data, (), "shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+    rawProxies = data.get("proxy")
+    proxies: list[tuple[int, ProxyConfig]] = []
+    if rawProxies is None:
+        reader.problem((), "no [[proxy]] defined: nothing to do")
+    elif not isinstance(rawProxies, list):
+        reader.problem(("proxy",), "must be an array of tables ([[proxy]])")
+    elif not rawProxies:
+        reader.problem(("proxy",), "is empty: nothing to do")
+    else:
+        for i, raw in enumerate(rawProxies):
+            proxy = _buildProxy(raw, ("proxy", i), reader, resolve, balancers)
+            if proxy is not None:
+                proxies.append((i, proxy))
+        _checkUnique(
+            reader,
+            [(("proxy", i, "name"), ("proxy", i), p.name) for i, p in proxies],
+            "proxy name",
+        )
+        proxies = _defaultNames(proxies)
+        _checkListenUnique(reader, proxies)
+    if reader.problems:
+        # In file order, as a compiler would list them; problems of the
+        # whole file (no line) first.
+        raise ConfigError(
+            sorted(reader.problems, key=lambda p: (p.line is not None, p.line or 0))
+        )
+    if status is not None and proxies:
+        taken = {listenKey(d): (("proxy", i, "listen"), p.name) for i, p in proxies for d in p.listen}
+        for desc in status.listen:
+            key = listenKey(desc)
+            if key is not None and key in taken:
+                reader.problem(
+                    ("status", "listen"),
+                    f"{quote(desc)} is already a listen endpoint of proxy {taken[key][1]!r}",
+                )
+    if reader.problems:
+        raise ConfigError(
+            sorted(reader.problems, key=lambda p: (p.line is not None, p.line or 0))
+        )
+    return Config(
+        proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
+        status=status, sessionLog=sessionLog, logFormat=logFormat,
+        shutdownTimeout=shutdownTimeout,
+    )
+
+
+def _buildStatus(data: Mapping[str, Any], reader: _Reader) -> StatusConfig | None:
+    raw = data.get("status")
+    if raw is None:
+        return None
+    path: tuple[Any, ...] = ("status",)
+    if not isinstance(raw, dict):
+        reader.problem(path, f"must be a table ([status]), not {_tomlType(raw)}")
+        return None
+    reader.unknownKeys(raw, path, _STATUS_KEYS, {})
+    listen = _readListen(raw, path, reader)
+    tokenFile = reader.string(raw, path, "admin-token-file") or ""
+    token = ""
+    if tokenFile:
+        token, error = readToken(tokenFile)
+        if error:
+            reader.problem(path + ("admin-token-file",), error)
+    maxConnections = reader.integer(raw, path, "max-connections", 1)
+    maxBodySize = reader.integer(raw, path, "max-body-size", 0)
+    return StatusConfig(
+        listen=tuple(listen), adminTokenFile=tokenFile, adminToken=token,
+        maxConnections=(
+            DEFAULT_STATUS_MAX_CONNECTIONS if maxConnections is None else maxConnections
+        ),
+        requestTimeout=reader.seconds(
+            raw, path, "request-timeout", DEFAULT_STATUS_REQUEST_TIMEOUT, positive=True
+        ),
+        maxBodySize=DEFAULT_STATUS_MAX_BODY_SIZE if maxBodySize is None else maxBodySize,
+    )
+
+
+def readToken(path: str) -> tuple[str, str]:
+    """
+    Read an admin token file: its first line, stripped.
+
+    @return: the token and C{""}, or C{""} and what is wrong.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        # ValueError: a path the system refuses before trying (a NUL in it).
+        return "", f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}"
+    if len(token) < 16:
+        return "", f"the token in {path!r} is too short: use at least 16 characters"
+    return token, ""
+
+
+def _checkUnique(
+    reader: _Reader,
+    entries: Sequence[tuple[tuple[Any, ...], tuple[Any, ...], str]],
+    what: str,
+) -> None:
+    """
+    Report every value after the first that repeats an earlier one.
+
+    @param entries: for each value, the path to report it at, the path of
+        what it names (for the message about the first), and the value;
+        empty values (not known because of another problem) are skipped.
+    """
+    seen: dict[str, tuple[Any, ...]] = {}
+    for path, owner, value in entries:
+        if not value:
+            continue
+        if value in seen:
+            reader.problem(
+                path, f"duplicate {what} {value!r}: already used by {reader.where(seen[value])}"
+            )
+        else:
+            seen[value] = owner
+
+
+def _defaultNames(
+    proxies: Sequence[tuple[int, ProxyConfig]],
+) -> list[tuple[int, ProxyConfig]]:
+    """
+    Name each proxy that has no name after its first listen endpoint, made
+    unique (C{tcp:0} may be the first listen endpoint of several proxies) and
+    never taking a name that was written.
+    """
+    taken = {p.name for _, p in proxies if p.name}
+    named: list[tuple[int, ProxyConfig]] = []
+    for i, proxy in proxies:
+        if not proxy.name and proxy.listen:
+            base = name = proxy.listen[0]
+            n = 2
+            while name in taken:
+                name = f"{base}#{n}"
+                n += 1
+            taken.add(name)
+            proxy = replace(proxy, name=name)
+        named.append((i, proxy))
+    return named
+
+
+def _checkListenUnique(reader: _Reader, proxies: Sequence[tuple[int, ProxyConfig]]) -> None:
+    seen: dict[str, str] = {}
+    for i, proxy in proxies:
+        for desc in proxy.listen:
+            key = listenKey(desc)
+            if key is None:
+                continue
+            if key in seen:
+                reader.problem(
+                    ("proxy", i, "listen"),
+                    f"{quote(desc)} is already a listen endpoint of {seen[key]}",
+                )
+            else:
+                seen[key] = f"proxy {proxy.name!r}" if proxy.name else _keyName(("proxy", i))
+
+
+def _readListen(raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader) -> list[str]:
+    """
+    Read C{listen}: one server endpoint string, or an array of them.
+
+    @return: the strings that parse.
+    """
+    listen: list[str] = []
+    keyPath = path + ("listen",)
+    rawListen = raw.get("listen")
+    if rawListen is None:
+        reader.problem(keyPath, 'missing: give a server endpoint string, e.g. "tcp:8080"')
+        return listen
+    items = [rawListen] if isinstance(rawListen, str) else rawListen
+    if not isinstance(items, list) or not items:
+        reader.problem(keyPath, "must be an endpoint string or a non-empty array of them")
+        return listen
+    seen: dict[str, str] = {}
+    for desc in items:
+        if not isinstance(desc, str):
+            reader.problem(keyPath, f"must hold strings, not {_tomlType(desc)}")
+            continue
+        if "\0" in desc:
+            reader.problem(keyPath, nulProblem(desc))
+            continue
+        error = checkEndpoint(desc, server=True)
+        if error:
+            reader.problem(keyPath, error)
+            continue
+        key = listenKey(desc)
+        if key is not None and key in seen:
+            same = "" if seen[key] == desc else f" (the same address as {quote(seen[key])})"
+            reader.problem(keyPath, f"duplicate listen endpoint {quote(desc)}{same}")
+            continue
+        if key is not None:
+            seen[key] = desc
+        listen.append(desc)
+    return listen
+
+
+def _buildProxy(
+    raw: Any,
+    path: tuple[Any, ...],
+    reader: _Reader,
+    resolve: Resolver,
+    balancers: frozenset[str],
+) -> ProxyConfig | None:
+    """
+    Read one C{[[proxy]]} table.
+
+    @return: the proxy as far as it could be read, for the checks across
+        proxies; or L{None} if it is not a table at all.
+    """
+    if not isinstance(raw, dict):
+        reader.problem(path, f"must be a table, not {_tomlType(raw)}")
+        return None
+    reader.unknownKeys(raw, path, _PROXY_KEYS, _PROXY_ELSEWHERE)
+    listen = _readListen(raw, path, reader)
+
+    # Left empty when not written: see _defaultNames.
+    name = reader.string(raw, path, "name") or ""
+
+    balance = reader.string(raw, path, "balance", nonEmpty=False)
+    if balance is None:
+        balance = DEFAULT_BALANCE
+    elif balance not in balancers:
+        reader.problem(path + ("balance",), unknownBalancer(balance, balancers))
+
+    connectTimeout = reader.seconds(
+        raw, path, "connect-timeout", DEFAULT_CONNECT_TIMEOUT, positive=True
+    )
+    disableTime = reader.seconds(raw, path, "disable-time", DEFAULT_DISABLE_TIME)
+    idleTimeout = reader.seconds(raw, path, "idle-timeout", 0.0)
+    halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
+    inspectDelay = reader.seconds(raw, path, "inspect-delay", 0.0)
+    clientCongestion = reader.congestion(raw, path, "client-congestion")
+
+    backends: list[tuple[int, BackendConfig, str]] = []
+    rawBackends = raw.get("backend")
+    if rawBackends is None:
+        reader.problem(path + ("backend",), "missing: a proxy needs at least one [[proxy.backend]]")
+    elif not isinstance(rawBackends, list) or not rawBackends:
+        reader.problem(
+            path + ("backend",), "must be a non-empty array of tables ([[proxy.backend]])"
+        )
+    else:
+        for j, rawBackend in enumerate(rawBackends):
+            built = _buildBackend(
+                rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime
+            )
+            if built is not None:
+                backends.append((j, *built))
+        _checkBackendsUnique(reader, path, backends)
+    return ProxyConfig(
+        name=name,
+        listen=tuple(listen),
+        backends=tuple(b for _, b, _ in backends),
+        balance=balance,
+        idleTimeout=idleTimeout,
+        halfClosedTimeout=halfClosed,
+        inspectDelay=inspectDelay,
+        clientCongestion=clientCongestion,
+    )
+
+
+def _checkBackendsUnique(
+    reader: _Reader, path: tuple[Any, ...], backends: Sequence[tuple[int, BackendConfig, str]]
+) -> None:
+    # The endpoint string is what identifies a backend to the pool and the
+    # balancers; the label is what identifies it to people.
+    firstByEndpoint: dict[str, tuple[Any, ...]] = {}
+    labels: list[tuple[tuple[Any, ...], tuple[Any, ...], str]] = []
+    for j, backend, addressKey in backends:
+        here = path + ("backend", j)
+        if backend.endpoint and backend.endpoint in firstByEndpoint:
+            reader.problem(
+                here + (addressKey,),
+                f"duplicate backend {quote(backend.endpoint)}: already used by "
+                f"{reader.where(firstByEndpoint[backend.endpoint])}; "
+                "give one backend a weight instead",
+            )
+            continue
+        if backend.endpoint:
+            firstByEndpoint[backend.endpoint] = here
+        labels.append((here + ("label",), here, backend.label))
+    _checkUnique(reader, labels, "backend label")
+
+
+def _buildBackend(
+    raw: Any,
+    path: tuple[Any, ...],
+    reader: _Reader,
+    resolve: Resolver,
+    connectTimeout: float,
+    disableTime: float,
+) -> tuple[BackendConfig, str] | None:
+    """
+    Read one C{[[proxy.backend]]} table.
+
+    @return: the backend as far as it could be read (its endpoint and label
+        empty when unknown), and the key its address was given by; or
+        L{None} if it is not a table at all.
+    """
+    if not isinstance(raw, dict):
+        reader.problem(path, f"must be a table, not {_tomlType(raw)}")
+        return None
+    reader.unknownKeys(raw, path, _BACKEND_KEYS, _BACKEND_ELSEWHERE)
+    before = len(reader.problems)
+    endpoint = reader.string(raw, path, "endpoint", nonEmpty=False)
+    host = reader.string(raw, path, "host", nonEmpty=False)
+    sock = reader.string(raw, path, "socket", nonEmpty=False)
+    port = reader.integer(raw, path, "port", 1, 65535)
+    addressKey = next((k for k in ("endpoint", "socket", "host", "port") if k in raw), "")
+    resolved = ""
+    origin = ""
+    if len(reader.problems) == before:
+        if endpoint is not None:
+            if host is not None or sock is not None or port is not None:
+                reader.problem(
+                    path + ("endpoint",),
+                    "give either 'endpoint' or 'host'/'port'/'socket', not both",
+                )
+            else:
+                error = checkEndpoint(endpoint, server=False)
+                if error:
+                    reader.problem(path + ("endpoint",), error)
+                else:
+                    resolved = endpoint
+        else:
+            try:
+                derived, origin = backendFromHost(host, port, sock, resolve)
+            except ValueError as e:
+                reader.problem(path + ((addressKey,) if addressKey else ()), str(e))
+            else:
+                error = checkEndpoint(derived, server=False)
+                if error:
+                    reader.problem(path + (addressKey,), f"{origin} gives a {error}")
+                else:
+                    resolved = derived
+    label = reader.string(raw, path, "label")
+    weight = reader.integer(raw, path, "weight", 1)
+    ct = reader.seconds(raw, path, "connect-timeout", connectTimeout, positive=True)
+    dt = reader.seconds(raw, path, "disable-time", disableTime)
+    backend = BackendConfig(
+        endpoint=resolved,
+        label=label if label is not None else resolved if "label" not in raw else "",
+        weight=1 if weight is None else weight,
+        disableTime=dt,
+        connectTimeout=ct,
+        origin=origin,
+        congestion=reader.congestion(raw, path, "congestion"),
+    )
+    return backend, addressKey or "endpoint"
