@@ -551,12 +551,35 @@ class LanguageTests(LighttpdTestCase):
 
     def test_enableDisable(self) -> None:
         """
-        Booleans are C{"enable"}/C{"disable"} (and the other spellings
-        lighttpd accepts).
+        Booleans are C{"enable"}/C{"disable"} and the other spellings lighttpd
+        accepts, in any case, or an integer (0 is false): each is read as the
+        value it spells (here C{extforward.hap-PROXY}, which wraps the listen
+        endpoint in C{haproxy:} when true).
         """
-        for word in ("enable", "Enable", "true", "on", "1", "disable", "false", "off", "0"):
-            self.backend(f'"host" => "10.0.0.1", "tcp-fin-propagate" => "{word}"')
-        self.backend('"host" => "10.0.0.1", "tcp-fin-propagate" => 1')
+        plain = "tcp:8080:interface=127.0.0.1"
+        spellings = [
+            *((f'"{word}"', True) for word in ("enable", "Enable", "true", "TRUE", "on", "1")),
+            *((f'"{word}"', False) for word in ("disable", "Disable", "false", "off", "0")),
+            ("1", True), ("2", True), ("0", False),
+        ]
+        for value, expected in spellings:
+            config = parse(sockproxy(ONE_HOST + f"\nextforward.hap-PROXY = {value}"))
+            listen = self.only(config).listen
+            self.assertEqual(listen, (f"haproxy:{plain}",) if expected else (plain,), value)
+
+    def test_enableDisableAccepted(self) -> None:
+        """
+        A host's C{tcp-fin-propagate} takes every boolean spelling and leaves
+        the backend as it is without it (half-close is always forwarded).
+        """
+        without = self.backend('"host" => "10.0.0.1"')
+        for value in ('"enable"', '"Enable"', '"true"', '"on"', '"1"', '"disable"', '"false"',
+                      '"off"', '"0"', "1", "0"):
+            self.assertEqual(
+                self.backend(f'"host" => "10.0.0.1", "tcp-fin-propagate" => {value}'),
+                without,
+                value,
+            )
 
     def test_globalBlock(self) -> None:
         """
