@@ -43,7 +43,7 @@ from txsockproxy.lighttpd import (
     runShell,
 )
 from txsockproxy.loading import loadConfig, parseConfig
-from txsockproxy.render import renderToml, tomlNumber, tomlString
+from txsockproxy.render import describeConfig, renderToml, tomlNumber, tomlString
 
 BALANCERS = frozenset(
     {"fair", "least-connection", "round-robin", "hash", "sticky", "random-two"}
@@ -1670,7 +1670,8 @@ class RenderTests(SynchronousTestCase):
 
     def test_everyKey(self) -> None:
         """
-        Status, session log, log format, shutdown timeout, idle, half-closed
+        Status (its admin token file and its limits), session log, log
+        format, shutdown timeout, idle, half-closed
         and inspect timeouts, weights, per-backend timeouts and congestion
         control settings all survive.
         """
@@ -1687,7 +1688,9 @@ class RenderTests(SynchronousTestCase):
                 balance="round-robin", idleTimeout=30.0, halfClosedTimeout=1.25,
                 inspectDelay=0.1, clientCongestion="system"),),
             debug=2, source="x", status=StatusConfig(("tcp:9180",), token,
-                                                     "a-token-of-more-than-16-characters"),
+                                                     "a-token-of-more-than-16-characters",
+                                                     maxConnections=5, requestTimeout=2.5,
+                                                     maxBodySize=0),
             sessionLog="/var/log/sessions.log", logFormat="json", shutdownTimeout=5.0,
         )
         text = renderToml(config)
@@ -1710,6 +1713,26 @@ class RenderTests(SynchronousTestCase):
             label = "b"
             endpoint = "tcp:h:2"
             """))
+
+    def test_describeStatus(self) -> None:
+        """
+        L{describeConfig} (what C{--check} prints) shows the status site's
+        endpoints, its admin token file and its limits.
+        """
+        config = Config(
+            proxies=(ProxyConfig("p", ("tcp:1",), (BackendConfig("tcp:h:2", "b"),)),),
+            source="s",
+            status=StatusConfig(("tcp:9180",), maxConnections=5, requestTimeout=2.5,
+                                maxBodySize=0),
+        )
+        self.assertIn(dedent("""\
+            status
+              listen              tcp:9180
+              admin-token-file    (none: admin actions refused)
+              max-connections     5
+              request-timeout     2.5s
+              max-body-size       0
+            """), describeConfig(config))
 
     def test_tomlString(self) -> None:
         """

@@ -17,6 +17,9 @@ from txsockproxy.config import (
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STATUS_MAX_BODY_SIZE,
+    DEFAULT_STATUS_MAX_CONNECTIONS,
+    DEFAULT_STATUS_REQUEST_TIMEOUT,
     BackendConfig,
     Config,
     ProxyConfig,
@@ -134,6 +137,12 @@ def renderToml(config: Config) -> str:
         lines.append("listen = [" + ", ".join(tomlString(d) for d in config.status.listen) + "]")
         if config.status.adminTokenFile:
             lines.append(f"admin-token-file = {tomlString(config.status.adminTokenFile)}")
+        if config.status.maxConnections != DEFAULT_STATUS_MAX_CONNECTIONS:
+            lines.append(f"max-connections = {config.status.maxConnections}")
+        if config.status.requestTimeout != DEFAULT_STATUS_REQUEST_TIMEOUT:
+            lines.append(f"request-timeout = {tomlNumber(config.status.requestTimeout)}")
+        if config.status.maxBodySize != DEFAULT_STATUS_MAX_BODY_SIZE:
+            lines.append(f"max-body-size = {config.status.maxBodySize}")
     for proxy in config.proxies:
         lines.append("")
         lines.extend(_proxyLines(proxy))
@@ -154,6 +163,9 @@ def describeConfig(config: Config) -> str:
             lines.append(f"  {'listen':<20}{desc}")
         admin = config.status.adminTokenFile or "(none: admin actions refused)"
         lines.append(f"  {'admin-token-file':<20}{admin}")
+        lines.append(f"  {'max-connections':<20}{config.status.maxConnections}")
+        lines.append(f"  {'request-timeout':<20}{_seconds(config.status.requestTimeout)}")
+        lines.append(f"  {'max-body-size':<20}{config.status.maxBodySize}")
     for proxy in config.proxies:
         lines.append("")
         lines.append(f"proxy {proxy.name!r}")
