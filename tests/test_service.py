@@ -1,18 +1,26 @@
 """
-Tests for L{txsockproxy.service}: building listeners from a config, and bind
-failures.
+Tests for L{txsockproxy.service}: building listeners from a config, the
+service tree (listeners and ticker as child services), bind failures,
+reloading as build, bind, then commit, the bound-address log lines, and
+shutdown.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorThreads
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IReactorThreads, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -24,8 +32,10 @@ from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import (
     DEFAULT_BACKLOG,
     ListenError,
+    ListenerService,
     ProxyService,
     StartupError,
+    boundAddress,
     reactorThreadRunner,
     systemBacklog,
     withBacklog,
@@ -327,13 +337,16 @@ class ReloadTests(SynchronousTestCase):
         """
         New listen endpoints are bound, removed ones stop listening.
         """
-        old = self.service._listeners["tcp:8080"].service
+        old = self.service.getServiceNamed("tcp:8080")
         self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8081",), A),))
         self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(self.ports(), [8080, 8081])
         self.assertEqual([f.listen for f in self.service.factories], ["tcp:8081"])
         self.assertFalse(old.running)
-        self.assertTrue(self.service._listeners["tcp:8081"].service.running)
+        self.assertIsNone(old.parent)
+        new = self.service.getServiceNamed("tcp:8081")
+        self.assertTrue(new.running)
+        self.assertEqual(list(self.service), [new])
 
     def test_sessionInFlightKeepsItsBackend(self) -> None:
         """
@@ -897,3 +910,417 @@ def _lost():  # type: ignore[no-untyped-def]
     from relay_fakes import lost
 
     return lost()
+
+
+@implementer(IListeningPort)
+class _RecordingPort:
+    """
+    A listening port that records whether it was stopped.
+    """
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+        self.stopped = False
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+    def getHost(self) -> Any:
+        return self.address
+
+
+class _RecordingReactor(MemoryReactorClock):
+    """
+    A memory reactor whose TCP ports record being stopped, and that refuses
+    to bind the ports in C{refused}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[int, _RecordingPort] = {}
+        self.refused: set[int] = set()
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,  # type: ignore[override]
+                  interface: str = "") -> _RecordingPort:
+        if port in self.refused:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        self.tcpServers.append((port, factory, backlog, interface))
+        recording = _RecordingPort(IPv4Address("TCP", interface or "0.0.0.0", port))
+        self.ports[port] = recording
+        return recording
+
+
+@implementer(IStreamServerEndpoint)
+class _LaterEndpoint:
+    """
+    A server endpoint that binds when the test says so: C{listen()} returns
+    a Deferred the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.listening: list[Deferred[Any]] = []
+        self.cancelled = 0
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred(self.cancel)
+        self.listening.append(d)
+        return d
+
+    def cancel(self, d: Deferred[Any]) -> None:
+        self.cancelled += 1
+        d.errback(CancelledError())
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    """
+    L{ProxyService}'s listeners and ticker are its child services.
+    """
+
+    def test_listenersAreChildren(self) -> None:
+        """
+        Each listen endpoint is a L{ListenerService} child named by its
+        endpoint string, the proxies' in config order and then the status
+        endpoint's; without debug level 3 there is no other child.
+        """
+        config = replace(twoProxies(), status=StatusConfig(listen=("tcp:9090",)))
+        service = ProxyService(config, MemoryReactorClock())
+        children = list(service)
+        self.assertEqual([c.name for c in children],
+                         ["tcp:5432:interface=127.0.0.1", "tcp:5433:interface=127.0.0.1",
+                          "tcp:6379:interface=127.0.0.1", "tcp:9090"])
+        for child in children:
+            self.assertIsInstance(child, ListenerService)
+            self.assertIs(child.parent, service)
+            self.assertTrue(verifyObject(IService, child))
+        self.assertEqual([c.owner for c in children],  # type: ignore[attr-defined]
+                         ["proxy db", "proxy db", "proxy cache", "status"])
+        self.assertEqual(service.listeners, children)
+
+    def test_childrenStartAndStopWithTheService(self) -> None:
+        """
+        Starting the service binds and starts every listener; stopping it
+        stops them, and they stop listening at once.
+        """
+        reactor = _RecordingReactor()
+        service = ProxyService(twoProxies(), reactor)
+        service.privilegedStartService()
+        self.assertEqual(sorted(reactor.ports), [5432, 5433, 6379])
+        self.assertFalse(any(child.running for child in service))
+        service.startService()
+        self.assertTrue(all(child.running for child in service))
+        self.assertEqual(len(reactor.tcpServers), 3)
+        self.successResultOf(service.stopService())
+        self.assertFalse(any(child.running for child in service))
+        self.assertTrue(all(port.stopped for port in reactor.ports.values()))
+
+    def test_bindFailureLeavesNothingListening(self) -> None:
+        """
+        When a listener cannot be bound at start-up, those bound before it
+        stop listening, and the error reaches C{onStartupError}.
+        """
+        reactor = _RecordingReactor()
+        reactor.refused.add(6379)
+        service = ProxyService(twoProxies(), reactor)
+        reported: list[StartupError] = []
+        service.onStartupError = reported.append
+        self.assertRaises(ListenError, service.privilegedStartService)
+        self.assertEqual([str(e) for e in reported], [
+            "Address already in use: cannot listen on tcp:6379:interface=127.0.0.1 "
+            "(proxy cache)"])
+        self.assertEqual(sorted(reactor.ports), [5432, 5433])
+        self.assertTrue(all(port.stopped for port in reactor.ports.values()))
+
+    def test_tickerIsAChild(self) -> None:
+        """
+        At debug level 3 the ticker is a L{TimerService} child, logging
+        through the service's reactor; a reload to a lower level removes it
+        (nothing is scheduled any more), and one back to 3 adds it again.
+        """
+        reactor = MemoryReactorClock()
+        configs = [replace(twoProxies(), debug=debug) for debug in (3, 0, 3)]
+        service = ProxyService(configs[0], reactor, configPath="c.toml",
+                               loader=lambda path: configs.pop(0))
+        [ticker] = [c for c in service if isinstance(c, TimerService)]
+        self.assertIs(ticker.clock, reactor)
+        service.startService()
+        self.assertTrue(ticker.running)
+        configs.pop(0)
+        self.assertTrue(self.successResultOf(service.reload()))
+        self.assertFalse(ticker.running)
+        self.assertEqual([c for c in service if isinstance(c, TimerService)], [])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertTrue(self.successResultOf(service.reload()))
+        [again] = [c for c in service if isinstance(c, TimerService)]
+        self.assertTrue(again.running)
+        with capturedLogs() as events:
+            reactor.advance(1)
+        self.assertEqual(
+            len([e for e in events if "backend {label} {state}" in e.get("log_format", "")]), 2)
+
+
+class BuildBindCommitTests(SynchronousTestCase):
+    """
+    A reload builds the new tree beside the running one, binds its new
+    listeners, and commits only when all of them are bound: otherwise the
+    running tree is untouched and nothing of the new one is left.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = _RecordingReactor()
+        self.first = Config(proxies=(proxyConfig("web", ("tcp:8080",), A, B),
+                                     proxyConfig("old", ("tcp:7070",), A)))
+        self.next: list[Config] = []
+        self.service = ProxyService(self.first, self.reactor, configPath="c.toml",
+                                    loader=lambda path: self.next.pop(0))
+        self.service.startService()
+
+    def snapshot(self) -> Any:
+        """
+        What a failed reload must leave as it was: the pools and their
+        settings, backends and balancers; each backend's settings; the
+        factories and their pools; the child services; the config.
+        """
+        service = self.service
+        return (
+            dict(service.pools),
+            [(pool.config, list(pool.backends), pool.balancer)
+             for pool in service.pools.values()],
+            [(b, b.config, b.weight) for pool in service.pools.values() for b in pool.backends],
+            [(f, f.pool) for f in service.factories],
+            list(service),
+            service.config,
+            dict(service.statusView.pools),
+        )
+
+    def changed(self, *listen: str, sessionLog: str = "-") -> Config:
+        """
+        A config that changes everything: a backend's weight, a new
+        backend, a new balancer, a new proxy, a removed proxy, and the
+        listen endpoints C{listen}.
+        """
+        heavy = BackendConfig(endpoint=A[1], label="a", weight=5)
+        return Config(
+            proxies=(
+                ProxyConfig(name="web", listen=listen, balance="round-robin",
+                            backends=(heavy, BackendConfig(endpoint="tcp:host=10.0.0.3:port=1",
+                                                           label="c"))),
+                proxyConfig("new", ("tcp:6060",), B),
+            ),
+            sessionLog=sessionLog, debug=3,
+        )
+
+    def test_bindFailureLeavesRunningTree(self) -> None:
+        """
+        When one new listener cannot be bound, the reload fails; the pools,
+        backends, factories, children and config are those that ran before
+        (not restored copies: never changed), the listeners bound for the
+        new tree stop listening, and nothing of it is scheduled.
+        """
+        before = self.snapshot()
+        self.reactor.refused.add(6060)
+        self.next.append(self.changed("tcp:8080", "tcp:8081"))
+        with capturedLogs() as events:
+            self.assertFalse(self.successResultOf(self.service.reload()))
+        self.assertEqual(self.snapshot(), before)
+        self.assertEqual(self.service.pools["web"].backends[0].weight, 1)
+        # tcp:8081 was bound for the new tree, then dropped.
+        self.assertEqual({port: p.stopped for port, p in self.reactor.ports.items()},
+                         {7070: False, 8080: False, 8081: True})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertIn(
+            "reload failed: Address already in use: cannot listen on tcp:6060 (proxy new); "
+            "keeping the running configuration", [formatEvent(e) for e in events])
+
+    def test_sessionLogFailureLeavesRunningTree(self) -> None:
+        """
+        When the new session log cannot be opened, the listeners bound for
+        the new tree stop listening and the running tree is untouched.
+        """
+        before = self.snapshot()
+        self.next.append(self.changed("tcp:8080", "tcp:8081",
+                                      sessionLog=self.mktemp() + "/missing/s.log"))
+        with capturedLogs():
+            self.assertFalse(self.successResultOf(self.service.reload()))
+        self.assertEqual(self.snapshot(), before)
+        self.assertTrue(self.reactor.ports[8081].stopped)
+        self.assertTrue(self.reactor.ports[6060].stopped)
+
+    def test_commit(self) -> None:
+        """
+        When every new listener is bound, the commit gives the kept pool its
+        new settings and backends, keeps its factory and listener, adds the
+        new listeners and the ticker as children and removes the old
+        proxy's listener, which stops listening.
+        """
+        pool = self.service.pools["web"]
+        a = pool.backends[0]
+        kept = self.service.getServiceNamed("tcp:8080")
+        self.next.append(self.changed("tcp:8080", "tcp:8081"))
+        self.assertTrue(self.successResultOf(self.service.reload()))
+        self.assertIs(self.service.pools["web"], pool)
+        self.assertEqual([b.label for b in pool.backends], ["a", "c"])
+        self.assertIs(pool.backends[0], a)
+        self.assertEqual((a.weight, pool.config.balance), (5, "round-robin"))
+        self.assertEqual(list(self.service.pools), ["web", "new"])
+        self.assertIs(self.service.statusView.pools, self.service.pools)
+        self.assertEqual([c.name for c in self.service],
+                         ["tcp:8080", "tcp:8081", "tcp:6060", None])
+        self.assertIs(self.service.getServiceNamed("tcp:8080"), kept)
+        self.assertTrue(all(c.running for c in self.service))
+        self.assertTrue(self.reactor.ports[7070].stopped)
+        self.assertEqual([f.pool for f in self.service.factories],
+                         [pool, pool, self.service.pools["new"]])
+
+    def test_applyBeforeStartBindsNothing(self) -> None:
+        """
+        Applied to a service that is not started, a config binds nothing:
+        its listeners are bound when the service starts.
+        """
+        reactor = _RecordingReactor()
+        service = ProxyService(self.first, reactor)
+        service.apply(self.changed("tcp:8081"))
+        self.assertEqual(reactor.ports, {})
+        service.startService()
+        self.assertEqual(sorted(reactor.ports), [6060, 8081])
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """
+    L{ListenerService} listens through an endpoint's public C{listen()} and
+    logs the address it is bound to.
+    """
+
+    def test_boundAddress(self) -> None:
+        """
+        L{boundAddress} shows IPv4 as C{host:port}, IPv6 as C{[host]:port},
+        a unix socket as C{unix:path}, anything else as C{str()} shows it.
+        """
+        class Other:
+            def __str__(self) -> str:
+                return "systemd fd 3"
+
+        self.assertEqual(boundAddress(IPv4Address("TCP", "127.0.0.1", 41234)),
+                         "127.0.0.1:41234")
+        self.assertEqual(boundAddress(IPv6Address("TCP", "::1", 41234)), "[::1]:41234")
+        self.assertEqual(boundAddress(UNIXAddress("/run/p.sock")), "unix:/run/p.sock")
+        self.assertEqual(boundAddress(UNIXAddress(b"/run/p.sock")), "unix:/run/p.sock")
+        self.assertEqual(boundAddress(Other()), "systemd fd 3")  # type: ignore[arg-type]
+
+    def test_logsBoundAddress(self) -> None:
+        """
+        Each listener logs, once bound, C{OWNER: LISTEN is bound to ADDRESS}
+        with the endpoint string as configured.
+        """
+        config = Config(proxies=(proxyConfig("web", ("tcp:8080", "tcp6:8081"), A),),
+                        status=StatusConfig(listen=("tcp:9090:interface=127.0.0.1",)))
+        with capturedLogs() as events:
+            ProxyService(config, MemoryReactorClock()).privilegedStartService()
+        self.assertEqual(
+            [formatEvent(e) for e in events if "is bound to" in e.get("log_format", "")],
+            ["proxy web: tcp:8080 is bound to 0.0.0.0:8080",
+             "proxy web: tcp6:8081 is bound to [::]:8081",
+             "status: tcp:9090:interface=127.0.0.1 is bound to 0.0.0.0:9090"])
+
+    def test_endpointThatBindsLater(self) -> None:
+        """
+        With an endpoint whose C{listen()} fires later, starting does not
+        wait: the bound line is logged when it fires, and the port kept.
+        """
+        endpoint = _LaterEndpoint()
+        listener = ListenerService("later:1", "p", endpoint, Factory())
+        with capturedLogs() as events:
+            listener.privilegedStartService()
+            listener.startService()
+            self.assertEqual(len(endpoint.listening), 1)
+            port = _RecordingPort(IPv4Address("TCP", "127.0.0.1", 4000))
+            endpoint.listening[0].callback(port)
+        self.assertIs(listener.port, port)
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["proxy p: later:1 is bound to 127.0.0.1:4000"])
+        self.successResultOf(listener.stopService())
+        self.assertTrue(port.stopped)
+
+    def test_stoppedBeforeBound(self) -> None:
+        """
+        Stopped before its endpoint has bound, a listener cancels the
+        listening; a later failure of it is logged as one critical line.
+        """
+        endpoint = _LaterEndpoint()
+        listener = ListenerService("later:1", None, endpoint, Factory())
+        listener.startService()
+        with capturedLogs() as events:
+            listener.stopService()
+        self.assertEqual((endpoint.cancelled, events), (1, []))
+        listener.startService()
+        with capturedLogs() as events:
+            endpoint.listening[1].errback(CannotListenError("", 1, OSError(13, "Permission denied")))
+        self.assertEqual([(e["log_level"].name, formatEvent(e)) for e in events],
+                         [("critical", "Permission denied: cannot listen on later:1 (status)")])
+        self.assertIsNone(listener.port)
+
+
+class BoundAddressLoopbackIntegrationTests(SynchronousTestCase):
+    """
+    On a real (private, not installed) reactor, the bound line gives the
+    port the system chose for port 0, and a unix socket's path: what tests
+    and operators read a listener's port from.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.selectreactor import SelectReactor
+
+        self.reactor = SelectReactor()
+        self.addCleanup(self._closeReactor)
+
+    def _closeReactor(self) -> None:
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionDone()))
+        for call in self.reactor.getDelayedCalls():
+            call.cancel()
+        self.reactor.waker.connectionLost(None)
+
+    def start(self, config: Config) -> tuple[ProxyService, list[str]]:
+        service = ProxyService(config, self.reactor)
+        with capturedLogs() as events:
+            service.startService()
+        self.addCleanup(self.stop, service)
+        return service, [formatEvent(e) for e in events
+                         if "is bound to" in e.get("log_format", "")]
+
+    def stop(self, service: ProxyService) -> None:
+        stopped = service.stopService()
+        self.reactor.runUntilCurrent()
+        self.successResultOf(stopped)
+
+    def test_tcpPortZero(self) -> None:
+        """
+        C{tcp:0:interface=127.0.0.1} logs the port it got, and that port
+        accepts connections.
+        """
+        listen = "tcp:0:interface=127.0.0.1"
+        _, lines = self.start(Config(proxies=(proxyConfig("web", (listen,), A),)))
+        [line] = lines
+        prefix = f"proxy web: {listen} is bound to 127.0.0.1:"
+        self.assertTrue(line.startswith(prefix), line)
+        port = int(line[len(prefix):])
+        self.assertNotEqual(port, 0)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+
+    def test_unixAndStatus(self) -> None:
+        """
+        A unix listener logs C{unix:PATH}; the status endpoint's listener
+        logs as C{status}.
+        """
+        path = self.mktemp()
+        _, lines = self.start(Config(
+            proxies=(proxyConfig("web", (f"unix:{path}",), A),),
+            status=StatusConfig(listen=("tcp:0:interface=127.0.0.1",)),
+        ))
+        self.assertEqual(lines[0], f"proxy web: unix:{path} is bound to unix:{path}")
+        self.assertRegex(lines[1],
+                         r"^status: tcp:0:interface=127\.0\.0\.1 is bound to 127\.0\.0\.1:[1-9]\d*$")
+        self.assertEqual(len(lines), 2)

@@ -81,7 +81,7 @@ class StatusDocumentTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.service = makeService()
-        self.root = statusResource(self.service)
+        self.root = statusResource(self.service.statusView)
         primary, standby = backends(self.service)
         pool = self.service.pools["db"]
         pool.accepted, pool.active, pool.refused = 7, 2, 1
@@ -175,7 +175,7 @@ class StatusDocumentTests(SynchronousTestCase):
         service.apply(replace(service.config, proxies=service.config.proxies + (other,)))
         service.pools["db"].backends[0].connected = 2
         service.pools["other"].backends[0].connected = 3
-        self.assertIn("gw.backend.primary.0.connected: 5\n", serverStatistics(service))
+        self.assertIn("gw.backend.primary.0.connected: 5\n", serverStatistics(service.statusView))
 
     def test_page(self) -> None:
         """
@@ -207,7 +207,7 @@ class AdminTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.service = makeService()
-        self.root = statusResource(self.service)
+        self.root = statusResource(self.service.statusView)
 
     def post(self, path: bytes, token: Optional[str] = TOKEN) -> tuple[int, dict[str, object]]:
         code, body, _ = render(
@@ -257,8 +257,8 @@ class AdminTests(SynchronousTestCase):
         is sent.
         """
         service = makeService(token="")
-        code, body, _ = render(statusResource(service), b"/backends/db/primary/drain", b"POST",
-                               "Bearer anything")
+        code, body, _ = render(statusResource(service.statusView), b"/backends/db/primary/drain",
+                               b"POST", "Bearer anything")
         self.assertEqual(code, 403)
         self.assertIn(b"admin-token-file", body)
         self.assertEqual(backends(service)[0].adminState, "up")
@@ -287,3 +287,96 @@ class AdminTests(SynchronousTestCase):
             f"Bearer {TOKEN}",
         )
         self.assertEqual(code, 200, body)
+
+
+class StatusViewTests(SynchronousTestCase):
+    """
+    The status site reads a L{StatusView} (pools, clock, admin token and the
+    closed-at-accept count), never the service.
+    """
+
+    def test_viewWithoutService(self) -> None:
+        """
+        A L{StatusView} built by hand, with no service at all, is enough
+        for every page and for the admin actions: the document shows its
+        pools and count, states are read at its clock's time, and actions
+        need its token.
+        """
+        from txsockproxy.backends import BackendPool
+        from txsockproxy.balancers import balancerFactory
+        from txsockproxy.status import StatusView
+
+        clock = MemoryReactorClock()
+        proxy = ProxyConfig(name="db", listen=("tcp:5432",), backends=(
+            BackendConfig(endpoint="tcp:host=10.0.0.1:port=5432", label="primary"),))
+        pool = BackendPool.fromConfig(proxy, balancerFactory("fair")(), clock)
+        pool.backends[0].disabledUntil = 10.0
+        view = StatusView(clock=clock, pools={"db": pool}, adminToken=TOKEN,
+                          closedAtAccept=lambda: 4)
+        root = statusResource(view)
+        document = json.loads(render(root, b"/status.json")[1])
+        self.assertEqual(document["closed_at_accept"], 4)
+        self.assertEqual([(p["name"], p["backends"][0]["state"]) for p in document["proxies"]],
+                         [("db", "disabled")])
+        clock.advance(10)
+        document = json.loads(render(root, b"/status.json")[1])
+        self.assertEqual(document["proxies"][0]["backends"][0]["state"], "up")
+        metrics = render(root, b"/metrics")[1].decode()
+        self.assertIn("sockproxy_closed_at_accept_total 4.0", metrics)
+        self.assertIn("gw.backend.primary.0.connected: 0", render(root, b"/server-statistics")[1]
+                      .decode())
+        self.assertIn(b"proxy db", render(root, b"/")[1])
+        self.assertEqual(render(root, b"/backends/db/primary/drain", b"POST",
+                                "Bearer wrong-token-of-same-size")[0], 403)
+        code, _, _ = render(root, b"/backends/db/primary/drain", b"POST", f"Bearer {TOKEN}")
+        self.assertEqual((code, pool.backends[0].adminState), (200, "draining"))
+
+    def test_statusImportsNoService(self) -> None:
+        """
+        L{txsockproxy.status} does not import L{txsockproxy.service}, not
+        even for type checking: the service imports the status site, not
+        the other way around.
+        """
+        import ast
+
+        import txsockproxy.status
+
+        path = txsockproxy.status.__file__
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        self.assertIn("txsockproxy.backends", imported)
+        self.assertEqual([name for name in imported if name.startswith("txsockproxy.service")],
+                         [])
+
+    def test_serviceKeepsItsViewCurrent(self) -> None:
+        """
+        The service's view shows its pools (also after a reload replaces
+        them), its reactor's time, the admin token of the running config,
+        and the count of its accept-recovery counter.
+        """
+        from dataclasses import replace
+
+        service = makeService()
+        view = service.statusView
+        self.assertIs(view.clock, service.reactor)
+        self.assertIs(view.pools, service.pools)
+        self.assertEqual(view.adminToken, TOKEN)
+        service.acceptRecovery.closed = 6
+        self.assertEqual(view.closedAtAccept(), 6)
+        other = ProxyConfig(name="other", listen=("tcp:1",), backends=(
+            BackendConfig(endpoint="tcp:host=10.0.0.9:port=1", label="x"),))
+        status = replace(service.config.status, adminToken="another-token-0123456789")
+        service.apply(replace(service.config, proxies=(other,), status=status))
+        self.assertIs(view.pools, service.pools)
+        self.assertEqual(list(view.pools), ["other"])
+        self.assertEqual(view.adminToken, "another-token-0123456789")
+        code, _, _ = render(statusResource(view), b"/backends/other/x/disable", b"POST",
+                            "Bearer another-token-0123456789")
+        self.assertEqual((code, service.pools["other"].backends[0].adminState), (200, "down"))

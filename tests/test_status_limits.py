@@ -8,14 +8,14 @@ number and in time.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import tempfile
 from dataclasses import replace
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
-from reactor_support import ReactorTestCase, readable
 from test_status import TOKEN, backends, makeService, render
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -145,8 +145,8 @@ class RedactedPagesTests(SynchronousTestCase):
         primary, _ = backends(self.service)
         primary.key = primary.label = SECRET_BACKEND
         pool.name = SECRET_LISTEN
-        self.service.pools = {SECRET_LISTEN: pool}
-        self.root = statusResource(self.service)
+        self.service.statusView.pools = {SECRET_LISTEN: pool}
+        self.root = statusResource(self.service.statusView)
 
     def assertNoSecrets(self, body: bytes) -> None:
         """
@@ -212,7 +212,7 @@ def siteFor(service: ProxyService, **limits: Any) -> StatusSite:
     The status site of C{service}, as the service builds it, with
     C{limits} given to L{StatusSite}.
     """
-    return StatusSite(statusResource(service), **limits)
+    return StatusSite(statusResource(service.statusView), **limits)
 
 
 def connect(site: StatusSite, port: int = 40000) -> tuple[Protocol, StringTransport]:
@@ -575,7 +575,7 @@ class RefusalLogTests(SynchronousTestCase):
                          ["status: 2 more refusals suppressed in 60 s: 2 admin requests"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         service = makeService()
-        site = StatusSite(statusResource(service), refusals=self.refusals)
+        site = StatusSite(statusResource(service.statusView), refusals=self.refusals)
         site.doStart()
         self.warn(5)
         with capturedLogs() as events:
@@ -598,7 +598,7 @@ class AdminRefusalLogTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.service = makeService()
-        self.root = statusResource(self.service)
+        self.root = statusResource(self.service.statusView)
 
     def refusalsLogged(self, path: bytes, method: bytes = b"POST",
                        authorization: Optional[str] = f"Bearer {TOKEN}") -> list[str]:
@@ -652,11 +652,47 @@ class AdminRefusalLogTests(SynchronousTestCase):
                          f"{LOG_INTERVAL} s: {1000 - LOG_LINES} admin requests")
 
 
-class StatusSiteLoopbackIntegrationTests(ReactorTestCase):
+def readable(sock: socket.socket) -> bool:
+    """
+    Whether C{sock} is readable now (no waiting).
+    """
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class StatusSiteLoopbackIntegrationTests(SynchronousTestCase):
     """
     The status site on a real loopback socket, on a private reactor turned
     by the test: the limits hold for real clients.
+
+    The reactor is Twisted's select reactor, not installed: the status site
+    is part of the portable core, which runs on every reactor.
     """
+
+    def setUp(self) -> None:
+        from twisted.internet.selectreactor import SelectReactor
+
+        self.reactor = SelectReactor()
+        self.addCleanup(self._closeReactor)
+
+    def _closeReactor(self) -> None:
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionDone()))
+        for call in self.reactor.getDelayedCalls():
+            call.cancel()
+        self.reactor.waker.connectionLost(None)
+
+    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
+        """
+        Turn the reactor until C{condition()} holds, at most C{turns} times
+        (each waits at most 50 ms for an event).
+        """
+        for _ in range(turns):
+            if condition():
+                return
+            self.reactor.runUntilCurrent()
+            due = self.reactor.timeout()
+            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
+        self.assertTrue(condition(), "the condition never held")
 
     def listen(self, **limits: Any) -> tuple[StatusSite, int]:
         """
@@ -665,7 +701,7 @@ class StatusSiteLoopbackIntegrationTests(ReactorTestCase):
 
         @return: the site and its port.
         """
-        site = StatusSite(statusResource(makeService()), reactor=self.reactor, **limits)
+        site = StatusSite(statusResource(makeService().statusView), reactor=self.reactor, **limits)
         port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return site, port.getHost().port

@@ -1,21 +1,31 @@
 """
-The proxy as a Twisted service: one ServerFactory per listen endpoint, the pools
-of backends, the status endpoint, the session log; reloading the configuration
-without dropping a connection, and shutting down gracefully.
+The proxy as a Twisted service: a L{MultiService} whose children are its
+listeners (one per listen endpoint, each with its factory: a proxy's
+ServerFactory or the status site) and the ticker of debug level 3; the pools
+of backends and the session log beside them. Reloading the configuration
+builds the new tree beside the running one, binds its new listeners, and only
+then commits, without dropping a connection; shutting down is graceful.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
-from twisted.application import strports
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IProtocolFactory, IReactorThreads
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorThreads,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,11 +34,12 @@ from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
-from txsockproxy.config import Config, ConfigError, loadConfig
+from txsockproxy.config import BackendConfig, Config, ConfigError, ProxyConfig
+from txsockproxy.interfaces import IBalancer
+from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
-
-STATUS = "[status]"
+from txsockproxy.status import StatusSite, StatusView, statusResource
 
 # The listen endpoint types that take a backlog= argument, and a wrapper
 # whose wrapped endpoint may be one of them.
@@ -101,17 +112,183 @@ class ListenError(StartupError):
     """
 
 
-@dataclass
-class _Listener:
+def boundAddress(address: IAddress) -> str:
     """
-    One listen endpoint: its service, and the factory of a proxy's listener
-    (L{None} for the status endpoint).
+    How the log shows the address a listener is bound to: C{127.0.0.1:8080},
+    C{[::1]:8080}, C{unix:/run/sockproxy.sock}; any other kind of address
+    (systemd, plugins' endpoints) as C{str()} makes it.
+    """
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        return f"unix:{os.fsdecode(name) if name is not None else ''}"
+    return str(address)
+
+
+class ListenerService(Service):
+    """
+    One listen endpoint, as a child service of L{ProxyService}: it binds in
+    C{privilegedStartService} (or in L{bind}, when a reload asks for it
+    before committing), logs the address it is bound to, and stops listening
+    when it is stopped.
+
+    It listens through the endpoint's public C{listen()}, as Twisted's
+    C{StreamServerEndpointService} does, but raises a bind error at once
+    rather than logging it (that service swallows them), and keeps the
+    L{IListeningPort} it gets.
+
+    @ivar description: the endpoint string, as configured.
+    @ivar proxy: the name of the proxy it serves, or L{None} for the status
+        endpoint.
+    @ivar factory: what its connections are built by.
+    @ivar proxyFactory: C{factory} when it serves a proxy, else L{None}.
+    @ivar port: the listening port, once bound.
     """
 
-    description: str
-    owner: str  # the proxy's name, or STATUS
-    service: Any
-    factory: Optional[ProxyFactory]
+    log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        proxy: Optional[str],
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
+        self.name = description
+        self.description = description
+        self.proxy = proxy
+        self.endpoint = endpoint
+        self.factory = factory
+        self.proxyFactory = factory if isinstance(factory, ProxyFactory) else None
+        self.port: Optional[IListeningPort] = None
+        self._listening: Optional[defer.Deferred[IListeningPort]] = None
+        # A failure of a listen() that failed while bind() was calling it.
+        self._bindFailure: Optional[Failure] = None
+        self._inBind = False
+
+    @property
+    def owner(self) -> str:
+        """
+        Who it listens for, as logs and errors say it: C{proxy NAME} or
+        C{status}.
+        """
+        return "status" if self.proxy is None else f"proxy {self.proxy}"
+
+    def bind(self) -> None:
+        """
+        Listen, unless listening (or waiting for an endpoint that binds
+        later) already.
+
+        @raise ListenError: the endpoint failed to listen at once.
+        """
+        if self.port is not None or self._listening is not None:
+            return
+        self._inBind = True
+        try:
+            listening = defer.maybeDeferred(self.endpoint.listen, self.factory)
+            self._listening = listening
+            listening.addCallbacks(self._bound, self._notBound)
+        finally:
+            self._inBind = False
+        failure, self._bindFailure = self._bindFailure, None
+        if failure is not None:
+            raise self._listenError(failure) from None
+
+    def _listenError(self, failure: Failure) -> ListenError:
+        reason = getattr(failure.value, "socketError", None) or failure.value
+        detail = getattr(reason, "strerror", None) or str(reason)
+        # The reason comes first: a daemonizing twistd passes only the first
+        # 100 bytes of the error to the waiting parent. A command-line
+        # proxy's name is its listen string: not said twice.
+        named = f" ({self.owner})" if self.proxy != self.description else ""
+        return ListenError(f"{detail}: cannot listen on {self.description}{named}")
+
+    def _bound(self, port: IListeningPort) -> None:
+        self._listening = None
+        self.port = port
+        self.log.info("{owner}: {listen} is bound to {address}", owner=self.owner,
+                      listen=self.description, address=boundAddress(port.getHost()))
+
+    def _notBound(self, failure: Failure) -> None:
+        self._listening = None
+        if failure.check(defer.CancelledError):
+            return
+        if self._inBind:
+            self._bindFailure = failure
+            return
+        # An endpoint that binds later (e.g. a plugin's) and then failed.
+        self.log.critical("{error}", error=str(self._listenError(failure)))
+
+    def unbind(self) -> defer.Deferred[None]:
+        """
+        Stop listening (or waiting to), at once.
+
+        @return: a Deferred that fires when the port is closed.
+        """
+        if self._listening is not None:
+            self._listening.cancel()
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        stopping: defer.Deferred[Any] = defer.maybeDeferred(cast(Callable[[], Any],
+                                                                port.stopListening))
+        return stopping.addCallback(lambda _: None)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.bind()
+
+    def startService(self) -> None:
+        super().startService()
+        self.bind()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.unbind()
+
+
+@dataclass
+class _PoolPlan:
+    """
+    A proxy's pool as a new configuration has it: the running pool (kept
+    with its counters) or a new one, and what it is to be given on commit.
+
+    @ivar kept: the backends that stay, with their new settings.
+    """
+
+    pool: BackendPool
+    config: ProxyConfig
+    backends: list[Backend]
+    balancer: IBalancer
+    kept: list[tuple[Backend, BackendConfig]]
+
+    def commit(self) -> None:
+        for backend, backendConfig in self.kept:
+            backend.reconfigure(backendConfig)
+        self.pool.reconfigure(self.config, self.backends, self.balancer)
+
+
+@dataclass
+class _Tree:
+    """
+    The service tree of a configuration, built beside the running one:
+    nothing running refers to it until it is committed.
+
+    @ivar pools: the plan of each proxy's pool, in config order.
+    @ivar listeners: every listener, by endpoint string, in config order:
+        running ones that stay, and new ones.
+    @ivar added: the new listeners (not yet bound).
+    @ivar owners: the proxy (or L{None}: status) each listener serves.
+    """
+
+    config: Config
+    pools: list[_PoolPlan]
+    listeners: dict[str, ListenerService]
+    added: list[ListenerService]
+    owners: dict[str, Optional[str]]
 
 
 class ProxyService(MultiService):
@@ -119,9 +296,13 @@ class ProxyService(MultiService):
     Every proxy of a configuration, listening; the status endpoint; reload
     (on SIGHUP when run by twistd) and graceful shutdown.
 
+    Its child services are its listeners (a L{ListenerService} per listen
+    endpoint, named by its endpoint string) and, at debug level 3, the
+    ticker logging the backends' states every second (a L{TimerService}).
+
     @ivar pools: the L{BackendPool} of each proxy, by proxy name.
     @ivar sessions: the sessions open now, and what they share.
-    @ivar adminToken: the token admin actions need, or C{""}.
+    @ivar statusView: what the status site reads.
     @ivar configPath: the file to read again on reload, if any.
     @ivar runInThread: runs the loader on reload, away from the reactor
         thread (see L{reactorThreadRunner}).
@@ -155,19 +336,25 @@ class ProxyService(MultiService):
         self.sessions = Sessions(config.debug)
         # Clients Twisted's ports close at accept for lack of descriptors.
         self.acceptRecovery = AcceptRecoveryCounter()
+        self.statusView = StatusView(
+            clock=reactor, closedAtAccept=lambda: self.acceptRecovery.closed
+        )
         self.sessionLog: Optional[SessionLog] = None
-        self.adminToken = ""
         self.handleSignals = False
-        self._listeners: dict[str, _Listener] = {}
+        self._listeners: dict[str, ListenerService] = {}
         self._ticker: Optional[TimerService] = None
         self._bound = False
         self._stopping = False
         self._previousHUP: Any = None
         self.config = config
-        self._preparePools(config)
-        for listener in self._plannedListeners(config):
-            self._listeners[listener.description] = listener
-        self._applySettings(config)
+        self._commit(self._build(config))
+
+    @property
+    def adminToken(self) -> str:
+        """
+        The token admin actions need, or C{""}.
+        """
+        return self.statusView.adminToken
 
     @property
     def factories(self) -> list[ProxyFactory]:
@@ -175,99 +362,159 @@ class ProxyService(MultiService):
         The factory of each proxy listen endpoint, in config order.
         """
         return [
-            listener.factory
+            listener.proxyFactory
             for listener in self._listeners.values()
-            if listener.factory is not None
+            if listener.proxyFactory is not None
         ]
+
+    @property
+    def listeners(self) -> list[ListenerService]:
+        """
+        The listeners, in config order: the proxies', then the status
+        endpoint's.
+        """
+        return list(self._listeners.values())
 
     # -- building -------------------------------------------------------------
 
-    def _preparePools(self, config: Config) -> None:
+    def _build(self, config: Config) -> _Tree:
         """
-        Make C{self.pools} match C{config}: a proxy that stays keeps its pool
-        object (and counters); a backend that stays (same label and
-        endpoint) keeps its counters and state.
-        """
-        pools: dict[str, BackendPool] = {}
-        for proxy in config.proxies:
-            old = self.pools.get(proxy.name)
-            backends = [self._backend(old, b) for b in proxy.backends]
-            if old is not None and old.config.balance == proxy.balance:
-                balancer = old.balancer
-            else:
-                balancer = balancerFactory(proxy.balance)()
-            if old is not None:
-                old.reconfigure(proxy, backends, balancer)
-                pools[proxy.name] = old
-            else:
-                pools[proxy.name] = BackendPool(proxy, backends, balancer, self.reactor)
-        self.pools = pools
+        The service tree of C{config}, built without changing what runs: a
+        proxy that stays keeps its pool object (and counters), a backend
+        that stays (same label and endpoint) its counters and state, a
+        listen endpoint that stays its listener (and socket).
 
-    def _backend(self, old: Optional[BackendPool], config: Any) -> Backend:
-        if old is not None:
-            for backend in old.backends:
-                if backend.label == config.label and backend.key == config.endpoint:
-                    backend.reconfigure(config)
-                    return backend
-        return Backend(config, clientFromString(self.reactor, config.endpoint))
-
-    def _plannedListeners(self, config: Config) -> list[_Listener]:
+        @raise StartupError: C{config} moves a listen endpoint between a
+            proxy and the status page.
         """
-        The listeners C{config} asks for, reusing those already there.
-        """
-        planned = []
+        for desc in config.status.listen if config.status is not None else ():
+            current = self._listeners.get(desc)
+            if current is not None and current.proxy is not None:
+                raise StartupError(f"{desc} moves from proxy {current.proxy} to the status "
+                                   "page: that needs a restart")
         for proxy in config.proxies:
             for desc in proxy.listen:
                 current = self._listeners.get(desc)
-                if current is not None and current.factory is not None:
-                    planned.append(_Listener(desc, proxy.name, current.service, current.factory))
-                else:
+                if current is not None and current.proxy is None:
+                    raise StartupError(f"{desc} moves from the status page to proxy "
+                                       f"{proxy.name}: that needs a restart")
+        plans = [self._planPool(proxy) for proxy in config.proxies]
+        pools = {plan.pool.name: plan.pool for plan in plans}
+        tree = _Tree(config, plans, {}, [], {})
+        for proxy in config.proxies:
+            for desc in proxy.listen:
+                listener = self._listeners.get(desc)
+                if listener is None:
                     factory = ProxyFactory(
-                        self.pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions
+                        pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions
                     )
-                    planned.append(self._newListener(desc, proxy.name, factory, factory))
-        if config.status is not None:
-            from txsockproxy.status import StatusSite, statusResource
+                    listener = self._newListener(desc, proxy.name, factory)
+                    tree.added.append(listener)
+                tree.listeners[desc] = listener
+                tree.owners[desc] = proxy.name
+        status = config.status
+        for desc in status.listen if status is not None else ():
+            listener = self._listeners.get(desc)
+            if listener is None:
+                assert status is not None
+                site = StatusSite(
+                    statusResource(self.statusView), maxConnections=status.maxConnections,
+                    requestTimeout=status.requestTimeout, maxBodySize=status.maxBodySize,
+                )
+                listener = self._newListener(desc, None, site)
+                tree.added.append(listener)
+            tree.listeners[desc] = listener
+            tree.owners[desc] = None
+        return tree
 
-            for desc in config.status.listen:
-                current = self._listeners.get(desc)
-                if current is not None and current.factory is None:
-                    planned.append(current)
-                else:
-                    status = config.status
-                    site = StatusSite(
-                        statusResource(self), maxConnections=status.maxConnections,
-                        requestTimeout=status.requestTimeout, maxBodySize=status.maxBodySize,
-                    )
-                    planned.append(self._newListener(desc, STATUS, site, None))
-        return planned
+    def _planPool(self, proxy: ProxyConfig) -> _PoolPlan:
+        old = self.pools.get(proxy.name)
+        backends: list[Backend] = []
+        kept: list[tuple[Backend, BackendConfig]] = []
+        for backendConfig in proxy.backends:
+            backend = self._keptBackend(old, backendConfig)
+            if backend is None:
+                backend = Backend(backendConfig, clientFromString(self.reactor,
+                                                                  backendConfig.endpoint))
+            else:
+                kept.append((backend, backendConfig))
+            backends.append(backend)
+        if old is not None and old.config.balance == proxy.balance:
+            balancer = old.balancer
+        else:
+            balancer = balancerFactory(proxy.balance)()
+        pool = old if old is not None else BackendPool(proxy, backends, balancer, self.reactor)
+        return _PoolPlan(pool, proxy, backends, balancer, kept)
+
+    @staticmethod
+    def _keptBackend(old: Optional[BackendPool], config: BackendConfig) -> Optional[Backend]:
+        if old is not None:
+            for backend in old.backends:
+                if backend.label == config.label and backend.key == config.endpoint:
+                    return backend
+        return None
 
     def _newListener(
-        self, desc: str, owner: str, factory: IProtocolFactory, proxyFactory: Optional[ProxyFactory]
-    ) -> _Listener:
+        self, desc: str, proxy: Optional[str], factory: IProtocolFactory
+    ) -> ListenerService:
         # Twisted's backlog of 50 drops SYNs when hundreds of clients connect
         # at once: they then wait for a retransmit (1 s or more).
         # Listening through reactorDecliningALPN: Twisted's TLS listeners
         # fail every client that offers ALPN otherwise (see txsockproxy.alpn).
-        service = strports.service(withBacklog(desc, systemBacklog()), factory,
-                                   reactor=reactorDecliningALPN(self.reactor))
-        return _Listener(desc, owner, service, proxyFactory)
+        endpoint = serverFromString(reactorDecliningALPN(self.reactor),
+                                    withBacklog(desc, systemBacklog()))
+        return ListenerService(desc, proxy, endpoint, factory)
 
-    def _applySettings(self, config: Config) -> None:
+    def _commit(self, tree: _Tree) -> None:
+        """
+        Make C{tree} the running tree: the pools get their new settings and
+        backends, the factories their pools; listeners that go are removed
+        (and stop listening), new ones (bound already, when the service is)
+        are added; the ticker follows the debug level.
+        """
+        config = tree.config
+        for plan in tree.pools:
+            plan.commit()
+        self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
+        for desc, listener in self._listeners.items():
+            if tree.listeners.get(desc) is not listener:
+                stopped = listener.disownServiceParent()
+                if stopped is not None:
+                    stopped.addErrback(
+                        lambda f, desc=desc: self.log.failure(
+                            "closing listener {listen}", f, listen=desc))
+        for listener in tree.added:
+            listener.setServiceParent(self)
+        for desc, proxy in tree.owners.items():
+            tree.listeners[desc].proxy = proxy
+        self._listeners = tree.listeners
         self.config = config
         self.sessions.debug = config.debug
-        self.adminToken = config.status.adminToken if config.status is not None else ""
         status = config.status
+        self.statusView.pools = self.pools
+        self.statusView.adminToken = status.adminToken if status is not None else ""
         for listener in self._listeners.values():
-            site = listener.service.factory if listener.factory is None else None
-            if status is not None and site is not None and hasattr(site, "maxConnections"):
+            if listener.proxyFactory is not None:
+                assert listener.proxy is not None
+                listener.proxyFactory.usePool(self.pools[listener.proxy])
+            elif status is not None and isinstance(listener.factory, StatusSite):
                 # The status site lives on across reloads: give it the limits.
+                site = listener.factory
                 site.maxConnections = status.maxConnections
                 site.requestTimeout = status.requestTimeout
                 site.maxBodySize = status.maxBodySize
-        for listener in self._listeners.values():
-            if listener.factory is not None:
-                listener.factory.usePool(self.pools[listener.owner])
+        self._updateTicker()
+
+    def _updateTicker(self) -> None:
+        want = self.config.debug >= 3
+        if want and self._ticker is None:
+            ticker = TimerService(1.0, self._logBackendStates)
+            ticker.clock = self.reactor
+            ticker.setServiceParent(self)
+            self._ticker = ticker
+        elif not want and self._ticker is not None:
+            self._ticker.disownServiceParent()
+            self._ticker = None
 
     # -- starting and stopping ----------------------------------------------
 
@@ -276,33 +523,15 @@ class ProxyService(MultiService):
             self.onStartupError(error)
         raise error
 
-    def _bind(self, listener: _Listener) -> None:
-        """
-        Bind C{listener} now; strports raises bind errors synchronously.
-
-        @raise ListenError: it cannot be bound.
-        """
-        try:
-            listener.service.privilegedStartService()
-        except Exception as e:
-            reason = getattr(e, "socketError", None) or e
-            detail = getattr(reason, "strerror", None) or str(reason)
-            # The reason comes first: a daemonizing twistd passes only the
-            # first 100 bytes of the error to the waiting parent.
-            owner = "status" if listener.owner == STATUS else f"proxy {listener.owner}"
-            named = f" ({owner})" if listener.owner != listener.description else ""
-            raise ListenError(
-                f"{detail}: cannot listen on {listener.description}{named}"
-            ) from None
-
     def privilegedStartService(self) -> None:
         self._bound = True
-        for listener in self._listeners.values():
-            try:
-                self._bind(listener)
-            except ListenError as e:
-                self._fail(e)
-        super().privilegedStartService()
+        try:
+            # Binds every listener, in config order.
+            super().privilegedStartService()
+        except ListenError as e:
+            for listener in self._listeners.values():
+                listener.unbind()
+            self._fail(e)
 
     def startService(self) -> None:
         # "twist" and embedding programs may start us without the privileged
@@ -313,11 +542,8 @@ class ProxyService(MultiService):
             self._openSessionLog(self.config)
         except StartupError as e:
             self._fail(e)
-        super().startService()
         self.acceptRecovery.start()
-        for listener in self._listeners.values():
-            listener.service.startService()
-        self._updateTicker()
+        super().startService()
         if self.handleSignals:
             self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
         for name, pool in self.pools.items():
@@ -351,14 +577,9 @@ class ProxyService(MultiService):
             # A second SIGTERM or SIGINT ends the sessions at once.
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._onSecondSignal)
-        super().stopService()
+        # Stops the listeners (they stop listening at once) and the ticker.
+        stopped = super().stopService()
         self.acceptRecovery.stop()
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stopService()
-        stopped = [
-            defer.maybeDeferred(listener.service.stopService)
-            for listener in self._listeners.values()
-        ]
         timeout = self.config.shutdownTimeout
         count = len(self.sessions.open)
         if count:
@@ -377,16 +598,22 @@ class ProxyService(MultiService):
             if self.sessionLog is not None:
                 self.sessionLog.close()
 
-        done = defer.gatherResults([*stopped, self.sessions.whenEmpty()], consumeErrors=True)
+        done = defer.gatherResults([stopped, self.sessions.whenEmpty()], consumeErrors=True)
         return done.addBoth(finished)
 
-    def _openSessionLog(self, config: Config) -> None:
+    def _newSessionLog(self, config: Config) -> Optional[SessionLog]:
+        """
+        The session log C{config} asks for, opened, or L{None} when the
+        running one is it already.
+
+        @raise StartupError: it cannot be opened.
+        """
         current = self.sessionLog
         if (current is not None and current.destination == config.sessionLog
                 and current.logFormat == config.logFormat):
-            return
+            return None
         try:
-            log = SessionLog(config.sessionLog, config.logFormat)
+            return SessionLog(config.sessionLog, config.logFormat)
         except (OSError, ValueError) as e:
             # ValueError: a path the system refuses before trying (a NUL in
             # it; loading refuses those, a Config built in code may not).
@@ -394,20 +621,17 @@ class ProxyService(MultiService):
                 f"cannot open session-log {config.sessionLog!r}: "
                 f"{getattr(e, 'strerror', None) or e}"
             ) from None
-        if current is not None:
-            current.close()
+
+    def _useSessionLog(self, log: Optional[SessionLog]) -> None:
+        if log is None:
+            return
+        if self.sessionLog is not None:
+            self.sessionLog.close()
         self.sessionLog = log
         self.sessions.recorder = log
 
-    def _updateTicker(self) -> None:
-        want = self.config.debug >= 3
-        if want and self._ticker is None:
-            self._ticker = TimerService(1.0, self._logBackendStates)
-            self._ticker.clock = self.reactor
-            self._ticker.startService()
-        elif not want and self._ticker is not None:
-            self._ticker.stopService()
-            self._ticker = None
+    def _openSessionLog(self, config: Config) -> None:
+        self._useSessionLog(self._newSessionLog(config))
 
     def _logBackendStates(self) -> None:
         now = self.reactor.seconds()
@@ -530,65 +754,34 @@ class ProxyService(MultiService):
 
     def apply(self, config: Config) -> None:
         """
-        Switch a running service to C{config}.
+        Switch the service to C{config}: build its tree beside the running
+        one, bind the new listeners (when the service is bound already) and
+        open the session log; only when all of that worked, commit.
 
         @raise StartupError: a new listener cannot be bound, or the session
-            log cannot be opened; nothing was changed.
+            log cannot be opened; nothing running was changed, and nothing
+            of the new tree is left.
         """
-        oldListeners = self._listeners
-        for desc in config.status.listen if config.status is not None else ():
-            current = oldListeners.get(desc)
-            if current is not None and current.factory is not None:
-                raise StartupError(f"{desc} moves from proxy {current.owner} to the status "
-                                   "page: that needs a restart")
-        for proxy in config.proxies:
-            for desc in proxy.listen:
-                current = oldListeners.get(desc)
-                if current is not None and current.factory is None:
-                    raise StartupError(f"{desc} moves from the status page to proxy "
-                                       f"{proxy.name}: that needs a restart")
-        # What to put back if a new listener cannot be bound.
-        oldPools = dict(self.pools)
-        savedPools = {
-            name: (pool.config, list(pool.backends), pool.balancer)
-            for name, pool in oldPools.items()
-        }
-        savedBackends = [
-            (backend, backend.config) for pool in oldPools.values() for backend in pool.backends
-        ]
-        self._preparePools(config)
-        planned = self._plannedListeners(config)
-        added = [
-            listener for listener in planned
-            if listener.description not in oldListeners
-            or oldListeners[listener.description].service is not listener.service
-        ]
-        wanted = {listener.description for listener in planned}
-        bound: list[_Listener] = []
+        tree = self._build(config)
+        bound: list[ListenerService] = []
         try:
-            for listener in added:
-                self._bind(listener)
-                bound.append(listener)
-            self._openSessionLog(config)
+            if self._bound:
+                for listener in tree.added:
+                    bound.append(listener)
+                    listener.bind()
+            sessionLog = self._newSessionLog(config)
         except StartupError:
             for listener in bound:
-                listener.service.stopService()
-            self.pools = oldPools
-            for name, (poolConfig, backends, balancer) in savedPools.items():
-                oldPools[name].reconfigure(poolConfig, backends, balancer)
-            for backend, backendConfig in savedBackends:
-                backend.reconfigure(backendConfig)
+                listener.unbind()
             raise
-        for desc, listener in oldListeners.items():
-            if desc not in wanted:
-                listener.service.stopService()
-                self.log.info("reload: closed listener {listen}", listen=desc)
-        for listener in added:
-            listener.service.startService()
+        removed = [desc for desc, listener in self._listeners.items()
+                   if tree.listeners.get(desc) is not listener]
+        self._commit(tree)
+        self._useSessionLog(sessionLog)
+        for desc in removed:
+            self.log.info("reload: closed listener {listen}", listen=desc)
+        for listener in tree.added:
             self.log.info("reload: listening on {listen}", listen=listener.description)
-        self._listeners = {listener.description: listener for listener in planned}
-        self._applySettings(config)
-        self._updateTicker()
 
 
 def makeProxyService(

@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger, LogLevel
 
-from txsockproxy.relay import _address
+from txsockproxy.addresses import formatAddress
 
 if TYPE_CHECKING:
     from txsockproxy.relay import Session
@@ -39,7 +39,7 @@ def _sessionValues(session: Session) -> _Values:
     return (
         session.pool.name,
         session.factory.listen,
-        _address(session.connection.peer),
+        formatAddress(session.connection.peer),
         backend.label if backend is not None and session.backendTransport is not None
         else "-",
         session.bytesFromClient,

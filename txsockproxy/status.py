@@ -7,8 +7,10 @@ size before they are read, connections are limited in number and in time,
 refusals are logged at a bounded rate, and endpoint strings are shown without
 the paths of keys and certificates.
 
-Everything here only reads the counters kept by the pools and backends, except
-the admin actions, which set a backend's administrative state.
+Everything here reads a L{StatusView} (the pools, a clock, the admin token and
+one counter of the process), never the service that builds it; it only reads
+the counters kept by the pools and backends, except the admin actions, which
+set a backend's administrative state.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import hmac
 import html
 import json
+from dataclasses import dataclass, field
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Iterator, Optional, cast
+from typing import Any, Callable, Iterator, Mapping, Optional, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -36,9 +39,6 @@ from txsockproxy.config import (
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
 )
-
-if TYPE_CHECKING:
-    from txsockproxy.service import ProxyService
 
 #: The largest request body accepted, in bytes. Admin actions have none; a
 #: larger one is refused with 413 before any of it is read.
@@ -159,6 +159,30 @@ def _redactValue(value: str) -> str:
     return value if redacted == inner else _escape(redacted)
 
 
+def _noneClosed() -> int:
+    return 0
+
+
+@dataclass
+class StatusView:
+    """
+    All the status site reads of the running proxy: it never sees the
+    service itself. The service keeps it up to date (a reload replaces the
+    pools and the token).
+
+    @ivar clock: the time backends' states are read at.
+    @ivar pools: the pool of each proxy, by proxy name, in config order.
+    @ivar adminToken: the token admin actions need, or C{""} (refused).
+    @ivar closedAtAccept: how many clients the process closed at accept,
+        for lack of descriptors, so far.
+    """
+
+    clock: IReactorTime
+    pools: Mapping[str, BackendPool] = field(default_factory=dict)
+    adminToken: str = field(default="", repr=False)
+    closedAtAccept: Callable[[], int] = _noneClosed
+
+
 def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
     """
     One backend as C{/status.json} shows it.
@@ -177,12 +201,12 @@ def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
     }
 
 
-def statusDocument(service: ProxyService) -> dict[str, Any]:
+def statusDocument(view: StatusView) -> dict[str, Any]:
     """
     The whole C{/status.json} document. Endpoint strings, and the names and
     labels that default to them, are shown by L{redactEndpoint}.
     """
-    now = service.reactor.seconds()
+    now = view.clock.seconds()
     return {
         "proxies": [
             {
@@ -195,31 +219,24 @@ def statusDocument(service: ProxyService) -> dict[str, Any]:
                 "resource_errors": pool.resourceErrors,
                 "backends": [backendStatus(b, now) for b in pool.backends],
             }
-            for pool in service.pools.values()
+            for pool in view.pools.values()
         ],
-        "closed_at_accept": _closedAtAccept(service),
+        "closed_at_accept": view.closedAtAccept(),
     }
-
-
-def _closedAtAccept(service: ProxyService) -> int:
-    """
-    Clients closed at accept, for lack of descriptors, by the process.
-    """
-    counter = getattr(service, "acceptRecovery", None)
-    return counter.closed if counter is not None else 0
 
 
 class _Collector:
     """
-    A Prometheus collector reading the service's counters at each scrape.
+    A Prometheus collector reading the counters of a L{StatusView} at each
+    scrape.
     """
 
-    def __init__(self, service: ProxyService) -> None:
-        self._service = service
+    def __init__(self, view: StatusView) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[Any]:
-        service = self._service
-        now = service.reactor.seconds()
+        view = self._view
+        now = view.clock.seconds()
         proxyLabels = ["proxy"]
         backendLabels = ["proxy", "backend"]
         accepted = CounterMetricFamily(
@@ -242,7 +259,7 @@ class _Collector:
         closedAtAccept = CounterMetricFamily(
             "sockproxy_closed_at_accept",
             "Client connections closed at accept by the process for lack of descriptors.",
-            value=_closedAtAccept(service),
+            value=view.closedAtAccept(),
         )
         bActive = GaugeMetricFamily(
             "sockproxy_backend_active_sessions",
@@ -275,7 +292,7 @@ class _Collector:
             "1 for the backend's current state: up, disabled, draining or down.",
             labels=backendLabels + ["state"],
         )
-        for pool in service.pools.values():
+        for pool in view.pools.values():
             proxy = redactEndpoint(pool.name, server=True)
             accepted.add_metric([proxy], pool.accepted)
             refused.add_metric([proxy], pool.refused)
@@ -296,7 +313,7 @@ class _Collector:
                     connected, failed, bytesIn, bytesOut, up, state)
 
 
-def serverStatistics(service: ProxyService) -> str:
+def serverStatistics(view: StatusView) -> str:
     """
     lighttpd's mod_status C{statistics-url} text, with its counter names, so
     that existing scrapers keep working.
@@ -311,7 +328,7 @@ def serverStatistics(service: ProxyService) -> str:
 
     add("sockproxy.requests", 0)
     add("gw.active-requests", 0)
-    for pool in service.pools.values():
+    for pool in view.pools.values():
         for b in pool.backends:
             label = redactEndpoint(b.label)
             add("sockproxy.requests", b.connected)
@@ -349,13 +366,13 @@ tr.draining td.state {{ background: #ffc; }} tr.down td.state {{ background: #dd
 """
 
 
-def statusPage(service: ProxyService, refresh: int = 5) -> str:
+def statusPage(view: StatusView, refresh: int = 5) -> str:
     """
     The HTML status page: a table of backends for every proxy.
     """
     e = html.escape
     sections = []
-    for proxy in statusDocument(service)["proxies"]:
+    for proxy in statusDocument(view)["proxies"]:
         rows = []
         for b in proxy["backends"]:
             rows.append(
@@ -385,27 +402,27 @@ def statusPage(service: ProxyService, refresh: int = 5) -> str:
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, view: StatusView) -> None:
         super().__init__()
-        self._service = service
+        self._view = view
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return statusPage(self._service).encode("utf-8")
+        return statusPage(self._view).encode("utf-8")
 
 
 class _JSON(Resource):
     isLeaf = True
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, view: StatusView) -> None:
         super().__init__()
-        self._service = service
+        self._view = view
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(statusDocument(self._service), indent=1).encode("utf-8")
+        return json.dumps(statusDocument(self._view), indent=1).encode("utf-8")
 
 
 class _Metrics(Resource):
@@ -429,13 +446,13 @@ class _Metrics(Resource):
 class _Statistics(Resource):
     isLeaf = True
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, view: StatusView) -> None:
         super().__init__()
-        self._service = service
+        self._view = view
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return serverStatistics(self._service).encode("utf-8")
+        return serverStatistics(self._view).encode("utf-8")
 
 
 ACTIONS = {"drain": DRAINING, "disable": DOWN, "enable": UP}
@@ -515,9 +532,9 @@ class _Admin(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: ProxyService, refusals: RefusalLog) -> None:
+    def __init__(self, view: StatusView, refusals: RefusalLog) -> None:
         super().__init__()
-        self._service = service
+        self._view = view
         self._refusals = refusals
 
     def _reply(self, request: Request, code: int, document: dict[str, Any]) -> bytes:
@@ -545,7 +562,7 @@ class _Admin(Resource):
 
     def render_POST(self, request: Request) -> bytes:
         who = _client(request.getClientAddress())
-        token = self._service.adminToken
+        token = self._view.adminToken
         if not token:
             return self._refuse(request, 403, "no admin-token-file configured", {
                 "error": "admin actions are disabled: set [status] admin-token-file"})
@@ -567,7 +584,7 @@ class _Admin(Resource):
             return self._refuse(request, 400, "unknown action {action!r}", {
                 "error": f"unknown action {action!r}: drain, disable or enable"},
                 action=action[:50])
-        pool: Optional[BackendPool] = self._service.pools.get(proxyName)
+        pool: Optional[BackendPool] = self._view.pools.get(proxyName)
         if pool is None:
             return self._refuse(request, 404, "no proxy {proxy!r}",
                                 {"error": f"no proxy {proxyName!r}"}, proxy=proxyName[:200])
@@ -582,21 +599,21 @@ class _Admin(Resource):
             "status: {client} set backend {label} of proxy {proxy} to {state}",
             client=who, label=label, proxy=proxyName, state=backend.adminState,
         )
-        return self._reply(request, 200, backendStatus(backend, self._service.reactor.seconds()))
+        return self._reply(request, 200, backendStatus(backend, self._view.clock.seconds()))
 
 
 class StatusRoot(Resource):
     """
     The root resource of the status site.
 
-    @ivar service: the service it shows.
+    @ivar view: what it shows.
     @ivar refusals: the refusal log shared by the admin actions and the site.
     """
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, view: StatusView) -> None:
         super().__init__()
-        self.service = service
-        self.refusals = RefusalLog(service.reactor)
+        self.view = view
+        self.refusals = RefusalLog(view.clock)
 
 
 _siteLog = Logger(namespace="txsockproxy.status.StatusSite")
@@ -790,12 +807,12 @@ class StatusSite(Site):
         refusals: Optional[RefusalLog] = None,
     ) -> None:
         """
-        @param reactor: the clock of the timeouts; by default the service's
+        @param reactor: the clock of the timeouts; by default its view's
             when C{resource} is a L{StatusRoot}.
         @param refusals: by default the L{StatusRoot}'s.
         """
         if reactor is None and isinstance(resource, StatusRoot):
-            reactor = resource.service.reactor
+            reactor = resource.view.clock
         # The idle timeout of HTTPChannel is reset by every byte received
         # (a client sending a byte now and then is never closed), and logs
         # every timeout: the request timeout replaces it.
@@ -834,18 +851,18 @@ class StatusSite(Site):
         pass
 
 
-def statusResource(service: ProxyService) -> StatusRoot:
+def statusResource(view: StatusView) -> StatusRoot:
     """
-    The root resource of the status endpoint for C{service}.
+    The root resource of the status endpoint, showing C{view}.
     """
-    root = StatusRoot(service)
-    page = _Page(service)
+    root = StatusRoot(view)
+    page = _Page(view)
     root.putChild(b"", page)
     root.putChild(b"index.html", page)
-    root.putChild(b"status.json", _JSON(service))
+    root.putChild(b"status.json", _JSON(view))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service))
+    registry.register(_Collector(view))
     root.putChild(b"metrics", _Metrics(registry))
-    root.putChild(b"server-statistics", _Statistics(service))
-    root.putChild(b"backends", _Admin(service, root.refusals))
+    root.putChild(b"server-statistics", _Statistics(view))
+    root.putChild(b"backends", _Admin(view, root.refusals))
     return root
