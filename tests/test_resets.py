@@ -20,7 +20,7 @@ from integration_support import Deadline, Server, connect, freePort, proxyConfig
 from test_integration import _IntegrationTestCase
 from twisted.trial.unittest import SkipTest
 
-from txsockproxy import fastpath
+from txsockproxy._fast import relay as fastrelay
 
 # Concurrent sessions per test: the race between a failed send and the next
 # read showed in most of 200 sessions; this many make it show every time.
@@ -266,7 +266,7 @@ class SpliceResetTests(_ResetTestsMixin, _IntegrationTestCase):
     mode = "splice"
 
     def setUp(self) -> None:
-        if not fastpath.CAN_SPLICE:
+        if not fastrelay.CAN_SPLICE:
             raise SkipTest("no splice(2) here")
         super().setUp()
 

@@ -1,5 +1,7 @@
 """
-The seams of txsockproxy: what a balancer is, and what it sees.
+The seams of txsockproxy: what a balancer is, and what it sees; and how a
+session's bytes travel (L{IRelayPath}), the one way the accelerator is
+reached.
 
 A balancer plugin is an object providing L{IBalancerFactory} (and
 C{twisted.plugin.IPlugin}) in any package's C{twisted/plugins/}; the proxy finds it
@@ -8,7 +10,7 @@ by its C{name}, the value written in C{balance = "..."}.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
@@ -80,4 +82,87 @@ class IBalancerFactory(Interface):
         Make a new balancer for one proxy.
 
         @return: a fresh L{IBalancer} holding that proxy's balancing state.
+        """
+
+
+class ICancellable(Interface):
+    """
+    Something under way that can be called off (a connect).
+    """
+
+    def cancel() -> None:
+        """
+        Call it off; what it would have reported is reported as a failure.
+        """
+
+
+class IRelayPath(Interface):
+    """
+    How a session connects its backend and moves bytes between its two
+    transports: the seam between the relay's semantics (the session's:
+    half-close, resets, timeouts, failover) and the mechanics of moving
+    bytes.
+
+    The default, L{txsockproxy.portable.PortableRelayPath}, uses Twisted's
+    public API on every reactor. An accelerated path may do the same work
+    with fewer system calls; it must keep every semantic the session relies
+    on, and fall back to the portable way wherever it does not apply.
+    """
+
+    name: str = Attribute("What the path is called in logs (L{str}), e.g. C{\"portable\"}.")
+
+    def connect(
+        endpoint: Any, factory: Any, timeout: float, congestion: Any
+    ) -> ICancellable:
+        """
+        Connect C{factory} (a L{twisted.internet.protocol.ClientFactory})
+        through C{endpoint} (an
+        L{twisted.internet.interfaces.IStreamClientEndpoint}), giving up
+        after C{timeout} seconds.
+
+        Success builds the factory's protocol (its C{buildProtocol}, then
+        C{makeConnection}); failure, timeout (L{twisted.internet.error.TimeoutError}
+        or L{twisted.internet.defer.TimeoutError}) or cancellation is
+        reported to the factory's C{clientConnectionFailed(connector,
+        reason)}, possibly in a later reactor turn.
+
+        @param congestion: the backend's
+            L{txsockproxy.congestion.Congestion}, which a path may apply
+            before the connect (the transport's C{congestionSet} then says
+            so).
+        @return: what cancels the connect.
+        """
+
+    def join(client: Any, backend: Any, owner: Any) -> Any:
+        """
+        The session's two transports are connected, each registered as the
+        other's streaming producer: relay between them from now on.
+
+        @param owner: the session. A path relaying outside the protocols
+            reports bytes through its C{fromClient}/C{fromBackend} (for the
+            ordinary way) or C{countUp}/C{countDown} (bytes it moved
+            itself), and a side it stops reading through
+            C{sidePaused}/C{sideResumed}.
+        @return: L{None}, or an object whose C{release()} the session
+            calls once both transports are closed.
+        """
+
+    def write(transport: Any, data: bytes) -> None:
+        """
+        Write C{data} to C{transport} (as its C{write()}).
+        """
+
+    def shutWrite(transport: Any) -> None:
+        """
+        End C{transport}'s write side after what is buffered (as its
+        C{loseWriteConnection()}).
+        """
+
+    def close(transport: Any, drained: bool) -> None:
+        """
+        Close C{transport} after what is buffered (as its
+        C{loseConnection()}).
+
+        @param drained: the peer's EOF has been read: nothing more can
+            arrive on it.
         """

@@ -40,11 +40,11 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsockproxy import fastpath
 from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
-from txsockproxy.interfaces import IConnectionInfo
+from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
+from txsockproxy.portable import PortableRelayPath
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
@@ -219,9 +219,17 @@ class ProxyFactory(ServerFactory):
         debug: int = 0,
         listen: str = "",
         sessions: Optional[Sessions] = None,
+        relayPath: Optional[IRelayPath] = None,
     ) -> None:
+        """
+        @param relayPath: how sessions connect and relay; by default
+            Twisted's public API (L{PortableRelayPath}).
+        """
         self.reactor = reactor
         self.listen = listen
+        self.relayPath: IRelayPath = (
+            relayPath if relayPath is not None else PortableRelayPath(reactor)
+        )
         self.sessions = sessions if sessions is not None else Sessions(debug)
         # The connect and inactivity timeouts of its sessions.
         self.timeouts = Timeouts(reactor)
@@ -272,7 +280,8 @@ class FrontendProtocol(Protocol):
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
         self.session: Optional[Session] = None
-        self.relay: Optional[fastpath.Relay] = None  # set by fastpath.install
+        # What an accelerated relay path keeps with the protocol, if any.
+        self.relay: Any = None
 
     def connectionMade(self) -> None:
         congestion = self.factory.congestion
@@ -308,7 +317,8 @@ class BackendProtocol(Protocol):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.relay: Optional[fastpath.Relay] = None  # set by fastpath.install
+        # What an accelerated relay path keeps with the protocol, if any.
+        self.relay: Any = None
 
     def connectionMade(self) -> None:
         self.session.backendConnected(self)
@@ -361,32 +371,30 @@ class BackendFactory(ClientFactory):
 
     noisy = False
 
-    # buildProtocol ignores the address: fastpath's transports need not make it.
+    # buildProtocol ignores the address: a connector need not make it.
     wantsAddress = False
 
-    __slots__ = ("session", "connecting")
+    __slots__ = ("session", "done")
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.connecting: Optional[defer.Deferred[Any]] = None
+        # The connect has succeeded or failed.
+        self.done = False
 
     def buildProtocol(self, addr: Optional[IAddress]) -> BackendProtocol:
-        # Connected: the session no longer needs the connect's Deferred.
-        self.connecting = None
+        self.done = True
         return BackendProtocol(self.session)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        # Only reached when connected through fastpath.connect or
-        # fastpath.directConnect (an endpoint reports through its Deferred).
-        if isinstance(connector, fastpath.Connecting):
-            session = self.session
-            session._connectFailed(reason, session.backend)
-            # A failure found as the connect started is reported a turn
-            # later: the client may have left meanwhile.
-            if session.clientGone:
-                session._maybeFinished()
-        else:
-            fastpath.connectFailed(self, reason)
+        # The relay path reports a failed, timed out or cancelled connect
+        # here, possibly a reactor turn after it was found.
+        if self.done:
+            return
+        self.done = True
+        session = self.session
+        # A client that left meanwhile has cancelled the connect, and its
+        # session finishes in clientLost.
+        session._connectFailed(reason, session.backend)
 
 
 class Session:
@@ -405,7 +413,7 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
-        "handshaking",
+        "handshaking", "joined",
         "__weakref__",
     )
 
@@ -421,8 +429,8 @@ class Session:
         self.backend: Optional[Backend] = None
         self.backendProtocol: Optional[BackendProtocol] = None
         self.backendTransport: Any = None
-        # What cancels the connect in progress: a fastpath.Connecting or a Deferred.
-        self.connecting: Optional[fastpath.Connecting | defer.Deferred[Any]] = None
+        # What cancels the connect in progress.
+        self.connecting: Optional[ICancellable] = None
         self.tried: frozenset[Backend] = frozenset()
         self.held: list[bytes] = []
         self.heldSize = 0
@@ -449,6 +457,8 @@ class Session:
         self._paused = 0
         # Waiting for a TLS listener's handshake (with inspecting).
         self.handshaking = False
+        # What the relay path's join() gave, released at the end.
+        self.joined: Any = None
 
     # -- connecting ---------------------------------------------------------
 
@@ -552,24 +562,12 @@ class Session:
                 proxy=self.pool.name, endpoint=backend.key,
             )
         factory = BackendFactory(self)
-        timeout = backend.config.connectTimeout
-        connecting = fastpath.connect(
-            backend.endpoint, factory, timeout, timeouts=self.factory.timeouts,
-            congestion=backend.congestion,
+        connecting = self.factory.relayPath.connect(
+            backend.endpoint, factory, backend.config.connectTimeout, backend.congestion
         )
-        if connecting is not None:
-            # Kept before it starts: it may succeed or fail at once.
+        if not factory.done:
+            # Still under way (it may succeed or fail within connect()).
             self.connecting = connecting
-            connecting.start()
-            return
-        direct = fastpath.directConnect(backend.endpoint, factory, timeout)
-        if direct is not None:
-            d = direct
-        else:
-            d = backend.endpoint.connect(factory)
-            d.addTimeout(timeout, self.clock)
-        self.connecting = d
-        d.addErrback(self._connectFailed, backend)
 
     def _connectFailed(self, reason: Failure, backend: Optional[Backend]) -> None:
         self.connecting = None
@@ -619,7 +617,7 @@ class Session:
         ct = self.clientTransport
         if self.held:
             backend.bytesOut += self.heldSize
-            fastpath.writeNow(bt, b"".join(self.held))
+            self.factory.relayPath.write(bt, b"".join(self.held))
             self.heldSize = 0
         self.held = _NOTHING_HELD
         ct.registerProducer(SideProducer(bt, self, False), True)
@@ -631,8 +629,7 @@ class Session:
                 self.clientPaused = False
                 ct.resumeProducing()
                 self.sideResumed(True)
-        # The relays, if any, are kept by the two protocols.
-        fastpath.install(ct, bt, self, clientProtocol=self.client, backendProtocol=protocol)
+        self.joined = self.factory.relayPath.join(self.client, protocol, self)
         self._updateTimer()
 
     # -- relaying -----------------------------------------------------------
@@ -760,7 +757,7 @@ class Session:
             # producer would be resumed instead of the write side being shut.
             bt.unregisterProducer()
             if not self.backendDone:
-                fastpath.shutWrite(bt)
+                self.factory.relayPath.shutWrite(bt)
             # else both directions are done: _closeBoth closes it, and the
             # close sends the FIN (no shutdown first).
         self._halfClosed()
@@ -779,7 +776,7 @@ class Session:
             ct = self.clientTransport
             ct.unregisterProducer()
             if not self.clientDone:
-                fastpath.shutWrite(ct)
+                self.factory.relayPath.shutWrite(ct)
         self._halfClosed()
 
     def _halfClosed(self) -> None:
@@ -793,9 +790,9 @@ class Session:
         # once their buffers are flushed. The timer still guards a peer that
         # never reads.
         if not self.clientGone:
-            fastpath.close(self.clientTransport, drained=True)
+            self.factory.relayPath.close(self.clientTransport, True)
         if self.backendTransport is not None and not self.backendGone:
-            fastpath.close(self.backendTransport, drained=True)
+            self.factory.relayPath.close(self.backendTransport, True)
         if not self.finished:
             self._updateTimer()
 
@@ -832,7 +829,7 @@ class Session:
                 # producer left registered would keep the close pending.
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
-                fastpath.close(self.backendTransport, drained=self.backendDone)
+                self.factory.relayPath.close(self.backendTransport, self.backendDone)
             else:
                 self.ended = self.ended or "client reset"
                 self.backendTransport.abortConnection()
@@ -848,7 +845,7 @@ class Session:
                 # Everything the backend sent has arrived: deliver it.
                 self.ended = self.ended or "backend closed"
                 self.clientTransport.unregisterProducer()
-                fastpath.close(self.clientTransport, drained=self.clientDone)
+                self.factory.relayPath.close(self.clientTransport, self.clientDone)
             else:
                 self.ended = self.ended or "backend reset"
                 self.clientTransport.abortConnection()
@@ -867,10 +864,9 @@ class Session:
             self._paused = 0
             self.factory.watch.discard(self, True)
             self.factory.watch.discard(self, False)
-        for protocol in (self.client, self.backendProtocol):
-            if protocol is not None and protocol.relay is not None:
-                protocol.relay.uninstall()
-                protocol.relay = None
+        if self.joined is not None:
+            joined, self.joined = self.joined, None
+            joined.release()
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1

@@ -1,6 +1,6 @@
 """
-Tests for L{txsockproxy.tcpport} (the TCP ports of txsockproxy's reactor) and
-for the lean construction of L{fastpath.TCPClient}: loopback integration
+Tests for L{txsockproxy._fast.port} (the TCP ports of txsockproxy's reactor) and
+for the lean construction of L{fastconnect.TCPClient}: loopback integration
 tests on a private reactor turned by hand, a bounded number of times.
 """
 
@@ -17,7 +17,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import globalLogPublisher
 
-from txsockproxy import fastpath, tcpport
+from txsockproxy._fast import connect as fastconnect
+from txsockproxy._fast import port as tcpport
+from txsockproxy._fast import relay as fastrelay
 from txsockproxy.service import systemBacklog, withBacklog
 
 
@@ -258,7 +260,7 @@ class PortTests(ReactorTestCase):
         port = self.listen(factory)
         self.clients(port, 1)
         self.turnUntil(lambda: len(factory.built) == 1)
-        self.assertTrue(fastpath.isPlain(factory.built[0].transport))
+        self.assertTrue(fastrelay.isPlain(factory.built[0].transport))
 
 
 def listenBacklog(sock: socket.socket) -> int:
@@ -316,7 +318,7 @@ class BacklogTests(ReactorTestCase):
 
 class TCPClientTests(ReactorTestCase):
     """
-    L{fastpath.TCPClient} to an IPv4 address is made with less work than
+    L{fastconnect.TCPClient} to an IPv4 address is made with less work than
     Twisted's, and otherwise by Twisted's constructor.
     """
 
@@ -353,7 +355,7 @@ class TCPClientTests(ReactorTestCase):
             original(self, *args)
 
         self.patch(tcp.Client, "__init__", recording)
-        connecting = fastpath.connect(endpoint, factory, 5.0)
+        connecting = fastconnect.connect(endpoint, factory, 5.0)
         assert connecting is not None
         connecting.start()
         self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
@@ -365,9 +367,9 @@ class TCPClientTests(ReactorTestCase):
         """
         Only IPv4 address literals take the lean construction.
         """
-        self.assertTrue(fastpath._isIPv4("127.0.0.1"))
-        self.assertFalse(fastpath._isIPv4("localhost"))
-        self.assertFalse(fastpath._isIPv4("::1"))
+        self.assertTrue(fastconnect._isIPv4("127.0.0.1"))
+        self.assertFalse(fastconnect._isIPv4("localhost"))
+        self.assertFalse(fastconnect._isIPv4("::1"))
 
 
 class AddressRecordingFactory(RecordingFactory):
@@ -398,7 +400,7 @@ class NoAddressRecordingFactory(AddressRecordingFactory):
 
 class ConnectDoneTests(ReactorTestCase):
     """
-    A connect started by L{fastpath.connect} completes as Twisted's
+    A connect started by L{fastconnect.connect} completes as Twisted's
     C{_connectDone} does, less the address for a factory that does not want
     it and the log prefix until asked for.
     """
@@ -410,7 +412,7 @@ class ConnectDoneTests(ReactorTestCase):
         """
         server = self.listenTCP()
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1])
-        connecting = fastpath.connect(endpoint, factory, 5.0)
+        connecting = fastconnect.connect(endpoint, factory, 5.0)
         assert connecting is not None
         connecting.start()
         self.turnUntil(lambda: bool(factory.addresses))

@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txsockproxy import fastpath
-from txsockproxy.reactor import EPollReactor
+from txsockproxy._fast import connect as fastconnect
+from txsockproxy._fast.reactor import EPollReactor
 
 
 @implementer(IHalfCloseableProtocol)
@@ -136,10 +136,10 @@ class ReactorTestCase(SynchronousTestCase):
         server.listen(8)
         return server
 
-    def connectTCP(self, server: socket.socket, timeout: float = 5.0) -> tuple[RecordingFactory, fastpath.Connecting]:
+    def connectTCP(self, server: socket.socket, timeout: float = 5.0) -> tuple[RecordingFactory, fastconnect.Connecting]:
         factory = RecordingFactory()
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", server.getsockname()[1], timeout=30)
-        connecting = fastpath.connect(endpoint, factory, timeout)
+        connecting = fastconnect.connect(endpoint, factory, timeout)
         assert connecting is not None
         connecting.start()
         return factory, connecting
@@ -165,6 +165,8 @@ class ReactorTestCase(SynchronousTestCase):
         relaying to the backend listening on C{server}, with the given
         congestion control settings of the client and backend sockets.
         """
+        from txsockproxy._fast.path import AcceleratedRelayPath
+        from txsockproxy._fast.relay import defaultMode
         from txsockproxy.backends import BackendPool
         from txsockproxy.balancers import FairBalancer
         from txsockproxy.config import BackendConfig, ProxyConfig
@@ -182,7 +184,10 @@ class ReactorTestCase(SynchronousTestCase):
             ),
             clientCongestion=clientCongestion,
         )
-        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        factory = ProxyFactory(
+            BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor,
+            relayPath=AcceleratedRelayPath(self.reactor, defaultMode()),
+        )
         listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         return factory, listening

@@ -1,5 +1,5 @@
 """
-Tests for L{txsockproxy.fastpath}: unit tests of L{Relay} over real socket
+Tests for L{txsockproxy._fast.relay}: unit tests of L{Relay} over real socket
 pairs with a fake transport around each end, and loopback integration tests
 of C{twistd sockproxy} in each fast-path mode.
 """
@@ -30,14 +30,15 @@ from twisted.internet import error, main
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from txsockproxy import fastpath
+from txsockproxy._fast import connect as fastconnect
+from txsockproxy._fast import relay as fastrelay
 
 MiB = 1024 * 1024
 
 
 class FakeSocketTransport:
     """
-    The parts of a Twisted socket transport that L{fastpath.Relay} uses,
+    The parts of a Twisted socket transport that L{fastrelay.Relay} uses,
     around a real non-blocking socket.
 
     @ivar written: bytes given to C{write()} (Twisted's buffer).
@@ -162,7 +163,7 @@ class RelayTestsMixin:
         for s in (self.sourcePeer, self.sinkPeer, self.source.socket, self.sink.socket):
             self.addCleanup(s.close)  # type: ignore[attr-defined]
         self.session = Recorder(self.sink)
-        self.relay = fastpath.Relay(self.source, self.sink, self.session, True, self.mode)
+        self.relay = fastrelay.Relay(self.source, self.sink, self.session, True, self.mode)
         self.addCleanup(self.relay.closePipe)  # type: ignore[attr-defined]
 
     def pump(self, limit: int = 10000) -> None:
@@ -297,7 +298,7 @@ class RelayTestsMixin:
 
 class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
     """
-    L{fastpath.Relay} in C{copy} mode.
+    L{fastrelay.Relay} in C{copy} mode.
     """
 
     mode = "copy"
@@ -314,7 +315,7 @@ class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
         buffered = b"".join(self.sink.written)
         self.assertTrue(buffered)
         self.assertTrue(payload.endswith(buffered))
-        self.assertEqual(self.session.counted, fastpath.READ_SIZE if len(payload) > fastpath.READ_SIZE else len(payload))
+        self.assertEqual(self.session.counted, fastrelay.READ_SIZE if len(payload) > fastrelay.READ_SIZE else len(payload))
 
     def test_bufferedBytesOutliveTheNextRead(self) -> None:
         """
@@ -335,13 +336,13 @@ class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
 
 class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
     """
-    L{fastpath.Relay} in C{splice} mode.
+    L{fastrelay.Relay} in C{splice} mode.
     """
 
     mode = "splice"
 
     def setUp(self) -> None:
-        if not fastpath.CAN_SPLICE:
+        if not fastrelay.CAN_SPLICE:
             raise SkipTest("no splice(2) here")
         super().setUp()
 
@@ -349,7 +350,7 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
         """
         Relay one chunk above the threshold: the direction gets its pipe.
         """
-        first = os.urandom(fastpath.SPLICE_THRESHOLD)
+        first = os.urandom(fastrelay.SPLICE_THRESHOLD)
         self.sourcePeer.sendall(first)
         self.pump()
         self.assertEqual(drain(self.sinkPeer, len(first)), first)
@@ -444,53 +445,53 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
 
     def test_pipeSize(self) -> None:
         """
-        Within the pipe budget a direction's pipe holds L{fastpath.PIPE_SIZE}
+        Within the pipe budget a direction's pipe holds L{fastrelay.PIPE_SIZE}
         (1 MiB), and the budget counts it until the pipe is closed.
         """
-        self.patch(fastpath, "PIPE_BUDGET", -1)
-        before = fastpath._pipeBytes
+        self.patch(fastrelay, "PIPE_BUDGET", -1)
+        before = fastrelay._pipeBytes
         self.bulk()
-        self.assertEqual(self.pipeSize(), fastpath.PIPE_SIZE)
-        self.assertEqual(fastpath._pipeBytes, before + fastpath.PIPE_SIZE)
+        self.assertEqual(self.pipeSize(), fastrelay.PIPE_SIZE)
+        self.assertEqual(fastrelay._pipeBytes, before + fastrelay.PIPE_SIZE)
         self.relay.closePipe()
-        self.assertEqual(fastpath._pipeBytes, before)
+        self.assertEqual(fastrelay._pipeBytes, before)
 
     def test_pipeSizeWithinBudget(self) -> None:
         """
         Not running as root, large pipes take at most half the budget, and
-        smaller ones (L{fastpath.SMALL_PIPE_SIZE}) the rest; past that a pipe
+        smaller ones (L{fastrelay.SMALL_PIPE_SIZE}) the rest; past that a pipe
         keeps the default size and relays all the same.
         """
         self.patch(os, "geteuid", lambda: 1000)
-        before = fastpath._pipeBytes
-        self.patch(fastpath, "PIPE_BUDGET", before + fastpath.SMALL_PIPE_SIZE)
+        before = fastrelay._pipeBytes
+        self.patch(fastrelay, "PIPE_BUDGET", before + fastrelay.SMALL_PIPE_SIZE)
         self.bulk()
-        self.assertEqual(self.pipeSize(), fastpath.SMALL_PIPE_SIZE)
+        self.assertEqual(self.pipeSize(), fastrelay.SMALL_PIPE_SIZE)
         self.relay.closePipe()
-        self.patch(fastpath, "PIPE_BUDGET", before)
+        self.patch(fastrelay, "PIPE_BUDGET", before)
         data = os.urandom(2 * 1024 * 1024)
-        self.sourcePeer.sendall(data[: fastpath.SPLICE_THRESHOLD])
+        self.sourcePeer.sendall(data[: fastrelay.SPLICE_THRESHOLD])
         self.pump()
-        self.assertEqual(drain(self.sinkPeer, fastpath.SPLICE_THRESHOLD), data[: fastpath.SPLICE_THRESHOLD])
+        self.assertEqual(drain(self.sinkPeer, fastrelay.SPLICE_THRESHOLD), data[: fastrelay.SPLICE_THRESHOLD])
         self.assertGreaterEqual(self.relay.readFd, 0)
-        self.assertLess(self.pipeSize(), fastpath.SMALL_PIPE_SIZE)
-        self.assertEqual(fastpath._pipeBytes, before)
+        self.assertLess(self.pipeSize(), fastrelay.SMALL_PIPE_SIZE)
+        self.assertEqual(fastrelay._pipeBytes, before)
         self.relay.closePipe()
 
     def test_pipeBudgetNotForRoot(self) -> None:
         """
         As root (whom the kernel does not hold to the pipe quota) every pipe
-        holds L{fastpath.PIPE_SIZE}.
+        holds L{fastrelay.PIPE_SIZE}.
         """
         self.patch(os, "geteuid", lambda: 0)
-        self.patch(fastpath, "PIPE_BUDGET", 0)
+        self.patch(fastrelay, "PIPE_BUDGET", 0)
         self.bulk()
-        self.assertEqual(self.pipeSize(), fastpath.PIPE_SIZE)
+        self.assertEqual(self.pipeSize(), fastrelay.PIPE_SIZE)
         self.relay.closePipe()
 
     def test_uninstallClosesPipe(self) -> None:
         """
-        L{fastpath.Relay.uninstall} closes the direction's pipe.
+        L{fastrelay.Relay.uninstall} closes the direction's pipe.
         """
         self.bulk()
         readFd = self.relay.readFd
@@ -504,7 +505,7 @@ class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
 
 class InstallTests(SynchronousTestCase):
     """
-    L{fastpath.install} applies only to plain socket transports.
+    L{fastrelay.install} applies only to plain socket transports.
     """
 
     def test_notPlain(self) -> None:
@@ -514,7 +515,7 @@ class InstallTests(SynchronousTestCase):
         are left alone.
         """
         client, backend = HalfCloseTransport(), HalfCloseTransport()
-        result = fastpath.install(client, backend, object(), mode="splice")
+        result = fastrelay.install(client, backend, object(), mode="splice")
         self.assertIsNone(result)
         self.assertNotIn("doRead", vars(client))
 
@@ -522,7 +523,7 @@ class InstallTests(SynchronousTestCase):
         """
         Mode C{off} installs nothing.
         """
-        self.assertIsNone(fastpath.install(None, None, object(), mode="off"))
+        self.assertIsNone(fastrelay.install(None, None, object(), mode="off"))
 
     def test_modeFromEnvironment(self) -> None:
         """
@@ -534,11 +535,11 @@ class InstallTests(SynchronousTestCase):
             else os.environ.__setitem__("TXSOCKPROXY_FASTPATH", old)
         )
         os.environ["TXSOCKPROXY_FASTPATH"] = "copy"
-        self.assertEqual(fastpath.defaultMode(), "copy")
+        self.assertEqual(fastrelay.defaultMode(), "copy")
         os.environ["TXSOCKPROXY_FASTPATH"] = "off"
-        self.assertEqual(fastpath.defaultMode(), "off")
+        self.assertEqual(fastrelay.defaultMode(), "off")
         os.environ["TXSOCKPROXY_FASTPATH"] = "bogus"
-        self.assertIn(fastpath.defaultMode(), ("splice", "copy"))
+        self.assertIn(fastrelay.defaultMode(), ("splice", "copy"))
 
 
 class FastPathIntegrationTestsMixin:
@@ -718,7 +719,7 @@ class SpliceIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTest
     mode = "splice"
 
     def setUp(self) -> None:
-        if not fastpath.CAN_SPLICE:
+        if not fastrelay.CAN_SPLICE:
             raise SkipTest("no splice(2) here")
         super().setUp()
 
@@ -741,19 +742,14 @@ class OffIntegrationTests(FastPathIntegrationTestsMixin, _ModeIntegrationTestCas
 
 class DirectConnectTests(SynchronousTestCase):
     """
-    L{fastpath.directConnect} connects plain TCP and unix endpoints through
-    the reactor, with the shorter timeout, and reports failures and
-    cancellation through its Deferred.
+    L{fastconnect.directConnect} connects plain TCP and unix endpoints through
+    the reactor, with the shorter timeout; what it returns cancels.
     """
 
     def factory(self) -> Any:
         from twisted.internet.protocol import ClientFactory
 
-        class Factory(ClientFactory):
-            def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-                fastpath.connectFailed(self, reason)
-
-        return Factory()
+        return ClientFactory()
 
     def test_tcp(self) -> None:
         """
@@ -767,13 +763,13 @@ class DirectConnectTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         endpoint = TCP4ClientEndpoint(reactor, "192.0.2.1", 5432, timeout=30, bindAddress=("127.0.0.1", 0))
         factory = self.factory()
-        d = fastpath.directConnect(endpoint, factory, 8.0)
+        d = fastconnect.directConnect(endpoint, factory, 8.0)
         self.assertIsNotNone(d)
         host, port, got, timeout, bind = reactor.tcpClients[0]
         self.assertEqual((host, port, timeout, bind), ("192.0.2.1", 5432, 8.0, ("127.0.0.1", 0)))
         self.assertIs(got, factory)
         endpoint2 = TCP4ClientEndpoint(reactor, "192.0.2.1", 5432, timeout=2)
-        fastpath.directConnect(endpoint2, self.factory(), 8.0)
+        fastconnect.directConnect(endpoint2, self.factory(), 8.0)
         self.assertEqual(reactor.tcpClients[1][3], 2)
 
     def test_unix(self) -> None:
@@ -785,7 +781,7 @@ class DirectConnectTests(SynchronousTestCase):
 
         reactor = MemoryReactorClock()
         endpoint = UNIXClientEndpoint(reactor, "/run/app.sock", timeout=30)
-        d = fastpath.directConnect(endpoint, self.factory(), 8.0)
+        d = fastconnect.directConnect(endpoint, self.factory(), 8.0)
         self.assertIsNotNone(d)
         path, _, timeout, _ = reactor.unixClients[0]
         self.assertEqual((path, timeout), ("/run/app.sock", 8.0))
@@ -796,51 +792,29 @@ class DirectConnectTests(SynchronousTestCase):
         """
         from relay_fakes import FakeEndpoint
 
-        self.assertIsNone(fastpath.directConnect(FakeEndpoint(), self.factory(), 8.0))
-
-    def test_failure(self) -> None:
-        """
-        The factory's C{clientConnectionFailed} fails the Deferred once.
-        """
-        from twisted.internet.endpoints import TCP4ClientEndpoint
-        from twisted.internet.error import ConnectionRefusedError
-        from twisted.internet.testing import MemoryReactorClock
-        from twisted.python.failure import Failure
-
-        reactor = MemoryReactorClock()
-        factory = self.factory()
-        d = fastpath.directConnect(TCP4ClientEndpoint(reactor, "192.0.2.1", 1), factory, 8.0)
-        assert d is not None
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-        self.failureResultOf(d, ConnectionRefusedError)
+        self.assertIsNone(fastconnect.directConnect(FakeEndpoint(), self.factory(), 8.0))
 
     def test_cancel(self) -> None:
         """
-        Cancelling the Deferred stops the connector; its later failure
-        report is ignored.
+        Cancelling stops the connector.
         """
-        from twisted.internet.defer import CancelledError
         from twisted.internet.endpoints import TCP4ClientEndpoint
-        from twisted.internet.error import UserError
         from twisted.internet.testing import MemoryReactorClock
-        from twisted.python.failure import Failure
 
         reactor = MemoryReactorClock()
-        factory = self.factory()
-        d = fastpath.directConnect(TCP4ClientEndpoint(reactor, "192.0.2.1", 1), factory, 8.0)
-        assert d is not None
+        stop = fastconnect.directConnect(
+            TCP4ClientEndpoint(reactor, "192.0.2.1", 1), self.factory(), 8.0
+        )
+        assert stop is not None
         connector = reactor.connectors[0]
-        d.cancel()
+        stop.cancel()
         self.assertTrue(connector.stoppedConnecting)
-        factory.clientConnectionFailed(connector, Failure(UserError()))
-        self.failureResultOf(d, CancelledError)
 
 
 class ClassSwitchTests(SynchronousTestCase):
     """
-    L{fastpath.install} switches a plain transport to a subclass whose
-    C{doRead} is its protocol's relay, and L{fastpath.Relay.uninstall}
+    L{fastrelay.install} switches a plain transport to a subclass whose
+    C{doRead} is its protocol's relay, and L{fastrelay.Relay.uninstall}
     switches it back.
     """
 
@@ -868,7 +842,7 @@ class ClassSwitchTests(SynchronousTestCase):
             t.protocol = p
             transports.append(t)
             protocols.append(p)
-        relays = fastpath.install(
+        relays = fastrelay.install(
             transports[0], transports[1], object(), mode="copy",
             clientProtocol=protocols[0], backendProtocol=protocols[1],
         )

@@ -1,7 +1,7 @@
 """
-Tests for the per-connection shortcuts of L{txsockproxy.fastpath}
-(L{fastpath.connect}, L{fastpath.shutWrite}, L{fastpath.writeNow}) and for
-L{txsockproxy.reactor}: loopback integration tests on a private, uninstalled
+Tests for the per-connection shortcuts of L{txsockproxy._fast.relay}
+(L{fastconnect.connect}, L{fastrelay.shutWrite}, L{fastrelay.writeNow}) and for
+L{txsockproxy._fast.reactor}: loopback integration tests on a private, uninstalled
 epoll reactor that the test turns by hand, a bounded number of times.
 """
 
@@ -34,13 +34,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txsockproxy import fastpath
-from txsockproxy.reactor import EPollReactor, installDefault
+from txsockproxy._fast import connect as fastconnect
+from txsockproxy._fast import relay as fastrelay
+from txsockproxy._fast.reactor import EPollReactor
+from txsockproxy.accelerator import installReactor
 
 
 class ConnectIntegrationTests(ReactorTestCase):
     """
-    L{fastpath.connect} starts a backend connect before it returns, with one
+    L{fastconnect.connect} starts a backend connect before it returns, with one
     timer, and reports success to the factory's protocol and failure,
     timeout and cancellation to its C{clientConnectionFailed}.
     """
@@ -91,14 +93,14 @@ class ConnectIntegrationTests(ReactorTestCase):
         the reactor ran; the factory's protocol is connected after one event
         (writable: C{SO_ERROR}, then C{connect()} again).
         """
-        self.patch(fastpath._ConnectAtOnce, "askAgain", False)
+        self.patch(fastconnect._ConnectAtOnce, "askAgain", False)
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         self.assertTrue(readable(server))
         self.assertIsNone(factory.protocol)
         self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
-        self.assertIsInstance(connecting.transport, fastpath.TCPClient)
-        self.assertTrue(fastpath.isPlain(connecting.transport))
+        self.assertIsInstance(connecting.transport, fastconnect.TCPClient)
+        self.assertTrue(fastrelay.isPlain(connecting.transport))
         self.assertEqual(self.reactor.getDelayedCalls(), [], "the timer outlived the connect")
 
     def test_timerUsesShorterTimeout(self) -> None:
@@ -106,7 +108,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         One timer guards the connect, with the shorter of the session's
         timeout and the endpoint's.
         """
-        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
+        self.patch(fastconnect._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         _, connecting = self.connectTCP(server, timeout=3.0)
         [timer] = self.reactor.getDelayedCalls()
@@ -127,7 +129,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         server.bind(path)
         server.listen(8)
         factory = RecordingFactory()
-        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
+        connecting = fastconnect.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
         assert connecting is not None
         connecting.start()
         assert factory.protocol is not None
@@ -135,7 +137,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         peer, _ = server.accept()
         self.addCleanup(peer.close)
-        fastpath.writeNow(connecting.transport, b"hello")
+        fastrelay.writeNow(connecting.transport, b"hello")
         self.assertEqual(peer.recv(16), b"hello")
 
     def test_refused(self) -> None:
@@ -148,7 +150,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         server.close()
         factory = RecordingFactory()
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
-        connecting = fastpath.connect(endpoint, factory, 5.0)
+        connecting = fastconnect.connect(endpoint, factory, 5.0)
         assert connecting is not None
         connecting.start()
         self.turnUntil(lambda: factory.failed is not None)
@@ -162,7 +164,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         When the timer fires first, the connect fails with
         L{error.TimeoutError} and its socket is closed.
         """
-        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
+        self.patch(fastconnect._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         [timer] = self.reactor.getDelayedCalls()
@@ -177,7 +179,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         C{cancel} stops a connect in progress: the factory hears
         L{error.UserError}, nothing is built, no timer is left.
         """
-        self.patch(fastpath._ConnectAtOnce, "askAgain", False)  # stays in progress
+        self.patch(fastconnect._ConnectAtOnce, "askAgain", False)  # stays in progress
         server = self.listenTCP()
         factory, connecting = self.connectTCP(server)
         connecting.cancel()
@@ -188,23 +190,19 @@ class ConnectIntegrationTests(ReactorTestCase):
 
     def test_notHandled(self) -> None:
         """
-        Endpoints on a reactor that is not a POSIX one (a memory reactor),
-        other kinds of endpoint, and the fast path turned off are left to
-        the endpoint.
+        Endpoints on a reactor that is not txsockproxy's (a memory reactor)
+        and other kinds of endpoint are left to the endpoint.
         """
         from relay_fakes import FakeEndpoint
 
         memory = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 1)
-        self.assertIsNone(fastpath.connect(memory, RecordingFactory(), 5.0))
-        self.assertIsNone(fastpath.connect(FakeEndpoint(), RecordingFactory(), 5.0))
-        self.patch(fastpath, "MODE", "off")
-        real = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 1)
-        self.assertIsNone(fastpath.connect(real, RecordingFactory(), 5.0))
+        self.assertIsNone(fastconnect.connect(memory, RecordingFactory(), 5.0))
+        self.assertIsNone(fastconnect.connect(FakeEndpoint(), RecordingFactory(), 5.0))
 
 
 class ConnectEdgeIntegrationTests(ReactorTestCase):
     """
-    The edges of L{fastpath.connect} found in review: a readiness event that
+    The edges of L{fastconnect.connect} found in review: a readiness event that
     is not (a stale one), failures found while the connect starts, and
     addresses the socket layer rejects outright.
     """
@@ -244,7 +242,7 @@ class ConnectEdgeIntegrationTests(ReactorTestCase):
         reported in the reactor's next turn, not from within C{start}.
         """
         factory = RecordingFactory()
-        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, "/nonexistent/txsp.sock"), factory, 5.0)
+        connecting = fastconnect.connect(UNIXClientEndpoint(self.reactor, "/nonexistent/txsp.sock"), factory, 5.0)
         assert connecting is not None
         connecting.start()
         self.assertIsNone(factory.failed)
@@ -261,7 +259,7 @@ class ConnectEdgeIntegrationTests(ReactorTestCase):
         """
         factory = RecordingFactory()
         path = "/tmp/" + "x" * 200
-        connecting = fastpath.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
+        connecting = fastconnect.connect(UNIXClientEndpoint(self.reactor, path), factory, 5.0)
         assert connecting is not None
         connecting.start()
         self.reactor.runUntilCurrent()
@@ -276,6 +274,8 @@ class ConnectEdgeIntegrationTests(ReactorTestCase):
         (missing unix sockets) without recursing, and reaches the one that
         answers.
         """
+        from txsockproxy._fast.path import AcceleratedRelayPath
+        from txsockproxy._fast.relay import defaultMode
         from txsockproxy.backends import BackendPool
         from txsockproxy.balancers import FairBalancer
         from txsockproxy.config import BackendConfig, ProxyConfig
@@ -289,7 +289,10 @@ class ConnectEdgeIntegrationTests(ReactorTestCase):
         good = BackendConfig(endpoint=f"tcp:host=127.0.0.1:port={server.getsockname()[1]}", label="good")
         config = ProxyConfig(name="t", listen=("tcp:0",), backends=bad + (good,))
         self.patch(BackendPool, "log", _QuietLogger())
-        factory = ProxyFactory(BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor)
+        factory = ProxyFactory(
+            BackendPool.fromConfig(config, FairBalancer(), self.reactor), self.reactor,
+            relayPath=AcceleratedRelayPath(self.reactor, defaultMode()),
+        )
         listening = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         client = socket.create_connection(("127.0.0.1", listening.getHost().port))
@@ -315,9 +318,9 @@ class _QuietLogger:
 
 class ShutWriteIntegrationTests(ReactorTestCase):
     """
-    L{fastpath.shutWrite} ends a transport's write side at once when nothing
+    L{fastrelay.shutWrite} ends a transport's write side at once when nothing
     is left to write, and otherwise after what is buffered, as
-    C{loseWriteConnection} does; L{fastpath.writeNow} writes to the socket
+    C{loseWriteConnection} does; L{fastrelay.writeNow} writes to the socket
     at once.
     """
 
@@ -327,7 +330,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         again, and the other direction still works.
         """
         transport, peer, protocol = self.connected()
-        fastpath.shutWrite(transport)
+        fastrelay.shutWrite(transport)
         self.assertTrue(readable(peer))
         self.assertEqual(peer.recv(16), b"")
         peer.sendall(b"still open")
@@ -340,7 +343,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         """
         transport, peer, protocol = self.connected()
         transport.write(b"buffered")
-        fastpath.shutWrite(transport)
+        fastrelay.shutWrite(transport)
         self.assertFalse(readable(peer))
         received: list[bytes] = []
 
@@ -354,29 +357,17 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         self.turnUntil(gotEOF)
         self.assertEqual(b"".join(received), b"buffered")
 
-    def test_off(self) -> None:
-        """
-        With the fast path off, Twisted's own C{loseWriteConnection} runs:
-        EOF comes after a reactor turn.
-        """
-        transport, peer, protocol = self.connected()
-        self.patch(fastpath, "MODE", "off")
-        fastpath.shutWrite(transport)
-        self.assertFalse(readable(peer))
-        self.turnUntil(lambda: readable(peer))
-        self.assertEqual(peer.recv(16), b"")
-
     def test_closeBothEnded(self) -> None:
         """
-        L{fastpath.close} of a transport whose directions both ended closes
+        L{fastrelay.close} of a transport whose directions both ended closes
         it at once, without a C{shutdown(SHUT_RDWR)} first: the protocol
         hears L{error.ConnectionDone}.
         """
         transport, peer, protocol = self.connected()
-        fastpath.shutWrite(transport)
+        fastrelay.shutWrite(transport)
         peer.shutdown(socket.SHUT_WR)
         self.turnUntil(lambda: protocol.eof)
-        fastpath.close(transport)
+        fastrelay.close(transport)
         self.assertFalse(transport._shouldShutdown)
         assert protocol.lost is not None
         self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
@@ -384,13 +375,13 @@ class ShutWriteIntegrationTests(ReactorTestCase):
 
     def test_closeStillWriting(self) -> None:
         """
-        L{fastpath.close} of a transport whose write side is still open is
+        L{fastrelay.close} of a transport whose write side is still open is
         C{loseConnection()}: buffered bytes are written first, then the
         orderly close.
         """
         transport, peer, protocol = self.connected()
         transport.write(b"last words")
-        fastpath.close(transport)
+        fastrelay.close(transport)
         self.assertTrue(transport._shouldShutdown)
         self.assertIsNone(protocol.lost)
         self.turnUntil(lambda: protocol.lost is not None)
@@ -404,7 +395,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
 
     def test_closeDrained(self) -> None:
         """
-        L{fastpath.close} with C{drained=True} of a transport with nothing
+        L{fastrelay.close} with C{drained=True} of a transport with nothing
         to write closes it at once with no C{shutdown()} at all: the peer
         reads EOF (an orderly FIN, not a reset), the protocol hears
         L{error.ConnectionDone}.
@@ -413,7 +404,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         peer.shutdown(socket.SHUT_WR)
         self.turnUntil(lambda: protocol.eof)
         shutdowns = self.recordShutdowns()
-        fastpath.close(transport, drained=True)
+        fastrelay.close(transport, drained=True)
         assert protocol.lost is not None
         self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
         self.assertEqual(peer.recv(16), b"")
@@ -421,7 +412,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
 
     def test_closeDrainedStillWriting(self) -> None:
         """
-        L{fastpath.close} with C{drained=True} of a transport with bytes
+        L{fastrelay.close} with C{drained=True} of a transport with bytes
         buffered writes them first, then closes in order (Twisted's way).
         """
         transport, peer, protocol = self.connected()
@@ -429,7 +420,7 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         self.turnUntil(lambda: protocol.eof)
         big = os.urandom(8 * 1024 * 1024)
         transport.write(big)
-        fastpath.close(transport, drained=True)
+        fastrelay.close(transport, drained=True)
         self.assertIsNone(protocol.lost)
         got = bytearray()
 
@@ -447,15 +438,15 @@ class ShutWriteIntegrationTests(ReactorTestCase):
 
     def test_writeNow(self) -> None:
         """
-        L{fastpath.writeNow} puts bytes on the socket before the reactor
+        L{fastrelay.writeNow} puts bytes on the socket before the reactor
         runs; what the socket does not take is buffered by Twisted and
         written later, in order.
         """
         transport, peer, protocol = self.connected()
-        fastpath.writeNow(transport, b"now")
+        fastrelay.writeNow(transport, b"now")
         self.assertEqual(peer.recv(16), b"now")
         big = os.urandom(16 * 1024 * 1024)
-        fastpath.writeNow(transport, big)
+        fastrelay.writeNow(transport, big)
         self.assertGreater(transport._tempDataLen + len(transport.dataBuffer), 0)
         got = bytearray()
 
@@ -477,9 +468,9 @@ class RelayedClassIntegrationTests(ReactorTestCase):
 
     def relayed(self) -> tuple[Any, socket.socket, Recording, list[Failure]]:
         transport, peer, protocol = self.connected()
-        transport.__class__ = fastpath._fastClass(type(transport))
+        transport.__class__ = fastrelay._fastClass(type(transport))
         told: list[Failure] = []
-        self.patch(fastpath.Connecting, "connectionLost", lambda connecting, reason: told.append(reason))
+        self.patch(fastconnect.Connecting, "connectionLost", lambda connecting, reason: told.append(reason))
         return transport, peer, protocol, told
 
     def test_orderlyClose(self) -> None:
@@ -488,7 +479,7 @@ class RelayedClassIntegrationTests(ReactorTestCase):
         EOF, protocol and connector hear L{error.ConnectionDone}.
         """
         transport, peer, protocol, told = self.relayed()
-        fastpath.shutWrite(transport)
+        fastrelay.shutWrite(transport)
         transport.loseConnection()
         assert protocol.lost is not None
         self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
@@ -729,7 +720,7 @@ class StaleEventTests(SynchronousTestCase):
 
 class ReactorTests(SynchronousTestCase):
     """
-    L{txsockproxy.reactor}: the epoll reactor without a logging context per
+    L{txsockproxy._fast.reactor}: the epoll reactor without a logging context per
     event, installed only when no reactor is.
     """
 
@@ -837,11 +828,11 @@ class ReactorTests(SynchronousTestCase):
     def test_installDefaultLeavesInstalledReactor(self) -> None:
         """
         When a reactor is installed already (here: the test runner's),
-        L{installDefault} changes nothing.
+        L{installReactor} changes nothing.
         """
         from twisted.internet import reactor
 
-        self.assertIsNone(installDefault())
+        self.assertIsNone(installReactor())
         from twisted.internet import reactor as after
 
         self.assertIs(after, reactor)

@@ -1,0 +1,108 @@
+"""
+Choosing how sessions relay: through the accelerator (L{txsockproxy._fast},
+Linux, an epoll reactor) where it applies and its checks pass, else through
+Twisted's public API (L{PortableRelayPath}), on every reactor.
+
+The setting comes from the environment, C{TXSOCKPROXY_FASTPATH}:
+
+ - C{auto} (or unset): the accelerator in C{splice} mode if this Twisted is
+   one it was tested with and has what it relies on;
+ - C{splice} or C{copy}: that mode, on any Twisted that has what it relies
+   on (a version it was not tested with is only warned about);
+ - C{off}: the portable path; no private name of Twisted is touched, and
+   the reactor is Twisted's own.
+
+This module only loads the accelerator when the setting asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping, Optional
+
+from txsockproxy.interfaces import IRelayPath
+from txsockproxy.portable import PortableRelayPath
+
+AUTO = "auto"
+OFF = "off"
+SETTINGS = (AUTO, "splice", "copy", OFF)
+
+# The environment variable that chooses.
+VARIABLE = "TXSOCKPROXY_FASTPATH"
+
+
+def setting(environ: Mapping[str, str] = os.environ) -> str:
+    """
+    The accelerator setting of C{environ}: one of L{SETTINGS} (an unknown
+    value counts as C{auto}).
+    """
+    value = environ.get(VARIABLE, AUTO).strip().lower() or AUTO
+    return value if value in SETTINGS else AUTO
+
+
+def _isEpoll(reactor: Any) -> bool:
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # pragma: no cover (no epoll here)
+        return False
+    return isinstance(reactor, EPollReactor)
+
+
+def relayPathFor(reactor: Any, choice: str = AUTO) -> tuple[IRelayPath, str]:
+    """
+    The relay path for sessions on C{reactor} with setting C{choice}, and
+    one line saying which and why.
+    """
+    portable = PortableRelayPath(reactor)
+    if choice == OFF:
+        return portable, f"relay path: portable ({VARIABLE}=off)"
+    if not sys.platform.startswith("linux"):
+        return portable, "relay path: portable (the accelerator is for Linux)"
+    if not _isEpoll(reactor):
+        return portable, (
+            f"relay path: portable (the accelerator needs an epoll reactor, not "
+            f"{type(reactor).__module__}.{type(reactor).__name__})"
+        )
+    try:
+        from txsockproxy._fast import accelerate
+    except Exception as e:  # pragma: no cover (a broken install)
+        return portable, f"relay path: portable (the accelerator cannot be loaded: {e})"
+    mode = "splice" if choice == AUTO else choice
+    path, why = accelerate(reactor, mode, checkVersion=choice == AUTO)
+    if path is None:
+        return portable, f"relay path: portable ({why})"
+    return path, f"relay path: accelerated ({why.removeprefix('accelerator on ').strip('()')})"
+
+
+def installReactor(choice: str = AUTO) -> Optional[str]:
+    """
+    Install the accelerator's epoll reactor as the global reactor, if none
+    is installed yet, the setting allows it, and this Twisted passes the
+    accelerator's checks.
+
+    @return: one line saying why it was or was not installed, or L{None}
+        when a reactor was installed already (chosen by C{twistd
+        --reactor} or the embedding program).
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return None
+    if choice == OFF:
+        return f"Twisted's default reactor ({VARIABLE}=off)"
+    if not sys.platform.startswith("linux"):
+        return "Twisted's default reactor (the accelerator is for Linux)"
+    from txsockproxy._fast import probe
+
+    problem = probe.versionProblem() if choice == AUTO else None
+    absent = probe.missing()
+    if problem is not None or absent:
+        return f"Twisted's default reactor (accelerator off: {problem or ', '.join(absent[:5])})"
+    try:
+        from txsockproxy._fast.reactor import install
+    except Exception as e:
+        return f"Twisted's default reactor (the accelerator's cannot be loaded: {e})"
+    install()
+    return "txsockproxy's epoll reactor (the accelerator's default; --reactor chooses another)"
+
+
+__all__ = ["AUTO", "OFF", "SETTINGS", "VARIABLE", "installReactor", "relayPathFor", "setting"]
