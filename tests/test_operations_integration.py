@@ -28,6 +28,7 @@ from html.parser import HTMLParser
 from typing import Any, Optional
 
 from integration_support import (
+    START_TIMEOUT,
     Deadline,
     Server,
     Twistd,
@@ -1434,3 +1435,64 @@ class GracefulShutdownIntegrationTests(_OperationsTestCase):
             conn.shutdown(socket.SHUT_WR)
             self.assertEqual(recvAll(conn, deadline), b"")
         self.assertEqual(proxy.waitForExit(10), -signal.SIGTERM, proxy.output)
+
+
+BOUND = re.compile(r"(?P<owner>proxy \S+|status): (?P<listen>\S+) is bound to (?P<address>\S+)$")
+
+
+def boundAddresses(proxy: Twistd, count: int) -> list[tuple[str, str, str]]:
+    """
+    Wait for C{count} listeners of C{proxy} to log the address they are
+    bound to; return (owner, listen, address) of each, in log order.
+    """
+    lines = proxy.waitFor(" is bound to ", count=count, timeout=START_TIMEOUT)
+    found = []
+    for line in lines:
+        match = BOUND.search(line)
+        assert match is not None, line
+        found.append((match["owner"], match["listen"], match["address"]))
+    return found
+
+
+class BoundAddressIntegrationTests(_OperationsTestCase):
+    """
+    Every listener of C{twistd sockproxy} logs the address it is bound to:
+    with port 0 that is how a test (or an operator) learns the port.
+    """
+
+    def test_portZeroAndUnix(self) -> None:
+        """
+        Two proxies and the status endpoint on C{tcp:0}, and a unix
+        listener, each log their own address; the ports logged are the ones
+        that relay and serve the status page.
+        """
+        backend = self.startServer(echoHandler)
+        zero = "tcp:0:interface=127.0.0.1"
+        path = os.path.join(self.tmp, "p.sock")
+        writeConfig(
+            self.configPath,
+            [
+                proxyTable("a", [zero, f"unix:{path}"], [{"endpoint": backend.endpoint}]),
+                proxyTable("b", [zero], [{"endpoint": backend.endpoint}]),
+            ],
+            status=zero,
+        )
+        proxy = self.startConfigured(readyCount=3)
+        bound = boundAddresses(proxy, 4)
+        self.assertEqual([(owner, listen) for owner, listen, _ in bound],
+                         [("proxy a", zero), ("proxy a", f"unix:{path}"),
+                          ("proxy b", zero), ("status", zero)])
+        self.assertEqual(bound[1][2], f"unix:{path}")
+        ports = [int(address.rpartition(":")[2]) for _, _, address in (bound[0], *bound[2:])]
+        self.assertTrue(all(address.startswith("127.0.0.1:") for _, _, address in
+                            (bound[0], *bound[2:])), bound)
+        self.assertEqual(len(set(ports)), 3)
+        deadline = Deadline(10, "echo through the ports logged")
+        for port in ports[:2]:
+            with connect(("127.0.0.1", port)) as conn:
+                self.assertEqual(exchange(conn, b"ping", deadline), b"ping")
+        with connect(path) as conn:
+            self.assertEqual(exchange(conn, b"unix", deadline), b"unix")
+        code, _, body = http(f"http://127.0.0.1:{ports[2]}/status.json")
+        self.assertEqual((code, [p["name"] for p in json.loads(body)["proxies"]]),
+                         (200, ["a", "b"]))

@@ -337,14 +337,14 @@ class ReloadTests(SynchronousTestCase):
         """
         New listen endpoints are bound, removed ones stop listening.
         """
-        old = self.service.getServiceNamed("tcp:8080")
+        [old] = self.service.listeners
         self.configs["c.toml"] = Config(proxies=(proxyConfig("web", ("tcp:8081",), A),))
         self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(self.ports(), [8080, 8081])
         self.assertEqual([f.listen for f in self.service.factories], ["tcp:8081"])
         self.assertFalse(old.running)
         self.assertIsNone(old.parent)
-        new = self.service.getServiceNamed("tcp:8081")
+        [new] = self.service.listeners
         self.assertTrue(new.running)
         self.assertEqual(list(self.service), [new])
 
@@ -396,7 +396,7 @@ class ReloadTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.assertFalse(self.successResultOf(self.service.reload()))
         self.assertEqual([b.label for b in pool.backends], ["a", "b"])
-        self.assertEqual(list(self.service._listeners), ["tcp:8080"])
+        self.assertEqual([c.description for c in self.service.listeners], ["tcp:8080"])
         self.assertTrue(any("reload failed" in e.get("log_format", "") for e in events))
 
     def test_noticesLogged(self) -> None:
@@ -981,14 +981,14 @@ class ServiceTreeTests(SynchronousTestCase):
 
     def test_listenersAreChildren(self) -> None:
         """
-        Each listen endpoint is a L{ListenerService} child named by its
-        endpoint string, the proxies' in config order and then the status
-        endpoint's; without debug level 3 there is no other child.
+        Each listen endpoint is a L{ListenerService} child with its endpoint
+        string, the proxies' in config order and then the status endpoint's;
+        without debug level 3 there is no other child.
         """
         config = replace(twoProxies(), status=StatusConfig(listen=("tcp:9090",)))
         service = ProxyService(config, MemoryReactorClock())
         children = list(service)
-        self.assertEqual([c.name for c in children],
+        self.assertEqual([c.description for c in children],  # type: ignore[attr-defined]
                          ["tcp:5432:interface=127.0.0.1", "tcp:5433:interface=127.0.0.1",
                           "tcp:6379:interface=127.0.0.1", "tcp:9090"])
         for child in children:
@@ -1157,7 +1157,7 @@ class BuildBindCommitTests(SynchronousTestCase):
         """
         pool = self.service.pools["web"]
         a = pool.backends[0]
-        kept = self.service.getServiceNamed("tcp:8080")
+        [kept, _] = self.service.listeners
         self.next.append(self.changed("tcp:8080", "tcp:8081"))
         self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertIs(self.service.pools["web"], pool)
@@ -1166,13 +1166,52 @@ class BuildBindCommitTests(SynchronousTestCase):
         self.assertEqual((a.weight, pool.config.balance), (5, "round-robin"))
         self.assertEqual(list(self.service.pools), ["web", "new"])
         self.assertIs(self.service.statusView.pools, self.service.pools)
-        self.assertEqual([c.name for c in self.service],
+        self.assertEqual([getattr(c, "description", None) for c in self.service],
                          ["tcp:8080", "tcp:8081", "tcp:6060", None])
-        self.assertIs(self.service.getServiceNamed("tcp:8080"), kept)
+        self.assertIs(self.service.listeners[0], kept)
         self.assertTrue(all(c.running for c in self.service))
         self.assertTrue(self.reactor.ports[7070].stopped)
         self.assertEqual([f.pool for f in self.service.factories],
                          [pool, pool, self.service.pools["new"]])
+
+    def test_ephemeralPortsGivenSeveralTimes(self) -> None:
+        """
+        C{tcp:0} may be given by several proxies and the status endpoint:
+        each is a listener of its own, bound to its own port; a reload that
+        keeps them keeps every socket, and a proxy that goes takes only its
+        own.
+        """
+        reactor = _RecordingReactor()
+        zero = "tcp:0:interface=127.0.0.1"
+        config = Config(proxies=(proxyConfig("a", (zero,), A), proxyConfig("b", (zero,), A)),
+                        status=StatusConfig(listen=(zero,)))
+        service = ProxyService(config, reactor)
+        service.startService()
+        self.assertEqual([(c.owner, c.description) for c in service.listeners],
+                         [("proxy a", zero), ("proxy b", zero), ("status", zero)])
+        self.assertEqual(len(reactor.tcpServers), 3)
+        first = service.listeners
+        service.apply(config)
+        self.assertEqual(service.listeners, first)
+        self.assertEqual(len(reactor.tcpServers), 3)
+        service.apply(replace(config, proxies=config.proxies[:1]))
+        self.assertEqual(service.listeners, [first[0], first[2]])
+        self.assertTrue(all(child.running for child in service))
+        self.assertFalse(first[1].running)
+        self.assertEqual(len(reactor.tcpServers), 3)
+
+    def test_fixedPortCannotMove(self) -> None:
+        """
+        A fixed listen endpoint cannot move from a proxy to the status
+        page by a reload: nothing changes.
+        """
+        before = self.snapshot()
+        moved = replace(self.first, status=StatusConfig(listen=("tcp:7070",)),
+                        proxies=self.first.proxies[:1])
+        error = self.assertRaises(StartupError, self.service.apply, moved)
+        self.assertEqual(str(error),
+                         "tcp:7070 moves from proxy old to the status page: that needs a restart")
+        self.assertEqual(self.snapshot(), before)
 
     def test_applyBeforeStartBindsNothing(self) -> None:
         """

@@ -35,6 +35,7 @@ from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
 from txsockproxy.config import BackendConfig, Config, ConfigError, ProxyConfig
+from txsockproxy.endpoints import listenKey
 from txsockproxy.interfaces import IBalancer
 from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
@@ -157,7 +158,6 @@ class ListenerService(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
     ) -> None:
-        self.name = description
         self.description = description
         self.proxy = proxy
         self.endpoint = endpoint
@@ -278,7 +278,7 @@ class _Tree:
     nothing running refers to it until it is committed.
 
     @ivar pools: the plan of each proxy's pool, in config order.
-    @ivar listeners: every listener, by endpoint string, in config order:
+    @ivar listeners: every listener, by L{_ListenKey}, in config order:
         running ones that stay, and new ones.
     @ivar added: the new listeners (not yet bound).
     @ivar owners: the proxy (or L{None}: status) each listener serves.
@@ -286,9 +286,35 @@ class _Tree:
 
     config: Config
     pools: list[_PoolPlan]
-    listeners: dict[str, ListenerService]
+    listeners: dict[_ListenKey, ListenerService]
     added: list[ListenerService]
-    owners: dict[str, Optional[str]]
+    owners: dict[_ListenKey, Optional[str]]
+
+
+# What identifies a listener across reloads: whether it is the status
+# endpoint's, its endpoint string, and which occurrence of that string it is
+# (an ephemeral port, tcp:0, may be given several times).
+_ListenKey = tuple[bool, str, int]
+
+
+def _listenKeys(config: Config) -> list[_ListenKey]:
+    """
+    The key of each listener of C{config}: the proxies' in config order,
+    then the status endpoint's.
+    """
+    keys: list[_ListenKey] = []
+    seen: dict[tuple[bool, str], int] = {}
+    status = config.status.listen if config.status is not None else ()
+    listens = [(False, d) for proxy in config.proxies for d in proxy.listen]
+    for kind, desc in listens + [(True, d) for d in status]:
+        n = seen.get((kind, desc), 0)
+        seen[(kind, desc)] = n + 1
+        keys.append((kind, desc, n))
+    return keys
+
+
+def _ownerOf(config: Config, desc: str) -> str:
+    return next(proxy.name for proxy in config.proxies if desc in proxy.listen)
 
 
 class ProxyService(MultiService):
@@ -297,7 +323,7 @@ class ProxyService(MultiService):
     (on SIGHUP when run by twistd) and graceful shutdown.
 
     Its child services are its listeners (a L{ListenerService} per listen
-    endpoint, named by its endpoint string) and, at debug level 3, the
+    endpoint) and, at debug level 3, the
     ticker logging the backends' states every second (a L{TimerService}).
 
     @ivar pools: the L{BackendPool} of each proxy, by proxy name.
@@ -341,7 +367,7 @@ class ProxyService(MultiService):
         )
         self.sessionLog: Optional[SessionLog] = None
         self.handleSignals = False
-        self._listeners: dict[str, ListenerService] = {}
+        self._listeners: dict[_ListenKey, ListenerService] = {}
         self._ticker: Optional[TimerService] = None
         self._bound = False
         self._stopping = False
@@ -387,34 +413,37 @@ class ProxyService(MultiService):
         @raise StartupError: C{config} moves a listen endpoint between a
             proxy and the status page.
         """
-        for desc in config.status.listen if config.status is not None else ():
-            current = self._listeners.get(desc)
-            if current is not None and current.proxy is not None:
+        held = {(key[0], key[1]): listener for key, listener in self._listeners.items()}
+        for isStatus, desc, _ in _listenKeys(config):
+            # An ephemeral port (tcp:0) may be given to both.
+            current = held.get((not isStatus, desc))
+            if current is None or listenKey(desc) is None:
+                continue
+            if isStatus:
                 raise StartupError(f"{desc} moves from proxy {current.proxy} to the status "
                                    "page: that needs a restart")
-        for proxy in config.proxies:
-            for desc in proxy.listen:
-                current = self._listeners.get(desc)
-                if current is not None and current.proxy is None:
-                    raise StartupError(f"{desc} moves from the status page to proxy "
-                                       f"{proxy.name}: that needs a restart")
+            raise StartupError(f"{desc} moves from the status page to proxy "
+                               f"{_ownerOf(config, desc)}: that needs a restart")
         plans = [self._planPool(proxy) for proxy in config.proxies]
         pools = {plan.pool.name: plan.pool for plan in plans}
         tree = _Tree(config, plans, {}, [], {})
+        keys = iter(_listenKeys(config))
         for proxy in config.proxies:
             for desc in proxy.listen:
-                listener = self._listeners.get(desc)
+                key = next(keys)
+                listener = self._listeners.get(key)
                 if listener is None:
                     factory = ProxyFactory(
                         pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions
                     )
                     listener = self._newListener(desc, proxy.name, factory)
                     tree.added.append(listener)
-                tree.listeners[desc] = listener
-                tree.owners[desc] = proxy.name
+                tree.listeners[key] = listener
+                tree.owners[key] = proxy.name
         status = config.status
         for desc in status.listen if status is not None else ():
-            listener = self._listeners.get(desc)
+            key = next(keys)
+            listener = self._listeners.get(key)
             if listener is None:
                 assert status is not None
                 site = StatusSite(
@@ -423,8 +452,8 @@ class ProxyService(MultiService):
                 )
                 listener = self._newListener(desc, None, site)
                 tree.added.append(listener)
-            tree.listeners[desc] = listener
-            tree.owners[desc] = None
+            tree.listeners[key] = listener
+            tree.owners[key] = None
         return tree
 
     def _planPool(self, proxy: ProxyConfig) -> _PoolPlan:
@@ -476,17 +505,17 @@ class ProxyService(MultiService):
         for plan in tree.pools:
             plan.commit()
         self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
-        for desc, listener in self._listeners.items():
-            if tree.listeners.get(desc) is not listener:
+        for key, listener in self._listeners.items():
+            if tree.listeners.get(key) is not listener:
                 stopped = listener.disownServiceParent()
                 if stopped is not None:
                     stopped.addErrback(
-                        lambda f, desc=desc: self.log.failure(
+                        lambda f, desc=listener.description: self.log.failure(
                             "closing listener {listen}", f, listen=desc))
         for listener in tree.added:
             listener.setServiceParent(self)
-        for desc, proxy in tree.owners.items():
-            tree.listeners[desc].proxy = proxy
+        for key, proxy in tree.owners.items():
+            tree.listeners[key].proxy = proxy
         self._listeners = tree.listeners
         self.config = config
         self.sessions.debug = config.debug
@@ -774,8 +803,8 @@ class ProxyService(MultiService):
             for listener in bound:
                 listener.unbind()
             raise
-        removed = [desc for desc, listener in self._listeners.items()
-                   if tree.listeners.get(desc) is not listener]
+        removed = [listener.description for key, listener in self._listeners.items()
+                   if tree.listeners.get(key) is not listener]
         self._commit(tree)
         self._useSessionLog(sessionLog)
         for desc in removed:
