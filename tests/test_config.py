@@ -1,11 +1,13 @@
 """
 Tests for the native TOML format (L{txsockproxy.tomlconfig}, loaded through
 L{txsockproxy.loading}), the command-line config (L{txsockproxy.cmdline}) and
-the endpoint checks (L{txsockproxy.endpoints}).
+the endpoint checks (L{txsockproxy.endpoints}); and the config layer's import
+structure.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import math
@@ -1166,6 +1168,101 @@ class ConfigErrorTests(ConfigTestCase):
         """
         text = 'debug = 0\nproxy = [{listen = "tcp:1", backend = [{endpoint = "unix:/a", weight = 0}]}]\n'
         self.assertOneProblem(text, 2, "proxy[0].backend[0].weight", "must be at least 1")
+
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "txsockproxy")
+# The config layer: the objects, their readers and their rendering.
+CONFIG_LAYER = (
+    "txsockproxy.config", "txsockproxy.checks", "txsockproxy.endpoints",
+    "txsockproxy.tomlconfig", "txsockproxy.cmdline", "txsockproxy.loading",
+    "txsockproxy.render", "txsockproxy.lighttpd", "txsockproxy.lighttpd.lexer",
+    "txsockproxy.lighttpd.evaluator", "txsockproxy.lighttpd.mapper",
+)
+
+
+def _modules() -> dict[str, str]:
+    """
+    Every module of the txsockproxy package, by name, with its file.
+    """
+    found = {}
+    for directory, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                relative = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3]
+                module = relative.replace(os.sep, ".").removesuffix(".__init__")
+                found[module] = path
+    return found
+
+
+def _imports(path: str, modules: dict[str, str]) -> list[tuple[str, str | None]]:
+    """
+    The txsockproxy modules that the file at C{path} imports, wherever the
+    import is written (a function's body too), each with the name imported
+    from it (L{None} for a whole module).
+    """
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, None) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if submodule in modules:
+                    found.append((submodule, None))
+                else:
+                    found.append((node.module, alias.name))
+    return [(m, n) for m, n in found if m.split(".")[0] == "txsockproxy"]
+
+
+class ConfigLayoutTests(SynchronousTestCase):
+    """
+    The config layer's modules import one way: L{txsockproxy.config} is a leaf,
+    the readers import it, L{txsockproxy.loading} imports the readers.
+    """
+
+    def test_configIsALeaf(self) -> None:
+        """
+        L{txsockproxy.config} imports nothing of txsockproxy, anywhere in it.
+        """
+        modules = _modules()
+        self.assertEqual(_imports(modules["txsockproxy.config"], modules), [])
+
+    def test_noCycle(self) -> None:
+        """
+        No module of the config layer reaches itself through its imports
+        (function-level ones included).
+        """
+        modules = _modules()
+        graph = {
+            name: {m for m, _ in _imports(path, modules) if m in modules}
+            for name, path in modules.items()
+        }
+        for start in CONFIG_LAYER:
+            seen: set[str] = set()
+            stack = list(graph[start])
+            while stack:
+                module = stack.pop()
+                if module not in seen:
+                    seen.add(module)
+                    stack.extend(graph[module])
+            self.assertNotIn(start, seen, f"{start} imports itself through a cycle")
+
+    def test_noPrivateImports(self) -> None:
+        """
+        No module of the config layer imports another module's private
+        (underscored) name.
+        """
+        modules = _modules()
+        private = [
+            (name, module, imported)
+            for name in CONFIG_LAYER
+            for module, imported in _imports(modules[name], modules)
+            if imported is not None and imported.startswith("_") and module != name
+        ]
+        self.assertEqual(private, [])
 
 
 class LoadConfigTests(ConfigTestCase):

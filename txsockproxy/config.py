@@ -187,13 +187,3 @@ class Config:
     sessionLog: str = "off"
     logFormat: str = "text"
     shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
-
-
-def __getattr__(name: str) -> object:
-    # Transitional, until every importer has moved to txsockproxy.loading:
-    # the readers moved out of this module, which imports nothing of ours.
-    if name in ("loadConfig", "parseConfig"):
-        from txsockproxy import loading
-
-        return getattr(loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
