@@ -30,6 +30,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # How long a proxy may take to start (interpreter start-up and plugin scan).
 START_TIMEOUT = 15.0
 
+# Set to a reactor name (select, poll, asyncio, epoll), it makes every twistd
+# and twist that L{Twistd} runs use that reactor, chosen the way a user does
+# (C{--reactor=NAME}): CI runs the same integration tests on each reactor.
+TEST_REACTOR_VARIABLE = "TXSOCKPROXY_TEST_REACTOR"
+
 Address = Union[tuple[str, int], str]
 
 
@@ -86,10 +91,55 @@ def tomlString(value: str) -> str:
     return json.dumps(value)
 
 
+def reactorUnderTest() -> Optional[str]:
+    """
+    The reactor name that C{TXSOCKPROXY_TEST_REACTOR} asks the integration
+    tests to run twistd on, or L{None} (twistd's own choice) when it is
+    unset or empty.
+    """
+    return os.environ.get(TEST_REACTOR_VARIABLE) or None
+
+
+def skipUnderTestReactor(what: str) -> None:
+    """
+    Skip the running test when C{TXSOCKPROXY_TEST_REACTOR} chose a reactor:
+    for expectations that hold only for the reactor twistd chooses itself
+    (for example the reactor class named in the start-up log).
+
+    @param what: the expectation, for the skip message.
+    @raise SkipTest: a test reactor is set.
+    """
+    from twisted.trial.unittest import SkipTest
+
+    name = reactorUnderTest()
+    if name is not None:
+        raise SkipTest(f"{what}: twistd runs --reactor={name} ({TEST_REACTOR_VARIABLE})")
+
+
+def reactorArguments(
+    program: str, daemonArgs: Sequence[str], args: Sequence[str]
+) -> list[str]:
+    """
+    The C{--reactor=NAME} option to give C{program}: one when it is twistd
+    or twist, C{TXSOCKPROXY_TEST_REACTOR} is set, and the command line does
+    not choose a reactor already; none otherwise.
+    """
+    name = reactorUnderTest()
+    if name is None or os.path.basename(program) not in ("twistd", "twist"):
+        return []
+    for arg in (*daemonArgs, *args):
+        if arg in ("-r", "--reactor") or arg.startswith("--reactor="):
+            return []
+    return [f"--reactor={name}"]
+
+
 class Twistd:
     """
     A C{twistd} (or C{twist}) subprocess, its merged stdout and stderr read
     line by line on a thread, so that tests can wait for a log line.
+
+    When C{TXSOCKPROXY_TEST_REACTOR} is set, twistd and twist get
+    C{--reactor=NAME} after C{daemonArgs}, before C{args} (the subcommand).
 
     @ivar lines: every output line so far, without line endings.
     """
@@ -102,7 +152,7 @@ class Twistd:
         program: str = TWISTD,
         daemonArgs: Sequence[str] = ("-n", "--pidfile=", "--logfile=-"),
     ) -> None:
-        self.argv = [program, *daemonArgs, *args]
+        self.argv = [program, *daemonArgs, *reactorArguments(program, daemonArgs, args), *args]
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
@@ -456,9 +506,9 @@ def assertRefused(port: int, seconds: float = 2.0) -> None:
 
     Twisted logs "(TCP Port N Closed)" just before it closes the listening
     socket, so a connect right after that line may still be accepted by the
-    kernel; and a connect to a free ephemeral port can, rarely, pick that
-    same port as its source and connect to itself. Both are retried, under
-    the deadline.
+    kernel, or be reset as the socket closes with it in its queue; and a
+    connect to a free ephemeral port can, rarely, pick that same port as its
+    source and connect to itself. All are retried, under the deadline.
     """
     deadline = Deadline(seconds, f"127.0.0.1:{port} to refuse connections")
     while True:
@@ -469,5 +519,7 @@ def assertRefused(port: int, seconds: float = 2.0) -> None:
             conn.connect(("127.0.0.1", port))
         except ConnectionRefusedError:
             return
+        except ConnectionResetError:
+            pass  # in the closing socket's queue: try again
         finally:
             conn.close()
