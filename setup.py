@@ -10,7 +10,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     # find_packages() would skip twisted.plugins: list both explicitly.
-    packages=["txsockproxy", "txsockproxy._fast", "twisted.plugins"],
+    packages=["txsockproxy", "txsockproxy._fast", "txsockproxy.lighttpd", "twisted.plugins"],
     # An explicit root makes "pip install -e" use a plain .pth of the project
     # root, so Twisted finds twisted/plugins/ here; its default import hook
     # would hide our plugins from twistd.

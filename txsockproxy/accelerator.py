@@ -3,7 +3,8 @@ Choosing how sessions relay: through the accelerator (L{txsockproxy._fast},
 Linux, an epoll reactor) where it applies and its checks pass, else through
 Twisted's public API (L{PortableRelayPath}), on every reactor.
 
-The setting comes from the environment, C{TXSOCKPROXY_FASTPATH}:
+The setting comes from the configuration's C{accelerator} key, or, when
+set, from the environment, C{TXSOCKPROXY_FASTPATH}:
 
  - C{auto} (or unset): the accelerator in C{splice} mode if this Twisted is
    one it was tested with and has what it relies on;
@@ -32,13 +33,14 @@ SETTINGS = (AUTO, "splice", "copy", OFF)
 VARIABLE = "TXSOCKPROXY_FASTPATH"
 
 
-def setting(environ: Mapping[str, str] = os.environ) -> str:
+def setting(configured: str = AUTO, environ: Mapping[str, str] = os.environ) -> str:
     """
-    The accelerator setting of C{environ}: one of L{SETTINGS} (an unknown
-    value counts as C{auto}).
+    The accelerator setting: C{environ}'s L{VARIABLE} when set to one of
+    L{SETTINGS}, else C{configured} (the configuration's C{accelerator}
+    key).
     """
-    value = environ.get(VARIABLE, AUTO).strip().lower() or AUTO
-    return value if value in SETTINGS else AUTO
+    value = environ.get(VARIABLE, "").strip().lower()
+    return value if value in SETTINGS else configured
 
 
 def _isEpoll(reactor: Any) -> bool:
@@ -56,7 +58,7 @@ def relayPathFor(reactor: Any, choice: str = AUTO) -> tuple[IRelayPath, str]:
     """
     portable = PortableRelayPath(reactor)
     if choice == OFF:
-        return portable, f"relay path: portable ({VARIABLE}=off)"
+        return portable, "relay path: portable (accelerator off)"
     if not sys.platform.startswith("linux"):
         return portable, "relay path: portable (the accelerator is for Linux)"
     if not _isEpoll(reactor):
@@ -88,7 +90,7 @@ def installReactor(choice: str = AUTO) -> Optional[str]:
     if "twisted.internet.reactor" in sys.modules:
         return None
     if choice == OFF:
-        return f"Twisted's default reactor ({VARIABLE}=off)"
+        return "Twisted's default reactor (accelerator off)"
     if not sys.platform.startswith("linux"):
         return "Twisted's default reactor (the accelerator is for Linux)"
     from txsockproxy._fast import probe
@@ -98,10 +100,16 @@ def installReactor(choice: str = AUTO) -> Optional[str]:
     if problem is not None or absent:
         return f"Twisted's default reactor (accelerator off: {problem or ', '.join(absent[:5])})"
     try:
-        from txsockproxy._fast.reactor import install
+        from twisted.internet.main import installReactor as installGlobal
+
+        from txsockproxy._fast.reactor import EPollReactor
     except Exception as e:
         return f"Twisted's default reactor (the accelerator's cannot be loaded: {e})"
-    install()
+    reactor = EPollReactor()
+    absent = probe.missing(reactor)
+    if absent:
+        return f"Twisted's default reactor (accelerator off: {', '.join(absent[:5])})"
+    installGlobal(reactor)
     return "txsockproxy's epoll reactor (the accelerator's default; --reactor chooses another)"
 
 

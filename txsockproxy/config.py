@@ -162,6 +162,9 @@ class StatusConfig:
 
 LOG_FORMATS = ("text", "json")
 
+# The values of the accelerator key.
+ACCELERATOR_SETTINGS = ("auto", "splice", "copy", "off")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -177,6 +180,9 @@ class Config:
     @ivar logFormat: C{"text"} or C{"json"} (JSON lines) for the session log.
     @ivar shutdownTimeout: on SIGTERM/SIGINT, seconds sessions in flight get
         to finish before they are closed.
+    @ivar accelerator: how sessions relay: C{"auto"} (the accelerator where
+        it applies), C{"splice"}, C{"copy"}, or C{"off"} (Twisted's public
+        API only); see L{txsockproxy.accelerator}.
     """
 
     proxies: tuple[ProxyConfig, ...]
@@ -187,3 +193,4 @@ class Config:
     sessionLog: str = "off"
     logFormat: str = "text"
     shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    accelerator: str = "auto"

@@ -128,6 +128,8 @@ def renderToml(config: Config) -> str:
         topLevel.append(f"log-format = {tomlString(config.logFormat)}")
     if config.shutdownTimeout != DEFAULT_SHUTDOWN_TIMEOUT:
         topLevel.append(f"shutdown-timeout = {tomlNumber(config.shutdownTimeout)}")
+    if config.accelerator != "auto":
+        topLevel.append(f"accelerator = {tomlString(config.accelerator)}")
     if topLevel:
         lines.append("")
         lines.extend(topLevel)
@@ -156,6 +158,8 @@ def describeConfig(config: Config) -> str:
     lines = [f"# effective configuration from {config.source}", f"debug = {config.debug}"]
     lines.append(f"session-log = {config.sessionLog} ({config.logFormat})")
     lines.append(f"shutdown-timeout = {_seconds(config.shutdownTimeout)}")
+    if config.accelerator != "auto":
+        lines.append(f"accelerator = {config.accelerator}")
     if config.status is not None:
         lines.append("")
         lines.append("status")

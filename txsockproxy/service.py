@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsockproxy import congestion
+from txsockproxy.accelerator import relayPathFor, setting
 from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendPool
@@ -360,6 +361,13 @@ class ProxyService(MultiService):
         self._reloadsWaiting: list[defer.Deferred[bool]] = []
         self.pools: dict[str, BackendPool] = {}
         self.sessions = Sessions(config.debug)
+        # How sessions relay, chosen once for the process (a reload that
+        # changes the accelerator setting takes effect at the next start).
+        self.relayPath, self.relayPathChoice = relayPathFor(
+            reactor, setting(config.accelerator)
+        )
+        # Why this reactor runs, as makeService found (for the start-up log).
+        self.reactorChoice = "given by the program that embeds the proxy"
         # Clients Twisted's ports close at accept for lack of descriptors.
         self.acceptRecovery = AcceptRecoveryCounter()
         self.statusView = StatusView(
@@ -434,7 +442,8 @@ class ProxyService(MultiService):
                 listener = self._listeners.get(key)
                 if listener is None:
                     factory = ProxyFactory(
-                        pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions
+                        pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions,
+                        relayPath=self.relayPath,
                     )
                     listener = self._newListener(desc, proxy.name, factory)
                     tree.added.append(listener)
@@ -575,6 +584,12 @@ class ProxyService(MultiService):
         super().startService()
         if self.handleSignals:
             self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+        kind = type(self.reactor)
+        self.log.info(
+            "reactor: {module}.{name} ({why}); {relayPath}",
+            module=kind.__module__, name=kind.__name__, why=self.reactorChoice,
+            relayPath=self.relayPathChoice,
+        )
         for name, pool in self.pools.items():
             self.log.info(
                 "proxy {proxy}: listening on {listen}, {count} backend(s), balance {balance}",

@@ -159,17 +159,22 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from txsockproxy.service import makeProxyService
 
+    config = options["configObject"]
+    reactorChoice = "given by the program that embeds the proxy"
     if reactor is None:
-        # Unless twistd --reactor chose one already: epoll, minus a logging
-        # context per I/O event (see txsockproxy.reactor).
-        from txsockproxy.reactor import installDefault
+        # Unless twistd --reactor chose one already: the accelerator's epoll
+        # reactor, where it applies (see txsockproxy.accelerator).
+        from txsockproxy.accelerator import installReactor, setting
 
-        installDefault()
+        reactorChoice = (
+            installReactor(setting(config.accelerator)) or "chosen with twistd --reactor"
+        )
     for notice in options["configObject"].notices:
         # Logged before twistd starts its log observers: buffered, and
         # written once logging begins.
         _log.warn("config notice: {notice}", notice=notice)
-    service = makeProxyService(options["configObject"], reactor, configPath=options["config"])
+    service = makeProxyService(config, reactor, configPath=options["config"])
+    service.reactorChoice = reactorChoice
     if options["debug"] is not None:
         # --debug overrides the file's debug on reload too.
         debug = options["configObject"].debug

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from txsockproxy import congestion
 from txsockproxy.checks import knownBalancers, nulProblem, quote, unknownBalancer
 from txsockproxy.config import (
+    ACCELERATOR_SETTINGS,
     AUTO,
     DEFAULT_BALANCE,
     DEFAULT_CONNECT_TIMEOUT,
@@ -314,7 +315,9 @@ def _tomlType(value: object) -> str:
     return type(value).__name__
 
 
-_TOP_KEYS = ("debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout")
+_TOP_KEYS = (
+    "debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout", "accelerator",
+)
 _STATUS_KEYS = (
     "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
 )
@@ -419,6 +422,13 @@ def _buildConfig(
     if logFormat not in LOG_FORMATS:
         reader.problem(("log-format",), f"must be \"text\" or \"json\", not {logFormat!r}")
     shutdownTimeout = reader.seconds(data, (), "shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+    accelerator = reader.string(data, (), "accelerator") or "auto"
+    if accelerator not in ACCELERATOR_SETTINGS:
+        reader.problem(
+            ("accelerator",),
+            f"must be one of {', '.join(map(repr, ACCELERATOR_SETTINGS))}, not {accelerator!r}",
+        )
+        accelerator = "auto"
     rawProxies = data.get("proxy")
     proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:
@@ -461,7 +471,7 @@ def _buildConfig(
     return Config(
         proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
         status=status, sessionLog=sessionLog, logFormat=logFormat,
-        shutdownTimeout=shutdownTimeout,
+        shutdownTimeout=shutdownTimeout, accelerator=accelerator,
     )
 
 

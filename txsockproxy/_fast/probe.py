@@ -31,13 +31,11 @@ _CLASS_ATTRIBUTES = {
         "_commonConnection", "_finishInit", "doConnect",
     ),
     "twisted.internet.tcp.Port": (
-        "doRead", "_buildAddr", "numberAccepts", "addressFamily", "startListening",
-        "transport",
+        "doRead", "_buildAddr", "addressFamily", "startListening", "transport",
     ),
     "twisted.internet.epollreactor.EPollReactor": (
         "doPoll", "addReader", "addWriter", "removeReader", "removeWriter",
-        "_doReadOrWrite", "mainLoop", "runUntilCurrent", "timeout", "_justStopped",
-        "_stopped", "_started",
+        "_doReadOrWrite", "_disconnectSelectable", "mainLoop", "runUntilCurrent", "timeout",
     ),
 }
 
@@ -55,10 +53,13 @@ _UNIX_ENDPOINT_ATTRIBUTES = ("_path", "_checkPID", "_timeout", "_reactor")
 _TRANSPORT_ATTRIBUTES = (
     "_tempDataBuffer", "_tempDataLen", "dataBuffer", "offset", "disconnecting",
     "_writeDisconnecting", "_writeDisconnected", "producer", "connected", "disconnected",
-    "socket", "fileno", "reactor", "_shouldShutdown",
+    "socket", "fileno", "reactor",
 )
-# Of the running reactor, when it is an epoll reactor.
-REACTOR_ATTRIBUTES = ("_reads", "_writes", "_selectables", "_poller")
+# Of an epoll reactor instance (the running one, or the accelerator's own).
+REACTOR_ATTRIBUTES = (
+    "_reads", "_writes", "_selectables", "_poller", "_started", "_justStopped",
+    "_cancellations", "_continuousPolling", "_newTimedCalls", "_pendingTimedCalls",
+)
 
 
 def _resolve(dotted: str) -> Any:
