@@ -221,8 +221,8 @@ class RelayTests(SynchronousTestCase):
         """
         A client EOF shuts the backend's write side and unregisters the
         client as its producer; the backend's reply still reaches the client;
-        the backend's EOF then closes both (the close ends the client's
-        stream: no half-close first); the session ends once both are gone.
+        the backend's EOF then shuts the client's write side and closes
+        both; the session ends once both are gone.
         """
         self.client.dataReceived(b"question")
         self.client.readConnectionLost()
@@ -233,7 +233,7 @@ class RelayTests(SynchronousTestCase):
         self.backend.dataReceived(b"answer")
         self.assertEqual(self.ct.value(), b"answer")
         self.backend.readConnectionLost()
-        self.assertFalse(self.ct.writeClosed)
+        self.assertTrue(self.ct.writeClosed)
         self.assertIsNone(self.ct.producer)
         self.assertTrue(self.ct.disconnecting)
         self.assertTrue(self.bt.disconnecting)
@@ -249,8 +249,7 @@ class RelayTests(SynchronousTestCase):
         """
         A backend EOF shuts the client's write side; the client can still
         send, and what it sends reaches the backend; the client's EOF then
-        closes both (the close ends the backend's stream: no half-close
-        first).
+        shuts the backend's write side and closes both.
         """
         self.backend.dataReceived(b"banner")
         self.backend.readConnectionLost()
@@ -260,7 +259,7 @@ class RelayTests(SynchronousTestCase):
         self.client.dataReceived(b"late data")
         self.assertEqual(self.bt.value(), b"late data")
         self.client.readConnectionLost()
-        self.assertFalse(self.bt.writeClosed)
+        self.assertTrue(self.bt.writeClosed)
         self.assertIsNone(self.bt.producer)
         self.assertTrue(self.ct.disconnecting and self.bt.disconnecting)
         self.backend.connectionLost(lost())
@@ -297,18 +296,26 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.client.session.ended, "backend reset")  # type: ignore[union-attr]
         self.assertEqual(self.proxy.backends["a"].active, 0)
 
-    def test_backendErrorAfterEOFDeliversReply(self) -> None:
+    def test_backendErrorAfterEOFIsReset(self) -> None:
         """
-        A backend that sent its whole reply and EOF, then fails (e.g. it
-        reset because the client kept sending), does not cost the client
-        the reply: the client is closed gracefully, not aborted.
+        A backend that sent its reply and EOF, then fails (e.g. it reset
+        because the client kept sending) did not get everything the client
+        sent: the client is reset, not closed gracefully, so that it does
+        not take its truncated upload for a delivered one.
         """
         self.backend.dataReceived(b"reply")
         self.backend.readConnectionLost()
         self.backend.connectionLost(lost(clean=False))
-        self.assertFalse(self.ct.aborted)
-        self.assertTrue(self.ct.disconnecting)
-        self.assertEqual(self.ct.value(), b"reply")
+        self.assertTrue(self.ct.aborted)
+
+    def test_clientErrorAfterEOFIsReset(self) -> None:
+        """
+        Likewise a client that half-closed, then fails while the reply
+        flows: the backend is reset.
+        """
+        self.client.readConnectionLost()
+        self.client.connectionLost(lost(clean=False))
+        self.assertTrue(self.bt.aborted)
 
     def test_backendCleanCloseUnregistersProducer(self) -> None:
         """
@@ -604,9 +611,9 @@ class RelayPropertyTests(SynchronousTestCase):
             eofs[i]()
         self.assertEqual(bt.value(), b"".join(up))
         self.assertEqual(ct.value(), b"".join(down))
-        # The first EOF half-closes the other side; the second closes both.
-        firstHalfClosed = bt if order[0] == 0 else ct
-        self.assertEqual([t.writeClosed for t in (bt, ct)], [t is firstHalfClosed for t in (bt, ct)])
+        # The first EOF half-closes the other side; the second the first
+        # side, then closes both.
+        self.assertEqual([t.writeClosed for t in (bt, ct)], [True, True])
         self.assertTrue(bt.disconnecting and ct.disconnecting)
         losses = [client.connectionLost, backend.connectionLost]
         for i in order:

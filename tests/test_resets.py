@@ -28,6 +28,9 @@ SESSIONS = 24
 
 CHUNK = b"\x5a" * 65536
 
+# The state of a TCP socket (TCP_INFO's first byte) once reset.
+TCP_CLOSE = 7
+
 
 def reset(sock: socket.socket) -> None:
     """
@@ -256,6 +259,147 @@ class _ResetTestsMixin:
                 ended.append("reset")
             client.close()
         self.assertEqual(ended, ["reset"] * len(clients))
+
+    def outcome(self: Any, sock: socket.socket, seconds: float) -> str:
+        """
+        How the connection of C{sock} ends, read to its end and then watched
+        until C{seconds} have passed: C{"reset"} if a reset comes (also
+        after a FIN, which the peer may have sent before it failed), else
+        C{"eof"}.
+
+        Once a FIN has been read, Linux no longer reports a reset to
+        C{recv()} (only to a later C{send()}); the socket's state (TCP_INFO)
+        tells it: C{CLOSE} after a reset, C{CLOSE_WAIT} after a FIN alone.
+        """
+        deadline = Deadline(seconds, "the end of a connection")
+        sock.settimeout(seconds)
+        try:
+            while sock.recv(1 << 20):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+        while True:
+            if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+                return "reset"
+            try:
+                remaining = deadline.remaining()
+            except TimeoutError:
+                return "eof"
+            select.select([], [], [], min(0.05, remaining))
+
+    def test_resetAfterHalfCloseClient(self: Any) -> None:
+        """
+        A client that half-closed, read part of the reply, then reset: its
+        backend (done sending, waiting) sees a reset, not a clean close.
+        """
+        seen: list[str] = []
+        lock = threading.Lock()
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            conn.settimeout(30)
+            while conn.recv(65536):
+                pass
+            try:
+                conn.sendall(b"r" * (4 << 20))
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                # ECONNRESET, EPIPE, or ENOTCONN from shutdown() once reset.
+                how = "reset"
+            else:
+                how = self.outcome(conn, 10)
+            with lock:
+                seen.append(how)
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend)
+        clients = [connect(address) for _ in range(8)]
+        for client in clients:
+            client.sendall(b"request")
+            client.shutdown(socket.SHUT_WR)
+        for client in clients:
+            client.settimeout(30)
+            client.recv(65536)
+            reset(client)
+        deadline = Deadline(30, "backends seeing the resets")
+        while len(seen) < len(clients):
+            select.select([], [], [], min(0.05, deadline.remaining()))
+        self.assertEqual(seen, ["reset"] * len(clients))
+        self.process.waitFor("(client reset)", count=len(clients), timeout=10)
+
+    def test_resetAfterHalfCloseBackend(self: Any) -> None:
+        """
+        A backend that replied and half-closed, read part of the upload,
+        then reset: its client (done sending, waiting) sees a reset.
+        """
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            conn.settimeout(30)
+            conn.sendall(b"reply")
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(65536)
+            reset(conn)
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend)
+        seen = []
+        for _ in range(8):
+            with connect(address) as client:
+                client.settimeout(30)
+                try:
+                    client.sendall(b"u" * (4 << 20))
+                    client.shutdown(socket.SHUT_WR)
+                except OSError:
+                    # ECONNRESET, EPIPE, or ENOTCONN from shutdown() once reset.
+                    seen.append("reset")
+                    continue
+                seen.append(self.outcome(client, 10))
+        self.assertEqual(seen, ["reset"] * 8)
+
+    def test_resetOfHalfClosedIdleBackend(self: Any) -> None:
+        """
+        A backend that half-closed and then resets, while the client sends
+        nothing: the client is reset (within about a second), not left
+        half-open.
+        """
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            conn.sendall(b"reply")
+            conn.shutdown(socket.SHUT_WR)
+            reset(conn)
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend, extra="half-closed-timeout = 60")
+        with connect(address) as client:
+            self.assertEqual(self.outcome(client, 10), "reset")
+        self.process.waitFor("(backend reset)", timeout=10)
+
+    def test_resetOfHalfClosedClientWhileBackendIdle(self: Any) -> None:
+        """
+        A client that sent its request and half-closed, then resets while
+        the backend is still working (sending nothing): the backend hears
+        the reset within about a second, not at the half-closed timeout.
+        """
+        seen: list[str] = []
+
+        def handler(conn: socket.socket, server: Server) -> None:
+            conn.settimeout(30)
+            while conn.recv(65536):
+                pass
+            seen.append(self.outcome(conn, 10))
+
+        backend = self.startServer(handler)
+        address = self.proxy(backend, extra="half-closed-timeout = 60")
+        client = connect(address)
+        client.sendall(b"request")
+        client.shutdown(socket.SHUT_WR)
+        backend.waitForAccepted(1)
+        self.process.waitFor("->", timeout=10)
+        reset(client)
+        self.process.waitFor("(client reset)", timeout=10)
+        deadline = Deadline(10, "the backend seeing the reset")
+        while not seen:
+            select.select([], [], [], min(0.05, deadline.remaining()))
+        self.assertEqual(seen, ["reset"])
 
 
 class SpliceResetTests(_ResetTestsMixin, _IntegrationTestCase):

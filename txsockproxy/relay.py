@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
@@ -37,6 +38,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -48,7 +51,7 @@ from txsockproxy.portable import PortableRelayPath
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
-from txsockproxy.watch import PausedWatch
+from txsockproxy.watch import DRAIN_INTERVAL, PausedWatch, socketOf, unsent
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -233,8 +236,10 @@ class ProxyFactory(ServerFactory):
         self.sessions = sessions if sessions is not None else Sessions(debug)
         # The connect and inactivity timeouts of its sessions.
         self.timeouts = Timeouts(reactor)
-        # The sides of its sessions that are not being read.
+        # The sides of its sessions that are not being read, and those whose
+        # last bytes are on their way.
         self.watch = PausedWatch(reactor)
+        self.drainWatch = PausedWatch(reactor, DRAIN_INTERVAL, draining=True)
         # Failed TLS handshakes: a client can make as many as it likes.
         self.tlsLog = RateLimitedLog(reactor, Session.log, "failed TLS handshakes")
         self.usePool(pool)
@@ -300,7 +305,7 @@ class FrontendProtocol(Protocol):
         self.session.handshakeCompleted()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
-        pass
+        self.session.clientFlushed()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         if self.session is not None:
@@ -330,7 +335,7 @@ class BackendProtocol(Protocol):
         self.session.backendEOF()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self.session.backendFlushed()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.session.backendLost(reason)
@@ -360,7 +365,12 @@ class SideProducer:
         self.session.sideResumed(self.client)
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()
+        # The other side's transport is closing: Twisted asks its producer,
+        # this side, to stop, which for a transport means loseConnection()
+        # (and at once, for a side whose write side is shut). The session
+        # decides instead, as it hears of the close a moment later: closed
+        # cleanly or reset, as the other side ended.
+        pass
 
 
 class BackendFactory(ClientFactory):
@@ -413,7 +423,7 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
-        "handshaking", "joined",
+        "handshaking", "joined", "_shut", "_flushed", "_draining",
         "__weakref__",
     )
 
@@ -459,6 +469,12 @@ class Session:
         self.handshaking = False
         # What the relay path's join() gave, released at the end.
         self.joined: Any = None
+        # The sides whose write side was shut, and those whose write side
+        # is done (shut, and what was buffered for it sent): _CLIENT | _BACKEND.
+        self._shut = 0
+        self._flushed = 0
+        # The sides whose last bytes are not acknowledged yet.
+        self._draining = 0
 
     # -- connecting ---------------------------------------------------------
 
@@ -469,7 +485,7 @@ class Session:
         self.pool.accepted += 1
         self.pool.active += 1
         self.factory.sessions.add(self)
-        if ISSLTransport.providedBy(self.clientTransport):
+        if _reportsHandshake(self.clientTransport):
             # A TLS listener: no backend work before the client's handshake
             # is done (its SNI name is known then, too).
             self.inspecting = self.handshaking = True
@@ -675,8 +691,9 @@ class Session:
 
     def sidePaused(self, client: bool) -> None:
         """
-        The client's (C{client}) or the backend's side is no longer read:
-        watch it for a reset or a FIN meanwhile.
+        The client's (C{client}) or the backend's side is no longer read
+        (paused by flow control, or its EOF read): watch it for a reset or a
+        FIN meanwhile.
         """
         bit = _CLIENT if client else _BACKEND
         if self._paused & bit or self.finished:
@@ -697,11 +714,13 @@ class Session:
 
     def pausedSideFailed(self, client: bool, errno: int) -> None:
         """
-        A side that is not being read was reset: end the session with a
-        reset of both sides.
+        A side that is not being read (or whose last bytes are on their way)
+        was reset: end the session with a reset of both sides.
         """
         self._paused &= ~(_CLIENT if client else _BACKEND)
-        self.ended = self.ended or ("client reset" if client else "backend reset")
+        self._draining &= ~(_CLIENT if client else _BACKEND)
+        # A reset after that side's EOF still makes the session a reset one.
+        self.ended = "client reset" if client else "backend reset"
         if self.factory.debug >= 2:
             self.log.info(
                 "proxy {proxy}: {side} of {client} reset while not being read: {error}",
@@ -757,9 +776,11 @@ class Session:
             # producer would be resumed instead of the write side being shut.
             bt.unregisterProducer()
             if not self.backendDone:
-                self.factory.relayPath.shutWrite(bt)
-            # else both directions are done: _closeBoth closes it, and the
-            # close sends the FIN (no shutdown first).
+                self._shutWrite(False)
+            # else both directions are done: _closeBoth shuts it.
+        if not self.backendDone:
+            # No longer read, but its reset must still be heard.
+            self.sidePaused(True)
         self._halfClosed()
 
     def backendEOF(self) -> None:
@@ -776,7 +797,10 @@ class Session:
             ct = self.clientTransport
             ct.unregisterProducer()
             if not self.clientDone:
-                self.factory.relayPath.shutWrite(ct)
+                self._shutWrite(True)
+        if not self.clientDone and self.backendTransport is not None:
+            # No longer read, but its reset must still be heard.
+            self.sidePaused(False)
         self._halfClosed()
 
     def _halfClosed(self) -> None:
@@ -785,16 +809,83 @@ class Session:
         else:
             self._updateTimer()
 
+    def _shutWrite(self, client: bool) -> None:
+        """
+        End the write side of the client (C{client}) or the backend, after
+        what is buffered for it.
+        """
+        bit = _CLIENT if client else _BACKEND
+        if self._shut & bit:
+            return
+        self._shut |= bit
+        transport = self.clientTransport if client else self.backendTransport
+        if not _reportsWriteDone(transport):
+            # It will not say when it is done (TLS, wrappers): as good as done.
+            self._flushed |= bit
+        self.factory.relayPath.shutWrite(transport)
+
+    def clientFlushed(self) -> None:
+        """
+        The client's write side is shut, everything for it handed to the
+        system.
+        """
+        self._writeDone(True)
+
+    def backendFlushed(self) -> None:
+        """
+        The backend's write side is shut, everything for it handed to the
+        system.
+        """
+        self._writeDone(False)
+
+    def _writeDone(self, client: bool) -> None:
+        bit = _CLIENT if client else _BACKEND
+        transport = self.clientTransport if client else self.backendTransport
+        skt = socketOf(transport)
+        if skt is not None and unsent(skt) > 0 and not self.finished:
+            # Not acknowledged yet: a reset may still come for these bytes.
+            self._draining |= bit
+            self.factory.drainWatch.add(self, client, transport)
+            return
+        self._flushed |= bit
+        self._closeIfFlushed()
+
+    def sideDrained(self, client: bool) -> None:
+        """
+        Everything sent to that side has been acknowledged by its peer.
+        """
+        bit = _CLIENT if client else _BACKEND
+        self._draining &= ~bit
+        self._flushed |= bit
+        self._closeIfFlushed()
+
     def _closeBoth(self) -> None:
-        # Both directions are done (each side's EOF read): close the sockets
-        # once their buffers are flushed. The timer still guards a peer that
-        # never reads.
+        # Both directions are done (each side's EOF read): shut the write
+        # sides not shut yet, and close both sockets once both are done, so
+        # that until then a reset of either still resets the other (a side
+        # whose peer resets before it has all its bytes did not get them).
+        # The timer still guards a peer that never reads.
         if not self.clientGone:
-            self.factory.relayPath.close(self.clientTransport, True)
+            self._shutWrite(True)
         if self.backendTransport is not None and not self.backendGone:
-            self.factory.relayPath.close(self.backendTransport, True)
+            self._shutWrite(False)
+        self._closeIfFlushed()
         if not self.finished:
             self._updateTimer()
+
+    def _closeIfFlushed(self) -> None:
+        if not (self.clientDone and self.backendDone):
+            return
+        clientOpen = not self.clientGone
+        backendOpen = self.backendTransport is not None and not self.backendGone
+        if clientOpen and not self._flushed & _CLIENT:
+            return
+        if backendOpen and not self._flushed & _BACKEND:
+            return
+        if clientOpen:
+            self.factory.relayPath.close(self.clientTransport, True)
+        if backendOpen and not self.backendGone:
+            self.factory.relayPath.close(self.backendTransport, True)
 
     # -- ending ---------------------------------------------------------------
 
@@ -824,14 +915,16 @@ class Session:
             d, self.connecting = self.connecting, None
             d.cancel()
         elif self.backendTransport is not None and not self.backendGone:
-            if isinstance(reason.value, ConnectionDone) or self.clientDone:
+            if isinstance(reason.value, ConnectionDone):
                 # Everything the client sent has arrived: deliver it. A
                 # producer left registered would keep the close pending.
+                # (Lost by an error, even after its EOF, the client did not
+                # get all the backend sent: that is a reset.)
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
                 self.factory.relayPath.close(self.backendTransport, self.backendDone)
             else:
-                self.ended = self.ended or "client reset"
+                self.ended = _resetNow(self.ended, "client reset")
                 self.backendTransport.abortConnection()
         self._maybeFinished()
 
@@ -841,13 +934,15 @@ class Session:
         """
         self.backendGone = True
         if not self.clientGone:
-            if isinstance(reason.value, ConnectionDone) or self.backendDone:
-                # Everything the backend sent has arrived: deliver it.
+            if isinstance(reason.value, ConnectionDone):
+                # Everything the backend sent has arrived: deliver it. (Lost
+                # by an error, even after its EOF, it did not get all the
+                # client sent: that is a reset.)
                 self.ended = self.ended or "backend closed"
                 self.clientTransport.unregisterProducer()
                 self.factory.relayPath.close(self.clientTransport, self.clientDone)
             else:
-                self.ended = self.ended or "backend reset"
+                self.ended = _resetNow(self.ended, "backend reset")
                 self.clientTransport.abortConnection()
         self._maybeFinished()
 
@@ -864,6 +959,10 @@ class Session:
             self._paused = 0
             self.factory.watch.discard(self, True)
             self.factory.watch.discard(self, False)
+        if self._draining:
+            self._draining = 0
+            self.factory.drainWatch.discard(self, True)
+            self.factory.drainWatch.discard(self, False)
         if self.joined is not None:
             joined, self.joined = self.joined, None
             joined.release()
@@ -955,6 +1054,42 @@ class Session:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+def _reportsHandshake(transport: Any) -> bool:
+    """
+    Whether C{transport} is a TLS transport that tells its protocol when its
+    handshake is done (L{IHandshakeListener}): TLS, but not a wrapper around
+    TLS (as a PROXY-protocol listener inside C{ssl:}), which does not pass
+    that on.
+    """
+    return ISSLTransport.providedBy(transport) and not isinstance(
+        getattr(transport, "transport", None), TLSMemoryBIOProtocol
+    )
+
+
+def _resetNow(ended: Optional[str], reset: str) -> str:
+    """
+    Why a session ended, once a side was reset: a reset after a side's EOF
+    makes it a reset session; an earlier reason of ours (a timeout, a
+    shutdown) stays.
+    """
+    if ended is None or ended in ("client closed", "backend closed"):
+        return reset
+    return ended
+
+
+def _reportsWriteDone(transport: Any) -> bool:
+    """
+    Whether C{transport} tells its protocol when its write side is shut
+    (C{IHalfCloseableProtocol.writeConnectionLost}): a plain TCP or unix
+    transport, not TLS nor a wrapper (which do not pass it on).
+    """
+    return (
+        IHalfCloseableDescriptor.providedBy(transport)
+        and not ISSLTransport.providedBy(transport)
+        and not isinstance(transport, ProtocolWrapper)
+    )
 
 
 def _describeTLSError(reason: Failure) -> str:
