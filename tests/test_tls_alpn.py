@@ -631,3 +631,24 @@ class TwistdTLSListenerIntegrationTests(_IntegrationTestCase):
         _, received = pythonClient(port, b"after the garbage")
         self.assertEqual(received, b"after the garbage")
         self.assertEqual(backend.accepted, 1)
+
+    def test_proxyProtocolInsideTLS(self) -> None:
+        """
+        A C{haproxy:ssl:} listener (the PROXY header inside TLS) relays: the
+        TLS layer's handshake event does not reach the session through the
+        PROXY-protocol wrapper, and the session does not wait for it.
+        """
+        backend = self.startServer(echoHandler)
+        port = freePort()
+        config = proxyConfig(
+            self.tmp, ["haproxy:" + tlsListen(self, port)], [{"endpoint": backend.endpoint}]
+        )
+        self.startTwistd(["sockproxy", "--config", config])
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10)
+        ) as conn:
+            conn.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 1111 2222\r\nhello")
+            self.assertEqual(conn.recv(100), b"hello")
