@@ -362,14 +362,23 @@ class _ResetTestsMixin:
         half-open.
         """
 
+        received = threading.Event()
+        self.addCleanup(received.set)
+
         def handler(conn: socket.socket, server: Server) -> None:
             conn.sendall(b"reply")
             conn.shutdown(socket.SHUT_WR)
+            # Once relayed (a reset before the proxy's connect completes is
+            # a failed connect), reset.
+            received.wait(30)
             reset(conn)
 
         backend = self.startServer(handler)
         address = self.proxy(backend, extra="half-closed-timeout = 60")
         with connect(address) as client:
+            client.settimeout(10)
+            self.assertEqual(client.recv(5), b"reply")
+            received.set()
             self.assertEqual(self.outcome(client, 10), "reset")
         self.process.waitFor("(backend reset)", timeout=10)
 
