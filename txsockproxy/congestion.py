@@ -5,11 +5,8 @@ Linux's BBR paces its sends with a timer.  Between two processes of the
 same host (loopback) there is no network to pace for, and the timer sends
 from whichever CPU it fires on while the process sends from its own: on
 loopback, packets of one connection then arrive out of order, the sender
-retransmits what was not lost, and the relay waits on it.  Measured on a
-2-core machine with C{bbr} as the system's default, one connection relayed
-by txsockproxy: 1.9-2.4 GB/s with the CPUs a third idle, and 22.9 MB
-retransmitted per 2.8 GB; with the relay's own sockets on C{cubic}, 2.0-3.5
-GB/s (doc/performance.md, "Congestion control on loopback").
+retransmits what was not lost, and the relay waits on it (measured in
+doc/performance.md, "Congestion control on loopback").
 
 So by default (C{"auto"}), when the system's algorithm is BBR, a socket
 whose peer is on this host (see L{onThisHost}) is switched to C{cubic}

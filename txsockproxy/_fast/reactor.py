@@ -5,8 +5,8 @@ reactor, less one cost per I/O event.
 Twisted's reactors call every C{doRead}/C{doWrite} through
 C{twisted.python.log.callWithLogger}, which asks the transport for its log
 prefix and pushes a legacy logging context (the C{system} of old-style
-C{log.msg} calls made inside the handler).  For a proxy that is ~2 µs of
-every event, about 5 events per proxied connection.  txsockproxy logs with
+C{log.msg} calls made inside the handler), for every event, about 5 events
+per proxied connection (its cost: doc/performance.md).  txsockproxy logs with
 C{twisted.logger}, whose events do not use that context; the only visible
 difference is that a traceback Twisted logs from inside an I/O handler is
 labelled C{[-]} instead of with the transport's prefix.
@@ -16,8 +16,7 @@ runs C{runUntilCurrent} and asks C{timeout()} (each taking in new timed calls
 and reading the clock) every turn; this one handles errors once around the
 loop and runs the timed calls only when one is due or something else is
 waiting for that step (a call from a thread, a new timed call, a stop, many
-cancelled calls to sweep).  With the relay's checks inlined, that took the
-user CPU of a one-byte request relayed each way from ~22 to ~15-19 µs.
+cancelled calls to sweep).
 
 It is the reactor plugin C{txsockproxy} (C{twistd --reactor=txsockproxy}),
 and C{twistd sockproxy} installs it by default when nothing has chosen a

@@ -68,7 +68,7 @@ READ_SIZE = 256 * 1024
 # The buffer of every read on the copying path.  One is enough (the reactor
 # runs in one thread, and what must outlive a read is copied out of it), and
 # it must be reused: a fresh recv(READ_SIZE) allocates 256 KiB per read, which
-# glibc maps and unmaps each time (~16 µs, even for a one-byte read).
+# glibc maps and unmaps each time, even for a one-byte read.
 _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
 
