@@ -222,11 +222,8 @@ class Relay:
         """
         if self.pending:
             # Resumed by someone else while the sink is stalled.
-            if self._drain() is not None:
-                failSoon(self.sink)
-                return None
+            self._pushPipe()
             if self.pending:
-                self._stall()
                 return None
         if self.readFd >= 0 and _quiet(self.sink):
             return self._spliceRead()
@@ -284,12 +281,18 @@ class Relay:
             return main.CONNECTION_DONE
         self.count(n)
         self.pending = n
+        self._pushPipe()
+        return None
+
+    def _pushPipe(self) -> None:
+        """
+        Move what the pipe holds to the sink: on a reset of the sink, report
+        it lost; if the sink's socket is full, stall.
+        """
         if self._drain() is not None:
             failSoon(self.sink)
-            return None
-        if self.pending:
+        elif self.pending:
             self._stall()
-        return None
 
     # -- the pipe -----------------------------------------------------------
 
