@@ -10,10 +10,9 @@ import os
 import socket
 import textwrap
 
-from integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
-from test_integration import _IntegrationTestCase
-from test_sni import clientHello
-
+from tests.integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
+from tests.test_integration import _IntegrationTestCase
+from tests.test_sni import clientHello
 from txsockproxy.balancers import HashBalancer
 from txsockproxy.relay import ConnectionInfo
 from txsockproxy.sni import NEED_MORE, parseServerName

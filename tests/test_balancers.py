@@ -4,10 +4,8 @@ Tests for the built-in balancers, their plugin registration, and the pool.
 
 from __future__ import annotations
 
-from fakes import BackendInfo as Info
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relay_fakes import Proxy
 from twisted.internet.address import IPv4Address
 from twisted.logger import capturedLogs
 from twisted.plugin import IPlugin
@@ -15,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.fakes import BackendInfo as Info
+from tests.relay_fakes import Proxy
 from txsockproxy.backends import describeFailure
 from txsockproxy.balancers import (
     FairBalancer,
@@ -127,7 +127,7 @@ class FairTests(SynchronousTestCase):
         # Connect b's sessions and close one of them: b is now the lightest.
         proxy.endpoints["b"].succeed()
         sessions[1].readConnectionLost()
-        from relay_fakes import lost
+        from tests.relay_fakes import lost
 
         sessions[1].connectionLost(lost(clean=False))
         self.assertEqual(proxy.backends["b"].active, 1)

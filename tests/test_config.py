@@ -16,7 +16,6 @@ import tomllib
 from textwrap import dedent
 from typing import Any
 
-from fakes import FakeResolver
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
@@ -24,6 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import FakeResolver
 from txsockproxy import congestion
 from txsockproxy.balancers import balancerNames
 from txsockproxy.cmdline import configFromArguments

@@ -10,10 +10,10 @@ import socket
 from dataclasses import replace
 from typing import Any, Optional
 
-from reactor_support import ReactorTestCase
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.accelerator.reactor_support import ReactorTestCase
 from txsockproxy import congestion
 from txsockproxy.congestion import Congestion, check, isLoopback, paces
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
-from fakes import BackendInfo
 from twisted.application.service import IServiceCollection
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -38,6 +37,7 @@ from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.fakes import BackendInfo
 from txsockproxy.balancers import balancerNames
 from txsockproxy.config import Config, ConfigError
 from txsockproxy.interfaces import IBalancer, IBalancerFactory

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import psutil
-from integration_support import (
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.integration_support import (
     REPO,
     START_TIMEOUT,
     TWIST,
@@ -44,7 +46,6 @@ from integration_support import (
     tcpListen,
     tomlString,
 )
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 MiB = 1024 * 1024
 

@@ -18,13 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from fakes import FakeResolver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import FakeResolver
 from txsockproxy import tap
 from txsockproxy.config import (
     DEFAULT_SHUTDOWN_TIMEOUT,

@@ -30,7 +30,9 @@ import tempfile
 import threading
 from typing import Optional
 
-from integration_support import (
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.integration_support import (
     START_TIMEOUT,
     Deadline,
     Server,
@@ -39,8 +41,7 @@ from integration_support import (
     freePort,
     recvAll,
 )
-from test_lighttpd import REPO, certificate
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from tests.test_lighttpd import REPO, certificate
 
 LIGHTTPD = "/usr/sbin/lighttpd"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from test_integration import _IntegrationTestCase
+from tests.test_integration import _IntegrationTestCase
 
 PROXY = '[[proxy]]\nlisten = "tcp:0:interface=127.0.0.1"\n[[proxy.backend]]\nendpoint = "unix:/a"\n'
 

@@ -27,7 +27,10 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any, Optional
 
-from integration_support import (
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SkipTest
+
+from tests.integration_support import (
     START_TIMEOUT,
     Deadline,
     Server,
@@ -42,9 +45,7 @@ from integration_support import (
     tcpListen,
     tomlString,
 )
-from prometheus_client.parser import text_string_to_metric_families
-from test_integration import _IntegrationTestCase, refusedEndpoint
-from twisted.trial.unittest import SkipTest
+from tests.test_integration import _IntegrationTestCase, refusedEndpoint
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -12,7 +12,10 @@ import os
 import socket
 from typing import Any, Optional, cast
 
-from integration_support import (
+from twisted.application.reactors import getReactorTypes
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.integration_support import (
     TEST_REACTOR_VARIABLE,
     TWIST,
     TWISTD,
@@ -25,9 +28,7 @@ from integration_support import (
     recvAll,
     tcpListen,
 )
-from test_integration import _IntegrationTestCase
-from twisted.application.reactors import getReactorTypes
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from tests.test_integration import _IntegrationTestCase
 
 MiB = 1024 * 1024
 

@@ -11,7 +11,6 @@ from typing import Any, Optional, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relay_fakes import HalfCloseTransport, Proxy, lost
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectBindError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
@@ -21,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.relay_fakes import HalfCloseTransport, Proxy, lost
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 

@@ -16,8 +16,8 @@ import threading
 import time
 from itertools import pairwise
 
-from integration_support import Deadline, echoHandler, freePort
-from test_integration import _IntegrationTestCase
+from tests.integration_support import Deadline, echoHandler, freePort
+from tests.test_integration import _IntegrationTestCase
 
 # How long the include_shell of a slow reload takes, in seconds.
 SLOW = 2.0

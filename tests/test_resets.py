@@ -16,10 +16,10 @@ import struct
 import threading
 from typing import Any
 
-from integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
-from test_integration import _IntegrationTestCase
 from twisted.trial.unittest import SkipTest
 
+from tests.integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
+from tests.test_integration import _IntegrationTestCase
 from txsockproxy._fast import relay as fastrelay
 
 # Concurrent sessions per test: the race between a failed send and the next

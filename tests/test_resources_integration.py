@@ -12,7 +12,8 @@ import socket
 import urllib.request
 
 import psutil
-from integration_support import (
+
+from tests.integration_support import (
     Deadline,
     connect,
     echoHandler,
@@ -20,7 +21,7 @@ from integration_support import (
     proxyConfig,
     tcpListen,
 )
-from test_integration import _IntegrationTestCase
+from tests.test_integration import _IntegrationTestCase
 
 
 class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):

@@ -353,7 +353,7 @@ class ReloadTests(SynchronousTestCase):
         A session started before a reload keeps its backend even when the
         reload removes that backend.
         """
-        from relay_fakes import HalfCloseTransport
+        from tests.relay_fakes import HalfCloseTransport
 
         factory = self.service.factories[0]
         client = factory.buildProtocol(None)
@@ -774,7 +774,7 @@ class BacklogTests(SynchronousTestCase):
         every kind of listener, and the one the endpoint string gives when
         it gives one.
         """
-        from test_lighttpd import certificate
+        from tests.test_lighttpd import certificate
 
         self.patch(serviceModule, "systemBacklog", lambda: 3333)
         pem = self.mktemp()
@@ -860,7 +860,7 @@ class ShutdownTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        from relay_fakes import HalfCloseTransport
+        from tests.relay_fakes import HalfCloseTransport
 
         self.reactor = MemoryReactorClock()
         # Shorter than the connect timeout (8 s): the session stays connecting.
@@ -907,7 +907,7 @@ class ShutdownTests(SynchronousTestCase):
 
 
 def _lost():  # type: ignore[no-untyped-def]
-    from relay_fakes import lost
+    from tests.relay_fakes import lost
 
     return lost()
 

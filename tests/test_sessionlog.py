@@ -11,11 +11,11 @@ from typing import Any, Callable, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relay_fakes import Proxy, lost
 from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.relay_fakes import Proxy, lost
 from txsockproxy import sessionlog
 from txsockproxy.relay import Session
 from txsockproxy.sessionlog import SessionLog, formatText, sessionFields

@@ -16,7 +16,6 @@ from io import BytesIO
 from typing import Any, Callable, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_status import TOKEN, backends, makeService, render
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -26,6 +25,7 @@ from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_status import TOKEN, backends, makeService, render
 from txsockproxy.service import ProxyService
 from txsockproxy.status import (
     ABORT_TIMEOUT,

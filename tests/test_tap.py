@@ -17,13 +17,13 @@ import sys
 import tempfile
 from textwrap import dedent
 
-from integration_support import TWISTD
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.integration_support import TWISTD
 from txsockproxy.balancers import balancerNames
 from txsockproxy.config import BackendConfig, Config, ProxyConfig
 from txsockproxy.loading import loadConfig

@@ -27,9 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from integration_support import Deadline, Server, echoHandler, freePort, proxyConfig
 from OpenSSL import SSL
-from test_integration import _IntegrationTestCase
 from twisted.application import strports
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -49,6 +47,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.integration_support import Deadline, Server, echoHandler, freePort, proxyConfig
+from tests.test_integration import _IntegrationTestCase
 from twisted import version as twistedVersion
 from txsockproxy.alpn import (
     ALPNDecliningReactor,

@@ -17,15 +17,6 @@ from typing import Any, Optional
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactor_support import (
-    ReactorTestCase,
-    Recording,
-    RecordingFactory,
-    privateReactor,
-    readable,
-    recordCalls,
-    socketPairs,
-)
 from twisted.internet import error
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableDescriptor
@@ -34,6 +25,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.accelerator.reactor_support import (
+    ReactorTestCase,
+    Recording,
+    RecordingFactory,
+    privateReactor,
+    readable,
+    recordCalls,
+    socketPairs,
+)
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast import relay as fastrelay
 from txsockproxy._fast.reactor import EPollReactor
@@ -193,7 +193,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         Endpoints on a reactor that is not txsockproxy's (a memory reactor)
         and other kinds of endpoint are left to the endpoint.
         """
-        from relay_fakes import FakeEndpoint
+        from tests.relay_fakes import FakeEndpoint
 
         memory = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 1)
         self.assertIsNone(fastconnect.connect(memory, RecordingFactory(), 5.0))

@@ -11,12 +11,12 @@ import socket
 import struct
 from typing import Any, Optional
 
-from reactor_support import ReactorTestCase, RecordingFactory, recordCalls
 from twisted.internet import address, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import globalLogPublisher
 
+from tests.accelerator.reactor_support import ReactorTestCase, RecordingFactory, recordCalls
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast import port as tcpport
 from txsockproxy._fast import relay as fastrelay

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import socket
 
-from integration_support import connect, echoHandler, freePort, proxyConfig, tcpListen
-from test_integration import _IntegrationTestCase
 from twisted.application.reactors import IReactorInstaller, getReactorTypes
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
+
+from tests.integration_support import connect, echoHandler, freePort, proxyConfig, tcpListen
+from tests.test_integration import _IntegrationTestCase
 
 
 class ReactorPluginTests(SynchronousTestCase):

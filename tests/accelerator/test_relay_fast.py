@@ -13,7 +13,11 @@ import socket
 import threading
 from typing import Any
 
-from integration_support import (
+from twisted.internet import error, main
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.integration_support import (
     Deadline,
     Server,
     connect,
@@ -24,12 +28,8 @@ from integration_support import (
     recvExactly,
     tcpListen,
 )
-from relay_fakes import HalfCloseTransport
-from test_integration import _IntegrationTestCase
-from twisted.internet import error, main
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
-
+from tests.relay_fakes import HalfCloseTransport
+from tests.test_integration import _IntegrationTestCase
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast import relay as fastrelay
 
@@ -790,7 +790,7 @@ class DirectConnectTests(SynchronousTestCase):
         """
         Any other endpoint (TLS, host names, plugins) is not handled.
         """
-        from relay_fakes import FakeEndpoint
+        from tests.relay_fakes import FakeEndpoint
 
         self.assertIsNone(fastconnect.directConnect(FakeEndpoint(), self.factory(), 8.0))
 
@@ -889,8 +889,9 @@ class SessionMemoryTests(SynchronousTestCase):
         local addresses once each, when first read; two sessions share one
         local address object.
         """
-        from relay_fakes import Proxy
         from twisted.internet.address import IPv4Address
+
+        from tests.relay_fakes import Proxy
 
         proxy = Proxy()
         first, transport = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
