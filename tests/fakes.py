@@ -1,15 +1,30 @@
 """
-Fakes shared by the unit tests: a DNS resolver and a backend as a balancer
-sees it.
+Fakes shared by the unit tests: a DNS resolver, a backend as a balancer sees
+it, a transport wrapping another (as TLS does), and for the relay a transport
+that half-closes, an endpoint whose connects the test completes by hand, and
+a builder for a proxy with fake backends.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any, Optional, Sequence
 
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsockproxy.interfaces import IBackendInfo
+from txsockproxy.backends import Backend, BackendPool
+from txsockproxy.balancers import FairBalancer
+from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.interfaces import IBackendInfo, IBalancer
+from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
 
 class FakeResolver:
@@ -45,3 +60,153 @@ class BackendInfo:
         self.key = f"tcp:host=127.0.0.1:port={sum(map(ord, label))}"
         self.weight = weight
         self.active = active
+
+
+
+class WrappingTransport:
+    """
+    A transport over another one, as a TLS transport is: its handle is not a
+    socket.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def getHandle(self) -> object:
+        return object()
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A L{StringTransport} that records half-closes and aborts, and that, like a
+    real transport, lets a producer be unregistered when none is.
+
+    @ivar writeClosed: L{True} once C{loseWriteConnection} was called.
+    @ivar aborted: L{True} once C{abortConnection} was called.
+    """
+
+    def __init__(self, peer: Optional[IPv4Address] = None) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=peer or IPv4Address("TCP", "127.0.0.2", 40000),
+            lenient=True,
+        )
+        self.writeClosed = False
+        self.aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    An endpoint whose C{connect} returns a Deferred that the test fires with
+    L{FakeEndpoint.succeed} or L{FakeEndpoint.fail}.
+
+    @ivar attempts: (factory, Deferred) for each connect, in order.
+    @ivar cancelled: how many attempts were cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[IProtocolFactory, defer.Deferred[Protocol]]] = []
+        self.cancelled = 0
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Protocol]:
+        def cancel(d: defer.Deferred[Protocol]) -> None:
+            self.cancelled += 1
+
+        d: defer.Deferred[Protocol] = defer.Deferred(cancel)
+        self.attempts.append((factory, d))
+        return d
+
+    def succeed(self) -> tuple[Any, HalfCloseTransport]:
+        """
+        Complete the latest connect: build the protocol, give it a transport.
+
+        @return: the backend protocol and its transport.
+        """
+        factory, d = self.attempts[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 9000))
+        transport = HalfCloseTransport()
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+    def fail(self, reason: Exception) -> None:
+        """
+        Fail the latest connect with C{reason}.
+        """
+        self.attempts[-1][1].errback(Failure(reason))
+
+
+class Proxy:
+    """
+    A proxy with fake backends on a L{Clock}, as the unit tests use it.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str] = ("a", "b"),
+        balancer: Optional[IBalancer] = None,
+        idleTimeout: float = 0.0,
+        halfClosedTimeout: float = 0.0,
+        connectTimeout: float = 8.0,
+        disableTime: float = 1.0,
+        debug: int = 0,
+        inspectDelay: float = 0.0,
+    ) -> None:
+        self.clock = Clock()
+        configs = tuple(
+            BackendConfig(
+                endpoint=f"tcp:host=127.0.0.1:port={10000 + i}",
+                label=label,
+                connectTimeout=connectTimeout,
+                disableTime=disableTime,
+            )
+            for i, label in enumerate(labels)
+        )
+        self.config = ProxyConfig(
+            name="test",
+            listen=("tcp:8080",),
+            backends=configs,
+            idleTimeout=idleTimeout,
+            halfClosedTimeout=halfClosedTimeout,
+            inspectDelay=inspectDelay,
+        )
+        self.endpoints = {label: FakeEndpoint() for label in labels}
+        backends = [Backend(c, self.endpoints[c.label]) for c in configs]
+        self.backends = {b.label: b for b in backends}
+        self.pool = BackendPool(
+            self.config, backends, balancer or FairBalancer(), self.clock
+        )
+        self.factory = ProxyFactory(self.pool, self.clock, debug)
+
+    def accept(
+        self, peer: Optional[IPv4Address] = None, transport: Optional[HalfCloseTransport] = None
+    ) -> tuple[FrontendProtocol, HalfCloseTransport]:
+        """
+        A client connects (over C{transport} if given).
+
+        @return: the frontend protocol and the client's transport.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 40000))
+        transport = transport or HalfCloseTransport(peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+def lost(clean: bool = True) -> Failure:
+    """
+    The reason a connection was lost: closed cleanly, or reset.
+    """
+    return Failure(ConnectionDone() if clean else ConnectionLost("reset"))

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.fakes import BackendInfo as Info
-from tests.relay_fakes import Proxy
+from tests.fakes import Proxy
 from txsockproxy.backends import describeFailure
 from txsockproxy.balancers import (
     FairBalancer,
@@ -127,7 +127,7 @@ class FairTests(SynchronousTestCase):
         # Connect b's sessions and close one of them: b is now the lightest.
         proxy.endpoints["b"].succeed()
         sessions[1].readConnectionLost()
-        from tests.relay_fakes import lost
+        from tests.fakes import lost
 
         sessions[1].connectionLost(lost(clean=False))
         self.assertEqual(proxy.backends["b"].active, 1)

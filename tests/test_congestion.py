@@ -14,6 +14,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.accelerator.reactor_support import ReactorTestCase
+from tests.fakes import WrappingTransport
 from txsockproxy import congestion
 from txsockproxy.congestion import Congestion, check, isLoopback, paces
 
@@ -91,15 +92,6 @@ class Accepted(FakeTransport):
     def __init__(self, port: FakePort, client: Any, algorithm: bytes = b"bbr") -> None:
         super().__init__(FakeSocket(algorithm=algorithm), client)
         self.server = port
-
-
-class Wrapping:
-    """
-    A transport over another one, as a TLS transport is.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
 
 
 def captureLog(case: SynchronousTestCase) -> list[str]:
@@ -307,7 +299,7 @@ class ApplyTests(SynchronousTestCase):
         """
         sock = FakeSocket()
         Congestion("reno", names=("reno",)).apply(
-            Wrapping(Wrapping(FakeTransport(sock, ("127.0.0.1", 1))))
+            WrappingTransport(WrappingTransport(FakeTransport(sock, ("127.0.0.1", 1))))
         )
         self.assertEqual(sock.set, [b"reno"])
 
@@ -315,7 +307,7 @@ class ApplyTests(SynchronousTestCase):
         """
         A transport with no socket underneath is left alone.
         """
-        Congestion("reno", names=("reno",)).apply(Wrapping(object()))
+        Congestion("reno", names=("reno",)).apply(WrappingTransport(object()))
 
     def test_unixPeer(self) -> None:
         """

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.relay_fakes import HalfCloseTransport, Proxy, lost
+from tests.fakes import HalfCloseTransport, Proxy, lost
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
@@ -677,7 +677,7 @@ class InspectionTests(SynchronousTestCase):
         complete; then the balancer gets its SNI name and the backend gets
         the hello, unchanged.
         """
-        from test_sni import clientHello
+        from tests.test_sni import clientHello
 
         recorder = NameRecorder()
         proxy = Proxy(balancer=recorder, inspectDelay=5)

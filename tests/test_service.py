@@ -353,7 +353,7 @@ class ReloadTests(SynchronousTestCase):
         A session started before a reload keeps its backend even when the
         reload removes that backend.
         """
-        from tests.relay_fakes import HalfCloseTransport
+        from tests.fakes import HalfCloseTransport
 
         factory = self.service.factories[0]
         client = factory.buildProtocol(None)
@@ -860,7 +860,7 @@ class ShutdownTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        from tests.relay_fakes import HalfCloseTransport
+        from tests.fakes import HalfCloseTransport
 
         self.reactor = MemoryReactorClock()
         # Shorter than the connect timeout (8 s): the session stays connecting.
@@ -907,7 +907,7 @@ class ShutdownTests(SynchronousTestCase):
 
 
 def _lost():  # type: ignore[no-untyped-def]
-    from tests.relay_fakes import lost
+    from tests.fakes import lost
 
     return lost()
 

@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.relay_fakes import Proxy, lost
+from tests.fakes import Proxy, lost
 from txsockproxy import sessionlog
 from txsockproxy.relay import Session
 from txsockproxy.sessionlog import SessionLog, formatText, sessionFields

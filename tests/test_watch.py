@@ -9,11 +9,11 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import WrappingTransport
 from txsockproxy.watch import PausedWatch, socketOf
 
 
@@ -40,18 +40,6 @@ class SocketTransport:
 
     def getHandle(self) -> socket.socket:
         return self.skt
-
-
-class WrappingTransport:
-    """
-    A transport whose handle is not a socket (as TLS's), wrapping another.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def getHandle(self) -> object:
-        return object()
 
 
 class Told:

@@ -193,7 +193,7 @@ class ConnectIntegrationTests(ReactorTestCase):
         Endpoints on a reactor that is not txsockproxy's (a memory reactor)
         and other kinds of endpoint are left to the endpoint.
         """
-        from tests.relay_fakes import FakeEndpoint
+        from tests.fakes import FakeEndpoint
 
         memory = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 1)
         self.assertIsNone(fastconnect.connect(memory, RecordingFactory(), 5.0))

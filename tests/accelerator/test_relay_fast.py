@@ -17,6 +17,7 @@ from twisted.internet import error, main
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.fakes import HalfCloseTransport
 from tests.integration_support import (
     Deadline,
     Server,
@@ -28,7 +29,6 @@ from tests.integration_support import (
     recvExactly,
     tcpListen,
 )
-from tests.relay_fakes import HalfCloseTransport
 from tests.test_integration import _IntegrationTestCase
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast import relay as fastrelay
@@ -790,7 +790,7 @@ class DirectConnectTests(SynchronousTestCase):
         """
         Any other endpoint (TLS, host names, plugins) is not handled.
         """
-        from tests.relay_fakes import FakeEndpoint
+        from tests.fakes import FakeEndpoint
 
         self.assertIsNone(fastconnect.directConnect(FakeEndpoint(), self.factory(), 8.0))
 
@@ -891,7 +891,7 @@ class SessionMemoryTests(SynchronousTestCase):
         """
         from twisted.internet.address import IPv4Address
 
-        from tests.relay_fakes import Proxy
+        from tests.fakes import Proxy
 
         proxy = Proxy()
         first, transport = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
