@@ -307,7 +307,21 @@ class ApplyTests(SynchronousTestCase):
         """
         A transport with no socket underneath is left alone.
         """
-        Congestion("reno", names=("reno",)).apply(WrappingTransport(object()))
+        seen = captureLog(self)
+        # A TCP transport once closed: it still knows its peer, but its
+        # socket is gone (Twisted deletes the attribute).
+        closed = FakeTransport(None, ("127.0.0.1", 1))
+        del closed.socket
+        c = Congestion("reno", names=("reno",))
+        for transport in (WrappingTransport(object()), WrappingTransport(closed), closed):
+            c.apply(transport)
+        self.assertFalse(hasattr(closed, "socket"))
+        # Nothing was tried, so nothing was refused: the choice stands, and
+        # the next transport with a socket gets it.
+        self.assertEqual((c.name, seen), (b"reno", []))
+        sock = FakeSocket()
+        c.apply(FakeTransport(sock, ("127.0.0.1", 1)))
+        self.assertEqual(sock.set, [b"reno"])
 
     def test_unixPeer(self) -> None:
         """
