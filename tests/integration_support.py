@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -60,14 +61,33 @@ class Deadline:
         return left
 
 
-def freePort() -> int:
+def refusingSocket(case: Any) -> socket.socket:
     """
-    A loopback TCP port that nothing listens on right now: bind port 0 and let
-    the kernel choose, then release it.
+    A loopback TCP socket bound to a port of the kernel's choice and not
+    listening, held until the end of C{case}: connecting to its port is
+    refused, and no other process can take the port meanwhile (nor can a
+    connect pick it as its source port). L{Server} can listen on it later.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    case.addCleanup(sock.close)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def refusedPort(case: Any) -> int:
+    """
+    A loopback TCP port that refuses connections until the end of C{case}
+    (see L{refusingSocket}).
+    """
+    return int(refusingSocket(case).getsockname()[1])
+
+
+def refusedEndpoint(case: Any) -> str:
+    """
+    A loopback TCP backend endpoint that refuses connections until the end
+    of C{case} (see L{refusingSocket}).
+    """
+    return tcpBackend(refusedPort(case))
 
 
 def tcpListen(port: int) -> str:
@@ -82,6 +102,16 @@ def tcpBackend(port: int) -> str:
     The client endpoint string for a loopback TCP backend on C{port}.
     """
     return f"tcp:host=127.0.0.1:port={port}"
+
+
+# How C{twistd sockproxy} logs each listener once it is bound: C{"proxy NAME:
+# LISTEN is bound to ADDRESS"} (or C{"status: ..."}), the address being
+# C{127.0.0.1:41234}, C{[::1]:41234} or C{unix:/path}.
+BOUND = re.compile(r"(?P<owner>proxy \S+|status): (?P<listen>\S+) is bound to (?P<address>\S+)$")
+
+# Where a test's proxy listens: a port of the kernel's choice on loopback,
+# read back with L{boundPorts}.
+LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
 def tomlString(value: str) -> str:
@@ -253,6 +283,41 @@ class Twistd:
         return self.process.returncode
 
 
+def boundAddresses(proxy: Twistd, count: int) -> list[tuple[str, str, str]]:
+    """
+    Wait for C{count} listeners of C{proxy} to log the address they are
+    bound to; return (owner, listen, address) of each, in log order.
+    """
+    lines = proxy.waitFor(" is bound to ", count=count, timeout=START_TIMEOUT)
+    found = []
+    for line in lines:
+        match = BOUND.search(line)
+        assert match is not None, line
+        found.append((match["owner"], match["listen"], match["address"]))
+    return found
+
+
+def boundPorts(proxy: Twistd, count: int = 1) -> list[int]:
+    """
+    Wait for C{count} listeners of C{proxy} to log the address they are
+    bound to; return the port of each (all TCP), in log order: the proxies'
+    listeners in the order of the config, then the status endpoint's.
+    """
+    ports = []
+    for _, _, address in boundAddresses(proxy, count)[:count]:
+        host, _, port = address.rpartition(":")
+        assert host and port.isdigit(), address
+        ports.append(int(port))
+    return ports
+
+
+def boundPort(proxy: Twistd) -> int:
+    """
+    The port that C{proxy}'s only (or first) TCP listener is bound to.
+    """
+    return boundPorts(proxy, 1)[0]
+
+
 Handler = Callable[[socket.socket, "Server"], None]
 
 
@@ -267,14 +332,27 @@ class Server:
         the end of the test wait on it.
     """
 
-    def __init__(self, handler: Handler, unixPath: Optional[str] = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        unixPath: Optional[str] = None,
+        port: int = 0,
+        bound: Optional[socket.socket] = None,
+    ) -> None:
         self.handler = handler
         self.accepted = 0
         self.errors: list[BaseException] = []
         self.stopped = threading.Event()
         self._cond = threading.Condition()
         self._connections: list[socket.socket] = []
-        if unixPath is not None:
+        if bound is not None:
+            # A socket bound already (L{refusingSocket}): listening on it
+            # brings a refused backend back on the same port.
+            self.socket = bound
+            self.port = int(bound.getsockname()[1])
+            self.address = ("127.0.0.1", self.port)
+            self.endpoint = tcpBackend(self.port)
+        elif unixPath is not None:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.socket.bind(unixPath)
             self.address: Address = unixPath

@@ -10,7 +10,14 @@ import os
 import socket
 import textwrap
 
-from tests.integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
+from tests.integration_support import (
+    LOOPBACK,
+    Deadline,
+    Server,
+    boundPort,
+    connect,
+    proxyConfig,
+)
 from tests.test_integration import _IntegrationTestCase
 from tests.test_sni import clientHello
 from txsockproxy.balancers import HashBalancer
@@ -98,9 +105,8 @@ class BalancerPluginIntegrationTests(_IntegrationTestCase):
         with open(os.path.join(plugins, "lastbalancer.py"), "w") as f:
             f.write(textwrap.dedent(PLUGIN))
         backends = [self.startServer(labelHandler(x)) for x in (b"A", b"B", b"C")]
-        port = freePort()
         config = proxyConfig(
-            self.tmp, [tcpListen(port)],
+            self.tmp, [LOOPBACK],
             [{"endpoint": b.endpoint, "label": b.endpoint[-5:]} for b in backends],
             balance="always-last",
         )
@@ -109,7 +115,7 @@ class BalancerPluginIntegrationTests(_IntegrationTestCase):
                 [os.path.join(self.tmp, "site"), os.environ.get("PYTHONPATH", "")]
             )
         )
-        self.startTwistd(["sockproxy", "--config", config], env=env)
+        port = boundPort(self.startTwistd(["sockproxy", "--config", config], env=env))
         self.assertEqual([ask(port, b"hi") for _ in range(5)], [b"C"] * 5)
 
     def test_unknownNameListsPlugins(self) -> None:
@@ -118,7 +124,7 @@ class BalancerPluginIntegrationTests(_IntegrationTestCase):
         lists the balancers available.
         """
         config = proxyConfig(
-            self.tmp, [tcpListen(freePort())], [{"endpoint": "tcp:host=127.0.0.1:port=9"}],
+            self.tmp, [LOOPBACK], [{"endpoint": "tcp:host=127.0.0.1:port=9"}],
             balance="always-last",
         )
         code, output = self.runToExit(["sockproxy", "--config", config, "--check"])
@@ -144,13 +150,12 @@ class HashSNIIntegrationTests(_IntegrationTestCase):
         labels = [b"A", b"B", b"C", b"D"]
         received: list[bytes] = []
         backends = [self.startServer(labelHandler(x, received)) for x in labels]
-        port = freePort()
         config = proxyConfig(
-            self.tmp, [tcpListen(port)],
+            self.tmp, [LOOPBACK],
             [{"endpoint": b.endpoint} for b in backends],
             balance="hash", extra="inspect-delay = 5",
         )
-        self.startTwistd(["sockproxy", "--config", config])
+        port = boundPort(self.startTwistd(["sockproxy", "--config", config]))
 
         class Info:
             def __init__(self, endpoint: str, label: bytes) -> None:

@@ -26,6 +26,7 @@ import psutil
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.integration_support import (
+    LOOPBACK,
     REPO,
     START_TIMEOUT,
     TWIST,
@@ -34,14 +35,17 @@ from tests.integration_support import (
     Handler,
     Server,
     Twistd,
+    boundPort,
     connect,
     echoHandler,
     exchange,
-    freePort,
     proxyConfig,
     readVmHWM,
     recvAll,
     recvExactly,
+    refusedEndpoint,
+    refusedPort,
+    refusingSocket,
     tcpBackend,
     tcpListen,
     tomlString,
@@ -136,9 +140,8 @@ class RelayIntegrationTests(_IntegrationTestCase):
         backend come back byte for byte.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
-        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
-        self.startProxy(config)
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
+        port = boundPort(self.startProxy(config))
         payload = os.urandom(8 * MiB)
         received = self.echoThrough(("127.0.0.1", port), payload, seconds=30)
         self.assertEqual(len(received), len(payload))
@@ -188,16 +191,16 @@ endpoint = {tomlString("unix:" + backendPath)}
         """
         one = self.startServer(echoHandler)
         two = self.startServer(echoHandler)
-        port = freePort()
-        self.startTwistd(
+        proxy = self.startTwistd(
             [
                 "sockproxy",
-                "--listen", tcpListen(port),
+                "--listen", LOOPBACK,
                 "--backend", one.endpoint,
                 "--backend", two.endpoint,
                 "--balance", "round-robin",
             ]
         )
+        port = boundPort(proxy)
         for i in range(4):
             payload = f"quick mode {i}\n".encode()
             self.assertEqual(self.echoThrough(("127.0.0.1", port), payload), payload)
@@ -235,12 +238,11 @@ class HalfCloseIntegrationTests(_IntegrationTestCase):
     """
 
     def proxyTo(self, backend: Server, debug: int = 0) -> tuple[str, int]:
-        port = freePort()
         config = proxyConfig(
-            self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}], debug=debug
+            self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}], debug=debug
         )
         self.proxy = self.startProxy(config)
-        return ("127.0.0.1", port)
+        return ("127.0.0.1", boundPort(self.proxy))
 
     def test_clientHalfClose(self) -> None:
         """
@@ -367,13 +369,6 @@ def killFromPidfile(pidfile: str) -> None:
         pass
 
 
-def refusedEndpoint() -> str:
-    """
-    A loopback TCP endpoint where nothing listens: connecting is refused.
-    """
-    return tcpBackend(freePort())
-
-
 class FailoverIntegrationTests(_IntegrationTestCase):
     """
     A refused backend is skipped without the client noticing; with no
@@ -385,11 +380,10 @@ class FailoverIntegrationTests(_IntegrationTestCase):
         # of N client connections is echoed by the working backend, and the
         # log names the refused backend's failure.
         working = self.startServer(echoHandler)
-        down = refusedEndpoint()
-        port = freePort()
+        down = refusedEndpoint(self)
         config = proxyConfig(
             self.tmp,
-            [tcpListen(port)],
+            [LOOPBACK],
             [
                 {"endpoint": down, "label": "refusing", "disable-time": 0},
                 {"endpoint": working.endpoint, "label": "working", "disable-time": 0},
@@ -397,6 +391,7 @@ class FailoverIntegrationTests(_IntegrationTestCase):
             balance=balance,
         )
         proxy = self.startProxy(config)
+        port = boundPort(proxy)
         connections = 10
         for i in range(connections):
             payload = f"{balance} connection {i}\n".encode() * 100
@@ -446,21 +441,22 @@ class FailoverIntegrationTests(_IntegrationTestCase):
         logged once per outage: not again for later clients, and again only
         after a backend has answered in between.
         """
-        ports = [freePort(), freePort()]
-        listen = freePort()
+        refusing = [refusingSocket(self), refusingSocket(self)]
         config = proxyConfig(
             self.tmp,
-            [tcpListen(listen)],
+            [LOOPBACK],
             [
-                {"endpoint": tcpBackend(p), "label": f"b{i}", "disable-time": 0}
-                for i, p in enumerate(ports)
+                {"endpoint": tcpBackend(sock.getsockname()[1]), "label": f"b{i}",
+                 "disable-time": 0}
+                for i, sock in enumerate(refusing)
             ],
         )
         proxy = self.startProxy(config)
+        listen = boundPort(proxy)
         closeTimes = [self.connectAndTimeClose(listen) for _ in range(5)]
 
         # A backend answers again...
-        revived = Server(echoHandler, port=ports[0])
+        revived = Server(echoHandler, bound=refusing[0])
         self.addCleanup(revived.stop)
         self.assertEqual(self.echoThrough(("127.0.0.1", listen), b"hello"), b"hello")
         revived.stop()
@@ -513,9 +509,9 @@ class FlowControlIntegrationTests(_IntegrationTestCase):
 
         backend = self.startServer(handler)
         self.addCleanup(drain.set)
-        port = freePort()
-        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
         proxy = self.startProxy(config)
+        port = boundPort(proxy)
         process = psutil.Process(proxy.pid)
 
         with connect(("127.0.0.1", port)) as conn:
@@ -573,7 +569,7 @@ class StartupIntegrationTests(_IntegrationTestCase):
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        return tcpListen(taken.getsockname()[1]), tcpBackend(freePort())
+        return tcpListen(taken.getsockname()[1]), refusedEndpoint(self)
 
     def assertOneClearBindLine(self, desc: str, output: str) -> None:
         self.assertNotIn("Traceback", output)
@@ -683,14 +679,14 @@ class StartupIntegrationTests(_IntegrationTestCase):
         C{--check} on a valid file prints the effective configuration (its
         listen endpoint and backends) and exits 0 without listening.
         """
-        port = freePort()
-        backendPort = freePort()
+        # Nothing listens: ports that refuse connections, in case it did.
+        port, backendPort, other = (refusedPort(self) for _ in range(3))
         config = proxyConfig(
             self.tmp,
             [tcpListen(port)],
             [
                 {"endpoint": tcpBackend(backendPort), "label": "first"},
-                {"host": "127.0.0.1", "port": freePort()},
+                {"host": "127.0.0.1", "port": other},
             ],
             name="checked",
             balance="round-robin",
@@ -765,9 +761,11 @@ class PackagingIntegrationTests(_IntegrationTestCase):
 
         from txsockproxy.service import ProxyService
 
-        port = freePort()
+        # Nothing listens (the service is not started): ports that refuse
+        # connections, in case it did.
+        port = refusedPort(self)
         config = proxyConfig(
-            self.tmp, [tcpListen(port)], [{"endpoint": tcpBackend(freePort())}], name="tac"
+            self.tmp, [tcpListen(port)], [{"endpoint": refusedEndpoint(self)}], name="tac"
         )
         old = os.environ.get("SOCKPROXY_CONFIG")
         os.environ["SOCKPROXY_CONFIG"] = config
@@ -792,12 +790,12 @@ class PackagingIntegrationTests(_IntegrationTestCase):
         echo end to end.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
-        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
-        self.startTwistd(
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
+        proxy = self.startTwistd(
             ["-y", os.path.join(REPO, "sockproxy.tac")],
             env=self.environ(SOCKPROXY_CONFIG=config),
         )
+        port = boundPort(proxy)
         payload = b"through the tac\n" * 64
         self.assertEqual(self.echoThrough(("127.0.0.1", port), payload), payload)
         self.assertNoHandlerErrors(backend)

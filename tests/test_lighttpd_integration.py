@@ -38,8 +38,8 @@ from tests.integration_support import (
     Server,
     Twistd,
     connect,
-    freePort,
     recvAll,
+    refusedPort,
 )
 from tests.test_lighttpd import REPO, certificate
 
@@ -173,6 +173,21 @@ def readLabel(port: int, deadline: Deadline) -> tuple[str, socket.socket]:
     return data.decode().strip(), conn
 
 
+def unusedPort() -> int:
+    """
+    A loopback TCP port that nothing listens on right now (bound to port 0,
+    then released), for the differential tests alone: lighttpd refuses port
+    0 in a C{$SERVER["socket"]} condition and does not say which port it
+    bound, and its config, shared with txsockproxy, tells the sockets apart
+    by port; and txsockproxy's lighttpd importer refuses C{server.port = 0}.
+    Another process may take the port before the server binds it:
+    the server then fails to start, and the test with it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Side:
     """
     One of the two servers under test, and how to tell that it has ended a
@@ -210,7 +225,7 @@ class DifferentialTests(SynchronousTestCase):
         self.backends = {label: LabelBackend(label) for label in ("A", "B", "FIN")}
         for backend in self.backends.values():
             self.addCleanup(backend.server.stop)
-        self.down = freePort()
+        self.down = refusedPort(self)
         self.sides: list[Side] = []
         self.sides.append(self.startSockproxy())
         if lighttpdMissing() is None:
@@ -239,7 +254,7 @@ class DifferentialTests(SynchronousTestCase):
         return env
 
     def freePorts(self) -> dict[str, int]:
-        return {name: freePort() for name in ("SP_HTTP", *SOCKETS)}
+        return {name: unusedPort() for name in ("SP_HTTP", *SOCKETS)}
 
     def startSockproxy(self) -> Side:
         ports = self.freePorts()
@@ -497,7 +512,8 @@ class DebianConfigTests(SynchronousTestCase):
         """
         etc = os.path.join(self.tmp, "lighttpd")
         shutil.copytree("/etc/lighttpd", etc, symlinks=False)
-        port = freePort()
+        # The lighttpd importer refuses server.port = 0 (lighttpd takes it).
+        port = unusedPort()
         main = os.path.join(etc, "lighttpd.conf")
         with open(main, encoding="utf-8") as f:
             text = f.read()

@@ -31,21 +31,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest
 
 from tests.integration_support import (
-    START_TIMEOUT,
+    BOUND,
+    LOOPBACK,
     Deadline,
     Server,
     Twistd,
     assertRefused,
+    boundAddresses,
     connect,
     echoHandler,
     exchange,
-    freePort,
     recvAll,
     recvExactly,
+    refusedEndpoint,
     tcpListen,
     tomlString,
 )
-from tests.test_integration import _IntegrationTestCase, refusedEndpoint
+from tests.test_integration import _IntegrationTestCase
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -284,7 +286,8 @@ class _OperationsTestCase(_IntegrationTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.configPath = os.path.join(self.tmp, "sockproxy.toml")
-        self.statusPort = freePort()
+        # The status endpoint's port, once it is bound (see ports()).
+        self.statusPort: Optional[int] = None
 
     def makeToken(self) -> tuple[str, str]:
         """
@@ -297,7 +300,30 @@ class _OperationsTestCase(_IntegrationTestCase):
         return path, token
 
     def url(self, path: str) -> str:
+        assert self.statusPort is not None, "no status endpoint bound"
         return f"http://127.0.0.1:{self.statusPort}{path}"
+
+    def ports(self, proxy: Twistd) -> dict[str, int]:
+        """
+        The port each TCP listener of C{proxy} has logged it is bound to so
+        far, by owner (C{"proxy NAME"}, C{"status"}), the latest for an
+        owner logged more than once (a reload's new listener); remembers the
+        status endpoint's in C{statusPort}.
+        """
+        found = {}
+        for line in proxy.matching(" is bound to "):
+            match = BOUND.search(line)
+            assert match is not None, line
+            if not match["address"].startswith("unix:"):
+                found[match["owner"]] = int(match["address"].rpartition(":")[2])
+        self.statusPort = found.get("status", self.statusPort)
+        return found
+
+    def portOf(self, proxy: Twistd, name: str) -> int:
+        """
+        The port proxy C{name}'s listener has logged it is bound to.
+        """
+        return self.ports(proxy)[f"proxy {name}"]
 
     def statusDocument(self) -> dict[str, Any]:
         code, headers, body = http(self.url("/status.json"))
@@ -327,7 +353,10 @@ class _OperationsTestCase(_IntegrationTestCase):
         Start twistd on C{self.configPath}; wait for every proxy and the
         status endpoint (if any) to listen.
         """
-        return self.startProxy(self.configPath, readyCount=readyCount)
+        proxy = self.startProxy(self.configPath, readyCount=readyCount)
+        # Every listener logs its address before the "listening on" lines.
+        self.ports(proxy)
+        return proxy
 
     def sendSignal(self, proxy: Twistd, signum: int) -> None:
         proxy.process.send_signal(signum)
@@ -390,21 +419,21 @@ class StatusIntegrationTests(_OperationsTestCase):
         @return: the proxy and the bytes sent through "main".
         """
         working = self.startServer(echoHandler)
-        mainPort, deadPort = freePort(), freePort()
         writeConfig(
             self.configPath,
             [
-                proxyTable("main", [tcpListen(mainPort)], [
-                    {"endpoint": refusedEndpoint(), "label": "refusing", "disable-time": 60},
+                proxyTable("main", [LOOPBACK], [
+                    {"endpoint": refusedEndpoint(self), "label": "refusing", "disable-time": 60},
                     {"endpoint": working.endpoint, "label": "working"},
                 ]),
-                proxyTable("dead", [tcpListen(deadPort)], [
-                    {"endpoint": refusedEndpoint(), "label": "gone", "disable-time": 60},
+                proxyTable("dead", [LOOPBACK], [
+                    {"endpoint": refusedEndpoint(self), "label": "gone", "disable-time": 60},
                 ]),
             ],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
         )
         proxy = self.startConfigured(readyCount=3)
+        mainPort, deadPort = self.portOf(proxy, "main"), self.portOf(proxy, "dead")
         sent = 0
         for size in (100, 2000, 30000):
             fields = self.echoSession(proxy, mainPort, os.urandom(size))
@@ -638,18 +667,18 @@ class StatusPageIntegrationTests(_OperationsTestCase):
         C{/status.json} reports.
         """
         working = self.startServer(echoHandler)
-        port = freePort()
         writeConfig(
             self.configPath,
             [
-                proxyTable("web", [tcpListen(port)], [
-                    {"endpoint": refusedEndpoint(), "label": "refusing", "disable-time": 60},
+                proxyTable("web", [LOOPBACK], [
+                    {"endpoint": refusedEndpoint(self), "label": "refusing", "disable-time": 60},
                     {"endpoint": working.endpoint, "label": "working"},
                 ]),
             ],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
         )
         proxy = self.startConfigured(readyCount=2)
+        port = self.portOf(proxy, "web")
         for i in range(2):
             self.echoSession(proxy, port, f"page {i}\n".encode())
         started = time.monotonic()
@@ -693,18 +722,18 @@ class AdminIntegrationTests(_OperationsTestCase):
         """
         a = self.startServer(echoHandler)
         b = self.startServer(echoHandler)
-        port = freePort()
         tokenFile, secret = self.makeToken() if token else (None, "")
         writeConfig(
             self.configPath,
-            [proxyTable("p", [tcpListen(port)], [
+            [proxyTable("p", [LOOPBACK], [
                 {"endpoint": a.endpoint, "label": "a"},
                 {"endpoint": b.endpoint, "label": "b"},
             ])],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
             tokenFile=tokenFile,
         )
-        return self.startConfigured(readyCount=2), port, a, b, secret
+        proxy = self.startConfigured(readyCount=2)
+        return proxy, self.portOf(proxy, "p"), a, b, secret
 
     def test_drainDisableEnable(self) -> None:
         """
@@ -849,21 +878,21 @@ class SessionLogIntegrationTests(_OperationsTestCase):
         """
         request, reply = os.urandom(1234), os.urandom(56789)
         backend = self.startServer(replyHandler(reply))
-        port, deadPort = freePort(), freePort()
         path = os.path.join(self.tmp, "sessions.log")
         writeConfig(
             self.configPath,
             [
-                proxyTable("logged", [tcpListen(port)], [
+                proxyTable("logged", [LOOPBACK], [
                     {"endpoint": backend.endpoint, "label": "replying"},
                 ]),
-                proxyTable("dead", [tcpListen(deadPort)], [
-                    {"endpoint": refusedEndpoint(), "label": "gone"},
+                proxyTable("dead", [LOOPBACK], [
+                    {"endpoint": refusedEndpoint(self), "label": "gone"},
                 ]),
             ],
             top=[f"session-log = {tomlString(path)}", 'log-format = "json"'],
         )
         proxy = self.startConfigured(readyCount=2)
+        port, deadPort = self.portOf(proxy, "logged"), self.portOf(proxy, "dead")
         deadline = Deadline(10, "a logged session")
         with connect(("127.0.0.1", port)) as conn:
             client = clientAddress(conn)
@@ -877,7 +906,7 @@ class SessionLogIntegrationTests(_OperationsTestCase):
         record = json.loads(lines[0])
         self.assertEqual(record["proxy"], "logged")
         self.assertEqual(record["client"], client)
-        self.assertEqual(record["listen"], tcpListen(port))
+        self.assertEqual(record["listen"], LOOPBACK)
         self.assertEqual(record["backend"], "replying")
         self.assertEqual((record["bytes_up"], record["bytes_down"]), (len(request), len(reply)))
         self.assertIsInstance(record["duration"], (int, float))
@@ -907,20 +936,20 @@ class SessionLogIntegrationTests(_OperationsTestCase):
         exactly one per session, with the bytes each way and how it ended.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
         writeConfig(
             self.configPath,
-            [proxyTable("text", [tcpListen(port)], [
+            [proxyTable("text", [LOOPBACK], [
                 {"endpoint": backend.endpoint, "label": "echo"},
             ])],
             debug=0,
         )
         proxy = self.startConfigured()
+        port = self.portOf(proxy, "text")
         sizes = [10, 1000, 100000]
         for size in sizes:
             fields = self.echoSession(proxy, port, os.urandom(size))
             self.assertEqual(fields["proxy"], "text")
-            self.assertEqual(fields["listen"], tcpListen(port))
+            self.assertEqual(fields["listen"], LOOPBACK)
             self.assertEqual(fields["backend"], "echo")
             self.assertEqual((fields["bytes_up"], fields["bytes_down"]), (str(size), str(size)))
             self.assertEqual(fields["end"], "client closed")
@@ -935,14 +964,14 @@ class SessionLogIntegrationTests(_OperationsTestCase):
         and the moved file keeps the earlier line.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
         path = os.path.join(self.tmp, "sessions.log")
         writeConfig(
             self.configPath,
-            [proxyTable("rotated", [tcpListen(port)], [{"endpoint": backend.endpoint}])],
+            [proxyTable("rotated", [LOOPBACK], [{"endpoint": backend.endpoint}])],
             top=[f"session-log = {tomlString(path)}", 'log-format = "json"'],
         )
         proxy = self.startConfigured()
+        port = self.portOf(proxy, "rotated")
         clients = []
         for i in range(2):
             if i == 1:
@@ -967,15 +996,15 @@ class SessionLogIntegrationTests(_OperationsTestCase):
         with a session in flight still exits once that session ends.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
         path = os.path.join(self.tmp, "sessions.log")
         writeConfig(
             self.configPath,
-            [proxyTable("rotated", [tcpListen(port)], [{"endpoint": backend.endpoint}])],
+            [proxyTable("rotated", [LOOPBACK], [{"endpoint": backend.endpoint}])],
             top=[f"session-log = {tomlString(path)}", 'log-format = "json"',
                  "shutdown-timeout = 2"],
         )
         proxy = self.startConfigured()
+        port = self.portOf(proxy, "rotated")
         with connect(("127.0.0.1", port)) as conn:
             first = clientAddress(conn)
             exchange(conn, b"before rotation", Deadline(10, "echo"))
@@ -1049,16 +1078,19 @@ class ReloadIntegrationTests(_OperationsTestCase):
         """
         x, y = RecordingEcho(), RecordingEcho()
         backendX, backendY = self.startServer(x), self.startServer(y)
-        p1, p2, p3 = freePort(), freePort(), freePort()
+        # Ports of the kernel's choice. A reload tells listeners apart by
+        # their listen strings: three spellings of one keep them apart.
+        l1, l2, l3 = LOOPBACK, "tcp:port=0:interface=127.0.0.1", "tcp:interface=127.0.0.1:port=0"
         writeConfig(
             self.configPath,
             [
-                proxyTable("a", [tcpListen(p1)], [{"endpoint": backendX.endpoint, "label": "x"}]),
-                proxyTable("old", [tcpListen(p3)], [{"endpoint": backendX.endpoint, "label": "x"}]),
+                proxyTable("a", [l1], [{"endpoint": backendX.endpoint, "label": "x"}]),
+                proxyTable("old", [l3], [{"endpoint": backendX.endpoint, "label": "x"}]),
             ],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
         )
         proxy = self.startConfigured(readyCount=3)
+        p1, p3 = self.portOf(proxy, "a"), self.portOf(proxy, "old")
         deadline = Deadline(20, "reload with held sessions")
         held = [connect(("127.0.0.1", p)) for p in (p1, p3)]
         for conn in held:
@@ -1069,15 +1101,17 @@ class ReloadIntegrationTests(_OperationsTestCase):
         writeConfig(
             self.configPath,
             [
-                proxyTable("a", [tcpListen(p1)], [{"endpoint": backendY.endpoint, "label": "y"}]),
-                proxyTable("b", [tcpListen(p2)], [{"endpoint": backendY.endpoint, "label": "y"}]),
+                proxyTable("a", [l1], [{"endpoint": backendY.endpoint, "label": "y"}]),
+                proxyTable("b", [l2], [{"endpoint": backendY.endpoint, "label": "y"}]),
             ],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
         )
         self.reload(proxy)
-        proxy.waitFor(f"reload: listening on {tcpListen(p2)}")
-        proxy.waitFor(f"reload: closed listener {tcpListen(p3)}")
+        proxy.waitFor(f"reload: listening on {l2}")
+        proxy.waitFor(f"reload: closed listener {l3}")
         proxy.waitFor(f"(TCP Port {p3} Closed)")
+        self.assertEqual(self.portOf(proxy, "a"), p1)
+        p2 = self.portOf(proxy, "b")
 
         heldClients = [clientAddress(conn) for conn in held]
         for conn in held:
@@ -1103,9 +1137,9 @@ class ReloadIntegrationTests(_OperationsTestCase):
 
         proxies = {p["name"]: p for p in self.statusDocument()["proxies"]}
         self.assertEqual(list(proxies), ["a", "b"])
-        self.assertEqual(proxies["a"]["listen"], [tcpListen(p1)])
+        self.assertEqual(proxies["a"]["listen"], [l1])
         self.assertEqual([b["label"] for b in proxies["a"]["backends"]], ["y"])
-        self.assertEqual(proxies["b"]["listen"], [tcpListen(p2)])
+        self.assertEqual(proxies["b"]["listen"], [l2])
         self.assertNoHandlerErrors(backendX, backendY)
 
     def test_backendCountersAndStateSurvive(self) -> None:
@@ -1116,14 +1150,14 @@ class ReloadIntegrationTests(_OperationsTestCase):
         its accepted count.
         """
         backendX, backendY = self.startServer(echoHandler), self.startServer(echoHandler)
-        port = freePort()
         tokenFile, token = self.makeToken()
         x = {"endpoint": backendX.endpoint, "label": "x"}
         writeConfig(
-            self.configPath, [proxyTable("keep", [tcpListen(port)], [x])],
-            status=tcpListen(self.statusPort), tokenFile=tokenFile,
+            self.configPath, [proxyTable("keep", [LOOPBACK], [x])],
+            status=LOOPBACK, tokenFile=tokenFile,
         )
         proxy = self.startConfigured(readyCount=2)
+        port = self.portOf(proxy, "keep")
         for i in range(2):
             self.echoSession(proxy, port, f"before reload {i}".encode())
         before = self.backendStatus("keep", "x")
@@ -1133,12 +1167,13 @@ class ReloadIntegrationTests(_OperationsTestCase):
 
         writeConfig(
             self.configPath,
-            [proxyTable("keep", [tcpListen(port)], [
+            [proxyTable("keep", [LOOPBACK], [
                 {**x, "weight": 3}, {"endpoint": backendY.endpoint, "label": "y"},
             ])],
-            status=tcpListen(self.statusPort), tokenFile=tokenFile,
+            status=LOOPBACK, tokenFile=tokenFile,
         )
         self.reload(proxy)
+        self.assertEqual(self.portOf(proxy, "keep"), port)
         after = self.backendStatus("keep", "x")
         self.assertEqual(after["weight"], 3, "the reload was not applied")
         for key in ("connected", "failed", "bytes_in", "bytes_out"):
@@ -1159,16 +1194,15 @@ class ReloadIntegrationTests(_OperationsTestCase):
         reloads (each changing the backends) are applied.
         """
         backendX, backendY = self.startServer(echoHandler), self.startServer(echoHandler)
-        port = freePort()
         configs = [
-            [proxyTable("busy", [tcpListen(port)], [{"endpoint": backendX.endpoint}])],
-            [proxyTable("busy", [tcpListen(port)], [
+            [proxyTable("busy", [LOOPBACK], [{"endpoint": backendX.endpoint}])],
+            [proxyTable("busy", [LOOPBACK], [
                 {"endpoint": backendX.endpoint}, {"endpoint": backendY.endpoint},
             ], balance="round-robin")],
         ]
         writeConfig(self.configPath, configs[0], debug=0, top=['session-log = "off"'])
         proxy = self.startConfigured()
-        loop = ConnectLoop(("127.0.0.1", port))
+        loop = ConnectLoop(("127.0.0.1", self.portOf(proxy, "busy")))
         loop.start()
         self.addCleanup(loop.finish)
         marks = []
@@ -1194,24 +1228,24 @@ class ReloadIntegrationTests(_OperationsTestCase):
         status endpoint again (its port then refuses connections).
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
-        tables = [proxyTable("p", [tcpListen(port)], [{"endpoint": backend.endpoint, "label": "x"}])]
+        tables = [proxyTable("p", [LOOPBACK], [{"endpoint": backend.endpoint, "label": "x"}])]
         writeConfig(self.configPath, tables)
         proxy = self.startConfigured()
-        with self.assertRaises(urllib.error.URLError):
-            http(self.url("/status.json"))
+        port = self.portOf(proxy, "p")
+        self.assertEqual(list(self.ports(proxy)), ["proxy p"])
 
         oldFile, oldToken = self.makeToken()
-        writeConfig(self.configPath, tables, status=tcpListen(self.statusPort), tokenFile=oldFile)
+        writeConfig(self.configPath, tables, status=LOOPBACK, tokenFile=oldFile)
         self.reload(proxy, count=1)
-        proxy.waitFor(f"reload: listening on {tcpListen(self.statusPort)}")
+        proxy.waitFor(f"reload: listening on {LOOPBACK}")
+        self.assertEqual(sorted(self.ports(proxy)), ["proxy p", "status"])
         self.assertEqual(self.admin("p/x/drain", oldToken)[0], 200)
 
         newFile = os.path.join(self.tmp, "admin-token-2")
         newToken = secrets.token_hex(16)
         with open(newFile, "w", encoding="ascii") as f:
             f.write(newToken + "\n")
-        writeConfig(self.configPath, tables, status=tcpListen(self.statusPort), tokenFile=newFile)
+        writeConfig(self.configPath, tables, status=LOOPBACK, tokenFile=newFile)
         self.reload(proxy, count=2)
         self.assertEqual(self.admin("p/x/enable", oldToken)[0], 403)
         self.assertEqual(self.backendStatus("p", "x")["state"], "draining")
@@ -1233,19 +1267,19 @@ class ReloadIntegrationTests(_OperationsTestCase):
         the same backend; a corrected file is applied on the next SIGHUP.
         """
         backendX, backendY = self.startServer(echoHandler), self.startServer(echoHandler)
-        port = freePort()
         writeConfig(
             self.configPath,
-            [proxyTable("stay", [tcpListen(port)], [{"endpoint": backendX.endpoint, "label": "x"}])],
-            status=tcpListen(self.statusPort),
+            [proxyTable("stay", [LOOPBACK], [{"endpoint": backendX.endpoint, "label": "x"}])],
+            status=LOOPBACK,
         )
         proxy = self.startConfigured(readyCount=2)
+        port = self.portOf(proxy, "stay")
         self.assertEqual(self.echoSession(proxy, port, b"before")["backend"], "x")
         with open(self.configPath, "w", encoding="utf-8") as f:
             f.write(
                 "[[proxy]]\n"                                      # 1
                 'name = "stay"\n'                                  # 2
-                f"listen = {tomlString(tcpListen(port))}\n"        # 3
+                f"listen = {tomlString(LOOPBACK)}\n"               # 3
                 'balance = "no-such-balancer"\n'                   # 4
                 "[[proxy.backend]]\n"                              # 5
                 "port = 99999\n"                                   # 6
@@ -1267,8 +1301,8 @@ class ReloadIntegrationTests(_OperationsTestCase):
 
         writeConfig(
             self.configPath,
-            [proxyTable("stay", [tcpListen(port)], [{"endpoint": backendY.endpoint, "label": "y"}])],
-            status=tcpListen(self.statusPort),
+            [proxyTable("stay", [LOOPBACK], [{"endpoint": backendY.endpoint, "label": "y"}])],
+            status=LOOPBACK,
         )
         self.reload(proxy)
         self.assertEqual(self.echoSession(proxy, port, b"now y")["backend"], "y")
@@ -1282,7 +1316,6 @@ class ReloadIntegrationTests(_OperationsTestCase):
         status.json still shows.
         """
         backendX, backendY = self.startServer(echoHandler), self.startServer(echoHandler)
-        port = freePort()
         taken = socket.socket()
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
@@ -1290,18 +1323,19 @@ class ReloadIntegrationTests(_OperationsTestCase):
         takenPort = taken.getsockname()[1]
         writeConfig(
             self.configPath,
-            [proxyTable("a", [tcpListen(port)], [{"endpoint": backendX.endpoint, "label": "x"}])],
-            status=tcpListen(self.statusPort),
+            [proxyTable("a", [LOOPBACK], [{"endpoint": backendX.endpoint, "label": "x"}])],
+            status=LOOPBACK,
         )
         proxy = self.startConfigured(readyCount=2)
+        port = self.portOf(proxy, "a")
         self.assertEqual(self.echoSession(proxy, port, b"before")["backend"], "x")
         writeConfig(
             self.configPath,
             [
-                proxyTable("a", [tcpListen(port)], [{"endpoint": backendY.endpoint, "label": "y"}]),
+                proxyTable("a", [LOOPBACK], [{"endpoint": backendY.endpoint, "label": "y"}]),
                 proxyTable("b", [tcpListen(takenPort)], [{"endpoint": backendY.endpoint}]),
             ],
-            status=tcpListen(self.statusPort),
+            status=LOOPBACK,
         )
         self.sendSignal(proxy, signal.SIGHUP)
         [line] = proxy.waitFor("reload failed:")
@@ -1327,13 +1361,13 @@ class GracefulShutdownIntegrationTests(_OperationsTestCase):
 
     def startWith(self, handler: Any, timeout: float) -> tuple[Twistd, int, Server]:
         backend = self.startServer(handler)
-        port = freePort()
         writeConfig(
             self.configPath,
-            [proxyTable("g", [tcpListen(port)], [{"endpoint": backend.endpoint, "label": "g"}])],
+            [proxyTable("g", [LOOPBACK], [{"endpoint": backend.endpoint, "label": "g"}])],
             top=[f"shutdown-timeout = {timeout!r}"],
         )
-        return self.startConfigured(), port, backend
+        proxy = self.startConfigured()
+        return proxy, self.portOf(proxy, "g"), backend
 
     def test_sessionFinishesThenExit(self) -> None:
         """
@@ -1436,23 +1470,6 @@ class GracefulShutdownIntegrationTests(_OperationsTestCase):
             conn.shutdown(socket.SHUT_WR)
             self.assertEqual(recvAll(conn, deadline), b"")
         self.assertEqual(proxy.waitForExit(10), -signal.SIGTERM, proxy.output)
-
-
-BOUND = re.compile(r"(?P<owner>proxy \S+|status): (?P<listen>\S+) is bound to (?P<address>\S+)$")
-
-
-def boundAddresses(proxy: Twistd, count: int) -> list[tuple[str, str, str]]:
-    """
-    Wait for C{count} listeners of C{proxy} to log the address they are
-    bound to; return (owner, listen, address) of each, in log order.
-    """
-    lines = proxy.waitFor(" is bound to ", count=count, timeout=START_TIMEOUT)
-    found = []
-    for line in lines:
-        match = BOUND.search(line)
-        assert match is not None, line
-        found.append((match["owner"], match["listen"], match["address"]))
-    return found
 
 
 class BoundAddressIntegrationTests(_OperationsTestCase):

@@ -16,7 +16,7 @@ import threading
 import time
 from itertools import pairwise
 
-from tests.integration_support import Deadline, echoHandler, freePort
+from tests.integration_support import Address, Deadline, connect, echoHandler
 from tests.test_integration import _IntegrationTestCase
 
 # How long the include_shell of a slow reload takes, in seconds.
@@ -29,10 +29,11 @@ class PingPong(threading.Thread):
     recording when each round trip ended.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, address: Address) -> None:
         super().__init__(daemon=True)
-        self.conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = connect(address)
+        if not isinstance(address, str):
+            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.stamps: list[float] = []
         self.errors: list[BaseException] = []
         self.stopping = threading.Event()
@@ -75,20 +76,22 @@ class SlowReloadIntegrationTests(_IntegrationTestCase):
         and the reload is still applied.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
+        # A unix socket: the lighttpd importer, as lighttpd, wants a port
+        # other than 0 in a TCP socket condition.
+        path = os.path.join(self.tmp, "p.sock")
         config = os.path.join(self.tmp, "lighttpd.conf")
         with open(config, "w", encoding="utf-8") as f:
             # Slow only once the marker exists: start-up stays quick.
             f.write(
                 'server.modules = ( "mod_sockproxy" )\n'
                 f'include_shell "test -e slow && sleep {SLOW:g}; echo"\n'
-                f'$SERVER["socket"] == "127.0.0.1:{port}" {{\n'
+                f'$SERVER["socket"] == "{path}" {{\n'
                 '  sockproxy.server = ( "" => ( ( "host" => "127.0.0.1", '
                 f'"port" => {backend.port} ) ) )\n'
                 "}\n"
             )
         proxy = self.startProxy(config)
-        pinger = PingPong(port)
+        pinger = PingPong(path)
         self.addCleanup(pinger.finish)
         pinger.start()
         deadline = Deadline(10, "the first round trips")

@@ -18,7 +18,14 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
-from tests.integration_support import Deadline, Server, connect, freePort, proxyConfig, tcpListen
+from tests.integration_support import (
+    LOOPBACK,
+    Deadline,
+    Server,
+    boundPort,
+    connect,
+    proxyConfig,
+)
 from tests.test_integration import _IntegrationTestCase
 from txsockproxy._fast import relay as fastrelay
 
@@ -79,16 +86,15 @@ class _ResetTestsMixin:
     mode = "splice"
 
     def proxy(self: Any, backend: Server, extra: str = "") -> tuple[str, int]:
-        port = freePort()
         config = proxyConfig(
-            self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}], debug=1,
+            self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}], debug=1,
             extra=extra,
         )
         self.process = self.startTwistd(
             ["sockproxy", "--config", config],
             env=self.environ(TXSOCKPROXY_FASTPATH=self.mode),
         )
-        return ("127.0.0.1", port)
+        return ("127.0.0.1", boundPort(self.process))
 
     def test_clientResetReachesBackendAsReset(self: Any) -> None:
         """

@@ -14,12 +14,12 @@ import urllib.request
 import psutil
 
 from tests.integration_support import (
+    LOOPBACK,
     Deadline,
+    boundPorts,
     connect,
     echoHandler,
-    freePort,
     proxyConfig,
-    tcpListen,
 )
 from tests.test_integration import _IntegrationTestCase
 
@@ -38,15 +38,14 @@ class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
         once the spike is over every new client is served at once.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
-        statusPort = freePort()
         config = proxyConfig(
-            self.tmp, [tcpListen(port)],
+            self.tmp, [LOOPBACK],
             [{"endpoint": backend.endpoint, "disable-time": 60}], debug=1,
         )
         with open(config, "a", encoding="utf-8") as f:
-            f.write(f'\n[status]\nlisten = "tcp:{statusPort}:interface=127.0.0.1"\n')
+            f.write(f'\n[status]\nlisten = "{LOOPBACK}"\n')
         process = self.startTwistd(["sockproxy", "--config", config])
+        port, statusPort = boundPorts(process, 2)
         proxy = psutil.Process(process.pid)
         # Odd: once 20 sessions hold 40, the next accept takes the last
         # descriptor, and its backend socket finds none.

@@ -47,7 +47,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.integration_support import Deadline, Server, echoHandler, freePort, proxyConfig
+from tests.integration_support import Deadline, Server, boundPort, echoHandler, proxyConfig
 from tests.test_integration import _IntegrationTestCase
 from twisted import version as twistedVersion
 from txsockproxy.alpn import (
@@ -595,10 +595,8 @@ class TwistdTLSListenerIntegrationTests(_IntegrationTestCase):
     """
 
     def startProxy(self, backend: Server) -> int:
-        port = freePort()
-        config = proxyConfig(self.tmp, [tlsListen(self, port)], [{"endpoint": backend.endpoint}])
-        self.startTwistd(["sockproxy", "--config", config])
-        return port
+        config = proxyConfig(self.tmp, [tlsListen(self)], [{"endpoint": backend.endpoint}])
+        return boundPort(self.startTwistd(["sockproxy", "--config", config]))
 
     def test_alpnClient(self) -> None:
         """
@@ -639,11 +637,10 @@ class TwistdTLSListenerIntegrationTests(_IntegrationTestCase):
         PROXY-protocol wrapper, and the session does not wait for it.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
         config = proxyConfig(
-            self.tmp, ["haproxy:" + tlsListen(self, port)], [{"endpoint": backend.endpoint}]
+            self.tmp, ["haproxy:" + tlsListen(self)], [{"endpoint": backend.endpoint}]
         )
-        self.startTwistd(["sockproxy", "--config", config])
+        port = boundPort(self.startTwistd(["sockproxy", "--config", config]))
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

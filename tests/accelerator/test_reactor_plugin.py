@@ -11,7 +11,7 @@ from twisted.application.reactors import IReactorInstaller, getReactorTypes
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.integration_support import connect, echoHandler, freePort, proxyConfig, tcpListen
+from tests.integration_support import LOOPBACK, boundPort, connect, echoHandler, proxyConfig
 from tests.test_integration import _IntegrationTestCase
 
 
@@ -44,14 +44,13 @@ class ReactorPluginIntegrationTests(_IntegrationTestCase):
         The start-up log names txsockproxy's reactor, and sessions relay.
         """
         backend = self.startServer(echoHandler)
-        port = freePort()
-        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
         process = self.startTwistd(
             ["sockproxy", "--config", config],
             daemonArgs=("-n", "--pidfile=", "--logfile=-", "--reactor=txsockproxy"),
         )
         self.assertTrue(process.matching("txsockproxy._fast.reactor.EPollReactor"))
-        with connect(("127.0.0.1", port)) as conn:
+        with connect(("127.0.0.1", boundPort(process))) as conn:
             conn.sendall(b"ping")
             conn.shutdown(socket.SHUT_WR)
             conn.settimeout(10)

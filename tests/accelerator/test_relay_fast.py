@@ -19,15 +19,15 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.fakes import HalfCloseTransport
 from tests.integration_support import (
+    LOOPBACK,
     Deadline,
     Server,
+    boundPort,
     connect,
     exchange,
-    freePort,
     proxyConfig,
     recvAll,
     recvExactly,
-    tcpListen,
 )
 from tests.test_integration import _IntegrationTestCase
 from txsockproxy._fast import connect as fastconnect
@@ -551,13 +551,12 @@ class FastPathIntegrationTestsMixin:
     mode = "splice"
 
     def proxy(self: Any, backend: Server) -> tuple[str, int]:
-        port = freePort()
-        config = proxyConfig(self.tmp, [tcpListen(port)], [{"endpoint": backend.endpoint}])
-        self.startTwistd(
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
+        process = self.startTwistd(
             ["sockproxy", "--config", config],
             env=self.environ(TXSOCKPROXY_FASTPATH=self.mode),
         )
-        return ("127.0.0.1", port)
+        return ("127.0.0.1", boundPort(process))
 
     def test_clientHalfCloseThenLargeReply(self: Any) -> None:
         """
