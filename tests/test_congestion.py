@@ -492,13 +492,13 @@ class ApplyAcceptedTests(SynchronousTestCase):
 
     def test_adoptedListener(self) -> None:
         """
-        A listening socket the proxy did not make (handed over by systemd:
-        Twisted does not shut adopted sockets down) outlives the proxy: it
-        is left alone, and each connection is looked at on its own.
+        A listening socket the proxy did not make (handed over by systemd,
+        as its listener says: C{adopted}) outlives the proxy: it is left
+        alone, and each connection is looked at on its own.
         """
         port = FakePort("127.0.0.1")
-        port._shouldShutdown = False  # type: ignore[attr-defined]
         c = Congestion("auto", "bbr", ("cubic",))
+        c.adopted = True
         first = Accepted(port, ("127.0.0.1", 1))
         second = Accepted(port, ("127.0.0.1", 2))
         c.applyAccepted(first)

@@ -847,3 +847,29 @@ class TLSListenerTests(SynchronousTestCase):
                 client.connectionLost(lost(clean=False))
         failed = [e for e in events if "TLS handshake with" in str(e.get("log_format"))]
         self.assertEqual(len(failed), 10)
+
+
+class AdoptedListenerTests(SynchronousTestCase):
+    """
+    A proxy factory tells its congestion control whether its listening
+    socket was handed over by systemd (then never changed), from its listen
+    endpoint string alone.
+    """
+
+    def test_adopted(self) -> None:
+        """
+        C{systemd:} listeners, also behind C{haproxy:}, are adopted; others
+        are not.
+        """
+        from txsockproxy.relay import ProxyFactory
+
+        proxy = Proxy()
+        for listen, adopted in [
+            ("systemd:domain=INET:index=0", True),
+            ("haproxy:systemd:domain=INET:index=0", True),
+            ("tcp:8080", False),
+            ("haproxy:tcp:8080", False),
+            ("unix:/run/systemd.sock", False),
+        ]:
+            factory = ProxyFactory(proxy.pool, proxy.clock, listen=listen)
+            self.assertEqual(factory.congestion.adopted, adopted, listen)

@@ -194,7 +194,9 @@ class Congestion:
         L{onThisHost}) get it.
     """
 
-    __slots__ = ("setting", "name", "loopbackOnly", "_choices", "_port", "_checking", "_tried")
+    __slots__ = (
+        "setting", "name", "loopbackOnly", "adopted", "_choices", "_port", "_checking", "_tried",
+    )
 
     def __init__(
         self,
@@ -234,6 +236,9 @@ class Congestion:
         self._port: Any = None
         self._checking = False
         self._tried = False
+        # Whether the listening socket was handed over (systemd): it is
+        # then never changed (see _owns).
+        self.adopted = False
 
     def __repr__(self) -> str:
         chosen = "unchanged" if self.name is None else self.name.decode()
@@ -331,7 +336,7 @@ class Congestion:
         # socket is the proxy's own: not one handed over by systemd or
         # another program (Twisted's adopted ports do not shut it down),
         # which outlives the proxy and would keep the algorithm.
-        if not getattr(port, "_shouldShutdown", True):
+        if self.adopted:
             return False
         try:
             host = port.socket.getsockname()[0]

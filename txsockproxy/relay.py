@@ -254,6 +254,7 @@ class ProxyFactory(ServerFactory):
         self.halfClosedTimeout = pool.config.halfClosedTimeout
         # Read again on a reload: the system's algorithm may have changed.
         congestion = Congestion(pool.config.clientCongestion)
+        congestion.adopted = _adopted(self.listen)
         previous = getattr(self, "congestion", None)
         if previous is not None:
             congestion.takeOver(previous)
@@ -1054,6 +1055,15 @@ class Session:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+def _adopted(listen: str) -> bool:
+    """
+    Whether the listen endpoint string C{listen} names a listening socket
+    handed over by systemd (also behind a PROXY-protocol wrapper).
+    """
+    kinds = listen.split(":", 2)
+    return kinds[0] == "systemd" or kinds[:2] == ["haproxy", "systemd"]
 
 
 def _reportsHandshake(transport: Any) -> bool:
