@@ -16,8 +16,12 @@ setup(
     # would hide our plugins from twistd.
     package_dir={"": "."},
     install_requires=[
-        # 26.4: the oldest tested; before it, a TLS status site fails every
-        # client with pyOpenSSL 26.2 and later (see txsockproxy.alpn).
+        # Tested (CI, both ends): 26.4 to 26.10. Before 26.4 a TLS status
+        # site fails every client with pyOpenSSL 26.2 and later (see
+        # txsockproxy.alpn). No upper bound: a newer Twisted runs the proxy
+        # on the portable path (public API only) until it is tested, and the
+        # accelerator's start-up check says so (txsockproxy._fast.probe);
+        # a bound would only keep users from Twisted's fixes.
         "Twisted>=26.4",
         "zope.interface>=6",
         "service-identity>=24.1",
