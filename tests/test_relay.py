@@ -873,3 +873,33 @@ class AdoptedListenerTests(SynchronousTestCase):
         ]:
             factory = ProxyFactory(proxy.pool, proxy.clock, listen=listen)
             self.assertEqual(factory.congestion.adopted, adopted, listen)
+
+
+class EarlyEOFTests(SynchronousTestCase):
+    """
+    A client that sends its request and its EOF before the backend is
+    connected: the backend's write side is shut once, when it connects.
+    """
+
+    def test_shutOnce(self) -> None:
+        """
+        The held request reaches the backend, its write side is shut once
+        (a second C{loseWriteConnection} makes Twisted write to a shut
+        socket, which fails as a reset), and the backend's EOF then closes
+        both cleanly.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept()
+        client.dataReceived(b"request")
+        client.readConnectionLost()
+        backend, bt = proxy.endpoints["a"].succeed()
+        calls: list[None] = []
+        original = bt.loseWriteConnection
+        bt.loseWriteConnection = lambda: (calls.append(None), original())[1]  # type: ignore[method-assign]
+        self.assertEqual(bt.value(), b"request")
+        self.assertTrue(bt.writeClosed)
+        backend.dataReceived(b"reply")
+        backend.readConnectionLost()
+        self.assertEqual(calls, [])
+        self.assertTrue(ct.disconnecting and bt.disconnecting)
+        self.assertFalse(ct.aborted or bt.aborted)

@@ -639,7 +639,7 @@ class Session:
         self.held = _NOTHING_HELD
         ct.registerProducer(SideProducer(bt, self, False), True)
         if self.clientDone:
-            bt.loseWriteConnection()
+            self._shutWrite(False)
         else:
             bt.registerProducer(SideProducer(ct, self, True), True)
             if self.clientPaused:
