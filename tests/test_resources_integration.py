@@ -26,16 +26,18 @@ from tests.test_integration import _IntegrationTestCase
 
 class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
     """
-    A spike of clients beyond the proxy's descriptor limit closes the
-    clients it cannot serve, and leaves the backends up.
+    Clients beyond the proxy's descriptor limit are closed, and counted;
+    the backends stay up.
     """
 
     def test_backendsStayUp(self) -> None:
         """
-        With more clients than descriptors, the clients that cannot get a
-        backend connection are closed and counted as the proxy's own
-        resource errors; no backend is disabled (disable-time is long), so
-        once the spike is over every new client is served at once.
+        A client accepted with the last descriptor, which leaves none for
+        its backend connection, is closed and counted as the proxy's own
+        resource error; one that arrives with none left is closed by
+        Twisted's recovery at accept, and counted; no backend is disabled
+        (disable-time is long), so once descriptors are back every new
+        client is served at once.
         """
         backend = self.startServer(echoHandler)
         config = proxyConfig(
@@ -47,30 +49,44 @@ class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
         process = self.startTwistd(["sockproxy", "--config", config])
         port, statusPort = boundPorts(process, 2)
         proxy = psutil.Process(process.pid)
-        # Odd: once 20 sessions hold 40, the next accept takes the last
-        # descriptor, and its backend socket finds none.
-        limit = proxy.num_fds() + 41
-        proxy.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
         address = ("127.0.0.1", port)
-        clients = []
-        for _ in range(60):
+
+        def ended(client: socket.socket) -> None:
+            # The proxy closes the client (EOF, or a reset).
+            client.settimeout(10)
             try:
-                clients.append(connect(address))
-            except OSError:
-                break
-        for client in clients:
-            client.setblocking(False)
-            try:
-                client.send(b"x")
-            except OSError:
+                self.assertEqual(client.recv(100), b"")
+            except ConnectionResetError:
                 pass
-        process.waitFor("out of resources", timeout=10)
-        for client in clients:
             client.close()
-        # Back under the limit once the spike's sessions are gone.
-        deadline = Deadline(10, "the spike's sessions ending")
-        while proxy.num_fds() > limit - 30:
-            select.select([], [], [], min(0.05, deadline.remaining()))
+
+        # One descriptor left: the accept takes it, and the backend socket
+        # finds none. (If the proxy held one more descriptor for a moment,
+        # the accept finds none instead: then try again.)
+        _, hard = proxy.rlimit(psutil.RLIMIT_NOFILE)
+        for _ in range(5):
+            free = proxy.num_fds() + 1
+            # The soft limit only: raising it again needs no privilege.
+            proxy.rlimit(psutil.RLIMIT_NOFILE, (free, hard))
+            recovered = len(process.matching("EMFILE recovery: Closed"))
+            client = connect(address)
+            client.sendall(b"x")
+            ended(client)
+            deadline = Deadline(10, "the proxy logging why it closed the client")
+            while not process.matching("out of resources") and len(
+                process.matching("EMFILE recovery: Closed")
+            ) == recovered:
+                select.select([], [], [], min(0.05, deadline.remaining()))
+            if process.matching("out of resources"):
+                break
+        process.waitFor("out of resources", timeout=1)
+        # None left: Twisted's port accepts and closes in its recovery.
+        proxy.rlimit(psutil.RLIMIT_NOFILE, (proxy.num_fds(), hard))
+        recovered = len(process.matching("EMFILE recovery: Closed"))
+        client = connect(address)
+        process.waitFor("EMFILE recovery: Closed", count=recovered + 1, timeout=10)
+        ended(client)
+        proxy.rlimit(psutil.RLIMIT_NOFILE, (free + 100, hard))
         for i in range(10):
             with connect(address) as probe:
                 probe.settimeout(5)
@@ -83,8 +99,6 @@ class DescriptorExhaustionIntegrationTests(_IntegrationTestCase):
         [proxyStatus] = document["proxies"]
         self.assertGreaterEqual(proxyStatus["resource_errors"], 1)
         self.assertEqual(proxyStatus["backends"][0]["failed"], 0)
-        # The spike goes on past the descriptors: later clients are closed
-        # at accept, and counted.
         closed = len(process.matching("EMFILE recovery: Closed"))
         self.assertGreaterEqual(closed, 1)
         self.assertEqual(document["closed_at_accept"], closed)

@@ -51,7 +51,7 @@ from txsockproxy.portable import PortableRelayPath
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
-from txsockproxy.watch import DRAIN_INTERVAL, PausedWatch, socketOf, unsent
+from txsockproxy.watch import PausedWatch
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -236,10 +236,8 @@ class ProxyFactory(ServerFactory):
         self.sessions = sessions if sessions is not None else Sessions(debug)
         # The connect and inactivity timeouts of its sessions.
         self.timeouts = Timeouts(reactor)
-        # The sides of its sessions that are not being read, and those whose
-        # last bytes are on their way.
+        # The sides of its sessions that are not being read.
         self.watch = PausedWatch(reactor)
-        self.drainWatch = PausedWatch(reactor, DRAIN_INTERVAL, draining=True)
         # Failed TLS handshakes: a client can make as many as it likes.
         self.tlsLog = RateLimitedLog(reactor, Session.log, "failed TLS handshakes")
         self.usePool(pool)
@@ -424,7 +422,7 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
-        "handshaking", "joined", "_shut", "_flushed", "_draining",
+        "handshaking", "joined", "_shut", "_flushed",
         "__weakref__",
     )
 
@@ -474,8 +472,6 @@ class Session:
         # is done (shut, and what was buffered for it sent): _CLIENT | _BACKEND.
         self._shut = 0
         self._flushed = 0
-        # The sides whose last bytes are not acknowledged yet.
-        self._draining = 0
 
     # -- connecting ---------------------------------------------------------
 
@@ -715,11 +711,9 @@ class Session:
 
     def pausedSideFailed(self, client: bool, errno: int) -> None:
         """
-        A side that is not being read (or whose last bytes are on their way)
-        was reset: end the session with a reset of both sides.
+        A side that is not being read was reset: end the session with a reset of both sides.
         """
         self._paused &= ~(_CLIENT if client else _BACKEND)
-        self._draining &= ~(_CLIENT if client else _BACKEND)
         # A reset after that side's EOF still makes the session a reset one.
         self.ended = "client reset" if client else "backend reset"
         if self.factory.debug >= 2:
@@ -840,32 +834,15 @@ class Session:
         self._writeDone(False)
 
     def _writeDone(self, client: bool) -> None:
-        bit = _CLIENT if client else _BACKEND
-        transport = self.clientTransport if client else self.backendTransport
-        skt = socketOf(transport)
-        if skt is not None and unsent(skt) > 0 and not self.finished:
-            # Not acknowledged yet: a reset may still come for these bytes.
-            self._draining |= bit
-            self.factory.drainWatch.add(self, client, transport)
-            return
-        self._flushed |= bit
-        self._closeIfFlushed()
-
-    def sideDrained(self, client: bool) -> None:
-        """
-        Everything sent to that side has been acknowledged by its peer.
-        """
-        bit = _CLIENT if client else _BACKEND
-        self._draining &= ~bit
-        self._flushed |= bit
+        self._flushed |= _CLIENT if client else _BACKEND
         self._closeIfFlushed()
 
     def _closeBoth(self) -> None:
         # Both directions are done (each side's EOF read): shut the write
-        # sides not shut yet, and close both sockets once both are done, so
-        # that until then a reset of either still resets the other (a side
-        # whose peer resets before it has all its bytes did not get them).
-        # The timer still guards a peer that never reads.
+        # sides not shut yet, and close both sockets once what was buffered
+        # for each is handed to the system, so that until then a reset of
+        # either (found writing to it) still resets the other. The timer
+        # still guards a peer that never reads.
         if not self.clientGone:
             self._shutWrite(True)
         if self.backendTransport is not None and not self.backendGone:
@@ -960,10 +937,6 @@ class Session:
             self._paused = 0
             self.factory.watch.discard(self, True)
             self.factory.watch.discard(self, False)
-        if self._draining:
-            self._draining = 0
-            self.factory.drainWatch.discard(self, True)
-            self.factory.drainWatch.discard(self, False)
         if self.joined is not None:
             joined, self.joined = self.joined, None
             joined.release()

@@ -1,6 +1,5 @@
 """
-Watching the sockets that are not being read, and those whose last bytes
-are on their way.
+Watching the sockets that are not being read.
 
 A session stops reading one side while the other cannot take more bytes
 (flow control), and a side that is not read is not heard either: its
@@ -9,12 +8,6 @@ until the other side reads again, which may be never. L{PausedWatch} looks
 at the paused sockets of a proxy, all in one C{poll()} every
 L{WATCH_INTERVAL} seconds, for an error (a reset) or the peer's FIN, and
 tells their sessions.
-
-A session whose two directions have ended keeps both connections until the
-bytes each was sent have been acknowledged by its peer's kernel (a
-L{PausedWatch} in C{draining} mode tells it when, see L{unsent}): a peer
-that resets before that has not got them, and the other side must hear of
-it as a reset.
 
 It uses the transports' public C{getHandle()} (a socket for TCP and unix
 transports; a wrapping transport, as TLS's, is looked through to the one
@@ -25,7 +18,6 @@ from __future__ import annotations
 
 import select
 import socket
-import sys
 from typing import Any, Optional, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -34,19 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 # of a side that is not being read is noticed.
 WATCH_INTERVAL = 1.0
 
-# Seconds between two looks at the sockets whose last bytes are on their way.
-DRAIN_INTERVAL = 0.02
-
 _POLLRDHUP: int = getattr(select, "POLLRDHUP", 0)
-# Linux's SIOCOUTQ (the same number): bytes of a TCP socket's send queue not
-# yet acknowledged. Elsewhere the proxy does not wait for them.
-try:
-    import fcntl
-    import termios
-
-    _OUTQ: int = getattr(termios, "TIOCOUTQ", 0) if sys.platform.startswith("linux") else 0
-except ImportError:  # pragma: no cover (Windows)
-    _OUTQ = 0
 _POLLFAILED = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -64,25 +44,6 @@ class Watcher(Protocol):
         """
         The paused side's peer has sent its FIN (behind bytes not yet read).
         """
-
-    def sideDrained(self, client: bool) -> None:
-        """
-        (Draining mode.) Everything sent on that side has been acknowledged.
-        """
-
-
-def unsent(skt: socket.socket) -> int:
-    """
-    Bytes written to C{skt} that its peer has not acknowledged yet (0 where
-    the system cannot tell, or for a socket that is not TCP).
-    """
-    if not _OUTQ or skt.type != socket.SOCK_STREAM or skt.family == socket.AF_UNIX:
-        return 0
-    try:
-        raw = fcntl.ioctl(skt.fileno(), _OUTQ, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int.from_bytes(raw, sys.byteorder, signed=True)
 
 
 def socketOf(transport: Any) -> Optional[socket.socket]:
@@ -107,18 +68,11 @@ class PausedWatch:
     """
     The paused sides of the sessions of one proxy, looked at every
     C{interval} seconds while there are any.
-
-    @ivar draining: whether this watch waits for the sockets' last bytes
-        to be acknowledged (L{Watcher.sideDrained}) rather than for a FIN;
-        errors are reported either way.
     """
 
-    def __init__(
-        self, clock: IReactorTime, interval: float = WATCH_INTERVAL, draining: bool = False
-    ) -> None:
+    def __init__(self, clock: IReactorTime, interval: float = WATCH_INTERVAL) -> None:
         self.clock = clock
         self.interval = interval
-        self.draining = draining
         # (watcher, client) -> [socket, FIN seen already]
         self._watched: dict[tuple[Watcher, bool], list[Any]] = {}
         self._call: Optional[IDelayedCall] = None
@@ -162,12 +116,11 @@ class PausedWatch:
                 del self._watched[key]
                 continue
             byFd.setdefault(fd, []).append(key)
-            poller.register(fd, 0 if finSeen or self.draining else _POLLRDHUP)
+            poller.register(fd, 0 if finSeen else _POLLRDHUP)
         try:
             events = poller.poll(0)
         except OSError:
             events = []
-        failed = set()
         for fd, mask in events:
             for key in byFd.get(fd, ()):
                 entry = self._watched.get(key)
@@ -181,21 +134,12 @@ class PausedWatch:
                     except OSError as e:
                         err = e.errno or 0
                     if err:
-                        failed.add(key)
                         self.discard(watcher, client)
                         watcher.pausedSideFailed(client, err)
                         continue
-                if not self.draining and not entry[1] and mask & (_POLLRDHUP | select.POLLHUP):
+                if not entry[1] and mask & (_POLLRDHUP | select.POLLHUP):
                     entry[1] = True
                     watcher.pausedSideFinished(client)
-        if self.draining:
-            for key, (skt, _) in list(self._watched.items()):
-                if key in failed or key not in self._watched or skt.fileno() < 0:
-                    continue
-                if unsent(skt) <= 0:
-                    watcher, client = key
-                    self.discard(watcher, client)
-                    watcher.sideDrained(client)
         if self._watched and self._call is None:
             self._call = self.clock.callLater(self.interval, self._look)
 
@@ -209,6 +153,4 @@ class PausedWatch:
         self._call = None
 
 
-__all__ = [
-    "DRAIN_INTERVAL", "PausedWatch", "WATCH_INTERVAL", "Watcher", "socketOf", "unsent",
-]
+__all__ = ["PausedWatch", "WATCH_INTERVAL", "Watcher", "socketOf"]
