@@ -109,17 +109,27 @@ class PausedWatchTests(SynchronousTestCase):
 
     def test_discard(self) -> None:
         """
-        A side discarded (read again) is no longer looked at, and with none
-        left, no reactor call is pending.
+        A side discarded (read again) is no longer looked at; the look
+        already due finds nothing and leaves no reactor call behind.
         """
         self.watch.add(self.told, True, SocketTransport(self.ours))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.watch.discard(self.told, True)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.peer.close()
         self.clock.advance(1)
         self.assertEqual(self.told.failed, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneCallForMany(self) -> None:
+        """
+        Sides added and discarded while a look is due do not add reactor
+        calls.
+        """
+        for _ in range(100):
+            self.watch.add(self.told, True, SocketTransport(self.ours))
+            self.watch.discard(self.told, True)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_quietSocket(self) -> None:
         """

@@ -99,11 +99,9 @@ class PausedWatch:
         """
         Stop watching that side (it is read again, or the session ended).
         """
+        # The pending look, if any, stays: it finds nothing and stops (a
+        # call and a cancel per session would cost more).
         self._watched.pop((watcher, client), None)
-        if not self._watched and self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
 
     def _look(self) -> None:
         self._call = None
