@@ -43,14 +43,6 @@ def setting(configured: str = AUTO, environ: Mapping[str, str] = os.environ) -> 
     return value if value in SETTINGS else configured
 
 
-def _isEpoll(reactor: Any) -> bool:
-    try:
-        from twisted.internet.epollreactor import EPollReactor
-    except ImportError:  # pragma: no cover (no epoll here)
-        return False
-    return isinstance(reactor, EPollReactor)
-
-
 def relayPathFor(reactor: Any, choice: str = AUTO) -> tuple[IRelayPath, str]:
     """
     The relay path for sessions on C{reactor} with setting C{choice}, and
@@ -61,11 +53,6 @@ def relayPathFor(reactor: Any, choice: str = AUTO) -> tuple[IRelayPath, str]:
         return portable, "relay path: portable (accelerator off)"
     if not sys.platform.startswith("linux"):
         return portable, "relay path: portable (the accelerator is for Linux)"
-    if not _isEpoll(reactor):
-        return portable, (
-            f"relay path: portable (the accelerator needs an epoll reactor, not "
-            f"{type(reactor).__module__}.{type(reactor).__name__})"
-        )
     try:
         from txsockproxy._fast import accelerate
     except Exception as e:  # pragma: no cover (a broken install)
@@ -93,23 +80,13 @@ def installReactor(choice: str = AUTO) -> Optional[str]:
         return "Twisted's default reactor (accelerator off)"
     if not sys.platform.startswith("linux"):
         return "Twisted's default reactor (the accelerator is for Linux)"
-    from txsockproxy._fast import probe
-
-    problem = probe.versionProblem() if choice == AUTO else None
-    absent = probe.missing()
-    if problem is not None or absent:
-        return f"Twisted's default reactor (accelerator off: {problem or ', '.join(absent[:5])})"
     try:
-        from twisted.internet.main import installReactor as installGlobal
-
-        from txsockproxy._fast.reactor import EPollReactor
-    except Exception as e:
-        return f"Twisted's default reactor (the accelerator's cannot be loaded: {e})"
-    reactor = EPollReactor()
-    absent = probe.missing(reactor)
-    if absent:
-        return f"Twisted's default reactor (accelerator off: {', '.join(absent[:5])})"
-    installGlobal(reactor)
+        from txsockproxy._fast import installReactor as install
+    except Exception as e:  # pragma: no cover (a broken install)
+        return f"Twisted's default reactor (the accelerator cannot be loaded: {e})"
+    why = install(checkVersion=choice == AUTO)
+    if why is not None:
+        return f"Twisted's default reactor ({why})"
     return "txsockproxy's epoll reactor (the accelerator's default; --reactor chooses another)"
 
 

@@ -27,12 +27,18 @@ def accelerate(reactor: Any, mode: str, checkVersion: bool = True) -> tuple[Opti
     """
     from txsockproxy._fast import probe
 
+    try:
+        from twisted.internet import epollreactor
+    except ImportError:  # pragma: no cover (no epoll here)
+        epollreactor = None  # type: ignore[assignment]
+    if epollreactor is None or not isinstance(reactor, epollreactor.EPollReactor):
+        kind = type(reactor)
+        return None, f"the accelerator needs an epoll reactor, not {kind.__module__}.{kind.__name__}"
     if checkVersion:
         problem = probe.versionProblem()
         if problem is not None:
             return None, f"accelerator off: {problem}"
-    epoll = hasattr(reactor, "_poller") or type(reactor).__name__.lower().startswith("epoll")
-    absent = probe.missing(reactor if epoll else None)
+    absent = probe.missing(reactor)
     if absent:
         shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
         return None, f"accelerator off: this Twisted lacks what it relies on ({shown})"
@@ -46,4 +52,31 @@ def accelerate(reactor: Any, mode: str, checkVersion: bool = True) -> tuple[Opti
     return AcceleratedRelayPath(reactor, mode), f"accelerator on ({mode})"
 
 
-__all__ = ["accelerate"]
+def installReactor(checkVersion: bool = True) -> Optional[str]:
+    """
+    Install the accelerator's epoll reactor as the global reactor, if this
+    Twisted (and an instance of the reactor) has what it relies on.
+
+    @return: L{None} once installed, else why not, in one line.
+    """
+    from txsockproxy._fast import probe
+
+    problem = probe.versionProblem() if checkVersion else None
+    absent = probe.missing()
+    if problem is not None or absent:
+        return f"accelerator off: {problem or ', '.join(absent[:5])}"
+    try:
+        from twisted.internet.main import installReactor as installGlobal
+
+        from txsockproxy._fast.reactor import EPollReactor
+    except Exception as e:
+        return f"the accelerator's reactor cannot be loaded: {e}"
+    reactor = EPollReactor()
+    absent = probe.missing(reactor)
+    if absent:
+        return f"accelerator off: {', '.join(absent[:5])}"
+    installGlobal(reactor)
+    return None
+
+
+__all__ = ["accelerate", "installReactor"]
