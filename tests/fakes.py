@@ -7,9 +7,14 @@ a builder for a proxy with fake backends.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -18,6 +23,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from txsockproxy.backends import Backend, BackendPool
@@ -210,3 +216,71 @@ def lost(clean: bool = True) -> Failure:
     The reason a connection was lost: closed cleanly, or reset.
     """
     return Failure(ConnectionDone() if clean else ConnectionLost("reset"))
+
+
+_CERTIFICATE: list[bytes] = []
+
+
+def certificate() -> bytes:
+    """
+    A self-signed certificate and its key, PEM, as a lighttpd pemfile holds
+    them (made once per test run).
+    """
+    if not _CERTIFICATE:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        _CERTIFICATE.append(
+            cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        )
+    return _CERTIFICATE[0]
+
+
+class PrivateReactorTestCase(SynchronousTestCase):
+    """
+    A real reactor of the test's own (not installed), turned by the test a
+    bounded number of times: Twisted's select reactor, or what
+    L{makeReactor} makes.
+    """
+
+    def makeReactor(self) -> Any:
+        from twisted.internet.selectreactor import SelectReactor
+
+        return SelectReactor()
+
+    def setUp(self) -> None:
+        self.reactor = self.makeReactor()
+        self.addCleanup(self.closeReactor)
+
+    def closeReactor(self) -> None:
+        """
+        Close what the reactor still watches, its calls and its waker.
+        """
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionDone()))
+        for call in self.reactor.getDelayedCalls():
+            call.cancel()
+        self.reactor.waker.connectionLost(None)
+
+    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
+        """
+        Turn the reactor until C{condition()} holds, at most C{turns} times
+        (each waits at most 50 ms for an event).
+        """
+        for _ in range(turns):
+            if condition():
+                return
+            self.reactor.runUntilCurrent()
+            due = self.reactor.timeout()
+            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
+        self.assertTrue(condition(), "the condition never held")

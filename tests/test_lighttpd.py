@@ -6,7 +6,6 @@ that C{--print-toml} writes.
 
 from __future__ import annotations
 
-import datetime
 import io
 import os
 import re
@@ -14,17 +13,13 @@ from dataclasses import replace
 from textwrap import dedent
 from typing import Any, Callable
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import FakeResolver
+from tests.fakes import FakeResolver, certificate
 from txsockproxy import tap
 from txsockproxy.config import (
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -86,32 +81,6 @@ def sockproxy(block: str, socket: str = "127.0.0.1:8080", head: str = "") -> str
 
 ONE_HOST = 'sockproxy.server = ( "" => ( "a" => ( "host" => "127.0.0.1", "port" => 9001 ) ) )'
 
-_CERTIFICATE: list[bytes] = []
-
-
-def certificate() -> bytes:
-    """
-    A self-signed certificate and its key, PEM, as a lighttpd pemfile holds
-    them (made once per test run).
-    """
-    if not _CERTIFICATE:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
-        _CERTIFICATE.append(
-            cert.public_bytes(serialization.Encoding.PEM)
-            + key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-        )
-    return _CERTIFICATE[0]
 
 
 class LighttpdTestCase(SynchronousTestCase):

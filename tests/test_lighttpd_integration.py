@@ -32,6 +32,7 @@ from typing import Optional
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.fakes import certificate
 from tests.integration_support import (
     START_TIMEOUT,
     Deadline,
@@ -41,7 +42,7 @@ from tests.integration_support import (
     recvAll,
     refusedPort,
 )
-from tests.test_lighttpd import REPO, certificate
+from tests.test_lighttpd import REPO
 
 LIGHTTPD = "/usr/sbin/lighttpd"
 

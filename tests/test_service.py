@@ -15,16 +15,16 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorThreads, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.fakes import PrivateReactorTestCase
 from txsockproxy import congestion
 from txsockproxy import service as serviceModule
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
@@ -774,7 +774,7 @@ class BacklogTests(SynchronousTestCase):
         every kind of listener, and the one the endpoint string gives when
         it gives one.
         """
-        from tests.test_lighttpd import certificate
+        from tests.fakes import certificate
 
         self.patch(serviceModule, "systemBacklog", lambda: 3333)
         pem = self.mktemp()
@@ -1301,25 +1301,12 @@ class ListenerServiceTests(SynchronousTestCase):
         self.assertIsNone(listener.port)
 
 
-class BoundAddressLoopbackIntegrationTests(SynchronousTestCase):
+class BoundAddressLoopbackIntegrationTests(PrivateReactorTestCase):
     """
     On a real (private, not installed) reactor, the bound line gives the
     port the system chose for port 0, and a unix socket's path: what tests
     and operators read a listener's port from.
     """
-
-    def setUp(self) -> None:
-        from twisted.internet.selectreactor import SelectReactor
-
-        self.reactor = SelectReactor()
-        self.addCleanup(self._closeReactor)
-
-    def _closeReactor(self) -> None:
-        for selectable in self.reactor.removeAll():
-            selectable.connectionLost(Failure(ConnectionDone()))
-        for call in self.reactor.getDelayedCalls():
-            call.cancel()
-        self.reactor.waker.connectionLost(None)
 
     def start(self, config: Config) -> tuple[ProxyService, list[str]]:
         service = ProxyService(config, self.reactor)

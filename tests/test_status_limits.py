@@ -13,7 +13,7 @@ import socket
 import tempfile
 from dataclasses import replace
 from io import BytesIO
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
@@ -25,6 +25,7 @@ from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import PrivateReactorTestCase
 from tests.test_status import TOKEN, backends, makeService, render
 from txsockproxy.service import ProxyService
 from txsockproxy.status import (
@@ -659,7 +660,7 @@ def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-class StatusSiteLoopbackIntegrationTests(SynchronousTestCase):
+class StatusSiteLoopbackIntegrationTests(PrivateReactorTestCase):
     """
     The status site on a real loopback socket, on a private reactor turned
     by the test: the limits hold for real clients.
@@ -667,32 +668,6 @@ class StatusSiteLoopbackIntegrationTests(SynchronousTestCase):
     The reactor is Twisted's select reactor, not installed: the status site
     is part of the portable core, which runs on every reactor.
     """
-
-    def setUp(self) -> None:
-        from twisted.internet.selectreactor import SelectReactor
-
-        self.reactor = SelectReactor()
-        self.addCleanup(self._closeReactor)
-
-    def _closeReactor(self) -> None:
-        for selectable in self.reactor.removeAll():
-            selectable.connectionLost(Failure(ConnectionDone()))
-        for call in self.reactor.getDelayedCalls():
-            call.cancel()
-        self.reactor.waker.connectionLost(None)
-
-    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
-        """
-        Turn the reactor until C{condition()} holds, at most C{turns} times
-        (each waits at most 50 ms for an event).
-        """
-        for _ in range(turns):
-            if condition():
-                return
-            self.reactor.runUntilCurrent()
-            due = self.reactor.timeout()
-            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
-        self.assertTrue(condition(), "the condition never held")
 
     def listen(self, **limits: Any) -> tuple[StatusSite, int]:
         """

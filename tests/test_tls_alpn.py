@@ -11,7 +11,6 @@ to a backend.
 
 from __future__ import annotations
 
-import datetime
 import os
 import select
 import shutil
@@ -23,10 +22,6 @@ from contextlib import contextmanager
 from typing import Any, Optional, cast
 
 import OpenSSL
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.application import strports
 from twisted.internet.address import IPv4Address
@@ -47,6 +42,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.fakes import certificate
 from tests.integration_support import Deadline, Server, boundPort, echoHandler, proxyConfig
 from tests.test_integration import _IntegrationTestCase
 from twisted import version as twistedVersion
@@ -65,7 +61,6 @@ TWISTED_FAILS_ALPN = (twistedVersion.major, twistedVersion.minor) >= (26, 4)
 # pyOpenSSL 26.2 began refusing to change a context once it made a connection.
 PYOPENSSL_FREEZES_CONTEXTS = tuple(int(n) for n in OpenSSL.__version__.split(".")[:2]) >= (26, 2)
 
-_PEM: list[bytes] = []
 
 
 @contextmanager
@@ -82,31 +77,6 @@ def capturedLogs() -> Iterator[list[dict[str, Any]]]:
         globalLogPublisher.removeObserver(observer)
 
 
-def certificatePEM() -> bytes:
-    """
-    A self-signed certificate for C{localhost} and its (EC) key, PEM, made
-    once per test run.
-    """
-    if not _PEM:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
-        _PEM.append(
-            cert.public_bytes(serialization.Encoding.PEM)
-            + key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-        )
-    return _PEM[0]
-
-
 def tlsListen(case: SynchronousTestCase, port: int = 0) -> str:
     """
     An C{ssl:} listen endpoint on loopback with a self-signed certificate,
@@ -114,7 +84,7 @@ def tlsListen(case: SynchronousTestCase, port: int = 0) -> str:
     """
     path = os.path.abspath(case.mktemp())
     with open(path, "wb") as f:
-        f.write(certificatePEM())
+        f.write(certificate())
     return f"ssl:{port}:interface=127.0.0.1:privateKey={path}"
 
 
@@ -328,10 +298,10 @@ class FreshContexts:
         from twisted.internet.ssl import PrivateCertificate
 
         self.made += 1
-        certificate = PrivateCertificate.loadPEM(certificatePEM())
+        loaded = PrivateCertificate.loadPEM(certificate())
         context = SSL.Context(SSL.TLS_METHOD)
-        context.use_certificate(certificate.original)
-        context.use_privatekey(certificate.privateKey.original)
+        context.use_certificate(loaded.original)
+        context.use_privatekey(loaded.privateKey.original)
         context.set_alpn_select_callback(lambda connection, offered: b"")
         return context
 

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.fakes import PrivateReactorTestCase
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast.reactor import EPollReactor
 
@@ -99,35 +100,17 @@ def socketPairs(case: SynchronousTestCase, count: int) -> list[tuple[socket.sock
     return pairs
 
 
-class ReactorTestCase(SynchronousTestCase):
+class ReactorTestCase(PrivateReactorTestCase):
     """
-    A private epoll reactor, turned by the test.
+    A private epoll reactor of the accelerator's, turned by the test.
     """
 
-    def setUp(self) -> None:
-        self.reactor = EPollReactor()
-        self.addCleanup(self._closeReactor)
+    def makeReactor(self) -> EPollReactor:
+        return EPollReactor()
 
-    def _closeReactor(self) -> None:
-        for selectable in self.reactor.removeAll():
-            selectable.connectionLost(Failure(error.ConnectionDone()))
-        for call in self.reactor.getDelayedCalls():
-            call.cancel()
-        self.reactor.waker.connectionLost(None)
+    def closeReactor(self) -> None:
+        super().closeReactor()
         self.reactor._poller.close()
-
-    def turnUntil(self, condition: Callable[[], bool], turns: int = 200) -> None:
-        """
-        Turn the reactor until C{condition()} holds, at most C{turns} times
-        (each waits at most 50 ms for an event).
-        """
-        for _ in range(turns):
-            if condition():
-                return
-            self.reactor.runUntilCurrent()
-            due = self.reactor.timeout()
-            self.reactor.doIteration(0.05 if due is None else min(due, 0.05))
-        self.assertTrue(condition(), "the condition never held")
 
     def listenTCP(self) -> socket.socket:
         server = socket.socket()
