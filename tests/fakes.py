@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import struct
 from typing import Any, Callable, Optional, Sequence
 
 from cryptography import x509
@@ -69,6 +71,40 @@ class BackendInfo:
 
 
 
+def tcpPair() -> tuple[socket.socket, socket.socket]:
+    """
+    Two ends of a loopback TCP connection: (the proxy's end, the peer's).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    return ours, peer
+
+
+def resetSocket(sock: socket.socket) -> None:
+    """
+    Close C{sock} with a reset (RST) rather than a FIN. Over loopback the
+    other end has it when this returns.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class SocketTransport:
+    """
+    A transport with a socket as its handle, as Twisted's TCP transports.
+    """
+
+    def __init__(self, skt: socket.socket) -> None:
+        self.skt = skt
+
+    def getHandle(self) -> socket.socket:
+        return self.skt
+
+
 class WrappingTransport:
     """
     A transport over another one, as a TLS transport is: its handle is not a
@@ -89,6 +125,8 @@ class HalfCloseTransport(StringTransport):
 
     @ivar writeClosed: L{True} once C{loseWriteConnection} was called.
     @ivar aborted: L{True} once C{abortConnection} was called.
+    @ivar handle: what C{getHandle()} gives: L{None}, or a socket a test
+        sets to stand for the transport's own.
     """
 
     def __init__(self, peer: Optional[IPv4Address] = None) -> None:
@@ -99,6 +137,10 @@ class HalfCloseTransport(StringTransport):
         )
         self.writeClosed = False
         self.aborted = False
+        self.handle: Any = None
+
+    def getHandle(self) -> Any:
+        return self.handle
 
     def loseWriteConnection(self) -> None:
         self.writeClosed = True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import select
 import socket
-import struct
 from typing import Any, Callable
 
 from twisted.internet.endpoints import clientFromString
@@ -21,6 +20,7 @@ from twisted.internet.pollreactor import PollReactor
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.fakes import resetSocket
 from txsockproxy import relay as relayModule
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import FairBalancer
@@ -73,11 +73,6 @@ def guardedProtocols(touched: list[str]) -> tuple[type, type]:
             super().makeConnection(NoPrivateNames(transport, touched))
 
     return GuardedFrontend, GuardedBackend
-
-
-def reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 class PortableRelayPathTests(SynchronousTestCase):
@@ -217,7 +212,7 @@ class PortableRelayPathTests(SynchronousTestCase):
         client.sendall(b"x")
         peer = self.accept(server)
         self.assertEqual(self.recv(peer), b"x")
-        reset(client)
+        resetSocket(client)
         self.turnUntil(lambda: not factory.sessions.open)
         with self.assertRaises(ConnectionResetError):
             self.recv(peer)

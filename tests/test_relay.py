@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from typing import Any, Optional, Sequence
 
 from hypothesis import given, settings
@@ -20,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.fakes import HalfCloseTransport, Proxy, lost
+from tests.fakes import HalfCloseTransport, Proxy, lost, resetSocket, tcpPair
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
@@ -316,6 +317,53 @@ class RelayTests(SynchronousTestCase):
         self.client.readConnectionLost()
         self.client.connectionLost(lost(clean=False))
         self.assertTrue(self.bt.aborted)
+
+    def test_backendResetReportedAsEOF(self) -> None:
+        """
+        A backend EOF whose socket holds a reset (a reactor took the reset
+        for a hang-up: Linux's poll can show a socket being reset as hung
+        up but not readable) is that backend's reset: both sides are
+        aborted, the client's write side is not shut (no FIN for a
+        truncated stream).
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.bt.handle = ours
+        resetSocket(peer)
+        self.backend.readConnectionLost()
+        self.assertFalse(self.ct.writeClosed)
+        self.assertTrue(self.ct.aborted)
+        self.assertTrue(self.bt.aborted)
+        self.assertEqual(self.client.session.ended, "backend reset")  # type: ignore[union-attr]
+
+    def test_clientResetReportedAsEOF(self) -> None:
+        """
+        Likewise a client EOF whose socket holds a reset: the backend's
+        write side is not shut, both sides are aborted.
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.ct.handle = ours
+        resetSocket(peer)
+        self.client.readConnectionLost()
+        self.assertFalse(self.bt.writeClosed)
+        self.assertTrue(self.bt.aborted)
+        self.assertTrue(self.ct.aborted)
+        self.assertEqual(self.client.session.ended, "client reset")  # type: ignore[union-attr]
+
+    def test_finWithSocketIsEOF(self) -> None:
+        """
+        A backend EOF whose socket holds no error (a FIN) is a half-close,
+        as without a socket to ask.
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        self.bt.handle = ours
+        peer.shutdown(socket.SHUT_WR)
+        self.backend.readConnectionLost()
+        self.assertTrue(self.ct.writeClosed)
+        self.assertFalse(self.ct.aborted or self.bt.aborted)
 
     def test_backendCleanCloseUnregistersProducer(self) -> None:
         """

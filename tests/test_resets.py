@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import select
 import socket
-import struct
 import threading
 from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
+from tests.fakes import resetSocket
 from tests.integration_support import (
     LOOPBACK,
     Deadline,
@@ -38,14 +38,6 @@ CHUNK = b"\x5a" * 65536
 # More than the buffers on the way hold (socket buffers, a splice pipe):
 # a reset comes while the proxy still has bytes for the side that resets.
 LARGE = 32 << 20
-
-
-def reset(sock: socket.socket) -> None:
-    """
-    Close C{sock} with a reset (RST) rather than a FIN.
-    """
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def streamUntilEnd(sock: socket.socket, deadline: Deadline) -> str:
@@ -125,7 +117,7 @@ class _ResetTestsMixin:
                 except BlockingIOError:
                     break
         for client in clients:
-            reset(client)
+            resetSocket(client)
         while len(outcomes) < SESSIONS:
             select.select([], [], [], min(0.05, deadline.remaining()))
         self.assertEqual(outcomes.count("eof"), 0, f"backends saw a clean FIN: {outcomes}")
@@ -145,7 +137,7 @@ class _ResetTestsMixin:
             conn.sendall(CHUNK)
             conn.recv(65536)
             go.wait(30)
-            reset(conn)
+            resetSocket(conn)
 
         backend = self.startServer(handler)
         address = self.proxy(backend)
@@ -215,7 +207,7 @@ class _ResetTestsMixin:
                     pass
             self.assertGreater(sent, 0)
         for client in clients:
-            reset(client)
+            resetSocket(client)
         self.process.waitFor("(client reset)", count=len(clients), timeout=10)
         go.set()
         deadline = Deadline(10, "backends seeing the reset")
@@ -246,7 +238,7 @@ class _ResetTestsMixin:
                     pass
             stalled.release()
             resetNow.wait(30)
-            reset(conn)
+            resetSocket(conn)
 
         backend = self.startServer(handler)
         address = self.proxy(backend)
@@ -325,7 +317,7 @@ class _ResetTestsMixin:
         for client in clients:
             client.settimeout(30)
             client.recv(65536)
-            reset(client)
+            resetSocket(client)
         deadline = Deadline(30, "backends seeing the resets")
         while len(seen) < len(clients):
             select.select([], [], [], min(0.05, deadline.remaining()))
@@ -343,7 +335,7 @@ class _ResetTestsMixin:
             conn.sendall(b"reply")
             conn.shutdown(socket.SHUT_WR)
             conn.recv(65536)
-            reset(conn)
+            resetSocket(conn)
 
         backend = self.startServer(handler)
         address = self.proxy(backend)
@@ -377,7 +369,7 @@ class _ResetTestsMixin:
             # Once relayed (a reset before the proxy's connect completes is
             # a failed connect), reset.
             received.wait(30)
-            reset(conn)
+            resetSocket(conn)
 
         backend = self.startServer(handler)
         address = self.proxy(backend, extra="half-closed-timeout = 60")
@@ -395,11 +387,13 @@ class _ResetTestsMixin:
         the reset within about a second, not at the half-closed timeout.
         """
         seen: list[str] = []
+        finRelayed = threading.Event()
 
         def handler(conn: socket.socket, server: Server) -> None:
             conn.settimeout(30)
             while conn.recv(65536):
                 pass
+            finRelayed.set()
             seen.append(self.outcome(conn, 10))
 
         backend = self.startServer(handler)
@@ -407,9 +401,10 @@ class _ResetTestsMixin:
         client = connect(address)
         client.sendall(b"request")
         client.shutdown(socket.SHUT_WR)
-        backend.waitForAccepted(1)
-        self.process.waitFor("->", timeout=10)
-        reset(client)
+        # The reset comes once the client's FIN is relayed (a reset before
+        # that is found at the client's end of stream instead).
+        self.assertTrue(finRelayed.wait(10), "the client's FIN was not relayed")
+        resetSocket(client)
         self.process.waitFor("(client reset)", timeout=10)
         deadline = Deadline(10, "the backend seeing the reset")
         while not seen:

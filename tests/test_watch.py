@@ -8,38 +8,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import WrappingTransport
-from txsockproxy.watch import PausedWatch, socketOf
-
-
-def tcpPair() -> tuple[socket.socket, socket.socket]:
-    """
-    Two ends of a loopback TCP connection: (the proxy's end, the peer's).
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    peer = socket.create_connection(listener.getsockname(), timeout=5)
-    ours, _ = listener.accept()
-    listener.close()
-    return ours, peer
-
-
-class SocketTransport:
-    """
-    A transport with a socket as its handle, as Twisted's TCP transports.
-    """
-
-    def __init__(self, skt: socket.socket) -> None:
-        self.skt = skt
-
-    def getHandle(self) -> socket.socket:
-        return self.skt
+from tests.fakes import SocketTransport, resetSocket, tcpPair
+from txsockproxy.watch import PausedWatch
 
 
 class Told:
@@ -81,8 +55,7 @@ class PausedWatchTests(SynchronousTestCase):
         self.watch.add(self.told, True, SocketTransport(self.ours))
         self.clock.advance(1)
         self.assertEqual((self.told.failed, self.told.finished), ([], []))
-        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.peer.close()
+        resetSocket(self.peer)
         self.clock.advance(1)
         self.assertEqual(self.told.failed, [(True, errno.ECONNRESET)])
         self.assertEqual(len(self.watch), 0)
@@ -101,8 +74,7 @@ class PausedWatchTests(SynchronousTestCase):
         self.assertEqual(self.told.finished, [False])
         self.assertEqual(self.told.failed, [])
         self.assertEqual(len(self.watch), 1)
-        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.peer.close()
+        resetSocket(self.peer)
         self.clock.advance(1)
         # After a FIN, Linux says EPIPE for the reset.
         self.assertEqual(self.told.failed, [(False, errno.EPIPE)])
@@ -115,8 +87,7 @@ class PausedWatchTests(SynchronousTestCase):
         self.watch.add(self.told, True, SocketTransport(self.ours))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.watch.discard(self.told, True)
-        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.peer.close()
+        resetSocket(self.peer)
         self.clock.advance(1)
         self.assertEqual(self.told.failed, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -153,20 +124,3 @@ class PausedWatchTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.watch), 0)
         self.assertEqual(self.told.failed, [])
-
-
-class SocketOfTests(SynchronousTestCase):
-    """
-    L{socketOf} finds the socket of a transport, through a wrapping one.
-    """
-
-    def test_wrapped(self) -> None:
-        """
-        A transport whose handle is no socket is looked through to the one
-        it wraps; a transport with none gives L{None}.
-        """
-        skt = socket.socket()
-        self.addCleanup(skt.close)
-        self.assertIs(socketOf(WrappingTransport(SocketTransport(skt))), skt)
-        self.assertIsNone(socketOf(WrappingTransport(None)))
-        self.assertIsNone(socketOf(object()))

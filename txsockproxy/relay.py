@@ -46,6 +46,7 @@ from zope.interface import implementer
 from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
+from txsockproxy.handles import pendingError
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.ratelimit import RateLimitedLog
@@ -714,13 +715,17 @@ class Session:
         A side that is not being read was reset: end the session with a reset of both sides.
         """
         self._paused &= ~(_CLIENT if client else _BACKEND)
+        self._sideReset(client, errno, "while not being read")
+
+    def _sideReset(self, client: bool, errno: int, when: str) -> None:
         # A reset after that side's EOF still makes the session a reset one.
         self.ended = "client reset" if client else "backend reset"
         if self.factory.debug >= 2:
             self.log.info(
-                "proxy {proxy}: {side} of {client} reset while not being read: {error}",
+                "proxy {proxy}: {side} of {client} reset {when}: {error}",
                 proxy=self.pool.name, side="client" if client else "backend",
-                client=formatAddress(self.connection.peer), error=os.strerror(errno),
+                client=formatAddress(self.connection.peer), when=when,
+                error=os.strerror(errno),
             )
         if self.backendTransport is not None and not self.backendGone:
             self.backendTransport.abortConnection()
@@ -753,6 +758,11 @@ class Session:
         """
         if self.clientDone:
             return
+        err = pendingError(self.clientTransport)
+        if err:
+            # A reset reported as an end of stream (see pendingError).
+            self._sideReset(True, err, "at its end of stream")
+            return
         self.clientDone = True
         if not self.backendDone:
             self.ended = self.ended or "client closed"
@@ -784,6 +794,11 @@ class Session:
         and keep relaying the other way.
         """
         if self.backendDone:
+            return
+        err = pendingError(self.backendTransport)
+        if err:
+            # A reset reported as an end of stream (see pendingError).
+            self._sideReset(False, err, "at its end of stream")
             return
         self.backendDone = True
         if not self.clientDone:

@@ -22,6 +22,8 @@ from typing import Any, Optional, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from txsockproxy.handles import socketOf
+
 # Seconds between two looks at the paused sockets: how late at most a reset
 # of a side that is not being read is noticed.
 WATCH_INTERVAL = 1.0
@@ -44,24 +46,6 @@ class Watcher(Protocol):
         """
         The paused side's peer has sent its FIN (behind bytes not yet read).
         """
-
-
-def socketOf(transport: Any) -> Optional[socket.socket]:
-    """
-    The socket under C{transport}, if it has one: its C{getHandle()}, or
-    that of the transport it wraps (TLS, PROXY protocol).
-    """
-    for _ in range(4):
-        if transport is None:
-            return None
-        try:
-            handle = transport.getHandle()
-        except Exception:
-            handle = None
-        if isinstance(handle, socket.socket):
-            return handle
-        transport = getattr(transport, "transport", None)
-    return None
 
 
 class PausedWatch:
@@ -151,4 +135,4 @@ class PausedWatch:
         self._call = None
 
 
-__all__ = ["PausedWatch", "WATCH_INTERVAL", "Watcher", "socketOf"]
+__all__ = ["PausedWatch", "WATCH_INTERVAL", "Watcher"]

@@ -1,0 +1,53 @@
+"""
+The socket under a transport, and what it says about its peer.
+
+Twisted's transports give their socket through the public C{getHandle()};
+a wrapping transport (TLS, the PROXY protocol) is looked through to the one
+it wraps.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Optional
+
+
+def socketOf(transport: Any) -> Optional[socket.socket]:
+    """
+    The socket under C{transport}, if it has one: its C{getHandle()}, or
+    that of the transport it wraps (TLS, PROXY protocol).
+    """
+    for _ in range(4):
+        if transport is None:
+            return None
+        try:
+            handle = transport.getHandle()
+        except Exception:
+            handle = None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def pendingError(transport: Any) -> int:
+    """
+    The error waiting on the socket under C{transport} (taken from it), or
+    0: none, or no socket to ask.
+
+    A reactor can report a reset as an end of stream. Linux's poll may
+    show a socket being reset as hung up and in error but not readable,
+    and Twisted's reactors take a hang-up on a socket they read from with
+    nothing to read for a clean close: the peer's reset is then still
+    waiting on the socket, and only this tells it from a FIN.
+    """
+    skt = socketOf(transport)
+    if skt is None:
+        return 0
+    try:
+        return skt.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError as e:
+        return e.errno or 0
+
+
+__all__ = ["pendingError", "socketOf"]
