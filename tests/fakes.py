@@ -212,6 +212,8 @@ class Proxy:
         disableTime: float = 1.0,
         debug: int = 0,
         inspectDelay: float = 0.0,
+        listen: str = "tcp:8080",
+        sendProxy: str = "",
     ) -> None:
         self.clock = Clock()
         configs = tuple(
@@ -220,12 +222,13 @@ class Proxy:
                 label=label,
                 connectTimeout=connectTimeout,
                 disableTime=disableTime,
+                sendProxy=sendProxy,
             )
             for i, label in enumerate(labels)
         )
         self.config = ProxyConfig(
             name="test",
-            listen=("tcp:8080",),
+            listen=(listen,),
             backends=configs,
             idleTimeout=idleTimeout,
             halfClosedTimeout=halfClosedTimeout,
@@ -237,7 +240,7 @@ class Proxy:
         self.pool = BackendPool(
             self.config, backends, balancer or FairBalancer(), self.clock
         )
-        self.factory = ProxyFactory(self.pool, self.clock, debug)
+        self.factory = ProxyFactory(self.pool, self.clock, debug, listen=listen)
 
     def accept(
         self, peer: Optional[IPv4Address] = None, transport: Optional[HalfCloseTransport] = None

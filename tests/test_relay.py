@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from tests.fakes import HalfCloseTransport, Proxy, lost, resetSocket, tcpPair
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.proxyprotocol import TLV_UNIQUE_ID, ProxyHeader, parseHeader
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
 
@@ -951,3 +952,161 @@ class EarlyEOFTests(SynchronousTestCase):
         self.assertEqual(calls, [])
         self.assertTrue(ct.disconnecting and bt.disconnecting)
         self.assertFalse(ct.aborted or bt.aborted)
+
+
+class ProxyProtocolListenerTests(SynchronousTestCase):
+    """
+    Behind a PROXY protocol listener (C{haproxy:...}) the session starts
+    only once a valid header is in, with the header's client address.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = Proxy(listen="haproxy:tcp:8080")
+        self.client, self.ct = self.proxy.accept()
+        self.attempts = self.proxy.endpoints["a"].attempts
+
+    def test_noBackendBeforeHeader(self) -> None:
+        """
+        Nothing is connected while the header is incomplete; once it is,
+        the session has the header's address, and the bytes after it reach
+        the backend.
+        """
+        self.client.dataReceived(b"PROXY TCP4 192.0.2.9 ")
+        self.assertEqual(self.attempts, [])
+        self.assertEqual(self.proxy.pool.accepted, 0)
+        self.client.dataReceived(b"198.51.100.1 4000 5432\r\nhello")
+        self.assertEqual(len(self.attempts), 1)
+        session = self.client.session
+        assert session is not None
+        self.assertEqual(session.connection.peer, IPv4Address("TCP", "192.0.2.9", 4000))
+        self.assertEqual(session.connection.local, IPv4Address("TCP", "198.51.100.1", 5432))
+        _, bt = self.proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"hello")
+
+    def test_unknownKeepsConnectionAddress(self) -> None:
+        """
+        C{PROXY UNKNOWN} is valid: the connection's own address stands.
+        """
+        self.client.dataReceived(b"PROXY UNKNOWN\r\n")
+        session = self.client.session
+        assert session is not None
+        self.assertEqual(session.connection.peer, self.ct.getPeer())
+        self.assertEqual(len(self.attempts), 1)
+
+    def test_malformedHeader(self) -> None:
+        """
+        A malformed header closes the client (reset), connects nothing,
+        counts, and is logged with the client's address and why.
+        """
+        with capturedLogs() as events:
+            self.client.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertTrue(self.ct.aborted)
+        self.assertEqual(self.attempts, [])
+        self.assertEqual(self.proxy.pool.badHeaders, 1)
+        self.assertIsNone(self.client.session)
+        text = [formatEvent(e) for e in events]
+        self.assertEqual(
+            text, ["proxy test: closing 127.0.0.2:40000: not a PROXY protocol header"]
+        )
+        # Later bytes on the closing connection are ignored.
+        self.client.dataReceived(b"more")
+        self.assertEqual(self.proxy.pool.badHeaders, 1)
+
+    def test_malformedHeadersRateLimited(self) -> None:
+        """
+        A flood of bad headers is logged at a bounded pace, all counted.
+        """
+        with capturedLogs() as events:
+            for _ in range(100):
+                client, _ = self.proxy.accept()
+                client.dataReceived(b"\x16\x03\x01")
+        self.assertEqual(self.proxy.pool.badHeaders, 100)
+        self.assertLess(len(events), 20)
+
+    def test_headerTimeout(self) -> None:
+        """
+        A client that does not finish its header within
+        C{proxy-header-timeout} is closed; nothing was connected.
+        """
+        self.client.dataReceived(b"PROXY TCP4")
+        self.proxy.clock.advance(self.proxy.config.proxyHeaderTimeout - 0.1)
+        self.assertFalse(self.ct.aborted)
+        self.proxy.clock.advance(0.1)
+        self.assertTrue(self.ct.aborted)
+        self.assertEqual(self.attempts, [])
+        self.assertEqual(self.proxy.pool.badHeaders, 1)
+
+    def test_closedBeforeHeader(self) -> None:
+        """
+        A client that half-closes before its header is closed; its timer is
+        cancelled when the connection goes.
+        """
+        self.client.dataReceived(b"PROXY ")
+        self.client.readConnectionLost()
+        self.assertTrue(self.ct.aborted)
+        self.client.connectionLost(lost())
+        self.assertIsNone(self.client.headerTimer)
+        self.assertFalse(
+            [c for c in self.proxy.clock.getDelayedCalls() if "_headerTimedOut" in repr(c)]
+        )
+        self.assertEqual(self.attempts, [])
+
+    def test_halfCloseThroughListener(self) -> None:
+        """
+        A client's FIN after its header and request shuts the backend's
+        write side only: the reply still reaches the client.
+        """
+        self.client.dataReceived(b"PROXY UNKNOWN\r\nquestion")
+        backend, bt = self.proxy.endpoints["a"].succeed()
+        self.client.readConnectionLost()
+        self.assertTrue(bt.writeClosed)
+        self.assertFalse(self.ct.writeClosed or self.ct.aborted)
+        backend.dataReceived(b"answer")
+        self.assertEqual(self.ct.value(), b"answer")
+
+
+class SendProxyTests(SynchronousTestCase):
+    """
+    A backend with C{send-proxy} gets a PROXY protocol header, then the
+    client's bytes.
+    """
+
+    def test_v1(self) -> None:
+        proxy = Proxy(sendProxy="v1")
+        client, _ = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
+        client.dataReceived(b"early")
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 8080\r\nearly")
+        self.assertEqual(proxy.backends["a"].bytesOut, 5)
+
+    def test_v2(self) -> None:
+        """
+        Version 2 carries the session's id (the session log's) as unique id.
+        """
+        proxy = Proxy(sendProxy="v2")
+        client, _ = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
+        _, bt = proxy.endpoints["a"].succeed()
+        header = parseHeader(bt.value())
+        assert isinstance(header, ProxyHeader)
+        self.assertEqual(header.source, IPv4Address("TCP", "192.0.2.7", 5555))
+        session = client.session
+        assert session is not None
+        self.assertEqual(header.tlvs[TLV_UNIQUE_ID], session.id.encode())
+
+    def test_headerAddressPassedOn(self) -> None:
+        """
+        Behind a PROXY protocol listener, the backend is told the header's
+        client, not the load balancer's address.
+        """
+        proxy = Proxy(listen="haproxy:tcp:8080", sendProxy="v1")
+        client, _ = proxy.accept()
+        client.dataReceived(b"PROXY TCP4 203.0.113.5 198.51.100.1 1234 443\r\n")
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"PROXY TCP4 203.0.113.5 198.51.100.1 1234 443\r\n")
+
+    def test_sessionIdsDiffer(self) -> None:
+        proxy = Proxy()
+        first, _ = proxy.accept()
+        second, _ = proxy.accept()
+        assert first.session is not None and second.session is not None
+        self.assertNotEqual(first.session.id, second.session.id)

@@ -100,6 +100,8 @@ class BackendPool:
     @ivar resourceErrors: client connections closed because the proxy itself
         ran out of a resource (descriptors, memory) while connecting to a
         backend; the backend is not blamed for these.
+    @ivar badHeaders: client connections closed on a PROXY protocol
+        listener for a missing, late or malformed header.
     """
 
     log = Logger()
@@ -120,6 +122,7 @@ class BackendPool:
         self.active = 0
         self.refused = 0
         self.resourceErrors = 0
+        self.badHeaders = 0
         self._allDown = False
         self._resourceLog = RateLimitedLog(
             clock, self.log, "sessions closed for lack of resources"

@@ -24,6 +24,9 @@ DEFAULT_HALF_CLOSED_TIMEOUT = 300.0
 DEFAULT_BALANCE = "fair"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_PORT = 80
+DEFAULT_PROXY_HEADER_TIMEOUT = 5.0
+# The PROXY protocol versions a backend may be sent (send-proxy).
+SEND_PROXY_VERSIONS = ("v1", "v2")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class BackendConfig:
     @ivar congestion: the TCP congestion control of the sockets to this
         backend: C{"auto"}, C{"system"} or an algorithm's name (see
         L{txsockproxy.congestion}).
+    @ivar sendProxy: the PROXY protocol header sent to it before the
+        client's bytes: C{"v1"}, C{"v2"}, or C{""} (none).
     """
 
     endpoint: str
@@ -103,6 +108,7 @@ class BackendConfig:
     connectTimeout: float = DEFAULT_CONNECT_TIMEOUT
     origin: str = ""
     congestion: str = AUTO
+    sendProxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class ProxyConfig:
     @ivar clientCongestion: the TCP congestion control of the clients'
         sockets: C{"auto"}, C{"system"} or an algorithm's name (see
         L{txsockproxy.congestion}).
+    @ivar proxyHeaderTimeout: on a PROXY protocol listener (C{haproxy:}),
+        seconds a client has to send its whole header.
     """
 
     name: str
@@ -130,6 +138,7 @@ class ProxyConfig:
     halfClosedTimeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
     inspectDelay: float = 0.0
     clientCongestion: str = AUTO
+    proxyHeaderTimeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
 
 
 # The status site's limits: it shares the relay's descriptors.

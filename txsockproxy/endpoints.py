@@ -106,6 +106,14 @@ def checkEndpoint(description: str, server: bool) -> str | None:
     return None
 
 
+def isProxyProtocolListen(listen: str) -> bool:
+    """
+    Whether the listen endpoint string C{listen} is a PROXY protocol
+    listener: C{haproxy:} before the endpoint that listens.
+    """
+    return listen.split(":", 1)[0].strip().lower() == "haproxy"
+
+
 def listenKey(description: str) -> str | None:
     """
     What identifies the address a server endpoint string binds, so that two

@@ -46,9 +46,11 @@ from zope.interface import implementer
 from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
+from txsockproxy.endpoints import isProxyProtocolListen
 from txsockproxy.handles import pendingError
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.portable import PortableRelayPath
+from txsockproxy.proxyprotocol import HeaderError, ProxyHeader, encodeV1, encodeV2, parseHeader
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.sni import NEED_MORE, parseServerName
 from txsockproxy.timeouts import Timeouts
@@ -167,8 +169,13 @@ class Sessions:
         self.recorder = recorder
         self.open: set[Session] = set()
         self._whenEmpty: list[defer.Deferred[None]] = []
+        # Session ids: this process's random prefix, and a count.
+        self.prefix = os.urandom(4).hex()
+        self.count = 0
 
     def add(self, session: Session) -> None:
+        self.count += 1
+        session.serial = self.count
         self.open.add(session)
 
     def remove(self, session: Session) -> None:
@@ -241,6 +248,11 @@ class ProxyFactory(ServerFactory):
         self.watch = PausedWatch(reactor)
         # Failed TLS handshakes: a client can make as many as it likes.
         self.tlsLog = RateLimitedLog(reactor, Session.log, "failed TLS handshakes")
+        # Behind a PROXY protocol listener (haproxy:...): each client sends
+        # a header first; bad ones, as many as a client likes, are logged
+        # at a bounded rate.
+        self.proxyHeader = isProxyProtocolListen(listen)
+        self.headerLog = RateLimitedLog(reactor, Session.log, "bad PROXY protocol headers")
         self.usePool(pool)
 
     def usePool(self, pool: BackendPool) -> None:
@@ -280,34 +292,111 @@ class FrontendProtocol(Protocol):
     """
 
     # Slots, here and below: no per-connection __dict__.
-    __slots__ = ("factory", "session", "transport", "connected", "relay")
+    __slots__ = ("factory", "session", "transport", "connected", "relay", "header", "headerTimer")
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
         self.session: Optional[Session] = None
         # What an accelerated relay path keeps with the protocol, if any.
         self.relay: Any = None
+        # Behind a PROXY protocol listener: what arrived of the header, and
+        # its deadline.
+        self.header: Optional[bytes] = None
+        self.headerTimer: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
         congestion = self.factory.congestion
         if congestion.name is not None:
             congestion.applyAccepted(self.transport)
+        if self.factory.proxyHeader:
+            # No session, and no backend work, before a valid header.
+            self.header = b""
+            self.headerTimer = self.factory.reactor.callLater(
+                self.factory.pool.config.proxyHeaderTimeout, self._headerTimedOut
+            )
+            return
         self.session = Session(self.factory, self)
         self.session.start()
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.fromClient(data)  # type: ignore[union-attr]
+        if self.session is None:
+            self._headerReceived(data)
+            return
+        self.session.fromClient(data)
+
+    def _headerReceived(self, data: bytes) -> None:
+        if self.header is None:
+            return  # refused already
+        received = self.header + data
+        try:
+            header = parseHeader(received)
+        except HeaderError as e:
+            self._refuse(str(e))
+            return
+        if not isinstance(header, ProxyHeader):
+            self.header = received
+            return
+        self._cancelHeaderTimer()
+        self.header = None
+        session = Session(self.factory, self)
+        if header.source is not None:
+            session.connection.peer = header.source
+            if header.destination is not None:
+                session.connection.local = header.destination
+        self.session = session
+        session.start()
+        if session.handshaking:
+            # Over TLS the header came after the handshake.
+            session.handshakeCompleted()
+        rest = received[header.length:]
+        if rest and self.session is not None and not session.finished:
+            session.fromClient(rest)
+
+    def _refuse(self, why: str) -> None:
+        self._cancelHeaderTimer()
+        self.header = None
+        self.factory.pool.badHeaders += 1
+        transport: Any = self.transport
+        self.factory.headerLog.emit(
+            LogLevel.warn, "proxy {proxy}: closing {client}: {why}",
+            proxy=self.factory.pool.name, client=formatAddress(transport.getPeer()), why=why,
+        )
+        transport.abortConnection()
+
+    def _headerTimedOut(self) -> None:
+        self.headerTimer = None
+        if self.header is not None:
+            self._refuse(
+                f"no complete PROXY protocol header within "
+                f"{self.factory.pool.config.proxyHeaderTimeout:g}s"
+            )
+
+    def _cancelHeaderTimer(self) -> None:
+        if self.headerTimer is not None:
+            if self.headerTimer.active():
+                self.headerTimer.cancel()
+            self.headerTimer = None
 
     def readConnectionLost(self) -> None:
-        self.session.clientEOF()  # type: ignore[union-attr]
+        if self.session is None:
+            if self.header is not None:
+                self._refuse("closed before a complete PROXY protocol header")
+            return
+        self.session.clientEOF()
 
     def handshakeCompleted(self) -> None:
-        self.session.handshakeCompleted()  # type: ignore[union-attr]
+        # Behind a PROXY protocol listener over TLS, the header comes after
+        # the handshake: the session starts with it done.
+        if self.session is not None:
+            self.session.handshakeCompleted()
 
     def writeConnectionLost(self) -> None:
-        self.session.clientFlushed()  # type: ignore[union-attr]
+        if self.session is not None:
+            self.session.clientFlushed()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._cancelHeaderTimer()
+        self.header = None
         if self.session is not None:
             self.session.clientLost(reason)
 
@@ -423,7 +512,7 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
-        "handshaking", "joined", "_shut", "_flushed",
+        "handshaking", "joined", "_shut", "_flushed", "serial",
         "__weakref__",
     )
 
@@ -473,6 +562,8 @@ class Session:
         # is done (shut, and what was buffered for it sent): _CLIENT | _BACKEND.
         self._shut = 0
         self._flushed = 0
+        # Its number among the proxy's sessions (set when it starts).
+        self.serial = 0
 
     # -- connecting ---------------------------------------------------------
 
@@ -629,6 +720,9 @@ class Session:
         if backend.congestion.name is not None and not getattr(bt, "congestionSet", False):
             backend.congestion.apply(bt)
         ct = self.clientTransport
+        version = backend.config.sendProxy
+        if version:
+            self.factory.relayPath.write(bt, self._proxyHeader(version))
         if self.held:
             backend.bytesOut += self.heldSize
             self.factory.relayPath.write(bt, b"".join(self.held))
@@ -645,6 +739,27 @@ class Session:
                 self.sideResumed(True)
         self.joined = self.factory.relayPath.join(self.client, protocol, self)
         self._updateTimer()
+
+    def _proxyHeader(self, version: str) -> bytes:
+        """
+        The PROXY protocol header (C{version} C{"v1"} or C{"v2"}) that tells
+        the backend who the client is.
+        """
+        connection = self.connection
+        if version == "v1":
+            return encodeV1(connection.peer, connection.local)
+        return encodeV2(
+            connection.peer, connection.local, authority=connection.serverName,
+            uniqueId=self.id.encode("ascii"),
+        )
+
+    @property
+    def id(self) -> str:
+        """
+        The session's id: unique among this process's sessions, and across
+        processes with overwhelming likelihood (the session log's C{id}).
+        """
+        return f"{self.factory.sessions.prefix}-{self.serial:x}"
 
     # -- relaying -----------------------------------------------------------
 

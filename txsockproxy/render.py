@@ -16,6 +16,7 @@ from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
@@ -25,7 +26,7 @@ from txsockproxy.config import (
     ProxyConfig,
     oneLine,
 )
-from txsockproxy.endpoints import originFields
+from txsockproxy.endpoints import isProxyProtocolListen, originFields
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
             "\r": "\\r"}
@@ -87,6 +88,8 @@ def _backendLines(backend: BackendConfig) -> Iterable[str]:
         yield f"disable-time = {tomlNumber(backend.disableTime)}"
     if backend.congestion != AUTO:
         yield f"congestion = {tomlString(backend.congestion)}"
+    if backend.sendProxy:
+        yield f"send-proxy = {tomlString(backend.sendProxy)}"
 
 
 def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
@@ -103,6 +106,8 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
         yield f"inspect-delay = {tomlNumber(proxy.inspectDelay)}"
     if proxy.clientCongestion != AUTO:
         yield f"client-congestion = {tomlString(proxy.clientCongestion)}"
+    if proxy.proxyHeaderTimeout != DEFAULT_PROXY_HEADER_TIMEOUT:
+        yield f"proxy-header-timeout = {tomlNumber(proxy.proxyHeaderTimeout)}"
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
@@ -181,6 +186,8 @@ def describeConfig(config: Config) -> str:
         if proxy.inspectDelay:
             lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
         lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
+        if any(isProxyProtocolListen(desc) for desc in proxy.listen):
+            lines.append(f"  {'proxy-header-timeout':<20}{_seconds(proxy.proxyHeaderTimeout)}")
         for b in proxy.backends:
             origin = f"  (from {b.origin})" if b.origin else ""
             lines.append(
@@ -189,6 +196,7 @@ def describeConfig(config: Config) -> str:
                 f" connect-timeout={_seconds(b.connectTimeout)}"
                 f" disable-time={_seconds(b.disableTime)}"
                 f" congestion={b.congestion}"
+                + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
             )
     return "\n".join(oneLine(line) for line in lines)
 

@@ -499,8 +499,13 @@ class ProxyService(MultiService):
         # at once: they then wait for a retransmit (1 s or more).
         # Listening through reactorDecliningALPN: Twisted's TLS listeners
         # fail every client that offers ALPN otherwise (see txsockproxy.alpn).
+        listen = desc
+        if isinstance(factory, ProxyFactory) and factory.proxyHeader:
+            # The proxy reads the PROXY protocol header itself (Twisted's
+            # wrapper connects before checking it, and is not half-closeable).
+            listen = desc.split(":", 1)[1]
         endpoint = serverFromString(reactorDecliningALPN(self.reactor),
-                                    withBacklog(desc, systemBacklog()))
+                                    withBacklog(listen, systemBacklog()))
         return ListenerService(desc, proxy, endpoint, factory)
 
     def _commit(self, tree: _Tree) -> None:

@@ -217,6 +217,7 @@ def statusDocument(view: StatusView) -> dict[str, Any]:
                 "active": pool.active,
                 "refused": pool.refused,
                 "resource_errors": pool.resourceErrors,
+                "bad_proxy_headers": pool.badHeaders,
                 "backends": [backendStatus(b, now) for b in pool.backends],
             }
             for pool in view.pools.values()
@@ -254,6 +255,12 @@ class _Collector:
             "sockproxy_resource_errors",
             "Client connections closed because the proxy ran out of descriptors or "
             "memory while connecting to a backend.",
+            labels=proxyLabels,
+        )
+        badHeaders = CounterMetricFamily(
+            "sockproxy_bad_proxy_headers",
+            "Client connections closed on a PROXY protocol listener for a missing, late or "
+            "malformed header.",
             labels=proxyLabels,
         )
         closedAtAccept = CounterMetricFamily(
@@ -297,6 +304,7 @@ class _Collector:
             accepted.add_metric([proxy], pool.accepted)
             refused.add_metric([proxy], pool.refused)
             resourceErrors.add_metric([proxy], pool.resourceErrors)
+            badHeaders.add_metric([proxy], pool.badHeaders)
             active.add_metric([proxy], pool.active)
             for b in pool.backends:
                 labels = [proxy, redactEndpoint(b.label)]
@@ -309,7 +317,7 @@ class _Collector:
                 up.add_metric(labels, 1 if current == UP else 0)
                 for name in STATES:
                     state.add_metric(labels + [name], 1 if name == current else 0)
-        yield from (accepted, refused, resourceErrors, closedAtAccept, active, bActive,
+        yield from (accepted, refused, resourceErrors, badHeaders, closedAtAccept, active, bActive,
                     connected, failed, bytesIn, bytesOut, up, state)
 
 
@@ -389,7 +397,8 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
             f'active <b class="active">{proxy["active"]}</b>, '
             f'refused <b class="refused">{proxy["refused"]}</b>, '
             f'closed for lack of resources <b class="resource-errors">'
-            f'{proxy["resource_errors"]}</b></p>\n'
+            f'{proxy["resource_errors"]}</b>, '
+            f'bad PROXY headers <b class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</b></p>\n'
             f'<table data-proxy="{e(proxy["name"])}"><thead><tr><th>backend</th><th>endpoint</th>'
             "<th>state</th><th>weight</th><th>active</th><th>connected</th><th>failed</th>"
             "<th>bytes in</th><th>bytes out</th><th>last error</th></tr></thead>\n<tbody>"

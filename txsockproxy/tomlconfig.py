@@ -27,11 +27,13 @@ from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
     LOG_FORMATS,
+    SEND_PROXY_VERSIONS,
     BackendConfig,
     Config,
     ConfigError,
@@ -331,6 +333,8 @@ _PROXY_KEYS = (
     "half-closed-timeout",
     "inspect-delay",
     "client-congestion",
+    "send-proxy",
+    "proxy-header-timeout",
     "backend",
 )
 _BACKEND_KEYS = (
@@ -343,6 +347,7 @@ _BACKEND_KEYS = (
     "disable-time",
     "connect-timeout",
     "congestion",
+    "send-proxy",
 )
 
 # Where a key that is unknown at one level belongs instead: the usual
@@ -660,6 +665,10 @@ def _buildProxy(
     halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
     inspectDelay = reader.seconds(raw, path, "inspect-delay", 0.0)
     clientCongestion = reader.congestion(raw, path, "client-congestion")
+    sendProxy = _sendProxy(reader, raw, path, "")
+    headerTimeout = reader.seconds(
+        raw, path, "proxy-header-timeout", DEFAULT_PROXY_HEADER_TIMEOUT, positive=True
+    )
 
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
@@ -672,7 +681,8 @@ def _buildProxy(
     else:
         for j, rawBackend in enumerate(rawBackends):
             built = _buildBackend(
-                rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime
+                rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime,
+                sendProxy=sendProxy,
             )
             if built is not None:
                 backends.append((j, *built))
@@ -686,6 +696,7 @@ def _buildProxy(
         halfClosedTimeout=halfClosed,
         inspectDelay=inspectDelay,
         clientCongestion=clientCongestion,
+        proxyHeaderTimeout=headerTimeout,
     )
 
 
@@ -719,6 +730,7 @@ def _buildBackend(
     resolve: Resolver,
     connectTimeout: float,
     disableTime: float,
+    sendProxy: str = "",
 ) -> tuple[BackendConfig, str] | None:
     """
     Read one C{[[proxy.backend]]} table.
@@ -775,5 +787,22 @@ def _buildBackend(
         connectTimeout=ct,
         origin=origin,
         congestion=reader.congestion(raw, path, "congestion"),
+        sendProxy=_sendProxy(reader, raw, path, sendProxy),
     )
     return backend, addressKey or "endpoint"
+
+
+def _sendProxy(reader: _Reader, raw: Mapping[str, Any], path: tuple[Any, ...], default: str) -> str:
+    """
+    Read a C{send-proxy} setting: C{"v1"}, C{"v2"} or C{"off"} (stored as
+    C{""}); C{default} when it is not written.
+    """
+    value = reader.string(raw, path, "send-proxy")
+    if value is None:
+        return default
+    if value not in SEND_PROXY_VERSIONS and value != "off":
+        reader.problem(
+            path + ("send-proxy",), f"must be \"v1\", \"v2\" or \"off\", not {value!r}"
+        )
+        return default
+    return "" if value == "off" else value
