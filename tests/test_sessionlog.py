@@ -79,7 +79,7 @@ class _FakeSession:
     def __init__(self, proxy: str = "web", listen: str = "tcp:8080", host: str = "127.0.0.1",
                  port: object = 45670, label: str = "a", connected: bool = True,
                  up: int = 2, down: int = 28, duration: float = 0.2024761,
-                 ended: str | None = "client closed") -> None:
+                 ended: str | None = "client closed", sid: str = "0a1b2c3d-1f") -> None:
         self.pool = _Named(name=proxy)
         self.factory = _Named(listen=listen)
         self.connection = _Named(peer=_Named(host=host, port=port))
@@ -89,6 +89,7 @@ class _FakeSession:
         self.bytesFromBackend = down
         self.duration = duration
         self.ended = ended
+        self.id = sid
 
     def asSession(self) -> Session:
         return cast(Session, self)
@@ -145,13 +146,14 @@ class SessionLogTests(SynchronousTestCase):
         proxy.factory.listen = "tcp:8080"
         proxy.factory.sessions.recorder = SessionLog("log", "text")
         with capturedLogs() as events:
-            finishedSession(proxy)
+            session = finishedSession(proxy)
         [event] = [e for e in events if "session_end" in e]
         self.assertEqual(
             event["line"],
             'proxy=test listen=tcp:8080 client=127.0.0.2:40000 backend=a bytes_up=5 '
-            'bytes_down=7 duration=2.5 end="client closed"',
+            f'bytes_down=7 duration=2.5 end="client closed" id={session.id}',
         )
+        self.assertRegex(session.id, r"^[0-9a-f]{8}-[0-9a-f]+$")
         self.assertEqual(event["session_bytes_down"], 7)
 
     def test_jsonFile(self) -> None:
@@ -168,12 +170,12 @@ class SessionLogTests(SynchronousTestCase):
         log = SessionLog("/var/log/s.log", "json", opener=opener, now=lambda: 86400.0)
         proxy = Proxy()
         proxy.factory.sessions.recorder = log
-        finishedSession(proxy)
+        session = finishedSession(proxy)
         [line] = files[0].getvalue().splitlines()
         self.assertEqual(json.loads(line), {
-            "time": "1970-01-02T00:00:00Z", "proxy": "test", "listen": "",
+            "time": "1970-01-02T00:00:00Z", "proxy": "test", "listen": "tcp:8080",
             "client": "127.0.0.2:40000", "backend": "a", "bytes_up": 5, "bytes_down": 7,
-            "duration": 2.5, "end": "client closed",
+            "duration": 2.5, "end": "client closed", "id": session.id,
         })
         log.reopen()
         self.assertEqual(len(files), 2)
@@ -225,7 +227,7 @@ class SessionLogTests(SynchronousTestCase):
         self.assertEqual(list(sessionFields(session.asSession()).items()), [
             ("proxy", "web"), ("listen", "tcp:8080"), ("client", "127.0.0.1:45670"),
             ("backend", "-"), ("bytes_up", 2), ("bytes_down", 28), ("duration", 1.234568),
-            ("end", "closed"),
+            ("end", "closed"), ("id", "0a1b2c3d-1f"),
         ])
 
     def test_quotingEdges(self) -> None:

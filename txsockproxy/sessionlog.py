@@ -26,9 +26,11 @@ _log = Logger(namespace="txsockproxy.session")
 # with any non-default argument builds a new encoder per call.
 _jsonEncoder = json.JSONEncoder(separators=(",", ":"))
 
-_Values = tuple[str, str, str, str, int, int, float, str]
+_Values = tuple[str, str, str, str, int, int, float, str, str]
 
-_FIELDS = ("proxy", "listen", "client", "backend", "bytes_up", "bytes_down", "duration", "end")
+_FIELDS = (
+    "proxy", "listen", "client", "backend", "bytes_up", "bytes_down", "duration", "end", "id",
+)
 
 
 def _sessionValues(session: Session) -> _Values:
@@ -46,6 +48,7 @@ def _sessionValues(session: Session) -> _Values:
         session.bytesFromBackend,
         round(session.duration, 6),
         session.ended or "closed",
+        session.id,
     )
 
 
@@ -82,11 +85,11 @@ def _textLine(values: _Values) -> str:
     Numbers need no quoting: C{str} of an int or a float is never empty and
     holds no space, C{"} or C{=}.
     """
-    proxy, listen, client, backend, up, down, duration, end = values
+    proxy, listen, client, backend, up, down, duration, end, sid = values
     return (
         f"proxy={_textValue(proxy)} listen={_textValue(listen)} client={_textValue(client)} "
         f"backend={_textValue(backend)} bytes_up={up} bytes_down={down} duration={duration} "
-        f"end={_textValue(end)}"
+        f"end={_textValue(end)} id={_textValue(sid)}"
     )
 
 
@@ -96,7 +99,7 @@ def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
     values))}, with a first C{"time"} field of C{stamp} unless it is
     L{None}, made without the dict.
     """
-    proxy, listen, client, backend, up, down, duration, end = values
+    proxy, listen, client, backend, up, down, duration, end, sid = values
     if not math.isfinite(duration):
         # JSON's NaN and Infinity are not Python's repr of them.
         fields = dict(zip(_FIELDS, values, strict=True))
@@ -109,7 +112,8 @@ def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
         f'"client":{encode_basestring_ascii(client)},'
         f'"backend":{encode_basestring_ascii(backend)},'
         f'"bytes_up":{up!r},"bytes_down":{down!r},"duration":{duration!r},'
-        f'"end":{encode_basestring_ascii(end)}}}'
+        f'"end":{encode_basestring_ascii(end)},'
+        f'"id":{encode_basestring_ascii(sid)}}}'
     )
     if stamp is None:
         return "{" + line
@@ -168,12 +172,12 @@ class SessionLog:
                 line = _jsonObject(values, None)
             else:
                 line = _textLine(values)
-            proxy, listen, client, backend, up, down, duration, end = values
+            proxy, listen, client, backend, up, down, duration, end, sid = values
             _log.emit(
                 LogLevel.info, "{line}", line=line, session_proxy=proxy,
                 session_listen=listen, session_client=client, session_backend=backend,
                 session_bytes_up=up, session_bytes_down=down, session_duration=duration,
-                session_end=end,
+                session_end=end, session_id=sid,
             )
             return
         stamp = self._timestamp()
