@@ -1,0 +1,43 @@
+"""
+Tests for L{txsockproxy.keepalive}: the settings land on real sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import SocketTransport, tcpPair
+from txsockproxy.keepalive import Keepalive
+
+
+class KeepaliveTests(SynchronousTestCase):
+    def test_applied(self) -> None:
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        self.assertTrue(Keepalive(idle=30, interval=5, count=4).apply(SocketTransport(ours)))
+        self.assertEqual(ours.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 30)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 5)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 4)
+
+    def test_systemDefaultsKept(self) -> None:
+        """
+        Settings left 0 keep the system's.
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        before = ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        Keepalive(idle=60).apply(SocketTransport(ours))
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), before)
+
+    def test_offAndUnix(self) -> None:
+        self.assertFalse(Keepalive())
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertFalse(Keepalive(idle=1).apply(SocketTransport(a)))
+        self.assertFalse(Keepalive(idle=1).apply(object()))
