@@ -21,7 +21,7 @@ class FormatAddressTests(SynchronousTestCase):
         C{unix} when unnamed; anything else its C{str()}.
         """
         self.assertEqual(formatAddress(IPv4Address("TCP", "192.0.2.7", 40650)), "192.0.2.7:40650")
-        self.assertEqual(formatAddress(IPv6Address("TCP", "::1", 5)), "::1:5")
+        self.assertEqual(formatAddress(IPv6Address("TCP", "::1", 5)), "[::1]:5")
         self.assertEqual(formatAddress(UNIXAddress("/run/a.sock")), "unix:/run/a.sock")
         self.assertEqual(formatAddress(UNIXAddress(None)), "unix")
         self.assertEqual(formatAddress(_Other()), "other")  # type: ignore[arg-type]

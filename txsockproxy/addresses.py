@@ -12,12 +12,15 @@ from twisted.internet.interfaces import IAddress
 
 def formatAddress(address: IAddress) -> str:
     """
-    C{host:port} for an IP address, C{unix:path} (or C{unix} for an
-    unnamed socket) for a unix socket, else C{str(address)}.
+    C{host:port} for an IPv4 address, C{[host]:port} for IPv6 (as in a
+    URL: the port cannot be read as part of the address), C{unix:path} (or
+    C{unix} for an unnamed socket) for a unix socket, else C{str(address)}.
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is not None and port is not None:
+        if ":" in str(host):
+            return f"[{host}]:{port}"
         return f"{host}:{port}"
     if isinstance(address, UNIXAddress):
         raw = address.name
