@@ -88,7 +88,9 @@ class _Attempt:
         # Connected, handshaking: the connect timeout (a client that left
         # cancels too, but its session does not report the failure).
         self.waiter = None
-        result.errback(Failure(TLSConnectError("TLS handshake timeout")))
+        result.errback(
+            Failure(TLSConnectError("TLS handshake timeout (not done within connect-timeout)"))
+        )
         waiter.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectFailed(self, reason: Failure) -> None:
