@@ -103,11 +103,13 @@ class Authority:
         names: tuple[str, ...] = ("localhost", "127.0.0.1"),
         expired: bool = False,
         client: bool = False,
+        alternativeNames: bool = True,
     ) -> Issued:
         """
         A certificate for C{names} (DNS names, or IP addresses), signed by
         this CA: valid now, or (C{expired}) until yesterday; for a server, or
-        (C{client}) for a client.
+        (C{client}) for a client; with the names as subjectAltNames, or (not
+        C{alternativeNames}) the first as its common name only.
         """
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
@@ -119,13 +121,19 @@ class Authority:
             except ValueError:
                 alternatives.append(x509.DNSName(name))
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(self.name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        )
+        if alternativeNames:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(alternatives), critical=False
+            )
+        cert = (
+            builder
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(

@@ -40,6 +40,7 @@ from txsockproxy.tlsclient import (
     backendEndpoint,
     describeHandshakeFailure,
     endpointHost,
+    identityProblem,
 )
 from txsockproxy.tomlconfig import parseConfig
 
@@ -493,3 +494,51 @@ class TLSConfigTests(SynchronousTestCase):
         self.assertIn(f'tls-ca = "{self.caFile}"', text)
         again = parseConfig(text, "rendered.toml", lambda host: "10.0.0.9")
         self.assertEqual(again.proxies, config.proxies)
+
+
+class _PeerConnection:
+    """
+    What L{identityProblem} asks of a pyOpenSSL connection.
+    """
+
+    def __init__(self, pem: bytes) -> None:
+        self.cert = crypto.load_certificate(crypto.FILETYPE_PEM, pem)
+
+    def get_peer_certificate(self) -> crypto.X509:
+        return self.cert
+
+
+class IdentityProblemTests(SynchronousTestCase):
+    """
+    L{identityProblem} checks the peer certificate against the name again,
+    refusing what Twisted lets through.
+    """
+
+    def test_valid(self) -> None:
+        """
+        A certificate with the name (DNS or IP address) among its
+        subjectAltNames is valid.
+        """
+        connection = _PeerConnection(Authority().issue(("db.internal", "10.0.0.2")).cert)
+        self.assertIsNone(identityProblem(connection, "db.internal"))
+        self.assertIsNone(identityProblem(connection, "10.0.0.2"))
+
+    def test_otherName(self) -> None:
+        """
+        A certificate for other names is not valid; the name is given.
+        """
+        connection = _PeerConnection(Authority().issue(("db.internal",)).cert)
+        self.assertEqual(
+            identityProblem(connection, "web.internal"),
+            "TLS certificate does not match the name: not valid for 'web.internal'",
+        )
+
+    def test_noAlternativeNames(self) -> None:
+        """
+        A certificate without subjectAltName is valid for no name, not even
+        its common name (Twisted's own check lets it through).
+        """
+        pem = Authority().issue(("db.internal",), alternativeNames=False).cert
+        problem = identityProblem(_PeerConnection(pem), "db.internal")
+        self.assertIsNotNone(problem)
+        self.assertIn("TLS certificate is not valid for 'db.internal'", problem or "")

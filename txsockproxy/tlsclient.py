@@ -16,11 +16,14 @@ keys when it is loaded.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from typing import Any, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.interfaces import (
@@ -72,8 +75,9 @@ class _Attempt:
     handshake, then the caller's protocol.
     """
 
-    def __init__(self, factory: IProtocolFactory) -> None:
+    def __init__(self, factory: IProtocolFactory, name: Optional[str]) -> None:
         self.factory = factory
+        self.name = name
         self.result: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
         self.connecting: Optional[defer.Deferred[Any]] = None
         self.waiter: Optional[_Handshaking] = None
@@ -108,6 +112,12 @@ class _Attempt:
             self.result.errback(Failure(TLSConnectError("not a TLS transport")))
             tls.abortConnection()  # type: ignore[union-attr]
             return
+        if self.name is not None:
+            problem = identityProblem(tls.getHandle(), self.name)
+            if problem:
+                self.result.errback(Failure(TLSConnectError(problem)))
+                tls.abortConnection()
+                return
         protocol = self.factory.buildProtocol(waiter.address)
         if protocol is None:
             self.result.errback(Failure(TLSConnectError("connection refused by the factory")))
@@ -175,13 +185,16 @@ class HandshakingEndpoint:
     @ivar wrapped: the TLS endpoint (C{wrapClientTLS}, or a C{tls:} endpoint
         string's): its protocols are told of the handshake
         (L{IHandshakeListener}).
+    @ivar name: the name the certificate must be valid for, checked again
+        once the handshake is done (see L{identityProblem}), or L{None}.
     """
 
-    def __init__(self, wrapped: IStreamClientEndpoint) -> None:
+    def __init__(self, wrapped: IStreamClientEndpoint, name: Optional[str] = None) -> None:
         self.wrapped = wrapped
+        self.name = name
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
-        attempt = _Attempt(protocolFactory)
+        attempt = _Attempt(protocolFactory, self.name)
         connecting = self.wrapped.connect(_HandshakingFactory(attempt))
         attempt.connecting = connecting
         connecting.addCallbacks(_forget, attempt.connectFailed)
@@ -193,6 +206,32 @@ def _forget(result: object) -> None:
 
 
 # -- why a handshake failed -------------------------------------------------------
+
+
+def identityProblem(connection: Any, name: str) -> Optional[str]:
+    """
+    Check that the peer certificate of C{connection} (a pyOpenSSL
+    connection whose handshake is done) is valid for C{name}.
+
+    Twisted checks it during the handshake, but takes a certificate without
+    a subjectAltName (which service_identity refuses with a
+    C{CertificateError}, not a C{VerificationError}) for valid for any
+    name, logging a traceback: it is refused here.
+
+    @return: L{None}, or why it is not valid, in one line.
+    """
+    try:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            verify_hostname(connection, name)
+        else:
+            verify_ip_address(connection, name)
+    except VerificationError as e:
+        return f"TLS certificate does not match the name: {_identityErrors(e)}"
+    except CertificateError as e:
+        return f"TLS certificate is not valid for {name!r}: {e}"
+    return None
 
 
 def describeHandshakeFailure(waiter: Protocol, reason: Failure) -> str:
@@ -294,9 +333,10 @@ def backendEndpoint(reactor: Any, config: BackendConfig) -> IStreamClientEndpoin
     endpoint = clientFromString(reactor, config.endpoint)
     if config.tls is not None:
         endpoint = wrapClientTLS(connectionCreator(config.tls), endpoint, clock=reactor)
-    elif not isTLSEndpoint(config.endpoint):
-        return endpoint
-    return HandshakingEndpoint(endpoint)
+        return HandshakingEndpoint(endpoint, config.tls.name)
+    if isTLSEndpoint(config.endpoint):
+        return HandshakingEndpoint(endpoint)
+    return endpoint
 
 
 # -- checking a config ------------------------------------------------------------
@@ -411,6 +451,7 @@ __all__ = [
     "connectionCreator",
     "describeHandshakeFailure",
     "endpointHost",
+    "identityProblem",
     "isTLSEndpoint",
     "readCertificates",
     "readKey",
