@@ -9,7 +9,6 @@ import errno
 import os
 from typing import Iterable, Optional
 
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -19,6 +18,7 @@ from txsockproxy.config import BackendConfig, ProxyConfig
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.ratelimit import RateLimitedLog
+from txsockproxy.tlsclient import backendEndpoint
 
 # A backend's state, as the status page and metrics show it.
 UP = "up"  # in rotation
@@ -136,9 +136,7 @@ class BackendPool:
         Build a pool whose backends connect through C{reactor}, from endpoint
         strings parsed once, here, rather than per connection.
         """
-        backends = [
-            Backend(b, clientFromString(reactor, b.endpoint)) for b in config.backends
-        ]
+        backends = [Backend(b, backendEndpoint(reactor, b)) for b in config.backends]
         return cls(config, backends, balancer, reactor)
 
     def pick(

@@ -81,6 +81,40 @@ class ConfigError(Exception):
         self.problems = tuple(problems)
 
 
+# The TLS versions a backend's tls-min-version may name, and its default.
+TLS_VERSIONS = ("1.2", "1.3")
+DEFAULT_TLS_MIN_VERSION = "1.2"
+
+
+@dataclass(frozen=True)
+class BackendTLS:
+    """
+    TLS to a backend, whose handshake and certificate check are part of
+    connecting to it (see L{txsockproxy.tlsclient}).
+
+    @ivar name: the name the backend's certificate must be valid for, sent as
+        SNI (unless it is an IP address).
+    @ivar ca: the file of the CA certificates (PEM) to trust, or C{""} for
+        the system's trust store.
+    @ivar cert: the file of the client certificate (PEM; more certificates
+        after it are its chain) for mutual TLS, or C{""}.
+    @ivar key: the file of that certificate's private key (PEM).
+    @ivar minVersion: the oldest TLS version accepted: C{"1.2"} or C{"1.3"}.
+    @ivar caPEM: the contents of C{ca}, read when the config is loaded.
+    @ivar certPEM: the contents of C{cert}, read when the config is loaded.
+    @ivar keyPEM: the contents of C{key}, read when the config is loaded.
+    """
+
+    name: str
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    minVersion: str = DEFAULT_TLS_MIN_VERSION
+    caPEM: bytes = field(default=b"", repr=False)
+    certPEM: bytes = field(default=b"", repr=False)
+    keyPEM: bytes = field(default=b"", repr=False)
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """
@@ -99,6 +133,7 @@ class BackendConfig:
         L{txsockproxy.congestion}).
     @ivar sendProxy: the PROXY protocol header sent to it before the
         client's bytes: C{"v1"}, C{"v2"}, or C{""} (none).
+    @ivar tls: TLS to the backend over C{endpoint}, or L{None}.
     """
 
     endpoint: str
@@ -109,6 +144,7 @@ class BackendConfig:
     origin: str = ""
     congestion: str = AUTO
     sendProxy: str = ""
+    tls: BackendTLS | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,12 @@ def _endpointReason(description: str, e: Exception) -> str:
     if isinstance(e, LookupError) and description.split(":", 1)[0].strip().lower() == "systemd":
         # The systemd parser looks the socket up when parsing.
         return "systemd passed no such socket (is this process started by systemd socket activation?)"
+    if type(e).__name__ == "UnlistableError":
+        # A tls: string's trustRoots= names a file, not a directory.
+        return (
+            "trustRoots= must name a directory of CA certificates; for a CA file, "
+            "write a tcp: endpoint with tls = true and tls-ca = FILE"
+        )
     return text or e.__class__.__name__
 
 

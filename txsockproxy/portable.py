@@ -4,14 +4,15 @@ The portable relay path: Twisted's public API, on every reactor.
 Connects through the backend's endpoint with a timeout; relays through the
 transports themselves (each the other's streaming producer, which the
 session has registered); shuts and closes with C{loseWriteConnection()} and
-C{loseConnection()}.
+C{loseConnection()}, except that a TLS transport's write side is shut with
+C{loseConnection()} (see L{shutWrite}).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -20,6 +21,25 @@ from txsockproxy.interfaces import ICancellable, IRelayPath
 
 def _forget(result: object) -> None:
     return None
+
+
+def shutWrite(transport: Any) -> None:
+    """
+    End C{transport}'s write side after what is buffered for it.
+
+    A TLS transport (Twisted's L{twisted.protocols.tls}) has no half-close of
+    its own: its C{loseWriteConnection()} shuts the TCP connection beneath
+    the TLS layer at once, ahead of the bytes it still holds, and without a
+    close_notify; the peer then sees a truncated stream, and the close that
+    follows runs while Twisted's TLS layer is still delivering data (which
+    then fails with an C{AttributeError} on C{bio_read}). Its
+    C{loseConnection()} does what a half-close should: it flushes, sends
+    close_notify, and keeps reading until the peer's close_notify.
+    """
+    if ISSLTransport.providedBy(transport):
+        transport.loseConnection()
+    else:
+        transport.loseWriteConnection()
 
 
 @implementer(IRelayPath)
@@ -54,10 +74,10 @@ class PortableRelayPath:
         transport.write(data)
 
     def shutWrite(self, transport: Any) -> None:
-        transport.loseWriteConnection()
+        shutWrite(transport)
 
     def close(self, transport: Any, drained: bool) -> None:
         transport.loseConnection()
 
 
-__all__ = ["PortableRelayPath"]
+__all__ = ["PortableRelayPath", "shutWrite"]

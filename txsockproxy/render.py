@@ -21,7 +21,9 @@ from txsockproxy.config import (
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
+    DEFAULT_TLS_MIN_VERSION,
     BackendConfig,
+    BackendTLS,
     Config,
     ProxyConfig,
     oneLine,
@@ -90,6 +92,21 @@ def _backendLines(backend: BackendConfig) -> Iterable[str]:
         yield f"congestion = {tomlString(backend.congestion)}"
     if backend.sendProxy:
         yield f"send-proxy = {tomlString(backend.sendProxy)}"
+    yield from _tlsLines(backend.tls)
+
+
+def _tlsLines(tls: BackendTLS | None) -> Iterable[str]:
+    if tls is None:
+        return
+    yield "tls = true"
+    # The name is written out even when it is the host's, so that it stays
+    # the same name once a lighttpd-style host is rendered as resolved.
+    yield f"tls-name = {tomlString(tls.name)}"
+    for key, value in (("tls-ca", tls.ca), ("tls-cert", tls.cert), ("tls-key", tls.key)):
+        if value:
+            yield f"{key} = {tomlString(value)}"
+    if tls.minVersion != DEFAULT_TLS_MIN_VERSION:
+        yield f"tls-min-version = {tomlString(tls.minVersion)}"
 
 
 def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
@@ -197,6 +214,7 @@ def describeConfig(config: Config) -> str:
                 f" disable-time={_seconds(b.disableTime)}"
                 f" congestion={b.congestion}"
                 + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
+                + (f" tls={b.tls.name!r}" if b.tls is not None else "")
             )
     return "\n".join(oneLine(line) for line in lines)
 

@@ -18,7 +18,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -42,6 +42,7 @@ from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
 from txsockproxy.status import StatusSite, StatusView, statusResource
+from txsockproxy.tlsclient import backendEndpoint
 
 # The listen endpoint types that take a backlog= argument, and a wrapper
 # whose wrapped endpoint may be one of them.
@@ -472,8 +473,7 @@ class ProxyService(MultiService):
         for backendConfig in proxy.backends:
             backend = self._keptBackend(old, backendConfig)
             if backend is None:
-                backend = Backend(backendConfig, clientFromString(self.reactor,
-                                                                  backendConfig.endpoint))
+                backend = Backend(backendConfig, backendEndpoint(self.reactor, backendConfig))
             else:
                 kept.append((backend, backendConfig))
             backends.append(backend)
@@ -488,7 +488,11 @@ class ProxyService(MultiService):
     def _keptBackend(old: Optional[BackendPool], config: BackendConfig) -> Optional[Backend]:
         if old is not None:
             for backend in old.backends:
-                if backend.label == config.label and backend.key == config.endpoint:
+                if (
+                    backend.label == config.label and backend.key == config.endpoint
+                    # Its endpoint is built with its TLS settings.
+                    and backend.config.tls == config.tls
+                ):
                     return backend
         return None
 

@@ -32,16 +32,27 @@ from txsockproxy.config import (
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
+    DEFAULT_TLS_MIN_VERSION,
     LOG_FORMATS,
     SEND_PROXY_VERSIONS,
+    TLS_VERSIONS,
     BackendConfig,
+    BackendTLS,
     Config,
     ConfigError,
     Problem,
     ProxyConfig,
     StatusConfig,
 )
-from txsockproxy.endpoints import Resolver, backendFromHost, checkEndpoint, listenKey, resolveFirst
+from txsockproxy.endpoints import (
+    Resolver,
+    backendFromHost,
+    checkEndpoint,
+    listenKey,
+    originFields,
+    resolveFirst,
+)
+from txsockproxy.tlsclient import endpointHost, isTLSEndpoint, readCertificates, readKey
 
 
 class _LineIndex:
@@ -337,6 +348,7 @@ _PROXY_KEYS = (
     "proxy-header-timeout",
     "backend",
 )
+_TLS_KEYS = ("tls", "tls-ca", "tls-name", "tls-cert", "tls-key", "tls-min-version")
 _BACKEND_KEYS = (
     "endpoint",
     "host",
@@ -348,6 +360,7 @@ _BACKEND_KEYS = (
     "connect-timeout",
     "congestion",
     "send-proxy",
+    *_TLS_KEYS,
 )
 
 # Where a key that is unknown at one level belongs instead: the usual
@@ -788,6 +801,7 @@ def _buildBackend(
         origin=origin,
         congestion=reader.congestion(raw, path, "congestion"),
         sendProxy=_sendProxy(reader, raw, path, sendProxy),
+        tls=_buildBackendTLS(raw, path, reader, resolved, origin),
     )
     return backend, addressKey or "endpoint"
 
@@ -806,3 +820,82 @@ def _sendProxy(reader: _Reader, raw: Mapping[str, Any], path: tuple[Any, ...], d
         )
         return default
     return "" if value == "off" else value
+
+
+def _buildBackendTLS(
+    raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader, endpoint: str, origin: str
+) -> BackendTLS | None:
+    """
+    Read a backend's C{tls} keys, and the files they name.
+
+    @param endpoint: the backend's endpoint string, if it could be read.
+    @param origin: what the lighttpd-style keys said, if they gave it.
+    """
+    enabled = False
+    if "tls" in raw:
+        value = raw["tls"]
+        if not isinstance(value, bool):
+            reader.problem(path + ("tls",), f"must be true or false, not {_tomlType(value)}")
+            return None
+        enabled = value
+    if not enabled:
+        for setting in _TLS_KEYS[1:]:
+            if setting in raw:
+                hint = (
+                    "; a tls: endpoint string takes its own settings: write tcp: with tls = true"
+                    if endpoint and isTLSEndpoint(endpoint) else ""
+                )
+                reader.problem(path + (setting,), f"needs tls = true{hint}")
+        return None
+    if endpoint and isTLSEndpoint(endpoint):
+        reader.problem(
+            path + ("tls",), "the endpoint is a tls: one already: write tcp: with tls = true"
+        )
+        return None
+    name = reader.string(raw, path, "tls-name")
+    if name is None and "tls-name" not in raw:
+        host = originFields(origin).get("host")
+        if isinstance(host, str) and not host.startswith("/"):
+            name = host
+        elif endpoint:
+            name = endpointHost(endpoint)
+            if name is None:
+                reader.problem(
+                    path + ("tls",),
+                    "needs tls-name: the endpoint has no host name to check the certificate for",
+                )
+    minVersion = reader.string(raw, path, "tls-min-version")
+    if minVersion is not None and minVersion not in TLS_VERSIONS:
+        reader.problem(
+            path + ("tls-min-version",),
+            f"must be one of {', '.join(repr(v) for v in TLS_VERSIONS)}, not {minVersion!r}",
+        )
+        minVersion = None
+    files: dict[str, tuple[str, bytes]] = {}
+    ca = reader.string(raw, path, "tls-ca")
+    cert = reader.string(raw, path, "tls-cert")
+    key = reader.string(raw, path, "tls-key")
+    if ("tls-cert" in raw) != ("tls-key" in raw):
+        given, missing = ("tls-cert", "tls-key") if "tls-cert" in raw else ("tls-key", "tls-cert")
+        reader.problem(path + (given,), f"needs {missing} too (a client certificate and its key)")
+    for keyName, filePath in (("tls-ca", ca), ("tls-cert", cert)):
+        if filePath is not None:
+            try:
+                files[keyName] = (filePath, readCertificates(filePath))
+            except ValueError as e:
+                reader.problem(path + (keyName,), str(e))
+    if key is not None and cert is not None and "tls-cert" in files:
+        try:
+            files["tls-key"] = (key, readKey(key, files["tls-cert"][1]))
+        except ValueError as e:
+            reader.problem(path + ("tls-key",), str(e))
+    return BackendTLS(
+        name=name or "",
+        ca=files.get("tls-ca", ("", b""))[0],
+        cert=files.get("tls-cert", ("", b""))[0],
+        key=files.get("tls-key", ("", b""))[0],
+        minVersion=minVersion or DEFAULT_TLS_MIN_VERSION,
+        caPEM=files.get("tls-ca", ("", b""))[1],
+        certPEM=files.get("tls-cert", ("", b""))[1],
+        keyPEM=files.get("tls-key", ("", b""))[1],
+    )

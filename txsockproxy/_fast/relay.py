@@ -46,6 +46,7 @@ from typing import Any, Optional
 from twisted.internet import abstract, error, main, tcp
 from twisted.python import failure, log
 
+from txsockproxy import portable
 from txsockproxy._fast import port
 
 try:
@@ -537,7 +538,7 @@ def shutWrite(transport: Any) -> None:
     a reactor turn and two C{epoll_ctl()} calls per direction.
     """
     if not _idle(transport):
-        transport.loseWriteConnection()
+        portable.shutWrite(transport)
         return
     transport._writeDisconnecting = True
     transport._writeDisconnected = True
