@@ -105,6 +105,55 @@ class BackendConfig:
     congestion: str = AUTO
 
 
+# TLS on a proxy's own listeners (the tls-* keys of [[proxy]]).
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+DEFAULT_TLS_MIN_VERSION = "1.2"
+VERIFY_CLIENT = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class TLSCertificateConfig:
+    """
+    One certificate of a TLS listener, read and checked when loading.
+
+    @ivar cert: the file of the certificate (and its chain), PEM.
+    @ivar key: the file of its private key, PEM, not encrypted.
+    @ivar names: the DNS names (C{subjectAltName}, else the common name)
+        it serves when a client asks for them by SNI; lower case, wildcards
+        as written (C{*.example.com}).
+    @ivar certPEM: the certificate file's contents, when it was read.
+    @ivar keyPEM: the key file's contents, when it was read.
+    """
+
+    cert: str
+    key: str
+    names: tuple[str, ...] = ()
+    certPEM: bytes = field(default=b"", repr=False)
+    keyPEM: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class ListenTLSConfig:
+    """
+    TLS termination on the listeners of a proxy that are not C{ssl:}.
+
+    @ivar certificates: the first is the default (a client that sends no SNI
+        name, or one no certificate has); the others are chosen by name.
+    @ivar clientCA: a PEM file of the authorities clients' certificates must
+        chain to, or C{""}.
+    @ivar clientCAPEM: its contents, when it was read.
+    @ivar verifyClient: C{"off"}, C{"optional"} (checked when given) or
+        C{"required"}.
+    @ivar minVersion: the lowest TLS version accepted, C{"1.2"} etc.
+    """
+
+    certificates: tuple[TLSCertificateConfig, ...]
+    clientCA: str = ""
+    clientCAPEM: bytes = field(default=b"", repr=False)
+    verifyClient: str = "off"
+    minVersion: str = DEFAULT_TLS_MIN_VERSION
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """
@@ -120,6 +169,8 @@ class ProxyConfig:
     @ivar clientCongestion: the TCP congestion control of the clients'
         sockets: C{"auto"}, C{"system"} or an algorithm's name (see
         L{txsockproxy.congestion}).
+    @ivar tls: TLS termination on its listeners that are not C{ssl:}, or
+        L{None}.
     """
 
     name: str
@@ -130,6 +181,7 @@ class ProxyConfig:
     halfClosedTimeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
     inspectDelay: float = 0.0
     clientCongestion: str = AUTO
+    tls: ListenTLSConfig | None = None
 
 
 # The status site's limits: it shares the relay's descriptors.

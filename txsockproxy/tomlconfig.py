@@ -40,6 +40,7 @@ from txsockproxy.config import (
     StatusConfig,
 )
 from txsockproxy.endpoints import Resolver, backendFromHost, checkEndpoint, listenKey, resolveFirst
+from txsockproxy.tlsconfig import readListenTLS
 
 
 class _LineIndex:
@@ -168,6 +169,7 @@ class _Reader:
         self.source = source
         self.index = index
         self.problems: list[Problem] = []
+        self.notices: list[str] = []
 
     def problem(self, path: tuple[Any, ...], message: str) -> None:
         line = self.index.line(path) if self.index else None
@@ -331,6 +333,10 @@ _PROXY_KEYS = (
     "half-closed-timeout",
     "inspect-delay",
     "client-congestion",
+    "tls-certificates",
+    "tls-client-ca",
+    "tls-verify-client",
+    "tls-min-version",
     "backend",
 )
 _BACKEND_KEYS = (
@@ -472,6 +478,7 @@ def _buildConfig(
         proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
         status=status, sessionLog=sessionLog, logFormat=logFormat,
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
+        notices=tuple(reader.notices),
     )
 
 
@@ -660,6 +667,7 @@ def _buildProxy(
     halfClosed = reader.seconds(raw, path, "half-closed-timeout", DEFAULT_HALF_CLOSED_TIMEOUT)
     inspectDelay = reader.seconds(raw, path, "inspect-delay", 0.0)
     clientCongestion = reader.congestion(raw, path, "client-congestion")
+    tls = readListenTLS(raw, path, listen, reader)
 
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
@@ -686,6 +694,7 @@ def _buildProxy(
         halfClosedTimeout=halfClosed,
         inspectDelay=inspectDelay,
         clientCongestion=clientCongestion,
+        tls=tls,
     )
 
 
