@@ -106,7 +106,9 @@ class BackendConfig:
 
 
 # TLS on a proxy's own listeners (the tls-* keys of [[proxy]]).
-TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+# TLS 1.0 and 1.1 are not offered: OpenSSL 3 refuses them at its default
+# security level whatever a listener asks.
+TLS_VERSIONS = ("1.2", "1.3")
 DEFAULT_TLS_MIN_VERSION = "1.2"
 VERIFY_CLIENT = ("off", "optional", "required")
 

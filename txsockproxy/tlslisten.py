@@ -38,8 +38,6 @@ from txsockproxy.alpn import declineUnmatchedALPN
 from txsockproxy.config import ListenTLSConfig, TLSCertificateConfig
 
 _VERSIONS = {
-    "1.0": TLSVersion.TLSv1_0,
-    "1.1": TLSVersion.TLSv1_1,
     "1.2": TLSVersion.TLSv1_2,
     "1.3": TLSVersion.TLSv1_3,
 }
@@ -51,12 +49,7 @@ def _context(certificate: TLSCertificateConfig, config: ListenTLSConfig) -> Cont
     """
     chain = x509.load_pem_x509_certificates(certificate.certPEM)
     key = serialization.load_pem_private_key(certificate.keyPEM, password=None)
-    options: dict[str, Any] = {}
-    version = _VERSIONS[config.minVersion]
-    if version < TLSVersion.TLSv1_2:
-        options["insecurelyLowerMinimumTo"] = version
-    else:
-        options["raiseMinimumTo"] = version
+    options: dict[str, Any] = {"raiseMinimumTo": _VERSIONS[config.minVersion]}
     if config.verifyClient != "off":
         options["verify"] = True
         options["caCerts"] = [

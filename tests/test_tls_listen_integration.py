@@ -1,0 +1,198 @@
+"""
+Integration tests of TLS termination on a proxy's own listeners (the
+C{tls-*} keys): C{twistd sockproxy} as a subprocess on loopback, clients
+made with Python's C{ssl}, certificates made in the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+
+from tests.integration_support import Server, boundPort, echoHandler, proxyConfig, tomlString
+from tests.test_integration import _IntegrationTestCase
+from tests.tls_support import Issued, clientContext, commonName, issue, served
+
+
+class TLSListenerIntegrationTests(_IntegrationTestCase):
+    """
+    A C{tcp:} listener with C{tls-certificates} terminates TLS, chooses the
+    certificate by SNI, picks up new files on SIGHUP, checks client
+    certificates, and refuses old TLS versions.
+    """
+
+    def startTLSProxy(
+        self, backend: Server, pairs: list[tuple[str, str]], extra: str = "", debug: int = 0
+    ) -> tuple[int, str]:
+        certificates = ", ".join(
+            f"{{cert = {tomlString(cert)}, key = {tomlString(key)}}}" for cert, key in pairs
+        )
+        lines = f"tls-certificates = [{certificates}]\n{extra}".rstrip()
+        self.config = proxyConfig(
+            self.tmp, ["tcp:0:interface=127.0.0.1"], [{"endpoint": backend.endpoint}],
+            extra=lines, debug=debug,
+        )
+        self.proxy = self.startProxy(self.config)
+        return boundPort(self.proxy), self.config
+
+    def twoSites(self) -> tuple[Issued, Issued, list[tuple[str, str]]]:
+        a = issue(("a.example", "www.a.example"))
+        b = issue(("b.example", "*.b.example"))
+        return a, b, [a.write(self.tmp, "a"), b.write(self.tmp, "b")]
+
+    def test_chosenBySNI(self) -> None:
+        """
+        A client asking for a name gets the certificate that names it
+        (exactly, or by a wildcard); one asking for no name, or a name no
+        certificate has, gets the first; every one is relayed.
+        """
+        backend = self.startServer(echoHandler)
+        a, b, pairs = self.twoSites()
+        port, _ = self.startTLSProxy(backend, pairs)
+        for name, expected in [("b.example", b), ("x.b.example", b), ("www.a.example", a),
+                               (None, a), ("unknown.example", a)]:
+            certificate, received = served(port, name, b"hello " + str(name).encode())
+            self.assertEqual(certificate, expected.certificate, name)
+            self.assertEqual(received, b"hello " + str(name).encode())
+
+    def test_sniReachesTheSession(self) -> None:
+        """
+        The SNI name of a client of such a listener reaches the session, for
+        the C{hash} balancer (logged at debug level 2).
+        """
+        backend = self.startServer(echoHandler)
+        _, _, pairs = self.twoSites()
+        port, _ = self.startTLSProxy(
+            backend, pairs, extra='balance = "hash"\ninspect-delay = 1', debug=2)
+        _, received = served(port, "X.b.example.", b"named")
+        self.assertEqual(received, b"named")
+        self.proxy.waitFor("SNI name x.b.example")
+
+    def test_reloadServesNewCertificate(self) -> None:
+        """
+        On SIGHUP, with the configuration unchanged, new connections get the
+        certificate now in the files; a replacement that is not a valid pair
+        is refused with one line naming the file and why, and the
+        certificate in use stays.
+        """
+        backend = self.startServer(echoHandler)
+        old = issue(("a.example",))
+        pair = old.write(self.tmp, "a")
+        port, _ = self.startTLSProxy(backend, [pair])
+        self.assertEqual(served(port, "a.example")[0], old.certificate)
+
+        new = issue(("a.example",))
+        new.write(self.tmp, "a")
+        os.kill(self.proxy.pid, signal.SIGHUP)
+        self.proxy.waitFor("reload: applied", count=1)
+        certificate, received = served(port, "a.example")
+        self.assertEqual(certificate, new.certificate)
+        self.assertEqual(received, b"ping")
+
+        # Another certificate's key: not a pair.
+        with open(pair[1], "wb") as f:
+            f.write(issue(("other.example",)).keyPEM)
+        os.kill(self.proxy.pid, signal.SIGHUP)
+        self.proxy.waitFor("reload failed", count=1)
+        problems = self.proxy.matching("is not the key of the certificate in")
+        self.assertEqual(len(problems), 1, self.proxy.output)
+        self.assertIn(repr(pair[1]), problems[0])
+        self.assertIn("tls-certificates[0]", problems[0])
+        self.assertEqual(served(port, "a.example")[0], new.certificate)
+
+        # Not PEM at all.
+        with open(pair[0], "wb") as f:
+            f.write(b"garbage\n")
+        os.kill(self.proxy.pid, signal.SIGHUP)
+        self.proxy.waitFor("reload failed", count=2)
+        problems = self.proxy.matching("holds no PEM certificate")
+        self.assertEqual(len(problems), 1, self.proxy.output)
+        self.assertIn(repr(pair[0]), problems[0])
+        self.assertEqual(served(port, "a.example")[0], new.certificate)
+
+    def clientAuthority(self) -> tuple[Issued, str, tuple[str, str]]:
+        authority = issue(("Test clients CA",), authority=True, days=60)
+        caFile = os.path.join(self.tmp, "clients-ca.pem")
+        with open(caFile, "wb") as f:
+            f.write(authority.certPEM)
+        client = issue(("client.example",), issuer=authority).write(self.tmp, "client")
+        return authority, caFile, client
+
+    def test_clientCertificateRequired(self) -> None:
+        """
+        With C{tls-client-ca}, a client without a certificate, or with one
+        of another authority, is refused (its handshake fails, no backend is
+        connected, the failure is logged); a client with a certificate of
+        the authority is served.
+        """
+        backend = self.startServer(echoHandler)
+        _, caFile, client = self.clientAuthority()
+        stranger = issue(("stranger.example",)).write(self.tmp, "stranger")
+        port, _ = self.startTLSProxy(
+            backend, [issue(("a.example",)).write(self.tmp, "a")],
+            extra=f"tls-client-ca = {tomlString(caFile)}",
+        )
+        for cert in (None, stranger):
+            with self.assertRaises((ssl.SSLError, ConnectionError, AssertionError)):
+                _, received = served(port, "a.example", context=clientContext(cert=cert))
+                # TLS 1.3: the client's side of the handshake may end before
+                # the server has refused it; then nothing comes back.
+                self.assertEqual(received, b"ping")
+        self.proxy.waitFor("TLS handshake with 127.0.0.1:", count=2)
+        self.assertEqual(backend.accepted, 0)
+        _, received = served(port, "a.example", context=clientContext(cert=client))
+        self.assertEqual(received, b"ping")
+        self.assertEqual(backend.accepted, 1)
+
+    def test_clientCertificateOptional(self) -> None:
+        """
+        With C{tls-verify-client = "optional"}, a client without a
+        certificate is served, and one with a certificate of another
+        authority is refused.
+        """
+        backend = self.startServer(echoHandler)
+        _, caFile, client = self.clientAuthority()
+        stranger = issue(("stranger.example",)).write(self.tmp, "stranger")
+        port, _ = self.startTLSProxy(
+            backend, [issue(("a.example",)).write(self.tmp, "a")],
+            extra=f'tls-client-ca = {tomlString(caFile)}\ntls-verify-client = "optional"',
+        )
+        self.assertEqual(served(port, "a.example")[1], b"ping")
+        self.assertEqual(served(port, "a.example", context=clientContext(cert=client))[1],
+                         b"ping")
+        with self.assertRaises((ssl.SSLError, ConnectionError, AssertionError)):
+            _, received = served(port, "a.example", context=clientContext(cert=stranger))
+            self.assertEqual(received, b"ping")
+        self.assertEqual(backend.accepted, 2)
+
+    def test_oldVersionRefused(self) -> None:
+        """
+        A TLS 1.1 client is refused by default (the proxy logs the failed
+        handshake); with C{tls-min-version = "1.3"} a TLS 1.2 client is too,
+        and a TLS 1.3 client is served.
+        """
+        backend = self.startServer(echoHandler)
+        port, _ = self.startTLSProxy(backend, [issue(("a.example",)).write(self.tmp, "a")])
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            with self.assertRaises((ssl.SSLError, ConnectionError)):
+                served(port, "a.example", context=clientContext(version))
+        self.assertEqual(served(port, "a.example",
+                               context=clientContext(ssl.TLSVersion.TLSv1_2))[1], b"ping")
+        lines = self.proxy.waitFor("TLS handshake with 127.0.0.1:", count=2)
+        self.assertIn("unsupported protocol", lines[0])
+
+    def test_minimumVersion13(self) -> None:
+        """
+        With C{tls-min-version = "1.3"}, a TLS 1.2 client is refused and a
+        TLS 1.3 client served.
+        """
+        backend = self.startServer(echoHandler)
+        port, _ = self.startTLSProxy(backend, [issue(("a.example",)).write(self.tmp, "a")],
+                                     extra='tls-min-version = "1.3"')
+        with self.assertRaises((ssl.SSLError, ConnectionError)):
+            served(port, "a.example", context=clientContext(ssl.TLSVersion.TLSv1_2))
+        self.assertEqual(served(port, "a.example",
+                               context=clientContext(ssl.TLSVersion.TLSv1_3))[1], b"ping")
+        self.assertEqual(backend.accepted, 1)
+
