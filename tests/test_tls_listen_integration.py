@@ -7,10 +7,20 @@ made with Python's C{ssl}, certificates made in the test.
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import socket
 import ssl
 
-from tests.integration_support import Server, boundPort, echoHandler, proxyConfig, tomlString
+from tests.integration_support import (
+    Deadline,
+    Server,
+    boundPort,
+    echoHandler,
+    proxyConfig,
+    recvAll,
+    tomlString,
+)
 from tests.test_integration import _IntegrationTestCase
 from tests.tls_support import Issued, clientContext, commonName, issue, served
 
@@ -196,3 +206,73 @@ class TLSListenerIntegrationTests(_IntegrationTestCase):
                                context=clientContext(ssl.TLSVersion.TLSv1_3))[1], b"ping")
         self.assertEqual(backend.accepted, 1)
 
+
+class TLSHalfCloseIntegrationTests(_IntegrationTestCase):
+    """
+    Half-close across the TLS hop of a C{tls-certificates} listener: what
+    TLS (and Twisted's TLS transport) allows of it.
+    """
+
+    def startHalfClosing(self, backend: Server) -> int:
+        pair = issue(("a.example",)).write(self.tmp, "a")
+        config = proxyConfig(
+            self.tmp, ["tcp:0:interface=127.0.0.1"], [{"endpoint": backend.endpoint}],
+            extra=f"tls-certificates = [{{cert = {tomlString(pair[0])}, "
+                  f"key = {tomlString(pair[1])}}}]",
+            debug=1,
+        )
+        self.proxy = self.startProxy(config)
+        return boundPort(self.proxy)
+
+    def test_backendEOFIsCloseNotify(self) -> None:
+        """
+        A backend's EOF reaches the TLS client as close_notify (a clean TLS
+        end of stream, not a truncation), and the client's direction keeps
+        flowing: what it sends afterwards reaches the backend, followed by
+        EOF once the client closes.
+        """
+        received: queue.Queue[bytes] = queue.Queue()
+
+        def greetThenRead(conn: socket.socket, server: Server) -> None:
+            conn.sendall(b"greeting")
+            conn.shutdown(socket.SHUT_WR)
+            received.put(recvAll(conn, Deadline(10, "the client's bytes")))
+
+        backend = self.startServer(greetThenRead)
+        port = self.startHalfClosing(backend)
+        context = clientContext()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            conn = context.wrap_socket(raw, server_hostname="a.example",
+                                       suppress_ragged_eofs=False)
+            got = b""
+            while True:
+                # A bare FIN would raise SSLEOFError here.
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertEqual(got, b"greeting")
+            conn.sendall(b"after the backend's EOF")
+            conn.unwrap()
+        self.assertEqual(received.get(timeout=10), b"after the backend's EOF")
+        self.proxy.waitFor("ended (backend closed)")
+
+    def test_clientCloseNotifyEndsBoth(self) -> None:
+        """
+        A TLS client's close_notify ends the session both ways (Twisted's
+        TLS closes the connection on it): the backend gets the client's
+        bytes and EOF, and the session's end says there was no half-close.
+        """
+        received: queue.Queue[bytes] = queue.Queue()
+
+        def read(conn: socket.socket, server: Server) -> None:
+            received.put(recvAll(conn, Deadline(10, "the client's bytes")))
+
+        backend = self.startServer(read)
+        port = self.startHalfClosing(backend)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            conn = clientContext().wrap_socket(raw, server_hostname="a.example")
+            conn.sendall(b"question")
+            conn.unwrap()
+        self.assertEqual(received.get(timeout=10), b"question")
+        self.proxy.waitFor("ended (client closed TLS (no half-close))")

@@ -62,6 +62,10 @@ if TYPE_CHECKING:
 # Bytes read from a client and held while the backend connect is pending.
 HOLD_LIMIT = 65536
 
+# Why a session ended whose TLS client closed while the backend still had
+# its direction open: that direction ends too.
+_TLS_CLIENT_CLOSED = "client closed TLS (no half-close)"
+
 # Seconds a client of a TLS listener has to complete its handshake, before
 # which no backend is chosen or connected.
 HANDSHAKE_TIMEOUT = 10.0
@@ -832,6 +836,13 @@ class Session:
         if not _reportsWriteDone(transport):
             # It will not say when it is done (TLS, wrappers): as good as done.
             self._flushed |= bit
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # TLS's end of stream is close_notify, which loseConnection()
+            # sends; Twisted's TLS goes on reading until the peer's own.
+            # (loseWriteConnection() would reach the socket under TLS: a
+            # bare FIN, which TLS clients take for a truncation.)
+            transport.loseConnection()
+            return
         self.factory.relayPath.shutWrite(transport)
 
     def clientFlushed(self) -> None:
@@ -913,6 +924,13 @@ class Session:
                 # producer left registered would keep the close pending.
                 # (Lost by an error, even after its EOF, the client did not
                 # get all the backend sent: that is a reset.)
+                if not self.backendDone and isinstance(
+                    self.clientTransport, TLSMemoryBIOProtocol
+                ):
+                    # Twisted's TLS answers a client's close_notify by
+                    # closing the connection: the backend's direction cannot
+                    # go on (no half-close from a TLS client).
+                    self.ended = self.ended or _TLS_CLIENT_CLOSED
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
                 self.factory.relayPath.close(self.backendTransport, self.backendDone)
