@@ -22,7 +22,7 @@ from tests.integration_support import (
     tomlString,
 )
 from tests.test_integration import _IntegrationTestCase
-from tests.tls_support import Issued, clientContext, commonName, issue, served
+from tests.tls_support import Issued, clientContext, issue, served
 
 
 class TLSListenerIntegrationTests(_IntegrationTestCase):

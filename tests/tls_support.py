@@ -130,10 +130,3 @@ def served(
                     break
                 received += chunk
     return x509.load_der_x509_certificate(der), received
-
-
-def commonName(certificate: x509.Certificate) -> str:
-    """
-    The common name of C{certificate}'s subject.
-    """
-    return str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
