@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from tests.tls_support import Issued, issue
 from txsockproxy.config import Config, ConfigError, Problem
+from txsockproxy.render import describeConfig, renderToml
 from txsockproxy.tlsconfig import certificateNames, readCertificatePair
 from txsockproxy.tlslisten import ServerTLS, TLSListenEndpoint, matchName
 from txsockproxy.tomlconfig import parseConfig
@@ -84,6 +85,25 @@ class TLSConfigTests(_Files):
         with open(a[0], "rb") as f:
             self.assertEqual(tls.certificates[0].certPEM, f.read())
         self.assertEqual((tls.verifyClient, tls.minVersion, tls.clientCA), ("off", "1.2", ""))
+
+    def test_rendered(self) -> None:
+        """
+        C{--print-toml} writes the C{tls-*} keys so that they load back the
+        same; C{--check} shows the certificates with their names.
+        """
+        ca = issue(("CA",), authority=True)
+        caFile = os.path.join(self.dir, "ca.pem")
+        with open(caFile, "wb") as f:
+            f.write(ca.certPEM)
+        keys = (self.certificates(self.pair("a", "a.example"), self.pair("b"))
+                + f'\ntls-client-ca = {toml(caFile)}\ntls-verify-client = "optional"'
+                + '\ntls-min-version = "1.3"')
+        config = self.parse(self.config(keys))
+        again = self.parse(renderToml(config))
+        self.assertEqual(again.proxies, config.proxies)
+        described = describeConfig(config)
+        self.assertIn("a.pem (a.example), key", described)
+        self.assertIn("optional (" + caFile + ")", described)
 
     def test_noTLS(self) -> None:
         """

@@ -20,8 +20,10 @@ from txsockproxy.config import (
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
+    DEFAULT_TLS_MIN_VERSION,
     BackendConfig,
     Config,
+    ListenTLSConfig,
     ProxyConfig,
     oneLine,
 )
@@ -103,9 +105,22 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
         yield f"inspect-delay = {tomlNumber(proxy.inspectDelay)}"
     if proxy.clientCongestion != AUTO:
         yield f"client-congestion = {tomlString(proxy.clientCongestion)}"
+    if proxy.tls is not None:
+        yield from _tlsLines(proxy.tls)
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
+
+
+def _tlsLines(tls: ListenTLSConfig) -> Iterable[str]:
+    yield "tls-certificates = [" + ", ".join(
+        f"{{cert = {tomlString(c.cert)}, key = {tomlString(c.key)}}}" for c in tls.certificates
+    ) + "]"
+    if tls.clientCA:
+        yield f"tls-client-ca = {tomlString(tls.clientCA)}"
+        yield f"tls-verify-client = {tomlString(tls.verifyClient)}"
+    if tls.minVersion != DEFAULT_TLS_MIN_VERSION:
+        yield f"tls-min-version = {tomlString(tls.minVersion)}"
 
 
 def renderToml(config: Config) -> str:
@@ -181,6 +196,14 @@ def describeConfig(config: Config) -> str:
         if proxy.inspectDelay:
             lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
         lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
+        tls = proxy.tls
+        if tls is not None:
+            for c in tls.certificates:
+                names = ", ".join(c.names) or "no DNS name"
+                lines.append(f"  {'tls-certificate':<20}{c.cert} ({names}), key {c.key}")
+            clients = f"{tls.verifyClient} ({tls.clientCA})" if tls.clientCA else "off"
+            lines.append(f"  {'tls-verify-client':<20}{clients}")
+            lines.append(f"  {'tls-min-version':<20}{tls.minVersion}")
         for b in proxy.backends:
             origin = f"  (from {b.origin})" if b.origin else ""
             lines.append(
