@@ -16,6 +16,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -24,6 +25,7 @@ from zope.interface.verify import verifyObject
 from tests.tls_support import Issued, issue
 from txsockproxy.config import Config, ConfigError, Problem
 from txsockproxy.render import describeConfig, renderToml
+from txsockproxy.service import ProxyService, StartupError
 from txsockproxy.tlsconfig import certificateNames, readCertificatePair
 from txsockproxy.tlslisten import ServerTLS, TLSListenEndpoint, matchName
 from txsockproxy.tomlconfig import parseConfig
@@ -444,3 +446,59 @@ class TLSListenEndpointTests(_Files):
         self.assertIsInstance(wrapping, TLSMemoryBIOFactory)
         self.assertIs(wrapping.wrappedFactory, factory)
 
+
+
+class ServiceTLSTests(_Files):
+    """
+    L{ProxyService} wraps the listeners of a proxy with C{tls-certificates}
+    in TLS, and a reload switches the listeners it keeps to the
+    certificates read again.
+    """
+
+    def load(self, keys: str) -> Config:
+        return self.parse(self.config(keys, listen='"tcp:0:interface=127.0.0.1"'))
+
+    def test_reloadSwitches(self) -> None:
+        """
+        Applying a configuration with the same listen string and new
+        certificate files keeps the listener and its L{ServerTLS}, which
+        then shows the new certificate.
+        """
+        pair = self.pair("a")
+        service = ProxyService(self.load(self.certificates(pair)), MemoryReactorClock())
+        [listener] = service.listeners
+        assert listener.tls is not None
+        tls = listener.tls
+        self.assertIsInstance(listener.endpoint, TLSListenEndpoint)
+        self.assertEqual(shown(tls, None), self.issued["a"].certificate)
+        self.pair("a")
+        service.apply(self.load(self.certificates(pair)))
+        self.assertEqual(service.listeners, [listener])
+        self.assertIs(listener.tls, tls)
+        self.assertEqual(shown(tls, None), self.issued["a"].certificate)
+
+    def test_addingOrRemovingNeedsRestart(self) -> None:
+        """
+        A reload that would add TLS to a kept listener, or remove it, is
+        refused with one line; nothing changes.
+        """
+        pair = self.pair("a")
+        plain = self.load("")
+        withTLS = self.load(self.certificates(pair))
+        service = ProxyService(plain, MemoryReactorClock())
+        error = self.assertRaises(StartupError, service.apply, withTLS)
+        self.assertEqual(str(error), "adding tls-certificates on tcp:0:interface=127.0.0.1 "
+                                     "needs a restart")
+        self.assertIs(service.config, plain)
+        service = ProxyService(withTLS, MemoryReactorClock())
+        error = self.assertRaises(StartupError, service.apply, plain)
+        self.assertIn("removing tls-certificates", str(error))
+
+    def test_plainListener(self) -> None:
+        """
+        A proxy without C{tls-*} keys gets plain listeners.
+        """
+        service = ProxyService(self.load(""), MemoryReactorClock())
+        [listener] = service.listeners
+        self.assertIsNone(listener.tls)
+        self.assertNotIsInstance(listener.endpoint, TLSListenEndpoint)
