@@ -276,3 +276,41 @@ class TLSHalfCloseIntegrationTests(_IntegrationTestCase):
             conn.unwrap()
         self.assertEqual(received.get(timeout=10), b"question")
         self.proxy.waitFor("ended (client closed TLS (no half-close))")
+
+    def test_clientEOFToTLSBackend(self) -> None:
+        """
+        A plain client's EOF reaches a C{tls:} backend as close_notify, and
+        the backend's direction keeps flowing: what it sends after reading
+        the client's end reaches the client, then EOF.
+        """
+        authority = issue(("Test backends CA",), authority=True)
+        roots = os.path.join(self.tmp, "roots")
+        os.mkdir(roots)
+        with open(os.path.join(roots, "ca.pem"), "wb") as f:
+            f.write(authority.certPEM)
+        cert, key = issue(("backend.example",), issuer=authority,
+                          addresses=("127.0.0.1",)).write(self.tmp, "backend")
+        serverContext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        serverContext.load_cert_chain(cert, key)
+        received: queue.Queue[bytes] = queue.Queue()
+
+        def answerAfterEOF(conn: socket.socket, server: Server) -> None:
+            with serverContext.wrap_socket(conn, server_side=True,
+                                           suppress_ragged_eofs=False) as tlsConn:
+                # A bare FIN would raise SSLEOFError here.
+                received.put(recvAll(tlsConn, Deadline(10, "the client's bytes")))
+                tlsConn.sendall(b"answer after EOF")
+                tlsConn.unwrap()
+
+        backend = self.startServer(answerAfterEOF)
+        endpoint = f"tls:host=127.0.0.1:port={backend.port}:trustRoots={roots}"
+        config = proxyConfig(self.tmp, ["tcp:0:interface=127.0.0.1"],
+                             [{"endpoint": endpoint}], debug=1)
+        self.proxy = self.startProxy(config)
+        port = boundPort(self.proxy)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"question")
+            conn.shutdown(socket.SHUT_WR)
+            self.assertEqual(recvAll(conn, Deadline(10, "the answer")), b"answer after EOF")
+        self.assertEqual(received.get(timeout=10), b"question")
+        self.proxy.waitFor("ended (client closed)")

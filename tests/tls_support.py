@@ -7,6 +7,7 @@ Python C{ssl} clients that report what the server showed them.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import socket
 import ssl
@@ -60,11 +61,12 @@ def issue(
     authority: bool = False,
     days: int = 30,
     start: int = -1,
+    addresses: tuple[str, ...] = (),
 ) -> Issued:
     """
     A certificate for the DNS C{names} (the first also its common name),
     signed by C{issuer} or self-signed, valid from C{start} days from now
-    for C{days} days.
+    for C{days} days; the IP C{addresses} are in its subjectAltName too.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
@@ -81,7 +83,11 @@ def issue(
     )
     if not authority:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names]
+                + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+            ),
+            critical=False,
         )
     signer = issuer.key if issuer else key
     return Issued(builder.sign(signer, hashes.SHA256()), key)
