@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -93,7 +94,7 @@ def readCertificatePair(
         privateKey = serialization.load_pem_private_key(keyPEM, password=None)
     except TypeError:
         return None, f"{key!r}: the key is encrypted: give an unencrypted key", ()
-    except (ValueError, x509.UnsupportedGeneralNameType) as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         return None, f"{key!r}: not a valid PEM private key: {e}", ()
     leaf = chain[0]
     public = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -160,7 +161,7 @@ _KEYS = ("tls-certificates", "tls-client-ca", "tls-verify-client", "tls-min-vers
 _PAIR_KEYS = ("cert", "key")
 
 
-def _tlsListeners(listen: Sequence[str]) -> list[str]:
+def _sslListeners(listen: Sequence[str]) -> list[str]:
     return [desc for desc in listen if desc.split(":", 1)[0].strip().lower() == "ssl"]
 
 
@@ -185,7 +186,7 @@ def readListenTLS(
         return None
     certificates = _readCertificates(raw["tls-certificates"], path + ("tls-certificates",),
                                      reader)
-    for desc in _tlsListeners(listen):
+    for desc in _sslListeners(listen):
         reader.problem(path + ("listen",),
                        f"{desc!r} has a certificate of its own: with tls-certificates, "
                        "listen on tcp:, tcp6:, unix:... and the proxy adds TLS")
