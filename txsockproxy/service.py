@@ -518,7 +518,11 @@ class ProxyService(MultiService):
                                     withBacklog(desc, systemBacklog()))
         if tls is None:
             return ListenerService(desc, proxy, endpoint, factory)
-        serverTLS = ServerTLS(tls)
+        try:
+            serverTLS = ServerTLS(tls)
+        except Exception as e:
+            # The reader checked the files: OpenSSL refusing them is rare.
+            raise StartupError(f"{desc}: cannot use the certificates: {e}") from None
         listener = ListenerService(desc, proxy, TLSListenEndpoint(endpoint, serverTLS), factory)
         listener.tls = serverTLS
         return listener
