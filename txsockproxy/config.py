@@ -81,7 +81,9 @@ class ConfigError(Exception):
         self.problems = tuple(problems)
 
 
-# The TLS versions a backend's tls-min-version may name, and its default.
+# The TLS versions a tls-min-version (of a backend, or of a proxy's
+# listeners) may name, and its default. TLS 1.0 and 1.1 are not offered:
+# OpenSSL 3 refuses them at its default security level whatever one asks.
 TLS_VERSIONS = ("1.2", "1.3")
 DEFAULT_TLS_MIN_VERSION = "1.2"
 
@@ -147,6 +149,54 @@ class BackendConfig:
     tls: BackendTLS | None = None
 
 
+# TLS on a proxy's own listeners (the tls-* keys of [[proxy]]): how client
+# certificates are asked for.
+VERIFY_CLIENT = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class TLSCertificateConfig:
+    """
+    One certificate of a TLS listener, read and checked when loading.
+
+    @ivar cert: the file of the certificate (and its chain), PEM.
+    @ivar key: the file of its private key, PEM, not encrypted.
+    @ivar names: the DNS names (C{subjectAltName}, else the common name)
+        it serves when a client asks for them by SNI; lower case, wildcards
+        as written (C{*.example.com}).
+    @ivar certPEM: the certificate file's contents, when it was read.
+    @ivar keyPEM: the key file's contents, when it was read.
+    """
+
+    cert: str
+    key: str
+    names: tuple[str, ...] = ()
+    certPEM: bytes = field(default=b"", repr=False)
+    keyPEM: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class ListenTLSConfig:
+    """
+    TLS termination on the listeners of a proxy that are not C{ssl:}.
+
+    @ivar certificates: the first is the default (a client that sends no SNI
+        name, or one no certificate has); the others are chosen by name.
+    @ivar clientCA: a PEM file of the authorities clients' certificates must
+        chain to, or C{""}.
+    @ivar clientCAPEM: its contents, when it was read.
+    @ivar verifyClient: C{"off"}, C{"optional"} (checked when given) or
+        C{"required"}.
+    @ivar minVersion: the lowest TLS version accepted, C{"1.2"} etc.
+    """
+
+    certificates: tuple[TLSCertificateConfig, ...]
+    clientCA: str = ""
+    clientCAPEM: bytes = field(default=b"", repr=False)
+    verifyClient: str = "off"
+    minVersion: str = DEFAULT_TLS_MIN_VERSION
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """
@@ -164,6 +214,8 @@ class ProxyConfig:
         L{txsockproxy.congestion}).
     @ivar proxyHeaderTimeout: on a PROXY protocol listener (C{haproxy:}),
         seconds a client has to send its whole header.
+    @ivar tls: TLS termination on its listeners that are not C{ssl:}, or
+        L{None}.
     """
 
     name: str
@@ -175,6 +227,7 @@ class ProxyConfig:
     inspectDelay: float = 0.0
     clientCongestion: str = AUTO
     proxyHeaderTimeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
+    tls: ListenTLSConfig | None = None
 
 
 # The status site's limits: it shares the relay's descriptors.

@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 # Bytes read from a client and held while the backend connect is pending.
 HOLD_LIMIT = 65536
 
+# Why a session ended whose TLS client closed while the backend still had
+# its direction open: that direction ends too.
+_TLS_CLIENT_CLOSED = "client closed TLS (no half-close)"
+
 # Seconds a client of a TLS listener has to complete its handshake, before
 # which no backend is chosen or connected.
 HANDSHAKE_TIMEOUT = 10.0
@@ -255,6 +259,22 @@ class ProxyFactory(ServerFactory):
         self.headerLog = RateLimitedLog(reactor, Session.log, "bad PROXY protocol headers")
         self.usePool(pool)
 
+    def refuseHeader(self, transport: Any, why: str, peer: Optional[IAddress] = None) -> None:
+        """
+        Close (reset) a client of a PROXY protocol listener for what is
+        wrong with its header (C{why}); count it and log it, at a bounded
+        rate. C{transport} L{None}: it is closed already (at C{peer}).
+        """
+        self.pool.badHeaders += 1
+        self.headerLog.emit(
+            LogLevel.warn, "proxy {proxy}: closing {client}: {why}",
+            proxy=self.pool.name,
+            client=formatAddress(peer if transport is None else transport.getPeer()),  # type: ignore[arg-type]
+            why=why,
+        )
+        if transport is not None:
+            transport.abortConnection()
+
     def usePool(self, pool: BackendPool) -> None:
         """
         Send new sessions to C{pool}, with its proxy's settings (at start, and
@@ -355,13 +375,7 @@ class FrontendProtocol(Protocol):
     def _refuse(self, why: str) -> None:
         self._cancelHeaderTimer()
         self.header = None
-        self.factory.pool.badHeaders += 1
-        transport: Any = self.transport
-        self.factory.headerLog.emit(
-            LogLevel.warn, "proxy {proxy}: closing {client}: {why}",
-            proxy=self.factory.pool.name, client=formatAddress(transport.getPeer()), why=why,
-        )
-        transport.abortConnection()
+        self.factory.refuseHeader(self.transport, why)
 
     def _headerTimedOut(self) -> None:
         self.headerTimer = None
@@ -947,6 +961,13 @@ class Session:
         if not _reportsWriteDone(transport):
             # It will not say when it is done (TLS, wrappers): as good as done.
             self._flushed |= bit
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # TLS's end of stream is close_notify, which loseConnection()
+            # sends; Twisted's TLS goes on reading until the peer's own.
+            # (loseWriteConnection() would reach the socket under TLS: a
+            # bare FIN, which TLS clients take for a truncation.)
+            transport.loseConnection()
+            return
         self.factory.relayPath.shutWrite(transport)
 
     def clientFlushed(self) -> None:
@@ -1028,6 +1049,13 @@ class Session:
                 # producer left registered would keep the close pending.
                 # (Lost by an error, even after its EOF, the client did not
                 # get all the backend sent: that is a reset.)
+                if not self.backendDone and isinstance(
+                    self.clientTransport, TLSMemoryBIOProtocol
+                ):
+                    # Twisted's TLS answers a client's close_notify by
+                    # closing the connection: the backend's direction cannot
+                    # go on (no half-close from a TLS client).
+                    self.ended = self.ended or _TLS_CLIENT_CLOSED
                 self.ended = self.ended or "client closed"
                 self.backendTransport.unregisterProducer()
                 self.factory.relayPath.close(self.backendTransport, self.backendDone)

@@ -25,6 +25,7 @@ from txsockproxy.config import (
     BackendConfig,
     BackendTLS,
     Config,
+    ListenTLSConfig,
     ProxyConfig,
     oneLine,
 )
@@ -92,10 +93,10 @@ def _backendLines(backend: BackendConfig) -> Iterable[str]:
         yield f"congestion = {tomlString(backend.congestion)}"
     if backend.sendProxy:
         yield f"send-proxy = {tomlString(backend.sendProxy)}"
-    yield from _tlsLines(backend.tls)
+    yield from _backendTLSLines(backend.tls)
 
 
-def _tlsLines(tls: BackendTLS | None) -> Iterable[str]:
+def _backendTLSLines(tls: BackendTLS | None) -> Iterable[str]:
     if tls is None:
         return
     yield "tls = true"
@@ -125,9 +126,22 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
         yield f"client-congestion = {tomlString(proxy.clientCongestion)}"
     if proxy.proxyHeaderTimeout != DEFAULT_PROXY_HEADER_TIMEOUT:
         yield f"proxy-header-timeout = {tomlNumber(proxy.proxyHeaderTimeout)}"
+    if proxy.tls is not None:
+        yield from _tlsLines(proxy.tls)
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
+
+
+def _tlsLines(tls: ListenTLSConfig) -> Iterable[str]:
+    yield "tls-certificates = [" + ", ".join(
+        f"{{cert = {tomlString(c.cert)}, key = {tomlString(c.key)}}}" for c in tls.certificates
+    ) + "]"
+    if tls.clientCA:
+        yield f"tls-client-ca = {tomlString(tls.clientCA)}"
+        yield f"tls-verify-client = {tomlString(tls.verifyClient)}"
+    if tls.minVersion != DEFAULT_TLS_MIN_VERSION:
+        yield f"tls-min-version = {tomlString(tls.minVersion)}"
 
 
 def renderToml(config: Config) -> str:
@@ -205,6 +219,14 @@ def describeConfig(config: Config) -> str:
         lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
         if any(isProxyProtocolListen(desc) for desc in proxy.listen):
             lines.append(f"  {'proxy-header-timeout':<20}{_seconds(proxy.proxyHeaderTimeout)}")
+        tls = proxy.tls
+        if tls is not None:
+            for c in tls.certificates:
+                names = ", ".join(c.names) or "no DNS name"
+                lines.append(f"  {'tls-certificate':<20}{c.cert} ({names}), key {c.key}")
+            clients = f"{tls.verifyClient} ({tls.clientCA})" if tls.clientCA else "off"
+            lines.append(f"  {'tls-verify-client':<20}{clients}")
+            lines.append(f"  {'tls-min-version':<20}{tls.minVersion}")
         for b in proxy.backends:
             origin = f"  (from {b.origin})" if b.origin else ""
             lines.append(

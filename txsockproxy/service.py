@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, cast
 
 from twisted.application.internet import TimerService
@@ -35,14 +35,22 @@ from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendPool
 from txsockproxy.balancers import balancerFactory
-from txsockproxy.config import BackendConfig, Config, ConfigError, ProxyConfig
+from txsockproxy.config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    ListenTLSConfig,
+    ProxyConfig,
+)
 from txsockproxy.endpoints import listenKey
+from txsockproxy.headerfirst import HeaderFirstEndpoint
 from txsockproxy.interfaces import IBalancer
 from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
 from txsockproxy.status import StatusSite, StatusView, statusResource
 from txsockproxy.tlsclient import backendEndpoint
+from txsockproxy.tlslisten import ServerTLS, TLSListenEndpoint
 
 # The listen endpoint types that take a backlog= argument, and a wrapper
 # whose wrapped endpoint may be one of them.
@@ -149,9 +157,11 @@ class ListenerService(Service):
     @ivar factory: what its connections are built by.
     @ivar proxyFactory: C{factory} when it serves a proxy, else L{None}.
     @ivar port: the listening port, once bound.
+    @ivar tls: what terminates TLS on it, when its proxy has C{tls-*} keys.
     """
 
     log = Logger()
+    tls: Optional[ServerTLS] = None
 
     def __init__(
         self,
@@ -291,6 +301,8 @@ class _Tree:
     listeners: dict[_ListenKey, ListenerService]
     added: list[ListenerService]
     owners: dict[_ListenKey, Optional[str]]
+    # Switch kept listeners to their proxy's new certificates (tls-*).
+    tlsSwitches: list[Callable[[], None]] = field(default_factory=list)
 
 
 # What identifies a listener across reloads: whether it is the status
@@ -441,13 +453,16 @@ class ProxyService(MultiService):
             for desc in proxy.listen:
                 key = next(keys)
                 listener = self._listeners.get(key)
+                tls = _terminatesTLS(proxy, desc)
                 if listener is None:
                     factory = ProxyFactory(
                         pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions,
                         relayPath=self.relayPath,
                     )
-                    listener = self._newListener(desc, proxy.name, factory)
+                    listener = self._newListener(desc, proxy.name, factory, tls)
                     tree.added.append(listener)
+                else:
+                    tree.tlsSwitches.append(_keptTLS(listener, tls))
                 tree.listeners[key] = listener
                 tree.owners[key] = proxy.name
         status = config.status
@@ -497,20 +512,38 @@ class ProxyService(MultiService):
         return None
 
     def _newListener(
-        self, desc: str, proxy: Optional[str], factory: IProtocolFactory
+        self, desc: str, proxy: Optional[str], factory: IProtocolFactory,
+        tls: Optional[ListenTLSConfig] = None,
     ) -> ListenerService:
         # Twisted's backlog of 50 drops SYNs when hundreds of clients connect
         # at once: they then wait for a retransmit (1 s or more).
         # Listening through reactorDecliningALPN: Twisted's TLS listeners
         # fail every client that offers ALPN otherwise (see txsockproxy.alpn).
         listen = desc
+        headerFirst = False
         if isinstance(factory, ProxyFactory) and factory.proxyHeader:
             # The proxy reads the PROXY protocol header itself (Twisted's
-            # wrapper connects before checking it, and is not half-closeable).
+            # wrapper connects before checking it, and is not half-closeable):
+            # in the session's protocol, or, under TLS, before TLS (the
+            # header comes in clear, then the ClientHello).
             listen = desc.split(":", 1)[1]
+            if tls is not None:
+                factory.proxyHeader = False
+                headerFirst = True
         endpoint = serverFromString(reactorDecliningALPN(self.reactor),
                                     withBacklog(listen, systemBacklog()))
-        return ListenerService(desc, proxy, endpoint, factory)
+        if tls is None:
+            return ListenerService(desc, proxy, endpoint, factory)
+        if headerFirst:
+            endpoint = HeaderFirstEndpoint(endpoint, factory)
+        try:
+            serverTLS = ServerTLS(tls)
+        except Exception as e:
+            # The reader checked the files: OpenSSL refusing them is rare.
+            raise StartupError(f"{desc}: cannot use the certificates: {e}") from None
+        listener = ListenerService(desc, proxy, TLSListenEndpoint(endpoint, serverTLS), factory)
+        listener.tls = serverTLS
+        return listener
 
     def _commit(self, tree: _Tree) -> None:
         """
@@ -522,6 +555,8 @@ class ProxyService(MultiService):
         config = tree.config
         for plan in tree.pools:
             plan.commit()
+        for switch in tree.tlsSwitches:
+            switch()
         self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
         for key, listener in self._listeners.items():
             if tree.listeners.get(key) is not listener:
@@ -835,6 +870,41 @@ class ProxyService(MultiService):
             self.log.info("reload: closed listener {listen}", listen=desc)
         for listener in tree.added:
             self.log.info("reload: listening on {listen}", listen=listener.description)
+
+
+def _terminatesTLS(proxy: ProxyConfig, desc: str) -> Optional[ListenTLSConfig]:
+    """
+    The TLS settings the listener C{desc} of C{proxy} terminates TLS with
+    (its C{tls-*} keys), or L{None}: none, or an C{ssl:} listener.
+    """
+    if proxy.tls is None or desc.split(":", 1)[0].strip().lower() == "ssl":
+        return None
+    return proxy.tls
+
+
+def _keptTLS(listener: ListenerService, tls: Optional[ListenTLSConfig]) -> Callable[[], None]:
+    """
+    What switches a listener that a reload keeps to its new certificates,
+    made now (reading nothing: the loader read the files).
+
+    @raise StartupError: TLS would be added to or removed from it, which
+        takes a new socket; or OpenSSL refuses the new certificates.
+    """
+    if (listener.tls is None) != (tls is None):
+        change = "adding" if tls is not None else "removing"
+        raise StartupError(f"{change} tls-certificates on {listener.description} "
+                           "needs a restart")
+    if listener.tls is None or tls is None:
+        return _noSwitch
+    try:
+        return listener.tls.prepare(tls)
+    except Exception as e:
+        raise StartupError(f"{listener.description}: cannot use the new certificates: "
+                           f"{e}") from None
+
+
+def _noSwitch() -> None:
+    return None
 
 
 def makeProxyService(

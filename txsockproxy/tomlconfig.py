@@ -53,6 +53,7 @@ from txsockproxy.endpoints import (
     resolveFirst,
 )
 from txsockproxy.tlsclient import endpointHost, isTLSEndpoint, readCertificates, readKey
+from txsockproxy.tlsconfig import readListenTLS
 
 
 class _LineIndex:
@@ -181,6 +182,7 @@ class _Reader:
         self.source = source
         self.index = index
         self.problems: list[Problem] = []
+        self.notices: list[str] = []
 
     def problem(self, path: tuple[Any, ...], message: str) -> None:
         line = self.index.line(path) if self.index else None
@@ -346,6 +348,10 @@ _PROXY_KEYS = (
     "client-congestion",
     "send-proxy",
     "proxy-header-timeout",
+    "tls-certificates",
+    "tls-client-ca",
+    "tls-verify-client",
+    "tls-min-version",
     "backend",
 )
 _TLS_KEYS = ("tls", "tls-ca", "tls-name", "tls-cert", "tls-key", "tls-min-version")
@@ -490,6 +496,7 @@ def _buildConfig(
         proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
         status=status, sessionLog=sessionLog, logFormat=logFormat,
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
+        notices=tuple(reader.notices),
     )
 
 
@@ -682,6 +689,7 @@ def _buildProxy(
     headerTimeout = reader.seconds(
         raw, path, "proxy-header-timeout", DEFAULT_PROXY_HEADER_TIMEOUT, positive=True
     )
+    tls = readListenTLS(raw, path, listen, reader)
 
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
@@ -710,6 +718,7 @@ def _buildProxy(
         inspectDelay=inspectDelay,
         clientCongestion=clientCongestion,
         proxyHeaderTimeout=headerTimeout,
+        tls=tls,
     )
 
 
