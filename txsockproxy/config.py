@@ -24,6 +24,11 @@ DEFAULT_HALF_CLOSED_TIMEOUT = 300.0
 DEFAULT_BALANCE = "fair"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_PORT = 80
+# Seconds to wait for a ClientHello when a proxy has routes and its
+# inspect-delay is 0 (routes need the server name).
+DEFAULT_ROUTE_INSPECT_DELAY = 5.0
+# The name of a proxy's own backends when it has routes.
+DEFAULT_ROUTE = "default"
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,24 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """
+    A route of a proxy: clients whose TLS server name matches one of
+    C{names} go to C{backends}, placed by their own balancer.
+
+    @ivar name: the route's name, unique within the proxy; shown in the
+        status page and the session log.
+    @ivar names: server-name patterns, normalized (lower case, no trailing
+        dot): exact names, or C{*.} followed by a name.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    backends: tuple[BackendConfig, ...]
+    balance: str = DEFAULT_BALANCE
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """
     One proxy: listen endpoints sharing one pool of backends and one balancer.
@@ -120,6 +143,8 @@ class ProxyConfig:
     @ivar clientCongestion: the TCP congestion control of the clients'
         sockets: C{"auto"}, C{"system"} or an algorithm's name (see
         L{txsockproxy.congestion}).
+    @ivar routes: routes by TLS server name to other groups of backends;
+        C{backends} (which may then be empty) is the default group.
     """
 
     name: str
@@ -130,6 +155,7 @@ class ProxyConfig:
     halfClosedTimeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
     inspectDelay: float = 0.0
     clientCongestion: str = AUTO
+    routes: tuple[RouteConfig, ...] = ()
 
 
 # The status site's limits: it shares the relay's descriptors.
