@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txsockproxy.backends import Backend, BackendPool
+from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import FairBalancer
-from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.config import BackendConfig, ProxyConfig, RouteConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer
 from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
@@ -212,17 +212,25 @@ class Proxy:
         disableTime: float = 1.0,
         debug: int = 0,
         inspectDelay: float = 0.0,
+        routes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
     ) -> None:
+        """
+        @param routes: for each route, its name, its server-name patterns
+            and its backends' labels (all labels unique); its balancer is
+            a L{FairBalancer}.
+        """
         self.clock = Clock()
-        configs = tuple(
-            BackendConfig(
+        allLabels = list(labels) + [label for _, _, routed in routes for label in routed]
+        backendConfigs = {
+            label: BackendConfig(
                 endpoint=f"tcp:host=127.0.0.1:port={10000 + i}",
                 label=label,
                 connectTimeout=connectTimeout,
                 disableTime=disableTime,
             )
-            for i, label in enumerate(labels)
-        )
+            for i, label in enumerate(allLabels)
+        }
+        configs = tuple(backendConfigs[label] for label in labels)
         self.config = ProxyConfig(
             name="test",
             listen=("tcp:8080",),
@@ -230,12 +238,22 @@ class Proxy:
             idleTimeout=idleTimeout,
             halfClosedTimeout=halfClosedTimeout,
             inspectDelay=inspectDelay,
+            routes=tuple(
+                RouteConfig(name, tuple(names), tuple(backendConfigs[x] for x in routed))
+                for name, names, routed in routes
+            ),
         )
-        self.endpoints = {label: FakeEndpoint() for label in labels}
-        backends = [Backend(c, self.endpoints[c.label]) for c in configs]
-        self.backends = {b.label: b for b in backends}
+        self.endpoints = {label: FakeEndpoint() for label in allLabels}
+        self.backends = {
+            label: Backend(c, self.endpoints[label]) for label, c in backendConfigs.items()
+        }
         self.pool = BackendPool(
-            self.config, backends, balancer or FairBalancer(), self.clock
+            self.config, [self.backends[label] for label in labels],
+            balancer or FairBalancer(), self.clock,
+            [
+                BackendGroup(name, [self.backends[x] for x in routed], FairBalancer(), names)
+                for name, names, routed in routes
+            ],
         )
         self.factory = ProxyFactory(self.pool, self.clock, debug)
 

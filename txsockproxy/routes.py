@@ -44,7 +44,7 @@ def checkPattern(pattern: str) -> tuple[str, str]:
     if not pattern.strip():
         return "", "a server name must not be empty"
     normal = pattern.lower()
-    if normal.endswith(".") and not normal.endswith(".."):
+    if normal.endswith(".") and not normal.endswith("..") and normal != WILDCARD:
         normal = normal[:-1]
     shown = repr(pattern)
     if not normal.isascii():
@@ -86,8 +86,6 @@ class RouteTable(Generic[T]):
                 self._wildcards.setdefault(pattern[1:], value)
             else:
                 self._exact.setdefault(pattern, value)
-        # Longest first: the first suffix that matches is the most specific.
-        self._suffixes = sorted(self._wildcards, key=len, reverse=True)
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._wildcards)
@@ -103,7 +101,7 @@ class RouteTable(Generic[T]):
         found = self._exact.get(name)
         if found is not None:
             return found
-        if not self._suffixes:
+        if not self._wildcards:
             return None
         # Try the name's own suffixes, longest first: as many dictionary
         # look-ups as the name has dots, whatever the number of patterns.
