@@ -18,8 +18,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import Proxy, lost
+from tests.fakes import Proxy, certificate, lost
 from tests.test_config import SOURCE, ConfigTestCase, parse
+from tests.test_lighttpd import SOURCE as LIGHTTPD_SOURCE
+from tests.test_lighttpd import LighttpdTestCase
+from tests.test_lighttpd import parse as lighttpdParse
 from tests.test_sni import clientHello, records
 from tests.test_status import render
 from txsockproxy.config import (
@@ -615,3 +618,109 @@ class RouteReloadTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(service.reload()))
         self.assertEqual(pool.routes, [])
         self.assertEqual(service.factories[0].inspectDelay, 0)
+
+
+def lighttpdHost(label: str, port: int) -> str:
+    return f'sockproxy.server = ( "" => ( "{label}" => ( "host" => "127.0.0.1", "port" => {port} ) ) )'
+
+
+LIGHTTPD_ROUTES = f'''\
+server.modules = ( "mod_sockproxy" )
+$SERVER["socket"] == "127.0.0.1:8443" {{
+  {lighttpdHost("b", 18082)}
+  $HTTP["host"] == "A.test" {{
+    {lighttpdHost("a", 18081)}
+  }}
+  $HTTP["host"] =$ ".example.com" {{
+    {lighttpdHost("b", 18083)}
+    sockproxy.balance = "round-robin"
+  }}
+}}
+'''
+
+
+class LighttpdRouteTests(LighttpdTestCase):
+    """
+    C{$HTTP["host"]} blocks around C{sockproxy.server} in a lighttpd.conf
+    become routes by TLS server name, as lighttpd 1.4.83+ chooses backends by
+    SNI.
+    """
+
+    def test_hostBlocksBecomeRoutes(self) -> None:
+        """
+        C{== "name"} becomes an exact route, C{=$ ".domain"} a wildcard; a
+        route takes the block's C{sockproxy.balance}, else the socket's; a
+        label taken in the proxy is renamed, with a notice; the socket's own
+        backends are the default group.
+        """
+        config = lighttpdParse(LIGHTTPD_ROUTES)
+        proxy = self.only(config)
+        self.assertEqual([b.label for b in proxy.backends], ["b"])
+        self.assertEqual(
+            [(r.name, r.names, r.balance, [(b.label, b.endpoint) for b in r.backends])
+             for r in proxy.routes],
+            [("a.test", ("a.test",), "fair", [("a", "tcp:host=127.0.0.1:port=18081")]),
+             ("*.example.com", ("*.example.com",), "round-robin",
+              [("b@*.example.com", "tcp:host=127.0.0.1:port=18083")])],
+        )
+        self.notice(config, 'is labelled "b@*.example.com"')
+        self.notice(config, "is not TLS: lighttpd chooses by $HTTP[\"host\"] only on TLS")
+        # What --convert writes loads back as the same proxy.
+        self.assertEqual(parse(renderToml(config)).proxies[0].routes, proxy.routes)
+
+    def test_topLevelHostBlock(self) -> None:
+        """
+        A top-level C{$HTTP["host"]} block routes on every sockproxy socket.
+        """
+        config = lighttpdParse(
+            'server.modules = ( "mod_sockproxy" )\n'
+            f'$SERVER["socket"] == "127.0.0.1:8443" {{\n{lighttpdHost("b", 18082)}\n}}\n'
+            f'$HTTP["host"] == "a.test" {{\n{lighttpdHost("a", 18081)}\n}}\n'
+        )
+        [route] = self.only(config).routes
+        self.assertEqual(route.names, ("a.test",))
+
+    def test_tlsSocket(self) -> None:
+        """
+        On a TLS socket (ssl.engine) the routes use the handshake's server
+        name, and no passthrough notice is given.
+        """
+        directory = self.tempdir()
+        pem = self.write(directory, "server.pem", certificate().decode())
+        config = lighttpdParse(LIGHTTPD_ROUTES.replace(
+            '"127.0.0.1:8443" {\n',
+            f'"127.0.0.1:8443" {{\n  ssl.engine = "enable"\n  ssl.pemfile = "{pem}"\n'))
+        proxy = self.only(config)
+        self.assertTrue(proxy.listen[0].startswith("ssl:"), proxy.listen)
+        self.assertEqual(len(proxy.routes), 2)
+        self.assertEqual([n for n in config.notices if "is not TLS" in n], [])
+
+    def test_problems(self) -> None:
+        """
+        A suffix without a leading dot, a bad name, a name routed twice, a
+        regular expression, and another sockproxy directive in a host block
+        are each one error at their line.
+        """
+        def inSocket(block: str) -> str:
+            return ('server.modules = ( "mod_sockproxy" )\n'
+                    f'$SERVER["socket"] == "127.0.0.1:8443" {{\n{lighttpdHost("b", 1)}\n'
+                    f'{block}\n}}\n')
+
+        self.assertProblem(
+            inSocket(f'$HTTP["host"] =$ "example.com" {{\n{lighttpdHost("a", 2)}\n}}'),
+            f'{LIGHTTPD_SOURCE}:4: $HTTP["host"]: =$ "example.com": a suffix becomes a route '
+            'only when it starts with "." (=$ ".example.com" is *.example.com) (column 1)')
+        [problem] = self.problems(
+            inSocket(f'$HTTP["host"] == "a b" {{\n{lighttpdHost("a", 2)}\n}}'))
+        self.assertTrue(problem.startswith(f'{LIGHTTPD_SOURCE}:4: $HTTP["host"]: \'a b\''),
+                        problem)
+        self.assertProblem(
+            inSocket(f'$HTTP["host"] == "a.test" {{\n{lighttpdHost("a", 2)}\n}}\n'
+                     f'$HTTP["host"] == "A.TEST" {{\n{lighttpdHost("c", 3)}\n}}'),
+            f'{LIGHTTPD_SOURCE}:7: $HTTP["host"]: "A.TEST": server name \'a.test\' is already '
+            f"routed at {LIGHTTPD_SOURCE}:4 (column 1)")
+        self.assertProblem(
+            inSocket(f'$HTTP["host"] == "a.test" {{\n{lighttpdHost("a", 2)}\n'
+                     'sockproxy.debug = 1\n}'),
+            f'{LIGHTTPD_SOURCE}:6: sockproxy.debug: inside $HTTP["host"] == "a.test": only '
+            "sockproxy.server and sockproxy.balance can be set per server name (column 1)")
