@@ -179,6 +179,7 @@ class BackendPool:
         self._table: RouteTable[BackendGroup] = RouteTable(
             (pattern, group) for group in self.routes for pattern in group.names
         )
+        self._byName = {group.name: group for group in (default, *self.routes)}
         self.backends = list(default.backends)
         for backend in default.backends:
             backend.route = DEFAULT_ROUTE
@@ -248,9 +249,12 @@ class BackendPool:
         concurrent choices see it. When nothing is available, the "all
         backends down" error is logged once until a backend answers again.
         """
-        group = self.groupOf(connection)
-        if not exclude:
-            group.routed += 1
+        if self.routes:
+            group = self._table.lookup(connection.serverName) or self.default
+            if not exclude:
+                group.routed += 1
+        else:
+            group = self.default
         if not group.backends:
             # Only the default group may be empty: a proxy whose backends
             # are all in routes.
@@ -310,10 +314,7 @@ class BackendPool:
         """
         The group called C{name} (C{"default"} or a route's name), if any.
         """
-        for group in self.groups:
-            if group.name == name:
-                return group
-        return None
+        return self._byName.get(name)
 
     def backend(self, label: str) -> Optional[Backend]:
         """
@@ -378,7 +379,7 @@ class BackendPool:
         Record a successful connect.
         """
         backend.connected += 1
-        group = self.route(backend.route)
+        group = self._byName.get(backend.route)
         if group is not None and group.allDown:
             group.allDown = False
             self.log.info(
