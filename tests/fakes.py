@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txsockproxy.backends import Backend, BackendPool
+from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import FairBalancer
-from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.config import BackendConfig, ProxyConfig, RouteConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer
 from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
@@ -214,18 +214,26 @@ class Proxy:
         inspectDelay: float = 0.0,
         listen: str = "tcp:8080",
         sendProxy: str = "",
+        routes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
     ) -> None:
+        """
+        @param routes: for each route, its name, its server-name patterns
+            and its backends' labels (all labels unique); its balancer is
+            a L{FairBalancer}.
+        """
         self.clock = Clock()
-        configs = tuple(
-            BackendConfig(
+        allLabels = list(labels) + [label for _, _, routed in routes for label in routed]
+        backendConfigs = {
+            label: BackendConfig(
                 endpoint=f"tcp:host=127.0.0.1:port={10000 + i}",
                 label=label,
                 connectTimeout=connectTimeout,
                 disableTime=disableTime,
                 sendProxy=sendProxy,
             )
-            for i, label in enumerate(labels)
-        )
+            for i, label in enumerate(allLabels)
+        }
+        configs = tuple(backendConfigs[label] for label in labels)
         self.config = ProxyConfig(
             name="test",
             listen=(listen,),
@@ -233,12 +241,22 @@ class Proxy:
             idleTimeout=idleTimeout,
             halfClosedTimeout=halfClosedTimeout,
             inspectDelay=inspectDelay,
+            routes=tuple(
+                RouteConfig(name, tuple(names), tuple(backendConfigs[x] for x in routed))
+                for name, names, routed in routes
+            ),
         )
-        self.endpoints = {label: FakeEndpoint() for label in labels}
-        backends = [Backend(c, self.endpoints[c.label]) for c in configs]
-        self.backends = {b.label: b for b in backends}
+        self.endpoints = {label: FakeEndpoint() for label in allLabels}
+        self.backends = {
+            label: Backend(c, self.endpoints[label]) for label, c in backendConfigs.items()
+        }
         self.pool = BackendPool(
-            self.config, backends, balancer or FairBalancer(), self.clock
+            self.config, [self.backends[label] for label in labels],
+            balancer or FairBalancer(), self.clock,
+            [
+                BackendGroup(name, [self.backends[x] for x in routed], FairBalancer(), names)
+                for name, names, routed in routes
+            ],
         )
         self.factory = ProxyFactory(self.pool, self.clock, debug, listen=listen)
 

@@ -1265,11 +1265,11 @@ class ErrorTests(LighttpdTestCase):
             "sockproxy honours sockproxy directives only globally and directly inside "
             "$SERVER[\"socket\"] == \"...\" blocks (column 3)"])
         self.assertEqual(self.problems(
-            sockproxy(ONE_HOST + '\n$HTTP["host"] == "a.test" {\n' + ONE_HOST + "\n}")), [
-            f"{SOURCE}:5: sockproxy.server: inside $HTTP[\"host\"] == \"a.test\": lighttpd "
-            "1.4.83+ picks these backends by the TLS SNI name, which sockproxy does not do "
-            "per name; use balance \"hash\" with inspect-delay in the native config, or a "
-            "socket of its own (column 1)"])
+            sockproxy(ONE_HOST + '\n$HTTP["host"] =~ "a\\.test" {\n' + ONE_HOST + "\n}")), [
+            f"{SOURCE}:5: sockproxy.server: inside $HTTP[\"host\"] =~ \"a\\.test\": only "
+            "$HTTP[\"host\"] == \"name\" and $HTTP[\"host\"] =$ \".domain\", at the top level "
+            "or directly inside a $SERVER[\"socket\"] block, become routes by TLS server name "
+            "(column 1)"])
         self.assertEqual(self.problems(
             sockproxy(ONE_HOST) + "else {\n" + ONE_HOST + "\n}\n"), [
             f"{SOURCE}:6: sockproxy.server: inside else (of $SERVER[\"socket\"] == "

@@ -79,11 +79,13 @@ class _FakeSession:
     def __init__(self, proxy: str = "web", listen: str = "tcp:8080", host: str = "127.0.0.1",
                  port: object = 45670, label: str = "a", connected: bool = True,
                  up: int = 2, down: int = 28, duration: float = 0.2024761,
-                 ended: str | None = "client closed", sid: str = "0a1b2c3d-1f") -> None:
-        self.pool = _Named(name=proxy)
+                 ended: str | None = "client closed", sid: str = "0a1b2c3d-1f",
+                 route: str = "") -> None:
+        # A pool with routes has at least the default group and one route.
+        self.pool = _Named(name=proxy, routes=["a route"] if route else [])
         self.factory = _Named(listen=listen)
         self.connection = _Named(peer=_Named(host=host, port=port))
-        self.backend = _Named(label=label)
+        self.backend = _Named(label=label, route=route)
         self.backendTransport = object() if connected else None
         self.bytesFromClient = up
         self.bytesFromBackend = down

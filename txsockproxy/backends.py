@@ -1,6 +1,8 @@
 """
 Backends (an endpoint with counters and a state) and the pool of one proxy, which
-asks the balancer for a backend and keeps track of failures.
+asks the balancer for a backend and keeps track of failures. A proxy with
+routes has several groups of backends, each with its balancer: the route a
+connection takes is chosen by its TLS server name (see L{txsockproxy.routes}).
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsockproxy.config import BackendConfig, ProxyConfig
+from txsockproxy.addresses import formatAddress
+from txsockproxy.config import (
+    DEFAULT_ROUTE,
+    DEFAULT_ROUTE_INSPECT_DELAY,
+    BackendConfig,
+    ProxyConfig,
+)
 from txsockproxy.congestion import Congestion
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.ratelimit import RateLimitedLog
+from txsockproxy.routes import RouteTable
 from txsockproxy.tlsclient import backendEndpoint
 
 # A backend's state, as the status page and metrics show it.
@@ -43,6 +52,8 @@ class Backend:
         the backend out of rotation.
     @ivar adminState: what an operator set: C{"up"}, C{"draining"} or C{"down"}.
     @ivar congestion: the congestion control its sockets get.
+    @ivar route: the name of the group it belongs to: C{"default"} (the
+        proxy's own backends) or a route's.
     """
 
     def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
@@ -60,6 +71,7 @@ class Backend:
         self.lastError = ""
         self.disabledUntil = 0.0
         self.adminState = UP
+        self.route = DEFAULT_ROUTE
 
     def stateAt(self, now: float) -> str:
         """
@@ -90,9 +102,41 @@ class Backend:
         return f"<Backend {self.label!r} {self.key}>"
 
 
+class BackendGroup:
+    """
+    Backends that one balancer chooses among: a proxy's own (the default
+    group) or those of one of its routes.
+
+    @ivar name: C{"default"}, or the route's name.
+    @ivar names: the server-name patterns that lead to it (normalized).
+    @ivar routed: sessions sent to the group, ever.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backends: Iterable[Backend],
+        balancer: IBalancer,
+        names: Iterable[str] = (),
+    ) -> None:
+        self.name = name
+        self.backends = list(backends)
+        self.balancer = balancer
+        self.names = tuple(names)
+        self.routed = 0
+        self.allDown = False
+
+    def __repr__(self) -> str:
+        return f"<BackendGroup {self.name!r}>"
+
+
 class BackendPool:
     """
     The backends of one proxy, its balancer, and its per-proxy counters.
+
+    With routes, the backends of C{config.backends} are the default group,
+    and C{backends} lists every group's backends: the default's first, then
+    each route's, in config order.
 
     @ivar accepted: client connections accepted, ever.
     @ivar active: sessions open now.
@@ -112,21 +156,77 @@ class BackendPool:
         backends: Iterable[Backend],
         balancer: IBalancer,
         clock: IReactorTime,
+        routes: Iterable[BackendGroup] = (),
     ) -> None:
         self.config = config
         self.name = config.name
-        self.backends = list(backends)
-        self.balancer = balancer
         self.clock = clock
+        self._useGroups(BackendGroup(DEFAULT_ROUTE, backends, balancer), routes)
         self.accepted = 0
         self.active = 0
         self.refused = 0
         self.resourceErrors = 0
         self.badHeaders = 0
-        self._allDown = False
         self._resourceLog = RateLimitedLog(
             clock, self.log, "sessions closed for lack of resources"
         )
+        # A client chooses its server name: one per name would be too many.
+        self._noRouteLog = RateLimitedLog(
+            clock, self.log, "sessions closed for want of a route"
+        )
+
+    def _useGroups(self, default: BackendGroup, routes: Iterable[BackendGroup]) -> None:
+        self.default = default
+        self.balancer = default.balancer
+        self.routes = list(routes)
+        self._table: RouteTable[BackendGroup] = RouteTable(
+            (pattern, group) for group in self.routes for pattern in group.names
+        )
+        self._byName = {group.name: group for group in (default, *self.routes)}
+        self.backends = list(default.backends)
+        for backend in default.backends:
+            backend.route = DEFAULT_ROUTE
+        for group in self.routes:
+            for backend in group.backends:
+                backend.route = group.name
+            self.backends.extend(group.backends)
+
+    @property
+    def groups(self) -> list[BackendGroup]:
+        """
+        The default group, then the routes' groups.
+        """
+        return [self.default, *self.routes]
+
+    @property
+    def inspectDelay(self) -> float:
+        """
+        At most how many seconds a new session waits for the client's TLS
+        server name before a backend is chosen: for routes (C{inspect-delay},
+        or 5 s when it is 0) or a balancer that places by name, else 0.
+        """
+        if self.routes:
+            return self.config.inspectDelay or DEFAULT_ROUTE_INSPECT_DELAY
+        if getattr(self.balancer, "wantsServerName", False):
+            return self.config.inspectDelay
+        return 0.0
+
+    def groupOf(self, connection: IConnectionInfo) -> BackendGroup:
+        """
+        The group whose backends serve C{connection}: the route its server
+        name matches best, else the default group.
+        """
+        if not self.routes:
+            return self.default
+        return self._table.lookup(connection.serverName) or self.default
+
+    def whyRefused(self, connection: IConnectionInfo) -> str:
+        """
+        Why L{pick} found nothing for C{connection}, in words.
+        """
+        if not self.groupOf(connection).backends:
+            return "no route"
+        return "all backends down"
 
     @classmethod
     def fromConfig(
@@ -150,37 +250,72 @@ class BackendPool:
         concurrent choices see it. When nothing is available, the "all
         backends down" error is logged once until a backend answers again.
         """
-        now = self.clock.seconds()
-        candidates = [b for b in self.backends if b not in exclude and b.availableAt(now)]
-        if not candidates:
-            if not self._allDown:
-                self._allDown = True
-                self.log.error(
-                    "proxy {proxy}: all backends down, closing client connections "
-                    "until one answers again",
-                    proxy=self.name,
-                )
+        if self.routes:
+            group = self._table.lookup(connection.serverName) or self.default
+            if not exclude:
+                group.routed += 1
+        else:
+            group = self.default
+        if not group.backends:
+            # Only the default group may be empty: a proxy whose backends
+            # are all in routes.
+            self._noRouteLog.emit(
+                LogLevel.warn,
+                "proxy {proxy}: closing {client}: no route for server name {name} "
+                "and no default backends",
+                proxy=self.name, client=formatAddress(connection.peer),
+                name=repr(connection.serverName) if connection.serverName else "(none)",
+            )
             return None
-        chosen = self.balancer.choose(candidates, connection)
+        now = self.clock.seconds()
+        candidates = [b for b in group.backends if b not in exclude and b.availableAt(now)]
+        if not candidates:
+            if not group.allDown:
+                group.allDown = True
+                if self.routes:
+                    self.log.error(
+                        "proxy {proxy}: all backends of route {route} down, closing "
+                        "client connections until one answers again",
+                        proxy=self.name, route=group.name,
+                    )
+                else:
+                    self.log.error(
+                        "proxy {proxy}: all backends down, closing client connections "
+                        "until one answers again",
+                        proxy=self.name,
+                    )
+            return None
+        chosen = group.balancer.choose(candidates, connection)
         if chosen is None:
             # The balancer refused this connection on purpose: backends are
             # not down, so nothing to report beyond the refused count.
             return None
-        backend = chosen if isinstance(chosen, Backend) else self._own(chosen)
+        backend = chosen if isinstance(chosen, Backend) else self._own(chosen, group)
         backend.active += 1
         return backend
 
     def reconfigure(
-        self, config: ProxyConfig, backends: Iterable[Backend], balancer: IBalancer
+        self,
+        config: ProxyConfig,
+        backends: Iterable[Backend],
+        balancer: IBalancer,
+        routes: Iterable[BackendGroup] = (),
     ) -> None:
         """
-        Use new settings, backends and balancer for new sessions, keeping the
-        proxy's counters: used when the configuration is reloaded. Sessions
-        in flight keep the backend they have.
+        Use new settings, backends, balancer and routes for new sessions,
+        keeping the proxy's counters: used when the configuration is
+        reloaded. Sessions in flight keep the backend they have.
         """
         self.config = config
-        self.backends = list(backends)
-        self.balancer = balancer
+        default = BackendGroup(DEFAULT_ROUTE, backends, balancer)
+        default.routed = self.default.routed
+        self._useGroups(default, routes)
+
+    def route(self, name: str) -> BackendGroup | None:
+        """
+        The group called C{name} (C{"default"} or a route's name), if any.
+        """
+        return self._byName.get(name)
 
     def backend(self, label: str) -> Optional[Backend]:
         """
@@ -191,9 +326,9 @@ class BackendPool:
                 return backend
         return None
 
-    def _own(self, chosen: IBackendInfo) -> Backend:
+    def _own(self, chosen: IBackendInfo, group: BackendGroup) -> Backend:
         # A third-party balancer may hand back a proxy object; map it back.
-        for backend in self.backends:
+        for backend in group.backends:
             if backend.key == chosen.key:
                 return backend
         raise ValueError(f"balancer returned {chosen!r}, which is not a candidate")
@@ -245,8 +380,9 @@ class BackendPool:
         Record a successful connect.
         """
         backend.connected += 1
-        if self._allDown:
-            self._allDown = False
+        group = self._byName.get(backend.route)
+        if group is not None and group.allDown:
+            group.allDown = False
             self.log.info(
                 "proxy {proxy}: backend {label} answers again", proxy=self.name,
                 label=backend.label,

@@ -27,6 +27,11 @@ DEFAULT_PORT = 80
 DEFAULT_PROXY_HEADER_TIMEOUT = 5.0
 # The PROXY protocol versions a backend may be sent (send-proxy).
 SEND_PROXY_VERSIONS = ("v1", "v2")
+# Seconds to wait for a ClientHello when a proxy has routes and its
+# inspect-delay is 0 (routes need the server name).
+DEFAULT_ROUTE_INSPECT_DELAY = 5.0
+# The name of a proxy's own backends when it has routes.
+DEFAULT_ROUTE = "default"
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,24 @@ class ListenTLSConfig:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """
+    A route of a proxy: clients whose TLS server name matches one of
+    C{names} go to C{backends}, placed by their own balancer.
+
+    @ivar name: the route's name, unique within the proxy; shown in the
+        status page and the session log.
+    @ivar names: server-name patterns, normalized (lower case, no trailing
+        dot): exact names, or C{*.} followed by a name.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    backends: tuple[BackendConfig, ...]
+    balance: str = DEFAULT_BALANCE
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """
     One proxy: listen endpoints sharing one pool of backends and one balancer.
@@ -216,6 +239,8 @@ class ProxyConfig:
         seconds a client has to send its whole header.
     @ivar tls: TLS termination on its listeners that are not C{ssl:}, or
         L{None}.
+    @ivar routes: routes by TLS server name to other groups of backends;
+        C{backends} (which may then be empty) is the default group.
     """
 
     name: str
@@ -228,6 +253,7 @@ class ProxyConfig:
     clientCongestion: str = AUTO
     proxyHeaderTimeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     tls: ListenTLSConfig | None = None
+    routes: tuple[RouteConfig, ...] = ()
 
 
 # The status site's limits: it shares the relay's descriptors.

@@ -290,12 +290,8 @@ class ProxyFactory(ServerFactory):
         if previous is not None:
             congestion.takeOver(previous)
         self.congestion = congestion
-        # Wait for the SNI name only if the balancer uses it.
-        self.inspectDelay = (
-            pool.config.inspectDelay
-            if getattr(pool.balancer, "wantsServerName", False)
-            else 0.0
-        )
+        # Wait for the SNI name only if routes or the balancer use it.
+        self.inspectDelay = pool.inspectDelay
 
     @property
     def debug(self) -> int:
@@ -664,7 +660,7 @@ class Session:
         backend = self.pool.pick(self.connection, self.tried)
         if backend is None:
             self.pool.refused += 1
-            self.ended = "all backends down"
+            self.ended = self.pool.whyRefused(self.connection)
             self.clientTransport.loseConnection()
             return
         self.backend = backend

@@ -17,6 +17,7 @@ from txsockproxy.config import (
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_ROUTE_INSPECT_DELAY,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
@@ -67,8 +68,8 @@ def _comment(text: str) -> str:
     return "# " + "".join(c if c.isprintable() else " " for c in text)
 
 
-def _backendLines(backend: BackendConfig) -> Iterable[str]:
-    yield "[[proxy.backend]]"
+def _backendLines(backend: BackendConfig, header: str = "[[proxy.backend]]") -> Iterable[str]:
+    yield header
     yield f"label = {tomlString(backend.label)}"
     fields = originFields(backend.origin)
     if fields:
@@ -131,6 +132,16 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
+    for route in proxy.routes:
+        yield ""
+        yield "[[proxy.route]]"
+        yield f"name = {tomlString(route.name)}"
+        yield "names = [" + ", ".join(tomlString(n) for n in route.names) + "]"
+        if route.balance != DEFAULT_BALANCE:
+            yield f"balance = {tomlString(route.balance)}"
+        for backend in route.backends:
+            yield ""
+            yield from _backendLines(backend, "[[proxy.route.backend]]")
 
 
 def _tlsLines(tls: ListenTLSConfig) -> Iterable[str]:
@@ -214,8 +225,9 @@ def describeConfig(config: Config) -> str:
         lines.append(f"  {'balance':<20}{proxy.balance}")
         lines.append(f"  {'idle-timeout':<20}{_seconds(proxy.idleTimeout)}")
         lines.append(f"  {'half-closed-timeout':<20}{_seconds(proxy.halfClosedTimeout)}")
-        if proxy.inspectDelay:
-            lines.append(f"  {'inspect-delay':<20}{_seconds(proxy.inspectDelay)}")
+        if proxy.inspectDelay or proxy.routes:
+            delay = proxy.inspectDelay or (DEFAULT_ROUTE_INSPECT_DELAY if proxy.routes else 0)
+            lines.append(f"  {'inspect-delay':<20}{_seconds(delay)}")
         lines.append(f"  {'client-congestion':<20}{proxy.clientCongestion}")
         if any(isProxyProtocolListen(desc) for desc in proxy.listen):
             lines.append(f"  {'proxy-header-timeout':<20}{_seconds(proxy.proxyHeaderTimeout)}")
@@ -227,18 +239,26 @@ def describeConfig(config: Config) -> str:
             clients = f"{tls.verifyClient} ({tls.clientCA})" if tls.clientCA else "off"
             lines.append(f"  {'tls-verify-client':<20}{clients}")
             lines.append(f"  {'tls-min-version':<20}{tls.minVersion}")
-        for b in proxy.backends:
-            origin = f"  (from {b.origin})" if b.origin else ""
-            lines.append(
-                f"  backend {b.label!r}: {b.endpoint}{origin}"
-                f"  weight={b.weight}"
-                f" connect-timeout={_seconds(b.connectTimeout)}"
-                f" disable-time={_seconds(b.disableTime)}"
-                f" congestion={b.congestion}"
-                + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
-                + (f" tls={b.tls.name!r}" if b.tls is not None else "")
-            )
+        lines.extend(_backendDescriptions(proxy.backends, "  "))
+        for route in proxy.routes:
+            lines.append(f"  route {route.name!r}: {', '.join(route.names)}"
+                         f"  balance={route.balance}")
+            lines.extend(_backendDescriptions(route.backends, "    "))
     return "\n".join(oneLine(line) for line in lines)
+
+
+def _backendDescriptions(backends: Iterable[BackendConfig], indent: str) -> Iterable[str]:
+    for b in backends:
+        origin = f"  (from {b.origin})" if b.origin else ""
+        yield (
+            f"{indent}backend {b.label!r}: {b.endpoint}{origin}"
+            f"  weight={b.weight}"
+            f" connect-timeout={_seconds(b.connectTimeout)}"
+            f" disable-time={_seconds(b.disableTime)}"
+            f" congestion={b.congestion}"
+            + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
+            + (f" tls={b.tls.name!r}" if b.tls is not None else "")
+        )
 
 
 def _seconds(value: float) -> str:

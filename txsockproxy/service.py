@@ -33,7 +33,7 @@ from txsockproxy import congestion
 from txsockproxy.accelerator import relayPathFor, setting
 from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.alpn import reactorDecliningALPN
-from txsockproxy.backends import Backend, BackendPool
+from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import balancerFactory
 from txsockproxy.config import (
     BackendConfig,
@@ -276,11 +276,12 @@ class _PoolPlan:
     backends: list[Backend]
     balancer: IBalancer
     kept: list[tuple[Backend, BackendConfig]]
+    routes: list[BackendGroup]
 
     def commit(self) -> None:
         for backend, backendConfig in self.kept:
             backend.reconfigure(backendConfig)
-        self.pool.reconfigure(self.config, self.backends, self.balancer)
+        self.pool.reconfigure(self.config, self.backends, self.balancer, self.routes)
 
 
 @dataclass
@@ -483,21 +484,45 @@ class ProxyService(MultiService):
 
     def _planPool(self, proxy: ProxyConfig) -> _PoolPlan:
         old = self.pools.get(proxy.name)
-        backends: list[Backend] = []
         kept: list[tuple[Backend, BackendConfig]] = []
-        for backendConfig in proxy.backends:
-            backend = self._keptBackend(old, backendConfig)
-            if backend is None:
-                backend = Backend(backendConfig, backendEndpoint(self.reactor, backendConfig))
-            else:
-                kept.append((backend, backendConfig))
-            backends.append(backend)
+
+        def backendsOf(configs: tuple[BackendConfig, ...]) -> list[Backend]:
+            backends = []
+            for backendConfig in configs:
+                backend = self._keptBackend(old, backendConfig)
+                if backend is None:
+                    backend = Backend(backendConfig, backendEndpoint(self.reactor, backendConfig))
+                else:
+                    kept.append((backend, backendConfig))
+                backends.append(backend)
+            return backends
+
+        backends = backendsOf(proxy.backends)
         if old is not None and old.config.balance == proxy.balance:
             balancer = old.balancer
         else:
             balancer = balancerFactory(proxy.balance)()
-        pool = old if old is not None else BackendPool(proxy, backends, balancer, self.reactor)
-        return _PoolPlan(pool, proxy, backends, balancer, kept)
+        routes = []
+        for route in proxy.routes:
+            # A route that stays (same name) keeps its counter, and its
+            # balancer's state when the balance is the same.
+            oldGroup, sameBalance = None, False
+            if old is not None:
+                oldGroup = old.route(route.name)
+                sameBalance = any(r.name == route.name and r.balance == route.balance
+                                  for r in old.config.routes)
+            group = BackendGroup(
+                route.name, backendsOf(route.backends),
+                oldGroup.balancer if oldGroup is not None and sameBalance
+                else balancerFactory(route.balance)(),
+                route.names,
+            )
+            if oldGroup is not None:
+                group.routed = oldGroup.routed
+            routes.append(group)
+        pool = (old if old is not None
+                else BackendPool(proxy, backends, balancer, self.reactor, routes))
+        return _PoolPlan(pool, proxy, backends, balancer, kept, routes)
 
     @staticmethod
     def _keptBackend(old: Optional[BackendPool], config: BackendConfig) -> Optional[Backend]:

@@ -26,18 +26,26 @@ _log = Logger(namespace="txsockproxy.session")
 # with any non-default argument builds a new encoder per call.
 _jsonEncoder = json.JSONEncoder(separators=(",", ":"))
 
-_Values = tuple[str, str, str, str, int, int, float, str, str]
+_Values = tuple[str, str, str, str, int, int, float, str, str, str]
 
+# A proxy with routes adds a last field, "route": the name of the group of
+# backends its server name chose ("default" when no route matched).
 _FIELDS = (
     "proxy", "listen", "client", "backend", "bytes_up", "bytes_down", "duration", "end", "id",
+    "route",
 )
 
 
 def _sessionValues(session: Session) -> _Values:
     """
-    What the session log records of C{session}, in the order of C{_FIELDS}.
+    What the session log records of C{session}, in the order of C{_FIELDS};
+    its route is C{""} when the proxy has none.
     """
     backend = session.backend
+    pool = session.pool
+    route = ""
+    if pool.routes:
+        route = backend.route if backend is not None else pool.groupOf(session.connection).name
     return (
         session.pool.name,
         session.factory.listen,
@@ -49,6 +57,7 @@ def _sessionValues(session: Session) -> _Values:
         round(session.duration, 6),
         session.ended or "closed",
         session.id,
+        route,
     )
 
 
@@ -56,7 +65,11 @@ def sessionFields(session: Session) -> dict[str, Any]:
     """
     What the session log records of C{session}.
     """
-    return dict(zip(_FIELDS, _sessionValues(session), strict=True))
+    values = _sessionValues(session)
+    fields = dict(zip(_FIELDS, values, strict=True))
+    if not values[-1]:
+        del fields["route"]
+    return fields
 
 
 def formatText(fields: dict[str, Any]) -> str:
@@ -85,12 +98,13 @@ def _textLine(values: _Values) -> str:
     Numbers need no quoting: C{str} of an int or a float is never empty and
     holds no space, C{"} or C{=}.
     """
-    proxy, listen, client, backend, up, down, duration, end, sid = values
-    return (
+    proxy, listen, client, backend, up, down, duration, end, sid, route = values
+    line = (
         f"proxy={_textValue(proxy)} listen={_textValue(listen)} client={_textValue(client)} "
         f"backend={_textValue(backend)} bytes_up={up} bytes_down={down} duration={duration} "
         f"end={_textValue(end)} id={_textValue(sid)}"
     )
+    return f"{line} route={_textValue(route)}" if route else line
 
 
 def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
@@ -99,10 +113,12 @@ def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
     values))}, with a first C{"time"} field of C{stamp} unless it is
     L{None}, made without the dict.
     """
-    proxy, listen, client, backend, up, down, duration, end, sid = values
+    proxy, listen, client, backend, up, down, duration, end, sid, route = values
     if not math.isfinite(duration):
         # JSON's NaN and Infinity are not Python's repr of them.
         fields = dict(zip(_FIELDS, values, strict=True))
+        if not route:
+            del fields["route"]
         return _jsonEncoder.encode(fields if stamp is None else {"time": stamp, **fields})
     # json writes ints and floats with int.__repr__ and float.__repr__ and
     # every str with encode_basestring_ascii (ensure_ascii is on).
@@ -113,7 +129,8 @@ def _jsonObject(values: _Values, stamp: Optional[str]) -> str:
         f'"backend":{encode_basestring_ascii(backend)},'
         f'"bytes_up":{up!r},"bytes_down":{down!r},"duration":{duration!r},'
         f'"end":{encode_basestring_ascii(end)},'
-        f'"id":{encode_basestring_ascii(sid)}}}'
+        f'"id":{encode_basestring_ascii(sid)}'
+        + (f',"route":{encode_basestring_ascii(route)}}}' if route else "}")
     )
     if stamp is None:
         return "{" + line
@@ -172,12 +189,13 @@ class SessionLog:
                 line = _jsonObject(values, None)
             else:
                 line = _textLine(values)
-            proxy, listen, client, backend, up, down, duration, end, sid = values
+            proxy, listen, client, backend, up, down, duration, end, sid, route = values
             _log.emit(
                 LogLevel.info, "{line}", line=line, session_proxy=proxy,
                 session_listen=listen, session_client=client, session_backend=backend,
                 session_bytes_up=up, session_bytes_down=down, session_duration=duration,
                 session_end=end, session_id=sid,
+                **({"session_route": route} if route else {}),
             )
             return
         stamp = self._timestamp()

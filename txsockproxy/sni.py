@@ -1,7 +1,7 @@
 """
 Reading the TLS SNI server name from the first bytes a client sends (its
-ClientHello), without terminating TLS, so that the C{hash} balancer can place a
-TLS-passthrough connection by name.
+ClientHello), without terminating TLS, so that a TLS-passthrough connection can
+be routed by name (C{[[proxy.route]]}) and placed by the C{hash} balancer.
 """
 
 from __future__ import annotations

@@ -208,22 +208,49 @@ def statusDocument(view: StatusView) -> dict[str, Any]:
     """
     now = view.clock.seconds()
     return {
-        "proxies": [
-            {
-                "name": redactEndpoint(pool.name, server=True),
-                "listen": [redactEndpoint(d, server=True) for d in pool.config.listen],
-                "balance": pool.config.balance,
-                "accepted": pool.accepted,
-                "active": pool.active,
-                "refused": pool.refused,
-                "resource_errors": pool.resourceErrors,
-                "bad_proxy_headers": pool.badHeaders,
-                "backends": [backendStatus(b, now) for b in pool.backends],
-            }
-            for pool in view.pools.values()
-        ],
+        "proxies": [_proxyStatus(pool, now) for pool in view.pools.values()],
         "closed_at_accept": view.closedAtAccept(),
     }
+
+
+def _proxyStatus(pool: BackendPool, now: float) -> dict[str, Any]:
+    """
+    One proxy as C{/status.json} shows it. A proxy with routes also lists
+    its routes (the default group first), and each backend its route.
+    """
+    document: dict[str, Any] = {
+        "name": redactEndpoint(pool.name, server=True),
+        "listen": [redactEndpoint(d, server=True) for d in pool.config.listen],
+        "balance": pool.config.balance,
+        "accepted": pool.accepted,
+        "active": pool.active,
+        "refused": pool.refused,
+        "resource_errors": pool.resourceErrors,
+        "bad_proxy_headers": pool.badHeaders,
+        "backends": [backendStatus(b, now) for b in pool.backends],
+    }
+    if pool.routes:
+        for b, shown in zip(pool.backends, document["backends"], strict=True):
+            shown["route"] = b.route
+        document["routes"] = [
+            {
+                "name": group.name,
+                "names": list(group.names),
+                "balance": (pool.config.balance if group is pool.default
+                            else _routeBalance(pool, group.name)),
+                "sessions": group.routed,
+                "backends": [redactEndpoint(b.label) for b in group.backends],
+            }
+            for group in pool.groups
+        ]
+    return document
+
+
+def _routeBalance(pool: BackendPool, name: str) -> str:
+    for route in pool.config.routes:
+        if route.name == name:
+            return route.balance
+    return ""
 
 
 class _Collector:
@@ -299,8 +326,17 @@ class _Collector:
             "1 for the backend's current state: up, disabled, draining or down.",
             labels=backendLabels + ["state"],
         )
+        routed = CounterMetricFamily(
+            "sockproxy_route_sessions",
+            "Sessions sent to a route by their TLS server name (\"default\": no route "
+            "matched); only for proxies with routes.",
+            labels=["proxy", "route"],
+        )
         for pool in view.pools.values():
             proxy = redactEndpoint(pool.name, server=True)
+            if pool.routes:
+                for group in pool.groups:
+                    routed.add_metric([proxy, group.name], group.routed)
             accepted.add_metric([proxy], pool.accepted)
             refused.add_metric([proxy], pool.refused)
             resourceErrors.add_metric([proxy], pool.resourceErrors)
@@ -318,7 +354,7 @@ class _Collector:
                 for name in STATES:
                     state.add_metric(labels + [name], 1 if name == current else 0)
         yield from (accepted, refused, resourceErrors, badHeaders, closedAtAccept, active, bActive,
-                    connected, failed, bytesIn, bytesOut, up, state)
+                    connected, failed, bytesIn, bytesOut, up, state, routed)
 
 
 def serverStatistics(view: StatusView) -> str:
@@ -382,14 +418,24 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
     sections = []
     for proxy in statusDocument(view)["proxies"]:
         rows = []
+        routes = proxy.get("routes")
         for b in proxy["backends"]:
+            route = f'<td class="text route">{e(b["route"])}</td>' if routes else ""
             rows.append(
-                f'<tr class="{e(b["state"])}"><td class="text">{e(b["label"])}</td>'
+                f'<tr class="{e(b["state"])}">{route}<td class="text">{e(b["label"])}</td>'
                 f'<td class="text">{e(b["endpoint"])}</td><td class="state text">{e(b["state"])}</td>'
                 f'<td>{b["weight"]}</td><td>{b["active"]}</td><td>{b["connected"]}</td>'
                 f'<td>{b["failed"]}</td><td>{b["bytes_in"]}</td><td>{b["bytes_out"]}</td>'
                 f'<td class="text">{e(b["last_error"])}</td></tr>'
             )
+        routeText = ""
+        if routes:
+            routeText = "<p>routes: " + "; ".join(
+                f'{e(r["name"])} ({e(", ".join(r["names"]) or "no route matched")}): '
+                f'<b class="route-sessions" data-route="{e(r["name"])}">{r["sessions"]}</b> '
+                "sessions"
+                for r in routes
+            ) + "</p>\n"
         sections.append(
             f'<h2>proxy {e(proxy["name"])}</h2>\n'
             f'<p>listen: {e(", ".join(proxy["listen"]))}; balance: {e(proxy["balance"])}; '
@@ -399,7 +445,10 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
             f'closed for lack of resources <b class="resource-errors">'
             f'{proxy["resource_errors"]}</b>, '
             f'bad PROXY headers <b class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</b></p>\n'
-            f'<table data-proxy="{e(proxy["name"])}"><thead><tr><th>backend</th><th>endpoint</th>'
+            + routeText
+            + f'<table data-proxy="{e(proxy["name"])}"><thead><tr>'
+            + ("<th>route</th>" if routes else "")
+            + "<th>backend</th><th>endpoint</th>"
             "<th>state</th><th>weight</th><th>active</th><th>connected</th><th>failed</th>"
             "<th>bytes in</th><th>bytes out</th><th>last error</th></tr></thead>\n<tbody>"
             + "\n".join(rows)

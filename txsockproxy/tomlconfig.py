@@ -28,6 +28,7 @@ from txsockproxy.config import (
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_ROUTE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
@@ -42,6 +43,7 @@ from txsockproxy.config import (
     ConfigError,
     Problem,
     ProxyConfig,
+    RouteConfig,
     StatusConfig,
 )
 from txsockproxy.endpoints import (
@@ -52,6 +54,7 @@ from txsockproxy.endpoints import (
     originFields,
     resolveFirst,
 )
+from txsockproxy.routes import checkPattern
 from txsockproxy.tlsclient import endpointHost, isTLSEndpoint, readCertificates, readKey
 from txsockproxy.tlsconfig import readListenTLS
 
@@ -353,8 +356,10 @@ _PROXY_KEYS = (
     "tls-verify-client",
     "tls-min-version",
     "backend",
+    "route",
 )
 _TLS_KEYS = ("tls", "tls-ca", "tls-name", "tls-cert", "tls-key", "tls-min-version")
+_ROUTE_KEYS = ("name", "names", "balance", "backend")
 _BACKEND_KEYS = (
     "endpoint",
     "host",
@@ -383,6 +388,15 @@ _TOP_ELSEWHERE.update({key: "a key of [[proxy]]" for key in _PROXY_KEYS if key !
 _BACKEND_ELSEWHERE = {key: _IN_PROXY for key in _PROXY_KEYS if key not in _BACKEND_KEYS}
 _BACKEND_ELSEWHERE["backend"] = "[[proxy.backend]] tables do not nest"
 _PROXY_ELSEWHERE["proxy"] = "[[proxy]] tables do not nest"
+_PROXY_ELSEWHERE["names"] = "a key of [[proxy.route]]"
+_ROUTE_ELSEWHERE = {
+    key: "a key of [[proxy]]: write it before the proxy's first [[proxy.route]]"
+    for key in _PROXY_KEYS if key not in _ROUTE_KEYS and key != "route"
+}
+_ROUTE_ELSEWHERE.update(
+    {key: "a key of [[proxy.route.backend]]" for key in _BACKEND_KEYS if key not in _ROUTE_KEYS}
+)
+_ROUTE_ELSEWHERE["route"] = "[[proxy.route]] tables do not nest"
 
 
 def parseConfig(
@@ -691,10 +705,15 @@ def _buildProxy(
     )
     tls = readListenTLS(raw, path, listen, reader)
 
+    routes, labels = _buildRoutes(raw, path, reader, resolve, balancers, connectTimeout,
+                                  disableTime)
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
     if rawBackends is None:
-        reader.problem(path + ("backend",), "missing: a proxy needs at least one [[proxy.backend]]")
+        if not routes and "route" not in raw:
+            reader.problem(
+                path + ("backend",), "missing: a proxy needs at least one [[proxy.backend]]"
+            )
     elif not isinstance(rawBackends, list) or not rawBackends:
         reader.problem(
             path + ("backend",), "must be a non-empty array of tables ([[proxy.backend]])"
@@ -707,7 +726,10 @@ def _buildProxy(
             )
             if built is not None:
                 backends.append((j, *built))
-        _checkBackendsUnique(reader, path, backends)
+        labels[:0] = _checkBackendsUnique(reader, path, backends)
+    # Labels name backends in the status page and its admin actions: unique
+    # across the whole proxy, routes included.
+    _checkUnique(reader, labels, "backend label")
     return ProxyConfig(
         name=name,
         listen=tuple(listen),
@@ -719,12 +741,112 @@ def _buildProxy(
         clientCongestion=clientCongestion,
         proxyHeaderTimeout=headerTimeout,
         tls=tls,
+        routes=tuple(routes),
     )
+
+
+def _buildRoutes(
+    raw: Mapping[str, Any],
+    path: tuple[Any, ...],
+    reader: _Reader,
+    resolve: Resolver,
+    balancers: frozenset[str],
+    connectTimeout: float,
+    disableTime: float,
+) -> tuple[list[RouteConfig], list[tuple[tuple[Any, ...], tuple[Any, ...], str]]]:
+    """
+    Read a proxy's C{[[proxy.route]]} tables.
+
+    @return: the routes as far as they could be read, and their backends'
+        labels (for L{_checkUnique} across the proxy).
+    """
+    routes: list[RouteConfig] = []
+    labels: list[tuple[tuple[Any, ...], tuple[Any, ...], str]] = []
+    rawRoutes = raw.get("route")
+    if rawRoutes is None:
+        return routes, labels
+    if not isinstance(rawRoutes, list) or not rawRoutes:
+        reader.problem(path + ("route",), "must be a non-empty array of tables ([[proxy.route]])")
+        return routes, labels
+    patterns: dict[str, tuple[Any, ...]] = {}
+    names: list[tuple[tuple[Any, ...], tuple[Any, ...], str]] = []
+    for k, rawRoute in enumerate(rawRoutes):
+        here = path + ("route", k)
+        if not isinstance(rawRoute, dict):
+            reader.problem(here, f"must be a table, not {_tomlType(rawRoute)}")
+            continue
+        reader.unknownKeys(rawRoute, here, _ROUTE_KEYS, _ROUTE_ELSEWHERE)
+        written: list[str] = []
+        rawNames = rawRoute.get("names")
+        if rawNames is None:
+            reader.problem(here + ("names",), 'missing: give server names, e.g. ["example.com", '
+                           '"*.example.com"]')
+        elif not isinstance(rawNames, list) or not rawNames:
+            reader.problem(here + ("names",), "must be a non-empty array of server names")
+        else:
+            for pattern in rawNames:
+                if not isinstance(pattern, str):
+                    reader.problem(here + ("names",), f"must hold strings, not {_tomlType(pattern)}")
+                    continue
+                normal, error = checkPattern(pattern)
+                if error:
+                    reader.problem(here + ("names",), error)
+                elif normal in patterns:
+                    reader.problem(
+                        here + ("names",),
+                        f"duplicate server name {normal!r}: already routed by "
+                        f"{reader.where(patterns[normal])}",
+                    )
+                else:
+                    patterns[normal] = here + ("names",)
+                    written.append(normal)
+        name = reader.string(rawRoute, here, "name")
+        if name is None:
+            name = written[0] if written else ""
+        elif name == DEFAULT_ROUTE:
+            reader.problem(here + ("name",), f"{name!r} names the proxy's own backends: "
+                           "choose another name")
+        names.append((here + ("name",), here, name))
+        balance = reader.string(rawRoute, here, "balance", nonEmpty=False)
+        if balance is None:
+            balance = DEFAULT_BALANCE
+        elif balance not in balancers:
+            reader.problem(here + ("balance",), unknownBalancer(balance, balancers))
+        backends: list[tuple[int, BackendConfig, str]] = []
+        rawBackends = rawRoute.get("backend")
+        if rawBackends is None:
+            reader.problem(
+                here + ("backend",), "missing: a route needs at least one [[proxy.route.backend]]"
+            )
+        elif not isinstance(rawBackends, list) or not rawBackends:
+            reader.problem(
+                here + ("backend",),
+                "must be a non-empty array of tables ([[proxy.route.backend]])",
+            )
+        else:
+            for j, rawBackend in enumerate(rawBackends):
+                built = _buildBackend(
+                    rawBackend, here + ("backend", j), reader, resolve, connectTimeout, disableTime
+                )
+                if built is not None:
+                    backends.append((j, *built))
+            labels.extend(_checkBackendsUnique(reader, here, backends))
+        routes.append(RouteConfig(
+            name=name, names=tuple(written), backends=tuple(b for _, b, _ in backends),
+            balance=balance,
+        ))
+    _checkUnique(reader, names, "route name")
+    return routes, labels
 
 
 def _checkBackendsUnique(
     reader: _Reader, path: tuple[Any, ...], backends: Sequence[tuple[int, BackendConfig, str]]
-) -> None:
+) -> list[tuple[tuple[Any, ...], tuple[Any, ...], str]]:
+    """
+    Report backends that repeat an endpoint of the same group.
+
+    @return: the backends' labels, for L{_checkUnique} across the proxy.
+    """
     # The endpoint string is what identifies a backend to the pool and the
     # balancers; the label is what identifies it to people.
     firstByEndpoint: dict[str, tuple[Any, ...]] = {}
@@ -742,7 +864,7 @@ def _checkBackendsUnique(
         if backend.endpoint:
             firstByEndpoint[backend.endpoint] = here
         labels.append((here + ("label",), here, backend.label))
-    _checkUnique(reader, labels, "backend label")
+    return labels
 
 
 def _buildBackend(

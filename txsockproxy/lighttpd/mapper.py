@@ -11,7 +11,7 @@ rejected. doc/lighttpd-config.md describes the mapping for users.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from twisted.internet.endpoints import quoteStringArgument
@@ -27,6 +27,7 @@ from txsockproxy.config import (
     ConfigError,
     Problem,
     ProxyConfig,
+    RouteConfig,
 )
 from txsockproxy.endpoints import Resolver, backendFromHost, checkEndpoint, originFields
 from txsockproxy.lighttpd.evaluator import (
@@ -41,6 +42,7 @@ from txsockproxy.lighttpd.evaluator import (
     describeValue,
 )
 from txsockproxy.lighttpd.lexer import Pos, problemAt, quoted
+from txsockproxy.routes import checkPattern
 
 # Host options of lighttpd's gw code that mean nothing for a socket proxy
 # (HTTP gateway settings), or only with bin-path (process spawning).
@@ -100,6 +102,10 @@ class _Listen:
     variant: str
 
 
+# The directives a $HTTP["host"] route may set.
+_ROUTE_KEYS = ("sockproxy.server", "sockproxy.balance")
+
+
 @dataclass
 class _Server:
     """
@@ -108,6 +114,11 @@ class _Server:
 
     backends: tuple[BackendConfig, ...]
     idleTimeout: float
+
+
+# What makes sockets one proxy: the same sockproxy.server (by identity), the
+# same balancer and the same routes.
+_Group = tuple[int, str, tuple[RouteConfig, ...]]
 
 
 class Mapper:
@@ -211,9 +222,9 @@ class Mapper:
         modules = self.root.values.get("server.modules")
         if modules is not None:
             self.used.add(id(modules))
-        listens: list[tuple[tuple[int, str], _Listen]] = []
-        order: list[tuple[int, str]] = []
-        proxies: dict[tuple[int, str], tuple[str, _Server, str]] = {}
+        listens: list[tuple[_Group, _Listen]] = []
+        order: list[_Group] = []
+        proxies: dict[_Group, tuple[str, _Server, str, tuple[RouteConfig, ...]]] = {}
         debugLevels: list[tuple[int, Pos]] = []
         for sock in sockets:
             server = self.setting(sock.block, "sockproxy.server")
@@ -230,10 +241,13 @@ class Mapper:
             listen = self.listen(sock)
             if definition is None or balance is None or listen is None:
                 continue
-            group = (id(server), balance)
+            routes = self.routes(sock, server, balance)
+            if routes is None:
+                continue
+            group = (id(server), balance, routes)
             if group not in proxies:
                 order.append(group)
-                proxies[group] = (sock.token, definition, balance)
+                proxies[group] = (sock.token, definition, balance, routes)
             listens.append((group, listen))
         listenByGroup = self.dualStackListeners(listens)
         if served:
@@ -252,13 +266,14 @@ class Mapper:
             raise ConfigError(self.problems)
         result: list[ProxyConfig] = []
         for group in order:
-            name, definition, balance = proxies[group]
+            name, definition, balance, routes = proxies[group]
             result.append(ProxyConfig(
                 name=name,
                 listen=tuple(listenByGroup[group]),
                 backends=definition.backends,
                 balance=balance,
                 idleTimeout=definition.idleTimeout,
+                routes=routes,
             ))
         return Config(
             proxies=tuple(result), debug=debugLevel, source=self.source,
@@ -275,19 +290,25 @@ class Mapper:
             if block is self.root or self.isSocketBlock(block):
                 continue
             assert block.condition is not None
+            hostRoute = self.isHostBlock(block)
             for key, assignment in block.values.items():
                 if not key.startswith("sockproxy."):
                     continue
                 self.used.add(id(assignment))
                 condition = block.condition
-                if condition.isSocket:
+                if hostRoute and key in _ROUTE_KEYS:
+                    continue
+                if hostRoute:
+                    why = (f"inside {condition.text}: only sockproxy.server and "
+                           "sockproxy.balance can be set per server name")
+                elif condition.isSocket:
                     why = ("a $SERVER[\"socket\"] block inside another condition is not "
                            "supported: write it at the top level")
                 elif condition.variable == "HTTP" and condition.field == "host":
-                    why = (f"inside {condition.text}: lighttpd 1.4.83+ picks these backends by "
-                           "the TLS SNI name, which sockproxy does not do per name; "
-                           "use balance \"hash\" with inspect-delay in the native config, or "
-                           "a socket of its own")
+                    why = (f"inside {condition.text}: only $HTTP[\"host\"] == \"name\" and "
+                           "$HTTP[\"host\"] =$ \".domain\", at the top level or directly "
+                           "inside a $SERVER[\"socket\"] block, become routes by TLS server "
+                           "name")
                 else:
                     why = (f"inside {condition.text}: sockproxy honours sockproxy directives "
                            "only globally and directly inside $SERVER[\"socket\"] == \"...\" "
@@ -301,6 +322,86 @@ class Mapper:
                                f"{quoted(block.condition.value)} inside another condition: "
                                "lighttpd would proxy it with the global sockproxy.server; "
                                "sockproxy needs $SERVER[\"socket\"] blocks at the top level")
+
+    def isHostBlock(self, block: Block) -> bool:
+        """
+        Whether C{block} is a C{$HTTP["host"]} condition that becomes a
+        route by TLS server name: C{== "name"} or C{=$ ".domain"}, at the top
+        level or directly inside a top-level C{$SERVER["socket"]} block.
+        """
+        condition = block.condition
+        return (condition is not None and condition.variable == "HTTP"
+                and condition.field == "host" and condition.op in ("==", "=$")
+                and block.parent is not None
+                and (block.parent is self.root or self.isSocketBlock(block.parent)))
+
+    def routes(self, sock: _Socket, server: Assignment, balance: str,
+               ) -> tuple[RouteConfig, ...] | None:
+        """
+        The routes of a socket: its C{$HTTP["host"]} blocks (those at the
+        top level and those inside its own block), each setting its own
+        C{sockproxy.server}, as lighttpd 1.4.83+ chooses backends by the
+        TLS SNI name.
+
+        @return: the routes, or L{None} after an error.
+        """
+        blocks = [b for b in self.ev.blocks.values() if self.isHostBlock(b)
+                  and (b.parent is self.root or b.parent is sock.block)]
+        routes: list[RouteConfig] = []
+        seen: dict[str, Pos] = {}
+        ok = True
+        labels = set()
+        definition = self.server(server)
+        if definition is not None:
+            labels = {b.label for b in definition.backends}
+        for block in blocks:
+            condition = block.condition
+            assert condition is not None
+            assignment = block.values.get("sockproxy.server")
+            if assignment is None:
+                continue
+            written = condition.value if condition.op == "==" else "*" + condition.value
+            if condition.op == "=$" and not condition.value.startswith("."):
+                self.error(condition.pos, '$HTTP["host"]', f"=$ {quoted(condition.value)}: "
+                           "a suffix becomes a route only when it starts with \".\" "
+                           "(=$ \".example.com\" is *.example.com)")
+                ok = False
+                continue
+            pattern, error = checkPattern(written)
+            if error:
+                self.error(condition.pos, '$HTTP["host"]', error)
+                ok = False
+                continue
+            if pattern in seen:
+                self.error(condition.pos, '$HTTP["host"]', f"{quoted(condition.value)}: "
+                           f"server name {pattern!r} is already routed at {seen[pattern]}")
+                ok = False
+                continue
+            seen[pattern] = condition.pos
+            routed = self.server(assignment)
+            routeBalance = (self.balance(block) if "sockproxy.balance" in block.values
+                            else balance)
+            if routed is None or routeBalance is None:
+                ok = False
+                continue
+            backends = []
+            for backend in routed.backends:
+                label = backend.label
+                if label in labels:
+                    # Labels name backends on the status page: one per proxy.
+                    label = f"{label}@{pattern}"
+                    self.notice(assignment.pos, "sockproxy.server", f"host "
+                                f"{quoted(backend.label)} is labelled {quoted(label)}: its "
+                                "label is taken in this proxy")
+                labels.add(label)
+                backends.append(replace(backend, label=label))
+            routes.append(RouteConfig(pattern, (pattern,), tuple(backends), routeBalance))
+        if routes and not self.tls(sock):
+            self.notice(sock.pos, '$HTTP["host"]', f"{quoted(sock.token)} is not TLS: lighttpd "
+                        "chooses by $HTTP[\"host\"] only on TLS sockets; here the server name "
+                        "is read from the client's TLS ClientHello (TLS passthrough), waiting "
+                        "at most 5 s")
+        return tuple(routes) if ok else None
 
     def isSocketBlock(self, block: Block) -> bool:
         return (block.parent is self.root and block.condition is not None
@@ -510,8 +611,8 @@ class Mapper:
         return options
 
     def dualStackListeners(
-        self, listens: Sequence[tuple[tuple[int, str], _Listen]]
-    ) -> dict[tuple[int, str], list[str]]:
+        self, listens: Sequence[tuple[_Group, _Listen]]
+    ) -> dict[_Group, list[str]]:
         """
         The listen endpoints of each proxy.
 
@@ -521,8 +622,8 @@ class Mapper:
         there the IPv4 wildcard listener is left out when the IPv6 one serves
         the same proxy the same way, and is an error otherwise.
         """
-        result: dict[tuple[int, str], list[str]] = {group: [] for group, _ in listens}
-        v6: dict[int, tuple[tuple[int, str], _Listen]] = {}
+        result: dict[_Group, list[str]] = {group: [] for group, _ in listens}
+        v6: dict[int, tuple[_Group, _Listen]] = {}
         if self.dualStack:
             for group, listen in listens:
                 if listen.wildcard == "v6":
