@@ -459,15 +459,27 @@ def fmt(x: Optional[float], nd: int = 0) -> str:
     return f"{x:,.{nd}f}"
 
 
-def ratios(results: dict, key: tuple, ref: tuple) -> Optional[float]:
+def per_cpu(r: dict[str, Any]) -> Optional[float]:
     """
-    Median over rounds of this unit's figure ÷ the reference unit's figure, same round.
+    Work per second of proxy CPU (MB or sessions/connections), L{None} if it failed.
+    """
+    if not r.get("figure") or r.get("proxy_cpu_s", 0) <= 0:
+        return None
+    work = r["bytes"] / 1e6 if "bytes" in r else r["cycles"]
+    return float(work / r["proxy_cpu_s"])
+
+
+def ratios(results: dict, key: tuple, ref: tuple,
+           value: Callable[[dict[str, Any]], Optional[float]] = lambda r: r.get("figure")) -> Optional[float]:
+    """
+    Median over rounds of this unit's value ÷ the reference unit's value, same round.
     """
     out = []
     for rnd in results["rounds"]:
         a, b = rnd.get(key), rnd.get(ref)
-        if a and b and a.get("figure") and b.get("figure"):
-            out.append(a["figure"] / b["figure"])
+        va, vb = (value(a), value(b)) if a and b else (None, None)
+        if va and vb:
+            out.append(va / vb)
     return med(out)
 
 
@@ -490,13 +502,15 @@ def report(results: dict, args: argparse.Namespace) -> str:
         unitname = {"bulk": "MB/s", "handshakes": "sessions/s", "send-proxy": "conn/s"}[scen]
         lines += [f"## {scen}", ""]
         if scen == "send-proxy":
-            lines.append("| proxy | PROXY header | conn/s (median) | min–max | × same proxy without | proxy CPU % | "
-                         "proxy CPU µs/conn | gen CPU % | other cores | headers seen ok |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        else:
-            lines.append(f"| case | proxy | {unitname} (median) | min–max | × nginx | × haproxy | proxy CPU % | "
-                         f"proxy CPU {'s/GB' if scen == 'bulk' else 'µs/session'} | gen CPU % | other cores | negotiated |")
+            lines.append("| proxy | PROXY header | conn/s (median) | min–max | × same proxy without | "
+                         "per CPU s × without | proxy CPU % | proxy CPU µs/conn | gen CPU % | other cores | "
+                         "headers seen ok |")
             lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        else:
+            lines.append(f"| case | proxy | {unitname} (median) | min–max | × nginx | × haproxy | "
+                         f"per CPU s × nginx | proxy CPU % | proxy CPU {'s/GB' if scen == 'bulk' else 'µs/session'} | "
+                         "gen CPU % | other cores | negotiated |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for key in keys:
             _, proxy, case = key
             rs = [rnd[key] for rnd in results["rounds"] if key in rnd]
@@ -516,14 +530,17 @@ def report(results: dict, args: argparse.Namespace) -> str:
                 ok = all(r.get("headers_ok") for r in rs)
                 ref = (scen, proxy, "off")
                 x = "1" if case == "off" else fmt(ratios(results, key, ref), 3)
-                lines.append(f"| {proxy} | {case} | {fmt(m)} | {span} | {x} | {fmt(cpu_pct)} | {perf} | "
+                xc = "1" if case == "off" else fmt(ratios(results, key, ref, per_cpu), 3)
+                lines.append(f"| {proxy} | {case} | {fmt(m)} | {span} | {x} | {xc} | {fmt(cpu_pct)} | {perf} | "
                              f"{fmt(gen_pct)} | {fmt(other, 2)} | {'yes' if ok else 'NO'} |")
             else:
                 tls = next((r.get("tls") for r in rs if r.get("tls")), None)
                 neg = f"{tls['version']} {tls['cipher']} {tls['group']} {tls['signature']}" if tls else "?"
                 xn = ratios(results, key, (scen, "nginx", case))
                 xh = ratios(results, key, (scen, "haproxy", case))
-                lines.append(f"| {case} | {proxy} | {fmt(m)} | {span} | {fmt(xn, 2)} | {fmt(xh, 2)} | {fmt(cpu_pct)} | "
+                xc = ratios(results, key, (scen, "nginx", case), per_cpu)
+                lines.append(f"| {case} | {proxy} | {fmt(m)} | {span} | {fmt(xn, 2)} | {fmt(xh, 2)} | {fmt(xc, 2)} | "
+                             f"{fmt(cpu_pct)} | "
                              f"{perf} | {fmt(gen_pct)} | {fmt(other, 2)} | {neg} |")
         lines.append("")
     if results.get("failures"):
@@ -569,7 +586,16 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for TAG.md and TAG.json")
     ap.add_argument("--tag", default=datetime.date.today().isoformat() + "-tls")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
+    ap.add_argument("--report", metavar="FILE.json", help="only print the report of an earlier run's JSON")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        saved["units"] = [tuple(u) for u in saved["units"]]
+        saved["rounds"] = [{tuple(k.split("|")): v for k, v in r.items()} for r in saved["rounds"]]
+        PIN_OFF = saved["args"].get("no_pin", False)
+        print(report(saved, argparse.Namespace(**saved["args"])))
+        return 0
     args.tree = os.path.abspath(args.tree)
     PIN_OFF = args.no_pin or len(ALL_CPUS) < 2
     scenarios = [s for s in args.scenarios.split(",") if s]
