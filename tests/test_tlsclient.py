@@ -464,6 +464,15 @@ class TLSConfigTests(SynchronousTestCase):
              "write tcp: with tls = true"],
         )
 
+    def test_sendProxyOverTLSString(self) -> None:
+        """
+        C{send-proxy} on a C{tls:} endpoint string is refused: the header
+        would go inside TLS, where servers do not look for it.
+        """
+        [problem] = self.problems('endpoint = "tls:host=10.0.0.2:port=1"\nsend-proxy = "v2"\n')
+        self.assertIn("proxy[0].backend[0].send-proxy: send-proxy with a tls: endpoint", problem)
+        self.assertIn("write a tcp: endpoint with tls = true", problem)
+
     def test_trustRootsFile(self) -> None:
         """
         A C{tls:} string whose C{trustRoots=} names a file says to use

@@ -267,3 +267,41 @@ class TLSBackendIntegrationTests(_IntegrationTestCase):
         The same with the accelerator off (C{accelerator = "off"}).
         """
         self.checkGood("off")
+
+    def test_sendProxyBeforeHandshake(self) -> None:
+        """
+        A TLS backend with C{send-proxy = "v1"} gets the PROXY protocol
+        header first, in clear, then the handshake (as nginx's C{listen ...
+        ssl proxy_protocol} and HAProxy's C{accept-proxy ssl} expect), with
+        the accelerator on and off.
+        """
+        for accelerator in ("auto", "off"):
+            headers: list[bytes] = []
+            context = serverContext(self.ca.issue(), self.tmp)
+            echo = tlsEchoHandler(context)
+
+            def handler(
+                conn: Any, server: Server, headers: list[bytes] = headers, echo: Any = echo
+            ) -> None:
+                header = b""
+                while not header.endswith(b"\r\n") and len(header) < 108:
+                    byte = conn.recv(1)
+                    if not byte:
+                        return
+                    header += byte
+                headers.append(header)
+                echo(conn, server)
+
+            backend = self.startServer(handler)
+            proxy, ports, _ = self.startTLSProxy(
+                [("pp", [self.backendTable(backend, "b", **{"send-proxy": "v1"})])], accelerator
+            )
+            with connect(("127.0.0.1", ports["pp"])) as client:
+                received = exchange(client, b"inside TLS", Deadline(10, "the echo"))
+                self.assertEqual(received, b"inside TLS")
+                port = client.getsockname()[1]
+            self.assertEqual(len(headers), 1)
+            self.assertTrue(
+                headers[0].startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 %d " % port), headers
+            )
+            proxy.stop()

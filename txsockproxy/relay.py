@@ -483,12 +483,15 @@ class BackendFactory(ClientFactory):
     # buildProtocol ignores the address: a connector need not make it.
     wantsAddress = False
 
-    __slots__ = ("session", "done")
+    __slots__ = ("session", "done", "preamble")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, preamble: bytes = b"") -> None:
         self.session = session
         # The connect has succeeded or failed.
         self.done = False
+        # What a TLS backend's endpoint sends before its handshake: the
+        # PROXY protocol header of a send-proxy backend.
+        self.preamble = preamble
 
     def buildProtocol(self, addr: Optional[IAddress]) -> BackendProtocol:
         self.done = True
@@ -676,7 +679,11 @@ class Session:
                 "proxy {proxy}: connecting to {endpoint}",
                 proxy=self.pool.name, endpoint=backend.key,
             )
-        factory = BackendFactory(self)
+        preamble = b""
+        if backend.config.sendProxy and backend.config.tls is not None:
+            # In clear, before the TLS handshake, as servers expect it.
+            preamble = self._proxyHeader(backend.config.sendProxy)
+        factory = BackendFactory(self, preamble)
         connecting = self.factory.relayPath.connect(
             backend.endpoint, factory, backend.config.connectTimeout, backend.congestion
         )
@@ -731,7 +738,7 @@ class Session:
             backend.congestion.apply(bt)
         ct = self.clientTransport
         version = backend.config.sendProxy
-        if version:
+        if version and backend.config.tls is None:
             self.factory.relayPath.write(bt, self._proxyHeader(version))
         if self.held:
             backend.bytesOut += self.heldSize

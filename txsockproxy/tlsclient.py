@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from contextvars import ContextVar
 from typing import Any, Optional
 
 from cryptography import x509
@@ -43,7 +44,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
-from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -195,7 +196,14 @@ class HandshakingEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         attempt = _Attempt(protocolFactory, self.name)
-        connecting = self.wrapped.connect(_HandshakingFactory(attempt))
+        # Bytes to send in clear before the handshake (a PROXY protocol
+        # header): for the PreambleEndpoint under the TLS layer, which the
+        # TLS endpoint connects within this call.
+        token = _preamble.set(getattr(protocolFactory, "preamble", b""))
+        try:
+            connecting = self.wrapped.connect(_HandshakingFactory(attempt))
+        finally:
+            _preamble.reset(token)
         attempt.connecting = connecting
         connecting.addCallbacks(_forget, attempt.connectFailed)
         return attempt.result
@@ -203,6 +211,49 @@ class HandshakingEndpoint:
 
 def _forget(result: object) -> None:
     return None
+
+
+# What HandshakingEndpoint.connect gives the PreambleEndpoint under it.
+_preamble: ContextVar[bytes] = ContextVar("txsockproxy.tlsclient.preamble", default=b"")
+
+
+class _PreambleProtocol(ProtocolWrapper):
+    """
+    Sends the preamble on the bare connection, then hands it to the
+    wrapped (TLS) protocol.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.factory.preamble)  # type: ignore[union-attr]
+        super().connectionMade()
+
+
+class _PreambleFactory(WrappingFactory):
+    protocol = _PreambleProtocol
+    noisy = False
+
+    def __init__(self, wrappedFactory: IProtocolFactory, preamble: bytes) -> None:
+        super().__init__(wrappedFactory)
+        self.preamble = preamble
+
+
+@implementer(IStreamClientEndpoint)
+class PreambleEndpoint:
+    """
+    Connects through C{endpoint}; when a L{HandshakingEndpoint} over it
+    connects for a factory with a C{preamble} (the PROXY protocol header a
+    C{send-proxy} backend is sent), those bytes go first, in clear, before
+    the TLS handshake, as a server that expects both reads them.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        preamble = _preamble.get()
+        if not preamble:
+            return self.endpoint.connect(protocolFactory)
+        return self.endpoint.connect(_PreambleFactory(protocolFactory, preamble))
 
 
 # -- why a handshake failed -------------------------------------------------------
@@ -332,7 +383,9 @@ def backendEndpoint(reactor: Any, config: BackendConfig) -> IStreamClientEndpoin
     """
     endpoint = clientFromString(reactor, config.endpoint)
     if config.tls is not None:
-        endpoint = wrapClientTLS(connectionCreator(config.tls), endpoint, clock=reactor)
+        endpoint = wrapClientTLS(
+            connectionCreator(config.tls), PreambleEndpoint(endpoint), clock=reactor
+        )
         return HandshakingEndpoint(endpoint, config.tls.name)
     if isTLSEndpoint(config.endpoint):
         return HandshakingEndpoint(endpoint)

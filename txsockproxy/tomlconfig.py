@@ -934,6 +934,12 @@ def _buildBackend(
         sendProxy=_sendProxy(reader, raw, path, sendProxy),
         tls=_buildBackendTLS(raw, path, reader, resolved, origin),
     )
+    if backend.sendProxy and resolved and isTLSEndpoint(resolved):
+        reader.problem(
+            path + ("send-proxy" if "send-proxy" in raw else "endpoint",),
+            "send-proxy with a tls: endpoint string would send the header inside TLS; "
+            "write a tcp: endpoint with tls = true (the header then goes first, in clear)",
+        )
     return backend, addressKey or "endpoint"
 
 
