@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import FairBalancer
-from txsockproxy.config import BackendConfig, ProxyConfig, RouteConfig
+from txsockproxy.config import BackendConfig, Protection, ProxyConfig, RouteConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer
 from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
@@ -214,6 +214,8 @@ class Proxy:
         inspectDelay: float = 0.0,
         listen: str = "tcp:8080",
         sendProxy: str = "",
+        protection: Protection = Protection(),
+        backendMax: int = 0,
         routes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
     ) -> None:
         """
@@ -230,6 +232,7 @@ class Proxy:
                 connectTimeout=connectTimeout,
                 disableTime=disableTime,
                 sendProxy=sendProxy,
+                maxConnections=backendMax,
             )
             for i, label in enumerate(allLabels)
         }
@@ -245,6 +248,7 @@ class Proxy:
                 RouteConfig(name, tuple(names), tuple(backendConfigs[x] for x in routed))
                 for name, names, routed in routes
             ),
+            protection=protection,
         )
         self.endpoints = {label: FakeEndpoint() for label in allLabels}
         self.backends = {

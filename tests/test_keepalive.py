@@ -9,7 +9,8 @@ import socket
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import SocketTransport, tcpPair
-from txsockproxy.keepalive import Keepalive
+from txsockproxy.config import KeepaliveConfig
+from txsockproxy.keepalive import applyKeepalive
 
 
 class KeepaliveTests(SynchronousTestCase):
@@ -17,7 +18,7 @@ class KeepaliveTests(SynchronousTestCase):
         ours, peer = tcpPair()
         self.addCleanup(ours.close)
         self.addCleanup(peer.close)
-        self.assertTrue(Keepalive(idle=30, interval=5, count=4).apply(SocketTransport(ours)))
+        self.assertTrue(applyKeepalive(KeepaliveConfig(idle=30, interval=5, count=4), SocketTransport(ours)))
         self.assertEqual(ours.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
         self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 30)
         self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 5)
@@ -31,13 +32,13 @@ class KeepaliveTests(SynchronousTestCase):
         self.addCleanup(ours.close)
         self.addCleanup(peer.close)
         before = ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
-        Keepalive(idle=60).apply(SocketTransport(ours))
+        applyKeepalive(KeepaliveConfig(idle=60), SocketTransport(ours))
         self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), before)
 
     def test_offAndUnix(self) -> None:
-        self.assertFalse(Keepalive())
+        self.assertFalse(applyKeepalive(KeepaliveConfig(), SocketTransport(socket.socket())))
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        self.assertFalse(Keepalive(idle=1).apply(SocketTransport(a)))
-        self.assertFalse(Keepalive(idle=1).apply(object()))
+        self.assertFalse(applyKeepalive(KeepaliveConfig(idle=1), SocketTransport(a)))
+        self.assertFalse(applyKeepalive(KeepaliveConfig(idle=1), object()))

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.addresses import formatAddress
+from txsockproxy.admission import Admission
 from txsockproxy.config import (
     DEFAULT_ROUTE,
     DEFAULT_ROUTE_INSPECT_DELAY,
@@ -71,6 +72,9 @@ class Backend:
         self.lastError = ""
         self.disabledUntil = 0.0
         self.adminState = UP
+        # Sessions closed at the deadline of a drain, and that deadline.
+        self.drainClosed = 0
+        self.drainTimer: Optional[IDelayedCall] = None
         self.route = DEFAULT_ROUTE
 
     def stateAt(self, now: float) -> str:
@@ -88,6 +92,15 @@ class Backend:
         Whether new sessions may be sent to the backend at reactor time C{now}.
         """
         return self.adminState == UP and now >= self.disabledUntil
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether it holds its C{max-connections} sessions: every balancer
+        skips it then.
+        """
+        limit = self.config.maxConnections
+        return bool(limit) and self.active >= limit
 
     def reconfigure(self, config: BackendConfig) -> None:
         """
@@ -162,6 +175,13 @@ class BackendPool:
         self.name = config.name
         self.clock = clock
         self._useGroups(BackendGroup(DEFAULT_ROUTE, backends, balancer), routes)
+        # Access rules, per-client limits and the queue.
+        self.admission = Admission(clock, self.name, config.protection)
+        # The open sessions (a txsockproxy.relay.Sessions), given by the
+        # listeners' factories: a drain's deadline closes those of a backend.
+        self.sessions: Any = None
+        # The last pick found backends up, but all full.
+        self.lastFull = False
         self.accepted = 0
         self.active = 0
         self.refused = 0
@@ -226,6 +246,8 @@ class BackendPool:
         """
         if not self.groupOf(connection).backends:
             return "no route"
+        if self.lastFull:
+            return "all backends full"
         return "all backends down"
 
     @classmethod
@@ -268,7 +290,11 @@ class BackendPool:
             )
             return None
         now = self.clock.seconds()
-        candidates = [b for b in group.backends if b not in exclude and b.availableAt(now)]
+        available = [b for b in group.backends if b not in exclude and b.availableAt(now)]
+        candidates = [b for b in available if not b.full]
+        self.lastFull = bool(available) and not candidates
+        if self.lastFull:
+            return None
         if not candidates:
             if not group.allDown:
                 group.allDown = True
@@ -307,6 +333,7 @@ class BackendPool:
         reloaded. Sessions in flight keep the backend they have.
         """
         self.config = config
+        self.admission.reconfigure(config.protection)
         default = BackendGroup(DEFAULT_ROUTE, backends, balancer)
         default.routed = self.default.routed
         self._useGroups(default, routes)
@@ -387,6 +414,46 @@ class BackendPool:
                 "proxy {proxy}: backend {label} answers again", proxy=self.name,
                 label=backend.label,
             )
+
+    def setAdminState(
+        self, backend: Backend, state: str, drainTimeout: Optional[float] = None
+    ) -> None:
+        """
+        Set what an operator wants of C{backend}: C{"up"}, C{"down"} (no new
+        sessions) or C{"draining"} (no new sessions; those open are closed
+        after C{drainTimeout} seconds, by default the proxy's
+        C{drain-timeout}, if not 0).
+        """
+        backend.adminState = state
+        if backend.drainTimer is not None:
+            if backend.drainTimer.active():
+                backend.drainTimer.cancel()
+            backend.drainTimer = None
+        if state != DRAINING:
+            return
+        if drainTimeout is None:
+            drainTimeout = self.config.protection.drainTimeout
+        if drainTimeout > 0:
+            backend.drainTimer = self.clock.callLater(
+                drainTimeout, self._drainDeadline, backend, drainTimeout
+            )
+
+    def _drainDeadline(self, backend: Backend, seconds: float) -> None:
+        backend.drainTimer = None
+        if backend.adminState != DRAINING or self.sessions is None:
+            return
+        closing = [
+            s for s in list(self.sessions.open)
+            if s.backend is backend and not s.finished
+        ]
+        backend.drainClosed += len(closing)
+        self.log.warn(
+            "proxy {proxy}: backend {label} drained: {count} session(s) still open after "
+            "{seconds:g}s closed",
+            proxy=self.name, label=backend.label, count=len(closing), seconds=seconds,
+        )
+        for session in closing:
+            session.abort("drain deadline")
 
     def released(self, backend: Backend) -> None:
         """

@@ -123,6 +123,19 @@ class BackendTLS:
 
 
 @dataclass(frozen=True)
+class KeepaliveConfig:
+    """
+    TCP keepalive of one side's sockets: probes after C{idle} seconds
+    without a packet, every C{interval} seconds, C{count} unanswered ones
+    end the connection; 0 for the system's value. C{idle} 0: off.
+    """
+
+    idle: float = 0.0
+    interval: float = 0.0
+    count: int = 0
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """
     One backend of a proxy.
@@ -141,6 +154,9 @@ class BackendConfig:
     @ivar sendProxy: the PROXY protocol header sent to it before the
         client's bytes: C{"v1"}, C{"v2"}, or C{""} (none).
     @ivar tls: TLS to the backend over C{endpoint}, or L{None}.
+    @ivar maxConnections: sessions it may hold at once (a full backend is
+        skipped by every balancer); 0: no limit.
+    @ivar keepalive: TCP keepalive of the sockets to it.
     """
 
     endpoint: str
@@ -152,6 +168,8 @@ class BackendConfig:
     congestion: str = AUTO
     sendProxy: str = ""
     tls: BackendTLS | None = None
+    maxConnections: int = 0
+    keepalive: KeepaliveConfig = KeepaliveConfig()
 
 
 # TLS on a proxy's own listeners (the tls-* keys of [[proxy]]): how client
@@ -220,6 +238,44 @@ class RouteConfig:
     balance: str = DEFAULT_BALANCE
 
 
+DEFAULT_QUEUE_TIMEOUT = 10.0
+DEFAULT_CLIENT_IPV6_PREFIX = 64
+
+
+@dataclass(frozen=True)
+class Protection:
+    """
+    What a proxy admits: limits, a queue, client access rules.
+
+    @ivar maxConnections: sessions served at once (connecting or relaying);
+        0: no limit. Beyond it clients wait in the queue.
+    @ivar maxQueue: clients that may wait for a slot; 0: none (a client
+        beyond C{maxConnections} is closed).
+    @ivar queueTimeout: seconds a client may wait in the queue.
+    @ivar clientMaxConnections: sessions one client address may hold; 0: no limit.
+    @ivar clientRate: new connections per second one client address may
+        open (a token bucket); 0: no limit.
+    @ivar clientBurst: how many of those at once after a quiet time.
+    @ivar clientIPv6Prefix: IPv6 clients are counted by network of this
+        many bits.
+    @ivar access: allow/deny rules, in order (see L{txsockproxy.acl}).
+    @ivar drainTimeout: seconds sessions of a draining backend may go on;
+        0: until they end.
+    @ivar clientKeepalive: TCP keepalive of the clients' sockets.
+    """
+
+    maxConnections: int = 0
+    maxQueue: int = 0
+    queueTimeout: float = DEFAULT_QUEUE_TIMEOUT
+    clientMaxConnections: int = 0
+    clientRate: float = 0.0
+    clientBurst: int = 0
+    clientIPv6Prefix: int = DEFAULT_CLIENT_IPV6_PREFIX
+    access: tuple[str, ...] = ()
+    drainTimeout: float = 0.0
+    clientKeepalive: KeepaliveConfig = KeepaliveConfig()
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """
@@ -239,6 +295,7 @@ class ProxyConfig:
         seconds a client has to send its whole header.
     @ivar tls: TLS termination on its listeners that are not C{ssl:}, or
         L{None}.
+    @ivar protection: its limits, queue and access rules.
     @ivar routes: routes by TLS server name to other groups of backends;
         C{backends} (which may then be empty) is the default group.
     """
@@ -254,6 +311,7 @@ class ProxyConfig:
     proxyHeaderTimeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     tls: ListenTLSConfig | None = None
     routes: tuple[RouteConfig, ...] = ()
+    protection: Protection = Protection()
 
 
 # The status site's limits: it shares the relay's descriptors.
@@ -307,6 +365,8 @@ class Config:
     @ivar accelerator: how sessions relay: C{"auto"} (the accelerator where
         it applies), C{"splice"}, C{"copy"}, or C{"off"} (Twisted's public
         API only); see L{txsockproxy.accelerator}.
+    @ivar maxConnections: sessions of all proxies at once; at it, the
+        listeners stop accepting until one ends. 0: no limit.
     """
 
     proxies: tuple[ProxyConfig, ...]
@@ -318,3 +378,4 @@ class Config:
     logFormat: str = "text"
     shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     accelerator: str = "auto"
+    maxConnections: int = 0

@@ -9,49 +9,39 @@ timeout. Off unless configured.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import Any
 
+from txsockproxy.config import KeepaliveConfig
 from txsockproxy.handles import socketOf
 
 
-@dataclass(frozen=True)
-class Keepalive:
+def applyKeepalive(config: KeepaliveConfig, transport: Any) -> bool:
     """
-    Keepalive settings: all three in seconds/probes, or C{idle} 0 for off.
+    Turn keepalive on for the TCP socket under C{transport} with the
+    settings of C{config} (the system's for those left 0); nothing when
+    C{config.idle} is 0.
+
+    @return: whether it was applied (not for unix sockets, or a transport
+        without a socket).
     """
-
-    idle: float = 0.0
-    interval: float = 0.0
-    count: int = 0
-
-    def __bool__(self) -> bool:
-        return self.idle > 0
-
-    def apply(self, transport: Any) -> bool:
-        """
-        Turn keepalive on for the TCP socket under C{transport} with these
-        settings (the system's for those left 0).
-
-        @return: whether it was applied (not for unix sockets, or a
-            transport without a socket).
-        """
-        skt = socketOf(transport)
-        if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
-            return False
-        try:
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for option, value in (
-                ("TCP_KEEPIDLE", self.idle),
-                ("TCP_KEEPINTVL", self.interval),
-                ("TCP_KEEPCNT", self.count),
-            ):
-                number = getattr(socket, option, None)
-                if number is not None and value:
-                    skt.setsockopt(socket.IPPROTO_TCP, number, max(1, int(value)))
-        except OSError:
-            return False
-        return True
+    if config.idle <= 0:
+        return False
+    skt = socketOf(transport)
+    if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            ("TCP_KEEPIDLE", config.idle),
+            ("TCP_KEEPINTVL", config.interval),
+            ("TCP_KEEPCNT", config.count),
+        ):
+            number = getattr(socket, option, None)
+            if number is not None and value:
+                skt.setsockopt(socket.IPPROTO_TCP, number, max(1, int(value)))
+    except OSError:
+        return False
+    return True
 
 
-__all__ = ["Keepalive"]
+__all__ = ["applyKeepalive"]

@@ -116,6 +116,13 @@ def encodeV1(source: IAddress, destination: IAddress) -> bytes:
     C{destination}: C{TCP4}/C{TCP6}, or C{UNKNOWN} when they are not both IP
     (a unix-socket client, as the specification says).
     """
+    if type(source) is IPv4Address and type(destination) is IPv4Address:
+        # The common case, without parsing: the system writes IPv4
+        # addresses in their one form.
+        return b"PROXY TCP4 %s %s %d %d\r\n" % (
+            source.host.encode("ascii"), destination.host.encode("ascii"),
+            source.port, destination.port,
+        )
     pair = _ipPair(source, destination)
     if pair is None:
         return b"PROXY UNKNOWN\r\n"
@@ -148,7 +155,13 @@ def encodeV2(
     C{AUTHORITY} TLV (the server name the client asked for) and a
     C{UNIQUE_ID} TLV (at most 128 bytes) when given.
     """
-    pair = _ipPair(source, destination)
+    if type(source) is IPv4Address and type(destination) is IPv4Address:
+        pair: Optional[tuple[int, bytes, bytes, int, int]] = (
+            4, socket.inet_aton(source.host), socket.inet_aton(destination.host),
+            source.port, destination.port,
+        )
+    else:
+        pair = _ipPair(source, destination)
     if pair is not None:
         version, src, dst, sport, dport = pair
         family = _INET if version == 4 else _INET6

@@ -49,6 +49,7 @@ from txsockproxy.congestion import Congestion
 from txsockproxy.endpoints import isProxyProtocolListen
 from txsockproxy.handles import pendingError
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
+from txsockproxy.keepalive import applyKeepalive
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import HeaderError, ProxyHeader, encodeV1, encodeV2, parseHeader
 from txsockproxy.ratelimit import RateLimitedLog
@@ -281,6 +282,7 @@ class ProxyFactory(ServerFactory):
         when the configuration is reloaded).
         """
         self.pool = pool
+        pool.sessions = self.sessions
         self.idleTimeout = pool.config.idleTimeout
         self.halfClosedTimeout = pool.config.halfClosedTimeout
         # Read again on a reload: the system's algorithm may have changed.
@@ -525,7 +527,8 @@ class Session:
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
-        "handshaking", "joined", "_shut", "_flushed", "serial",
+        "handshaking", "joined", "_shut", "_flushed", "serial", "clientKey", "served",
+        "queueTimer", "waitingBackend",
         "__weakref__",
     )
 
@@ -577,6 +580,13 @@ class Session:
         self._flushed = 0
         # Its number among the proxy's sessions (set when it starts).
         self.serial = 0
+        # Admission (see txsockproxy.admission): what its client is counted
+        # under, whether it holds a slot, its wait in the queue, and
+        # whether it waits there for a backend slot.
+        self.clientKey: Optional[str] = None
+        self.served = False
+        self.queueTimer: Optional[IDelayedCall] = None
+        self.waitingBackend = False
 
     # -- connecting ---------------------------------------------------------
 
@@ -584,9 +594,51 @@ class Session:
         """
         Account for the new client and start connecting to a backend.
         """
-        self.pool.accepted += 1
-        self.pool.active += 1
+        pool = self.pool
+        pool.accepted += 1
+        pool.active += 1
         self.factory.sessions.add(self)
+        admission = pool.admission
+        refusal = admission.admit(self)
+        if refusal is None:
+            entered = admission.enter(self)
+            if entered is None:
+                refusal = "queue full"
+            elif not entered:
+                return  # queued: dequeued() goes on
+        if refusal is not None:
+            self.ended = refusal
+            self.clientTransport.abortConnection()
+            return
+        keepalive = pool.config.protection.clientKeepalive
+        if keepalive.idle:
+            applyKeepalive(keepalive, self.clientTransport)
+        self._begin()
+
+    def dequeued(self) -> None:
+        """
+        Its turn in the queue came: go on where it waited.
+        """
+        if self.clientGone:
+            return
+        if self.waitingBackend:
+            self.waitingBackend = False
+            self._connectNext()
+            return
+        keepalive = self.pool.config.protection.clientKeepalive
+        if keepalive.idle:
+            applyKeepalive(keepalive, self.clientTransport)
+        self._begin()
+
+    def queueTimedOut(self) -> None:
+        """
+        It waited C{queue-timeout} in the queue: close the client.
+        """
+        self.ended = "queue timeout"
+        if not self.clientGone:
+            self.clientTransport.abortConnection()
+
+    def _begin(self) -> None:
         if _reportsHandshake(self.clientTransport):
             # A TLS listener: no backend work before the client's handshake
             # is done (its SNI name is known then, too).
@@ -661,6 +713,15 @@ class Session:
 
     def _connectNext(self) -> None:
         backend = self.pool.pick(self.connection, self.tried)
+        if backend is None and self.pool.lastFull and self.pool.config.protection.maxQueue:
+            # Every backend it may use is full: wait for a slot.
+            waiting = self.pool.admission.waitForBackend(self)
+            if waiting is False:
+                self.waitingBackend = True
+                return
+            self.ended = "queue full"
+            self.clientTransport.abortConnection()
+            return
         if backend is None:
             self.pool.refused += 1
             self.ended = self.pool.whyRefused(self.connection)
@@ -736,14 +797,20 @@ class Session:
         self.backendTransport = bt
         if backend.congestion.name is not None and not getattr(bt, "congestionSet", False):
             backend.congestion.apply(bt)
+        if backend.config.keepalive.idle:
+            applyKeepalive(backend.config.keepalive, bt)
         ct = self.clientTransport
         version = backend.config.sendProxy
+        header = b""
         if version and backend.config.tls is None:
-            self.factory.relayPath.write(bt, self._proxyHeader(version))
+            header = self._proxyHeader(version)
         if self.held:
             backend.bytesOut += self.heldSize
-            self.factory.relayPath.write(bt, b"".join(self.held))
+            # The header and what the client sent meanwhile, in one write.
+            self.factory.relayPath.write(bt, b"".join([header, *self.held]))
             self.heldSize = 0
+        elif header:
+            self.factory.relayPath.write(bt, header)
         self.held = _NOTHING_HELD
         ct.registerProducer(SideProducer(bt, self, False), True)
         if self.clientDone:
@@ -1036,6 +1103,8 @@ class Session:
                     proxy=self.pool.name, client=formatAddress(self.connection.peer),
                     error=_describeTLSError(reason),
                 )
+        if self.queueTimer is not None:
+            self.ended = self.ended or "client left while queued"
         if self.inspecting:
             self.ended = self.ended or "client left while inspecting"
             self.inspecting = False
@@ -1104,6 +1173,7 @@ class Session:
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1
+        self.pool.admission.release(self)
         self.factory.sessions.remove(self)
         # The protocols point back at the session: break those cycles, so that
         # reference counting frees a finished session and its transports at

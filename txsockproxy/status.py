@@ -198,6 +198,8 @@ def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
         "bytes_in": backend.bytesIn,
         "bytes_out": backend.bytesOut,
         "last_error": backend.lastError,
+        "max_connections": backend.config.maxConnections or None,
+        "drain_closed": backend.drainClosed,
     }
 
 
@@ -227,6 +229,18 @@ def _proxyStatus(pool: BackendPool, now: float) -> dict[str, Any]:
         "refused": pool.refused,
         "resource_errors": pool.resourceErrors,
         "bad_proxy_headers": pool.badHeaders,
+        "denied": pool.admission.denied,
+        "client_limited": pool.admission.limited,
+        "serving": pool.admission.serving,
+        "max_connections": pool.config.protection.maxConnections or None,
+        "queue": {
+            "waiting": len(pool.admission.queue),
+            "max_waiting": pool.admission.maxQueued,
+            "limit": pool.config.protection.maxQueue,
+            "total": pool.admission.queuedTotal,
+            "full": pool.admission.queueFull,
+            "timeouts": pool.admission.queueTimeouts,
+        },
         "backends": [backendStatus(b, now) for b in pool.backends],
     }
     if pool.routes:
@@ -290,6 +304,28 @@ class _Collector:
             "malformed header.",
             labels=proxyLabels,
         )
+        denied = CounterMetricFamily(
+            "sockproxy_denied", "Client connections closed by an access rule.",
+            labels=proxyLabels,
+        )
+        limited = CounterMetricFamily(
+            "sockproxy_client_limited",
+            "Client connections closed by a per-client limit (sessions or rate).",
+            labels=proxyLabels,
+        )
+        queueWaiting = GaugeMetricFamily(
+            "sockproxy_queue_waiting", "Clients waiting in the queue now.", labels=proxyLabels
+        )
+        queueRefused = CounterMetricFamily(
+            "sockproxy_queue_refused",
+            "Clients closed because the queue was full or they waited queue-timeout.",
+            labels=proxyLabels + ["why"],
+        )
+        drainClosed = CounterMetricFamily(
+            "sockproxy_backend_drain_closed",
+            "Sessions closed at a draining backend's deadline.",
+            labels=backendLabels,
+        )
         closedAtAccept = CounterMetricFamily(
             "sockproxy_closed_at_accept",
             "Client connections closed at accept by the process for lack of descriptors.",
@@ -341,10 +377,17 @@ class _Collector:
             refused.add_metric([proxy], pool.refused)
             resourceErrors.add_metric([proxy], pool.resourceErrors)
             badHeaders.add_metric([proxy], pool.badHeaders)
+            admission = pool.admission
+            denied.add_metric([proxy], admission.denied)
+            limited.add_metric([proxy], admission.limited)
+            queueWaiting.add_metric([proxy], len(admission.queue))
+            queueRefused.add_metric([proxy, "full"], admission.queueFull)
+            queueRefused.add_metric([proxy, "timeout"], admission.queueTimeouts)
             active.add_metric([proxy], pool.active)
             for b in pool.backends:
                 labels = [proxy, redactEndpoint(b.label)]
                 bActive.add_metric(labels, b.active)
+                drainClosed.add_metric(labels, b.drainClosed)
                 connected.add_metric(labels, b.connected)
                 failed.add_metric(labels, b.failed)
                 bytesIn.add_metric(labels, b.bytesIn)
@@ -353,8 +396,9 @@ class _Collector:
                 up.add_metric(labels, 1 if current == UP else 0)
                 for name in STATES:
                     state.add_metric(labels + [name], 1 if name == current else 0)
-        yield from (accepted, refused, resourceErrors, badHeaders, closedAtAccept, active, bActive,
-                    connected, failed, bytesIn, bytesOut, up, state, routed)
+        yield from (accepted, refused, resourceErrors, badHeaders, denied, limited, queueWaiting,
+                    queueRefused, closedAtAccept, active, bActive, connected, failed, bytesIn,
+                    bytesOut, up, state, routed, drainClosed)
 
 
 def serverStatistics(view: StatusView) -> str:
@@ -444,7 +488,12 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
             f'refused <b class="refused">{proxy["refused"]}</b>, '
             f'closed for lack of resources <b class="resource-errors">'
             f'{proxy["resource_errors"]}</b>, '
-            f'bad PROXY headers <b class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</b></p>\n'
+            f'bad PROXY headers <b class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</b>, '
+            f'denied <b class="denied">{proxy["denied"]}</b>, '
+            f'client-limited <b class="client-limited">{proxy["client_limited"]}</b>; '
+            f'queue <b class="queue">{proxy["queue"]["waiting"]}</b> waiting '
+            f'(max {proxy["queue"]["max_waiting"]}, full {proxy["queue"]["full"]}, '
+            f'timed out {proxy["queue"]["timeouts"]})</p>\n'
             + routeText
             + f'<table data-proxy="{e(proxy["name"])}"><thead><tr>'
             + ("<th>route</th>" if routes else "")
@@ -652,10 +701,25 @@ class _Admin(Resource):
                 request, 404, "proxy {proxy!r} has no backend {label!r}",
                 {"error": f"proxy {proxyName!r} has no backend {label!r}"},
                 proxy=proxyName[:200], label=label[:200])
-        backend.adminState = ACTIONS[action]
+        timeout: Optional[float] = None
+        raw = (request.args or {}).get(b"timeout")
+        if raw:
+            text = raw[0].decode("latin-1")[:30]
+            try:
+                timeout = float(text)
+                if not (timeout >= 0 and timeout < 1e9):
+                    raise ValueError(text)
+            except ValueError:
+                return self._refuse(request, 400, "bad timeout {value!r}", {
+                    "error": "timeout must be a number of seconds, 0 or more"}, value=text)
+            if action != "drain":
+                return self._refuse(request, 400, "timeout with {action!r}", {
+                    "error": "timeout applies to drain only"}, action=action)
+        pool.setAdminState(backend, ACTIONS[action], timeout)
         self.log.info(
-            "status: {client} set backend {label} of proxy {proxy} to {state}",
+            "status: {client} set backend {label} of proxy {proxy} to {state}{deadline}",
             client=who, label=label, proxy=proxyName, state=backend.adminState,
+            deadline="" if timeout is None else f" (sessions closed after {timeout:g}s)",
         )
         return self._reply(request, 200, backendStatus(backend, self._view.clock.seconds()))
 

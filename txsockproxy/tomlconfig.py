@@ -41,6 +41,7 @@ from txsockproxy.config import (
     BackendTLS,
     Config,
     ConfigError,
+    KeepaliveConfig,
     Problem,
     ProxyConfig,
     RouteConfig,
@@ -53,6 +54,13 @@ from txsockproxy.endpoints import (
     listenKey,
     originFields,
     resolveFirst,
+)
+from txsockproxy.protectionconfig import (
+    BACKEND_PROTECTION_KEYS,
+    PROTECTION_KEYS,
+    readBackendProtection,
+    readKeepalive,
+    readProtection,
 )
 from txsockproxy.routes import checkPattern
 from txsockproxy.tlsclient import endpointHost, isTLSEndpoint, readCertificates, readKey
@@ -335,6 +343,7 @@ def _tomlType(value: object) -> str:
 
 _TOP_KEYS = (
     "debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout", "accelerator",
+    "max-connections",
 )
 _STATUS_KEYS = (
     "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
@@ -351,6 +360,7 @@ _PROXY_KEYS = (
     "client-congestion",
     "send-proxy",
     "proxy-header-timeout",
+    *PROTECTION_KEYS,
     "tls-certificates",
     "tls-client-ca",
     "tls-verify-client",
@@ -371,6 +381,7 @@ _BACKEND_KEYS = (
     "connect-timeout",
     "congestion",
     "send-proxy",
+    *BACKEND_PROTECTION_KEYS,
     *_TLS_KEYS,
 )
 
@@ -460,6 +471,7 @@ def _buildConfig(
     if logFormat not in LOG_FORMATS:
         reader.problem(("log-format",), f"must be \"text\" or \"json\", not {logFormat!r}")
     shutdownTimeout = reader.seconds(data, (), "shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+    maxConnections = reader.integer(data, (), "max-connections", 0) or 0
     accelerator = reader.string(data, (), "accelerator") or "auto"
     if accelerator not in ACCELERATOR_SETTINGS:
         reader.problem(
@@ -510,7 +522,7 @@ def _buildConfig(
         proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
         status=status, sessionLog=sessionLog, logFormat=logFormat,
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
-        notices=tuple(reader.notices),
+        notices=tuple(reader.notices), maxConnections=maxConnections,
     )
 
 
@@ -704,9 +716,11 @@ def _buildProxy(
         raw, path, "proxy-header-timeout", DEFAULT_PROXY_HEADER_TIMEOUT, positive=True
     )
     tls = readListenTLS(raw, path, listen, reader)
+    protection = readProtection(raw, path, reader)
+    backendKeepalive = readKeepalive(raw, path, "backend-keepalive", reader)
 
     routes, labels = _buildRoutes(raw, path, reader, resolve, balancers, connectTimeout,
-                                  disableTime)
+                                  disableTime, sendProxy=sendProxy, keepalive=backendKeepalive)
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
     if rawBackends is None:
@@ -722,7 +736,7 @@ def _buildProxy(
         for j, rawBackend in enumerate(rawBackends):
             built = _buildBackend(
                 rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime,
-                sendProxy=sendProxy,
+                sendProxy=sendProxy, keepalive=backendKeepalive,
             )
             if built is not None:
                 backends.append((j, *built))
@@ -742,6 +756,7 @@ def _buildProxy(
         proxyHeaderTimeout=headerTimeout,
         tls=tls,
         routes=tuple(routes),
+        protection=protection,
     )
 
 
@@ -753,6 +768,8 @@ def _buildRoutes(
     balancers: frozenset[str],
     connectTimeout: float,
     disableTime: float,
+    sendProxy: str = "",
+    keepalive: KeepaliveConfig = KeepaliveConfig(),
 ) -> tuple[list[RouteConfig], list[tuple[tuple[Any, ...], tuple[Any, ...], str]]]:
     """
     Read a proxy's C{[[proxy.route]]} tables.
@@ -826,7 +843,8 @@ def _buildRoutes(
         else:
             for j, rawBackend in enumerate(rawBackends):
                 built = _buildBackend(
-                    rawBackend, here + ("backend", j), reader, resolve, connectTimeout, disableTime
+                    rawBackend, here + ("backend", j), reader, resolve, connectTimeout, disableTime,
+                    sendProxy=sendProxy, keepalive=keepalive,
                 )
                 if built is not None:
                     backends.append((j, *built))
@@ -875,6 +893,7 @@ def _buildBackend(
     connectTimeout: float,
     disableTime: float,
     sendProxy: str = "",
+    keepalive: KeepaliveConfig = KeepaliveConfig(),
 ) -> tuple[BackendConfig, str] | None:
     """
     Read one C{[[proxy.backend]]} table.
@@ -921,6 +940,7 @@ def _buildBackend(
                     resolved = derived
     label = reader.string(raw, path, "label")
     weight = reader.integer(raw, path, "weight", 1)
+    maxConnections, backendKeepalive = readBackendProtection(raw, path, reader, keepalive)
     ct = reader.seconds(raw, path, "connect-timeout", connectTimeout, positive=True)
     dt = reader.seconds(raw, path, "disable-time", disableTime)
     backend = BackendConfig(
@@ -933,6 +953,8 @@ def _buildBackend(
         congestion=reader.congestion(raw, path, "congestion"),
         sendProxy=_sendProxy(reader, raw, path, sendProxy),
         tls=_buildBackendTLS(raw, path, reader, resolved, origin),
+        maxConnections=maxConnections,
+        keepalive=backendKeepalive,
     )
     if backend.sendProxy and resolved and isTLSEndpoint(resolved):
         reader.problem(

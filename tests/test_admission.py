@@ -1,0 +1,223 @@
+"""
+Tests for what a proxy admits (L{txsockproxy.admission}) through sessions
+on fakes and a L{Clock}: access rules, per-client limits, the proxy's
+limit and queue, backends' limits.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import Proxy, lost
+from txsockproxy.config import Protection
+
+
+def ip(host: str, port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+class AccessTests(SynchronousTestCase):
+    def test_deniedBeforeBackendWork(self) -> None:
+        """
+        A client an access rule denies is closed (reset) at once: nothing is
+        connected, it is counted and logged, and its session says why.
+        """
+        proxy = Proxy(protection=Protection(access=("allow 10.0.0.0/8", "deny all")))
+        with capturedLogs() as events:
+            client, ct = proxy.accept(ip("192.0.2.1"))
+        self.assertTrue(ct.aborted)
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        self.assertEqual(proxy.pool.admission.denied, 1)
+        self.assertEqual(client.session.ended, "denied")  # type: ignore[union-attr]
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["proxy test: refusing 192.0.2.1:40000: denied by access rule 'deny all'"],
+        )
+        allowed, act = proxy.accept(ip("10.1.2.3"))
+        self.assertFalse(act.aborted)
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+
+    def test_floodLoggedAtBoundedRate(self) -> None:
+        proxy = Proxy(protection=Protection(access=("deny all",)))
+        with capturedLogs() as events:
+            for i in range(500):
+                proxy.accept(ip("192.0.2.1", 1000 + i))
+        self.assertEqual(proxy.pool.admission.denied, 500)
+        self.assertLessEqual(len(events), 11)
+
+
+class ClientLimitTests(SynchronousTestCase):
+    def test_concurrent(self) -> None:
+        """
+        A client holding C{client-max-connections} sessions is refused
+        another; others are not; when one of its sessions ends it may open
+        one again.
+        """
+        proxy = Proxy(protection=Protection(clientMaxConnections=2))
+        first, _ = proxy.accept(ip("192.0.2.1", 1))
+        proxy.accept(ip("192.0.2.1", 2))
+        third, tt = proxy.accept(ip("192.0.2.1", 3))
+        self.assertTrue(tt.aborted)
+        self.assertEqual(third.session.ended, "client limit")  # type: ignore[union-attr]
+        third.connectionLost(lost(clean=False))
+        _, other = proxy.accept(ip("192.0.2.2"))
+        self.assertFalse(other.aborted)
+        first.connectionLost(lost(clean=False))
+        _, again = proxy.accept(ip("192.0.2.1", 4))
+        self.assertFalse(again.aborted)
+        self.assertEqual(proxy.pool.admission.limited, 1)
+
+    def test_rate(self) -> None:
+        """
+        New connections per second per client: a burst passes, then the
+        client waits for its bucket to refill.
+        """
+        proxy = Proxy(protection=Protection(clientRate=2, clientBurst=2))
+        results = [proxy.accept(ip("192.0.2.1", i))[1].aborted for i in range(3)]
+        self.assertEqual(results, [False, False, True])
+        proxy.clock.advance(0.5)
+        self.assertFalse(proxy.accept(ip("192.0.2.1", 9))[1].aborted)
+
+
+class QueueTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proxy = Proxy(
+            labels=("a",),
+            protection=Protection(maxConnections=1, maxQueue=2, queueTimeout=5),
+        )
+        self.attempts = self.proxy.endpoints["a"].attempts
+
+    def test_arrivalOrder(self) -> None:
+        """
+        Beyond C{max-connections} clients wait, and are served in arrival
+        order as sessions end; beyond C{max-queue} they are closed.
+        """
+        first, _ = self.proxy.accept(ip("192.0.2.1"))
+        second, _ = self.proxy.accept(ip("192.0.2.2"))
+        third, _ = self.proxy.accept(ip("192.0.2.3"))
+        fourth, ft = self.proxy.accept(ip("192.0.2.4"))
+        self.assertEqual(len(self.attempts), 1)
+        self.assertTrue(ft.aborted)
+        self.assertEqual(fourth.session.ended, "queue full")  # type: ignore[union-attr]
+        admission = self.proxy.pool.admission
+        self.assertEqual((len(admission.queue), admission.queueFull), (2, 1))
+        second.dataReceived(b"held while queued")
+        backend, _ = self.proxy.endpoints["a"].succeed()
+        first.connectionLost(lost())
+        backend.connectionLost(lost())
+        self.assertEqual(len(self.attempts), 2)
+        _, bt = self.proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"held while queued")
+        self.assertEqual(len(admission.queue), 1)
+        self.assertIs(admission.queue[0], third.session)
+
+    def test_timeout(self) -> None:
+        """
+        A client that waits C{queue-timeout} is closed and counted; the
+        others keep their place.
+        """
+        self.proxy.accept(ip("192.0.2.1"))
+        second, st = self.proxy.accept(ip("192.0.2.2"))
+        self.proxy.clock.advance(4)
+        third, tt = self.proxy.accept(ip("192.0.2.3"))
+        self.proxy.clock.advance(1)
+        self.assertTrue(st.aborted)
+        self.assertFalse(tt.aborted)
+        self.assertEqual(second.session.ended, "queue timeout")  # type: ignore[union-attr]
+        self.assertEqual(self.proxy.pool.admission.queueTimeouts, 1)
+
+    def test_clientLeavesQueue(self) -> None:
+        """
+        A client that leaves while queued gives its place up.
+        """
+        self.proxy.accept(ip("192.0.2.1"))
+        second, _ = self.proxy.accept(ip("192.0.2.2"))
+        session = second.session
+        assert session is not None
+        second.connectionLost(lost(clean=False))
+        self.assertEqual(len(self.proxy.pool.admission.queue), 0)
+        self.assertTrue(session.finished)
+        self.assertEqual(session.ended, "client left while queued")
+        self.assertEqual(self.proxy.pool.active, 1)
+
+
+class BackendLimitTests(SynchronousTestCase):
+    def test_fullSkipped(self) -> None:
+        """
+        A backend at its C{max-connections} is skipped; when all are full a
+        client is refused ("all backends full") without a queue.
+        """
+        proxy = Proxy(backendMax=1)
+        proxy.accept(ip("192.0.2.1"))
+        proxy.accept(ip("192.0.2.2"))
+        self.assertEqual(
+            (len(proxy.endpoints["a"].attempts), len(proxy.endpoints["b"].attempts)), (1, 1)
+        )
+        third, tt = proxy.accept(ip("192.0.2.3"))
+        self.assertTrue(tt.disconnecting or tt.aborted)
+        self.assertEqual(third.session.ended, "all backends full")  # type: ignore[union-attr]
+
+    def test_waitsForBackendSlot(self) -> None:
+        """
+        With a queue, a client that finds every backend full waits at the
+        head of the queue and is connected when a backend slot frees.
+        """
+        proxy = Proxy(
+            labels=("a",), backendMax=1,
+            protection=Protection(maxConnections=10, maxQueue=5),
+        )
+        first, _ = proxy.accept(ip("192.0.2.1"))
+        backend, _ = proxy.endpoints["a"].succeed()
+        waiting, wt = proxy.accept(ip("192.0.2.2"))
+        self.assertFalse(wt.aborted)
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+        self.assertEqual(len(proxy.pool.admission.queue), 1)
+        first.connectionLost(lost())
+        backend.connectionLost(lost())
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 2)
+        self.assertEqual(len(proxy.pool.admission.queue), 0)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_deadline(self) -> None:
+        """
+        Sessions still open on a draining backend at C{drain-timeout} are
+        closed (reset), counted and logged; the other backend's are not.
+        """
+        proxy = Proxy(protection=Protection(drainTimeout=30))
+        _, ct1 = proxy.accept(ip("192.0.2.1"))
+        proxy.endpoints["a"].succeed()
+        _, ct2 = proxy.accept(ip("192.0.2.2"))
+        proxy.endpoints["b"].succeed()
+        a = proxy.backends["a"]
+        proxy.pool.setAdminState(a, "draining")
+        proxy.clock.advance(29)
+        self.assertFalse(ct1.aborted)
+        with capturedLogs() as events:
+            proxy.clock.advance(1)
+        self.assertTrue(ct1.aborted)
+        self.assertFalse(ct2.aborted)
+        self.assertEqual(a.drainClosed, 1)
+        self.assertIn("backend a drained: 1 session(s) still open after 30s closed",
+                      formatEvent(events[0]))
+
+    def test_explicitDeadlineAndCancel(self) -> None:
+        """
+        A deadline given with the drain replaces the proxy's; enabling the
+        backend again cancels it; without either, drain waits for ever.
+        """
+        proxy = Proxy(labels=("a",))
+        _, ct = proxy.accept(ip("192.0.2.1"))
+        proxy.endpoints["a"].succeed()
+        a = proxy.backends["a"]
+        proxy.pool.setAdminState(a, "draining")
+        self.assertIsNone(a.drainTimer)
+        proxy.pool.setAdminState(a, "draining", 5)
+        proxy.pool.setAdminState(a, "up")
+        proxy.clock.advance(10)
+        self.assertFalse(ct.aborted)
+        proxy.pool.setAdminState(a, "draining", 5)
+        proxy.clock.advance(5)
+        self.assertTrue(ct.aborted)
