@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeResolver, certificate
+from tests.tls_support import issue
 from txsockproxy import tap
 from txsockproxy.config import (
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -323,13 +323,17 @@ class FixtureTests(LighttpdTestCase):
     def test_tls(self) -> None:
         """
         C{ssl.engine} with C{ssl.pemfile} on a sockproxy socket terminates
-        TLS: the listener is an C{ssl:} endpoint using the pemfile's
-        certificate and key.
+        TLS: the listener is a C{tcp:} endpoint of a proxy whose
+        C{tls-certificates} is the pemfile, as certificate and as key.
         """
-        self.assertEqual(self.proxy("tls").listen, (
-            f"ssl:{self.ports['tls']}:interface=127.0.0.1:privateKey="
-            + quoteStringArgument(f"{self.dir}/server.pem"),
-        ))
+        proxy = self.proxy("tls")
+        pem = f"{self.dir}/server.pem"
+        self.assertEqual(proxy.listen, (f"tcp:{self.ports['tls']}:interface=127.0.0.1",))
+        assert proxy.tls is not None
+        self.assertEqual([(c.cert, c.key, c.names) for c in proxy.tls.certificates],
+                         [(pem, pem, ("localhost",))])
+        self.assertEqual((proxy.tls.clientCA, proxy.tls.verifyClient, proxy.tls.minVersion),
+                         ("", "off", "1.2"))
 
     def test_debugIsTheHighest(self) -> None:
         """
@@ -859,27 +863,223 @@ class SocketTests(LighttpdTestCase):
 
     def test_tls(self) -> None:
         """
-        C{ssl.pemfile} may be inherited from the global scope, C{ssl.privkey}
-        names a separate key and C{ssl.dh-file} DH parameters.
+        C{ssl.pemfile} may be inherited from the global scope; C{ssl.privkey}
+        names a separate key; C{ssl.dh-file} is not used, and said so.
         """
         d = self.tempdir()
         pem = os.path.join(d, "server.pem")
         with open(pem, "wb") as f:
             f.write(certificate())
+        cert, key = issue(("proxy.example",)).write(d, "proxy")
         head = f'ssl.pemfile = "{pem}"\n'
         config = parse(sockproxy(ONE_HOST + '\nssl.engine = "enable"', ":443", head))
-        self.assertEqual(self.only(config).listen,
-                         (f"ssl:443:privateKey={quoteStringArgument(pem)}",))
-        config = parse(sockproxy(ONE_HOST + f'\nssl.engine = "enable"\nssl.privkey = "{pem}"'
-                                 f'\nssl.pemfile = "{pem}"', "[::1]:443"))
-        self.assertEqual(self.only(config).listen, (
-            f"ssl:443:interface=\\:\\:1:privateKey={quoteStringArgument(pem)}"
-            f":certKey={quoteStringArgument(pem)}",))
+        proxy = self.only(config)
+        self.assertEqual(proxy.listen, ("tcp:443",))
+        assert proxy.tls is not None
+        self.assertEqual([(c.cert, c.key) for c in proxy.tls.certificates], [(pem, pem)])
+        config = parse(sockproxy(ONE_HOST + f'\nssl.engine = "enable"\nssl.privkey = "{key}"'
+                                 f'\nssl.pemfile = "{cert}"\nssl.dh-file = "/x/dh.pem"',
+                                 "[::1]:443"))
+        proxy = self.only(config)
+        self.assertEqual(proxy.listen, ("tcp6:443:interface=\\:\\:1",))
+        assert proxy.tls is not None
+        self.assertEqual([(c.cert, c.key, c.names) for c in proxy.tls.certificates],
+                         [(cert, key, ("proxy.example",))])
+        self.assertIn(f"{SOURCE}:7: ssl.dh-file: not used: sockproxy's TLS uses ECDHE key "
+                      "exchange, not DHE", config.notices)
+
+    def writeCA(self) -> tuple[str, str, str]:
+        """
+        A pemfile and a client CA file in a new directory.
+
+        @return: the pemfile, the CA file and another CA file.
+        """
+        d = self.tempdir()
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        ca, _ = issue(("Clients CA",), authority=True).write(d, "ca")
+        other, _ = issue(("Other CA",), authority=True).write(d, "other")
+        return pem, ca, other
+
+    def verifying(self, pem: str, lines: str) -> str:
+        """
+        A config of one TLS socket with C{pem} and the directives C{lines}.
+        """
+        return sockproxy(ONE_HOST + f'\nssl.engine = "enable"\nssl.pemfile = "{pem}"\n'
+                         + lines)
+
+    def test_clientVerification(self) -> None:
+        """
+        C{ssl.verifyclient.activate} with C{ssl.ca-file} requires a client
+        certificate that chains to the CA file's authorities, as lighttpd's
+        default C{ssl.verifyclient.enforce} does.
+        """
+        pem, ca, _ = self.writeCA()
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"\n'
+                                           'ssl.verifyclient.activate = "enable"'))
+        tls = self.only(config).tls
+        assert tls is not None
+        with open(ca, "rb") as f:
+            self.assertEqual((tls.clientCA, tls.clientCAPEM, tls.verifyClient),
+                             (ca, f.read(), "required"))
+        self.assertNotIn("ssl.ca-file", "".join(config.notices))
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"\n'
+                                           'ssl.verifyclient.activate = "enable"\n'
+                                           'ssl.verifyclient.enforce = "enable"\n'
+                                           'ssl.verifyclient.depth = 10'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual(tls.verifyClient, "required")
+        self.assertFalse([n for n in config.notices if "ssl.verifyclient" in n], config.notices)
+
+    def test_clientVerificationOptional(self) -> None:
+        """
+        With C{ssl.verifyclient.enforce} disabled a client certificate is
+        optional; a notice says that one that does not verify is refused
+        (lighttpd accepts it).
+        """
+        pem, ca, _ = self.writeCA()
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"\n'
+                                           'ssl.verifyclient.activate = "enable"\n'
+                                           'ssl.verifyclient.enforce = "disable"'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual(tls.verifyClient, "optional")
+        self.assertIn(f"{SOURCE}:8: ssl.verifyclient.enforce: disabled: a client without a "
+                      "certificate is accepted, but one whose certificate does not verify is "
+                      "refused (lighttpd accepts it, and tells only HTTP backends, which a "
+                      "socket proxy has not)", config.notices)
+
+    def test_clientVerificationCAFile(self) -> None:
+        """
+        C{ssl.verifyclient.ca-file} names the authorities before
+        C{ssl.ca-file}; without C{ssl.verifyclient.activate} neither is
+        used, and C{ssl.ca-file} is listed as ignored.
+        """
+        pem, ca, other = self.writeCA()
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{other}"\n'
+                                           f'ssl.verifyclient.ca-file = "{ca}"\n'
+                                           'ssl.verifyclient.activate = "enable"'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual(tls.clientCA, ca)
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual((tls.clientCA, tls.verifyClient), ("", "off"))
+        self.assertIn(f"{SOURCE}: ignored, not used by sockproxy: ssl.ca-file", config.notices)
+
+    def test_clientVerificationErrors(self) -> None:
+        """
+        Client verification without a CA file, with one that holds no
+        certificate, with revocation lists, issuer names or a depth below
+        lighttpd's default is a one-line error at the directive.
+        """
+        pem, ca, _ = self.writeCA()
+        activate = 'ssl.verifyclient.activate = "enable"'
+        self.assertProblem(
+            self.verifying(pem, activate),
+            f"{SOURCE}:6: ssl.verifyclient.activate: needs ssl.ca-file (or "
+            "ssl.verifyclient.ca-file): the authorities clients' certificates must chain to "
+            "(column 1)",
+        )
+        self.assertProblem(
+            self.verifying(pem, f'ssl.ca-file = "{pem}.missing"\n' + activate),
+            f"{SOURCE}:6: ssl.ca-file: cannot read '{pem}.missing': No such file or "
+            "directory (column 1)",
+        )
+        self.assertProblem(
+            self.verifying(pem, f'ssl.verifyclient.ca-file = "{ca}"\n' + activate
+                           + '\nssl.verifyclient.ca-crl-file = "/x/crl.pem"'),
+            f"{SOURCE}:8: ssl.verifyclient.ca-crl-file: revocation lists are not supported "
+            "(revoked certificates would be accepted) (column 1)",
+        )
+        self.assertProblem(
+            self.verifying(pem, f'ssl.ca-file = "{ca}"\n' + activate
+                           + '\nssl.ca-dn-file = "/x/dn.pem"'),
+            f"{SOURCE}:8: ssl.ca-dn-file: limiting the issuers by name is not supported: put "
+            "only the authorities to accept in ssl.ca-file (column 1)",
+        )
+        self.assertProblem(
+            self.verifying(pem, f'ssl.ca-file = "{ca}"\n' + activate
+                           + '\nssl.verifyclient.depth = 1'),
+            f"{SOURCE}:8: ssl.verifyclient.depth: 1: a limit below 9 (lighttpd's default) is "
+            "not supported: sockproxy accepts a client's chain of up to 10 certificates above "
+            "its own (column 1)",
+        )
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"\n' + activate
+                                      + '\nssl.verifyclient.depth = 9'))
+        self.assertIn(f"{SOURCE}:8: ssl.verifyclient.depth: 9: sockproxy accepts a client's "
+                      "chain of up to 10 certificates above its own, as "
+                      "ssl.verifyclient.depth = 10 does", config.notices)
+
+    def test_minProtocol(self) -> None:
+        """
+        C{ssl.openssl.ssl-conf-cmd}'s C{MinProtocol} C{TLSv1.3} becomes
+        C{tls-min-version = "1.3"}; older versions are TLS 1.2, said so;
+        other commands are ignored, said so.
+        """
+        d = self.tempdir()
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        config = parse(self.verifying(pem, 'ssl.openssl.ssl-conf-cmd = ( "MinProtocol" => '
+                                           '"TLSv1.3", "CipherString" => "HIGH" )'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual(tls.minVersion, "1.3")
+        self.assertIn(f"{SOURCE}:6: ssl.openssl.ssl-conf-cmd: only MinProtocol is used; "
+                      "ignored: CipherString (sockproxy's TLS defaults apply)", config.notices)
+        config = parse(self.verifying(pem, 'ssl.openssl.ssl-conf-cmd = ( "MinProtocol" => '
+                                           '"TLSv1" )'))
+        tls = self.only(config).tls
+        assert tls is not None
+        self.assertEqual(tls.minVersion, "1.2")
+        self.assertIn(f'{SOURCE}:6: ssl.openssl.ssl-conf-cmd: MinProtocol "TLSv1": sockproxy '
+                      "accepts TLS 1.2 and 1.3 only", config.notices)
+
+    def test_tlsAndPlainSockets(self) -> None:
+        """
+        A TLS socket and a plain one with the same C{sockproxy.server} are
+        two proxies (TLS termination is a proxy's), said so.
+        """
+        d = self.tempdir()
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
+        text = ('server.modules = ( "mod_sockproxy" )\n' + ONE_HOST + "\n"
+                'server.bind = "127.0.0.1"\nserver.port = 8080\n'
+                '$SERVER["socket"] == "127.0.0.1:8443" {\n'
+                f'ssl.engine = "enable"\nssl.pemfile = "{pem}"\n}}\n')
+        config = parse(text)
+        self.assertEqual([(p.name, p.listen, p.tls is not None) for p in config.proxies],
+                         [("127.0.0.1:8080", ("tcp:8080:interface=127.0.0.1",), False),
+                          ("127.0.0.1:8443", ("tcp:8443:interface=127.0.0.1",), True)])
+        self.assertIn(f'{SOURCE}:5: sockproxy.server: "127.0.0.1:8443" and "127.0.0.1:8080" '
+                      "share it, but only one terminates TLS: they are two proxies, each "
+                      "balancing on its own", config.notices)
+
+    def test_tlsPrintedAsToml(self) -> None:
+        """
+        A TLS socket with client verification prints as the native keys
+        (C{--print-toml}), which load back to the same config.
+        """
+        pem, ca, _ = self.writeCA()
+        config = parse(self.verifying(pem, f'ssl.ca-file = "{ca}"\n'
+                                           'ssl.verifyclient.activate = "enable"\n'
+                                           'ssl.verifyclient.enforce = "disable"'))
+        text = renderToml(config)
+        self.assertIn(f"tls-certificates = [{{cert = {tomlString(pem)}, key = "
+                      f"{tomlString(pem)}}}]\ntls-client-ca = {tomlString(ca)}\n"
+                      'tls-verify-client = "optional"\n', text)
+        again = parseConfig(text, "printed.toml", FakeResolver(), BALANCERS)
+        self.assertEqual(again.proxies, config.proxies)
 
     def test_tlsErrors(self) -> None:
         """
         TLS without a pemfile, with a missing one, on a unix socket, or with
-        client certificates is an error.
+        a missing key file is an error.
         """
         self.assertProblem(
             sockproxy(ONE_HOST + '\nssl.engine = "enable"'),
@@ -888,20 +1088,23 @@ class SocketTests(LighttpdTestCase):
         )
         self.assertProblem(
             sockproxy(ONE_HOST + '\nssl.engine = "enable"\nssl.pemfile = "/nonexistent.pem"'),
-            f"{SOURCE}:5: ssl.pemfile: bad server endpoint "
-            "'ssl:8080:interface=127.0.0.1:privateKey=/nonexistent.pem': [Errno 2] No such file "
-            "or directory: '/nonexistent.pem' (column 1)",
+            f"{SOURCE}:5: ssl.pemfile: cannot read '/nonexistent.pem': No such file or "
+            "directory (column 1)",
         )
         self.assertProblem(
             sockproxy(ONE_HOST + '\nssl.engine = "enable"\nssl.pemfile = "/x.pem"', "/run/s"),
             f'{SOURCE}:2: $SERVER["socket"]: "/run/s": TLS (ssl.engine) on a unix socket is '
             "not supported (column 1)",
         )
+        d = self.tempdir()
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(certificate())
         self.assertProblem(
-            sockproxy(ONE_HOST + '\nssl.engine = "enable"\nssl.pemfile = "/x.pem"\n'
-                      'ssl.verifyclient.activate = "enable"'),
-            f"{SOURCE}:6: ssl.verifyclient.activate: client certificates are not supported "
-            "on a sockproxy socket (column 1)",
+            sockproxy(ONE_HOST + f'\nssl.engine = "enable"\nssl.pemfile = "{pem}"\n'
+                      f'ssl.privkey = "{pem}.key"'),
+            f"{SOURCE}:6: ssl.privkey: cannot read '{pem}.key': No such file or directory "
+            "(column 1)",
         )
 
     def test_proxyProtocol(self) -> None:

@@ -43,6 +43,7 @@ from tests.integration_support import (
     refusedPort,
 )
 from tests.test_lighttpd import REPO
+from tests.tls_support import clientContext, issue
 
 LIGHTTPD = "/usr/sbin/lighttpd"
 
@@ -112,6 +113,25 @@ $SERVER["socket"] == "127.0.0.1:" + env.SP_TLS {
   sockproxy.server = ( "" => ( "A" => var.A ) )
 }
 
+# TLS with client certificates from env.SP_CA: required (lighttpd's default
+# ssl.verifyclient.enforce), and optional
+$SERVER["socket"] == "127.0.0.1:" + env.SP_MTLS {
+  ssl.engine  = "enable"
+  ssl.pemfile = env.SP_PEM
+  ssl.ca-file = env.SP_CA
+  ssl.verifyclient.activate = "enable"
+  sockproxy.server = ( "" => ( "A" => var.A ) )
+}
+
+$SERVER["socket"] == "127.0.0.1:" + env.SP_MTLS_OPT {
+  ssl.engine  = "enable"
+  ssl.pemfile = env.SP_PEM
+  ssl.ca-file = env.SP_CA
+  ssl.verifyclient.activate = "enable"
+  ssl.verifyclient.enforce = "disable"
+  sockproxy.server = ( "" => ( "A" => var.A ) )
+}
+
 $SERVER["socket"] == "127.0.0.1:" + env.SP_FIN {
   sockproxy.server = ( "" => ( "fin" => ( "host" => "127.0.0.1", "port" => env.SP_FINB,
                                           "tcp-fin-propagate" => "enable" ) ) )
@@ -119,7 +139,7 @@ $SERVER["socket"] == "127.0.0.1:" + env.SP_FIN {
 }
 """
 
-SOCKETS = ("SP_RR", "SP_FAIR", "SP_FAILOVER", "SP_TLS", "SP_FIN")
+SOCKETS = ("SP_RR", "SP_FAIR", "SP_FAILOVER", "SP_TLS", "SP_MTLS", "SP_MTLS_OPT", "SP_FIN")
 
 # What lighttpd 1.4.69 was measured to do (lighttpd.md section 7.2).
 ALTERNATING = ["A", "B"] * 5
@@ -223,6 +243,13 @@ class DifferentialTests(SynchronousTestCase):
         self.pem = os.path.join(self.tmp, "server.pem")
         with open(self.pem, "wb") as f:
             f.write(certificate())
+        authority = issue(("Clients CA",), authority=True)
+        self.ca, _ = authority.write(self.tmp, "ca")
+        self.clientCerts = {
+            "good": issue(("client.example",), issuer=authority).write(self.tmp, "good"),
+            "foreign": issue(("client.example",), issuer=issue(
+                ("Other CA",), authority=True)).write(self.tmp, "foreign"),
+        }
         self.backends = {label: LabelBackend(label) for label in ("A", "B", "FIN")}
         for backend in self.backends.values():
             self.addCleanup(backend.server.stop)
@@ -252,6 +279,7 @@ class DifferentialTests(SynchronousTestCase):
         env["SP_FINB"] = str(self.backends["FIN"].server.port)
         env["SP_DOWN"] = str(self.down)
         env["SP_PEM"] = self.pem
+        env["SP_CA"] = self.ca
         return env
 
     def freePorts(self) -> dict[str, int]:
@@ -390,6 +418,63 @@ class DifferentialTests(SynchronousTestCase):
                 line += chunk
         return line, peer
 
+    def clientOutcome(self, side: Side, socketName: str, cert: str) -> str:
+        """
+        Connect to C{side}'s C{socketName} with TLS, presenting the client
+        certificate C{cert} (C{"good"}: from the CA file, C{"foreign"}: from
+        another authority, C{"none"}), and read a line.
+
+        @return: C{"A"} when the backend's label came through, else
+            C{"refused"} (the handshake failed, or the server closed: with
+            TLS 1.3 a refused certificate shows only after the client's
+            side of the handshake).
+        """
+        context = clientContext(cert=self.clientCerts.get(cert))
+        deadline = Deadline(10, f"{side.name} client certificate {cert}")
+        raw = connect(("127.0.0.1", side.ports[socketName]), timeout=deadline.remaining())
+        line = b""
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as conn:
+                while not line.endswith(b"\n"):
+                    conn.settimeout(deadline.remaining())
+                    chunk = conn.recv(1)
+                    if not chunk:
+                        break
+                    line += chunk
+        except (ssl.SSLError, ConnectionError):
+            return "refused"
+        finally:
+            raw.close()
+        return line.decode().strip() or "refused"
+
+    def clientOutcomes(self, side: Side, socketName: str) -> dict[str, str]:
+        return {cert: self.clientOutcome(side, socketName, cert)
+                for cert in ("good", "none", "foreign")}
+
+    def test_clientCertificateRequired(self) -> None:
+        """
+        C{ssl.verifyclient.activate} with C{ssl.ca-file}: both servers relay
+        for a client whose certificate is from the CA file, and refuse a
+        client without one or with one from another authority.
+        """
+        expected = {"good": "A", "none": "refused", "foreign": "refused"}
+        self.assertEqual(self.clientOutcomes(self.sides[0], "SP_MTLS"), expected,
+                         "txsockproxy")
+        self.assertEqual(self.clientOutcomes(self.theirs(), "SP_MTLS"), expected, "lighttpd")
+
+    def test_clientCertificateOptional(self) -> None:
+        """
+        With C{ssl.verifyclient.enforce = "disable"} both servers relay for
+        a client without a certificate and one with a certificate from the
+        CA file. A certificate from another authority: lighttpd 1.4.69
+        accepts it (it only tells HTTP backends, in C{SSL_CLIENT_VERIFY});
+        txsockproxy, which cannot tell a socket backend, refuses it.
+        """
+        ours = self.clientOutcomes(self.sides[0], "SP_MTLS_OPT")
+        self.assertEqual(ours, {"good": "A", "none": "A", "foreign": "refused"})
+        theirs = self.clientOutcomes(self.theirs(), "SP_MTLS_OPT")
+        self.assertEqual(theirs, {"good": "A", "none": "A", "foreign": "A"})
+
     def loneFin(self, side: Side) -> bytes:
         """
         Send a line, wait until the backend has it, then half-close alone;
@@ -457,7 +542,8 @@ class LighttpdAcceptsTests(SynchronousTestCase):
         pem = os.path.join(self.tmp, "server.pem")
         with open(pem, "wb") as f:
             f.write(certificate())
-        env = dict(os.environ, SP_PEM=pem)
+        ca, _ = issue(("Clients CA",), authority=True).write(self.tmp, "ca")
+        env = dict(os.environ, SP_PEM=pem, SP_CA=ca)
         env.update({name: str(1000 + i) for i, name in enumerate(
             ("SP_HTTP", *SOCKETS, "SP_A", "SP_B", "SP_FINB", "SP_DOWN"))})
         self.assertAccepted(path, env)

@@ -691,7 +691,8 @@ class LighttpdRouteTests(LighttpdTestCase):
             '"127.0.0.1:8443" {\n',
             f'"127.0.0.1:8443" {{\n  ssl.engine = "enable"\n  ssl.pemfile = "{pem}"\n'))
         proxy = self.only(config)
-        self.assertTrue(proxy.listen[0].startswith("ssl:"), proxy.listen)
+        self.assertEqual(proxy.listen, ("tcp:8443:interface=127.0.0.1",))
+        self.assertIsNotNone(proxy.tls)
         self.assertEqual(len(proxy.routes), 2)
         self.assertEqual([n for n in config.notices if "is not TLS" in n], [])
 

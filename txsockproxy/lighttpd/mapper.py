@@ -12,7 +12,7 @@ rejected. doc/lighttpd-config.md describes the mapping for users.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Literal, Sequence
 
 from twisted.internet.endpoints import quoteStringArgument
 
@@ -22,9 +22,11 @@ from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TLS_MIN_VERSION,
     BackendConfig,
     Config,
     ConfigError,
+    ListenTLSConfig,
     Problem,
     ProxyConfig,
     RouteConfig,
@@ -43,6 +45,7 @@ from txsockproxy.lighttpd.evaluator import (
 )
 from txsockproxy.lighttpd.lexer import Pos, problemAt, quoted
 from txsockproxy.routes import checkPattern
+from txsockproxy.tlsconfig import readCertificatePair, readClientCA
 
 # Host options of lighttpd's gw code that mean nothing for a socket proxy
 # (HTTP gateway settings), or only with bin-path (process spawning).
@@ -68,6 +71,22 @@ _IGNORED_HINTS = {
     "status.statistics-url": " (the native [status] listen)",
     "status.status-url": " (the native [status] listen)",
 }
+# Client-certificate settings that would narrow what is accepted, and that
+# sockproxy cannot honour: refused rather than ignored.
+_REFUSED_VERIFY = {
+    "ssl.verifyclient.ca-crl-file": "revocation lists are not supported (revoked "
+                                    "certificates would be accepted)",
+    "ssl.ca-crl-file": "revocation lists are not supported (revoked certificates would be "
+                       "accepted)",
+    "ssl.verifyclient.ca-dn-file": "limiting the issuers by name is not supported: put only "
+                                   "the authorities to accept in ssl.ca-file",
+    "ssl.ca-dn-file": "limiting the issuers by name is not supported: put only the "
+                      "authorities to accept in ssl.ca-file",
+}
+# How many certificates above the client's its chain may have: Twisted's
+# CertificateOptions sets OpenSSL's verify depth to 9, which (unlike
+# lighttpd's ssl.verifyclient.depth) does not count the trust anchor.
+_VERIFY_DEPTH = 10
 _SERVER_EXAMPLE = '( "" => ( "label" => ( "host" => "10.0.0.2", "port" => 5432 ) ) )'
 _TRUE = frozenset({"enable", "true", "on", "1"})
 _FALSE = frozenset({"disable", "false", "off", "0"})
@@ -100,6 +119,7 @@ class _Listen:
     port: int
     socket: _Socket
     variant: str
+    tls: ListenTLSConfig | None = None
 
 
 # The directives a $HTTP["host"] route may set.
@@ -117,8 +137,8 @@ class _Server:
 
 
 # What makes sockets one proxy: the same sockproxy.server (by identity), the
-# same balancer and the same routes.
-_Group = tuple[int, str, tuple[RouteConfig, ...]]
+# same balancer, the same routes and the same TLS termination.
+_Group = tuple[int, str, tuple[RouteConfig, ...], ListenTLSConfig | None]
 
 
 class Mapper:
@@ -144,6 +164,7 @@ class Mapper:
         self.notices: list[str] = []
         self.used: set[int] = set()
         self.servers: dict[int, _Server | None] = {}
+        self.tlsBySocket: dict[int, ListenTLSConfig | None | Literal[False]] = {}
 
     # -- helpers
 
@@ -225,6 +246,7 @@ class Mapper:
         listens: list[tuple[_Group, _Listen]] = []
         order: list[_Group] = []
         proxies: dict[_Group, tuple[str, _Server, str, tuple[RouteConfig, ...]]] = {}
+        tlsOf: dict[tuple[int, str, tuple[RouteConfig, ...]], tuple[str, bool]] = {}
         debugLevels: list[tuple[int, Pos]] = []
         for sock in sockets:
             server = self.setting(sock.block, "sockproxy.server")
@@ -244,7 +266,12 @@ class Mapper:
             routes = self.routes(sock, server, balance)
             if routes is None:
                 continue
-            group = (id(server), balance, routes)
+            group = (id(server), balance, routes, listen.tls)
+            same = tlsOf.setdefault(group[:3], (sock.token, listen.tls is not None))
+            if same[1] != (listen.tls is not None):
+                self.notice(sock.pos, "sockproxy.server", f"{quoted(sock.token)} and "
+                            f"{quoted(same[0])} share it, but only one terminates TLS: "
+                            "they are two proxies, each balancing on its own")
             if group not in proxies:
                 order.append(group)
                 proxies[group] = (sock.token, definition, balance, routes)
@@ -274,6 +301,7 @@ class Mapper:
                 balance=balance,
                 idleTimeout=definition.idleTimeout,
                 routes=routes,
+                tls=group[3],
             ))
         return Config(
             proxies=tuple(result), debug=debugLevel, source=self.source,
@@ -396,7 +424,7 @@ class Mapper:
                 labels.add(label)
                 backends.append(replace(backend, label=label))
             routes.append(RouteConfig(pattern, (pattern,), tuple(backends), routeBalance))
-        if routes and not self.tls(sock):
+        if routes and self.tls(sock) is None:
             self.notice(sock.pos, '$HTTP["host"]', f"{quoted(sock.token)} is not TLS: lighttpd "
                         "chooses by $HTTP[\"host\"] only on TLS sockets; here the server name "
                         "is read from the client's TLS ClientHello (TLS passthrough), waiting "
@@ -520,15 +548,15 @@ class Mapper:
             self.error(sock.pos, key, f"{quoted(sock.token)}: not a socket")
             return None
         kind, host, port = parts
+        if kind == "unix" and self.flag(sock.block, "ssl.engine"):
+            self.error(sock.pos, key, f"{quoted(sock.token)}: TLS (ssl.engine) on a unix "
+                       "socket is not supported")
+            return None
         tls = self.tls(sock)
         if tls is False:
             return None
         proxyProtocol = self.flag(sock.block, "extforward.hap-PROXY")
         if kind == "unix":
-            if tls:
-                self.error(sock.pos, key, f"{quoted(sock.token)}: TLS (ssl.engine) on a unix "
-                           "socket is not supported")
-                return None
             endpoint = "unix:" + _escape(host)
             wildcard = ""
         else:
@@ -554,10 +582,8 @@ class Mapper:
                     wildcard = "v4"
             family = "tcp6" if ":" in interface else "tcp"
             options = f":interface={_escape(interface)}" if interface else ""
-            if tls:
-                endpoint = f"ssl:{port}{options}{tls}"
-            else:
-                endpoint = f"{family}:{port}{options}"
+            # TLS is the proxy's (tls-certificates), not the endpoint's.
+            endpoint = f"{family}:{port}{options}"
         if proxyProtocol:
             endpoint = "haproxy:" + endpoint
             self.notice(sock.pos, key, f"{quoted(sock.token)}: extforward.hap-PROXY: a "
@@ -565,19 +591,23 @@ class Mapper:
                         "(extforward.forwarder is not consulted)")
         error = checkEndpoint(endpoint, server=True)
         if error:
-            where = self.setting(sock.block, "ssl.pemfile") if tls else None
-            self.error(where.pos if where else sock.pos, "ssl.pemfile" if where else key, error)
+            self.error(sock.pos, key, error)
             return None
-        return _Listen(endpoint, wildcard, port, sock, f"{proxyProtocol}{tls}")
+        return _Listen(endpoint, wildcard, port, sock, f"{proxyProtocol}{tls!r}", tls)
 
-    def tls(self, sock: _Socket) -> str | bool:
+    def tls(self, sock: _Socket) -> ListenTLSConfig | None | Literal[False]:
         """
-        The ssl: endpoint options for a socket with ssl.engine enabled;
-        C{""} for a plain socket; C{False} after an error.
+        The TLS termination of a socket with ssl.engine enabled (read once
+        per socket); L{None} for a plain socket; C{False} after an error.
         """
+        if id(sock) not in self.tlsBySocket:
+            self.tlsBySocket[id(sock)] = self._tls(sock)
+        return self.tlsBySocket[id(sock)]
+
+    def _tls(self, sock: _Socket) -> ListenTLSConfig | None | Literal[False]:
         engine = self.setting(sock.block, "ssl.engine")
         if engine is None or not self.boolean(engine.value, engine.pos, "ssl.engine"):
-            return ""
+            return None
         pem = self.setting(sock.block, "ssl.pemfile")
         if pem is None:
             self.error(engine.pos, "ssl.engine", f"enabled for {quoted(sock.token)} but "
@@ -586,29 +616,133 @@ class Mapper:
         pemfile = self.string(pem.value, pem.pos, "ssl.pemfile")
         if pemfile is None:
             return False
-        verify = self.setting(sock.block, "ssl.verifyclient.activate")
-        if verify is not None and self.boolean(verify.value, verify.pos,
-                                               "ssl.verifyclient.activate"):
-            self.error(verify.pos, "ssl.verifyclient.activate", "client certificates are not "
-                       "supported on a sockproxy socket")
-            return False
-        options = ""
+        # A lighttpd pemfile holds the certificate and, without ssl.privkey,
+        # the key.
+        keyfile: str | None = pemfile
         privkey = self.setting(sock.block, "ssl.privkey")
         if privkey is not None:
             keyfile = self.string(privkey.value, privkey.pos, "ssl.privkey")
-            if keyfile is None:
-                return False
-            options += f":privateKey={_escape(keyfile)}:certKey={_escape(pemfile)}"
-        else:
-            # A lighttpd pemfile holds the certificate and the key.
-            options += f":privateKey={_escape(pemfile)}"
+        if keyfile is None:
+            return False
+        before = len(self.problems)
+        certificate, error, notices = readCertificatePair(pemfile, keyfile)
+        if certificate is None:
+            where = privkey if privkey is not None and repr(keyfile) in error else pem
+            self.error(where.pos, where.key, error)
+        for text in notices:
+            self.notice(pem.pos, "ssl.pemfile", text)
         dh = self.setting(sock.block, "ssl.dh-file")
         if dh is not None:
-            dhfile = self.string(dh.value, dh.pos, "ssl.dh-file")
-            if dhfile is None:
-                return False
-            options += f":dhParameters={_escape(dhfile)}"
-        return options
+            self.notice(dh.pos, "ssl.dh-file", "not used: sockproxy's TLS uses ECDHE key "
+                        "exchange, not DHE")
+        verify = self.clientVerification(sock)
+        minVersion = self.minVersion(sock)
+        if certificate is None or verify is None or len(self.problems) != before:
+            return False
+        clientCA, clientCAPEM, verifyClient = verify
+        return ListenTLSConfig(
+            certificates=(certificate,), clientCA=clientCA, clientCAPEM=clientCAPEM,
+            verifyClient=verifyClient, minVersion=minVersion,
+        )
+
+    def clientVerification(self, sock: _Socket) -> tuple[str, bytes, str] | None:
+        """
+        The client certificate checking of a TLS socket, from
+        C{ssl.verifyclient.*} and the CA file, as lighttpd's mod_openssl
+        reads them.
+
+        @return: the CA file, its contents and C{tls-verify-client}'s
+            value; or L{None} after an error.
+        """
+        activate = self.setting(sock.block, "ssl.verifyclient.activate")
+        if activate is None or not self.boolean(activate.value, activate.pos,
+                                                "ssl.verifyclient.activate"):
+            return "", b"", "off"
+        for refused, why in _REFUSED_VERIFY.items():
+            found = self.setting(sock.block, refused)
+            if found is not None:
+                self.error(found.pos, refused, why)
+                return None
+        # ssl.verifyclient.ca-file (lighttpd 1.4.60+) before ssl.ca-file.
+        ca = (self.setting(sock.block, "ssl.verifyclient.ca-file")
+              or self.setting(sock.block, "ssl.ca-file"))
+        if ca is None:
+            self.error(activate.pos, "ssl.verifyclient.activate", "needs ssl.ca-file (or "
+                       "ssl.verifyclient.ca-file): the authorities clients' certificates "
+                       "must chain to")
+            return None
+        caFile = self.string(ca.value, ca.pos, ca.key)
+        if caFile is None:
+            return None
+        pem, error = readClientCA(caFile)
+        if error:
+            self.error(ca.pos, ca.key, error)
+            return None
+        verify = "required"
+        enforce = self.setting(sock.block, "ssl.verifyclient.enforce")
+        if enforce is not None:
+            enforced = self.boolean(enforce.value, enforce.pos, "ssl.verifyclient.enforce")
+            if enforced is None:
+                return None
+            if not enforced:
+                verify = "optional"
+                self.notice(enforce.pos, "ssl.verifyclient.enforce", "disabled: a client "
+                            "without a certificate is accepted, but one whose certificate "
+                            "does not verify is refused (lighttpd accepts it, and tells only "
+                            "HTTP backends, which a socket proxy has not)")
+        depth = self.setting(sock.block, "ssl.verifyclient.depth")
+        if depth is not None:
+            limit = self.integer(depth.value, depth.pos, "ssl.verifyclient.depth", "", 0)
+            if limit is None:
+                return None
+            if limit < _VERIFY_DEPTH - 1:
+                self.error(depth.pos, "ssl.verifyclient.depth", f"{limit}: a limit below "
+                           f"{_VERIFY_DEPTH - 1} (lighttpd's default) is not supported: "
+                           "sockproxy accepts a client's chain of up to "
+                           f"{_VERIFY_DEPTH} certificates above its own")
+                return None
+            if limit != _VERIFY_DEPTH:
+                self.notice(depth.pos, "ssl.verifyclient.depth", f"{limit}: sockproxy "
+                            f"accepts a client's chain of up to {_VERIFY_DEPTH} certificates "
+                            "above its own, as ssl.verifyclient.depth = "
+                            f"{_VERIFY_DEPTH} does")
+        return caFile, pem, verify
+
+    def minVersion(self, sock: _Socket) -> str:
+        """
+        The lowest TLS version of a TLS socket: C{"1.3"} when
+        C{ssl.openssl.ssl-conf-cmd} sets C{"MinProtocol" => "TLSv1.3"}, else
+        C{"1.2"} (lighttpd 1.4.69's default too).
+        """
+        commands = self.setting(sock.block, "ssl.openssl.ssl-conf-cmd")
+        if commands is None:
+            return DEFAULT_TLS_MIN_VERSION
+        key = "ssl.openssl.ssl-conf-cmd"
+        if not isinstance(commands.value, Arr):
+            self.notice(commands.pos, key, f"is not used: not an array of \"command\" => "
+                        f"\"value\" ({describeValue(commands.value)})")
+            return DEFAULT_TLS_MIN_VERSION
+        version = DEFAULT_TLS_MIN_VERSION
+        ignored: list[str] = []
+        for entry in commands.value.entries:
+            name = (entry.key or "").lower()
+            text = entry.value.text.strip() if isinstance(entry.value, Str) else ""
+            if name != "minprotocol":
+                ignored.append(entry.key or describeValue(entry.value))
+            elif text.lower() == "tlsv1.3":
+                version = "1.3"
+            elif text.lower() in ("tlsv1.2", "none", "tlsv1.1", "tlsv1", "sslv3"):
+                if text.lower() != "tlsv1.2":
+                    self.notice(entry.pos, key, f"MinProtocol {quoted(text)}: sockproxy "
+                                "accepts TLS 1.2 and 1.3 only")
+                version = DEFAULT_TLS_MIN_VERSION
+            else:
+                self.notice(entry.pos, key, f"MinProtocol {describeValue(entry.value)} is "
+                            "not understood: TLS 1.2 and 1.3 are accepted")
+        if ignored:
+            self.notice(commands.pos, key, "only MinProtocol is used; ignored: "
+                        + ", ".join(ignored) + " (sockproxy's TLS defaults apply)")
+        return version
 
     def dualStackListeners(
         self, listens: Sequence[tuple[_Group, _Listen]]
