@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
+
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txsockproxy.interfaces import IRelayPath
 from txsockproxy.portable import PortableRelayPath
@@ -90,4 +92,23 @@ def installReactor(choice: str = AUTO) -> Optional[str]:
     return "txsockproxy's epoll reactor (the accelerator's default; --reactor chooses another)"
 
 
-__all__ = ["AUTO", "OFF", "SETTINGS", "VARIABLE", "installReactor", "relayPathFor", "setting"]
+def tlsFactoryFor(reactor: Any) -> Callable[[Any, bool, Any], Any]:
+    """
+    What wraps a factory in TLS for a listener on C{reactor}, called as
+    L{TLSMemoryBIOFactory} is: on the accelerator's reactor, its leaner TLS
+    layer (the one its C{listenSSL} uses, so that C{ssl:} listeners and
+    C{tls-certificates} ones are alike), which is Twisted's where this
+    Twisted lacks what it relies on; else Twisted's.
+    """
+    accelerated = sys.modules.get("txsockproxy._fast.reactor")
+    if accelerated is None or not isinstance(reactor, accelerated.EPollReactor):
+        return TLSMemoryBIOFactory
+    from txsockproxy._fast.tls import tlsFactory
+
+    return tlsFactory
+
+
+__all__ = [
+    "AUTO", "OFF", "SETTINGS", "VARIABLE", "installReactor", "relayPathFor", "setting",
+    "tlsFactoryFor",
+]

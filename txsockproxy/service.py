@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsockproxy import congestion
-from txsockproxy.accelerator import relayPathFor, setting
+from txsockproxy.accelerator import relayPathFor, setting, tlsFactoryFor
 from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
@@ -566,7 +566,10 @@ class ProxyService(MultiService):
         except Exception as e:
             # The reader checked the files: OpenSSL refusing them is rare.
             raise StartupError(f"{desc}: cannot use the certificates: {e}") from None
-        listener = ListenerService(desc, proxy, TLSListenEndpoint(endpoint, serverTLS), factory)
+        listener = ListenerService(
+            desc, proxy, TLSListenEndpoint(endpoint, serverTLS, tlsFactoryFor(self.reactor)),
+            factory,
+        )
         listener.tls = serverTLS
         return listener
 

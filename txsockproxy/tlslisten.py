@@ -162,12 +162,18 @@ class ServerTLS:
 class TLSListenEndpoint:
     """
     A server endpoint that listens with C{endpoint}, with TLS on what it
-    accepts, terminated by C{tls}.
+    accepts, terminated by C{tls}, through the factory C{wrap} makes (called
+    as L{TLSMemoryBIOFactory}, the default).
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, tls: ServerTLS) -> None:
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, tls: ServerTLS,
+        wrap: Callable[[Any, bool, Any], IProtocolFactory] = TLSMemoryBIOFactory,
+    ) -> None:
         self.endpoint = endpoint
         self.tls = tls
+        # Called as TLSMemoryBIOFactory (the accelerator's may stand in).
+        self.wrap = wrap
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
@@ -176,7 +182,7 @@ class TLSListenEndpoint:
 
         @return: the wrapped endpoint's Deferred of its port.
         """
-        return self.endpoint.listen(TLSMemoryBIOFactory(self.tls, False, protocolFactory))
+        return self.endpoint.listen(self.wrap(self.tls, False, protocolFactory))
 
 
 __all__ = ["ServerTLS", "TLSListenEndpoint", "matchName"]

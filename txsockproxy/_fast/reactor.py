@@ -249,6 +249,22 @@ class EPollReactor(epollreactor.EPollReactor):
         listening.startListening()
         return listening
 
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+        interface: str = "",
+    ) -> Any:
+        """
+        Listen as Twisted does (TLS over L{listenTCP}), with the
+        accelerator's leaner TLS layer (L{txsockproxy._fast.tls}) where this
+        Twisted has what it relies on.
+        """
+        from txsockproxy._fast.tls import tlsFactory
+
+        listening = self.listenTCP(port, tlsFactory(contextFactory, False, factory), backlog,
+                                   interface)
+        listening._type = "TLS"
+        return listening
+
 
 def install() -> EPollReactor:
     """

@@ -1,0 +1,172 @@
+"""
+A leaner TLS layer for TLS listeners: Twisted's L{TLSMemoryBIOProtocol}
+with its two hot loops replaced, so that a bulk transfer costs one call up
+the stack per socket read or write rather than one per TLS record.
+
+ - Receiving: Twisted hands each decrypted record (16 KiB at most) to the
+   protocol as it comes out of OpenSSL; here the records that one read of
+   the socket brought are decrypted first and handed over together (up to
+   L{DELIVER_LIMIT}), so the session relays them with one write.
+ - Sending: Twisted encrypts 16 KiB, then reads at most 32 KiB of records
+   out of the memory BIO and writes them to the socket, once per record;
+   here everything written is encrypted first, and the records are written
+   to the socket with one call.
+
+The order of the bytes, of the errors and of the end of the stream are
+Twisted's: the protocol gets every byte decrypted before an alert or a
+close_notify, and the records written before an error are sent.
+
+Everything else (handshake, shutdown, producers, aborts) is Twisted's own;
+L{missing} says which of its private names this relies on, checked before
+it is used (L{tlsFactory} falls back to Twisted's factory).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.protocols import tls
+from twisted.python.failure import Failure
+
+# Plaintext handed to the protocol in one call at most (bytes).
+DELIVER_LIMIT = 1 << 18
+
+# The largest TLS record's plaintext, and what one SSL_read returns at most.
+_RECORD = 1 << 14
+
+# What one bio_read of the sending BIO takes at most (bytes).
+_SEND_CHUNK = 1 << 18
+
+# Private names of twisted.protocols.tls this module uses.
+_PROTOCOL_NAMES = (
+    "_tlsConnection", "_lostTLSConnection", "_aborted", "_flushReceiveBIO", "_flushSendBIO",
+    "_write", "_bufferedWrite", "_shutdownTLS", "_tlsShutdownFinished",
+)
+
+
+def _base() -> Any:
+    return getattr(tls, "BufferingTLSTransport", tls.TLSMemoryBIOProtocol)
+
+
+class FastTLSProtocol(_base()):  # type: ignore[misc]
+    """
+    Twisted's TLS protocol, receiving and sending in batches.
+    """
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if not self._aborted:
+            self.wrappedProtocol.dataReceived(data)
+
+    def _flushReceiveBIO(self) -> None:
+        connection = self._tlsConnection
+        chunks: list[bytes] = []
+        size = 0
+        while not self._lostTLSConnection:
+            try:
+                data = connection.recv(_RECORD)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                if chunks:
+                    self._deliver(chunks)
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                failure = Failure()
+                if chunks:
+                    self._deliver(chunks)
+                self._tlsShutdownFinished(failure)
+            else:
+                chunks.append(data)
+                size += len(data)
+                if size >= DELIVER_LIMIT:
+                    size = 0
+                    self._deliver(chunks)
+        if chunks:
+            self._deliver(chunks)
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        connection = self._tlsConnection
+        chunks: list[bytes] = []
+        while True:
+            try:
+                data = connection.bio_read(_SEND_CHUNK)
+            except WantReadError:
+                break
+            chunks.append(data)
+            if len(data) < _SEND_CHUNK:
+                break
+        if chunks:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _write(self, data: bytes) -> None:
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        view = memoryview(data)
+        total = len(data)
+        sent = 0
+        failure: Optional[Failure] = None
+        while sent < total:
+            try:
+                sent += connection.send(view[sent:sent + _RECORD])
+            except WantReadError:
+                self._bufferedWrite(data[sent:])
+                break
+            except Error:
+                failure = Failure()
+                break
+        view.release()
+        self._flushSendBIO()
+        if failure is not None:
+            self._tlsShutdownFinished(failure)
+
+
+class FastTLSFactory(tls.TLSMemoryBIOFactory):
+    """
+    Twisted's L{TLSMemoryBIOFactory}, making L{FastTLSProtocol}s.
+    """
+
+    protocol = FastTLSProtocol
+
+
+def missing() -> list[str]:
+    """
+    The private names of Twisted's TLS layer this module relies on that
+    this Twisted lacks.
+    """
+    cls = tls.TLSMemoryBIOProtocol
+    absent = [f"TLSMemoryBIOProtocol.{n}" for n in _PROTOCOL_NAMES[1:] if not hasattr(cls, n)]
+    # Set by makeConnection, not a class attribute.
+    makeConnection = getattr(cls, "makeConnection", None)
+    code = getattr(makeConnection, "__code__", None)
+    if code is None or _PROTOCOL_NAMES[0] not in code.co_names:
+        absent.append(f"TLSMemoryBIOProtocol().{_PROTOCOL_NAMES[0]}")
+    return absent
+
+
+def tlsFactory(contextFactory: Any, isClient: bool, wrappedFactory: Any) -> Any:
+    """
+    A L{FastTLSFactory} if this Twisted has what it relies on, else
+    Twisted's L{TLSMemoryBIOFactory}, with the same arguments.
+    """
+    if _usable():
+        return FastTLSFactory(contextFactory, isClient, wrappedFactory)
+    return tls.TLSMemoryBIOFactory(contextFactory, isClient, wrappedFactory)
+
+
+_checked: Optional[bool] = None
+
+
+def _usable() -> bool:
+    global _checked
+    if _checked is None:
+        _checked = not missing()
+    return _checked
+
+
+__all__ = ["DELIVER_LIMIT", "FastTLSFactory", "FastTLSProtocol", "missing", "tlsFactory"]
