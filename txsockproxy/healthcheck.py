@@ -20,10 +20,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-# Kinds of check.
+from txsockproxy.config import CHECK_KINDS
+
+# Kinds of check (CHECK_KINDS: these and "off").
 CONNECT = "connect"
 SEND_EXPECT = "send-expect"
-CHECK_KINDS = ("off", CONNECT, SEND_EXPECT)
 
 # The most of a reply kept while looking for the expected bytes.
 REPLY_LIMIT = 16384
@@ -135,6 +136,43 @@ class HealthCheck:
         self._connecting: Optional[defer.Deferred[Any]] = None
         self._connected: list[Any] = []
         self._running = False
+
+    @property
+    def streak(self) -> int:
+        """
+        The run of the latest results: good probes in a row (> 0), or
+        failed ones (< 0).
+        """
+        return self._streak
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether it is checking (started and not stopped).
+        """
+        return self._running
+
+    def configure(
+        self,
+        kind: str,
+        interval: float,
+        timeout: float,
+        rise: int,
+        fall: int,
+        send: bytes = b"",
+        expect: bytes = b"",
+    ) -> None:
+        """
+        Use new settings from the next probe on, keeping the state, the
+        counters and the run of results (a reload that changes them).
+        """
+        self.kind = kind
+        self.interval = interval
+        self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+        self.send = send
+        self.expect = expect if kind == SEND_EXPECT else b""
 
     def start(self) -> None:
         """
