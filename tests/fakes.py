@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import FairBalancer
-from txsockproxy.config import BackendConfig, ProxyConfig, RouteConfig
+from txsockproxy.config import BackendConfig, CheckConfig, ProxyConfig, RouteConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer
 from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
@@ -215,8 +215,10 @@ class Proxy:
         listen: str = "tcp:8080",
         sendProxy: str = "",
         routes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
+        check: Optional[CheckConfig] = None,
     ) -> None:
         """
+        @param check: the health check of every backend, if any.
         @param routes: for each route, its name, its server-name patterns
             and its backends' labels (all labels unique); its balancer is
             a L{FairBalancer}.
@@ -230,6 +232,7 @@ class Proxy:
                 connectTimeout=connectTimeout,
                 disableTime=disableTime,
                 sendProxy=sendProxy,
+                check=check,
             )
             for i, label in enumerate(allLabels)
         }

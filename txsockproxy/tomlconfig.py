@@ -997,7 +997,7 @@ def _readCheck(
                         path + (key,),
                         f'applies to check = "send-expect" only, not {check.kind!r}',
                     )
-    elif not check.expect and ("check" in raw or "check-expect" in raw):
+    elif not check.expect and "check" in raw and "check-expect" not in raw:
         reader.problem(
             path + ("check",),
             'check = "send-expect" needs check-expect: the bytes a good reply contains',
