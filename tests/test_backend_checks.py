@@ -29,6 +29,7 @@ from txsockproxy.config import (
     StatusConfig,
 )
 from txsockproxy.healthcheck import CHECK_DOWN
+from txsockproxy.proxyprotocol import localHeader, parseHeader
 from txsockproxy.render import describeConfig, renderToml
 from txsockproxy.service import ProxyService
 from txsockproxy.status import statusPage, statusResource
@@ -198,6 +199,40 @@ class AvailabilityTests(SynchronousTestCase):
         self.proxy.pool.stopChecks()
         self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
         self.assertEqual(self.proxy.endpoints["a"].cancelled, 1)
+
+
+class ProxyHeaderCheckTests(SynchronousTestCase):
+    """
+    Probes of a backend sent PROXY protocol headers send one first, for a
+    connection of the proxy's own.
+    """
+
+    def test_headerFirst(self) -> None:
+        """
+        A C{send-proxy = "v1"} backend's probe sends C{PROXY UNKNOWN} and
+        then C{check-send}; the reply is then looked for as usual.
+        """
+        proxy = Proxy(sendProxy="v1", check=CheckConfig(
+            "send-expect", send=b"PING\r\n", expect=b"+PONG"))
+        proxy.pool.startChecks()
+        self.addCleanup(proxy.pool.stopChecks)
+        protocol, transport = probe(proxy, "a").succeed()
+        self.assertEqual(transport.value(), b"PROXY UNKNOWN\r\nPING\r\n")
+        protocol.dataReceived(b"+PONG\r\n")
+        health = proxy.backends["a"].health
+        assert health is not None
+        self.assertEqual((health.checks, health.lastResult), (1, "ok"))
+
+    def test_localHeaderParses(self) -> None:
+        """
+        The version 2 header probes send is a valid C{LOCAL} header: a
+        server reading it keeps the connection's own addresses.
+        """
+        parsed = parseHeader(localHeader("v2") + b"rest")
+        assert not isinstance(parsed, str), parsed
+        self.assertEqual(len(localHeader("v2")), 16)
+        self.assertIsNone(parsed.source)
+        self.assertEqual(parseHeader(localHeader("v1")).source, None)  # type: ignore[union-attr]
 
 
 def formatEvent(event: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 from functools import partial
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
@@ -34,6 +34,7 @@ from txsockproxy.config import (
 from txsockproxy.congestion import Congestion
 from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.proxyprotocol import localHeader
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.routes import RouteTable
 from txsockproxy.tlsclient import backendEndpoint
@@ -390,6 +391,7 @@ class BackendPool:
                     self.clock, backend.endpoint, partial(self._checkChanged, backend),
                     kind=want.kind, interval=want.interval, timeout=want.timeout,
                     rise=want.rise, fall=want.fall, send=want.send, expect=want.expect,
+                    **_checkPreamble(backend.config),
                 )
                 backend.health = health
             else:
@@ -397,6 +399,9 @@ class BackendPool:
                     want.kind, want.interval, want.timeout, want.rise, want.fall,
                     want.send, want.expect,
                 )
+                # send-proxy may change on reload (its endpoint may not).
+                health.preamble = _checkPreamble(backend.config).get("preamble", b"")
+                health.endpointSendsPreamble = backend.config.tls is not None
             if self.checking:
                 health.start()
 
@@ -496,6 +501,19 @@ class BackendPool:
         A session that had connected to C{backend} is over.
         """
         backend.active -= 1
+
+
+def _checkPreamble(config: BackendConfig) -> dict[str, Any]:
+    """
+    What a backend's probes send first: the PROXY protocol header of a
+    connection of the proxy's own (C{LOCAL}) when it is sent C{send-proxy}
+    headers, since it expects one on every connection; with TLS, in clear
+    before the handshake, as sessions send theirs.
+    """
+    if not config.sendProxy:
+        return {}
+    return {"preamble": localHeader(config.sendProxy),
+            "endpointSendsPreamble": config.tls is not None}
 
 
 # Errors of the proxy's own resources, not the backend's doing.

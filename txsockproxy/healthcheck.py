@@ -45,13 +45,18 @@ class _Probe(Protocol):
     The protocol of one probe: sends, and looks for the expected reply.
     """
 
-    def __init__(self, send: bytes, expect: bytes, done: defer.Deferred[None]) -> None:
+    def __init__(
+        self, send: bytes, expect: bytes, done: defer.Deferred[None], preamble: bytes = b""
+    ) -> None:
+        self.preamble = preamble
         self.send = send
         self.expect = expect
         self.done = done
         self.received = b""
 
     def connectionMade(self) -> None:
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
         if not self.expect:
             self._finish()
             return
@@ -106,11 +111,19 @@ class HealthCheck:
         expect: bytes = b"",
         jitter: float = 0.1,
         rng: Optional[random.Random] = None,
+        preamble: bytes = b"",
+        endpointSendsPreamble: bool = False,
     ) -> None:
         """
         @param onChange: called with this check and the reason each time
             C{state} changes.
         @param jitter: each interval is drawn from C{interval * (1 ± jitter)}.
+        @param preamble: bytes every probe sends first, whatever its kind (a
+            PROXY protocol header, for a backend that expects one).
+        @param endpointSendsPreamble: whether C{endpoint} sends the preamble
+            itself (a TLS endpoint, in clear before its handshake, taking it
+            from the factory's C{preamble}), rather than the probe once
+            connected.
         """
         self.clock = clock
         self.endpoint = endpoint
@@ -123,6 +136,8 @@ class HealthCheck:
         self.send = send
         self.expect = expect if kind == SEND_EXPECT else b""
         self.jitter = jitter
+        self.preamble = preamble
+        self.endpointSendsPreamble = endpointSendsPreamble
         self.rng = rng or random.Random()
         self.state = CHECK_UP
         self.lastResult = ""
@@ -209,9 +224,13 @@ class HealthCheck:
         done: defer.Deferred[None] = defer.Deferred()
         connected: list[Any] = []
         self._connected = connected
-        connecting = self.endpoint.connect(
-            Factory.forProtocol(lambda: _Probe(self.send, self.expect, done))
+        inClear = self.preamble if self.endpointSendsPreamble else b""
+        factory = Factory.forProtocol(
+            lambda: _Probe(self.send, self.expect, done, self.preamble if not inClear else b"")
         )
+        if inClear:
+            factory.preamble = inClear  # type: ignore[attr-defined]
+        connecting = self.endpoint.connect(factory)
         self._connecting = connecting
 
         def connectFailed(reason: Failure) -> None:
