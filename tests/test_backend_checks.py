@@ -200,6 +200,19 @@ class AvailabilityTests(SynchronousTestCase):
         self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
         self.assertEqual(self.proxy.endpoints["a"].cancelled, 1)
 
+    def test_stopWhileAwaitingReply(self) -> None:
+        """
+        A check stopped while connected and waiting for its reply aborts
+        the connection and leaves no timeout scheduled, even before the
+        connection is reported closed.
+        """
+        proxy = Proxy(check=CheckConfig("send-expect", send=b"PING\r\n", expect=b"+PONG"))
+        proxy.pool.startChecks()
+        _, transport = probe(proxy, "a").succeed()
+        proxy.pool.stopChecks()
+        self.assertTrue(transport.aborted)
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+
 
 class ProxyHeaderCheckTests(SynchronousTestCase):
     """

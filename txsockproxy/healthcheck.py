@@ -146,6 +146,7 @@ class HealthCheck:
         self.failures = 0
         self._streak = 0  # good (> 0) or failed (< 0) probes in a row
         self._call: Optional[IDelayedCall] = None
+        self._timer: Optional[IDelayedCall] = None  # the probe in flight's timeout
         self._probe: Optional[defer.Deferred[None]] = None
         # The connect of the probe in flight, and its protocol once connected.
         self._connecting: Optional[defer.Deferred[Any]] = None
@@ -208,6 +209,10 @@ class HealthCheck:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._timer is not None and self._timer.active():
+            # Its connection may take a turn of the reactor to close.
+            self._timer.cancel()
+        self._timer = None
         if self._probe is not None:
             self._probe = None
             _abort(self._connecting, self._connected)
@@ -239,6 +244,7 @@ class HealthCheck:
 
         connecting.addCallbacks(connected.append, connectFailed)
         timer = self.clock.callLater(self.timeout, self._timedOut, done)
+        self._timer = timer
 
         def finished(result: object) -> object:
             if timer.active():
