@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import FairBalancer
-from txsockproxy.config import BackendConfig, Protection, ProxyConfig, RouteConfig
+from txsockproxy.config import BackendConfig, CheckConfig, Protection, ProxyConfig, RouteConfig
 from txsockproxy.interfaces import IBackendInfo, IBalancer
 from txsockproxy.relay import FrontendProtocol, ProxyFactory
 
@@ -217,8 +217,10 @@ class Proxy:
         protection: Protection = Protection(),
         backendMax: int = 0,
         routes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
+        check: Optional[CheckConfig] = None,
     ) -> None:
         """
+        @param check: the health check of every backend, if any.
         @param routes: for each route, its name, its server-name patterns
             and its backends' labels (all labels unique); its balancer is
             a L{FairBalancer}.
@@ -233,6 +235,7 @@ class Proxy:
                 disableTime=disableTime,
                 sendProxy=sendProxy,
                 maxConnections=backendMax,
+                check=check,
             )
             for i, label in enumerate(allLabels)
         }

@@ -110,6 +110,7 @@ class StatusDocumentTests(SynchronousTestCase):
             "label": "primary", "endpoint": "tcp:host=10.0.0.1:port=5432", "state": "up",
             "weight": 1, "active": 2, "connected": 5, "failed": 0, "bytes_in": 300,
             "bytes_out": 40, "last_error": "", "max_connections": None, "drain_closed": 0,
+            "check": None,
         })
         self.assertEqual(
             (standby["state"], standby["failed"], standby["last_error"]),

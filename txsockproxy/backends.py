@@ -3,12 +3,20 @@ Backends (an endpoint with counters and a state) and the pool of one proxy, whic
 asks the balancer for a backend and keeps track of failures. A proxy with
 routes has several groups of backends, each with its balancer: the route a
 connection takes is chosen by its TLS server name (see L{txsockproxy.routes}).
+
+A backend takes new sessions when all three say so: what an operator set
+(up), the passive check (no connect of a session failed within its
+disable-time), and its active health check, if it has one (not down after
+C{fall} failed probes; see L{txsockproxy.healthcheck}). The two checks are
+independent: a good probe does not end a disable-time, and a failed
+session connect does not count as a failed probe.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from typing import Any, Iterable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -25,7 +33,9 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.congestion import Congestion
+from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.proxyprotocol import localHeader
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.routes import RouteTable
 from txsockproxy.tlsclient import backendEndpoint
@@ -35,7 +45,10 @@ UP = "up"  # in rotation
 DISABLED = "disabled"  # out of rotation for disable-time after a connect failure
 DRAINING = "draining"  # set by an operator: no new sessions, current ones finish
 DOWN = "down"  # set by an operator: no new sessions
-STATES = (UP, DISABLED, DRAINING, DOWN)
+# Its health check failed fall times in a row: no new sessions until rise
+# good ones.
+UNHEALTHY = "unhealthy"
+STATES = (UP, DISABLED, DRAINING, DOWN, UNHEALTHY)
 
 
 @implementer(IBackendInfo)
@@ -55,6 +68,8 @@ class Backend:
     @ivar congestion: the congestion control its sockets get.
     @ivar route: the name of the group it belongs to: C{"default"} (the
         proxy's own backends) or a route's.
+    @ivar health: its active health check (L{HealthCheck}, which keeps its
+        own counters), or L{None} when its check is off.
     """
 
     def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
@@ -76,22 +91,35 @@ class Backend:
         self.drainClosed = 0
         self.drainTimer: Optional[IDelayedCall] = None
         self.route = DEFAULT_ROUTE
+        self.health: Optional[HealthCheck] = None
+
+    @property
+    def checkDown(self) -> bool:
+        """
+        Whether its health check says it is down.
+        """
+        return self.health is not None and self.health.state == CHECK_DOWN
 
     def stateAt(self, now: float) -> str:
         """
         The backend's state at reactor time C{now}: what an operator set
-        (C{"down"}, C{"draining"}) first, else C{"disabled"} during its
-        disable-time after a connect failure, else C{"up"}.
+        (C{"down"}, C{"draining"}) first, else C{"unhealthy"} while its
+        health check says down, else C{"disabled"} during its disable-time
+        after a connect failure, else C{"up"}.
         """
         if self.adminState != UP:
             return self.adminState
+        if self.checkDown:
+            return UNHEALTHY
         return DISABLED if now < self.disabledUntil else UP
 
     def availableAt(self, now: float) -> bool:
         """
-        Whether new sessions may be sent to the backend at reactor time C{now}.
+        Whether new sessions may be sent to the backend at reactor time
+        C{now}: an operator has it up, no disable-time runs, and its health
+        check (if any) does not say down.
         """
-        return self.adminState == UP and now >= self.disabledUntil
+        return self.adminState == UP and now >= self.disabledUntil and not self.checkDown
 
     @property
     def full(self) -> bool:
@@ -187,6 +215,8 @@ class BackendPool:
         self.refused = 0
         self.resourceErrors = 0
         self.badHeaders = 0
+        self.checking = False
+        self._syncChecks()
         self._resourceLog = RateLimitedLog(
             clock, self.log, "sessions closed for lack of resources"
         )
@@ -336,7 +366,85 @@ class BackendPool:
         self.admission.reconfigure(config.protection)
         default = BackendGroup(DEFAULT_ROUTE, backends, balancer)
         default.routed = self.default.routed
+        before = self.backends
         self._useGroups(default, routes)
+        staying = set(self.backends)
+        for backend in before:
+            if backend not in staying and backend.health is not None:
+                backend.health.stop()
+        self._syncChecks()
+
+    # -- health checks ------------------------------------------------------------
+
+    def startChecks(self) -> None:
+        """
+        Start the health checks of the backends that have one (the proxy
+        now serves); those of backends added later start as they come.
+        """
+        self.checking = True
+        self._syncChecks()
+
+    def stopChecks(self) -> None:
+        """
+        Stop every health check (the proxy stops): no probe stays in flight
+        or scheduled. Their states and counters stay for the status page.
+        """
+        self.checking = False
+        for backend in self.backends:
+            if backend.health is not None:
+                backend.health.stop()
+
+    def _syncChecks(self) -> None:
+        """
+        Give each backend the health check its config asks for: a new one,
+        the one it has with the new settings (state and counters kept), or
+        none; started when the proxy serves.
+        """
+        for backend in self.backends:
+            want = backend.config.check
+            health = backend.health
+            if want is None:
+                if health is not None:
+                    health.stop()
+                    backend.health = None
+                    if health.state == CHECK_DOWN:
+                        self.log.info(
+                            "proxy {proxy}: backend {label} is up again (health check "
+                            "turned off)", proxy=self.name, label=backend.label,
+                        )
+                continue
+            if health is None:
+                health = HealthCheck(
+                    self.clock, backend.endpoint, partial(self._checkChanged, backend),
+                    kind=want.kind, interval=want.interval, timeout=want.timeout,
+                    rise=want.rise, fall=want.fall, send=want.send, expect=want.expect,
+                    **_checkPreamble(backend.config),
+                )
+                backend.health = health
+            else:
+                health.configure(
+                    want.kind, want.interval, want.timeout, want.rise, want.fall,
+                    want.send, want.expect,
+                )
+                # send-proxy may change on reload (its endpoint may not).
+                health.preamble = _checkPreamble(backend.config).get("preamble", b"")
+                health.endpointSendsPreamble = backend.config.tls is not None
+            if self.checking:
+                health.start()
+
+    def _checkChanged(self, backend: Backend, check: HealthCheck, why: str) -> None:
+        # Called once per change of the check's state: one line each.
+        if check.state == CHECK_DOWN:
+            self.log.warn(
+                "proxy {proxy}: backend {label} is down (health check: {why}, "
+                "{count} failed checks in a row)",
+                proxy=self.name, label=backend.label, why=why, count=-check.streak,
+            )
+        else:
+            self.log.info(
+                "proxy {proxy}: backend {label} is up again ({why})",
+                proxy=self.name, label=backend.label, why=why,
+            )
 
     def route(self, name: str) -> BackendGroup | None:
         """
@@ -460,6 +568,19 @@ class BackendPool:
         A session that had connected to C{backend} is over.
         """
         backend.active -= 1
+
+
+def _checkPreamble(config: BackendConfig) -> dict[str, Any]:
+    """
+    What a backend's probes send first: the PROXY protocol header of a
+    connection of the proxy's own (C{LOCAL}) when it is sent C{send-proxy}
+    headers, since it expects one on every connection; with TLS, in clear
+    before the handshake, as sessions send theirs.
+    """
+    if not config.sendProxy:
+        return {}
+    return {"preamble": localHeader(config.sendProxy),
+            "endpointSendsPreamble": config.tls is not None}
 
 
 # Errors of the proxy's own resources, not the backend's doing.

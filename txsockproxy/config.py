@@ -122,6 +122,40 @@ class BackendTLS:
     keyPEM: bytes = field(default=b"", repr=False)
 
 
+# Active health checks (see L{txsockproxy.healthcheck}): the kinds, and the
+# defaults of the check-* keys.
+CHECK_KINDS = ("off", "connect", "send-expect")
+DEFAULT_CHECK_INTERVAL = 2.0
+DEFAULT_CHECK_TIMEOUT = 1.0
+DEFAULT_CHECK_RISE = 2
+DEFAULT_CHECK_FALL = 3
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """
+    The active health check of a backend.
+
+    @ivar kind: C{"connect"} (connecting through the backend's endpoint,
+        TLS handshake included, is the check) or C{"send-expect"}.
+    @ivar interval: seconds between checks.
+    @ivar timeout: seconds a check may take.
+    @ivar rise: good checks in a row that bring a backend back.
+    @ivar fall: failed checks in a row that take it down.
+    @ivar send: bytes sent once connected (C{send-expect}), UTF-8 of the
+        string written.
+    @ivar expect: bytes the reply must contain (C{send-expect}).
+    """
+
+    kind: str
+    interval: float = DEFAULT_CHECK_INTERVAL
+    timeout: float = DEFAULT_CHECK_TIMEOUT
+    rise: int = DEFAULT_CHECK_RISE
+    fall: int = DEFAULT_CHECK_FALL
+    send: bytes = b""
+    expect: bytes = b""
+
+
 @dataclass(frozen=True)
 class KeepaliveConfig:
     """
@@ -157,6 +191,7 @@ class BackendConfig:
     @ivar maxConnections: sessions it may hold at once (a full backend is
         skipped by every balancer); 0: no limit.
     @ivar keepalive: TCP keepalive of the sockets to it.
+    @ivar check: its active health check, or L{None} (C{check = "off"}).
     """
 
     endpoint: str
@@ -170,6 +205,7 @@ class BackendConfig:
     tls: BackendTLS | None = None
     maxConnections: int = 0
     keepalive: KeepaliveConfig = KeepaliveConfig()
+    check: CheckConfig | None = None
 
 
 # TLS on a proxy's own listeners (the tls-* keys of [[proxy]]): how client

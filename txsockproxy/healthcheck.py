@@ -20,10 +20,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-# Kinds of check.
+from txsockproxy.config import CHECK_KINDS
+
+# Kinds of check (CHECK_KINDS: these and "off").
 CONNECT = "connect"
 SEND_EXPECT = "send-expect"
-CHECK_KINDS = ("off", CONNECT, SEND_EXPECT)
 
 # The most of a reply kept while looking for the expected bytes.
 REPLY_LIMIT = 16384
@@ -44,13 +45,18 @@ class _Probe(Protocol):
     The protocol of one probe: sends, and looks for the expected reply.
     """
 
-    def __init__(self, send: bytes, expect: bytes, done: defer.Deferred[None]) -> None:
+    def __init__(
+        self, send: bytes, expect: bytes, done: defer.Deferred[None], preamble: bytes = b""
+    ) -> None:
+        self.preamble = preamble
         self.send = send
         self.expect = expect
         self.done = done
         self.received = b""
 
     def connectionMade(self) -> None:
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
         if not self.expect:
             self._finish()
             return
@@ -105,11 +111,19 @@ class HealthCheck:
         expect: bytes = b"",
         jitter: float = 0.1,
         rng: Optional[random.Random] = None,
+        preamble: bytes = b"",
+        endpointSendsPreamble: bool = False,
     ) -> None:
         """
         @param onChange: called with this check and the reason each time
             C{state} changes.
         @param jitter: each interval is drawn from C{interval * (1 ± jitter)}.
+        @param preamble: bytes every probe sends first, whatever its kind (a
+            PROXY protocol header, for a backend that expects one).
+        @param endpointSendsPreamble: whether C{endpoint} sends the preamble
+            itself (a TLS endpoint, in clear before its handshake, taking it
+            from the factory's C{preamble}), rather than the probe once
+            connected.
         """
         self.clock = clock
         self.endpoint = endpoint
@@ -122,6 +136,8 @@ class HealthCheck:
         self.send = send
         self.expect = expect if kind == SEND_EXPECT else b""
         self.jitter = jitter
+        self.preamble = preamble
+        self.endpointSendsPreamble = endpointSendsPreamble
         self.rng = rng or random.Random()
         self.state = CHECK_UP
         self.lastResult = ""
@@ -130,11 +146,49 @@ class HealthCheck:
         self.failures = 0
         self._streak = 0  # good (> 0) or failed (< 0) probes in a row
         self._call: Optional[IDelayedCall] = None
+        self._timer: Optional[IDelayedCall] = None  # the probe in flight's timeout
         self._probe: Optional[defer.Deferred[None]] = None
         # The connect of the probe in flight, and its protocol once connected.
         self._connecting: Optional[defer.Deferred[Any]] = None
         self._connected: list[Any] = []
         self._running = False
+
+    @property
+    def streak(self) -> int:
+        """
+        The run of the latest results: good probes in a row (> 0), or
+        failed ones (< 0).
+        """
+        return self._streak
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether it is checking (started and not stopped).
+        """
+        return self._running
+
+    def configure(
+        self,
+        kind: str,
+        interval: float,
+        timeout: float,
+        rise: int,
+        fall: int,
+        send: bytes = b"",
+        expect: bytes = b"",
+    ) -> None:
+        """
+        Use new settings from the next probe on, keeping the state, the
+        counters and the run of results (a reload that changes them).
+        """
+        self.kind = kind
+        self.interval = interval
+        self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+        self.send = send
+        self.expect = expect if kind == SEND_EXPECT else b""
 
     def start(self) -> None:
         """
@@ -155,6 +209,10 @@ class HealthCheck:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._timer is not None and self._timer.active():
+            # Its connection may take a turn of the reactor to close.
+            self._timer.cancel()
+        self._timer = None
         if self._probe is not None:
             self._probe = None
             _abort(self._connecting, self._connected)
@@ -171,9 +229,13 @@ class HealthCheck:
         done: defer.Deferred[None] = defer.Deferred()
         connected: list[Any] = []
         self._connected = connected
-        connecting = self.endpoint.connect(
-            Factory.forProtocol(lambda: _Probe(self.send, self.expect, done))
+        inClear = self.preamble if self.endpointSendsPreamble else b""
+        factory = Factory.forProtocol(
+            lambda: _Probe(self.send, self.expect, done, self.preamble if not inClear else b"")
         )
+        if inClear:
+            factory.preamble = inClear  # type: ignore[attr-defined]
+        connecting = self.endpoint.connect(factory)
         self._connecting = connecting
 
         def connectFailed(reason: Failure) -> None:
@@ -182,6 +244,7 @@ class HealthCheck:
 
         connecting.addCallbacks(connected.append, connectFailed)
         timer = self.clock.callLater(self.timeout, self._timedOut, done)
+        self._timer = timer
 
         def finished(result: object) -> object:
             if timer.active():

@@ -189,6 +189,19 @@ def encodeV2(
     )
 
 
+def localHeader(version: str) -> bytes:
+    """
+    The header of a connection the proxy makes on its own behalf (a health
+    check), which relays no client: version 1 C{PROXY UNKNOWN}, version 2
+    command C{LOCAL}; servers then keep the connection's own addresses.
+
+    @param version: C{"v1"} or C{"v2"}.
+    """
+    if version == "v1":
+        return b"PROXY UNKNOWN\r\n"
+    return V2_SIGNATURE + bytes([0x20 | _LOCAL, _UNSPEC << 4]) + struct.pack("!H", 0)
+
+
 # -- reading ------------------------------------------------------------------
 
 

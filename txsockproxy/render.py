@@ -13,6 +13,10 @@ from typing import Iterable
 from txsockproxy.config import (
     AUTO,
     DEFAULT_BALANCE,
+    DEFAULT_CHECK_FALL,
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_CHECK_RISE,
+    DEFAULT_CHECK_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
@@ -25,6 +29,7 @@ from txsockproxy.config import (
     DEFAULT_TLS_MIN_VERSION,
     BackendConfig,
     BackendTLS,
+    CheckConfig,
     Config,
     ListenTLSConfig,
     ProxyConfig,
@@ -95,6 +100,26 @@ def _backendLines(backend: BackendConfig, header: str = "[[proxy.backend]]") -> 
     if backend.sendProxy:
         yield f"send-proxy = {tomlString(backend.sendProxy)}"
     yield from _backendTLSLines(backend.tls)
+    yield from _checkLines(backend.check)
+
+
+def _checkLines(check: CheckConfig | None) -> Iterable[str]:
+    # Written per backend: a proxy's check keys are only defaults.
+    if check is None:
+        return
+    yield f"check = {tomlString(check.kind)}"
+    if check.interval != DEFAULT_CHECK_INTERVAL:
+        yield f"check-interval = {tomlNumber(check.interval)}"
+    if check.timeout != DEFAULT_CHECK_TIMEOUT:
+        yield f"check-timeout = {tomlNumber(check.timeout)}"
+    if check.rise != DEFAULT_CHECK_RISE:
+        yield f"rise = {check.rise}"
+    if check.fall != DEFAULT_CHECK_FALL:
+        yield f"fall = {check.fall}"
+    if check.send:
+        yield f"check-send = {tomlString(check.send.decode('utf-8'))}"
+    if check.expect:
+        yield f"check-expect = {tomlString(check.expect.decode('utf-8'))}"
 
 
 def _backendTLSLines(tls: BackendTLS | None) -> Iterable[str]:
@@ -258,7 +283,19 @@ def _backendDescriptions(backends: Iterable[BackendConfig], indent: str) -> Iter
             f" congestion={b.congestion}"
             + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
             + (f" tls={b.tls.name!r}" if b.tls is not None else "")
+            + _checkDescription(b.check)
         )
+
+
+def _checkDescription(check: CheckConfig | None) -> str:
+    if check is None:
+        return ""
+    text = (f" check={check.kind} check-interval={_seconds(check.interval)}"
+            f" check-timeout={_seconds(check.timeout)} rise={check.rise} fall={check.fall}")
+    if check.kind == "send-expect":
+        # repr: the bytes as they go, \r\n and all, on one line.
+        text += f" check-send={check.send!r} check-expect={check.expect!r}"
+    return text
 
 
 def _seconds(value: float) -> str:

@@ -585,7 +585,15 @@ class ProxyService(MultiService):
             plan.commit()
         for switch in tree.tlsSwitches:
             switch()
+        # Health checks: those of a proxy that goes stop; a serving
+        # proxy's new backends (and a new proxy's) start checking.
+        for pool in self.pools.values():
+            if all(plan.pool is not pool for plan in tree.pools):
+                pool.stopChecks()
         self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
+        if self.running and not self._stopping:
+            for pool in self.pools.values():
+                pool.startChecks()
         for key, listener in self._listeners.items():
             if tree.listeners.get(key) is not listener:
                 stopped = listener.disownServiceParent()
@@ -654,6 +662,9 @@ class ProxyService(MultiService):
             self._fail(e)
         self.acceptRecovery.start()
         super().startService()
+        # Bound and serving: the backends' health checks start.
+        for pool in self.pools.values():
+            pool.startChecks()
         if self.handleSignals:
             self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
         kind = type(self.reactor)
@@ -695,6 +706,8 @@ class ProxyService(MultiService):
                 signal.signal(signum, self._onSecondSignal)
         # Stops the listeners (they stop listening at once) and the ticker.
         stopped = super().stopService()
+        for pool in self.pools.values():
+            pool.stopChecks()
         self.acceptRecovery.stop()
         timeout = self.config.shutdownTimeout
         count = len(self.sessions.open)

@@ -200,6 +200,26 @@ def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
         "last_error": backend.lastError,
         "max_connections": backend.config.maxConnections or None,
         "drain_closed": backend.drainClosed,
+        "check": checkStatus(backend, now),
+    }
+
+
+def checkStatus(backend: Backend, now: float) -> dict[str, Any] | None:
+    """
+    A backend's health check as C{/status.json} shows it, or L{None} when
+    its check is off. C{last_change} is in seconds ago (of the last change
+    of state, or of the check's start).
+    """
+    health = backend.health
+    if health is None:
+        return None
+    return {
+        "kind": health.kind,
+        "state": health.state,
+        "last_result": health.lastResult,
+        "last_change": round(max(0.0, now - health.lastChange), 3),
+        "checks": health.checks,
+        "failures": health.failures,
     }
 
 
@@ -359,8 +379,20 @@ class _Collector:
         )
         state = GaugeMetricFamily(
             "sockproxy_backend_state",
-            "1 for the backend's current state: up, disabled, draining or down.",
+            "1 for the backend's current state: up, disabled, draining, down or unhealthy.",
             labels=backendLabels + ["state"],
+        )
+        checkUp = GaugeMetricFamily(
+            "sockproxy_backend_check_up",
+            "1 if the backend's health check says up, 0 if down; only for backends "
+            "with a health check.",
+            labels=backendLabels,
+        )
+        checks = CounterMetricFamily(
+            "sockproxy_backend_checks", "Health checks done.", labels=backendLabels
+        )
+        checkFailures = CounterMetricFamily(
+            "sockproxy_backend_check_failures", "Health checks failed.", labels=backendLabels
         )
         routed = CounterMetricFamily(
             "sockproxy_route_sessions",
@@ -396,9 +428,13 @@ class _Collector:
                 up.add_metric(labels, 1 if current == UP else 0)
                 for name in STATES:
                     state.add_metric(labels + [name], 1 if name == current else 0)
+                if b.health is not None:
+                    checkUp.add_metric(labels, 0 if b.checkDown else 1)
+                    checks.add_metric(labels, b.health.checks)
+                    checkFailures.add_metric(labels, b.health.failures)
         yield from (accepted, refused, resourceErrors, badHeaders, denied, limited, queueWaiting,
                     queueRefused, closedAtAccept, active, bActive, connected, failed, bytesIn,
-                    bytesOut, up, state, routed, drainClosed)
+                    bytesOut, up, state, routed, drainClosed, checkUp, checks, checkFailures)
 
 
 def serverStatistics(view: StatusView) -> str:
@@ -445,6 +481,7 @@ th, td {{ border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }}
 th {{ background: #eee; }} td.text {{ text-align: left; }}
 tr.up td.state {{ background: #cfc; }} tr.disabled td.state {{ background: #fcc; }}
 tr.draining td.state {{ background: #ffc; }} tr.down td.state {{ background: #ddd; }}
+tr.unhealthy td.state {{ background: #fcc; }}
 </style></head><body>
 <h1>sockproxy status</h1>
 <p>Refreshes every {refresh} s. Also: <a href="status.json">status.json</a>,
@@ -470,7 +507,8 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
                 f'<td class="text">{e(b["endpoint"])}</td><td class="state text">{e(b["state"])}</td>'
                 f'<td>{b["weight"]}</td><td>{b["active"]}</td><td>{b["connected"]}</td>'
                 f'<td>{b["failed"]}</td><td>{b["bytes_in"]}</td><td>{b["bytes_out"]}</td>'
-                f'<td class="text">{e(b["last_error"])}</td></tr>'
+                f'<td class="text">{e(b["last_error"])}</td>'
+                f'<td class="text check">{e(_checkText(b["check"]))}</td></tr>'
             )
         routeText = ""
         if routes:
@@ -499,11 +537,23 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
             + ("<th>route</th>" if routes else "")
             + "<th>backend</th><th>endpoint</th>"
             "<th>state</th><th>weight</th><th>active</th><th>connected</th><th>failed</th>"
-            "<th>bytes in</th><th>bytes out</th><th>last error</th></tr></thead>\n<tbody>"
+            "<th>bytes in</th><th>bytes out</th><th>last error</th><th>health check</th>"
+            "</tr></thead>\n<tbody>"
             + "\n".join(rows)
             + "</tbody></table>"
         )
     return _PAGE.format(refresh=refresh, proxies="\n".join(sections))
+
+
+def _checkText(check: dict[str, Any] | None) -> str:
+    """
+    A backend's health check in a few words, for the status page.
+    """
+    if check is None:
+        return "off"
+    last = f", last: {check['last_result']}" if check["last_result"] else ""
+    return (f"{check['kind']} {check['state']} ({check['failures']} of {check['checks']} "
+            f"failed{last})")
 
 
 class _Page(Resource):

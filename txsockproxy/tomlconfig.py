@@ -23,6 +23,7 @@ from txsockproxy.checks import knownBalancers, nulProblem, quote, unknownBalance
 from txsockproxy.config import (
     ACCELERATOR_SETTINGS,
     AUTO,
+    CHECK_KINDS,
     DEFAULT_BALANCE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
@@ -39,6 +40,7 @@ from txsockproxy.config import (
     TLS_VERSIONS,
     BackendConfig,
     BackendTLS,
+    CheckConfig,
     Config,
     ConfigError,
     KeepaliveConfig,
@@ -348,6 +350,10 @@ _TOP_KEYS = (
 _STATUS_KEYS = (
     "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
 )
+# The health check keys: in [[proxy]] they are the defaults of its backends.
+_CHECK_KEYS = (
+    "check", "check-interval", "check-timeout", "rise", "fall", "check-send", "check-expect",
+)
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -367,6 +373,7 @@ _PROXY_KEYS = (
     "tls-min-version",
     "backend",
     "route",
+    *_CHECK_KEYS,
 )
 _TLS_KEYS = ("tls", "tls-ca", "tls-name", "tls-cert", "tls-key", "tls-min-version")
 _ROUTE_KEYS = ("name", "names", "balance", "backend")
@@ -383,6 +390,7 @@ _BACKEND_KEYS = (
     "send-proxy",
     *BACKEND_PROTECTION_KEYS,
     *_TLS_KEYS,
+    *_CHECK_KEYS,
 )
 
 # Where a key that is unknown at one level belongs instead: the usual
@@ -719,8 +727,10 @@ def _buildProxy(
     protection = readProtection(raw, path, reader)
     backendKeepalive = readKeepalive(raw, path, "backend-keepalive", reader)
 
+    check = _readCheck(raw, path, reader, _NO_CHECK)
     routes, labels = _buildRoutes(raw, path, reader, resolve, balancers, connectTimeout,
-                                  disableTime, sendProxy=sendProxy, keepalive=backendKeepalive)
+                                  disableTime, check, sendProxy=sendProxy,
+                                  keepalive=backendKeepalive)
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
     if rawBackends is None:
@@ -736,7 +746,7 @@ def _buildProxy(
         for j, rawBackend in enumerate(rawBackends):
             built = _buildBackend(
                 rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime,
-                sendProxy=sendProxy, keepalive=backendKeepalive,
+                sendProxy=sendProxy, keepalive=backendKeepalive, check=check,
             )
             if built is not None:
                 backends.append((j, *built))
@@ -768,6 +778,7 @@ def _buildRoutes(
     balancers: frozenset[str],
     connectTimeout: float,
     disableTime: float,
+    check: CheckConfig,
     sendProxy: str = "",
     keepalive: KeepaliveConfig = KeepaliveConfig(),
 ) -> tuple[list[RouteConfig], list[tuple[tuple[Any, ...], tuple[Any, ...], str]]]:
@@ -844,7 +855,7 @@ def _buildRoutes(
             for j, rawBackend in enumerate(rawBackends):
                 built = _buildBackend(
                     rawBackend, here + ("backend", j), reader, resolve, connectTimeout, disableTime,
-                    sendProxy=sendProxy, keepalive=keepalive,
+                    sendProxy=sendProxy, keepalive=keepalive, check=check,
                 )
                 if built is not None:
                     backends.append((j, *built))
@@ -894,6 +905,7 @@ def _buildBackend(
     disableTime: float,
     sendProxy: str = "",
     keepalive: KeepaliveConfig = KeepaliveConfig(),
+    check: CheckConfig | None = None,
 ) -> tuple[BackendConfig, str] | None:
     """
     Read one C{[[proxy.backend]]} table.
@@ -955,6 +967,7 @@ def _buildBackend(
         tls=_buildBackendTLS(raw, path, reader, resolved, origin),
         maxConnections=maxConnections,
         keepalive=backendKeepalive,
+        check=_backendCheck(raw, path, reader, check or _NO_CHECK),
     )
     if backend.sendProxy and resolved and isTLSEndpoint(resolved):
         reader.problem(
@@ -963,6 +976,85 @@ def _buildBackend(
             "write a tcp: endpoint with tls = true (the header then goes first, in clear)",
         )
     return backend, addressKey or "endpoint"
+
+
+# What a proxy that writes no check key gives its backends.
+_NO_CHECK = CheckConfig("off")
+
+
+def _readCheck(
+    raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader, default: CheckConfig
+) -> CheckConfig:
+    """
+    Read the health check keys of a C{[[proxy]]} or a backend table, the
+    keys not written taken from C{default} (the proxy's, for a backend).
+    A check kind of C{"off"} is kept, so that the other keys still pass on
+    as defaults.
+    """
+    kind = reader.string(raw, path, "check")
+    if kind is not None and kind not in CHECK_KINDS:
+        reader.problem(
+            path + ("check",),
+            f"must be one of {', '.join(repr(k) for k in CHECK_KINDS)}, not {kind!r}",
+        )
+        kind = None
+    rise = reader.integer(raw, path, "rise", 1, 1000)
+    fall = reader.integer(raw, path, "fall", 1, 1000)
+    check = CheckConfig(
+        kind=default.kind if kind is None else kind,
+        interval=reader.seconds(raw, path, "check-interval", default.interval, positive=True),
+        timeout=reader.seconds(raw, path, "check-timeout", default.timeout, positive=True),
+        rise=default.rise if rise is None else rise,
+        fall=default.fall if fall is None else fall,
+        send=_checkBytes(raw, path, reader, "check-send", default.send),
+        expect=_checkBytes(raw, path, reader, "check-expect", default.expect),
+    )
+    if check.kind != "send-expect":
+        # In a proxy whose own check is off, they are defaults for the
+        # backends that turn send-expect on.
+        if check.kind != "off" or path[-2:-1] == ("backend",):
+            for key in ("check-send", "check-expect"):
+                if key in raw:
+                    reader.problem(
+                        path + (key,),
+                        f'applies to check = "send-expect" only, not {check.kind!r}',
+                    )
+    elif not check.expect and "check" in raw and "check-expect" not in raw:
+        reader.problem(
+            path + ("check",),
+            'check = "send-expect" needs check-expect: the bytes a good reply contains',
+        )
+    return check
+
+
+def _checkBytes(
+    raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader, key: str, default: bytes
+) -> bytes:
+    """
+    Read C{check-send} or C{check-expect}: a string, with TOML's escapes
+    (C{\\r\\n}, C{\\u0000}), sent or looked for as its UTF-8 bytes.
+    """
+    if key not in raw:
+        return default
+    value = raw[key]
+    if not isinstance(value, str):
+        reader.problem(path + (key,), f"must be a string, not {_tomlType(value)}")
+        return default
+    if key == "check-expect" and not value:
+        reader.problem(path + (key,), "must not be empty (every reply contains nothing)")
+        return default
+    return value.encode("utf-8")
+
+
+def _backendCheck(
+    raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader, default: CheckConfig
+) -> CheckConfig | None:
+    """
+    A backend's health check: its own keys over its proxy's, or L{None}
+    when it is off.
+    """
+    check = _readCheck(raw, path, reader, default)
+    return None if check.kind == "off" else check
 
 
 def _sendProxy(reader: _Reader, raw: Mapping[str, Any], path: tuple[Any, ...], default: str) -> str:
