@@ -177,14 +177,21 @@ class Sessions:
         # Session ids: this process's random prefix, and a count.
         self.prefix = os.urandom(4).hex()
         self.count = 0
+        # Told the number of open sessions when it changes (the global
+        # max-connections), if set.
+        self.onCount: Optional[Callable[[int], None]] = None
 
     def add(self, session: Session) -> None:
         self.count += 1
         session.serial = self.count
         self.open.add(session)
+        if self.onCount is not None:
+            self.onCount(len(self.open))
 
     def remove(self, session: Session) -> None:
         self.open.discard(session)
+        if self.onCount is not None:
+            self.onCount(len(self.open))
         try:
             if self.recorder is not None:
                 self.recorder(session)

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from txsockproxy import congestion
 from txsockproxy.accelerator import relayPathFor, setting, tlsFactoryFor
 from txsockproxy.acceptcount import AcceptRecoveryCounter
+from txsockproxy.acceptgate import AcceptGate
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import balancerFactory
@@ -384,6 +385,10 @@ class ProxyService(MultiService):
         self.reactorChoice = "given by the program that embeds the proxy"
         # Clients Twisted's ports close at accept for lack of descriptors.
         self.acceptRecovery = AcceptRecoveryCounter()
+        # Pauses the proxies' listeners at the global max-connections and
+        # when accepting runs out of descriptors.
+        self.acceptGate = AcceptGate(reactor, self._proxyPorts)
+        self.sessions.onCount = self.acceptGate.sessionsChanged
         self.statusView = StatusView(
             clock=reactor, closedAtAccept=lambda: self.acceptRecovery.closed
         )
@@ -536,6 +541,15 @@ class ProxyService(MultiService):
                     return backend
         return None
 
+    def _proxyPorts(self) -> list[IListeningPort]:
+        """
+        The listening ports of the proxies (not the status site's).
+        """
+        return [
+            listener.port for listener in self._listeners.values()
+            if listener.proxyFactory is not None and listener.port is not None
+        ]
+
     def _newListener(
         self, desc: str, proxy: Optional[str], factory: IProtocolFactory,
         tls: Optional[ListenTLSConfig] = None,
@@ -608,6 +622,8 @@ class ProxyService(MultiService):
         self._listeners = tree.listeners
         self.config = config
         self.sessions.debug = config.debug
+        self.acceptGate.limit = config.maxConnections
+        self.acceptGate.sessionsChanged(len(self.sessions.open))
         status = config.status
         self.statusView.pools = self.pools
         self.statusView.adminToken = status.adminToken if status is not None else ""
@@ -661,6 +677,7 @@ class ProxyService(MultiService):
         except StartupError as e:
             self._fail(e)
         self.acceptRecovery.start()
+        self.acceptGate.start()
         super().startService()
         # Bound and serving: the backends' health checks start.
         for pool in self.pools.values():
@@ -709,6 +726,7 @@ class ProxyService(MultiService):
         for pool in self.pools.values():
             pool.stopChecks()
         self.acceptRecovery.stop()
+        self.acceptGate.stop()
         timeout = self.config.shutdownTimeout
         count = len(self.sessions.open)
         if count:
