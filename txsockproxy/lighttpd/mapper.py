@@ -453,8 +453,8 @@ class Mapper:
             if on and chosen is None:
                 chosen = server
             elif on and chosen is not None and not self.sameServer(chosen, server):
-                where = f"inside {block.condition.text}: " if block.condition else ""
-                self.error(server.pos, key, f"{where}other backends than at {chosen.pos}: "
+                inside = f"inside {block.condition.text}: " if block.condition else ""
+                self.error(server.pos, key, f"{inside}other backends than at {chosen.pos}: "
                            "backends chosen by the client's address are not supported; a "
                            f"{_REMOTEIP} block may only turn proxying on (with the same "
                            "backends) or off (sockproxy.server = ()): that becomes the "
