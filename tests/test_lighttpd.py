@@ -2004,7 +2004,7 @@ class DocumentationTests(LighttpdTestCase):
         source = os.path.join(d, "lighttpd.conf")
         blocks = re.findall(r"```lighttpd( error)?\n(.*?)```(?:\n\n```text\n(.*?)```)?", doc,
                             re.DOTALL)
-        self.assertEqual(len(blocks), 8)
+        self.assertEqual(len(blocks), 9)
         for error, block, expected in blocks:
             block = block.replace("/etc/lighttpd/server.pem", pem)
             with self.subTest(block=block):
