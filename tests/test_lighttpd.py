@@ -1465,8 +1465,8 @@ class ErrorTests(LighttpdTestCase):
             sockproxy(ONE_HOST) + '$HTTP["remoteip"] == "10.0.0.0/8" {\n'
             '  sockproxy.balance = "hash"\n}\n'), [
             f"{SOURCE}:6: sockproxy.balance: inside $HTTP[\"remoteip\"] == \"10.0.0.0/8\": "
-            "sockproxy honours sockproxy directives only globally and directly inside "
-            "$SERVER[\"socket\"] == \"...\" blocks (column 3)"])
+            "only sockproxy.server (a socket's own, or ()) can be set per client address: "
+            "it becomes the proxy's access rules (column 3)"])
         self.assertEqual(self.problems(
             sockproxy(ONE_HOST + '\n$HTTP["host"] =~ "a\\.test" {\n' + ONE_HOST + "\n}")), [
             f"{SOURCE}:5: sockproxy.server: inside $HTTP[\"host\"] =~ \"a\\.test\": only "
@@ -2004,7 +2004,7 @@ class DocumentationTests(LighttpdTestCase):
         source = os.path.join(d, "lighttpd.conf")
         blocks = re.findall(r"```lighttpd( error)?\n(.*?)```(?:\n\n```text\n(.*?)```)?", doc,
                             re.DOTALL)
-        self.assertEqual(len(blocks), 8)
+        self.assertEqual(len(blocks), 9)
         for error, block, expected in blocks:
             block = block.replace("/etc/lighttpd/server.pem", pem)
             with self.subTest(block=block):

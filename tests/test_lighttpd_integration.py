@@ -563,7 +563,7 @@ class LighttpdAcceptsTests(SynchronousTestCase):
         self.needModOpenssl()
         with open(os.path.join(REPO, "doc", "lighttpd-config.md"), encoding="utf-8") as f:
             blocks = re.findall(r"```lighttpd\n(.*?)```", f.read(), re.DOTALL)
-        self.assertEqual(len(blocks), 4)
+        self.assertEqual(len(blocks), 5)
         pem = os.path.join(self.tmp, "server.pem")
         with open(pem, "wb") as f:
             f.write(certificate())

@@ -145,6 +145,8 @@ class Condition:
     """
     C{$VARIABLE["field"] op "value"}; C{op} is C{"else"} for an C{else}
     block, whose C{value} is then the text of the condition it negates.
+    C{chained}: written C{else $VARIABLE[...]}, so that it applies only
+    where the conditions before it did not match.
     """
 
     variable: str
@@ -152,6 +154,7 @@ class Condition:
     op: str
     value: str
     pos: Pos
+    chained: bool = False
 
     @property
     def text(self) -> str:
@@ -598,7 +601,7 @@ class _FileParser:
             if previous.op == "else":
                 self.fail(elseToken, "nothing can follow the catch-all 'else { ... }'")
             if self.peek().kind == "DOLLAR":
-                block = self.condline(self.next())
+                block = self.condline(self.next(), chained=True)
             elif self.peek().kind == "LCURLY":
                 condition = Condition(previous.variable, previous.field, "else",
                                        previous.text, elseToken.pos)
@@ -606,7 +609,7 @@ class _FileParser:
             else:
                 self.unexpected(self.peek(), "a condition or '{' after 'else'")
 
-    def condline(self, dollar: Token) -> Block:
+    def condline(self, dollar: Token, chained: bool = False) -> Block:
         nameToken = self.next()
         if nameToken.kind != "NAME":
             self.unexpected(nameToken, "a name such as SERVER after '$'")
@@ -633,7 +636,7 @@ class _FileParser:
                                  "[\"socket\"]"))
         if variable == "HTTP" and fieldName not in _HTTP_FIELDS:
             raise StopParsing(problemAt(fieldToken.pos, what, "unknown condition field"))
-        condition = Condition(variable, fieldName, op.text, value.text, dollar.pos)
+        condition = Condition(variable, fieldName, op.text, value.text, dollar.pos, chained)
         opened = self.next()
         if opened.kind != "LCURLY":
             self.unexpected(opened, f"'{{' after the condition {condition.text}")

@@ -28,14 +28,17 @@ from txsockproxy.config import (
     ConfigError,
     ListenTLSConfig,
     Problem,
+    Protection,
     ProxyConfig,
     RouteConfig,
 )
 from txsockproxy.endpoints import Resolver, backendFromHost, checkEndpoint, originFields
+from txsockproxy.lighttpd.clientrules import Network, accessRules, parseNetwork
 from txsockproxy.lighttpd.evaluator import (
     Arr,
     Assignment,
     Block,
+    Condition,
     Entry,
     Evaluator,
     Int,
@@ -137,8 +140,10 @@ class _Server:
 
 
 # What makes sockets one proxy: the same sockproxy.server (by identity), the
-# same balancer, the same routes and the same TLS termination.
-_Group = tuple[int, str, tuple[RouteConfig, ...], ListenTLSConfig | None]
+# same balancer, the same routes, the same TLS termination and the same
+# access rules.
+_Group = tuple[int, str, tuple[RouteConfig, ...], ListenTLSConfig | None, tuple[str, ...]]
+_REMOTEIP = '$HTTP["remoteip"]'
 
 
 class Mapper:
@@ -249,10 +254,11 @@ class Mapper:
         tlsOf: dict[tuple[int, str, tuple[RouteConfig, ...]], tuple[str, bool]] = {}
         debugLevels: list[tuple[int, Pos]] = []
         for sock in sockets:
-            server = self.setting(sock.block, "sockproxy.server")
-            if server is None:
+            chosen = self.clientServer(sock)
+            if chosen is None:
                 served.append(sock.token)
                 continue
+            server, access = chosen
             definition = self.server(server)
             balance = self.balance(sock.block)
             debug = self.setting(sock.block, "sockproxy.debug")
@@ -266,7 +272,7 @@ class Mapper:
             routes = self.routes(sock, server, balance)
             if routes is None:
                 continue
-            group = (id(server), balance, routes, listen.tls)
+            group = (id(server), balance, routes, listen.tls, access)
             same = tlsOf.setdefault(group[:3], (sock.token, listen.tls is not None))
             if same[1] != (listen.tls is not None):
                 self.notice(sock.pos, "sockproxy.server", f"{quoted(sock.token)} and "
@@ -302,6 +308,7 @@ class Mapper:
                 idleTimeout=definition.idleTimeout,
                 routes=routes,
                 tls=group[3],
+                protection=Protection(access=group[4]),
             ))
         return Config(
             proxies=tuple(result), debug=debugLevel, source=self.source,
@@ -326,12 +333,22 @@ class Mapper:
                 condition = block.condition
                 if hostRoute and key in _ROUTE_KEYS:
                     continue
+                if self.isClientBlock(block):
+                    if key != "sockproxy.server":
+                        self.error(assignment.pos, key, f"inside {condition.text}: only "
+                                   "sockproxy.server (a socket's own, or ()) can be set per "
+                                   "client address: it becomes the proxy's access rules")
+                    continue
                 if hostRoute:
                     why = (f"inside {condition.text}: only sockproxy.server and "
                            "sockproxy.balance can be set per server name")
                 elif condition.isSocket:
                     why = ("a $SERVER[\"socket\"] block inside another condition is not "
                            "supported: write it at the top level")
+                elif self.isRemoteIP(condition):
+                    why = (f"inside {condition.text}: a {_REMOTEIP} block becomes access "
+                           "rules only at the top level or directly inside a "
+                           "$SERVER[\"socket\"] block")
                 elif condition.variable == "HTTP" and condition.field == "host":
                     why = (f"inside {condition.text}: only $HTTP[\"host\"] == \"name\" and "
                            "$HTTP[\"host\"] =$ \".domain\", at the top level or directly "
@@ -362,6 +379,120 @@ class Mapper:
                 and condition.field == "host" and condition.op in ("==", "=$")
                 and block.parent is not None
                 and (block.parent is self.root or self.isSocketBlock(block.parent)))
+
+    @staticmethod
+    def isRemoteIP(condition: Condition) -> bool:
+        return condition.variable == "HTTP" and condition.field in ("remoteip", "remote-ip")
+
+    def isClientBlock(self, block: Block) -> bool:
+        """
+        Whether C{block} is a C{$HTTP["remoteip"]} condition whose
+        C{sockproxy.server} becomes access rules: at the top level or
+        directly inside a top-level C{$SERVER["socket"]} block.
+        """
+        condition = block.condition
+        return (condition is not None and self.isRemoteIP(condition)
+                and block.parent is not None
+                and (block.parent is self.root or self.isSocketBlock(block.parent)))
+
+    def clientCondition(self, block: Block) -> tuple[bool, Network] | None:
+        """
+        A client block's condition: (C{True} for C{==}, C{False} for
+        C{!=}; the network), or L{None} after an error.
+        """
+        condition = block.condition
+        assert condition is not None
+        if condition.op == "else" or condition.chained:
+            self.error(condition.pos, _REMOTEIP, f"{condition.text}: 'else' is not supported "
+                       "around sockproxy.server: write each block's own condition "
+                       f"({_REMOTEIP} == or != \"address[/bits]\")")
+            return None
+        if condition.op not in ("==", "!="):
+            self.error(condition.pos, _REMOTEIP, f"{condition.text}: only == and != "
+                       "\"address[/bits]\" become access rules (=~, !~, =^ and =$ are not "
+                       "supported around sockproxy.server)")
+            return None
+        try:
+            network = parseNetwork(condition.value)
+        except ValueError:
+            self.error(condition.pos, _REMOTEIP, f"{quoted(condition.value)} is not an "
+                       "address or a network (10.0.0.0/8, 2001:db8::/32)")
+            return None
+        return condition.op == "==", network
+
+    def clientServer(self, sock: _Socket) -> tuple[Assignment, tuple[str, ...]] | None:
+        """
+        The C{sockproxy.server} of a socket and its access rules: lighttpd
+        applies the global value, then each matching condition in the order
+        written (the socket's own block, and the C{$HTTP["remoteip"]} blocks
+        at the top level or inside it), at accept; the last that sets
+        C{sockproxy.server} decides, C{()} meaning "not proxied". The blocks
+        may turn proxying on and off, not choose other backends.
+
+        @return: the definition and the access rules; L{None} when the socket
+            is proxied for no client (or after an error).
+        """
+        key = "sockproxy.server"
+        steps = [
+            (block, block.values[key]) for block in self.ev.blocks.values()
+            if key in block.values and block is not self.root and (
+                block is sock.block or (self.isClientBlock(block) and (
+                    block.parent is self.root or block.parent is sock.block)))
+        ]
+        if all(block is sock.block for block, _ in steps):
+            server = self.setting(sock.block, key)
+            return None if server is None else (server, ())
+        base = self.setting(self.root, key)
+        proxied = base is not None and not _isOff(base.value)
+        chosen = base if proxied else None
+        blocks: list[tuple[bool, Network, bool]] = []
+        ok = True
+        for block, server in steps:
+            self.used.add(id(server))
+            on = not _isOff(server.value)
+            if on and chosen is None:
+                chosen = server
+            elif on and chosen is not None and not self.sameServer(chosen, server):
+                inside = f"inside {block.condition.text}: " if block.condition else ""
+                self.error(server.pos, key, f"{inside}other backends than at {chosen.pos}: "
+                           "backends chosen by the client's address are not supported; a "
+                           f"{_REMOTEIP} block may only turn proxying on (with the same "
+                           "backends) or off (sockproxy.server = ()): that becomes the "
+                           "proxy's access rules")
+                ok = False
+            if block is sock.block:
+                # Matches every connection: what came before no longer counts.
+                proxied, blocks = on, []
+                continue
+            condition = self.clientCondition(block)
+            if condition is None:
+                ok = False
+                continue
+            blocks.append((condition[0], condition[1], on))
+        if not ok or chosen is None:
+            return None
+        access = accessRules(proxied, blocks)
+        if access:
+            where = steps[-1][0].condition
+            assert where is not None
+            parts = self.splitSocket(sock.token, self.globalPort())
+            if parts is not None and parts[0] == "unix":
+                self.error(where.pos, _REMOTEIP, f"{quoted(sock.token)} is a unix socket: "
+                           "its clients have no address to match")
+                return None
+            if self.flag(sock.block, "extforward.hap-PROXY"):
+                self.error(where.pos, _REMOTEIP, f"{quoted(sock.token)}: not supported with "
+                           "extforward.hap-PROXY (lighttpd matches the proxy's address, "
+                           "not the one in the PROXY header)")
+                return None
+        return chosen, access
+
+    def sameServer(self, one: Assignment, other: Assignment) -> bool:
+        if one is other:
+            return True
+        first, second = self.server(one), self.server(other)
+        # After an error in either, that error is the one to report.
+        return first is None or second is None or first == second
 
     def routes(self, sock: _Socket, server: Assignment, balance: str,
                ) -> tuple[RouteConfig, ...] | None:
@@ -1076,6 +1207,14 @@ class Mapper:
         if ignored:
             described = [name + _IGNORED_HINTS.get(name, "") for name in ignored]
             self.notice(None, "", "ignored, not used by sockproxy: " + ", ".join(described))
+
+
+def _isOff(value: Value) -> bool:
+    """
+    Whether a C{sockproxy.server} value is C{()}: lighttpd then does not
+    proxy (the connection is HTTP).
+    """
+    return isinstance(value, Arr) and not value.entries
 
 
 def _addressLabel(backend: BackendConfig) -> str:
