@@ -11,7 +11,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import Proxy, lost
-from txsockproxy.config import Protection
+from txsockproxy.config import ConfigError, KeepaliveConfig, Protection
+from txsockproxy.render import renderToml
+from txsockproxy.tomlconfig import parseConfig
 
 
 def ip(host: str, port: int = 40000) -> IPv4Address:
@@ -221,3 +223,81 @@ class DrainTests(SynchronousTestCase):
         proxy.pool.setAdminState(a, "draining", 5)
         proxy.clock.advance(5)
         self.assertTrue(ct.aborted)
+
+
+FULL = """\
+max-connections = 1000
+
+[[proxy]]
+listen = "tcp:8080"
+max-connections = 100
+max-queue = 50
+queue-timeout = 5
+client-max-connections = 10
+client-rate = 20
+client-burst = 40
+client-ipv6-prefix = 48
+access = ["deny 10.1.0.0/16", "allow 10.0.0.0/8", "deny all"]
+drain-timeout = 30
+client-keepalive = { idle = 60, interval = 10, count = 5 }
+backend-keepalive = { idle = 30 }
+
+[[proxy.backend]]
+endpoint = "tcp:host=127.0.0.1:port=1"
+max-connections = 40
+
+[[proxy.backend]]
+endpoint = "tcp:host=127.0.0.1:port=2"
+keepalive = { idle = 120, count = 3 }
+"""
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The protection keys as the native configuration reads and writes them.
+    """
+
+    def test_read(self) -> None:
+        config = parseConfig(FULL, "p.toml")
+        [proxy] = config.proxies
+        self.assertEqual(config.maxConnections, 1000)
+        self.assertEqual(proxy.protection, Protection(
+            maxConnections=100, maxQueue=50, queueTimeout=5, clientMaxConnections=10,
+            clientRate=20, clientBurst=40, clientIPv6Prefix=48,
+            access=("deny 10.1.0.0/16", "allow 10.0.0.0/8", "deny all"), drainTimeout=30,
+            clientKeepalive=KeepaliveConfig(60, 10, 5),
+        ))
+        first, second = proxy.backends
+        self.assertEqual((first.maxConnections, first.keepalive), (40, KeepaliveConfig(30)))
+        self.assertEqual(second.keepalive, KeepaliveConfig(120, 0, 3))
+
+    def test_roundTrip(self) -> None:
+        """
+        --print-toml writes them back as they were read.
+        """
+        config = parseConfig(FULL, "p.toml")
+        again = parseConfig(renderToml(config), "p.toml")
+        self.assertEqual(again.proxies, config.proxies)
+        self.assertEqual(again.maxConnections, config.maxConnections)
+
+    def test_mistakes(self) -> None:
+        """
+        Each mistake is one problem naming the file, line and key.
+        """
+        cases = {
+            "max-queue = 5": "p.toml:3: proxy[0].max-queue: needs max-connections",
+            "client-burst = 5": "p.toml:3: proxy[0].client-burst: needs client-rate",
+            'access = ["permit all"]': "p.toml:3: proxy[0].access[0]: 'permit all' is not",
+            'access = "deny all"': "p.toml:3: proxy[0].access: must be an array of rules",
+            "client-rate = -1": "p.toml:3: proxy[0].client-rate: must be a number",
+            "client-keepalive = { interval = 5 }": "p.toml:3: proxy[0].client-keepalive: needs idle",
+            "client-keepalive = { idle = 5, often = 1 }":
+                "p.toml:3: proxy[0].client-keepalive.often: unknown key",
+            "client-ipv6-prefix = 200": "p.toml:3: proxy[0].client-ipv6-prefix: must be 1 to 128",
+        }
+        for line, expected in cases.items():
+            text = f'[[proxy]]\nlisten = "tcp:8080"\n{line}\n[[proxy.backend]]\nendpoint = "tcp:host=127.0.0.1:port=1"\n'
+            with self.assertRaises(ConfigError, msg=line) as caught:
+                parseConfig(text, "p.toml")
+            problems = [str(p) for p in caught.exception.problems]
+            self.assertTrue(any(p.startswith(expected) for p in problems), (line, problems))

@@ -17,10 +17,12 @@ from txsockproxy.config import (
     DEFAULT_CHECK_INTERVAL,
     DEFAULT_CHECK_RISE,
     DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_CLIENT_IPV6_PREFIX,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_QUEUE_TIMEOUT,
     DEFAULT_ROUTE_INSPECT_DELAY,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
@@ -31,7 +33,9 @@ from txsockproxy.config import (
     BackendTLS,
     CheckConfig,
     Config,
+    KeepaliveConfig,
     ListenTLSConfig,
+    Protection,
     ProxyConfig,
     oneLine,
 )
@@ -101,6 +105,41 @@ def _backendLines(backend: BackendConfig, header: str = "[[proxy.backend]]") -> 
         yield f"send-proxy = {tomlString(backend.sendProxy)}"
     yield from _backendTLSLines(backend.tls)
     yield from _checkLines(backend.check)
+    if backend.maxConnections:
+        yield f"max-connections = {backend.maxConnections}"
+    if backend.keepalive.idle:
+        yield f"keepalive = {_keepalive(backend.keepalive)}"
+
+
+def _keepalive(keepalive: KeepaliveConfig) -> str:
+    parts = [f"idle = {tomlNumber(keepalive.idle)}"]
+    if keepalive.interval:
+        parts.append(f"interval = {tomlNumber(keepalive.interval)}")
+    if keepalive.count:
+        parts.append(f"count = {keepalive.count}")
+    return "{ " + ", ".join(parts) + " }"
+
+
+def _protectionLines(protection: Protection) -> Iterable[str]:
+    if protection.maxConnections:
+        yield f"max-connections = {protection.maxConnections}"
+    if protection.maxQueue:
+        yield f"max-queue = {protection.maxQueue}"
+    if protection.queueTimeout != DEFAULT_QUEUE_TIMEOUT:
+        yield f"queue-timeout = {tomlNumber(protection.queueTimeout)}"
+    if protection.clientMaxConnections:
+        yield f"client-max-connections = {protection.clientMaxConnections}"
+    if protection.clientRate:
+        yield f"client-rate = {tomlNumber(protection.clientRate)}"
+        yield f"client-burst = {protection.clientBurst}"
+    if protection.clientIPv6Prefix != DEFAULT_CLIENT_IPV6_PREFIX:
+        yield f"client-ipv6-prefix = {protection.clientIPv6Prefix}"
+    if protection.access:
+        yield "access = [" + ", ".join(tomlString(rule) for rule in protection.access) + "]"
+    if protection.drainTimeout:
+        yield f"drain-timeout = {tomlNumber(protection.drainTimeout)}"
+    if protection.clientKeepalive.idle:
+        yield f"client-keepalive = {_keepalive(protection.clientKeepalive)}"
 
 
 def _checkLines(check: CheckConfig | None) -> Iterable[str]:
@@ -154,6 +193,7 @@ def _proxyLines(proxy: ProxyConfig) -> Iterable[str]:
         yield f"proxy-header-timeout = {tomlNumber(proxy.proxyHeaderTimeout)}"
     if proxy.tls is not None:
         yield from _tlsLines(proxy.tls)
+    yield from _protectionLines(proxy.protection)
     for backend in proxy.backends:
         yield ""
         yield from _backendLines(backend)
@@ -202,6 +242,8 @@ def renderToml(config: Config) -> str:
         topLevel.append(f"shutdown-timeout = {tomlNumber(config.shutdownTimeout)}")
     if config.accelerator != "auto":
         topLevel.append(f"accelerator = {tomlString(config.accelerator)}")
+    if config.maxConnections:
+        topLevel.append(f"max-connections = {config.maxConnections}")
     if topLevel:
         lines.append("")
         lines.extend(topLevel)
@@ -232,6 +274,8 @@ def describeConfig(config: Config) -> str:
     lines.append(f"shutdown-timeout = {_seconds(config.shutdownTimeout)}")
     if config.accelerator != "auto":
         lines.append(f"accelerator = {config.accelerator}")
+    if config.maxConnections:
+        lines.append(f"max-connections = {config.maxConnections}")
     if config.status is not None:
         lines.append("")
         lines.append("status")
@@ -264,6 +308,7 @@ def describeConfig(config: Config) -> str:
             clients = f"{tls.verifyClient} ({tls.clientCA})" if tls.clientCA else "off"
             lines.append(f"  {'tls-verify-client':<20}{clients}")
             lines.append(f"  {'tls-min-version':<20}{tls.minVersion}")
+        lines.extend(f"  {line}" for line in _protectionLines(proxy.protection))
         lines.extend(_backendDescriptions(proxy.backends, "  "))
         for route in proxy.routes:
             lines.append(f"  route {route.name!r}: {', '.join(route.names)}"
@@ -284,6 +329,8 @@ def _backendDescriptions(backends: Iterable[BackendConfig], indent: str) -> Iter
             + (f" send-proxy={b.sendProxy}" if b.sendProxy else "")
             + (f" tls={b.tls.name!r}" if b.tls is not None else "")
             + _checkDescription(b.check)
+            + (f" max-connections={b.maxConnections}" if b.maxConnections else "")
+            + (f" keepalive={_keepalive(b.keepalive)}" if b.keepalive.idle else "")
         )
 
 
