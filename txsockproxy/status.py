@@ -528,11 +528,13 @@ h1 { margin: 0 0 0.2em; font-size: 1.5em; }
 h2 { margin: 1.4em 0 0.3em; font-size: 1.2em; }
 h2 small { font-weight: normal; color: #555; font-size: 0.8em; }
 p.meta, p.legend { margin: 0.2em 0; color: #444; }
-table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-size: 0.9em; }
-th, td { border: 1px solid #bbb; padding: 0.2em 0.5em; text-align: right; }
-th { background: #e8ecf2; font-weight: 600; }
+table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-size: 0.85em; }
+th, td { border: 1px solid #bbb; padding: 0.15em 0.45em; text-align: right; }
+td { white-space: nowrap; }
+th { background: #e8ecf2; font-weight: 600; text-align: center; }
 thead tr:first-child th { background: #d5dce8; }
 td.text { text-align: left; }
+td.check small { display: block; max-width: 22em; overflow: hidden; text-overflow: ellipsis; }
 td.none { color: #999; text-align: center; }
 td.hot { background: #fde3c4; }
 td small { color: #555; }
@@ -659,7 +661,7 @@ def _checkCell(check: Optional[Mapping[str, Any]], now: float) -> str:
     result = str(check.get("last_result", ""))
     return (f'<td class="check text" title="{e(result)}">'
             f'<span class="state st-{"up" if state == "up" else "check-down"}">{e(state)}</span>'
-            f' for {since}<br><small>{e(result[:60])} · {check.get("checks", 0)} checks, '
+            f' for {since}<small>{e(result[:60])} · {check.get("checks", 0)} checks, '
             f'{check.get("failures", 0)} failed</small></td>')
 
 
@@ -678,20 +680,21 @@ _BACKEND_HEAD = (
     "<th rowspan=\"2\">backend</th><th rowspan=\"2\">endpoint</th><th rowspan=\"2\">state</th>"
     "<th rowspan=\"2\">health check</th><th rowspan=\"2\">weight</th>"
     "<th colspan=\"3\">sessions</th><th colspan=\"2\">sessions/s</th>"
-    "<th colspan=\"3\">bytes</th><th colspan=\"2\">errors</th>"
+    "<th colspan=\"3\">bytes from / to backend</th><th colspan=\"2\">errors</th>"
     "<th rowspan=\"2\">last error</th></tr>\n<tr>"
     "<th>now</th><th>limit</th><th>total</th><th>now</th><th>max</th>"
-    "<th>from backend</th><th>to backend</th><th>per s</th>"
-    "<th>failed connects</th><th>drain closed</th></tr>"
+    "<th>from</th><th>to</th><th>per s</th>"
+    "<th title=\"failed connects\">failed</th>"
+    "<th title=\"sessions closed at a drain's deadline\">drained</th></tr>"
 )
 
 _PROXY_HEAD = (
     "<tr><th colspan=\"3\">queue</th><th colspan=\"2\">sessions/s</th>"
-    "<th colspan=\"4\">sessions</th><th colspan=\"3\">bytes</th>"
+    "<th colspan=\"4\">sessions</th><th colspan=\"3\">bytes from / to clients</th>"
     "<th colspan=\"7\">clients closed</th></tr>\n<tr>"
     "<th>now</th><th>max</th><th>limit</th><th>now</th><th>max</th>"
     "<th>now</th><th>serving</th><th>limit</th><th>total</th>"
-    "<th>from clients</th><th>to clients</th><th>per s</th>"
+    "<th>from</th><th>to</th><th>per s</th>"
     "<th>no backend</th><th>denied</th><th>client limit</th><th>queue full</th>"
     "<th>queue timeout</th><th>bad PROXY</th><th>no resources</th></tr>"
 )
