@@ -95,7 +95,7 @@ class RateTracker:
             self._lastTime = self._clock.seconds()
             for key, values in self._read().items():
                 self.rates[key] = Rate(values, self.points)
-            self._call = self._clock.callLater(self.interval, self.sample)
+            self._call = self._clock.callLater(self.interval, self._tick)
 
     def stop(self) -> None:
         """
@@ -109,10 +109,14 @@ class RateTracker:
                 self._call.cancel()
             self._call = None
 
+    def _tick(self) -> None:
+        self._call = self._clock.callLater(self.interval, self._tick)
+        self.sample()
+
     def sample(self) -> None:
         """
-        Read the counters and update every rate; the next sample is due
-        C{interval} seconds later.
+        Read the counters and update every rate now (L{start} has it done
+        every C{interval} seconds).
         """
         now = self._clock.seconds()
         elapsed = now - self._lastTime
@@ -141,8 +145,6 @@ class RateTracker:
                 rate.history.append(tuple(s / self.pointSamples for s in sums))
                 rate._sums = [0.0] * len(sums)
                 rate._samples = 0
-        if self._call is not None:
-            self._call = self._clock.callLater(self.interval, self.sample)
 
     def rate(self, key: Key) -> Optional[Rate]:
         """

@@ -222,7 +222,8 @@ class StatusView:
     rates: RateTracker = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.startedAt is None:
+        # A test's reactor may keep no time; the uptime is 0 for it.
+        if self.startedAt is None and IReactorTime.providedBy(self.clock):
             self.startedAt = self.clock.seconds()
         self.rates = RateTracker(self.clock, self._counters)
 
