@@ -10,7 +10,6 @@ import os
 import signal
 import struct
 import subprocess
-import tempfile
 import zlib
 from html.parser import HTMLParser
 from typing import Any, Optional
@@ -494,7 +493,8 @@ class ChromiumScreenshotIntegrationTests(SynchronousTestCase):
         document["proxies"][0]["backends"][0]["check"] = {
             "state": "up", "last_result": "ok", "last_change": 3600, "checks": 720,
             "failures": 0}
-        directory = tempfile.mkdtemp(prefix="status-page-")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
         pagePath = os.path.join(directory, "status.html")
         with open(pagePath, "w", encoding="utf-8") as f:
             f.write(statusPage(view, document=document))
