@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpoint, Proxy
 from tests.test_status import render
-from txsockproxy.backends import DISABLED, DOWN, UNHEALTHY, UP, Backend
+from txsockproxy.backends import FAILING, MAINTENANCE, UNHEALTHY, UP, Backend
 from txsockproxy.config import (
     BackendConfig,
     CheckConfig,
@@ -123,21 +123,21 @@ class AvailabilityTests(SynchronousTestCase):
         pool, clock = self.proxy.pool, self.proxy.clock
         self.a.active += 1  # as pick() does for the session
         pool.connectFailed(self.a, _refused())
-        self.assertEqual(self.a.stateAt(clock.seconds()), DISABLED)
+        self.assertEqual(self.a.stateAt(clock.seconds()), FAILING)
         passProbes(self.proxy, "a", 2)
         self.assertLess(clock.seconds(), 10.0)
-        self.assertEqual(self.a.stateAt(clock.seconds()), DISABLED)
+        self.assertEqual(self.a.stateAt(clock.seconds()), FAILING)
         self.assertFalse(self.a.availableAt(clock.seconds()))
         clock.advance(10.0)
         self.assertTrue(self.a.availableAt(clock.seconds()))
-        self.a.adminState = DOWN
-        self.assertEqual(self.a.stateAt(clock.seconds()), DOWN)
+        self.a.adminState = MAINTENANCE
+        self.assertEqual(self.a.stateAt(clock.seconds()), MAINTENANCE)
         self.assertFalse(self.a.availableAt(clock.seconds()))
         self.a.adminState = UP
         failProbes(self.proxy, "a", 3)
         self.assertEqual(self.a.stateAt(clock.seconds()), UNHEALTHY)
-        self.a.adminState = DOWN
-        self.assertEqual(self.a.stateAt(clock.seconds()), DOWN, "the operator's state first")
+        self.a.adminState = MAINTENANCE
+        self.assertEqual(self.a.stateAt(clock.seconds()), MAINTENANCE, "the operator's state first")
         self.a.adminState = UP
         self.assertFalse(self.a.availableAt(clock.seconds()))
 
@@ -440,12 +440,14 @@ class StatusCheckTests(SynchronousTestCase):
     def test_page(self) -> None:
         """
         The HTML page shows the state C{unhealthy} and the check in the
-        backend's row, and C{off} for an unchecked one.
+        backend's row, and C{–} for an unchecked one.
         """
         page = statusPage(self.service.statusView)
         self.assertIn('<tr class="unhealthy">', page)
-        self.assertIn('<td class="text check">connect down (', page)
-        self.assertIn('<td class="text check">off</td>', page)
+        self.assertIn('<td class="state text st-unhealthy">unhealthy</td>', page)
+        self.assertIn('<span class="state st-unhealthy">down</span> for 1 s'
+                      "<small>no connection within 1s · 3 checks, 3 failed</small>", page)
+        self.assertIn('<td class="check none">–</td>', page)
 
 
 TOML = """

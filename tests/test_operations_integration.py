@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
 import re
 import secrets
@@ -30,6 +31,8 @@ from typing import Any, Optional
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest
 
+import twisted
+import txsockproxy
 from tests.integration_support import (
     BOUND,
     LOOPBACK,
@@ -54,10 +57,10 @@ CHROMIUM = "/usr/bin/chromium"
 # The keys /status.json documents, for each proxy and each backend.
 PROXY_KEYS = {"name", "listen", "accepted", "active", "refused", "resource_errors", "backends"}
 # Metrics of the whole process, with no proxy label.
-PROCESS_METRICS = {"sockproxy_closed_at_accept"}
+PROCESS_METRICS = {"sockproxy_closed_at_accept", "sockproxy_build_info"}
 BACKEND_KEYS = {
-    "label", "endpoint", "state", "active", "connected", "failed", "bytes_in", "bytes_out",
-    "last_error",
+    "label", "endpoint", "state", "legacy_state", "active", "connected", "failed", "bytes_in",
+    "bytes_out", "last_error", "rates",
 }
 
 
@@ -450,12 +453,13 @@ class StatusIntegrationTests(_OperationsTestCase):
         C{/status.json} has the documented shape, with every proxy and
         backend, and its counters match the sessions run: accepted, active
         and refused per proxy; connected, failed, bytes and state per
-        backend; a backend that refused is "disabled", with failed 1 and a
-        last_error.
+        backend; a backend that refused is "failing" ("disabled" by its
+        legacy_state), with failed 1 and a last_error.
         """
         proxy, sent = self.runSessions()
         document = self.statusDocument()
-        self.assertEqual(list(document), ["proxies", "closed_at_accept"])
+        self.assertEqual(list(document), ["version", "twisted", "python", "uptime", "proxies",
+                                          "closed_at_accept"])
         self.assertEqual(document["closed_at_accept"], 0)
         proxies = {p["name"]: p for p in document["proxies"]}
         self.assertEqual(list(proxies), ["main", "dead"])
@@ -471,7 +475,7 @@ class StatusIntegrationTests(_OperationsTestCase):
         )
         refusing, working = main["backends"]
         self.assertEqual(refusing["label"], "refusing")
-        self.assertEqual(refusing["state"], "disabled")
+        self.assertEqual((refusing["state"], refusing["legacy_state"]), ("failing", "disabled"))
         self.assertEqual((refusing["failed"], refusing["connected"]), (1, 0))
         self.assertEqual((refusing["bytes_in"], refusing["bytes_out"]), (0, 0))
         self.assertIn("refused", refusing["last_error"])
@@ -486,7 +490,7 @@ class StatusIntegrationTests(_OperationsTestCase):
         dead = proxies["dead"]
         self.assertEqual((dead["accepted"], dead["active"], dead["refused"]), (1, 0, 1))
         [gone] = dead["backends"]
-        self.assertEqual((gone["state"], gone["failed"], gone["connected"]), ("disabled", 1, 0))
+        self.assertEqual((gone["state"], gone["failed"], gone["connected"]), ("failing", 1, 0))
         self.assertNotEqual(gone["last_error"], "")
 
     def test_metrics(self) -> None:
@@ -503,9 +507,10 @@ class StatusIntegrationTests(_OperationsTestCase):
         self.assertTrue(families)
         samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
         for family in families:
-            self.assertTrue(family.name.startswith("sockproxy_"), family.name)
+            # process_*: prometheus_client's process collector.
+            self.assertTrue(family.name.startswith(("sockproxy_", "process_")), family.name)
             for sample in family.samples:
-                if family.name not in PROCESS_METRICS:
+                if family.name.startswith("sockproxy_") and family.name not in PROCESS_METRICS:
                     self.assertIn("proxy", sample.labels)
                 samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
 
@@ -535,9 +540,14 @@ class StatusIntegrationTests(_OperationsTestCase):
         self.assertEqual(value("sockproxy_backend_active_sessions", **working), 0)
         self.assertEqual(value("sockproxy_backend_up", **working), 1)
         self.assertEqual(value("sockproxy_backend_up", **refusing), 0)
-        self.assertEqual(value("sockproxy_backend_state", state="disabled", **refusing), 1)
+        self.assertEqual(value("sockproxy_backend_state", state="failing", **refusing), 1)
         self.assertEqual(value("sockproxy_backend_state", state="up", **refusing), 0)
         self.assertEqual(value("sockproxy_backend_state", state="up", **working), 1)
+        self.assertEqual(value("sockproxy_build_info", version=txsockproxy.__version__,
+                               twisted=twisted.__version__,
+                               python=platform.python_version()), 1)
+        # The process collector's, on Linux.
+        self.assertGreater(value("process_open_fds"), 0)
 
     def test_serverStatistics(self) -> None:
         """
@@ -663,7 +673,8 @@ class StatusPageIntegrationTests(_OperationsTestCase):
         """
         Loaded in headless Chromium, the status page has one table per
         proxy with one row per backend, showing the label, the state (also
-        the row's class) and the connected and failed counts that
+        the row's class; in words, with the seconds to the retry of a
+        failing backend) and the connected and failed counts that
         C{/status.json} reports.
         """
         working = self.startServer(echoHandler)
@@ -694,14 +705,15 @@ class StatusPageIntegrationTests(_OperationsTestCase):
         for (cls, cells), backend in zip(rows, expected, strict=True):
             self.assertEqual(cells[0], backend["label"])
             self.assertEqual(cells[1], backend["endpoint"])
-            self.assertEqual(cells[2], backend["state"])
+            self.assertTrue(cells[2].startswith(backend["state"]), cells[2])
             self.assertEqual(cls, backend["state"])
-            self.assertEqual(cells[5], str(backend["connected"]))
-            self.assertEqual(cells[6], str(backend["failed"]))
+            self.assertEqual(cells[7], str(backend["connected"]))
+            self.assertEqual(cells[13], str(backend["failed"]))
         self.assertEqual(
-            [(cells[0], cells[2], cells[5]) for _, cells in rows],
-            [("refusing", "disabled", "0"), ("working", "up", "2")],
+            [(cells[0], cells[2].split(" (")[0], cells[7]) for _, cells in rows],
+            [("refusing", "failing", "0"), ("working", "up", "2")],
         )
+        self.assertRegex(rows[0][1][2], r"^failing \(retry in \d+ s\)$")
 
 
 # -- 3. the admin API --------------------------------------------------------------------
@@ -740,7 +752,7 @@ class AdminIntegrationTests(_OperationsTestCase):
         With the right token, drain answers 200 and the backend becomes
         "draining": new sessions go to the other backend while the session
         already on it goes on relaying both ways and ends normally. Disable
-        makes it "down", enable "up" again, and then it gets new sessions.
+        makes it "maintenance", enable "up" again, and then it gets new sessions.
         Each action is logged.
         """
         proxy, port, a, b, token = self.startTwo()
@@ -775,8 +787,8 @@ class AdminIntegrationTests(_OperationsTestCase):
 
         code, _, body = self.admin("p/a/disable", token)
         self.assertEqual(code, 200, body)
-        self.assertEqual(json.loads(body)["state"], "down")
-        self.assertEqual(self.backendStatus("p", "a")["state"], "down")
+        self.assertEqual(json.loads(body)["state"], "maintenance")
+        self.assertEqual(self.backendStatus("p", "a")["state"], "maintenance")
         self.assertEqual(self.echoSession(proxy, port, b"while down")["backend"], "b")
 
         code, _, body = self.admin("p/a/enable", token)

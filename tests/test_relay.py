@@ -396,7 +396,7 @@ class FailoverTests(SynchronousTestCase):
         a = proxy.backends["a"]
         self.assertEqual((a.failed, a.active), (1, 0))
         self.assertEqual(a.lastError, "connection refused")
-        self.assertEqual(a.stateAt(proxy.clock.seconds()), "disabled")
+        self.assertEqual(a.stateAt(proxy.clock.seconds()), "failing")
         self.assertEqual(len(proxy.endpoints["b"].attempts), 1)
         _, bt = proxy.endpoints["b"].succeed()
         self.assertEqual(bt.value(), b"early")

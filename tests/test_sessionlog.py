@@ -395,8 +395,8 @@ class AdminStateTests(SynchronousTestCase):
             self.assertEqual(other.session.backend.label, "b")  # type: ignore[union-attr]
         self.assertEqual(a.active, 1)
         self.assertEqual(a.stateAt(proxy.clock.seconds()), "draining")
-        a.adminState = "down"
-        self.assertEqual(a.stateAt(proxy.clock.seconds()), "down")
+        a.adminState = "maintenance"
+        self.assertEqual(a.stateAt(proxy.clock.seconds()), "maintenance")
         proxy.accept()
         self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
         a.adminState = "up"

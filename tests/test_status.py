@@ -111,11 +111,16 @@ class StatusDocumentTests(SynchronousTestCase):
             "weight": 1, "active": 2, "connected": 5, "failed": 0, "bytes_in": 300,
             "bytes_out": 40, "last_error": "", "max_connections": None, "drain_closed": 0,
             "check": None,
+            "legacy_state": "up", "retry_in": None,
+            "rates": {"sessions": 0.0, "max_sessions": 0.0, "bytes": 0.0, "max_bytes": 0.0},
         })
         self.assertEqual(
-            (standby["state"], standby["failed"], standby["last_error"]),
-            ("disabled", 2, "connection refused"),
+            (standby["state"], standby["legacy_state"], standby["failed"],
+             standby["last_error"]),
+            ("failing", "disabled", 2, "connection refused"),
         )
+        # disable-time (1 s by default) from the failure, at time 0.
+        self.assertEqual(standby["retry_in"], 1.0)
 
     def test_metrics(self) -> None:
         """
@@ -141,7 +146,7 @@ class StatusDocumentTests(SynchronousTestCase):
         self.assertEqual(samples[("sockproxy_backend_up", primary)], 1)
         self.assertEqual(samples[("sockproxy_backend_up", standby)], 0)
         self.assertEqual(
-            samples[("sockproxy_backend_state", standby + (("state", "disabled"),))], 1
+            samples[("sockproxy_backend_state", standby + (("state", "failing"),))], 1
         )
         self.assertEqual(samples[("sockproxy_backend_state", standby + (("state", "up"),))], 0)
 
@@ -191,7 +196,8 @@ class StatusDocumentTests(SynchronousTestCase):
         self.assertNotIn("http://", page)
         self.assertNotIn("https://", page)
         self.assertIn('<tr class="up"><td class="text">primary</td>', page)
-        self.assertIn('<tr class="disabled"><td class="text">standby</td>', page)
+        self.assertIn('<tr class="failing"><td class="text">standby</td>', page)
+        self.assertIn('<td class="state text st-failing">failing (retry in 1 s)</td>', page)
         self.assertIn("&lt;b&gt;bad&lt;/b&gt;", page)
 
 
@@ -218,8 +224,9 @@ class AdminTests(SynchronousTestCase):
 
     def test_drainDisableEnable(self) -> None:
         """
-        With the token, drain sets "draining", disable "down", enable "up";
-        the reply is the backend's status; the change is logged.
+        With the token, drain sets "draining", disable "maintenance"
+        (C{legacy_state} "down"), enable "up"; the reply is the backend's
+        status; the change is logged.
         """
         primary, _ = backends(self.service)
         with capturedLogs() as events:
@@ -227,7 +234,8 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual((code, reply["state"]), (200, "draining"))
         self.assertEqual(primary.stateAt(0), "draining")
         self.assertTrue(any("set backend" in e.get("log_format", "") for e in events))
-        self.assertEqual(self.post(b"/backends/db/primary/disable")[1]["state"], "down")
+        reply = self.post(b"/backends/db/primary/disable")[1]
+        self.assertEqual((reply["state"], reply["legacy_state"]), ("maintenance", "down"))
         self.assertEqual(self.post(b"/backends/db/primary/enable")[1]["state"], "up")
 
     def test_missingToken(self) -> None:
@@ -318,7 +326,7 @@ class StatusViewTests(SynchronousTestCase):
         document = json.loads(render(root, b"/status.json")[1])
         self.assertEqual(document["closed_at_accept"], 4)
         self.assertEqual([(p["name"], p["backends"][0]["state"]) for p in document["proxies"]],
-                         [("db", "disabled")])
+                         [("db", "failing")])
         clock.advance(10)
         document = json.loads(render(root, b"/status.json")[1])
         self.assertEqual(document["proxies"][0]["backends"][0]["state"], "up")
@@ -380,4 +388,5 @@ class StatusViewTests(SynchronousTestCase):
         self.assertEqual(view.adminToken, "another-token-0123456789")
         code, _, _ = render(statusResource(view), b"/backends/other/x/disable", b"POST",
                             "Bearer another-token-0123456789")
-        self.assertEqual((code, service.pools["other"].backends[0].adminState), (200, "down"))
+        self.assertEqual((code, service.pools["other"].backends[0].adminState),
+                         (200, "maintenance"))

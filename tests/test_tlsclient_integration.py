@@ -184,7 +184,7 @@ class TLSBackendIntegrationTests(_IntegrationTestCase):
         for name, (_, _, why) in cases.items():
             backends = {b["label"]: b for b in status[name]["backends"]}
             self.assertEqual(backends["bad"]["failed"], 1, name)
-            self.assertEqual(backends["bad"]["state"], "disabled", name)
+            self.assertEqual(backends["bad"]["state"], "failing", name)
             self.assertIn(why, backends["bad"]["last_error"], name)
             self.assertEqual(backends["good"]["connected"], 3, name)
             self.assertEqual(backends["good"]["failed"], 0, name)

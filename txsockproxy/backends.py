@@ -42,13 +42,17 @@ from txsockproxy.tlsclient import backendEndpoint
 
 # A backend's state, as the status page and metrics show it.
 UP = "up"  # in rotation
-DISABLED = "disabled"  # out of rotation for disable-time after a connect failure
+FAILING = "failing"  # out of rotation for disable-time after a connect failure
+CHECKED_DOWN = "unhealthy"  # out of rotation: its health checks fail
 DRAINING = "draining"  # set by an operator: no new sessions, current ones finish
-DOWN = "down"  # set by an operator: no new sessions
+MAINTENANCE = "maintenance"  # set by an operator: no new sessions
+STATES = (UP, FAILING, CHECKED_DOWN, DRAINING, MAINTENANCE)
 # Its health check failed fall times in a row: no new sessions until rise
-# good ones.
-UNHEALTHY = "unhealthy"
-STATES = (UP, DISABLED, DRAINING, DOWN, UNHEALTHY)
+# good ones (another name of CHECKED_DOWN).
+UNHEALTHY = CHECKED_DOWN
+#: The names of the states before 0.2 ("disabled" was a failure, "down" an
+#: operator's disable), which /status.json still gives as "legacy_state".
+LEGACY_STATES = {FAILING: "disabled", CHECKED_DOWN: "disabled", MAINTENANCE: "down"}
 
 
 @implementer(IBackendInfo)
@@ -64,7 +68,8 @@ class Backend:
     @ivar lastError: the most recent connect failure, in words, or C{""}.
     @ivar disabledUntil: the reactor time until which a connect failure keeps
         the backend out of rotation.
-    @ivar adminState: what an operator set: C{"up"}, C{"draining"} or C{"down"}.
+    @ivar adminState: what an operator set: C{"up"}, C{"draining"} or
+        C{"maintenance"}.
     @ivar congestion: the congestion control its sockets get.
     @ivar route: the name of the group it belongs to: C{"default"} (the
         proxy's own backends) or a route's.
@@ -103,15 +108,15 @@ class Backend:
     def stateAt(self, now: float) -> str:
         """
         The backend's state at reactor time C{now}: what an operator set
-        (C{"down"}, C{"draining"}) first, else C{"unhealthy"} while its
-        health check says down, else C{"disabled"} during its disable-time
-        after a connect failure, else C{"up"}.
+        (C{"maintenance"}, C{"draining"}) first, else C{"unhealthy"} while
+        its health check says down, else C{"failing"} during its
+        disable-time after a connect failure, else C{"up"}.
         """
         if self.adminState != UP:
             return self.adminState
         if self.checkDown:
-            return UNHEALTHY
-        return DISABLED if now < self.disabledUntil else UP
+            return CHECKED_DOWN
+        return FAILING if now < self.disabledUntil else UP
 
     def availableAt(self, now: float) -> bool:
         """
@@ -527,8 +532,8 @@ class BackendPool:
         self, backend: Backend, state: str, drainTimeout: Optional[float] = None
     ) -> None:
         """
-        Set what an operator wants of C{backend}: C{"up"}, C{"down"} (no new
-        sessions) or C{"draining"} (no new sessions; those open are closed
+        Set what an operator wants of C{backend}: C{"up"}, C{"maintenance"}
+        (no new sessions) or C{"draining"} (no new sessions; those open are closed
         after C{drainTimeout} seconds, by default the proxy's
         C{drain-timeout}, if not 0).
         """

@@ -18,10 +18,14 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import math
+import platform
 from dataclasses import dataclass, field
+from importlib import metadata
 from io import BytesIO
 from typing import Any, Callable, Iterator, Mapping, Optional, cast
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -33,12 +37,24 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from txsockproxy.backends import DOWN, DRAINING, STATES, UP, Backend, BackendPool
+import twisted
+from txsockproxy.backends import (
+    CHECKED_DOWN,
+    DRAINING,
+    FAILING,
+    LEGACY_STATES,
+    MAINTENANCE,
+    STATES,
+    UP,
+    Backend,
+    BackendPool,
+)
 from txsockproxy.config import (
     DEFAULT_STATUS_MAX_BODY_SIZE,
     DEFAULT_STATUS_MAX_CONNECTIONS,
     DEFAULT_STATUS_REQUEST_TIMEOUT,
 )
+from txsockproxy.rates import INTERVAL, POINT_SAMPLES, POINTS, Rate, RateTracker
 
 #: The largest request body accepted, in bytes. Admin actions have none; a
 #: larger one is refused with 413 before any of it is read.
@@ -163,6 +179,23 @@ def _noneClosed() -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("txsockproxy")
+    except metadata.PackageNotFoundError:
+        # Run from a source tree that was never installed.
+        return "unknown"
+
+
+#: The version of txsockproxy, Twisted and Python, as the page and the
+#: C{sockproxy_build_info} metric show them.
+VERSIONS = {
+    "version": _version(),
+    "twisted": twisted.__version__,
+    "python": platform.python_version(),
+}
+
+
 @dataclass
 class StatusView:
     """
@@ -175,22 +208,61 @@ class StatusView:
     @ivar adminToken: the token admin actions need, or C{""} (refused).
     @ivar closedAtAccept: how many clients the process closed at accept,
         for lack of descriptors, so far.
+    @ivar startedAt: the C{clock} time the uptime counts from; by default
+        the view's creation (the service's).
+    @ivar rates: the session and byte rates of every proxy and backend,
+        sampled while a status site listens (see L{StatusSite}).
     """
 
     clock: IReactorTime
     pools: Mapping[str, BackendPool] = field(default_factory=dict)
     adminToken: str = field(default="", repr=False)
     closedAtAccept: Callable[[], int] = _noneClosed
+    startedAt: Optional[float] = None
+    rates: RateTracker = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A test's reactor may keep no time; the uptime is 0 for it.
+        if self.startedAt is None and IReactorTime.providedBy(self.clock):
+            self.startedAt = self.clock.seconds()
+        self.rates = RateTracker(self.clock, self._counters)
+
+    def _counters(self) -> dict[tuple[str, ...], tuple[int, int]]:
+        # Sessions and bytes (both ways) of every proxy and backend.
+        counters: dict[tuple[str, ...], tuple[int, int]] = {}
+        for name, pool in self.pools.items():
+            total = 0
+            for b in pool.backends:
+                moved = b.bytesIn + b.bytesOut
+                total += moved
+                counters[(name, b.label)] = (b.connected, moved)
+            counters[(name,)] = (pool.accepted, total)
+        return counters
+
+
+def _rates(rate: Optional[Rate]) -> dict[str, float]:
+    if rate is None:
+        return {"sessions": 0.0, "max_sessions": 0.0, "bytes": 0.0, "max_bytes": 0.0}
+    return {"sessions": rate.current[0], "max_sessions": rate.highest[0],
+            "bytes": rate.current[1], "max_bytes": rate.highest[1]}
 
 
 def backendStatus(backend: Backend, now: float) -> dict[str, Any]:
     """
     One backend as C{/status.json} shows it.
+
+    Its C{state} is one of L{STATES}; C{legacy_state} is the same by the
+    earlier names ("disabled" for a failure, "down" for an operator's
+    disable), for scripts written against them. C{retry_in} is, while the
+    backend is "failing", the seconds until it is tried again.
     """
+    state = backend.stateAt(now)
     return {
         "label": redactEndpoint(backend.label),
         "endpoint": redactEndpoint(backend.key),
-        "state": backend.stateAt(now),
+        "state": state,
+        "legacy_state": LEGACY_STATES.get(state, state),
+        "retry_in": round(backend.disabledUntil - now, 3) if state == FAILING else None,
         "weight": backend.weight,
         "active": backend.active,
         "connected": backend.connected,
@@ -229,8 +301,19 @@ def statusDocument(view: StatusView) -> dict[str, Any]:
     labels that default to them, are shown by L{redactEndpoint}.
     """
     now = view.clock.seconds()
+    proxies = []
+    rates = view.rates
+    for name, pool in view.pools.items():
+        proxy = _proxyStatus(pool, now)
+        proxy["rates"] = _rates(rates.rate((name,)))
+        for b, shown in zip(pool.backends, proxy["backends"], strict=True):
+            shown["rates"] = _rates(rates.rate((name, b.label)))
+        proxies.append(proxy)
+    started = view.startedAt if view.startedAt is not None else now
     return {
-        "proxies": [_proxyStatus(pool, now) for pool in view.pools.values()],
+        **VERSIONS,
+        "uptime": round(now - started, 3),
+        "proxies": proxies,
         "closed_at_accept": view.closedAtAccept(),
     }
 
@@ -379,7 +462,8 @@ class _Collector:
         )
         state = GaugeMetricFamily(
             "sockproxy_backend_state",
-            "1 for the backend's current state: up, disabled, draining, down or unhealthy.",
+            "1 for the backend's current state: up, failing, unhealthy, draining or "
+            "maintenance.",
             labels=backendLabels + ["state"],
         )
         checkUp = GaugeMetricFamily(
@@ -394,6 +478,11 @@ class _Collector:
         checkFailures = CounterMetricFamily(
             "sockproxy_backend_check_failures", "Health checks failed.", labels=backendLabels
         )
+        build = GaugeMetricFamily(
+            "sockproxy_build_info", "The versions running: always 1.",
+            labels=list(VERSIONS),
+        )
+        build.add_metric(list(VERSIONS.values()), 1)
         routed = CounterMetricFamily(
             "sockproxy_route_sessions",
             "Sessions sent to a route by their TLS server name (\"default\": no route "
@@ -432,7 +521,8 @@ class _Collector:
                     checkUp.add_metric(labels, 0 if b.checkDown else 1)
                     checks.add_metric(labels, b.health.checks)
                     checkFailures.add_metric(labels, b.health.failures)
-        yield from (accepted, refused, resourceErrors, badHeaders, denied, limited, queueWaiting,
+        yield from (build, accepted, refused, resourceErrors, badHeaders, denied, limited,
+                    queueWaiting,
                     queueRefused, closedAtAccept, active, bActive, connected, failed, bytesIn,
                     bytesOut, up, state, routed, drainClosed, checkUp, checks, checkFailures)
 
@@ -470,46 +560,279 @@ def serverStatistics(view: StatusView) -> str:
     )
 
 
+_CSS = """
+body { font-family: sans-serif; margin: 1.2em 1.5em; color: #222; background: #fff; }
+h1 { margin: 0 0 0.2em; font-size: 1.5em; }
+h2 { margin: 1.4em 0 0.3em; font-size: 1.2em; }
+h2 small { font-weight: normal; color: #555; font-size: 0.8em; }
+p.meta, p.legend { margin: 0.2em 0; color: #444; }
+table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-size: 0.85em; }
+th, td { border: 1px solid #bbb; padding: 0.15em 0.45em; text-align: right; }
+td { white-space: nowrap; }
+th { background: #e8ecf2; font-weight: 600; text-align: center; }
+thead tr:first-child th { background: #d5dce8; }
+td.text { text-align: left; }
+td.check small { display: block; max-width: 22em; overflow: hidden; text-overflow: ellipsis; }
+td.none { color: #999; text-align: center; }
+td.hot { background: #fde3c4; }
+td small { color: #555; }
+tbody tr:nth-child(even) td { background-color: #f7f7f7; }
+td.state, span.state { font-weight: 600; white-space: nowrap; }
+.st-up { background: #c8efc8 !important; color: #145214; }
+.st-failing, .st-unhealthy { background: #f7b9b9 !important; color: #7a0c0c; }
+.st-draining { background: #ffe08a !important; color: #5c4300; }
+.st-maintenance { background: #c9d3e6 !important; color: #1f3358; }
+span.state { padding: 0 0.4em; border-radius: 3px; }
+div.sparks { display: flex; gap: 2em; margin: 0.3em 0; }
+figure { margin: 0; }
+figcaption { font-size: 0.8em; color: #444; }
+svg.spark { display: block; background: #f4f6fa; border: 1px solid #d5dce8; }
+"""
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{refresh}">
 <title>sockproxy status</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }}
-th {{ background: #eee; }} td.text {{ text-align: left; }}
-tr.up td.state {{ background: #cfc; }} tr.disabled td.state {{ background: #fcc; }}
-tr.draining td.state {{ background: #ffc; }} tr.down td.state {{ background: #ddd; }}
-tr.unhealthy td.state {{ background: #fcc; }}
-</style></head><body>
+<style>{css}</style></head><body>
 <h1>sockproxy status</h1>
-<p>Refreshes every {refresh} s. Also: <a href="status.json">status.json</a>,
-<a href="metrics">metrics</a>, <a href="server-statistics">server-statistics</a>.</p>
+{header}
 {proxies}
 </body></html>
 """
 
+#: How the page names each state, and what the legend says of it.
+_STATE_WORDS = {
+    UP: ("up", "takes new sessions"),
+    FAILING: ("failing", "a connect failed: out of rotation for its disable-time"),
+    CHECKED_DOWN: ("unhealthy", "its health checks fail"),
+    DRAINING: ("draining", "an operator's drain: no new sessions, open ones go on"),
+    MAINTENANCE: ("maintenance", "an operator's disable: no new sessions"),
+}
 
-def statusPage(view: StatusView, refresh: int = 5) -> str:
+_SPARK_WIDTH = 240
+_SPARK_HEIGHT = 36
+
+
+def humanBytes(count: float) -> str:
     """
-    The HTML status page: a table of backends for every proxy.
+    C{count} bytes in binary units: C{"512 B"}, C{"1.5 KiB"}, C{"20.0 MiB"}.
+    """
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            break
+    return f"{count:.1f} {unit}"
+
+
+def humanDuration(seconds: float) -> str:
+    """
+    C{seconds} in the two largest units that matter: C{"42 s"},
+    C{"3 min 2 s"}, C{"5 h 1 min"}, C{"12 d 3 h"}.
+    """
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
+def _perSecond(rate: float) -> str:
+    return f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"
+
+
+def _since(value: float, now: float) -> float:
+    # A check's last change as a reactor time, or as the seconds since it.
+    return now - value if value > 1e9 else value
+
+
+def sparkline(values: list[float], colour: str, title: str) -> str:
+    """
+    An inline SVG line of C{values} (the newest at the right edge), scaled
+    to their highest.
+    """
+    step = _SPARK_WIDTH / (POINTS - 1)
+    top = max(values, default=0.0) or 1.0
+    scale = (_SPARK_HEIGHT - 4) / top
+    n = len(values)
+    points = " ".join(
+        f"{_SPARK_WIDTH - (n - 1 - i) * step:.1f},{_SPARK_HEIGHT - 2 - v * scale:.1f}"
+        for i, v in enumerate(values)
+    )
+    shape = ""
+    if n > 1:
+        left = _SPARK_WIDTH - (n - 1) * step
+        shape = (f'<polygon points="{left:.1f},{_SPARK_HEIGHT} {points} '
+                 f'{_SPARK_WIDTH},{_SPARK_HEIGHT}" fill="{colour}" fill-opacity="0.2"/>'
+                 f'<polyline points="{points}" fill="none" stroke="{colour}" '
+                 'stroke-width="1.5"/>')
+    return (f'<svg class="spark" width="{_SPARK_WIDTH}" '
+            f'height="{_SPARK_HEIGHT}" viewBox="0 0 {_SPARK_WIDTH} {_SPARK_HEIGHT}" '
+            f'role="img"><title>{html.escape(title)}</title>{shape}</svg>')
+
+
+def _state(b: Mapping[str, Any]) -> tuple[str, str]:
+    # The state's class and words on the page.
+    state = b["state"]
+    check = b.get("check")
+    if state == UP and check and check.get("state") == "down":
+        state = CHECKED_DOWN
+    words = _STATE_WORDS.get(state, (state, ""))[0]
+    if state == FAILING and b.get("retry_in") is not None:
+        words = f"failing (retry in {math.ceil(b['retry_in'])} s)"
+    return state, words
+
+
+def _checkCell(check: Optional[Mapping[str, Any]], now: float) -> str:
+    e = html.escape
+    if not check:
+        return '<td class="check none">–</td>'
+    state = str(check.get("state", ""))
+    since = humanDuration(_since(float(check.get("last_change") or 0), now))
+    result = str(check.get("last_result", ""))
+    return (f'<td class="check text" title="{e(result)}">'
+            f'<span class="state st-{"up" if state == "up" else "unhealthy"}">{e(state)}</span>'
+            f' for {since}<small>{e(result[:60])} · {check.get("checks", 0)} checks, '
+            f'{check.get("failures", 0)} failed</small></td>')
+
+
+def _number(value: Any, cls: str = "") -> str:
+    attribute = f' class="{cls}"' if cls else ""
+    if value is None:
+        return f'<td class="none {cls}">–</td>' if cls else '<td class="none">–</td>'
+    return f"<td{attribute}>{value}</td>"
+
+
+def _bytes(count: float, cls: str) -> str:
+    return f'<td class="{cls}" title="{count} bytes">{humanBytes(count)}</td>'
+
+
+_BACKEND_HEAD = (
+    "<th rowspan=\"2\">backend</th><th rowspan=\"2\">endpoint</th><th rowspan=\"2\">state</th>"
+    "<th rowspan=\"2\">health check</th><th rowspan=\"2\">weight</th>"
+    "<th colspan=\"3\">sessions</th><th colspan=\"2\">sessions/s</th>"
+    "<th colspan=\"3\">bytes from / to backend</th><th colspan=\"2\">errors</th>"
+    "<th rowspan=\"2\">last error</th></tr>\n<tr>"
+    "<th>now</th><th>limit</th><th>total</th><th>now</th><th>max</th>"
+    "<th>from</th><th>to</th><th>per s</th>"
+    "<th title=\"failed connects\">failed</th>"
+    "<th title=\"sessions closed at a drain's deadline\">drained</th></tr>"
+)
+
+_PROXY_HEAD = (
+    "<tr><th colspan=\"3\">queue</th><th colspan=\"2\">sessions/s</th>"
+    "<th colspan=\"4\">sessions</th><th colspan=\"3\">bytes from / to clients</th>"
+    "<th colspan=\"7\">clients closed</th></tr>\n<tr>"
+    "<th>now</th><th>max</th><th>limit</th><th>now</th><th>max</th>"
+    "<th>now</th><th>serving</th><th>limit</th><th>total</th>"
+    "<th>from</th><th>to</th><th>per s</th>"
+    "<th>no backend</th><th>denied</th><th>client limit</th><th>queue full</th>"
+    "<th>queue timeout</th><th>bad PROXY</th><th>no resources</th></tr>"
+)
+
+
+def _backendRow(b: Mapping[str, Any], routes: bool, now: float) -> str:
+    e = html.escape
+    state, words = _state(b)
+    rates = b["rates"]
+    limit = b.get("max_connections")
+    full = limit is not None and b["active"] >= limit
+    route = f'<td class="text route">{e(b["route"])}</td>' if routes else ""
+    return (
+        f'<tr class="{e(b["state"])}">{route}<td class="text">{e(b["label"])}</td>'
+        f'<td class="text">{e(b["endpoint"])}</td>'
+        f'<td class="state text st-{e(state)}">{e(words)}</td>'
+        + _checkCell(b.get("check"), now)
+        + f'<td>{b["weight"]}</td>'
+        f'<td class="active{" hot" if full else ""}">{b["active"]}</td>'
+        + _number(limit)
+        + f'<td class="connected">{b["connected"]}</td>'
+        f'<td>{_perSecond(rates["sessions"])}</td><td>{_perSecond(rates["max_sessions"])}</td>'
+        + _bytes(b["bytes_in"], "bytes-in") + _bytes(b["bytes_out"], "bytes-out")
+        + f'<td>{humanBytes(rates["bytes"])}/s</td>'
+        f'<td class="failed">{b["failed"]}</td><td>{b["drain_closed"]}</td>'
+        f'<td class="text">{e(b["last_error"])}</td></tr>'
+    )
+
+
+def _proxyRow(proxy: Mapping[str, Any]) -> str:
+    queue = proxy["queue"]
+    rates = proxy["rates"]
+    fromClients = sum(b["bytes_out"] for b in proxy["backends"])
+    toClients = sum(b["bytes_in"] for b in proxy["backends"])
+    limit = proxy["max_connections"]
+    full = limit is not None and proxy["serving"] >= limit
+    return (
+        f'<tr><td class="queue{" hot" if queue["waiting"] else ""}">{queue["waiting"]}</td>'
+        f'<td>{queue["max_waiting"]}</td>'
+        + _number(queue["limit"] or None)
+        + f'<td>{_perSecond(rates["sessions"])}</td><td>{_perSecond(rates["max_sessions"])}</td>'
+        f'<td class="active">{proxy["active"]}</td>'
+        f'<td class="serving{" hot" if full else ""}">{proxy["serving"]}</td>'
+        + _number(limit)
+        + f'<td class="accepted">{proxy["accepted"]}</td>'
+        + _bytes(fromClients, "bytes-from-clients") + _bytes(toClients, "bytes-to-clients")
+        + f'<td>{humanBytes(rates["bytes"])}/s</td>'
+        f'<td class="refused">{proxy["refused"]}</td>'
+        f'<td class="denied">{proxy["denied"]}</td>'
+        f'<td class="client-limited">{proxy["client_limited"]}</td>'
+        f'<td class="queue-full">{queue["full"]}</td>'
+        f'<td class="queue-timeouts">{queue["timeouts"]}</td>'
+        f'<td class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</td>'
+        f'<td class="resource-errors">{proxy["resource_errors"]}</td></tr>'
+    )
+
+
+def _sparks(proxy: Mapping[str, Any], rate: Optional[Rate]) -> str:
+    history = list(rate.history) if rate is not None else []
+    minutes = POINTS * POINT_SAMPLES * INTERVAL / 60
+    rates = proxy["rates"]
+    figures = []
+    for index, what, colour, show in (
+        (0, "sessions/s", "#1f5fbf", _perSecond),
+        (1, "bytes/s", "#2e7d32", humanBytes),
+    ):
+        values = [point[index] for point in history]
+        top = max(values, default=0.0)
+        figures.append(
+            "<figure>"
+            + sparkline(values, colour, f"{what} over the last {minutes:g} min, "
+                                         f"{POINT_SAMPLES * INTERVAL:g} s averages")
+            + f"<figcaption>{what}: now {show(rates['sessions' if index == 0 else 'bytes'])}, "
+            f"highest {POINT_SAMPLES * INTERVAL:g} s average in {minutes:g} min "
+            f"{show(top)}</figcaption></figure>"
+        )
+    return '<div class="sparks">' + "".join(figures) + "</div>\n"
+
+
+def statusPage(
+    view: StatusView, refresh: int = 5, document: Optional[Mapping[str, Any]] = None
+) -> str:
+    """
+    The HTML status page: the versions and uptime, then for every proxy
+    sparklines of its session and byte rates, a row of its counters, and a
+    table of its backends.
+
+    @param document: what to show, by default L{statusDocument}C{(view)};
+        the rates' history is C{view}'s.
     """
     e = html.escape
+    if document is None:
+        document = statusDocument(view)
+    now = view.clock.seconds()
     sections = []
-    for proxy in statusDocument(view)["proxies"]:
-        rows = []
+    names = list(view.pools)
+    for index, proxy in enumerate(document["proxies"]):
+        rate = view.rates.rate((names[index],)) if index < len(names) else None
         routes = proxy.get("routes")
-        for b in proxy["backends"]:
-            route = f'<td class="text route">{e(b["route"])}</td>' if routes else ""
-            rows.append(
-                f'<tr class="{e(b["state"])}">{route}<td class="text">{e(b["label"])}</td>'
-                f'<td class="text">{e(b["endpoint"])}</td><td class="state text">{e(b["state"])}</td>'
-                f'<td>{b["weight"]}</td><td>{b["active"]}</td><td>{b["connected"]}</td>'
-                f'<td>{b["failed"]}</td><td>{b["bytes_in"]}</td><td>{b["bytes_out"]}</td>'
-                f'<td class="text">{e(b["last_error"])}</td>'
-                f'<td class="text check">{e(_checkText(b["check"]))}</td></tr>'
-            )
+        rows = [_backendRow(b, bool(routes), now) for b in proxy["backends"]]
         routeText = ""
         if routes:
             routeText = "<p>routes: " + "; ".join(
@@ -519,41 +842,33 @@ def statusPage(view: StatusView, refresh: int = 5) -> str:
                 for r in routes
             ) + "</p>\n"
         sections.append(
-            f'<h2>proxy {e(proxy["name"])}</h2>\n'
-            f'<p>listen: {e(", ".join(proxy["listen"]))}; balance: {e(proxy["balance"])}; '
-            f'accepted <b class="accepted">{proxy["accepted"]}</b>, '
-            f'active <b class="active">{proxy["active"]}</b>, '
-            f'refused <b class="refused">{proxy["refused"]}</b>, '
-            f'closed for lack of resources <b class="resource-errors">'
-            f'{proxy["resource_errors"]}</b>, '
-            f'bad PROXY headers <b class="bad-proxy-headers">{proxy["bad_proxy_headers"]}</b>, '
-            f'denied <b class="denied">{proxy["denied"]}</b>, '
-            f'client-limited <b class="client-limited">{proxy["client_limited"]}</b>; '
-            f'queue <b class="queue">{proxy["queue"]["waiting"]}</b> waiting '
-            f'(max {proxy["queue"]["max_waiting"]}, full {proxy["queue"]["full"]}, '
-            f'timed out {proxy["queue"]["timeouts"]})</p>\n'
+            f'<h2>proxy {e(proxy["name"])} <small>listen: {e(", ".join(proxy["listen"]))}; '
+            f'balance: {e(proxy["balance"])}</small></h2>\n'
+            + _sparks(proxy, rate)
             + routeText
+            + f'<table class="summary" data-summary="{e(proxy["name"])}"><thead>{_PROXY_HEAD}'
+            f"</thead>\n<tbody>{_proxyRow(proxy)}</tbody></table>\n"
             + f'<table data-proxy="{e(proxy["name"])}"><thead><tr>'
-            + ("<th>route</th>" if routes else "")
-            + "<th>backend</th><th>endpoint</th>"
-            "<th>state</th><th>weight</th><th>active</th><th>connected</th><th>failed</th>"
-            "<th>bytes in</th><th>bytes out</th><th>last error</th><th>health check</th>"
-            "</tr></thead>\n<tbody>"
+            + ('<th rowspan="2">route</th>' if routes else "")
+            + _BACKEND_HEAD + "</thead>\n<tbody>"
             + "\n".join(rows)
             + "</tbody></table>"
         )
-    return _PAGE.format(refresh=refresh, proxies="\n".join(sections))
-
-
-def _checkText(check: dict[str, Any] | None) -> str:
-    """
-    A backend's health check in a few words, for the status page.
-    """
-    if check is None:
-        return "off"
-    last = f", last: {check['last_result']}" if check["last_result"] else ""
-    return (f"{check['kind']} {check['state']} ({check['failures']} of {check['checks']} "
-            f"failed{last})")
+    legend = " ".join(
+        f'<span class="state st-{state}" title="{e(meaning)}">{e(words)}</span>'
+        for state, (words, meaning) in _STATE_WORDS.items()
+    )
+    header = (
+        f'<p class="meta">txsockproxy <b class="version">{e(document["version"])}</b> · '
+        f'Twisted {e(document["twisted"])} · Python {e(document["python"])} · '
+        f'up <b class="uptime">{humanDuration(document["uptime"])}</b> · '
+        f'closed at accept (no descriptors) {document["closed_at_accept"]}</p>\n'
+        f'<p class="legend">states: {legend} · refreshes every {refresh} s · '
+        'also <a href="status.json">status.json</a>, <a href="metrics">metrics</a>, '
+        '<a href="server-statistics">server-statistics</a></p>'
+    )
+    return _PAGE.format(refresh=refresh, css=_CSS, header=header,
+                        proxies="\n".join(sections))
 
 
 class _Page(Resource):
@@ -612,7 +927,7 @@ class _Statistics(Resource):
         return serverStatistics(self._view).encode("utf-8")
 
 
-ACTIONS = {"drain": DRAINING, "disable": DOWN, "enable": UP}
+ACTIONS = {"drain": DRAINING, "disable": MAINTENANCE, "enable": UP}
 
 
 class RefusalLog:
@@ -947,7 +1262,8 @@ class _Refused(Protocol):
 class StatusSite(Site):
     """
     The status endpoint's site: scrapes are not worth a log line each (admin
-    actions are logged by themselves), and tracebacks are not shown.
+    actions are logged by themselves), and tracebacks are not shown. While
+    it listens, its view's rates are sampled.
 
     It holds the limits that keep it from taking the relay's file
     descriptors, memory and disk.
@@ -996,6 +1312,8 @@ class StatusSite(Site):
             refusals = (resource.refusals if isinstance(resource, StatusRoot)
                         else RefusalLog(self.reactor))
         self.refusals = refusals
+        # Sampled while the site listens.
+        self._rates = resource.view.rates if isinstance(resource, StatusRoot) else None
         self.openConnections = 0
         self.refusedConnections = 0
         self.refusedBodies = 0
@@ -1015,8 +1333,15 @@ class StatusSite(Site):
         protocol: Protocol = super().buildProtocol(addr)
         return protocol
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self._rates is not None:
+            self._rates.start()
+
     def stopFactory(self) -> None:
         super().stopFactory()
+        if self._rates is not None:
+            self._rates.stop()
         self.refusals.flush()
 
     def log(self, request: Any) -> None:
@@ -1034,6 +1359,8 @@ def statusResource(view: StatusView) -> StatusRoot:
     root.putChild(b"status.json", _JSON(view))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(view))
+    # process_* (CPU, memory, descriptors, start time), where /proc has them.
+    ProcessCollector(registry=registry)
     root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"server-statistics", _Statistics(view))
     root.putChild(b"backends", _Admin(view, root.refusals))
