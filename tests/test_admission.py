@@ -301,3 +301,28 @@ class ConfigTests(SynchronousTestCase):
                 parseConfig(text, "p.toml")
             problems = [str(p) for p in caught.exception.problems]
             self.assertTrue(any(p.startswith(expected) for p in problems), (line, problems))
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_raisedLimitServesQueue(self) -> None:
+        """
+        A reload that raises C{max-connections} serves waiting clients at
+        once; per-client counts survive it.
+        """
+        from dataclasses import replace
+
+        proxy = Proxy(
+            labels=("a",),
+            protection=Protection(maxConnections=1, maxQueue=5, clientMaxConnections=3),
+        )
+        proxy.accept(ip("192.0.2.1", 1))
+        proxy.accept(ip("192.0.2.1", 2))
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 1)
+        config = replace(proxy.config, protection=replace(proxy.config.protection,
+                                                          maxConnections=5))
+        proxy.pool.reconfigure(config, proxy.pool.default.backends, proxy.pool.balancer)
+        self.assertEqual(len(proxy.endpoints["a"].attempts), 2)
+        self.assertEqual(len(proxy.pool.admission.queue), 0)
+        proxy.accept(ip("192.0.2.1", 3))
+        _, fourth = proxy.accept(ip("192.0.2.1", 4))
+        self.assertTrue(fourth.aborted, "the client's count was kept: 3 sessions already")
