@@ -2070,3 +2070,44 @@ class NulTests(ConfigTestCase):
         except ConfigError as e:
             for problem in e.problems:
                 self.assertTrue(str(problem).isprintable(), str(problem))
+
+
+class WorkersConfigTests(ConfigTestCase):
+    """
+    The top-level C{workers} key.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without C{workers}, the process serves its listeners itself (1), and
+        neither C{--check} nor C{--print-toml} mention the key.
+        """
+        from txsockproxy.render import renderToml
+
+        config = parse(minimal())
+        self.assertEqual(config.workers, 1)
+        self.assertNotIn("workers", describeConfig(config))
+        self.assertNotIn("workers", renderToml(config))
+
+    def test_countAndAuto(self) -> None:
+        """
+        C{workers} is a count or C{"auto"}; C{--check} and C{--print-toml}
+        show it, and the TOML they print reads back the same.
+        """
+        from txsockproxy.render import renderToml
+
+        for value, expected in (("2", 2), ('"auto"', "auto")):
+            config = parse(f"workers = {value}\n" + minimal())
+            self.assertEqual(config.workers, expected)
+            self.assertIn(f"workers = {expected}", describeConfig(config))
+            self.assertIn(f"workers = {value}", renderToml(config))
+            self.assertEqual(parseConfig(renderToml(config), SOURCE), config)
+
+    def test_bad(self) -> None:
+        """
+        C{workers = 0}, a word other than C{"auto"}, a float or a boolean is
+        one problem naming the line and the key.
+        """
+        for value in ("0", '"lots"', "1.5", "true", "-2", "100000"):
+            self.assertOneProblem(f"workers = {value}\n" + minimal(), 1, "workers",
+                                  'integer 1 to 256 or "auto"')

@@ -403,6 +403,9 @@ class Config:
         API only); see L{txsockproxy.accelerator}.
     @ivar maxConnections: sessions of all proxies at once; at it, the
         listeners stop accepting until one ends. 0: no limit.
+    @ivar workers: worker processes serving the listeners: a count (1: the
+        process serves them itself), or C{"auto"} (the CPUs the process may
+        use).
     """
 
     proxies: tuple[ProxyConfig, ...]
@@ -415,3 +418,4 @@ class Config:
     shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     accelerator: str = "auto"
     maxConnections: int = 0
+    workers: int | str = 1

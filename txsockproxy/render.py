@@ -244,6 +244,9 @@ def renderToml(config: Config) -> str:
         topLevel.append(f"accelerator = {tomlString(config.accelerator)}")
     if config.maxConnections:
         topLevel.append(f"max-connections = {config.maxConnections}")
+    if config.workers != 1:
+        workers = config.workers
+        topLevel.append(f"workers = {tomlString(workers) if isinstance(workers, str) else workers}")
     if topLevel:
         lines.append("")
         lines.extend(topLevel)
@@ -276,6 +279,8 @@ def describeConfig(config: Config) -> str:
         lines.append(f"accelerator = {config.accelerator}")
     if config.maxConnections:
         lines.append(f"max-connections = {config.maxConnections}")
+    if config.workers != 1:
+        lines.append(f"workers = {config.workers}")
     if config.status is not None:
         lines.append("")
         lines.append("status")

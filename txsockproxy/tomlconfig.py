@@ -344,7 +344,7 @@ def _tomlType(value: object) -> str:
 
 
 _TOP_KEYS = (
-    "debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout", "accelerator",
+    "debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout", "accelerator", "workers",
     "max-connections",
 )
 _STATUS_KEYS = (
@@ -487,6 +487,7 @@ def _buildConfig(
             f"must be one of {', '.join(map(repr, ACCELERATOR_SETTINGS))}, not {accelerator!r}",
         )
         accelerator = "auto"
+    workers = _workers(data, reader)
     rawProxies = data.get("proxy")
     proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:
@@ -530,8 +531,27 @@ def _buildConfig(
         proxies=tuple(p for _, p in proxies), debug=debug or 0, source=reader.source,
         status=status, sessionLog=sessionLog, logFormat=logFormat,
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
-        notices=tuple(reader.notices), maxConnections=maxConnections,
+        notices=tuple(reader.notices), maxConnections=maxConnections, workers=workers,
     )
+
+
+# More worker processes than this is a mistake, not a configuration.
+MAX_WORKERS = 256
+
+
+def _workers(data: Mapping[str, Any], reader: _Reader) -> int | str:
+    """
+    The top-level C{workers}: a count from 1 to L{MAX_WORKERS}, or
+    C{"auto"}.
+    """
+    value = data.get("workers", 1)
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        reader.problem(("workers",), f"must be an integer 1 to {MAX_WORKERS} or \"auto\", "
+                       f"not {value!r}")
+        return 1
+    return value
 
 
 def _buildStatus(data: Mapping[str, Any], reader: _Reader) -> StatusConfig | None:
