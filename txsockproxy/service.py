@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Mapping, Optional, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -33,6 +33,7 @@ from txsockproxy import congestion
 from txsockproxy.accelerator import relayPathFor, setting, tlsFactoryFor
 from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.acceptgate import AcceptGate
+from txsockproxy.adopting import AdoptingReactor, InheritedSocket
 from txsockproxy.alpn import reactorDecliningALPN
 from txsockproxy.backends import Backend, BackendGroup, BackendPool
 from txsockproxy.balancers import balancerFactory
@@ -292,7 +293,7 @@ class _Tree:
     nothing running refers to it until it is committed.
 
     @ivar pools: the plan of each proxy's pool, in config order.
-    @ivar listeners: every listener, by L{_ListenKey}, in config order:
+    @ivar listeners: every listener, by L{ListenKey}, in config order:
         running ones that stay, and new ones.
     @ivar added: the new listeners (not yet bound).
     @ivar owners: the proxy (or L{None}: status) each listener serves.
@@ -300,9 +301,9 @@ class _Tree:
 
     config: Config
     pools: list[_PoolPlan]
-    listeners: dict[_ListenKey, ListenerService]
+    listeners: dict[ListenKey, ListenerService]
     added: list[ListenerService]
-    owners: dict[_ListenKey, Optional[str]]
+    owners: dict[ListenKey, Optional[str]]
     # Switch kept listeners to their proxy's new certificates (tls-*).
     tlsSwitches: list[Callable[[], None]] = field(default_factory=list)
 
@@ -310,15 +311,15 @@ class _Tree:
 # What identifies a listener across reloads: whether it is the status
 # endpoint's, its endpoint string, and which occurrence of that string it is
 # (an ephemeral port, tcp:0, may be given several times).
-_ListenKey = tuple[bool, str, int]
+ListenKey = tuple[bool, str, int]
 
 
-def _listenKeys(config: Config) -> list[_ListenKey]:
+def listenKeys(config: Config) -> list[ListenKey]:
     """
     The key of each listener of C{config}: the proxies' in config order,
     then the status endpoint's.
     """
-    keys: list[_ListenKey] = []
+    keys: list[ListenKey] = []
     seen: dict[tuple[bool, str], int] = {}
     status = config.status.listen if config.status is not None else ()
     listens = [(False, d) for proxy in config.proxies for d in proxy.listen]
@@ -363,6 +364,7 @@ class ProxyService(MultiService):
         configPath: Optional[str] = None,
         loader: Callable[[str], Config] = loadConfig,
         runInThread: Optional[ThreadRunner] = None,
+        inherited: Optional[Mapping[ListenKey, InheritedSocket]] = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -394,11 +396,15 @@ class ProxyService(MultiService):
         )
         self.sessionLog: Optional[SessionLog] = None
         self.handleSignals = False
-        self._listeners: dict[_ListenKey, ListenerService] = {}
+        self._listeners: dict[ListenKey, ListenerService] = {}
         self._ticker: Optional[TimerService] = None
         self._bound = False
         self._stopping = False
         self._previousHUP: Any = None
+        # The listening sockets this process was handed (a worker's, see
+        # txsockproxy.worker), by listener key: the proxies' listeners adopt
+        # them instead of binding. None: every listener binds its own.
+        self.inherited: Optional[Mapping[ListenKey, InheritedSocket]] = inherited
         self.config = config
         self._commit(self._build(config))
 
@@ -441,7 +447,7 @@ class ProxyService(MultiService):
             proxy and the status page.
         """
         held = {(key[0], key[1]): listener for key, listener in self._listeners.items()}
-        for isStatus, desc, _ in _listenKeys(config):
+        for isStatus, desc, _ in listenKeys(config):
             # An ephemeral port (tcp:0) may be given to both.
             current = held.get((not isStatus, desc))
             if current is None or listenKey(desc) is None:
@@ -454,7 +460,7 @@ class ProxyService(MultiService):
         plans = [self._planPool(proxy) for proxy in config.proxies]
         pools = {plan.pool.name: plan.pool for plan in plans}
         tree = _Tree(config, plans, {}, [], {})
-        keys = iter(_listenKeys(config))
+        keys = iter(listenKeys(config))
         for proxy in config.proxies:
             for desc in proxy.listen:
                 key = next(keys)
@@ -465,7 +471,7 @@ class ProxyService(MultiService):
                         pools[proxy.name], self.reactor, listen=desc, sessions=self.sessions,
                         relayPath=self.relayPath,
                     )
-                    listener = self._newListener(desc, proxy.name, factory, tls)
+                    listener = self._newListener(desc, proxy.name, factory, tls, key)
                     tree.added.append(listener)
                 else:
                     tree.tlsSwitches.append(_keptTLS(listener, tls))
@@ -550,9 +556,24 @@ class ProxyService(MultiService):
             if listener.proxyFactory is not None and listener.port is not None
         ]
 
+    def _listenReactor(self, desc: str, key: Optional[ListenKey]) -> Any:
+        """
+        The reactor a listener's endpoint listens with: this service's, or,
+        in a worker, one that adopts the socket handed for C{key}.
+
+        @raise StartupError: this process was handed sockets, but none for
+            C{key}.
+        """
+        if self.inherited is None or key is None:
+            return self.reactor
+        handed = self.inherited.get(key)
+        if handed is None:
+            raise StartupError(f"no listening socket was handed over for {desc}")
+        return AdoptingReactor(self.reactor, handed)
+
     def _newListener(
         self, desc: str, proxy: Optional[str], factory: IProtocolFactory,
-        tls: Optional[ListenTLSConfig] = None,
+        tls: Optional[ListenTLSConfig] = None, key: Optional[ListenKey] = None,
     ) -> ListenerService:
         # Twisted's backlog of 50 drops SYNs when hundreds of clients connect
         # at once: they then wait for a retransmit (1 s or more).
@@ -569,7 +590,7 @@ class ProxyService(MultiService):
             if tls is not None:
                 factory.proxyHeader = False
                 headerFirst = True
-        endpoint = serverFromString(reactorDecliningALPN(self.reactor),
+        endpoint = serverFromString(reactorDecliningALPN(self._listenReactor(desc, key)),
                                     withBacklog(listen, systemBacklog()))
         if tls is None:
             return ListenerService(desc, proxy, endpoint, factory)

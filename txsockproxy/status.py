@@ -1348,6 +1348,43 @@ class StatusSite(Site):
         pass
 
 
+def metricsRegistry(view: StatusView) -> CollectorRegistry:
+    """
+    The Prometheus registry of C{/metrics}: C{view}'s counters, and
+    C{process_*} (CPU, memory, descriptors, start time) where C{/proc} has
+    them. C{generate_latest(registry)} renders it.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(view))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def adminAction(
+    view: StatusView, proxyName: str, label: str, action: str, timeout: Optional[float] = None
+) -> tuple[int, dict[str, Any]]:
+    """
+    Apply the admin action C{action} (C{drain}, C{disable}, C{enable}) to
+    backend C{label} of proxy C{proxyName}, as C{POST
+    /backends/PROXY/LABEL/ACTION} does once its token is checked.
+
+    @return: the HTTP status code and JSON document of the answer: 200 and
+        the backend's status, or an error.
+    """
+    if action not in ACTIONS:
+        return 400, {"error": f"unknown action {action!r}: drain, disable or enable"}
+    if timeout is not None and action != "drain":
+        return 400, {"error": "timeout applies to drain only"}
+    pool: Optional[BackendPool] = view.pools.get(proxyName)
+    if pool is None:
+        return 404, {"error": f"no proxy {proxyName!r}"}
+    backend = pool.backend(label)
+    if backend is None:
+        return 404, {"error": f"proxy {proxyName!r} has no backend {label!r}"}
+    pool.setAdminState(backend, ACTIONS[action], timeout)
+    return 200, backendStatus(backend, view.clock.seconds())
+
+
 def statusResource(view: StatusView) -> StatusRoot:
     """
     The root resource of the status endpoint, showing C{view}.
@@ -1357,11 +1394,7 @@ def statusResource(view: StatusView) -> StatusRoot:
     root.putChild(b"", page)
     root.putChild(b"index.html", page)
     root.putChild(b"status.json", _JSON(view))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(view))
-    # process_* (CPU, memory, descriptors, start time), where /proc has them.
-    ProcessCollector(registry=registry)
-    root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"metrics", _Metrics(metricsRegistry(view)))
     root.putChild(b"server-statistics", _Statistics(view))
     root.putChild(b"backends", _Admin(view, root.refusals))
     return root

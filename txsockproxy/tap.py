@@ -158,6 +158,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     Build the proxy service from parsed L{Options}.
     """
     from txsockproxy.service import makeProxyService
+    from txsockproxy.workers import workerCount
 
     config = options["configObject"]
     reactorChoice = "given by the program that embeds the proxy"
@@ -173,7 +174,23 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         # Logged before twistd starts its log observers: buffered, and
         # written once logging begins.
         _log.warn("config notice: {notice}", notice=notice)
-    service = makeProxyService(config, reactor, configPath=options["config"])
+    count = workerCount(config.workers) if options["config"] is not None else 1
+    service: Any
+    if count > 1:
+        # The parent binds; worker processes serve (txsockproxy.workers).
+        from txsockproxy.workers import WorkersService
+
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        service = WorkersService(
+            config, reactor, options["config"], count,
+            debug=config.debug if options["debug"] is not None else None,
+            reactorName=(getattr(options, "parent", None) or {}).get("reactor"),
+        )
+    else:
+        service = makeProxyService(config, reactor, configPath=options["config"])
     service.reactorChoice = reactorChoice
     if options["debug"] is not None:
         # --debug overrides the file's debug on reload too.

@@ -32,6 +32,7 @@ _CLASS_ATTRIBUTES = {
     ),
     "twisted.internet.tcp.Port": (
         "doRead", "_buildAddr", "addressFamily", "startListening", "transport",
+        "_fromListeningDescriptor",
     ),
     "twisted.internet.epollreactor.EPollReactor": (
         "doPoll", "addReader", "addWriter", "removeReader", "removeWriter",

@@ -249,6 +249,22 @@ class EPollReactor(epollreactor.EPollReactor):
         listening.startListening()
         return listening
 
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
+        """
+        Adopt a listening TCP socket (one a worker process was handed) with
+        a L{txsockproxy._fast.port.Port}, as L{listenTCP} listens; other
+        families (unix sockets) as Twisted does.
+        """
+        import socket
+
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        from txsockproxy._fast.port import Port
+
+        listening = Port._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
+        listening.startListening()
+        return listening
+
     def listenSSL(
         self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
         interface: str = "",

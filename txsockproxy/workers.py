@@ -1,0 +1,736 @@
+"""
+The parent process of a proxy run with C{workers = N} (N > 1): it binds
+every listen endpoint (in C{privilegedStartService}, so before C{twistd -u}
+drops privileges), starts N worker processes (L{txsockproxy.worker}) with
+C{reactor.spawnProcess}, hands each the listening sockets over its control
+connection (AMP over a unix socket pair; the sockets as descriptors), and
+never accepts a connection itself: the kernel gives each new connection to
+one of the workers waiting on the shared socket.
+
+It restarts a worker that dies (after a back-off: L{Backoff}), logging the
+death once with its exit status; hands SIGHUP (reload) and SIGTERM (graceful
+stop) on to every worker; serves the instance's status site, asking the
+workers for snapshots (L{txsockproxy.instancestatus}).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger, LogLevel
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from txsockproxy.adopting import familyOf
+from txsockproxy.config import Config, ConfigError
+from txsockproxy.loading import loadConfig
+from txsockproxy.service import (
+    ListenError,
+    ListenerService,
+    ListenKey,
+    StartupError,
+    ThreadRunner,
+    listenKeys,
+    reactorThreadRunner,
+    systemBacklog,
+    withBacklog,
+)
+from txsockproxy.workerprotocol import (
+    Admin,
+    HandListener,
+    QuietAMP,
+    Reload,
+    Serve,
+    Snapshot,
+    Stop,
+    encodeKey,
+    unpackSnapshot,
+)
+
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+# A worker that ran this long before dying is restarted after FIRST_BACKOFF.
+STABLE = 60.0
+# Beyond shutdown-timeout, how long the parent waits for a stopping worker
+# before killing it.
+STOP_GRACE = 5.0
+
+
+def workerCount(setting: int | str, cpus: Optional[Callable[[], int]] = None) -> int:
+    """
+    How many workers C{setting} (the C{workers} key) asks for: a count as
+    it is; C{"auto"}, the CPUs this process may run on (its affinity mask,
+    where the system has one, else the CPU count).
+    """
+    if isinstance(setting, int):
+        return setting
+    if cpus is None:
+        cpus = _allowedCPUs
+    return max(1, cpus())
+
+
+def _allowedCPUs() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
+
+
+class Backoff:
+    """
+    Delays before restarting a worker that died: C{first} seconds, doubling
+    at each death up to C{maximum}; back to C{first} after a worker ran
+    C{stable} seconds.
+    """
+
+    def __init__(self, first: float = FIRST_BACKOFF, maximum: float = MAX_BACKOFF,
+                 stable: float = STABLE) -> None:
+        self.first = first
+        self.maximum = maximum
+        self.stable = stable
+        self._next = first
+
+    def delay(self, ranFor: float) -> float:
+        """
+        The delay before restarting a worker that died after running
+        C{ranFor} seconds.
+        """
+        if ranFor >= self.stable:
+            self._next = self.first
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+
+def exitDescription(reason: Failure) -> str:
+    """
+    How a process ended, in words: C{exited with status 1}, C{killed by
+    signal 9 (SIGKILL)}.
+    """
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exited with status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = "?"
+            return f"killed by signal {value.signal} ({name})"
+        return f"exited with status {value.exitCode}"
+    return str(value)
+
+
+class _NoConnections(Factory):
+    """
+    The factory the parent's listeners are bound with: they never accept
+    (the workers do), and would close a connection they did.
+    """
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class _One(Factory):
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._protocol
+
+
+@dataclass
+class WorkerSnapshot:
+    """
+    What a worker answered when asked for its status, or why not.
+
+    @ivar snapshot: its snapshot (see L{txsockproxy.worker.Worker.snapshot}),
+        or L{None} when it did not answer.
+    """
+
+    index: int
+    pid: Optional[int]
+    state: str
+    restarts: int
+    snapshot: Optional[dict[str, Any]]
+    problem: str = ""
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker slot: its process now (restarted when it dies), its control
+    connection, its output logged with its number.
+
+    @ivar state: C{starting}, C{serving}, C{restarting} (dead, to be
+        restarted), C{stopping}, C{stopped}.
+    """
+
+    log = Logger()
+
+    def __init__(self, parent: WorkersService, index: int) -> None:
+        self.parent = parent
+        self.index = index
+        self.pid: Optional[int] = None
+        self.state = "starting"
+        self.restarts = 0
+        self.control: Optional[amp.AMP] = None
+        self.startedAt = 0.0
+        self._buffers: dict[int, bytes] = {}
+        self._ended: list[defer.Deferred[None]] = []
+        self.processTransport: Any = None
+
+    # -- the process ----------------------------------------------------------
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffered = self._buffers.get(childFD, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        if len(rest) > 65536:
+            lines.append(rest)
+            rest = b""
+        self._buffers[childFD] = rest
+        for line in lines:
+            self._logLine(line.decode("utf-8", "replace"), childFD)
+
+    def _logLine(self, line: str, childFD: int) -> None:
+        level, tab, text = line.partition("\t")
+        logLevel = LogLevel.levelWithName(level) if tab and level in _LEVEL_NAMES else None
+        if logLevel is None:
+            logLevel, text = (LogLevel.warn if childFD == 2 else LogLevel.info), line
+        self.log.emit(logLevel, "worker {index}: {line}", index=self.index, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._buffers.items():
+            if rest:
+                self._logLine(rest.decode("utf-8", "replace"), childFD)
+        self._buffers = {}
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.loseConnection()
+        self.control = None
+        pid, self.pid = self.pid, None
+        self.processTransport = None
+        ended, self._ended = self._ended, []
+        self.parent.workerEnded(self, pid, reason)
+        for d in ended:
+            d.callback(None)
+
+    def whenEnded(self) -> defer.Deferred[None]:
+        """
+        A Deferred that fires when the process running now has ended (at
+        once when none runs).
+        """
+        if self.processTransport is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._ended.append(d)
+        return d
+
+    def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{"KILL"}) to the process, if one runs.
+        """
+        if self.processTransport is not None:
+            try:
+                self.processTransport.signalProcess(name)
+            except (ProcessExitedAlready, OSError):
+                pass
+
+    def call(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[Any]:
+        """
+        Send C{command} to the worker.
+
+        @return: its answer, or a failure (not connected, connection lost,
+            the worker's error).
+        """
+        if self.control is None:
+            return defer.fail(ConnectionError(f"worker {self.index} is not connected"))
+        return self.control.callRemote(command, **arguments)
+
+
+_LEVEL_NAMES = frozenset({"debug", "info", "warn", "error", "critical"})
+
+
+class WorkersService(MultiService):
+    """
+    The parent of N workers (see the module's docstring): its children are
+    the listeners it binds (the proxies', never accepting, and the status
+    site's, which it serves).
+
+    @ivar workers: the worker slots, by number.
+    @ivar count: how many.
+    """
+
+    log = Logger()
+    onStartupError: Optional[Callable[[StartupError], None]] = None
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        configPath: str,
+        count: int,
+        loader: Callable[[str], Config] = loadConfig,
+        debug: Optional[int] = None,
+        runInThread: Optional[ThreadRunner] = None,
+        spawn: Optional[Callable[..., Any]] = None,
+        socketpair: Callable[[], tuple[socket.socket, socket.socket]] = (
+            lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)),
+        executable: str = sys.executable,
+        snapshotTimeout: float = 2.0,
+        reactorName: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.configPath = configPath
+        self.count = count
+        self.loader = loader
+        self.debug = debug
+        self.runInThread = runInThread or reactorThreadRunner(reactor)
+        self._spawn = spawn if spawn is not None else reactor.spawnProcess
+        self._socketpair = socketpair
+        self.executable = executable
+        self.snapshotTimeout = snapshotTimeout
+        # twistd --reactor's choice, which the workers make too.
+        self.reactorName = reactorName
+        self.handleSignals = False
+        self.reactorChoice = ""
+        self.startedAt = reactor.seconds()
+        self.workers = [WorkerProcess(self, i) for i in range(count)]
+        self._backoffs = [Backoff() for _ in range(count)]
+        self._restarts: dict[int, Any] = {}
+        self._listeners: dict[ListenKey, ListenerService] = {}
+        self._status: list[ListenerService] = []
+        self._bound = False
+        self._stopping = False
+        self._reloading: Optional[defer.Deferred[bool]] = None
+        self._reloadAgain = False
+        self._previousHUP: Any = None
+        self._listeners = self._proxyListeners(config, {})
+        self._statusSite: Any = None
+
+    # -- listeners --------------------------------------------------------------
+
+    def _proxyListeners(
+        self, config: Config, running: dict[ListenKey, ListenerService]
+    ) -> dict[ListenKey, ListenerService]:
+        listeners: dict[ListenKey, ListenerService] = {}
+        for key in listenKeys(config):
+            isStatus, desc, _ = key
+            if isStatus:
+                continue
+            listener = running.get(key)
+            if listener is None:
+                endpoint = serverFromString(self.reactor, withBacklog(desc, systemBacklog()))
+                owner = next(p.name for p in config.proxies if desc in p.listen)
+                listener = ListenerService(desc, owner, endpoint, _NoConnections())
+            listeners[key] = listener
+        return listeners
+
+    def _bindAll(self, listeners: list[ListenerService]) -> None:
+        """
+        Bind C{listeners} and keep their ports from accepting here.
+
+        @raise ListenError: one cannot be bound (those bound are unbound).
+        """
+        bound: list[ListenerService] = []
+        try:
+            for listener in listeners:
+                bound.append(listener)
+                listener.bind()
+                port = listener.port
+                if port is None:
+                    raise ListenError(f"{listener.description}: bound later than start-up; "
+                                      "workers need their sockets at once")
+                self._checkHandable(listener, port)
+                # The workers accept; the parent's copy never does.
+                port.stopReading()  # type: ignore[attr-defined]
+        except StartupError:
+            for listener in bound:
+                listener.unbind()
+            raise
+
+    @staticmethod
+    def _checkHandable(listener: ListenerService, port: IListeningPort) -> None:
+        try:
+            familyOf(port.getHost())
+            port.fileno()  # type: ignore[attr-defined]
+        except (ValueError, AttributeError):
+            raise ListenError(f"{listener.description}: cannot be handed to worker processes "
+                              "(not a TCP or unix socket); use workers = 1") from None
+
+    def _buildStatus(self, config: Config) -> list[ListenerService]:
+        from txsockproxy.instancestatus import instanceStatusSite
+
+        status = config.status
+        if status is None:
+            return []
+        self._statusSite = instanceStatusSite(self, status)
+        return [
+            ListenerService(desc, None, serverFromString(self.reactor, desc), self._statusSite)
+            for desc in status.listen
+        ]
+
+    def _fail(self, error: StartupError) -> None:
+        if self.onStartupError is not None:
+            self.onStartupError(error)
+        raise error
+
+    def privilegedStartService(self) -> None:
+        if self._bound:
+            return
+        self._bound = True
+        self._status = self._buildStatus(self.config)
+        try:
+            self._bindAll(list(self._listeners.values()))
+            for listener in self._status:
+                listener.bind()
+        except StartupError as e:
+            for listener in list(self._listeners.values()) + self._status:
+                listener.unbind()
+            self._fail(e)
+        for listener in list(self._listeners.values()) + self._status:
+            listener.setServiceParent(self)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if not self._bound:
+            self.privilegedStartService()
+        super().startService()
+        if self.handleSignals:
+            self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+        kind = type(self.reactor)
+        self.log.info(
+            "reactor: {module}.{name} ({why}); {count} worker processes serve the listeners",
+            module=kind.__module__, name=kind.__name__, why=self.reactorChoice, count=self.count,
+        )
+        for worker in self.workers:
+            self._start(worker)
+
+    # -- workers ----------------------------------------------------------------
+
+    def _start(self, worker: WorkerProcess) -> None:
+        self._restarts.pop(worker.index, None)
+        if self._stopping:
+            return
+        ours, theirs = self._socketpair()
+        try:
+            args = [self.executable, "-m", "txsockproxy.worker", "--config", self.configPath,
+                    "--index", str(worker.index), "--count", str(self.count)]
+            if self.debug is not None:
+                args += ["--debug", str(self.debug)]
+            if self.reactorName is not None:
+                args += ["--reactor", self.reactorName]
+            worker.state = "starting"
+            worker.startedAt = self.reactor.seconds()
+            transport = self._spawn(
+                worker, self.executable, args, env=dict(os.environ),
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
+            )
+            worker.processTransport = transport
+            worker.pid = getattr(transport, "pid", None)
+            control = QuietAMP()
+            worker.control = control
+            self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _One(control))
+        finally:
+            ours.close()
+            theirs.close()
+        self._handAndServe(worker, list(self._listeners.items()))
+
+    def _handAndServe(self, worker: WorkerProcess,
+                      listeners: list[tuple[ListenKey, ListenerService]]) -> None:
+        handing = self._hand(worker, listeners)
+
+        def serve(_: object) -> defer.Deferred[Any]:
+            return worker.call(Serve)
+
+        def serving(answer: dict[str, Any]) -> None:
+            if worker.state == "starting":
+                worker.state = "serving"
+            self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
+                          pid=answer["pid"])
+
+        def failed(failure: Failure) -> None:
+            if worker.processTransport is None or self._stopping:
+                return
+            self.log.error("worker {index} (pid {pid}) cannot serve: {error}",
+                           index=worker.index, pid=worker.pid,
+                           error=failure.getErrorMessage())
+            worker.signal("KILL")
+
+        handing.addCallback(serve).addCallbacks(serving, failed)
+
+    def _hand(self, worker: WorkerProcess,
+              listeners: list[tuple[ListenKey, ListenerService]]) -> defer.Deferred[Any]:
+        calls = []
+        for key, listener in listeners:
+            port = listener.port
+            if port is None:
+                continue
+            calls.append(worker.call(
+                HandListener, key=encodeKey(key), family=familyOf(port.getHost()),
+                socket=port.fileno(),  # type: ignore[attr-defined]
+            ))
+        return defer.gatherResults(calls, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+
+    def workerEnded(self, worker: WorkerProcess, pid: Optional[int], reason: Failure) -> None:
+        """
+        Called by C{worker} when its process has ended: log it, and restart
+        it after its back-off unless the parent is stopping.
+        """
+        how = exitDescription(reason)
+        if self._stopping:
+            worker.state = "stopped"
+            self.log.info("worker {index} (pid {pid}) {how}", index=worker.index, pid=pid, how=how)
+            return
+        ranFor = self.reactor.seconds() - worker.startedAt
+        delay = self._backoffs[worker.index].delay(ranFor)
+        worker.state = "restarting"
+        worker.restarts += 1
+        self.log.error(
+            "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting in {delay:g}s",
+            index=worker.index, pid=pid, how=how, ranFor=ranFor, delay=delay,
+        )
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._start, worker)
+
+    def _eachServing(self, command: type[amp.Command], **arguments: Any
+                     ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
+        """
+        Send C{command} to every worker serving; a Deferred of each worker's
+        answer or failure.
+        """
+        serving = [w for w in self.workers if w.state == "serving"]
+        calls = [w.call(command, **arguments).addErrback(lambda f: f) for w in serving]
+        gathered = defer.gatherResults(calls)
+        return gathered.addCallback(lambda answers: list(zip(serving, answers, strict=True)))
+
+    # -- status -----------------------------------------------------------------
+
+    def snapshots(self) -> defer.Deferred[list[WorkerSnapshot]]:
+        """
+        Every worker's status now, each within C{snapshotTimeout} seconds: a
+        worker that does not answer in time, or is not serving, is shown
+        without a snapshot.
+        """
+        return defer.gatherResults([self._snapshotOf(w) for w in self.workers])
+
+    def _snapshotOf(self, worker: WorkerProcess) -> defer.Deferred[WorkerSnapshot]:
+        def shown(snapshot: Optional[dict[str, Any]], problem: str = "") -> WorkerSnapshot:
+            return WorkerSnapshot(worker.index, worker.pid, worker.state, worker.restarts,
+                                  snapshot, problem)
+
+        if worker.state != "serving":
+            return defer.succeed(shown(None, worker.state))
+        parts: list[bytes] = []
+
+        def part(answer: dict[str, Any]) -> Any:
+            parts.append(answer["data"])
+            if answer["more"]:
+                return worker.call(Snapshot, part=len(parts)).addCallback(part)
+            return unpackSnapshot(parts)
+
+        asking = worker.call(Snapshot, part=0).addCallback(part)
+        asking.addTimeout(self.snapshotTimeout, self.reactor)
+        return asking.addCallbacks(
+            shown,
+            lambda f: shown(None, "not answering" if f.check(defer.TimeoutError)
+                            else f.getErrorMessage()),
+        )
+
+    def admin(self, proxy: str, label: str, action: str, timeout: Optional[float]
+              ) -> defer.Deferred[list[tuple[int, int, str]]]:
+        """
+        Apply an admin action in every worker serving.
+
+        @return: a Deferred of (worker number, HTTP code, JSON body) for
+            each, a worker that failed to answer with code 503.
+        """
+        arguments: dict[str, Any] = {"proxy": proxy, "label": label, "action": action}
+        if timeout is not None:
+            arguments["timeout"] = timeout
+
+        def answers(results: list[tuple[WorkerProcess, Any]]) -> list[tuple[int, int, str]]:
+            out = []
+            for worker, answer in results:
+                if isinstance(answer, Failure):
+                    out.append((worker.index, 503, '{"error": "worker not answering"}'))
+                else:
+                    out.append((worker.index, answer["code"], answer["body"]))
+            return out
+
+        return self._eachServing(Admin, **arguments).addCallback(answers)
+
+    @property
+    def adminToken(self) -> str:
+        """
+        The token admin actions need, or C{""}.
+        """
+        status = self.config.status
+        return status.adminToken if status is not None else ""
+
+    # -- reloading --------------------------------------------------------------
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        if not self._stopping:
+            self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> defer.Deferred[bool]:
+        """
+        Read the configuration again; bind its new listeners and close
+        those it no longer has; hand the new ones to every worker and have
+        every worker reload (each reads the file itself).
+
+        @return: a Deferred that fires with whether the parent applied the
+            new configuration (each worker's result is logged). Never fails.
+        """
+        if self._stopping:
+            self.log.info("reload: shutting down: not reloading")
+            return defer.succeed(False)
+        if self._reloading is not None:
+            # One at a time; one more after it reads the file as it is then.
+            self._reloadAgain = True
+            waiting: defer.Deferred[bool] = defer.Deferred()
+            self._reloading.addBoth(lambda result: (waiting.callback(result), result)[1])
+            return waiting
+        loading = self.runInThread(self.loader, self.configPath)
+        self._reloading = loading.addCallbacks(self._applyLoaded, self._loadFailed)
+        self._reloading.addErrback(self._reloadFailed)
+
+        def done(result: bool) -> bool:
+            self._reloading = None
+            if self._reloadAgain:
+                self._reloadAgain = False
+                self.reload()
+            return result
+
+        return self._reloading.addCallback(done)
+
+    def _reloadFailed(self, failure: Failure) -> bool:
+        self.log.failure("reload failed: keeping the running configuration", failure)
+        return False
+
+    def _loadFailed(self, failure: Failure) -> bool:
+        failure.trap(ConfigError)
+        assert isinstance(failure.value, ConfigError)
+        for problem in failure.value.problems:
+            self.log.error("reload: {problem}", problem=str(problem))
+        self.log.error("reload failed: keeping the running configuration")
+        return False
+
+    def _applyLoaded(self, config: Config) -> Any:
+        if self._stopping:
+            return False
+        if workerCount(config.workers) != self.count:
+            self.log.warn("reload: workers = {workers} takes effect at the next start",
+                          workers=config.workers)
+        if config.status != self.config.status and (
+            config.status is None or self.config.status is None
+            or config.status.listen != self.config.status.listen
+        ):
+            self.log.warn("reload: a change of [status] listen takes effect at the next start")
+        try:
+            listeners = self._proxyListeners(config, self._listeners)
+        except Exception as e:
+            self.log.error("reload failed: {error}; keeping the running configuration",
+                           error=str(e))
+            return False
+        added = [(k, new) for k, new in listeners.items() if self._listeners.get(k) is not new]
+        removed = [old for k, old in self._listeners.items() if listeners.get(k) is not old]
+        try:
+            self._bindAll([listener for _, listener in added])
+        except StartupError as e:
+            self.log.error("reload failed: {error}; keeping the running configuration",
+                           error=str(e))
+            return False
+        for _, listener in added:
+            listener.setServiceParent(self)
+        self._listeners = listeners
+        self.config = config
+        for listener in removed:
+            listener.disownServiceParent()
+            self.log.info("reload: closed listener {listen}", listen=listener.description)
+        serving = [w for w in self.workers if w.state == "serving"]
+        handing = [self._hand(w, added).addErrback(lambda f: None) for w in serving]
+
+        def reloadWorkers(_: object) -> Any:
+            return self._eachServing(Reload)
+
+        def logged(results: list[tuple[WorkerProcess, Any]]) -> bool:
+            for worker, answer in results:
+                if isinstance(answer, Failure):
+                    self.log.error("reload: worker {index}: {error}", index=worker.index,
+                                   error=answer.getErrorMessage())
+                elif not answer["applied"]:
+                    self.log.error("reload: worker {index} kept its running configuration",
+                                   index=worker.index)
+            self.log.info("reload: applied {source} ({count} workers)", source=config.source,
+                          count=len(results))
+            return True
+
+        return defer.gatherResults(handing).addCallback(reloadWorkers).addCallback(logged)
+
+    # -- stopping ---------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening, stop every worker gracefully (each gives its
+        sessions up to shutdown-timeout), kill those still running
+        L{STOP_GRACE} seconds after that; fire when all have ended.
+        """
+        self._stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts = {}
+        if self._previousHUP is not None:
+            signal.signal(signal.SIGHUP, self._previousHUP)
+            self._previousHUP = None
+        stopped = super().stopService()
+        ended = []
+        for worker in self.workers:
+            ended.append(worker.whenEnded())
+            if worker.processTransport is None:
+                worker.state = "stopped"
+                continue
+            worker.state = "stopping"
+            if worker.control is None:
+                worker.signal("TERM")
+                continue
+
+            def close(_: object, worker: WorkerProcess = worker) -> None:
+                # The worker exits once its control connection ends.
+                if worker.control is not None and worker.control.transport is not None:
+                    worker.control.transport.loseConnection()
+
+            worker.call(Stop).addErrback(lambda f: None).addCallback(close)
+        kill = self.reactor.callLater(self.config.shutdownTimeout + STOP_GRACE, self._killAll)
+
+        def done(_: object) -> None:
+            if kill.active():
+                kill.cancel()
+
+        return defer.gatherResults([defer.maybeDeferred(lambda: stopped)] + ended).addBoth(done)
+
+    def _killAll(self) -> None:
+        for worker in self.workers:
+            if worker.processTransport is not None:
+                self.log.warn("worker {index} (pid {pid}) did not stop in time: killing it",
+                              index=worker.index, pid=worker.pid)
+                worker.signal("KILL")
+
+
+__all__ = [
+    "Backoff", "FIRST_BACKOFF", "MAX_BACKOFF", "STABLE", "WorkerProcess", "WorkerSnapshot",
+    "WorkersService", "exitDescription", "workerCount",
+]
