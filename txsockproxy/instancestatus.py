@@ -216,9 +216,11 @@ class Parent(Protocol):
     (L{txsockproxy.workers.WorkersService}).
     """
 
-    count: int
-    adminToken: str
     reactor: Any
+
+    @property
+    def adminToken(self) -> str:
+        ...
 
     def snapshots(self) -> defer.Deferred[Any]:
         ...

@@ -219,7 +219,12 @@ class Worker:
                 self.service.statusView.rates.stop()
                 self._stopping = defer.maybeDeferred(self.service.stopService)
         stopping: defer.Deferred[None] = defer.Deferred()
-        self._stopping.addBoth(lambda result: (stopping.callback(None), result)[1])
+
+        def tell(result: Any) -> Any:
+            stopping.callback(None)
+            return result
+
+        self._stopping.addBoth(tell)
         return stopping
 
     def snapshot(self) -> dict[str, Any]:
@@ -377,7 +382,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         reactorChoice = "chosen with twistd --reactor"
     else:
         reactorChoice = installReactor(setting(accelerator)) or "installed already"
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed
 
     globalLogBeginner.beginLoggingTo([LineObserver(sys.stdout)], redirectStandardIO=False)
     worker = Worker(reactor, args.config, args.index, args.count, args.debug)
@@ -390,7 +397,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         exiting.append(True)
         worker.stop().addBoth(lambda _: reactor.stop())
 
-    control = WorkerControl(worker, lambda: reactor.callLater(0, stopAndExit))
+    def parentGone() -> None:
+        reactor.callLater(0, stopAndExit)
+
+    control = WorkerControl(worker, parentGone)
     reactor.adoptStreamConnection(args.control_fd, socket.AF_UNIX, _One(control))
     os.close(args.control_fd)
     signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stopAndExit))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -90,7 +90,7 @@ class HandListener(amp.Command):
         (b"family", amp.Integer()),
         (b"socket", amp.Descriptor()),
     ]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class Serve(amp.Command):
@@ -99,7 +99,7 @@ class Serve(amp.Command):
     handed; answers once serving, with the worker's pid.
     """
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
     response = [(b"pid", amp.Integer())]
     errors = {StartFailed: b"START_FAILED"}
 
@@ -110,7 +110,7 @@ class Reload(amp.Command):
     on SIGHUP; answers whether it was applied.
     """
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
     response = [(b"applied", amp.Boolean())]
 
 
@@ -121,8 +121,8 @@ class Stop(amp.Command):
     done, and the worker exits.
     """
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
-    response: list[tuple[bytes, amp.Argument]] = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class Snapshot(amp.Command):

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from txsockproxy.adopting import familyOf
 from txsockproxy.config import Config, ConfigError
 from txsockproxy.loading import loadConfig
+from txsockproxy.reuseport import ReusePortReactor
 from txsockproxy.service import (
     ListenError,
     ListenerService,
@@ -65,6 +66,10 @@ STABLE = 60.0
 # Beyond shutdown-timeout, how long the parent waits for a stopping worker
 # before killing it.
 STOP_GRACE = 5.0
+SHARED = "shared"
+REUSEPORT = "reuseport"
+# Chooses how workers share a TCP listener (see WorkersService.sockets).
+SOCKETS_VARIABLE = "TXSOCKPROXY_WORKER_SOCKETS"
 
 
 def workerCount(setting: int | str, cpus: Optional[Callable[[], int]] = None) -> int:
@@ -288,6 +293,7 @@ class WorkersService(MultiService):
         executable: str = sys.executable,
         snapshotTimeout: float = 2.0,
         reactorName: Optional[str] = None,
+        sockets: str = "shared",
     ) -> None:
         super().__init__()
         self.config = config
@@ -297,12 +303,16 @@ class WorkersService(MultiService):
         self.loader = loader
         self.debug = debug
         self.runInThread = runInThread or reactorThreadRunner(reactor)
-        self._spawn = spawn if spawn is not None else reactor.spawnProcess
+        self._spawn = spawn
         self._socketpair = socketpair
         self.executable = executable
         self.snapshotTimeout = snapshotTimeout
         # twistd --reactor's choice, which the workers make too.
         self.reactorName = reactorName
+        # "shared": every worker adopts the one socket of a listener;
+        # "reuseport": TCP listeners get one SO_REUSEPORT socket per worker.
+        self.sockets = sockets
+        self._binders: dict[int, ReusePortReactor] = {}
         self.handleSignals = False
         self.reactorChoice = ""
         self.startedAt = reactor.seconds()
@@ -331,9 +341,15 @@ class WorkersService(MultiService):
                 continue
             listener = running.get(key)
             if listener is None:
-                endpoint = serverFromString(self.reactor, withBacklog(desc, systemBacklog()))
+                reactor = self.reactor
+                binder = None
+                if self.sockets == REUSEPORT:
+                    binder = reactor = ReusePortReactor(self.reactor, self.count)
+                endpoint = serverFromString(reactor, withBacklog(desc, systemBacklog()))
                 owner = next(p.name for p in config.proxies if desc in p.listen)
                 listener = ListenerService(desc, owner, endpoint, _NoConnections())
+                if binder is not None:
+                    self._binders[id(listener)] = binder
             listeners[key] = listener
         return listeners
 
@@ -433,7 +449,7 @@ class WorkersService(MultiService):
                 args += ["--reactor", self.reactorName]
             worker.state = "starting"
             worker.startedAt = self.reactor.seconds()
-            transport = self._spawn(
+            transport = (self._spawn or self.reactor.spawnProcess)(
                 worker, self.executable, args, env=dict(os.environ),
                 childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
             )
@@ -477,9 +493,12 @@ class WorkersService(MultiService):
             port = listener.port
             if port is None:
                 continue
+            fd = port.fileno()  # type: ignore[attr-defined]
+            binder = self._binders.get(id(listener))
+            if binder is not None and binder.extra and worker.index > 0:
+                fd = binder.extra[worker.index - 1]
             calls.append(worker.call(
-                HandListener, key=encodeKey(key), family=familyOf(port.getHost()),
-                socket=port.fileno(),  # type: ignore[attr-defined]
+                HandListener, key=encodeKey(key), family=familyOf(port.getHost()), socket=fd,
             ))
         return defer.gatherResults(calls, consumeErrors=True).addErrback(
             lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
@@ -508,10 +527,11 @@ class WorkersService(MultiService):
                      ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
         """
         Send C{command} to every worker serving; a Deferred of each worker's
-        answer or failure.
+        answer, or of a list holding its failure.
         """
         serving = [w for w in self.workers if w.state == "serving"]
-        calls = [w.call(command, **arguments).addErrback(lambda f: f) for w in serving]
+        # A failure as a result, not as a failure: every worker's is kept.
+        calls = [w.call(command, **arguments).addErrback(lambda f: [f]) for w in serving]
         gathered = defer.gatherResults(calls)
         return gathered.addCallback(lambda answers: list(zip(serving, answers, strict=True)))
 
@@ -563,7 +583,7 @@ class WorkersService(MultiService):
         def answers(results: list[tuple[WorkerProcess, Any]]) -> list[tuple[int, int, str]]:
             out = []
             for worker, answer in results:
-                if isinstance(answer, Failure):
+                if isinstance(answer, list):
                     out.append((worker.index, 503, '{"error": "worker not answering"}'))
                 else:
                     out.append((worker.index, answer["code"], answer["body"]))
@@ -601,7 +621,12 @@ class WorkersService(MultiService):
             # One at a time; one more after it reads the file as it is then.
             self._reloadAgain = True
             waiting: defer.Deferred[bool] = defer.Deferred()
-            self._reloading.addBoth(lambda result: (waiting.callback(result), result)[1])
+
+            def tell(result: Any) -> Any:
+                waiting.callback(result)
+                return result
+
+            self._reloading.addBoth(tell)
             return waiting
         loading = self.runInThread(self.loader, self.configPath)
         self._reloading = loading.addCallbacks(self._applyLoaded, self._loadFailed)
@@ -659,6 +684,7 @@ class WorkersService(MultiService):
         self.config = config
         for listener in removed:
             listener.disownServiceParent()
+            self._closeExtra(listener)
             self.log.info("reload: closed listener {listen}", listen=listener.description)
         serving = [w for w in self.workers if w.state == "serving"]
         handing = [self._hand(w, added).addErrback(lambda f: None) for w in serving]
@@ -668,9 +694,9 @@ class WorkersService(MultiService):
 
         def logged(results: list[tuple[WorkerProcess, Any]]) -> bool:
             for worker, answer in results:
-                if isinstance(answer, Failure):
+                if isinstance(answer, list):
                     self.log.error("reload: worker {index}: {error}", index=worker.index,
-                                   error=answer.getErrorMessage())
+                                   error=answer[0].getErrorMessage())
                 elif not answer["applied"]:
                     self.log.error("reload: worker {index} kept its running configuration",
                                    index=worker.index)
@@ -697,6 +723,8 @@ class WorkersService(MultiService):
             signal.signal(signal.SIGHUP, self._previousHUP)
             self._previousHUP = None
         stopped = super().stopService()
+        for listener in self._listeners.values():
+            self._closeExtra(listener)
         ended = []
         for worker in self.workers:
             ended.append(worker.whenEnded())
@@ -721,6 +749,11 @@ class WorkersService(MultiService):
                 kill.cancel()
 
         return defer.gatherResults([defer.maybeDeferred(lambda: stopped)] + ended).addBoth(done)
+
+    def _closeExtra(self, listener: ListenerService) -> None:
+        binder = self._binders.pop(id(listener), None)
+        if binder is not None:
+            binder.close()
 
     def _killAll(self) -> None:
         for worker in self.workers:

@@ -1,0 +1,639 @@
+"""
+Unit tests of worker processes: the parent's restart back-off, start, stop
+and status gathering (L{txsockproxy.workers}), the worker's side
+(L{txsockproxy.worker}), the AMP commands between them, and the merging of
+the workers' status (L{txsockproxy.instancestatus}). No process is started:
+fake processes, fake control connections and L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from dataclasses import replace
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from txsockproxy.config import Config
+from txsockproxy.instancestatus import mergeDocuments, mergeMetrics, mergeStatistics
+from txsockproxy.tomlconfig import parseConfig
+from txsockproxy.worker import LineObserver, Worker, WorkerControl, share, shareOf
+from txsockproxy.workerprotocol import (
+    Admin,
+    Reload,
+    Serve,
+    Snapshot,
+    decodeKey,
+    encodeKey,
+    packSnapshot,
+    unpackSnapshot,
+)
+from txsockproxy.workers import (
+    Backoff,
+    WorkerProcess,
+    WorkersService,
+    exitDescription,
+    workerCount,
+)
+
+CONFIG = """
+workers = 2
+max-connections = 5
+[[proxy]]
+name = "p"
+listen = "tcp:0:interface=127.0.0.1"
+[[proxy.backend]]
+label = "one"
+endpoint = "tcp:host=127.0.0.1:port=1"
+max-connections = 3
+"""
+
+
+def config(text: str = CONFIG) -> Config:
+    return parseConfig(text, "w.toml")
+
+
+class BackoffTests(SynchronousTestCase):
+    """
+    L{Backoff}.
+    """
+
+    def test_doubles(self) -> None:
+        """
+        L{Backoff.delay} starts at 0.5 s and doubles at each quick death, up
+        to 30 s.
+        """
+        backoff = Backoff()
+        self.assertEqual([backoff.delay(1.0) for _ in range(9)],
+                         [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+
+    def test_resetAfterStableMinute(self) -> None:
+        """
+        A worker that ran a minute before dying is restarted after 0.5 s again.
+        """
+        backoff = Backoff()
+        for _ in range(5):
+            backoff.delay(0.1)
+        self.assertEqual(backoff.delay(60.0), 0.5)
+        self.assertEqual(backoff.delay(1.0), 1.0)
+
+
+class WorkerCountTests(SynchronousTestCase):
+    """
+    L{workerCount}.
+    """
+
+    def test_count(self) -> None:
+        """
+        A count is the count.
+        """
+        self.assertEqual(workerCount(3), 3)
+
+    def test_auto(self) -> None:
+        """
+        C{"auto"} is the CPUs the process may use, at least 1.
+        """
+        self.assertEqual(workerCount("auto", lambda: 6), 6)
+        self.assertEqual(workerCount("auto", lambda: 0), 1)
+        self.assertGreaterEqual(workerCount("auto"), 1)
+
+
+class ShareTests(SynchronousTestCase):
+    """
+    L{share} and L{shareOf}: a worker's part of the instance's limits.
+    """
+
+    def test_sharesAddUp(self) -> None:
+        """
+        The shares of a limit add up to the limit when it is at least the
+        number of workers, and differ by at most one.
+        """
+        for count in range(1, 9):
+            for limit in range(count, 50):
+                parts = [share(limit, i, count) for i in range(count)]
+                self.assertEqual(sum(parts), limit)
+                self.assertLessEqual(max(parts) - min(parts), 1)
+
+    def test_noLimit(self) -> None:
+        """
+        No limit (0) stays no limit.
+        """
+        self.assertEqual(share(0, 1, 4), 0)
+
+    def test_belowCount(self) -> None:
+        """
+        A limit below the number of workers gives every worker 1 (0 would be
+        no limit).
+        """
+        self.assertEqual([share(2, i, 4) for i in range(4)], [1, 1, 1, 1])
+
+    def test_shareOf(self) -> None:
+        """
+        L{shareOf} splits the global, proxy and backend C{max-connections}
+        and drops the status site.
+        """
+        text = CONFIG.replace('interface=127.0.0.1"\n',
+                              'interface=127.0.0.1"\nmax-connections = 7\nmax-queue = 3\n')
+        text += '[status]\nlisten = "tcp:0"\n'
+        whole = config(text)
+        parts = [shareOf(whole, i, 2) for i in range(2)]
+        self.assertEqual([p.maxConnections for p in parts], [3, 2])
+        self.assertEqual([p.proxies[0].protection.maxConnections for p in parts], [4, 3])
+        self.assertEqual([p.proxies[0].protection.maxQueue for p in parts], [2, 1])
+        self.assertEqual([p.proxies[0].backends[0].maxConnections for p in parts], [2, 1])
+        self.assertEqual([p.status for p in parts], [None, None])
+
+
+class ExitDescriptionTests(SynchronousTestCase):
+    """
+    L{exitDescription}.
+    """
+
+    def test_descriptions(self) -> None:
+        """
+        An exit status, or the signal by name.
+        """
+        self.assertEqual(exitDescription(Failure(ProcessDone(0))), "exited with status 0")
+        self.assertEqual(exitDescription(Failure(ProcessTerminated(exitCode=3))),
+                         "exited with status 3")
+        self.assertEqual(exitDescription(Failure(ProcessTerminated(signal=signal.SIGKILL))),
+                         "killed by signal 9 (SIGKILL)")
+
+
+class KeyAndSnapshotTests(SynchronousTestCase):
+    """
+    What the AMP commands carry.
+    """
+
+    def test_keyRoundTrip(self) -> None:
+        """
+        A listener key survives L{encodeKey} and L{decodeKey}; anything else
+        is refused.
+        """
+        key = (False, "tcp:0:interface=127.0.0.1", 2)
+        self.assertEqual(decodeKey(encodeKey(key)), key)
+        self.assertRaises(ValueError, decodeKey, '["x", 1, 2]')
+
+    def test_largeSnapshot(self) -> None:
+        """
+        A snapshot larger than an AMP value goes in several parts, each
+        within AMP's limit, and comes back whole.
+        """
+        import os
+
+        big = {"data": os.urandom(200_000).hex()}
+        parts = packSnapshot(big)
+        self.assertGreater(len(parts), 1)
+        self.assertTrue(all(len(p) <= 65535 for p in parts))
+        self.assertEqual(unpackSnapshot(parts), big)
+
+
+class FakeProxyService:
+    """
+    What L{Worker} runs, faked: records what it is asked.
+    """
+
+    def __init__(self, config: Config, reactor: Any, configPath: str, loader: Any,
+                 inherited: Any) -> None:
+        from txsockproxy.status import StatusView
+
+        self.config = config
+        self.loader = loader
+        self.inherited = inherited
+        self.reactorChoice = ""
+        self.started = False
+        self.running = False
+        self.reloads: list[defer.Deferred[bool]] = []
+        self.stopping: Optional[defer.Deferred[None]] = None
+        self.statusView = StatusView(clock=reactor)
+
+    def privilegedStartService(self) -> None:
+        pass
+
+    def startService(self) -> None:
+        self.started = self.running = True
+
+    def reload(self) -> defer.Deferred[bool]:
+        d: defer.Deferred[bool] = defer.Deferred()
+        self.reloads.append(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        self.running = False
+        self.stopping = defer.Deferred()
+        return self.stopping
+
+
+class WorkerTests(SynchronousTestCase):
+    """
+    L{Worker} and L{WorkerControl}: the worker's side.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.services: list[FakeProxyService] = []
+
+        def factory(*args: Any, **kwargs: Any) -> FakeProxyService:
+            service = FakeProxyService(*args, **kwargs)
+            self.services.append(service)
+            return service
+
+        self.worker = Worker(self.clock, "w.toml", 1, 2, debug=2,
+                             loader=lambda path: config(), serviceFactory=factory)
+
+    def connected(self) -> tuple[amp.AMP, iosim.IOPump, list[bool]]:
+        """
+        A parent's AMP connected to a L{WorkerControl} of C{self.worker}.
+        """
+        lost: list[bool] = []
+        control = WorkerControl(self.worker, lambda: lost.append(True))
+        parent = amp.AMP()
+        pump = iosim.connect(control, iosim.makeFakeServer(control),
+                             parent, iosim.makeFakeClient(parent))
+        return parent, pump, lost
+
+    def test_serve(self) -> None:
+        """
+        L{Serve} makes the worker load its share of the configuration (the
+        command line's debug level too) and start serving with the sockets
+        handed; it answers with the worker's pid.
+        """
+        from txsockproxy.adopting import InheritedSocket
+
+        handed = InheritedSocket(-1, socket.AF_INET)
+        self.worker.hand((False, "tcp:0", 0), handed)
+        parent, pump, _ = self.connected()
+        answer = parent.callRemote(Serve)
+        pump.flush()
+        import os
+
+        self.assertEqual(self.successResultOf(answer), {"pid": os.getpid()})
+        [service] = self.services
+        self.assertTrue(service.started)
+        self.assertEqual(service.config.debug, 2)
+        self.assertEqual(service.config.maxConnections, 2)
+        self.assertEqual(service.inherited, {(False, "tcp:0", 0): handed})
+
+    def test_serveFails(self) -> None:
+        """
+        A configuration that cannot be served is the L{Serve} command's error,
+        saying why.
+        """
+        from txsockproxy.workerprotocol import StartFailed
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise ValueError("no such thing")
+
+        self.worker._serviceFactory = broken
+        parent, pump, _ = self.connected()
+        caught: list[Failure] = []
+        # Handled before the answer arrives, or AMP drops the connection.
+        parent.callRemote(Serve).addErrback(caught.append)
+        pump.flush()
+        [failure] = caught
+        self.assertTrue(failure.check(StartFailed))
+        self.assertIn("no such thing", failure.getErrorMessage())
+
+    def test_reload(self) -> None:
+        """
+        L{Reload} answers whether the worker's service applied the file.
+        """
+        parent, pump, _ = self.connected()
+        parent.callRemote(Serve)
+        pump.flush()
+        answer = parent.callRemote(Reload)
+        pump.flush()
+        self.assertNoResult(answer)
+        self.services[0].reloads[0].callback(True)
+        pump.flush()
+        self.assertEqual(self.successResultOf(answer), {"applied": True})
+
+    def test_snapshotAndAdmin(self) -> None:
+        """
+        L{Snapshot} gives the worker's status in parts; L{Admin} answers an
+        unknown proxy with 404.
+        """
+        parent, pump, _ = self.connected()
+        parent.callRemote(Serve)
+        pump.flush()
+        answer = parent.callRemote(Snapshot, part=0)
+        pump.flush()
+        result = self.successResultOf(answer)
+        self.assertFalse(result["more"])
+        snapshot = unpackSnapshot([result["data"]])
+        self.assertEqual((snapshot["index"], snapshot["serving"]), (1, True))
+        self.assertIn("proxies", snapshot["status"])
+        self.assertIn("sockproxy.requests", snapshot["statistics"])
+        admin = parent.callRemote(Admin, proxy="nope", label="one", action="drain")
+        pump.flush()
+        answered = self.successResultOf(admin)
+        self.assertEqual(answered["code"], 404)
+        self.assertIn("no proxy", json.loads(answered["body"])["error"])
+
+    def test_parentGone(self) -> None:
+        """
+        When the control connection is lost, the worker is told (it then
+        stops and exits).
+        """
+        parent, pump, lost = self.connected()
+        parent.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(lost, [True])
+
+    def test_stopOnce(self) -> None:
+        """
+        L{Worker.stop} stops the service once, however often asked, and
+        fires when it has stopped.
+        """
+        self.worker.serve()
+        first, second = self.worker.stop(), self.worker.stop()
+        self.assertNoResult(first)
+        service = self.services[0]
+        assert service.stopping is not None
+        service.stopping.callback(None)
+        self.successResultOf(first)
+        self.successResultOf(second)
+
+    def test_handAgain(self) -> None:
+        """
+        A socket handed again for the same listener replaces (and closes)
+        the one handed before.
+        """
+        import os
+
+        from txsockproxy.adopting import InheritedSocket
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        first = os.dup(a.fileno())
+        self.worker.hand((False, "tcp:0", 0), InheritedSocket(first, socket.AF_UNIX))
+        self.worker.hand((False, "tcp:0", 0), InheritedSocket(-1, socket.AF_UNIX))
+        self.assertRaises(OSError, os.fstat, first)
+
+
+class LineObserverTests(SynchronousTestCase):
+    """
+    L{LineObserver}: how a worker's log reaches the parent.
+    """
+
+    def test_lines(self) -> None:
+        """
+        Each event is C{LEVEL<TAB>TEXT}, one line per line of text.
+        """
+        import io
+
+        from twisted.logger import LogLevel
+
+        out = io.StringIO()
+        LineObserver(out)({"log_format": "a {x}\nb", "x": 1, "log_level": LogLevel.warn})
+        self.assertEqual(out.getvalue(), "warn\ta 1\nwarn\tb\n")
+
+
+class FakeProcess:
+    """
+    A spawned process, faked.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class FakeControl:
+    """
+    A control connection whose commands the test answers.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[type[amp.Command], dict[str, Any], defer.Deferred[Any]]] = []
+        self.transport = self
+        self.lost = False
+
+    def callRemote(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((command, arguments, d))
+        return d
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+
+class ParentTests(SynchronousTestCase):
+    """
+    L{WorkersService}: restarting, stopping, gathering the workers' status.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.started: list[WorkerProcess] = []
+        self.service = WorkersService(config(), self.clock, "w.toml", 2)
+        self.service._start = self.started.append  # type: ignore[method-assign]
+        self.events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def serving(self, worker: WorkerProcess, pid: int) -> FakeControl:
+        worker.state = "serving"
+        worker.pid = pid
+        worker.processTransport = FakeProcess(pid)
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        return control
+
+    def logged(self, text: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if text in formatEvent(e)]
+
+    def test_deathRestartsWithBackoff(self) -> None:
+        """
+        A worker that dies is logged once with its exit status and restarted
+        after 0.5 s; dying again at once, after 1 s.
+        """
+        worker = self.service.workers[1]
+        self.serving(worker, 100)
+        self.clock.advance(2)
+        worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        [line] = self.logged("died")
+        self.assertEqual(
+            line, "worker 1 (pid 100) died: killed by signal 9 (SIGKILL) after 2.0s; "
+            "restarting in 0.5s")
+        self.assertEqual((worker.state, worker.restarts, worker.pid), ("restarting", 1, None))
+        self.clock.advance(0.4)
+        self.assertEqual(self.started, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.started, [worker])
+        worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIn("restarting in 1s", self.logged("died")[1])
+
+    def test_stopTellsEveryWorker(self) -> None:
+        """
+        Stopping sends L{Stop} to every worker, closes each control
+        connection once answered, and fires when every process has ended;
+        nothing is restarted.
+        """
+        controls = [self.serving(w, 10 + w.index) for w in self.service.workers]
+        stopped = self.service.stopService()
+        for control in controls:
+            [(command, _, answer)] = control.calls
+            self.assertEqual(command.__name__, "Stop")
+            answer.callback({})
+            self.assertTrue(control.lost)
+        self.assertNoResult(stopped)
+        for worker in self.service.workers:
+            worker.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.clock.advance(100)
+        self.assertEqual(self.started, [])
+        self.assertEqual(len(self.logged("exited with status 0")), 2)
+
+    def test_stopKillsLaggards(self) -> None:
+        """
+        A worker still running shutdown-timeout plus 5 s after the stop is
+        killed.
+        """
+        self.serving(self.service.workers[0], 10)
+        self.service.stopService()
+        process = self.service.workers[0].processTransport
+        self.clock.advance(self.service.config.shutdownTimeout + 4.9)
+        self.assertEqual(process.signals, [])
+        self.clock.advance(0.2)
+        self.assertEqual(process.signals, ["KILL"])
+
+    def test_snapshots(self) -> None:
+        """
+        L{WorkersService.snapshots} asks every serving worker, in parts; a
+        worker that does not answer within the timeout, or does not serve,
+        is shown without a snapshot and why.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        gathered = self.service.snapshots()
+        parts = packSnapshot({"status": {"proxies": []}})
+        [(_, arguments, answer)] = first.calls
+        self.assertEqual(arguments, {"part": 0})
+        answer.callback({"data": parts[0], "more": False})
+        self.assertNoResult(gathered)
+        self.clock.advance(self.service.snapshotTimeout)
+        one, two = self.successResultOf(gathered)
+        self.assertEqual((one.index, one.pid, one.snapshot), (0, 10, {"status": {"proxies": []}}))
+        self.assertEqual((two.index, two.snapshot, two.problem), (1, None, "not answering"))
+        self.assertEqual(len(second.calls), 1)
+        self.service.workers[1].state = "restarting"
+        gathered = self.service.snapshots()
+        answer = first.calls[1][2]
+        answer.callback({"data": parts[0], "more": False})
+        self.assertEqual(self.successResultOf(gathered)[1].problem, "restarting")
+
+    def test_admin(self) -> None:
+        """
+        An admin action goes to every serving worker; one that fails to
+        answer counts as 503.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        result = self.service.admin("p", "one", "drain", 5.0)
+        self.assertEqual(first.calls[0][1],
+                         {"proxy": "p", "label": "one", "action": "drain", "timeout": 5.0})
+        first.calls[0][2].callback({"code": 200, "body": "{}"})
+        second.calls[0][2].errback(ConnectionError("gone"))
+        self.assertEqual(self.successResultOf(result),
+                         [(0, 200, "{}"), (1, 503, '{"error": "worker not answering"}')])
+
+    def test_workerOutput(self) -> None:
+        """
+        A worker's output lines are logged with its number and their level.
+        """
+        from twisted.logger import LogLevel
+
+        worker = self.service.workers[0]
+        worker.childDataReceived(1, b"error\tbad thing\ninfo\tpar")
+        worker.childDataReceived(1, b"tial\n")
+        worker.childDataReceived(2, b"Traceback\n")
+        lines = [(e["log_level"], e["line"]) for e in self.events if "line" in e]
+        self.assertEqual(lines, [(LogLevel.error, "bad thing"), (LogLevel.info, "partial"),
+                                 (LogLevel.warn, "Traceback")])
+
+
+class MergeTests(SynchronousTestCase):
+    """
+    The instance's status from the workers'.
+    """
+
+    def test_documents(self) -> None:
+        """
+        Counters are summed, settings are the first worker's, a backend's
+        state is the one most worth attention, the uptime the longest.
+        """
+        def doc(accepted: int, state: str, uptime: float) -> dict[str, Any]:
+            return {"version": "1", "uptime": uptime, "closed_at_accept": 1,
+                    "proxies": [{"name": "p", "accepted": accepted, "balance": "fair",
+                                 "max_connections": None,
+                                 "backends": [{"label": "one", "state": state, "active": 1,
+                                               "bytes_in": 10, "weight": 1,
+                                               "retry_in": None}]}]}
+
+        merged = mergeDocuments([doc(3, "up", 5.0), doc(4, "failing", 7.0)])
+        self.assertEqual(merged["uptime"], 7.0)
+        self.assertEqual(merged["closed_at_accept"], 2)
+        [proxy] = merged["proxies"]
+        self.assertEqual((proxy["name"], proxy["accepted"], proxy["balance"]), ("p", 7, "fair"))
+        [backend] = proxy["backends"]
+        self.assertEqual((backend["state"], backend["active"], backend["bytes_in"],
+                          backend["weight"], backend["retry_in"]), ("failing", 2, 20, 1, None))
+
+    def test_metrics(self) -> None:
+        """
+        Samples are summed under their names, and each worker's are listed
+        as C{sockproxy_worker_*} with a C{worker} label.
+        """
+        text = ("# HELP sockproxy_accepted Accepted.\n# TYPE sockproxy_accepted counter\n"
+                'sockproxy_accepted_total{proxy="p"} %d\n'
+                "# HELP process_open_fds Open.\n# TYPE process_open_fds gauge\n"
+                "process_open_fds 9.0\n")
+        merged = mergeMetrics([(0, text % 3), (1, text % 4)])
+        self.assertIn('sockproxy_accepted_total{proxy="p"} 7\n', merged)
+        self.assertIn('sockproxy_worker_accepted_total{proxy="p",worker="1"} 4\n', merged)
+        self.assertIn('sockproxy_worker_process_open_fds{worker="0"} 9.0\n', merged)
+        self.assertNotIn("\nprocess_open_fds", merged)
+        self.assertEqual(merged.count("# TYPE sockproxy_accepted counter"), 1)
+
+    def test_statistics(self) -> None:
+        """
+        lighttpd's counters are summed, in lighttpd's order.
+        """
+        self.assertEqual(
+            mergeStatistics(["sockproxy.requests: 2\ngw.active-requests: 1\n",
+                             "sockproxy.requests: 3\ngw.active-requests: 0\n"]),
+            "gw.active-requests: 1\nsockproxy.requests: 5\n",
+        )
+
+
+class ReplaceTests(SynchronousTestCase):
+    """
+    Worker limits as the status shows them.
+    """
+
+    def test_statusLimitsAddUp(self) -> None:
+        """
+        The workers' backend limits, summed as the instance's status sums
+        them, are the configured limit.
+        """
+        whole = config()
+        parts = [shareOf(whole, i, 2) for i in range(2)]
+        self.assertEqual(sum(p.proxies[0].backends[0].maxConnections for p in parts), 3)
+        self.assertEqual(replace(whole, workers=1).workers, 1)
