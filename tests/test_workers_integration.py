@@ -1,0 +1,227 @@
+"""
+Integration tests of C{workers = 2}: C{twistd -n sockproxy} run as a user
+runs it, on loopback. Sessions are served by both workers; a worker killed
+is restarted and logged while the other goes on serving; SIGHUP reaches
+both; the status site's totals are the sums of the workers' figures; SIGTERM
+stops every process.
+
+Every wait is bounded (log lines, socket timeouts, loops of a fixed count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import urllib.request
+from typing import Any
+
+from tests.integration_support import (
+    BOUND,
+    LOOPBACK,
+    Deadline,
+    Server,
+    Twistd,
+    connect,
+    echoHandler,
+    exchange,
+    tomlString,
+)
+from tests.test_integration import _IntegrationTestCase
+
+
+def taggedHandler(tag: bytes) -> Any:
+    """
+    A backend that answers every connection with C{tag} and closes.
+    """
+
+    def handler(conn: socket.socket, server: Server) -> None:
+        conn.sendall(tag)
+        conn.close()
+
+    return handler
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} runs (a zombie does not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class WorkersIntegrationTests(_IntegrationTestCase):
+    """
+    C{workers = 2} under C{twistd -n sockproxy}.
+    """
+
+    def writeConfig(self, backend: str, label: str) -> str:
+        path = os.path.join(self.tmp, "sockproxy.toml")
+        text = "\n".join([
+            "workers = 2",
+            "[status]",
+            f"listen = {tomlString(LOOPBACK)}",
+            "[[proxy]]",
+            'name = "p"',
+            f"listen = {tomlString(LOOPBACK)}",
+            "[[proxy.backend]]",
+            f"label = {tomlString(label)}",
+            f"endpoint = {tomlString(backend)}",
+        ]) + "\n"
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".new", path)
+        return path
+
+    def start(self, backend: Server, label: str = "one") -> tuple[Twistd, int, int]:
+        """
+        Start the proxy with 2 workers; return it, its proxy port and its
+        status port (both bound by the parent).
+        """
+        proxy = self.startTwistd(["sockproxy", "--config", self.writeConfig(backend.endpoint,
+                                                                             label)],
+                                 ready="serving", readyCount=2)
+        ports = {}
+        for line in proxy.lines:
+            match = BOUND.search(line)
+            if match is not None and " worker " not in line:
+                ports[match["owner"]] = int(match["address"].rpartition(":")[2])
+        return proxy, ports["proxy p"], ports["status"]
+
+    def status(self, port: int, path: str = "status.json") -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=10) as answer:
+            body = answer.read().decode("utf-8")
+        return json.loads(body) if path.endswith(".json") else body
+
+    def sessionsOnBothWorkers(self, proxyPort: int, statusPort: int, check: Any) -> dict[str, Any]:
+        """
+        Open sessions, 10 at once, until both workers have served some
+        (at most 30 rounds); C{check(conn, deadline)} runs each.
+
+        @return: the last status document.
+        """
+        for _ in range(30):
+            deadline = Deadline(10, "a round of sessions")
+            conns = [connect(("127.0.0.1", proxyPort)) for _ in range(10)]
+            for conn in conns:
+                with conn:
+                    check(conn, deadline)
+            document = self.status(statusPort)
+            served = [w["status"]["proxies"][0]["accepted"] for w in document["workers"]]
+            if all(served):
+                return document
+        self.fail(f"sessions were not served by both workers: {served}")
+
+    def test_bothWorkersServeAndStatusTotals(self) -> None:
+        """
+        Sessions are served by both workers; the status site's totals
+        (status.json, metrics, server-statistics) are the sums of the
+        workers' figures; a reload on SIGHUP reaches both (both use the
+        changed backend); SIGTERM stops the parent and both workers.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+
+        def echoes(conn: socket.socket, deadline: Deadline) -> None:
+            self.assertEqual(exchange(conn, b"ping", deadline), b"ping")
+
+        document = self.sessionsOnBothWorkers(proxyPort, statusPort, echoes)
+        workers = document["workers"]
+        self.assertEqual([w["worker"] for w in workers], [0, 1])
+        self.assertEqual([w["state"] for w in workers], ["serving", "serving"])
+        pids = [w["pid"] for w in workers]
+        self.assertEqual(len(set(pids + [proxy.pid])), 3)
+        for key in ("accepted", "active", "refused"):
+            self.assertEqual(document["proxies"][0][key],
+                             sum(w["status"]["proxies"][0][key] for w in workers), key)
+        for key in ("connected", "bytes_in", "bytes_out", "failed"):
+            self.assertEqual(
+                document["proxies"][0]["backends"][0][key],
+                sum(w["status"]["proxies"][0]["backends"][0][key] for w in workers), key)
+        accepted = document["proxies"][0]["accepted"]
+        metrics = self.status(statusPort, "metrics")
+        self.assertIn(f'sockproxy_accepted_total{{proxy="p"}} {accepted}\n', metrics)
+        for w in workers:
+            count = w["status"]["proxies"][0]["accepted"]
+            self.assertIn(f'sockproxy_worker_accepted_total{{proxy="p",worker="{w["worker"]}"}} '
+                          f"{float(count)}", metrics)
+        statistics = self.status(statusPort, "server-statistics")
+        connected = document["proxies"][0]["backends"][0]["connected"]
+        self.assertIn(f"sockproxy.requests: {connected}\n", statistics)
+        page = self.status(statusPort, "")
+        self.assertIn('data-worker="1"', page)
+
+        # A reload reaches both workers: both use the new backend.
+        changed = self.startServer(taggedHandler(b"changed"))
+        self.writeConfig(changed.endpoint, "two")
+        os.kill(proxy.pid, signal.SIGHUP)
+        # Each worker's line, and the parent's once both answered.
+        proxy.waitFor("reload: applied", count=3, timeout=15)
+        proxy.waitFor("(2 workers)", timeout=15)
+        self.assertEqual(proxy.matching("kept its running configuration"), [])
+
+        def tagged(conn: socket.socket, deadline: Deadline) -> None:
+            conn.settimeout(deadline.remaining())
+            self.assertEqual(conn.recv(100), b"changed")
+
+        before = {w["worker"]: w["status"]["proxies"][0]["accepted"] for w in workers}
+        for _ in range(30):
+            document = self.status(statusPort)
+            served = [w["status"]["proxies"][0]["backends"][0]["connected"]
+                      for w in document["workers"]]
+            if all(served) and document["proxies"][0]["backends"][0]["label"] == "two":
+                break
+            deadline = Deadline(10, "a round of sessions")
+            for conn in [connect(("127.0.0.1", proxyPort)) for _ in range(10)]:
+                with conn:
+                    tagged(conn, deadline)
+        else:
+            self.fail(f"the new backend was not used by both workers: {served}")
+        self.assertTrue(all(w["status"]["proxies"][0]["accepted"] > before[w["worker"]]
+                            for w in document["workers"]))
+
+        # SIGTERM: the parent and both workers end.
+        os.kill(proxy.pid, signal.SIGTERM)
+        # twistd ends with the signal that stopped it, as in one process.
+        self.assertEqual(proxy.waitForExit(timeout=20), -signal.SIGTERM, proxy.output)
+        self.assertEqual(len(proxy.matching("exited with status 0")), 2)
+        for pid in pids:
+            self.assertFalse(alive(pid), f"worker {pid} left running")
+        self.assertEqual(proxy.matching("died"), [])
+        self.assertNoHandlerErrors(backend, changed)
+
+    def test_killedWorkerRestarted(self) -> None:
+        """
+        A worker killed with SIGKILL is logged once with its signal and
+        restarted; meanwhile the other worker serves every session.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        document = self.status(statusPort)
+        victim = document["workers"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        # Served meanwhile, by the other worker (and by the new one once up).
+        deadline = Deadline(20, "sessions while a worker restarts")
+        for i in range(20):
+            with connect(("127.0.0.1", proxyPort)) as conn:
+                self.assertEqual(exchange(conn, b"x%d" % i, deadline), b"x%d" % i)
+        [died] = proxy.waitFor("died", count=1, timeout=15)
+        self.assertIn(f"worker 1 (pid {victim}) died: killed by signal 9 (SIGKILL)", died)
+        self.assertIn("restarting in 0.5s", died)
+        proxy.waitFor("serving", count=3, timeout=15)
+        document = self.status(statusPort)
+        restarted = document["workers"][1]
+        self.assertEqual((restarted["state"], restarted["restarts"]), ("serving", 1))
+        self.assertNotEqual(restarted["pid"], victim)
+        self.assertFalse(alive(victim))
+        deadline = Deadline(10, "sessions after the restart")
+        for i in range(5):
+            with connect(("127.0.0.1", proxyPort)) as conn:
+                self.assertEqual(exchange(conn, b"y", deadline), b"y")
+        self.assertEqual(len(proxy.matching("died")), 1)
+        self.assertNoHandlerErrors(backend)
