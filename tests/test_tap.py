@@ -817,3 +817,41 @@ class DaemonizingIntegrationTests(SynchronousTestCase):
         left, log = self.runAndStop(ownDir, *switch)
         self.assertFalse(left)
         self.assertNotIn("left behind", log)
+
+
+class WorkersServiceTests(OptionsTestCase):
+    """
+    L{makeService} with the C{workers} key.
+    """
+
+    def configFile(self, workers: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f'workers = {workers}\n[[proxy]]\nlisten = "tcp:0"\n'
+                    '[[proxy.backend]]\nendpoint = "tcp:host=127.0.0.1:port=1"\n')
+        return path
+
+    def test_oneWorkerIsOneProcess(self) -> None:
+        """
+        C{workers = 1} builds the single-process L{ProxyService}, as without
+        the key.
+        """
+        from txsockproxy.service import ProxyService
+
+        service = makeService(self.parse(["--config", self.configFile("1")]),
+                              MemoryReactorClock())
+        self.assertIsInstance(service, ProxyService)
+
+    def test_workersParent(self) -> None:
+        """
+        C{workers = 3} builds the parent of 3 workers, on the reactor given;
+        the command line's C{--debug} is handed on to them.
+        """
+        from txsockproxy.workers import WorkersService
+
+        reactor = MemoryReactorClock()
+        options = self.parse(["--config", self.configFile("3"), "--debug", "2"])
+        service = makeService(options, reactor)
+        self.assertIsInstance(service, WorkersService)
+        self.assertEqual((service.count, service.debug, service.reactor), (3, 2, reactor))
+        self.assertEqual(len(service.workers), 3)

@@ -467,3 +467,58 @@ class ConnectDoneTests(ReactorTestCase):
         peer.settimeout(5)
         self.turnUntil(lambda: not hasattr(transport, "socket"))
         self.assertEqual(peer.recv(16), b"")
+
+
+class AdoptedPortTests(ReactorTestCase):
+    """
+    The reactor's C{adoptStreamPort}: a worker process's listening sockets,
+    handed over by its parent, accept as C{listenTCP}'s do.
+    """
+
+    def test_adoptedTCPUsesLeanPort(self) -> None:
+        """
+        An adopted TCP socket is listened on with L{tcpport.Port}, accepts
+        clients with L{tcpport.Server} transports, and the adopting
+        process's copy is its own: closing it leaves the original open.
+        """
+        bound = socket.socket()
+        self.addCleanup(bound.close)
+        bound.bind(("127.0.0.1", 0))
+        bound.listen(5)
+        bound.setblocking(False)
+        factory = AcceptingFactory()
+        port = self.reactor.adoptStreamPort(bound.fileno(), socket.AF_INET, factory)
+        self.addCleanup(lambda: port.connected and port.connectionLost(None))
+        self.assertIsInstance(port, tcpport.Port)
+        self.assertEqual(port.getHost().port, bound.getsockname()[1])
+        client = socket.socket()
+        self.addCleanup(client.close)
+        client.connect(bound.getsockname())
+        self.turnUntil(lambda: len(factory.built) == 1)
+        self.assertIsInstance(factory.built[0].transport, tcpport.Server)
+        port.connectionLost(None)
+        self.assertEqual(bound.getsockname()[0], "127.0.0.1")
+
+    def test_adoptedUnixAsTwistedDoes(self) -> None:
+        """
+        An adopted unix socket is listened on as Twisted's reactor does.
+        """
+        import os
+        import tempfile
+
+        from twisted.internet import unix
+
+        path = os.path.join(tempfile.mkdtemp(prefix="sp-"), "s")
+        bound = socket.socket(socket.AF_UNIX)
+        self.addCleanup(bound.close)
+        bound.bind(path)
+        bound.listen(5)
+        bound.setblocking(False)
+        factory = AcceptingFactory()
+        port = self.reactor.adoptStreamPort(bound.fileno(), socket.AF_UNIX, factory)
+        self.addCleanup(lambda: port.connected and port.connectionLost(None))
+        self.assertIsInstance(port, unix.Port)
+        client = socket.socket(socket.AF_UNIX)
+        self.addCleanup(client.close)
+        client.connect(path)
+        self.turnUntil(lambda: len(factory.built) == 1)
