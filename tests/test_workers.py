@@ -554,6 +554,29 @@ class ParentTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(result),
                          [(0, 200, "{}"), (1, 503, '{"error": "worker not answering"}')])
 
+    def test_adminStateReplayed(self) -> None:
+        """
+        A worker that starts serving after an admin action (restarted) is
+        given it too; C{enable} ends that.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        self.service.admin("p", "one", "drain", None)
+        first.calls[0][2].callback({"code": 200, "body": "{}"})
+        restarted = self.service.workers[1]
+        control = FakeControl()
+        restarted.control = control  # type: ignore[assignment]
+        restarted.processTransport = FakeProcess(12)
+        self.service._handAndServe(restarted, [])
+        [(serve, _, answer)] = control.calls
+        self.assertEqual(serve.__name__, "Serve")
+        answer.callback({"pid": 12})
+        self.assertEqual([(c.__name__, a) for c, a, _ in control.calls[1:]],
+                         [("Admin", {"proxy": "p", "label": "one", "action": "drain"})])
+        self.service.admin("p", "one", "enable", None)
+        for _, _, d in first.calls[1:] + control.calls[2:]:
+            d.callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.service._adminStates, {})
+
     def test_workerOutput(self) -> None:
         """
         A worker's output lines are logged with its number and their level.

@@ -328,6 +328,9 @@ class WorkersService(MultiService):
         self._previousHUP: Any = None
         self._listeners = self._proxyListeners(config, {})
         self._statusSite: Any = None
+        # The admin actions applied, by (proxy, backend label): a worker
+        # restarted gets them again (its backends start "up").
+        self._adminStates: dict[tuple[str, str], str] = {}
 
     # -- listeners --------------------------------------------------------------
 
@@ -475,6 +478,9 @@ class WorkersService(MultiService):
                 worker.state = "serving"
             self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
                           pid=answer["pid"])
+            for (proxy, label), action in self._adminStates.items():
+                worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
+                    lambda f: None)
 
         def failed(failure: Failure) -> None:
             if worker.processTransport is None or self._stopping:
@@ -581,6 +587,12 @@ class WorkersService(MultiService):
             arguments["timeout"] = timeout
 
         def answers(results: list[tuple[WorkerProcess, Any]]) -> list[tuple[int, int, str]]:
+            if any(not isinstance(answer, list) and answer["code"] == 200
+                   for _, answer in results):
+                if action == "enable":
+                    self._adminStates.pop((proxy, label), None)
+                else:
+                    self._adminStates[(proxy, label)] = action
             out = []
             for worker, answer in results:
                 if isinstance(answer, list):
