@@ -220,7 +220,7 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         self.assertNotEqual(restarted["pid"], victim)
         self.assertFalse(alive(victim))
         deadline = Deadline(10, "sessions after the restart")
-        for i in range(5):
+        for _ in range(5):
             with connect(("127.0.0.1", proxyPort)) as conn:
                 self.assertEqual(exchange(conn, b"y", deadline), b"y")
         self.assertEqual(len(proxy.matching("died")), 1)
