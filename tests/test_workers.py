@@ -660,3 +660,103 @@ class ReplaceTests(SynchronousTestCase):
         parts = [shareOf(whole, i, 2) for i in range(2)]
         self.assertEqual(sum(p.proxies[0].backends[0].maxConnections for p in parts), 3)
         self.assertEqual(replace(whole, workers=1).workers, 1)
+
+
+class AdoptingReactorTests(SynchronousTestCase):
+    """
+    L{AdoptingReactor}: a worker's listeners adopt the socket handed over.
+    """
+
+    def handed(self, family: int = socket.AF_INET) -> Any:
+        import os
+
+        from txsockproxy.adopting import InheritedSocket
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        return InheritedSocket(os.dup(a.fileno()), family)
+
+    def test_listenAdopts(self) -> None:
+        """
+        An endpoint built on it adopts the socket, whatever it would have
+        bound, once; the descriptor handed over is then closed.
+        """
+        import os
+
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.error import CannotListenError
+        from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
+        from twisted.internet.protocol import Factory
+
+        from txsockproxy.adopting import AdoptingReactor
+
+        reactor = MemoryReactorClock()
+        for description, family in (("tcp:8080:interface=10.1.2.3", socket.AF_INET),
+                                    ("unix:/nowhere/s", socket.AF_UNIX)):
+            inherited = self.handed(family)
+            fd = inherited.fileno
+            adopting = AdoptingReactor(reactor, inherited)
+            self.assertTrue(IReactorTCP.providedBy(adopting))
+            self.assertTrue(IReactorUNIX.providedBy(adopting))
+            factory = Factory()
+            self.successResultOf(serverFromString(adopting, description).listen(factory))
+            self.assertEqual(reactor.adoptedPorts[-1], (fd, family, factory))
+            self.assertEqual(inherited.fileno, -1)
+            self.assertRaises(OSError, os.fstat, fd)
+            self.failureResultOf(serverFromString(adopting, description).listen(factory),
+                                 CannotListenError)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual(reactor.unixServers, [])
+
+    def test_listenSSLWrapsFactory(self) -> None:
+        """
+        C{listenSSL} adopts the socket for the factory under TLS.
+        """
+        from twisted.internet.protocol import Factory
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from txsockproxy.adopting import AdoptingReactor
+
+        reactor = MemoryReactorClock()
+        factory = Factory()
+        AdoptingReactor(reactor, self.handed()).listenSSL(443, factory, object())
+        adopted = reactor.adoptedPorts[0][2]
+        self.assertIsInstance(adopted, TLSMemoryBIOFactory)
+        self.assertIs(adopted.wrappedFactory, factory)
+
+
+class ReusePortReactorTests(SynchronousTestCase):
+    """
+    L{ReusePortReactor}: one C{SO_REUSEPORT} socket per worker.
+    """
+
+    def test_socketsShareTheAddress(self) -> None:
+        """
+        C{listenTCP} on port 0 binds C{count} sockets to the same, chosen
+        port: the first adopted as the reactor's port, the others left to
+        the caller, all listening.
+        """
+        import os
+
+        from twisted.internet.protocol import Factory
+
+        from txsockproxy.reuseport import ReusePortReactor
+
+        reactor = MemoryReactorClock()
+        binder = ReusePortReactor(reactor, 3)
+        binder.listenTCP(0, Factory(), 5, "127.0.0.1")
+        self.addCleanup(binder.close)
+        [(fd, family, _)] = reactor.adoptedPorts
+        self.assertEqual(family, socket.AF_INET)
+        self.assertEqual(len(binder.extra), 2)
+        ports = set()
+        for extra in binder.extra:
+            s = socket.socket(fileno=os.dup(extra))
+            self.addCleanup(s.close)
+            self.assertEqual(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
+            self.assertEqual(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+            ports.add(s.getsockname())
+        self.assertEqual(len(ports), 1)
+        binder.close()
+        self.assertEqual(binder.extra, [])

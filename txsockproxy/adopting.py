@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from zope.interface import directlyProvides, providedBy
@@ -25,27 +25,34 @@ from zope.interface import directlyProvides, providedBy
 from txsockproxy.accelerator import tlsFactoryFor
 
 
-@dataclass(frozen=True)
 class InheritedSocket:
     """
-    A listening socket handed to this process.
+    A listening socket handed to this process, until it is adopted.
 
-    @ivar fileno: its descriptor, owned by the receiver (adopting dups it).
+    @ivar fileno: its descriptor, owned by the receiver; -1 once closed
+        (adopting dups it, then closes this one: a listener that goes away
+        must leave no descriptor behind that keeps its socket listening).
     @ivar family: its address family (C{socket.AF_INET}, C{AF_INET6},
         C{AF_UNIX}).
     """
 
-    fileno: int
-    family: int
+    def __init__(self, fileno: int, family: int) -> None:
+        self.fileno = fileno
+        self.family = family
+
+    def __repr__(self) -> str:
+        return f"<InheritedSocket fileno={self.fileno} family={self.family}>"
 
     def close(self) -> None:
         """
-        Close the descriptor (the adopted port has a copy of its own).
+        Close the descriptor, once.
         """
-        try:
-            os.close(self.fileno)
-        except OSError:
-            pass
+        fileno, self.fileno = self.fileno, -1
+        if fileno >= 0:
+            try:
+                os.close(fileno)
+            except OSError:
+                pass
 
 
 def familyOf(address: IAddress) -> int:
@@ -81,12 +88,17 @@ class AdoptingReactor:
         directlyProvides(self, *providedBy(reactor))
 
     def _adopt(self, factory: Any) -> Any:
+        inherited = self._inherited
+        if inherited.fileno < 0:
+            raise error.CannotListenError(None, None, OSError("the socket handed over was "
+                                                              "adopted already"))
         # adoptStreamPort wants a non-blocking socket (the flag is the open
         # file's: the parent's port set it already).
-        os.set_blocking(self._inherited.fileno, False)
-        return self._reactor.adoptStreamPort(
-            self._inherited.fileno, self._inherited.family, factory
-        )
+        os.set_blocking(inherited.fileno, False)
+        port = self._reactor.adoptStreamPort(inherited.fileno, inherited.family, factory)
+        # The port has its own copy.
+        inherited.close()
+        return port
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         """
