@@ -662,6 +662,33 @@ class ReplaceTests(SynchronousTestCase):
         self.assertEqual(replace(whole, workers=1).workers, 1)
 
 
+class AdoptingMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{adoptStreamPort} takes any family (the
+    memory reactor's own refuses unix sockets) and records it.
+    """
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
+        self.adoptedPorts.append((fileDescriptor, addressFamily, factory))
+        return object()
+
+
+from twisted.internet.interfaces import IOpenSSLContextFactory  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+
+@implementer(IOpenSSLContextFactory)
+class _Contexts:
+    """
+    A TLS server context factory.
+    """
+
+    def getContext(self) -> Any:
+        from OpenSSL import SSL
+
+        return SSL.Context(SSL.TLS_METHOD)
+
+
 class AdoptingReactorTests(SynchronousTestCase):
     """
     L{AdoptingReactor}: a worker's listeners adopt the socket handed over.
@@ -691,7 +718,7 @@ class AdoptingReactorTests(SynchronousTestCase):
 
         from txsockproxy.adopting import AdoptingReactor
 
-        reactor = MemoryReactorClock()
+        reactor = AdoptingMemoryReactor()
         for description, family in (("tcp:8080:interface=10.1.2.3", socket.AF_INET),
                                     ("unix:/nowhere/s", socket.AF_UNIX)):
             inherited = self.handed(family)
@@ -718,9 +745,9 @@ class AdoptingReactorTests(SynchronousTestCase):
 
         from txsockproxy.adopting import AdoptingReactor
 
-        reactor = MemoryReactorClock()
+        reactor = AdoptingMemoryReactor()
         factory = Factory()
-        AdoptingReactor(reactor, self.handed()).listenSSL(443, factory, object())
+        AdoptingReactor(reactor, self.handed()).listenSSL(443, factory, _Contexts())
         adopted = reactor.adoptedPorts[0][2]
         self.assertIsInstance(adopted, TLSMemoryBIOFactory)
         self.assertIs(adopted.wrappedFactory, factory)

@@ -478,8 +478,9 @@ class AdoptedPortTests(ReactorTestCase):
     def test_adoptedTCPUsesLeanPort(self) -> None:
         """
         An adopted TCP socket is listened on with L{tcpport.Port}, accepts
-        clients with L{tcpport.Server} transports, and the adopting
-        process's copy is its own: closing it leaves the original open.
+        clients with L{tcpport.Server} transports, again after a pause, and
+        the adopting process's copy is its own: closing it leaves the
+        original open.
         """
         bound = socket.socket()
         self.addCleanup(bound.close)
@@ -496,6 +497,14 @@ class AdoptedPortTests(ReactorTestCase):
         client.connect(bound.getsockname())
         self.turnUntil(lambda: len(factory.built) == 1)
         self.assertIsInstance(factory.built[0].transport, tcpport.Server)
+        # Paused and resumed (as at max-connections), it accepts again:
+        # watched with EPOLLEXCLUSIVE, it is registered anew each time.
+        port.stopReading()
+        port.startReading()
+        again = socket.socket()
+        self.addCleanup(again.close)
+        again.connect(bound.getsockname())
+        self.turnUntil(lambda: len(factory.built) == 2)
         port.connectionLost(None)
         self.assertEqual(bound.getsockname()[0], "127.0.0.1")
 
