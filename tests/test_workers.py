@@ -16,11 +16,13 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from txsockproxy.config import Config
 from txsockproxy.instancestatus import mergeDocuments, mergeMetrics, mergeStatistics
@@ -671,10 +673,6 @@ class AdoptingMemoryReactor(MemoryReactorClock):
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
         self.adoptedPorts.append((fileDescriptor, addressFamily, factory))
         return object()
-
-
-from twisted.internet.interfaces import IOpenSSLContextFactory  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
 
 @implementer(IOpenSSLContextFactory)
