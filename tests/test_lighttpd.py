@@ -1264,11 +1264,14 @@ class GlobalSettingsTests(LighttpdTestCase):
 
     def test_maxWorker(self) -> None:
         """
-        More than one lighttpd worker is a notice: sockproxy runs one
-        process.
+        More than one lighttpd worker gives as many worker processes, with a
+        notice saying so; one, or none, a single process.
         """
         config = parse(sockproxy(ONE_HOST, head="server.max-worker = 4\n"))
-        self.notice(config, "4 workers: sockproxy runs one process")
+        self.assertEqual(config.workers, 4)
+        self.notice(config, "4 workers: sockproxy runs 4 worker processes (workers = 4)")
+        self.assertEqual(parse(sockproxy(ONE_HOST, head="server.max-worker = 1\n")).workers, 1)
+        self.assertEqual(parse(sockproxy(ONE_HOST)).workers, 1)
 
     def test_debug(self) -> None:
         """

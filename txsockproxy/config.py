@@ -384,6 +384,10 @@ LOG_FORMATS = ("text", "json")
 ACCELERATOR_SETTINGS = ("auto", "splice", "copy", "off")
 
 
+# More worker processes than this is a mistake, not a configuration.
+MAX_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class Config:
     """

@@ -36,6 +36,7 @@ from txsockproxy.config import (
     DEFAULT_STATUS_REQUEST_TIMEOUT,
     DEFAULT_TLS_MIN_VERSION,
     LOG_FORMATS,
+    MAX_WORKERS,
     SEND_PROXY_VERSIONS,
     TLS_VERSIONS,
     BackendConfig,
@@ -533,10 +534,6 @@ def _buildConfig(
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
         notices=tuple(reader.notices), maxConnections=maxConnections, workers=workers,
     )
-
-
-# More worker processes than this is a mistake, not a configuration.
-MAX_WORKERS = 256
 
 
 def _workers(data: Mapping[str, Any], reader: _Reader) -> int | str:

@@ -23,6 +23,7 @@ from txsockproxy.config import (
     DEFAULT_DISABLE_TIME,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TLS_MIN_VERSION,
+    MAX_WORKERS,
     BackendConfig,
     Config,
     ConfigError,
@@ -289,7 +290,7 @@ class Mapper:
         self.checkModules(modules)
         debugLevel = self.debugLevel(debugLevels)
         shutdownTimeout = self.shutdownTimeout()
-        self.checkServerLevel()
+        workers = self.checkServerLevel()
         self.noticeIgnored()
         if not order and not self.problems:
             self.error(None, "sockproxy.server",
@@ -312,7 +313,7 @@ class Mapper:
             ))
         return Config(
             proxies=tuple(result), debug=debugLevel, source=self.source,
-            notices=tuple(self.notices), shutdownTimeout=shutdownTimeout,
+            notices=tuple(self.notices), shutdownTimeout=shutdownTimeout, workers=workers,
         )
 
     def checkConditions(self) -> None:
@@ -1179,19 +1180,28 @@ class Mapper:
             return DEFAULT_SHUTDOWN_TIMEOUT
         return float(seconds)
 
-    def checkServerLevel(self) -> None:
+    def checkServerLevel(self) -> int:
+        """
+        Check the server-wide settings sockproxy cannot follow.
+
+        @return: the worker processes C{server.max-worker} asks for (1
+            without it).
+        """
+        result = 1
         workers = self.setting(self.root, "server.max-worker")
         if workers is not None:
             count = self.integer(workers.value, workers.pos, "server.max-worker", "", 0)
             if count is not None and count > 1:
+                result = min(count, MAX_WORKERS)
                 self.notice(workers.pos, "server.max-worker", f"{count} workers: sockproxy "
-                            "runs one process (lighttpd's workers each keep their own "
-                            "balancing state)")
+                            f"runs {result} worker processes (workers = {result}); each "
+                            "keeps its own balancing state, as lighttpd's do")
         activation = self.setting(self.root, "server.systemd-socket-activation")
         if activation is not None and self.boolean(activation.value, activation.pos,
                                                    "server.systemd-socket-activation"):
             self.error(activation.pos, "server.systemd-socket-activation", "not supported for "
                        "lighttpd configs: use the native config with systemd: listen endpoints")
+        return result
 
     def noticeIgnored(self) -> None:
         ignored: list[str] = []
