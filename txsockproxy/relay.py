@@ -817,7 +817,9 @@ class Session:
             self.factory.relayPath.write(bt, b"".join([header, *self.held]))
             self.heldSize = 0
         elif header:
-            self.factory.relayPath.write(bt, header)
+            sent = self.factory.relayPath.writePreamble(ct, bt, header)
+            if sent:
+                self.countUp(sent)
         self.held = _NOTHING_HELD
         ct.registerProducer(SideProducer(bt, self, False), True)
         if self.clientDone:
