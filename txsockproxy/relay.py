@@ -866,7 +866,7 @@ class Session:
         bt = self.backendTransport
         if bt is not None:
             self.backend.bytesOut += len(data)  # type: ignore[union-attr]
-            bt.write(data)
+            self.factory.relayPath.write(bt, data)
             return
         self.held.append(data)
         self.heldSize += len(data)
@@ -957,7 +957,7 @@ class Session:
         self.backend.bytesIn += len(data)  # type: ignore[union-attr]
         if self._timeout:
             self._lastActivity = self.clock.seconds()
-        self.clientTransport.write(data)
+        self.factory.relayPath.write(self.clientTransport, data)
 
     def clientEOF(self) -> None:
         """
