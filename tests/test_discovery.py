@@ -418,6 +418,7 @@ class DiscoveredPoolTests(SynchronousTestCase):
             pool.released(chosen)
         pool.released(first)
         self.assertEqual(self.labels(pool), ["db/10.0.0.3:5432"])
+        self.assertEqual(len(self.events.containing("drained: its last session ended")), 1)
 
     def test_returnsWhileDraining(self) -> None:
         """
@@ -522,6 +523,15 @@ class DiscoveredPoolTests(SynchronousTestCase):
         shown = statusDocument(view)["proxies"][0]["backends"]
         self.assertEqual([(b["label"], b["state"]) for b in shown],
                          [("db/10.0.0.1:5432", "up"), ("db/10.0.0.2:5432", "draining")])
+        self.dns.failing.add("db.example")
+        self.clock.advance(10)
+        [dnsStatus] = statusDocument(view)["proxies"][0]["dns"]
+        self.assertEqual(dnsStatus, {
+            "label": "db", "name": "db.example", "record": "A/AAAA", "port": 5432,
+            "resolver": "system", "addresses": 1, "draining": 1, "failing": True,
+            "last_error": "no answer (timeout)", "lookups": 3, "failures": 1,
+            "next_lookup_in": 1.0,
+        })
 
 
 class DiscoveredConfigTests(SynchronousTestCase):

@@ -317,6 +317,10 @@ class DiscoveredBackends:
         if backend.gone and backend.active <= 0 and backend in self.leaving:
             self.leaving.remove(backend)
             self._targets.pop(backend.key, None)
+            self.log.info(
+                "proxy {proxy}: backend {label} drained: its last session ended",
+                proxy=self.proxy, label=backend.label,
+            )
             self.onChange()
 
     def __repr__(self) -> str:
