@@ -19,7 +19,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.names import dns
+from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -47,6 +47,7 @@ from txsockproxy.discovery import (
     lookupService,
     makeResolver,
     parseServer,
+    StreamResolver,
 )
 from txsockproxy.service import ProxyService
 from txsockproxy.status import StatusView, statusDocument
@@ -242,6 +243,34 @@ class ParseServerTests(SynchronousTestCase):
         """
         for text in ("dns.example", "10.0.0.1:0", "10.0.0.1:x", "[::1", "[::1]x", ""):
             self.assertRaises(ValueError, parseServer, text)
+
+    def test_streamResolver(self) -> None:
+        """
+        L{StreamResolver} asks over TCP, one query at a time, and turns
+        the answer into its sections, or an error code into its error.
+        """
+        asked: list[bytes] = []
+        pending: list[defer.Deferred[Any]] = []
+
+        def queryTCP(queries: Any, timeout: Any) -> defer.Deferred[Any]:
+            asked.append(queries[0].name.name)
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            return d
+
+        real = client.Resolver(servers=[("127.0.0.1", 53)], reactor=MemoryReactorClock())
+        self.patch(real, "queryTCP", queryTCP)
+        resolver = StreamResolver(real)
+        first = resolver.query(dns.Query("a.example", dns.A))
+        second = resolver.query(dns.Query("b.example", dns.A))
+        self.assertEqual(asked, [b"a.example"])
+        answer = dns.Message(answer=True)
+        answer.answers = [a("a.example", "10.0.0.1")]
+        pending[0].callback(answer)
+        self.assertEqual(self.successResultOf(first)[0], answer.answers)
+        self.assertEqual(asked, [b"a.example", b"b.example"])
+        pending[1].callback(dns.Message(answer=True, rCode=dns.ENAME))
+        self.failureResultOf(second, DNSNameError)
 
     def test_makeResolver(self) -> None:
         """

@@ -3,8 +3,12 @@ Backends from DNS: looking a name's addresses up through C{twisted.names}
 (A and AAAA records of a host name, or the targets of SRV records), and
 doing it again and again, at the answer's TTL kept within bounds.
 
-A lookup never blocks the reactor: C{twisted.names} asks the servers over
-UDP itself. What the addresses become (backends that take sessions, and
+A lookup never blocks the reactor: C{twisted.names} asks the servers
+itself. It asks them over TCP, on one connection kept open per server:
+its UDP client opens (and logs the opening and closing of) a socket per
+query, four log lines a lookup, and an answer with many addresses (a
+Kubernetes service of 40 pods) does not fit in the 512 bytes of a UDP
+answer anyway. What the addresses become (backends that take sessions, and
 backends that drain) is the pool's business (see L{txsockproxy.backends});
 this module only says which addresses DNS gives, and when that fails.
 """
@@ -16,6 +20,7 @@ import socket
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.names import client, dns, hosts, resolve
@@ -26,8 +31,8 @@ from txsockproxy.config import DiscoveryConfig
 
 # The port of a DNS server when a resolver key names none.
 DNS_PORT = 53
-# Seconds a lookup from a configured server waits for each try (two).
-SERVER_TIMEOUTS = (1, 3)
+# Seconds a query may take (connecting included).
+QUERY_TIMEOUT = 5
 # Where the system keeps its resolvers and its host names.
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS = "/etc/hosts"
@@ -113,20 +118,47 @@ def _port(text: str, portText: str) -> int:
     return int(portText)
 
 
+class StreamResolver:
+    """
+    Answers queries (the C{query} of
+    L{twisted.internet.interfaces.IResolver}) by asking the servers of a
+    C{twisted.names} client resolver over TCP, one query at a time on the
+    one connection it keeps (two queries sent while it connects would each
+    open one).
+    """
+
+    def __init__(self, resolver: client.Resolver, timeout: float = QUERY_TIMEOUT) -> None:
+        self.resolver = resolver
+        self.timeout = timeout
+        self._lock = defer.DeferredLock()
+
+    def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
+        """
+        Ask for C{query}.
+
+        @return: a Deferred of the answer's sections (answers, authority,
+            additional), or failing as C{twisted.names} does: an unknown
+            name with L{twisted.names.error.DNSNameError}, and so on.
+        """
+        asked = self._lock.run(self.resolver.queryTCP, [query], self.timeout)
+        return asked.addCallback(self.resolver.filterAnswers)
+
+
 def makeResolver(reactor: Any, server: str = "") -> Any:
     """
     The L{twisted.internet.interfaces.IResolver} a backend's lookups go
     through: the configured C{server} (C{"ADDRESS[:PORT]"}), or, for C{""},
     the system's: C{/etc/hosts}, then the servers of C{/etc/resolv.conf}
-    (read again when it changes, as C{twisted.names} does).
+    (read again when it changes, as C{twisted.names} does). Servers are
+    asked over TCP (see L{StreamResolver}).
     """
     if server:
-        return client.Resolver(
-            servers=[parseServer(server)], timeout=SERVER_TIMEOUTS, reactor=reactor
-        )
+        return resolve.ResolverChain([
+            StreamResolver(client.Resolver(servers=[parseServer(server)], reactor=reactor)),
+        ])
     return resolve.ResolverChain([
         hosts.Resolver(file=HOSTS.encode()),
-        client.Resolver(resolv=RESOLV_CONF, reactor=reactor),
+        StreamResolver(client.Resolver(resolv=RESOLV_CONF, reactor=reactor)),
     ])
 
 
@@ -263,6 +295,10 @@ def whyFailed(failure: Failure) -> str:
         return "no answer (timeout)"
     if isinstance(value, EmptyAnswer):
         return "no addresses in the answer"
+    if isinstance(value, ConnectionRefusedError):
+        return "the DNS server refused the connection"
+    if isinstance(value, ConnectError):
+        return f"cannot reach the DNS server ({value.osError or value})"
     text = str(value).strip()
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
