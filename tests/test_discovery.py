@@ -41,13 +41,13 @@ from txsockproxy.config import (
 )
 from txsockproxy.discovery import (
     Resolution,
+    StreamResolver,
     Target,
     canonical,
     lookupAddresses,
     lookupService,
     makeResolver,
     parseServer,
-    StreamResolver,
 )
 from txsockproxy.service import ProxyService
 from txsockproxy.status import StatusView, statusDocument

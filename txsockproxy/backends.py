@@ -414,7 +414,7 @@ class BackendPool:
     def __init__(
         self,
         config: ProxyConfig,
-        backends: Iterable[Backend],
+        backends: Iterable[Member],
         balancer: IBalancer,
         clock: IReactorTime,
         routes: Iterable[BackendGroup] = (),

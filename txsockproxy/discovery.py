@@ -176,10 +176,11 @@ def _records(result: Any, kind: int) -> list[dns.RRHeader]:
 def _addressesOf(records: Sequence[dns.RRHeader], port: int) -> list[Target]:
     targets = []
     for r in records:
+        payload: Any = r.payload
         if r.type == dns.A:
-            targets.append(Target(r.payload.dottedQuad(), port))
+            targets.append(Target(payload.dottedQuad(), port))
         elif r.type == dns.AAAA:
-            targets.append(Target(socket.inet_ntop(socket.AF_INET6, r.payload.address), port))
+            targets.append(Target(socket.inet_ntop(socket.AF_INET6, payload.address), port))
     return targets
 
 
@@ -231,18 +232,20 @@ def lookupService(
         ttls = [_ttl(srv)]
         lookups = []
         for record in srv:
-            target = record.payload.target.name.decode("ascii", "replace")
+            payload: Any = record.payload
+            target = payload.target.name.decode("ascii", "replace")
             if target in ("", "."):
                 # "Decidedly not available at this domain" (RFC 2782).
                 continue
             known = [r for r in additional if r.type in (dns.A, dns.AAAA)
-                     and r.name.name.lower() == record.payload.target.name.lower()]
-            payload = record.payload
+                     and r.name.name.lower() == payload.target.name.lower()]
+            found: defer.Deferred[tuple[list[Target], Optional[float]]]
             if known:
                 found = defer.succeed((_addressesOf(known, payload.port), _ttl(known)))
             else:
                 found = lookupAddresses(resolver, target, payload.port)
-            lookups.append(found.addCallback(_withSRV, payload.priority, payload.weight))
+            lookups.append(found.addCallback(_withSRV, int(payload.priority),
+                                             int(payload.weight)))
 
         def combine(results: list[tuple[bool, Any]]) -> tuple[list[Target], Optional[float]]:
             targets: list[Target] = []

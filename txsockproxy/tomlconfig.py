@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import ipaddress
 import json
 import math
 import re
-import ipaddress
 import tomllib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
