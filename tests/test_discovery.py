@@ -466,6 +466,19 @@ class DiscoveredPoolTests(SynchronousTestCase):
         self.assertEqual(backend.stateAt(self.clock.seconds()), UP)
         self.assertEqual(backend.connected, 7)
 
+    def test_beforeFirstAnswer(self) -> None:
+        """
+        Until DNS answers, the proxy has no backend: a client is refused as
+        when all backends are down (not for want of a route), logged once.
+        """
+        self.dns.failing.add("db.example")
+        pool = self.pool(template())
+        self.assertIsNone(pool.pick(Connection()))
+        self.assertIsNone(pool.pick(Connection()))
+        self.assertEqual(pool.whyRefused(Connection()), "all backends down")
+        self.assertEqual(len(self.events.containing("all backends down")), 1)
+        self.assertEqual(self.events.containing("no route"), [])
+
     def test_failureKeepsSet(self) -> None:
         """
         While DNS fails (or answers nothing) the backends stay as they

@@ -519,7 +519,8 @@ class BackendPool:
         """
         Why L{pick} found nothing for C{connection}, in words.
         """
-        if not self.groupOf(connection).backends:
+        group = self.groupOf(connection)
+        if not group.backends and not group.discovered:
             return "no route"
         if self.lastFull:
             return "all backends full"
@@ -552,9 +553,10 @@ class BackendPool:
                 group.routed += 1
         else:
             group = self.default
-        if not group.backends:
+        if not group.backends and not group.discovered:
             # Only the default group may be empty: a proxy whose backends
-            # are all in routes.
+            # are all in routes. (One whose backends come from DNS has none
+            # until DNS answers: all down, then.)
             self._noRouteLog.emit(
                 LogLevel.warn,
                 "proxy {proxy}: closing {client}: no route for server name {name} "
