@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -143,8 +144,9 @@ class DiscoveryIntegrationTests(_IntegrationTestCase):
         SRV record's target and port likewise; when the records change the
         new address takes sessions and the one removed drains: its session
         in flight goes on, status shows it draining, and it leaves when
-        that session ends. With the DNS server gone, the last addresses are
-        kept, the failure logged once, and sessions still served.
+        that session ends. A reload keeps the backends and their counters.
+        With the DNS server gone, the last addresses are kept, the failure
+        logged once, and sessions still served.
         """
         dns = DNSServer(self.tmp)
         self.addCleanup(dns.stop)
@@ -215,6 +217,15 @@ resolve-max = 1
         proxy.waitFor(f"backend db/127.0.0.2:{port} drained: its last session ended")
         shown = {b["label"] for b in self.status(statusPort)["proxies"][0]["backends"]}
         self.assertEqual(shown, {f"db/127.0.0.3:{port}"})
+
+        # A reload of the same file keeps the backend and its counters.
+        [before] = self.status(statusPort)["proxies"][0]["backends"]
+        os.kill(proxy.pid, signal.SIGHUP)
+        proxy.waitFor("reload: applied")
+        [after] = self.status(statusPort)["proxies"][0]["backends"]
+        self.assertEqual((after["label"], after["connected"]),
+                         (before["label"], before["connected"]))
+        self.assertEqual(len(proxy.matching("backend db: DNS gives")), 2)
 
         # DNS gone: the last addresses stay, one line says so.
         dns.stop()
