@@ -151,14 +151,24 @@ class LookupTests(SynchronousTestCase):
 
     def test_oneFamilyFailing(self) -> None:
         """
-        A name without AAAA records (the lookup fails) gives its A
-        records; one whose lookups both fail fails.
+        A name whose AAAA lookup finds no such name (as a name of
+        /etc/hosts with an IPv4 address only) gives its A records; one
+        whose lookups both fail fails; and so does one whose AAAA lookup
+        times out, rather than give the A records alone.
         """
         resolver = FakeDNS()
         resolver.records[("db", dns.A)] = [a("db", "10.0.0.1")]
         targets, _ = self.successResultOf(lookupAddresses(resolver, "db", 1))
         self.assertEqual(targets, [Target("10.0.0.1", 1)])
         self.failureResultOf(lookupAddresses(resolver, "nowhere", 1), DNSNameError)
+
+        class HalfTimingOut(FakeDNS):
+            def lookupIPV6Address(self, name: str) -> defer.Deferred[Any]:
+                return defer.fail(defer.TimeoutError(name))
+
+        flaky = HalfTimingOut()
+        flaky.set("db", "10.0.0.1")
+        self.failureResultOf(lookupAddresses(flaky, "db", 1), defer.TimeoutError)
 
     def test_serviceWithAdditional(self) -> None:
         """
@@ -183,8 +193,9 @@ class LookupTests(SynchronousTestCase):
     def test_serviceTargetsLookedUp(self) -> None:
         """
         Without additional records, each SRV target is looked up (A and
-        AAAA); a target that does not resolve, and the target C{.} (no
-        service), are left out.
+        AAAA); a target that does not exist, and the target C{.} (no
+        service), are left out; one whose lookup times out fails the
+        whole answer (its backends would drain otherwise).
         """
         resolver = FakeDNS()
         name = "_pg._tcp.example"
@@ -196,6 +207,8 @@ class LookupTests(SynchronousTestCase):
         resolver.set("t1.example", "10.0.0.1", "fd00::1")
         targets, _ = self.successResultOf(lookupService(resolver, name))
         self.assertEqual(sorted(targets), [Target("10.0.0.1", 1), Target("fd00::1", 1)])
+        resolver.failing.add("missing.example")
+        self.failureResultOf(lookupService(resolver, name), defer.TimeoutError)
 
 
 class CanonicalTests(SynchronousTestCase):

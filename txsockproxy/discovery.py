@@ -24,7 +24,7 @@ from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.names import client, dns, hosts, resolve
-from twisted.names.error import DomainError
+from twisted.names.error import DNSNameError, DomainError
 from twisted.python.failure import Failure
 
 from txsockproxy.config import DiscoveryConfig
@@ -188,6 +188,15 @@ def _ttl(records: Sequence[dns.RRHeader]) -> Optional[float]:
     return min((float(r.ttl) for r in records), default=None)
 
 
+def _noSuchName(failure: Failure) -> bool:
+    """
+    Whether C{failure} says that a name does not exist (DNS's NXDOMAIN, or
+    C{/etc/hosts} not knowing it), rather than that the lookup went wrong
+    (a timeout, a server failure, an unreachable server).
+    """
+    return failure.check(DNSNameError) is not None or type(failure.value) is DomainError
+
+
 def lookupAddresses(
     resolver: Any, name: str, port: int
 ) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
@@ -195,18 +204,22 @@ def lookupAddresses(
     Ask C{resolver} for the A and AAAA records of C{name} (at once).
 
     @return: a Deferred of the addresses (each with C{port}) and the
-        shortest TTL of their records (L{None} when there are none); it
-        fails only when both lookups fail (a name with IPv4 addresses only
-        often has no AAAA record at all).
+        shortest TTL of their records (L{None} when there are none). It
+        fails when both lookups fail, or when one goes wrong (a timeout, a
+        server failure): the addresses of the other alone would make those
+        of the first drain. One that finds no such name (a name of
+        C{/etc/hosts} with an IPv4 address only) leaves the other's.
     """
     lookups = [resolver.lookupAddress(name), resolver.lookupIPV6Address(name)]
 
-    def combine(results: list[tuple[bool, Any]]) -> tuple[list[Target], Optional[float]]:
+    def combine(
+        results: list[tuple[bool, Any]],
+    ) -> tuple[list[Target], Optional[float]] | Failure:
         good = [value for ok, value in results if ok]
-        if not good:
-            failures = [value for ok, value in results if not ok]
-            # A name that does not exist says so in both: report the A's.
-            raise failures[0].value
+        failures = [value for ok, value in results if not ok]
+        wrong = [f for f in failures if not _noSuchName(f)]
+        if wrong or not good:
+            return (wrong or failures)[0]
         records = [r for result in good for kind in (dns.A, dns.AAAA)
                    for r in _records(result, kind)]
         return _addressesOf(records, port), _ttl(records)
@@ -220,7 +233,8 @@ def lookupService(
     """
     Ask C{resolver} for the SRV records of C{name}, and for the addresses of
     their targets (from the answer's additional section when it gives them,
-    as Consul does, else by A and AAAA lookups).
+    as Consul does, else by A and AAAA lookups). A target that does not
+    exist is left out; one whose lookup goes wrong fails the whole.
 
     @return: a Deferred of the targets' addresses, each with its record's
         port, priority and weight, and the shortest TTL of the records used.
@@ -247,13 +261,19 @@ def lookupService(
             lookups.append(found.addCallback(_withSRV, int(payload.priority),
                                              int(payload.weight)))
 
-        def combine(results: list[tuple[bool, Any]]) -> tuple[list[Target], Optional[float]]:
+        def combine(
+            results: list[tuple[bool, Any]],
+        ) -> tuple[list[Target], Optional[float]] | Failure:
             targets: list[Target] = []
             for ok, value in results:
-                # A target that does not resolve is left out; the others stay.
                 if ok:
                     targets.extend(value[0])
                     ttls.append(value[1])
+                elif not _noSuchName(value):
+                    # A lookup that went wrong: the whole answer is not
+                    # known (its target's backends would drain otherwise).
+                    return value
+                # A target that does not exist is left out; the others stay.
             known = [t for t in ttls if t is not None]
             return targets, min(known) if known else None
 
