@@ -1712,6 +1712,11 @@ _plausible: dict[str, st.SearchStrategy[Any]] = {
     "weight": st.integers(-1, 3),
     "congestion": st.sampled_from(["auto", "system", "reno", "nope", ""]),
     "client-congestion": st.sampled_from(["auto", "cubic", "nope"]),
+    "resolve": st.sampled_from(["start", "dns", "nope", ""]),
+    "resolve-min": st.integers(-1, 10) | st.floats(),
+    "resolve-max": st.integers(-1, 10) | st.floats(),
+    "srv": st.sampled_from(["_a._tcp.example", "a.example", "", "no name", "."]),
+    "resolver": st.sampled_from(["127.0.0.1:53", "[::1]:5353", "::1", "x:1", "[::1", ""]),
 }
 
 
@@ -1737,12 +1742,13 @@ def _tablesOf(
 
 _backendTables = _tablesOf(
     ["endpoint", "host", "port", "socket", "label", "weight", "disable-time", "connect-timeout",
-     "congestion"],
+     "congestion", "resolve", "resolve-min", "resolve-max", "srv", "resolver"],
     {},
 )
 _proxyTables = _tablesOf(
     ["name", "balance", "connect-timeout", "disable-time", "idle-timeout",
-     "half-closed-timeout", "client-congestion"],
+     "half-closed-timeout", "client-congestion", "resolve", "resolve-min", "resolve-max",
+     "resolver"],
     {
         "listen": st.one_of(_plausible["listen"], _plausible["listen"], _values),
         "backend": st.lists(_backendTables, min_size=1, max_size=3) | _values,
