@@ -23,6 +23,7 @@ from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import fakes
 from txsockproxy.backends import (
     DRAINING,
     UP,
@@ -49,6 +50,7 @@ from txsockproxy.discovery import (
     makeResolver,
     parseServer,
 )
+from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import ProxyService
 from txsockproxy.status import StatusView, statusDocument
 
@@ -587,6 +589,44 @@ class DiscoveredPoolTests(SynchronousTestCase):
             "last_error": "no answer (timeout)", "lookups": 3, "failures": 1,
             "next_lookup_in": 1.0,
         })
+
+
+class DiscoveredSessionTests(SynchronousTestCase):
+    """
+    Sessions of a backend DNS gives no more.
+    """
+
+    def test_clientLeavesWhileConnecting(self) -> None:
+        """
+        A gone backend whose only session's client leaves while it connects
+        leaves the pool then (the cancelled connect was its last session).
+        """
+        clock = Clock()
+        resolver = FakeDNS()
+        # Shorter than the connect timeout (8 s).
+        resolver.set("db.example", "10.0.0.1", ttl=5)
+        endpoints: dict[str, fakes.FakeEndpoint] = {}
+
+        def makeFakeBackend(config: BackendConfig) -> Backend:
+            endpoints[config.label] = fakes.FakeEndpoint()
+            return Backend(config, endpoints[config.label])
+
+        member = DiscoveredBackends(template(), resolver, clock, makeFakeBackend, "p")
+        pool = BackendPool(ProxyConfig("p", ("tcp:8080",), ()), [member], FairBalancer(), clock)
+        pool.startChecks()
+        self.addCleanup(pool.stopChecks)
+        factory = ProxyFactory(pool, clock, 0, listen="tcp:8080")
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 40000))
+        protocol.makeConnection(fakes.HalfCloseTransport())
+        [backend] = pool.backends
+        self.assertEqual(backend.active, 1)
+        resolver.set("db.example", "10.0.0.2", ttl=5)
+        clock.advance(5)
+        self.assertEqual([b.label for b in pool.backends],
+                         ["db/10.0.0.2:5432", "db/10.0.0.1:5432"])
+        protocol.connectionLost(fakes.lost())
+        self.assertEqual(backend.active, 0)
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.2:5432"])
 
 
 class DiscoveredConfigTests(SynchronousTestCase):

@@ -828,7 +828,8 @@ class BackendPool:
 
     def released(self, backend: Backend) -> None:
         """
-        A session that had connected to C{backend} is over.
+        A session that had C{backend} is over: it had connected, or its
+        client left while it connected.
         """
         backend.active -= 1
         self._leaveIfGone(backend)
