@@ -764,7 +764,7 @@ class Session:
         assert backend is not None
         if self.clientGone:
             # We cancelled it ourselves: the client left.
-            backend.active -= 1
+            self.pool.released(backend)
             return
         if localResourceError(reason) is not None:
             # Out of descriptors or memory: the proxy's problem, not the
