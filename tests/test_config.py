@@ -34,6 +34,7 @@ from txsockproxy.config import (
     BackendConfig,
     Config,
     ConfigError,
+    DiscoveryConfig,
     Problem,
     ProxyConfig,
 )
@@ -1515,8 +1516,32 @@ def _backends(draw: st.DrawFn, proxyDefaults: dict[str, float]) -> tuple[dict[st
     """
     table: dict[str, Any] = {}
     host = address = origin = ""
-    kind = draw(st.sampled_from(["endpoint", "host", "unixHost", "socket"]))
-    if kind == "endpoint":
+    kind = draw(st.sampled_from(["endpoint", "host", "unixHost", "socket", "dns", "srv"]))
+    discovery = None
+    if kind in ("dns", "srv"):
+        # Backends from DNS: nothing is resolved when loading.
+        name = draw(st.from_regex(r"_?[a-z][a-z0-9]{0,10}\.example", fullmatch=True))
+        resolveMin = draw(st.none() | st.integers(1, 10))
+        resolveMax = draw(st.none() | st.integers(10, 600))
+        resolver = draw(st.none() | st.sampled_from(["127.0.0.1:8600", "[fd00::53]:53",
+                                                     "10.0.0.53"]))
+        if kind == "srv":
+            table["srv"] = name
+            endpoint = f"srv:{name}"
+        else:
+            port = draw(st.integers(1, 65535))
+            table.update({"host": name, "port": port, "resolve": "dns"})
+            endpoint = f"tcp:host={name}:port={port}"
+        for key, value in (("resolve-min", resolveMin), ("resolve-max", resolveMax),
+                           ("resolver", resolver)):
+            if value is not None:
+                table[key] = value
+        discovery = DiscoveryConfig(
+            name=name, port=0 if kind == "srv" else port, srv=kind == "srv",
+            resolveMin=float(resolveMin or 1), resolveMax=float(resolveMax or 300),
+            resolver=resolver or "",
+        )
+    elif kind == "endpoint":
         port = draw(st.integers(1, 65535))
         endpoint = f"tcp:host=backend.example:port={port}"
         table["endpoint"] = endpoint
@@ -1546,7 +1571,7 @@ def _backends(draw: st.DrawFn, proxyDefaults: dict[str, float]) -> tuple[dict[st
             table[key] = value
     backend = BackendConfig(
         endpoint=endpoint,
-        label=endpoint if label is None else label,
+        label=(discovery.name if discovery else endpoint) if label is None else label,
         weight=1 if weight is None else weight,
         disableTime=float(proxyDefaults["disable-time"] if disableTime is None else disableTime),
         connectTimeout=float(
@@ -1554,6 +1579,7 @@ def _backends(draw: st.DrawFn, proxyDefaults: dict[str, float]) -> tuple[dict[st
         ),
         origin=origin,
         congestion=backendCongestion or "auto",
+        discovery=discovery,
     )
     return table, backend, host, address
 
@@ -1686,6 +1712,11 @@ _plausible: dict[str, st.SearchStrategy[Any]] = {
     "weight": st.integers(-1, 3),
     "congestion": st.sampled_from(["auto", "system", "reno", "nope", ""]),
     "client-congestion": st.sampled_from(["auto", "cubic", "nope"]),
+    "resolve": st.sampled_from(["start", "dns", "nope", ""]),
+    "resolve-min": st.integers(-1, 10) | st.floats(),
+    "resolve-max": st.integers(-1, 10) | st.floats(),
+    "srv": st.sampled_from(["_a._tcp.example", "a.example", "", "no name", "."]),
+    "resolver": st.sampled_from(["127.0.0.1:53", "[::1]:5353", "::1", "x:1", "[::1", ""]),
 }
 
 
@@ -1711,12 +1742,13 @@ def _tablesOf(
 
 _backendTables = _tablesOf(
     ["endpoint", "host", "port", "socket", "label", "weight", "disable-time", "connect-timeout",
-     "congestion"],
+     "congestion", "resolve", "resolve-min", "resolve-max", "srv", "resolver"],
     {},
 )
 _proxyTables = _tablesOf(
     ["name", "balance", "connect-timeout", "disable-time", "idle-timeout",
-     "half-closed-timeout", "client-congestion"],
+     "half-closed-timeout", "client-congestion", "resolve", "resolve-min", "resolve-max",
+     "resolver"],
     {
         "listen": st.one_of(_plausible["listen"], _plausible["listen"], _values),
         "backend": st.lists(_backendTables, min_size=1, max_size=3) | _values,

@@ -9,6 +9,7 @@ import random
 
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpoint, lost
@@ -48,6 +49,20 @@ class HealthCheckTests(SynchronousTestCase):
                 return
             self.clock.advance(0.01)
         self.fail("no probe within 3 s")
+
+    def test_probesLogNothing(self) -> None:
+        """
+        A probe that succeeds logs nothing: its factory is not noisy (Twisted
+        would log its start and stop, two lines per probe).
+        """
+        self.check()
+        self.probe()
+        factory, _ = self.endpoint.attempts[-1]
+        with capturedLogs() as events:
+            factory.doStart()
+            self.endpoint.succeed()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
     def test_firstProbeWithinOneInterval(self) -> None:
         """

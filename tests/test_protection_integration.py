@@ -267,11 +267,13 @@ class ProtectionIntegrationTests(_IntegrationTestCase):
             conn = self.client("127.0.0.1", port)
             conn.sendall(b"c%03d" % i)
             clients.append(conn)
-            # One at a time: the proxy has seen this one before the next.
+            # One at a time: the first two served (their backend sessions
+            # are under way in that order), the proxy has seen each queued
+            # one before the next.
+            if i < 2:
+                self.assertEqual(recvExactly(conn, 4, Deadline(10, "echo")), b"c%03d" % i)
             self.waitStatus(f"client {i} to be served or queued",
                             lambda p, i=i: p["serving"] + p["queue"]["waiting"] == i + 1)
-        for i in range(2):
-            self.assertEqual(recvExactly(clients[i], 4, Deadline(10, "echo")), b"c%03d" % i)
         full = self.client("127.0.0.1", port)
         self.assertTrue(closedByProxy(full), "a client beyond the queue was not closed")
         proxy = self.status()

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from tests.fakes import HalfCloseTransport, Proxy, lost, resetSocket, tcpPair
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import TLV_UNIQUE_ID, ProxyHeader, parseHeader
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
 
@@ -1092,6 +1093,27 @@ class SendProxyTests(SynchronousTestCase):
         session = client.session
         assert session is not None
         self.assertEqual(header.tlvs[TLV_UNIQUE_ID], session.id.encode())
+
+    def test_clientBytesSentWithHeader(self) -> None:
+        """
+        Client bytes that the relay path sends with the header (read from the
+        client's socket before they reach its protocol) are counted as
+        relayed.
+        """
+
+        class Coalescing(PortableRelayPath):
+            def writePreamble(self, client: Any, backend: Any, data: bytes) -> int:
+                backend.write(data + b"pending")
+                return 7
+
+        proxy = Proxy(sendProxy="v1")
+        proxy.factory.relayPath = Coalescing(proxy.clock)
+        client, _ = proxy.accept(IPv4Address("TCP", "192.0.2.7", 5555))
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 8080\r\npending")
+        session = client.session
+        assert session is not None
+        self.assertEqual((session.bytesFromClient, proxy.backends["a"].bytesOut), (7, 7))
 
     def test_headerAddressPassedOn(self) -> None:
         """

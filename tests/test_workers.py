@@ -621,6 +621,20 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual((backend["state"], backend["active"], backend["bytes_in"],
                           backend["weight"], backend["retry_in"]), ("failing", 2, 20, 1, None))
 
+    def test_documentsDifferentBackends(self) -> None:
+        """
+        Backends are matched by label: one that only some workers list (a
+        DNS answer they have not all had yet) is shown with their figures.
+        """
+        def doc(*labels: str) -> dict[str, Any]:
+            return {"proxies": [{"name": "p", "accepted": 1, "backends": [
+                {"label": label, "active": 1} for label in labels]}]}
+
+        merged = mergeDocuments([doc("a", "b"), doc("b", "c"), doc("b")])
+        self.assertEqual([(b["label"], b["active"]) for b in merged["proxies"][0]["backends"]],
+                         [("a", 1), ("b", 3), ("c", 1)])
+        self.assertEqual(merged["proxies"][0]["accepted"], 3)
+
     def test_metrics(self) -> None:
         """
         Samples are summed under their names, and each worker's are listed

@@ -10,15 +10,23 @@ disable-time), and its active health check, if it has one (not down after
 C{fall} failed probes; see L{txsockproxy.healthcheck}). The two checks are
 independent: a good probe does not end a disable-time, and a failed
 session connect does not count as a failed probe.
+
+A backend config whose addresses come from DNS (C{resolve = "dns"}, C{srv})
+is not a backend: it is a L{DiscoveredBackends}, which makes a backend of
+each address DNS gives, and takes them away (they drain) when DNS stops
+giving them. A group's C{members} are its backends and those; its
+C{backends}, what the balancer and the status page see, are all of them.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from dataclasses import replace
 from functools import partial
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -33,6 +41,7 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.congestion import Congestion
+from txsockproxy.discovery import Resolution, Target, describe, lookup, makeResolver
 from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.proxyprotocol import localHeader
@@ -75,6 +84,12 @@ class Backend:
         proxy's own backends) or a route's.
     @ivar health: its active health check (L{HealthCheck}, which keeps its
         own counters), or L{None} when its check is off.
+    @ivar priority: the SRV priority of a backend from DNS; a pick only
+        considers the available backends of the lowest priority there is.
+        0 for every other backend.
+    @ivar source: the L{DiscoveredBackends} it comes from, or L{None}.
+    @ivar gone: DNS gives its address no more: it takes no new session,
+        and leaves the pool when its last one ends.
     """
 
     def __init__(self, config: BackendConfig, endpoint: IStreamClientEndpoint) -> None:
@@ -97,6 +112,9 @@ class Backend:
         self.drainTimer: Optional[IDelayedCall] = None
         self.route = DEFAULT_ROUTE
         self.health: Optional[HealthCheck] = None
+        self.priority = 0
+        self.source: Optional[DiscoveredBackends] = None
+        self.gone = False
 
     @property
     def checkDown(self) -> bool:
@@ -112,6 +130,8 @@ class Backend:
         its health check says down, else C{"failing"} during its
         disable-time after a connect failure, else C{"up"}.
         """
+        if self.gone:
+            return DRAINING
         if self.adminState != UP:
             return self.adminState
         if self.checkDown:
@@ -124,7 +144,8 @@ class Backend:
         C{now}: an operator has it up, no disable-time runs, and its health
         check (if any) does not say down.
         """
-        return self.adminState == UP and now >= self.disabledUntil and not self.checkDown
+        return (self.adminState == UP and now >= self.disabledUntil and not self.checkDown
+                and not self.gone)
 
     @property
     def full(self) -> bool:
@@ -148,6 +169,182 @@ class Backend:
         return f"<Backend {self.label!r} {self.key}>"
 
 
+def discoveredConfig(template: BackendConfig, target: Target) -> BackendConfig:
+    """
+    The config of the backend that the address C{target} of C{template}
+    (a backend config with discovery) is: C{template}'s settings, its
+    address as a C{tcp:} endpoint, its label followed by the address
+    (C{db/10.0.0.5:5432}), and for SRV the record's weight (a weight of 0
+    counts as 1: every balancer divides by weights).
+    """
+    assert template.discovery is not None
+    ip = target.address
+    shown = f"[{ip}]:{target.port}" if ":" in ip else f"{ip}:{target.port}"
+    return replace(
+        template,
+        endpoint=f"tcp:host={quoteStringArgument(ip)}:port={target.port}",
+        label=f"{template.label}/{shown}",
+        weight=max(target.weight, 1) if template.discovery.srv else template.weight,
+        discovery=None,
+    )
+
+
+class DiscoveredBackends:
+    """
+    The backends of one backend config whose addresses come from DNS: one
+    per address of the last good answer (in a canonical order, so that
+    balancers do the same whatever order DNS gave), and those DNS no longer
+    gives that still have sessions (they drain: no new session; they go
+    when their last session ends). A failed or empty answer changes
+    nothing (see L{Resolution}).
+
+    @ivar config: the backend config (a template, with C{discovery}).
+    @ivar current: the backends of the last good answer.
+    @ivar leaving: backends DNS gives no more, with sessions still open.
+    @ivar resolution: what looks the addresses up, and when.
+    @ivar onChange: called when C{backends} changes (the pool sets it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        resolver: Any,
+        clock: IReactorTime,
+        makeBackend: Callable[[BackendConfig], Backend],
+        proxy: str = "",
+    ) -> None:
+        discovery = config.discovery
+        assert discovery is not None
+        self.config = config
+        self.proxy = proxy
+        self.makeBackend = makeBackend
+        self.current: list[Backend] = []
+        self.leaving: list[Backend] = []
+        self.onChange: Callable[[], None] = lambda: None
+        self._targets: dict[str, Target] = {}
+        self.resolution = Resolution(
+            clock, partial(lookup, resolver, discovery), self._answered,
+            discovery.resolveMin, discovery.resolveMax,
+            what=f"proxy {proxy}: backend {config.label} ({describe(discovery)})",
+        )
+
+    @property
+    def label(self) -> str:
+        """
+        The label of its config (its backends' labels start with it).
+        """
+        return self.config.label
+
+    @property
+    def key(self) -> str:
+        """
+        What identifies it across reloads: its config's endpoint (which
+        names the host name and port, or the SRV name).
+        """
+        return self.config.endpoint
+
+    @property
+    def backends(self) -> list[Backend]:
+        """
+        Its backends: the current ones, then those leaving.
+        """
+        return self.current + self.leaving
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """
+        Take the settings of C{config} (same label, name and resolver):
+        its backends get them, keeping counters and state.
+        """
+        self.config = config
+        assert config.discovery is not None
+        self.resolution.configure(config.discovery.resolveMin, config.discovery.resolveMax)
+        for backend in self.backends:
+            target = self._targets.get(backend.key)
+            if target is not None:
+                backend.reconfigure(discoveredConfig(config, target))
+
+    def _answered(self, targets: list[Target]) -> None:
+        byKey = {b.key: b for b in self.current}
+        leaving = {b.key: b for b in self.leaving}
+        current: list[Backend] = []
+        added: list[str] = []
+        for target in targets:
+            config = discoveredConfig(self.config, target)
+            self._targets[config.endpoint] = target
+            backend = byKey.pop(config.endpoint, None)
+            if backend is None:
+                backend = leaving.pop(config.endpoint, None)
+                if backend is not None:
+                    # Back before its last session ended: it takes sessions again.
+                    backend.gone = False
+                else:
+                    backend = self.makeBackend(config)
+                    backend.source = self
+                added.append(config.label)
+            if backend.config != config:
+                backend.reconfigure(config)
+            backend.priority = target.priority
+            current.append(backend)
+        removed = [b.label for b in byKey.values()]
+        for backend in byKey.values():
+            backend.gone = True
+            if backend.active > 0:
+                leaving[backend.key] = backend
+            else:
+                self._targets.pop(backend.key, None)
+        changed = [b.key for b in current] != [b.key for b in self.current] or (
+            list(leaving) != [b.key for b in self.leaving])
+        self.current = current
+        self.leaving = list(leaving.values())
+        if added or removed:
+            self.log.info(
+                "proxy {proxy}: backend {label}: DNS gives {count} address(es)"
+                "{added}{removed}",
+                proxy=self.proxy, label=self.label, count=len(current),
+                added=f"; new: {', '.join(added)}" if added else "",
+                removed=f"; gone (draining): {', '.join(removed)}" if removed else "",
+            )
+        if changed or added or removed:
+            self.onChange()
+
+    def released(self, backend: Backend) -> None:
+        """
+        C{backend}, one it no longer gives, has a session fewer: it leaves
+        when that was its last.
+        """
+        if backend.gone and backend.active <= 0 and backend in self.leaving:
+            self.leaving.remove(backend)
+            self._targets.pop(backend.key, None)
+            self.log.info(
+                "proxy {proxy}: backend {label} drained: its last session ended",
+                proxy=self.proxy, label=backend.label,
+            )
+            self.onChange()
+
+    def __repr__(self) -> str:
+        return f"<DiscoveredBackends {self.label!r} {self.key}>"
+
+
+# What a group is made of, in config order: backends of their own, and
+# backend configs whose backends come from DNS.
+Member = Union[Backend, DiscoveredBackends]
+
+
+def flatten(members: Iterable[Member]) -> list[Backend]:
+    """
+    The backends C{members} stand for, in order.
+    """
+    backends: list[Backend] = []
+    for member in members:
+        if isinstance(member, DiscoveredBackends):
+            backends.extend(member.backends)
+        else:
+            backends.append(member)
+    return backends
+
+
 class BackendGroup:
     """
     Backends that one balancer chooses among: a proxy's own (the default
@@ -156,21 +353,39 @@ class BackendGroup:
     @ivar name: C{"default"}, or the route's name.
     @ivar names: the server-name patterns that lead to it (normalized).
     @ivar routed: sessions sent to the group, ever.
+    @ivar members: its backends and its L{DiscoveredBackends}, in config
+        order.
+    @ivar backends: every backend it has now (those of its
+        L{DiscoveredBackends} included).
     """
 
     def __init__(
         self,
         name: str,
-        backends: Iterable[Backend],
+        backends: Iterable[Member],
         balancer: IBalancer,
         names: Iterable[str] = (),
     ) -> None:
         self.name = name
-        self.backends = list(backends)
+        self.members = list(backends)
+        self.backends = flatten(self.members)
         self.balancer = balancer
         self.names = tuple(names)
         self.routed = 0
         self.allDown = False
+
+    @property
+    def discovered(self) -> list[DiscoveredBackends]:
+        """
+        Its members whose backends come from DNS.
+        """
+        return [m for m in self.members if isinstance(m, DiscoveredBackends)]
+
+    def refresh(self) -> None:
+        """
+        Take the backends its members stand for now.
+        """
+        self.backends = flatten(self.members)
 
     def __repr__(self) -> str:
         return f"<BackendGroup {self.name!r}>"
@@ -199,7 +414,7 @@ class BackendPool:
     def __init__(
         self,
         config: ProxyConfig,
-        backends: Iterable[Backend],
+        backends: Iterable[Member],
         balancer: IBalancer,
         clock: IReactorTime,
         routes: Iterable[BackendGroup] = (),
@@ -238,6 +453,10 @@ class BackendPool:
             (pattern, group) for group in self.routes for pattern in group.names
         )
         self._byName = {group.name: group for group in (default, *self.routes)}
+        for group in (default, *self.routes):
+            group.refresh()
+            for member in group.discovered:
+                member.onChange = self._discoveredChanged
         self.backends = list(default.backends)
         for backend in default.backends:
             backend.route = DEFAULT_ROUTE
@@ -245,6 +464,27 @@ class BackendPool:
             for backend in group.backends:
                 backend.route = group.name
             self.backends.extend(group.backends)
+
+    @property
+    def discovered(self) -> list[DiscoveredBackends]:
+        """
+        The members of every group whose backends come from DNS.
+        """
+        return [member for group in self.groups for member in group.discovered]
+
+    def _discoveredChanged(self) -> None:
+        """
+        DNS gave other addresses, or a backend it gives no more has drained:
+        the groups take their backends again; those that went stop their
+        health checks, new ones start theirs.
+        """
+        before = self.backends
+        self._useGroups(self.default, self.routes)
+        staying = set(self.backends)
+        for backend in before:
+            if backend not in staying and backend.health is not None:
+                backend.health.stop()
+        self._syncChecks()
 
     @property
     def groups(self) -> list[BackendGroup]:
@@ -279,7 +519,8 @@ class BackendPool:
         """
         Why L{pick} found nothing for C{connection}, in words.
         """
-        if not self.groupOf(connection).backends:
+        group = self.groupOf(connection)
+        if not group.backends and not group.discovered:
             return "no route"
         if self.lastFull:
             return "all backends full"
@@ -293,8 +534,7 @@ class BackendPool:
         Build a pool whose backends connect through C{reactor}, from endpoint
         strings parsed once, here, rather than per connection.
         """
-        backends = [Backend(b, backendEndpoint(reactor, b)) for b in config.backends]
-        return cls(config, backends, balancer, reactor)
+        return cls(config, membersFor(config.backends, reactor, config.name), balancer, reactor)
 
     def pick(
         self, connection: IConnectionInfo, exclude: set[Backend] | frozenset[Backend] = frozenset()
@@ -313,9 +553,10 @@ class BackendPool:
                 group.routed += 1
         else:
             group = self.default
-        if not group.backends:
+        if not group.backends and not group.discovered:
             # Only the default group may be empty: a proxy whose backends
-            # are all in routes.
+            # are all in routes. (One whose backends come from DNS has none
+            # until DNS answers: all down, then.)
             self._noRouteLog.emit(
                 LogLevel.warn,
                 "proxy {proxy}: closing {client}: no route for server name {name} "
@@ -327,6 +568,10 @@ class BackendPool:
         now = self.clock.seconds()
         available = [b for b in group.backends if b not in exclude and b.availableAt(now)]
         candidates = [b for b in available if not b.full]
+        if candidates and any(b.priority for b in candidates):
+            # SRV priorities: the lowest of the backends that can take it.
+            best = min(b.priority for b in candidates)
+            candidates = [b for b in candidates if b.priority == best]
         self.lastFull = bool(available) and not candidates
         if self.lastFull:
             return None
@@ -358,7 +603,7 @@ class BackendPool:
     def reconfigure(
         self,
         config: ProxyConfig,
-        backends: Iterable[Backend],
+        backends: Iterable[Member],
         balancer: IBalancer,
         routes: Iterable[BackendGroup] = (),
     ) -> None:
@@ -372,11 +617,16 @@ class BackendPool:
         default = BackendGroup(DEFAULT_ROUTE, backends, balancer)
         default.routed = self.default.routed
         before = self.backends
+        beforeDiscovered = self.discovered
         self._useGroups(default, routes)
         staying = set(self.backends)
         for backend in before:
             if backend not in staying and backend.health is not None:
                 backend.health.stop()
+        stayingDiscovered = set(self.discovered)
+        for member in beforeDiscovered:
+            if member not in stayingDiscovered:
+                member.resolution.stop()
         self._syncChecks()
 
     # -- health checks ------------------------------------------------------------
@@ -398,6 +648,8 @@ class BackendPool:
         for backend in self.backends:
             if backend.health is not None:
                 backend.health.stop()
+        for member in self.discovered:
+            member.resolution.stop()
 
     def _syncChecks(self) -> None:
         """
@@ -405,14 +657,18 @@ class BackendPool:
         the one it has with the new settings (state and counters kept), or
         none; started when the proxy serves.
         """
+        if self.checking:
+            for member in self.discovered:
+                member.resolution.start()
         for backend in self.backends:
-            want = backend.config.check
+            # One DNS gives no more takes no session: nothing to check.
+            want = None if backend.gone else backend.config.check
             health = backend.health
             if want is None:
                 if health is not None:
                     health.stop()
                     backend.health = None
-                    if health.state == CHECK_DOWN:
+                    if health.state == CHECK_DOWN and not backend.gone:
                         self.log.info(
                             "proxy {proxy}: backend {label} is up again (health check "
                             "turned off)", proxy=self.name, label=backend.label,
@@ -485,6 +741,7 @@ class BackendPool:
         wasAvailable = now >= backend.disabledUntil
         error = describeFailure(reason, backend.config.connectTimeout)
         backend.disabledUntil = now + backend.config.disableTime
+        self._leaveIfGone(backend)
         if not wasAvailable and error == backend.lastError:
             return
         backend.lastError = error
@@ -507,6 +764,7 @@ class BackendPool:
         """
         backend.active -= 1
         self.resourceErrors += 1
+        self._leaveIfGone(backend)
         self._resourceLog.emit(
             LogLevel.error,
             "proxy {proxy}: closing {client}: cannot connect to backend {label}: "
@@ -570,9 +828,61 @@ class BackendPool:
 
     def released(self, backend: Backend) -> None:
         """
-        A session that had connected to C{backend} is over.
+        A session that had C{backend} is over: it had connected, or its
+        client left while it connected.
         """
         backend.active -= 1
+        self._leaveIfGone(backend)
+
+    @staticmethod
+    def _leaveIfGone(backend: Backend) -> None:
+        # A backend DNS gives no more leaves with its last session.
+        if backend.gone and backend.source is not None:
+            backend.source.released(backend)
+
+
+def membersFor(
+    configs: Iterable[BackendConfig],
+    reactor: Any,
+    proxy: str = "",
+    resolverFor: Optional[Callable[[str], Any]] = None,
+) -> list[Member]:
+    """
+    The members of a group of C{configs}, connecting through C{reactor}: a
+    L{Backend} of each config, or a L{DiscoveredBackends} of each config
+    whose addresses come from DNS, looked up through C{resolverFor(server)}
+    (by default L{txsockproxy.discovery.makeResolver}, one per server).
+    """
+    if resolverFor is None:
+        resolverFor = resolverCache(reactor)
+
+    def makeBackend(config: BackendConfig) -> Backend:
+        return Backend(config, backendEndpoint(reactor, config))
+
+    members: list[Member] = []
+    for config in configs:
+        if config.discovery is None:
+            members.append(makeBackend(config))
+        else:
+            members.append(DiscoveredBackends(
+                config, resolverFor(config.discovery.resolver), reactor, makeBackend, proxy,
+            ))
+    return members
+
+
+def resolverCache(reactor: Any) -> Callable[[str], Any]:
+    """
+    A function of a C{resolver} setting that gives one resolver per setting
+    (see L{txsockproxy.discovery.makeResolver}), made when first asked for.
+    """
+    made: dict[str, Any] = {}
+
+    def resolverFor(server: str) -> Any:
+        if server not in made:
+            made[server] = makeResolver(reactor, server)
+        return made[server]
+
+    return resolverFor
 
 
 def _checkPreamble(config: BackendConfig) -> dict[str, Any]:

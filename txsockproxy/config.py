@@ -169,6 +169,41 @@ class KeepaliveConfig:
     count: int = 0
 
 
+# Backends from DNS (see L{txsockproxy.discovery}): how a host name is
+# resolved ("start": once, when the config is loaded; "dns": again and
+# again, at the answer's TTL), and the bounds of that TTL.
+RESOLVE_SETTINGS = ("start", "dns")
+DEFAULT_RESOLVE_MIN = 1.0
+DEFAULT_RESOLVE_MAX = 300.0
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """
+    A backend that stands for every address DNS gives for a name, asked
+    again at the answer's TTL.
+
+    @ivar name: the host name whose A and AAAA records are the backends,
+        or (C{srv}) the name of the SRV records whose targets are.
+    @ivar port: the port of every address of a host name; 0 with C{srv}
+        (each SRV record gives its own).
+    @ivar srv: whether C{name} names SRV records.
+    @ivar resolveMin: the shortest time between two lookups, in seconds,
+        whatever the TTL says.
+    @ivar resolveMax: the longest time between two lookups.
+    @ivar resolver: the DNS server asked, as written (C{"10.0.0.53:53"},
+        C{"[::1]:5353"}), or C{""}: the system's (C{/etc/resolv.conf},
+        and C{/etc/hosts} for host names).
+    """
+
+    name: str
+    port: int = 0
+    srv: bool = False
+    resolveMin: float = DEFAULT_RESOLVE_MIN
+    resolveMax: float = DEFAULT_RESOLVE_MAX
+    resolver: str = ""
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """
@@ -192,6 +227,10 @@ class BackendConfig:
         skipped by every balancer); 0: no limit.
     @ivar keepalive: TCP keepalive of the sockets to it.
     @ivar check: its active health check, or L{None} (C{check = "off"}).
+    @ivar discovery: when its addresses come from DNS, how: it is then a
+        template of the backends DNS gives (its C{endpoint} only names it:
+        C{tcp:host=NAME:port=PORT}, or C{srv:NAME}); L{None} for a backend
+        of its own.
     """
 
     endpoint: str
@@ -206,6 +245,7 @@ class BackendConfig:
     maxConnections: int = 0
     keepalive: KeepaliveConfig = KeepaliveConfig()
     check: CheckConfig | None = None
+    discovery: DiscoveryConfig | None = None
 
 
 # TLS on a proxy's own listeners (the tls-* keys of [[proxy]]): how client

@@ -233,6 +233,9 @@ class HealthCheck:
         factory = Factory.forProtocol(
             lambda: _Probe(self.send, self.expect, done, self.preamble if not inClear else b"")
         )
+        # Not noisy: Twisted would log two lines per probe ("Starting
+        # factory", "Stopping factory").
+        factory.noisy = False
         if inClear:
             factory.preamble = inClear  # type: ignore[attr-defined]
         connecting = self.endpoint.connect(factory)

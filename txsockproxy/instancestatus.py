@@ -74,10 +74,14 @@ def _merge(key: str, values: list[Any]) -> Any:
     if isinstance(first, dict) and all(isinstance(v, dict) for v in present):
         keys = list(dict.fromkeys(k for v in present for k in v))
         return {k: _merge(k, [v.get(k) for v in present]) for k in keys}
-    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first)
-                                       for v in present):
-        if all(isinstance(item, dict) for v in present for item in v):
-            return [_merge(key, [v[i] for v in present]) for i in range(len(first))]
+    if isinstance(first, list) and all(isinstance(v, list) for v in present):
+        items = [item for v in present for item in v]
+        if items and all(isinstance(item, dict) for item in items):
+            named = _byName(present)
+            if named is not None:
+                return [_merge(key, group) for group in named]
+            if all(len(v) == len(first) for v in present):
+                return [_merge(key, [v[i] for v in present]) for i in range(len(first))]
         return first
     if key in ("state", "legacy_state"):
         result = first
@@ -85,6 +89,24 @@ def _merge(key: str, values: list[Any]) -> Any:
             result = _worse(result, value)
         return result
     return first
+
+
+def _byName(lists: list[list[dict[str, Any]]]) -> Optional[list[list[dict[str, Any]]]]:
+    """
+    The items of C{lists} grouped by their C{label} (backends) or C{name}
+    (proxies, routes), in the order each first appears; or L{None} when
+    some item has neither. Workers may list different backends for a while
+    (those a DNS name gives change as each worker resolves it).
+    """
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for items in lists:
+        for item in items:
+            key = ("label", item["label"]) if "label" in item else (
+                ("name", item["name"]) if "name" in item else None)
+            if key is None:
+                return None
+            groups.setdefault(key, []).append(item)
+    return list(groups.values())
 
 
 def mergeDocuments(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -152,6 +152,17 @@ class IRelayPath(Interface):
         Write C{data} to C{transport} (as its C{write()}).
         """
 
+    def writePreamble(client: Any, backend: Any, data: bytes) -> int:
+        """
+        Write C{data}, which the backend must get before any of the client's
+        bytes (a PROXY protocol header), to C{backend}; a path that can read
+        what C{client} has already received without waiting may send that in
+        the same write, sparing the backend a segment and the proxy a call.
+
+        @return: how many of the client's bytes went with it: they are never
+            delivered to the client's protocol, and count as relayed.
+        """
+
     def shutWrite(transport: Any) -> None:
         """
         End C{transport}'s write side after what is buffered (as its

@@ -73,6 +73,10 @@ class PortableRelayPath:
     def write(self, transport: Any, data: bytes) -> None:
         transport.write(data)
 
+    def writePreamble(self, client: Any, backend: Any, data: bytes) -> int:
+        backend.write(data)
+        return 0
+
     def shutWrite(self, transport: Any) -> None:
         shutWrite(transport)
 

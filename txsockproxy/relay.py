@@ -764,7 +764,7 @@ class Session:
         assert backend is not None
         if self.clientGone:
             # We cancelled it ourselves: the client left.
-            backend.active -= 1
+            self.pool.released(backend)
             return
         if localResourceError(reason) is not None:
             # Out of descriptors or memory: the proxy's problem, not the
@@ -817,7 +817,9 @@ class Session:
             self.factory.relayPath.write(bt, b"".join([header, *self.held]))
             self.heldSize = 0
         elif header:
-            self.factory.relayPath.write(bt, header)
+            sent = self.factory.relayPath.writePreamble(ct, bt, header)
+            if sent:
+                self.countUp(sent)
         self.held = _NOTHING_HELD
         ct.registerProducer(SideProducer(bt, self, False), True)
         if self.clientDone:
@@ -864,7 +866,7 @@ class Session:
         bt = self.backendTransport
         if bt is not None:
             self.backend.bytesOut += len(data)  # type: ignore[union-attr]
-            bt.write(data)
+            self.factory.relayPath.write(bt, data)
             return
         self.held.append(data)
         self.heldSize += len(data)
@@ -955,7 +957,7 @@ class Session:
         self.backend.bytesIn += len(data)  # type: ignore[union-attr]
         if self._timeout:
             self._lastActivity = self.clock.seconds()
-        self.clientTransport.write(data)
+        self.factory.relayPath.write(self.clientTransport, data)
 
     def clientEOF(self) -> None:
         """

@@ -23,6 +23,8 @@ from txsockproxy.config import (
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_PROXY_HEADER_TIMEOUT,
     DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_RESOLVE_MAX,
+    DEFAULT_RESOLVE_MIN,
     DEFAULT_ROUTE_INSPECT_DELAY,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
@@ -33,6 +35,7 @@ from txsockproxy.config import (
     BackendTLS,
     CheckConfig,
     Config,
+    DiscoveryConfig,
     KeepaliveConfig,
     ListenTLSConfig,
     Protection,
@@ -81,7 +84,9 @@ def _backendLines(backend: BackendConfig, header: str = "[[proxy.backend]]") -> 
     yield header
     yield f"label = {tomlString(backend.label)}"
     fields = originFields(backend.origin)
-    if fields:
+    if backend.discovery is not None:
+        yield from _discoveryLines(backend.discovery)
+    elif fields:
         # Written the way it was given (lighttpd-style host/port/socket),
         # so that it resolves again on load, and records the same origin.
         yield _comment(f"resolved now: {backend.endpoint}")
@@ -109,6 +114,31 @@ def _backendLines(backend: BackendConfig, header: str = "[[proxy.backend]]") -> 
         yield f"max-connections = {backend.maxConnections}"
     if backend.keepalive.idle:
         yield f"keepalive = {_keepalive(backend.keepalive)}"
+
+
+def _discoveryLines(discovery: DiscoveryConfig) -> Iterable[str]:
+    # Written per backend: a proxy's resolve keys are only defaults.
+    if discovery.srv:
+        yield f"srv = {tomlString(discovery.name)}"
+    else:
+        yield f"host = {tomlString(discovery.name)}"
+        yield f"port = {discovery.port}"
+        yield 'resolve = "dns"'
+    if discovery.resolveMin != DEFAULT_RESOLVE_MIN:
+        yield f"resolve-min = {tomlNumber(discovery.resolveMin)}"
+    if discovery.resolveMax != DEFAULT_RESOLVE_MAX:
+        yield f"resolve-max = {tomlNumber(discovery.resolveMax)}"
+    if discovery.resolver:
+        yield f"resolver = {tomlString(discovery.resolver)}"
+
+
+def _discoveryDescription(discovery: DiscoveryConfig | None) -> str:
+    if discovery is None:
+        return ""
+    source = f"srv={discovery.name}" if discovery.srv else "resolve=dns"
+    return (f" {source} resolve-min={_seconds(discovery.resolveMin)}"
+            f" resolve-max={_seconds(discovery.resolveMax)}"
+            f" resolver={discovery.resolver or 'system'}")
 
 
 def _keepalive(keepalive: KeepaliveConfig) -> str:
@@ -336,6 +366,7 @@ def _backendDescriptions(backends: Iterable[BackendConfig], indent: str) -> Iter
             + _checkDescription(b.check)
             + (f" max-connections={b.maxConnections}" if b.maxConnections else "")
             + (f" keepalive={_keepalive(b.keepalive)}" if b.keepalive.idle else "")
+            + _discoveryDescription(b.discovery)
         )
 
 

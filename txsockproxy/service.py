@@ -35,7 +35,14 @@ from txsockproxy.acceptcount import AcceptRecoveryCounter
 from txsockproxy.acceptgate import AcceptGate
 from txsockproxy.adopting import AdoptingReactor, InheritedSocket
 from txsockproxy.alpn import reactorDecliningALPN
-from txsockproxy.backends import Backend, BackendGroup, BackendPool
+from txsockproxy.backends import (
+    Backend,
+    BackendGroup,
+    BackendPool,
+    DiscoveredBackends,
+    Member,
+    resolverCache,
+)
 from txsockproxy.balancers import balancerFactory
 from txsockproxy.config import (
     BackendConfig,
@@ -270,14 +277,15 @@ class _PoolPlan:
     A proxy's pool as a new configuration has it: the running pool (kept
     with its counters) or a new one, and what it is to be given on commit.
 
-    @ivar kept: the backends that stay, with their new settings.
+    @ivar kept: the backends (and backends from DNS) that stay, with their
+        new settings.
     """
 
     pool: BackendPool
     config: ProxyConfig
-    backends: list[Backend]
+    backends: list[Member]
     balancer: IBalancer
-    kept: list[tuple[Backend, BackendConfig]]
+    kept: list[tuple[Member, BackendConfig]]
     routes: list[BackendGroup]
 
     def commit(self) -> None:
@@ -365,9 +373,17 @@ class ProxyService(MultiService):
         loader: Callable[[str], Config] = loadConfig,
         runInThread: Optional[ThreadRunner] = None,
         inherited: Optional[Mapping[ListenKey, InheritedSocket]] = None,
+        resolverFor: Optional[Callable[[str], Any]] = None,
     ) -> None:
+        """
+        @param resolverFor: gives the DNS resolver (an
+            L{twisted.internet.interfaces.IResolver}) of a C{resolver}
+            setting, for backends from DNS; by default one made by
+            L{txsockproxy.discovery.makeResolver} per setting.
+        """
         super().__init__()
         self.reactor = reactor
+        self.resolverFor = resolverFor or resolverCache(reactor)
         self.configPath = configPath
         self.loader = loader
         self.runInThread = runInThread or reactorThreadRunner(reactor)
@@ -495,17 +511,28 @@ class ProxyService(MultiService):
 
     def _planPool(self, proxy: ProxyConfig) -> _PoolPlan:
         old = self.pools.get(proxy.name)
-        kept: list[tuple[Backend, BackendConfig]] = []
+        kept: list[tuple[Member, BackendConfig]] = []
 
-        def backendsOf(configs: tuple[BackendConfig, ...]) -> list[Backend]:
-            backends = []
+        def backendsOf(configs: tuple[BackendConfig, ...]) -> list[Member]:
+            backends: list[Member] = []
             for backendConfig in configs:
-                backend = self._keptBackend(old, backendConfig)
-                if backend is None:
-                    backend = Backend(backendConfig, backendEndpoint(self.reactor, backendConfig))
+                member: Optional[Member]
+                if backendConfig.discovery is not None:
+                    member = self._keptDiscovered(old, backendConfig)
+                    if member is None:
+                        member = DiscoveredBackends(
+                            backendConfig, self.resolverFor(backendConfig.discovery.resolver),
+                            self.reactor, self._makeBackend, proxy.name,
+                        )
+                    else:
+                        kept.append((member, backendConfig))
                 else:
-                    kept.append((backend, backendConfig))
-                backends.append(backend)
+                    member = self._keptBackend(old, backendConfig)
+                    if member is None:
+                        member = self._makeBackend(backendConfig)
+                    else:
+                        kept.append((member, backendConfig))
+                backends.append(member)
             return backends
 
         backends = backendsOf(proxy.backends)
@@ -535,16 +562,42 @@ class ProxyService(MultiService):
                 else BackendPool(proxy, backends, balancer, self.reactor, routes))
         return _PoolPlan(pool, proxy, backends, balancer, kept, routes)
 
+    def _makeBackend(self, config: BackendConfig) -> Backend:
+        return Backend(config, backendEndpoint(self.reactor, config))
+
     @staticmethod
     def _keptBackend(old: Optional[BackendPool], config: BackendConfig) -> Optional[Backend]:
         if old is not None:
             for backend in old.backends:
                 if (
-                    backend.label == config.label and backend.key == config.endpoint
+                    backend.source is None
+                    and backend.label == config.label and backend.key == config.endpoint
                     # Its endpoint is built with its TLS settings.
                     and backend.config.tls == config.tls
                 ):
                     return backend
+        return None
+
+    @staticmethod
+    def _keptDiscovered(
+        old: Optional[BackendPool], config: BackendConfig
+    ) -> Optional[DiscoveredBackends]:
+        """
+        The backends from DNS of the running C{old} pool that C{config}
+        keeps, with their addresses, counters and lookups: same label,
+        name, resolver and TLS settings (its other settings may change).
+        """
+        if old is None or config.discovery is None:
+            return None
+        for member in old.discovered:
+            was = member.config
+            assert was.discovery is not None
+            if (
+                was.label == config.label and was.endpoint == config.endpoint
+                and was.discovery.resolver == config.discovery.resolver
+                and was.tls == config.tls
+            ):
+                return member
         return None
 
     def _proxyPorts(self) -> list[IListeningPort]:

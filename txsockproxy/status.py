@@ -48,6 +48,7 @@ from txsockproxy.backends import (
     UP,
     Backend,
     BackendPool,
+    DiscoveredBackends,
 )
 from txsockproxy.config import (
     DEFAULT_STATUS_MAX_BODY_SIZE,
@@ -295,6 +296,33 @@ def checkStatus(backend: Backend, now: float) -> dict[str, Any] | None:
     }
 
 
+def discoveryStatus(member: DiscoveredBackends, now: float) -> dict[str, Any]:
+    """
+    A backend config whose addresses come from DNS as C{/status.json}
+    shows it: what is looked up, how many backends it gives now (and how
+    many that DNS gives no more still drain), and how its lookups go.
+    C{next_lookup_in} is in seconds.
+    """
+    discovery = member.config.discovery
+    resolution = member.resolution
+    assert discovery is not None
+    return {
+        "label": redactEndpoint(member.label),
+        "name": discovery.name,
+        "record": "SRV" if discovery.srv else "A/AAAA",
+        "port": discovery.port or None,
+        "resolver": discovery.resolver or "system",
+        "addresses": len(member.current),
+        "draining": len(member.leaving),
+        "failing": resolution.failing,
+        "last_error": resolution.lastError,
+        "lookups": resolution.lookups,
+        "failures": resolution.failures,
+        "next_lookup_in": (round(max(0.0, resolution.nextAt - now), 3)
+                           if resolution.nextAt is not None else None),
+    }
+
+
 def statusDocument(view: StatusView) -> dict[str, Any]:
     """
     The whole C{/status.json} document. Endpoint strings, and the names and
@@ -346,6 +374,9 @@ def _proxyStatus(pool: BackendPool, now: float) -> dict[str, Any]:
         },
         "backends": [backendStatus(b, now) for b in pool.backends],
     }
+    discovered = pool.discovered
+    if discovered:
+        document["dns"] = [discoveryStatus(member, now) for member in discovered]
     if pool.routes:
         for b, shown in zip(pool.backends, document["backends"], strict=True):
             shown["route"] = b.route

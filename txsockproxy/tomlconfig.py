@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import ipaddress
 import json
 import math
 import re
 import tomllib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
+
+from twisted.internet.endpoints import quoteStringArgument
 
 from txsockproxy import congestion
 from txsockproxy.checks import knownBalancers, nulProblem, quote, unknownBalancer
@@ -28,7 +31,10 @@ from txsockproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_TIME,
     DEFAULT_HALF_CLOSED_TIMEOUT,
+    DEFAULT_PORT,
     DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_RESOLVE_MAX,
+    DEFAULT_RESOLVE_MIN,
     DEFAULT_ROUTE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATUS_MAX_BODY_SIZE,
@@ -37,6 +43,7 @@ from txsockproxy.config import (
     DEFAULT_TLS_MIN_VERSION,
     LOG_FORMATS,
     MAX_WORKERS,
+    RESOLVE_SETTINGS,
     SEND_PROXY_VERSIONS,
     TLS_VERSIONS,
     BackendConfig,
@@ -44,12 +51,14 @@ from txsockproxy.config import (
     CheckConfig,
     Config,
     ConfigError,
+    DiscoveryConfig,
     KeepaliveConfig,
     Problem,
     ProxyConfig,
     RouteConfig,
     StatusConfig,
 )
+from txsockproxy.discovery import parseServer
 from txsockproxy.endpoints import (
     Resolver,
     backendFromHost,
@@ -355,6 +364,9 @@ _STATUS_KEYS = (
 _CHECK_KEYS = (
     "check", "check-interval", "check-timeout", "rise", "fall", "check-send", "check-expect",
 )
+# Backends from DNS: in [[proxy]], resolve, its bounds and the resolver
+# are the defaults of its backends given by host name.
+_RESOLVE_KEYS = ("resolve", "resolve-min", "resolve-max", "resolver")
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -375,6 +387,7 @@ _PROXY_KEYS = (
     "backend",
     "route",
     *_CHECK_KEYS,
+    *_RESOLVE_KEYS,
 )
 _TLS_KEYS = ("tls", "tls-ca", "tls-name", "tls-cert", "tls-key", "tls-min-version")
 _ROUTE_KEYS = ("name", "names", "balance", "backend")
@@ -392,6 +405,8 @@ _BACKEND_KEYS = (
     *BACKEND_PROTECTION_KEYS,
     *_TLS_KEYS,
     *_CHECK_KEYS,
+    "srv",
+    *_RESOLVE_KEYS,
 )
 
 # Where a key that is unknown at one level belongs instead: the usual
@@ -745,9 +760,10 @@ def _buildProxy(
     backendKeepalive = readKeepalive(raw, path, "backend-keepalive", reader)
 
     check = _readCheck(raw, path, reader, _NO_CHECK)
+    resolving = _readResolve(raw, path, reader, _RESOLVE_DEFAULTS)
     routes, labels = _buildRoutes(raw, path, reader, resolve, balancers, connectTimeout,
                                   disableTime, check, sendProxy=sendProxy,
-                                  keepalive=backendKeepalive)
+                                  keepalive=backendKeepalive, resolving=resolving)
     backends: list[tuple[int, BackendConfig, str]] = []
     rawBackends = raw.get("backend")
     if rawBackends is None:
@@ -764,6 +780,7 @@ def _buildProxy(
             built = _buildBackend(
                 rawBackend, path + ("backend", j), reader, resolve, connectTimeout, disableTime,
                 sendProxy=sendProxy, keepalive=backendKeepalive, check=check,
+                resolving=resolving,
             )
             if built is not None:
                 backends.append((j, *built))
@@ -798,6 +815,7 @@ def _buildRoutes(
     check: CheckConfig,
     sendProxy: str = "",
     keepalive: KeepaliveConfig = KeepaliveConfig(),
+    resolving: _Resolving | None = None,
 ) -> tuple[list[RouteConfig], list[tuple[tuple[Any, ...], tuple[Any, ...], str]]]:
     """
     Read a proxy's C{[[proxy.route]]} tables.
@@ -872,7 +890,7 @@ def _buildRoutes(
             for j, rawBackend in enumerate(rawBackends):
                 built = _buildBackend(
                     rawBackend, here + ("backend", j), reader, resolve, connectTimeout, disableTime,
-                    sendProxy=sendProxy, keepalive=keepalive, check=check,
+                    sendProxy=sendProxy, keepalive=keepalive, check=check, resolving=resolving,
                 )
                 if built is not None:
                     backends.append((j, *built))
@@ -923,6 +941,7 @@ def _buildBackend(
     sendProxy: str = "",
     keepalive: KeepaliveConfig = KeepaliveConfig(),
     check: CheckConfig | None = None,
+    resolving: _Resolving | None = None,
 ) -> tuple[BackendConfig, str] | None:
     """
     Read one C{[[proxy.backend]]} table.
@@ -940,10 +959,18 @@ def _buildBackend(
     host = reader.string(raw, path, "host", nonEmpty=False)
     sock = reader.string(raw, path, "socket", nonEmpty=False)
     port = reader.integer(raw, path, "port", 1, 65535)
-    addressKey = next((k for k in ("endpoint", "socket", "host", "port") if k in raw), "")
+    srv = reader.string(raw, path, "srv")
+    addressKey = next((k for k in ("endpoint", "socket", "host", "port", "srv") if k in raw), "")
+    readable = len(reader.problems) == before
+    resolving = _readResolve(raw, path, reader, resolving or _RESOLVE_DEFAULTS)
     resolved = ""
     origin = ""
-    if len(reader.problems) == before:
+    discovery: DiscoveryConfig | None = None
+    if readable:
+        before = len(reader.problems)
+        discovery, resolved = _backendDiscovery(raw, path, reader, resolving, host, port, srv)
+        readable = len(reader.problems) == before
+    if readable and discovery is None:
         if endpoint is not None:
             if host is not None or sock is not None or port is not None:
                 reader.problem(
@@ -968,6 +995,9 @@ def _buildBackend(
                 else:
                     resolved = derived
     label = reader.string(raw, path, "label")
+    if label is None and "label" not in raw and discovery is not None:
+        # Its backends are labelled NAME/ADDRESS:PORT.
+        label = discovery.name
     weight = reader.integer(raw, path, "weight", 1)
     maxConnections, backendKeepalive = readBackendProtection(raw, path, reader, keepalive)
     ct = reader.seconds(raw, path, "connect-timeout", connectTimeout, positive=True)
@@ -985,6 +1015,7 @@ def _buildBackend(
         maxConnections=maxConnections,
         keepalive=backendKeepalive,
         check=_backendCheck(raw, path, reader, check or _NO_CHECK),
+        discovery=discovery,
     )
     if backend.sendProxy and resolved and isTLSEndpoint(resolved):
         reader.problem(
@@ -997,6 +1028,140 @@ def _buildBackend(
 
 # What a proxy that writes no check key gives its backends.
 _NO_CHECK = CheckConfig("off")
+
+
+@dataclass(frozen=True)
+class _Resolving:
+    """
+    The resolve keys of a backend table, or the defaults its proxy gives.
+
+    @ivar resolve: C{"start"} or C{"dns"}.
+    @ivar written: the keys written in the table itself.
+    """
+
+    resolve: str = "start"
+    resolveMin: float = DEFAULT_RESOLVE_MIN
+    resolveMax: float = DEFAULT_RESOLVE_MAX
+    resolver: str = ""
+    written: tuple[str, ...] = ()
+
+
+_RESOLVE_DEFAULTS = _Resolving()
+
+
+def _readResolve(
+    raw: Mapping[str, Any], path: tuple[Any, ...], reader: _Reader, default: _Resolving
+) -> _Resolving:
+    """
+    Read C{resolve}, C{resolve-min}, C{resolve-max} and C{resolver} of a
+    C{[[proxy]]} or backend table, those not written taken from
+    C{default}.
+    """
+    setting = reader.string(raw, path, "resolve")
+    if setting is not None and setting not in RESOLVE_SETTINGS:
+        reader.problem(
+            path + ("resolve",),
+            f"must be one of {', '.join(repr(k) for k in RESOLVE_SETTINGS)}, not {setting!r}",
+        )
+        setting = None
+    resolveMin = reader.seconds(raw, path, "resolve-min", default.resolveMin, positive=True)
+    resolveMax = reader.seconds(raw, path, "resolve-max", default.resolveMax, positive=True)
+    if resolveMin > resolveMax and ("resolve-min" in raw or "resolve-max" in raw):
+        key = "resolve-max" if "resolve-max" in raw else "resolve-min"
+        reader.problem(
+            path + (key,),
+            f"resolve-max ({resolveMax:g}s) must not be less than resolve-min "
+            f"({resolveMin:g}s)",
+        )
+        resolveMin, resolveMax = default.resolveMin, default.resolveMax
+    resolver = reader.string(raw, path, "resolver")
+    if resolver is not None:
+        try:
+            parseServer(resolver)
+        except ValueError as e:
+            reader.problem(path + ("resolver",), str(e))
+            resolver = None
+    return _Resolving(
+        resolve=default.resolve if setting is None else setting,
+        resolveMin=resolveMin,
+        resolveMax=resolveMax,
+        resolver=default.resolver if resolver is None else resolver,
+        written=tuple(key for key in _RESOLVE_KEYS if key in raw),
+    )
+
+
+# A DNS name as the resolve and srv keys take it: labels of letters, digits,
+# "-" and "_" (SRV names start with "_service._proto"), an optional final dot.
+_DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$")
+
+
+def _isAddress(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _backendDiscovery(
+    raw: Mapping[str, Any],
+    path: tuple[Any, ...],
+    reader: _Reader,
+    resolving: _Resolving,
+    host: str | None,
+    port: int | None,
+    srv: str | None,
+) -> tuple[DiscoveryConfig | None, str]:
+    """
+    Whether a backend's addresses come from DNS, and how.
+
+    @return: its discovery settings and the endpoint string that names it,
+        or L{None} and C{""} when it is a backend of its own (and then
+        none of the resolve keys but C{resolve = "start"} is written in
+        its table).
+    """
+    if srv is not None:
+        others = [k for k in ("endpoint", "host", "port", "socket") if k in raw]
+        if others:
+            reader.problem(path + ("srv",), f"give either 'srv' or {others[0]!r}, not both: "
+                           "SRV records give the hosts and ports")
+            return None, ""
+        if "resolve" in raw and resolving.resolve != "dns":
+            reader.problem(path + ("resolve",), "SRV records are always looked up again at "
+                           "their TTL: write resolve = \"dns\" or leave it out")
+            return None, ""
+        if not _DNS_NAME.match(srv):
+            reader.problem(path + ("srv",), f"{srv!r} is not a DNS name")
+            return None, ""
+        return DiscoveryConfig(
+            name=srv, srv=True, resolveMin=resolving.resolveMin,
+            resolveMax=resolving.resolveMax, resolver=resolving.resolver,
+        ), f"srv:{srv}"
+    wanted = resolving.resolve == "dns"
+    byName = (host is not None and not host.startswith("/") and not _isAddress(host)
+              and "endpoint" not in raw and "socket" not in raw)
+    if wanted and byName:
+        assert host is not None
+        if not _DNS_NAME.match(host):
+            reader.problem(path + ("host",), f"{host!r} is not a DNS name")
+            return None, ""
+        port = DEFAULT_PORT if port is None else port
+        return DiscoveryConfig(
+            name=host, port=port, resolveMin=resolving.resolveMin,
+            resolveMax=resolving.resolveMax, resolver=resolving.resolver,
+        ), f"tcp:host={quoteStringArgument(host)}:port={port}"
+    # A backend of its own: the resolve keys written in its table are wrong.
+    if "resolve" in raw and wanted:
+        reader.problem(path + ("resolve",), 'resolve = "dns" needs a host name (host = ...) '
+                       "or srv: an endpoint, a socket or an IP address has nothing to "
+                       "look up again")
+        return None, ""
+    for key in resolving.written:
+        if key != "resolve":
+            reader.problem(path + (key,), 'applies to backends with resolve = "dns" or srv '
+                           "only")
+    return None, ""
 
 
 def _readCheck(

@@ -11,6 +11,7 @@ import gc
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import weakref
 from typing import Any, Optional
@@ -457,6 +458,70 @@ class ShutWriteIntegrationTests(ReactorTestCase):
 
         self.turnUntil(gotAll, turns=2000)
         self.assertTrue(bytes(got) == big, "the bytes arrived altered")
+
+
+class WritePreambleIntegrationTests(ReactorTestCase):
+    """
+    L{fastrelay.writePreamble} writes a preamble to the backend with what the
+    client has already sent, in one C{send()}, and never lets a client's
+    reset or EOF go unheard.
+    """
+
+    def test_withWhatTheClientSent(self) -> None:
+        """
+        The client's pending bytes follow the preamble in the same segment;
+        they are not delivered to the client's protocol; the count returned
+        is theirs.
+        """
+        client, clientPeer, clientProtocol = self.connected()
+        backend, backendPeer, _ = self.connected()
+        clientPeer.sendall(b"first words")
+        sends = recordCalls(self, "send")
+        self.assertEqual(fastrelay.writePreamble(client, backend, b"PROXY x\r\n"), 11)
+        self.assertEqual(len(sends), 1)
+        self.assertEqual(backendPeer.recv(64), b"PROXY x\r\nfirst words")
+        self.assertEqual(clientProtocol.received, [])
+
+    def test_nothingSentYet(self) -> None:
+        """
+        With nothing from the client, the preamble goes alone; what the
+        client sends later reaches its protocol.
+        """
+        client, clientPeer, clientProtocol = self.connected()
+        backend, backendPeer, _ = self.connected()
+        self.assertEqual(fastrelay.writePreamble(client, backend, b"PROXY x\r\n"), 0)
+        self.assertEqual(backendPeer.recv(64), b"PROXY x\r\n")
+        clientPeer.sendall(b"later")
+        self.turnUntil(lambda: b"".join(clientProtocol.received) == b"later")
+
+    def test_clientEOFStillHeard(self) -> None:
+        """
+        A client's EOF read with the preamble is heard again by the ordinary
+        path: its protocol gets C{readConnectionLost}.
+        """
+        client, clientPeer, clientProtocol = self.connected()
+        backend, backendPeer, _ = self.connected()
+        clientPeer.shutdown(socket.SHUT_WR)
+        self.assertEqual(fastrelay.writePreamble(client, backend, b"PROXY x\r\n"), 0)
+        self.assertEqual(backendPeer.recv(64), b"PROXY x\r\n")
+        self.turnUntil(lambda: clientProtocol.eof or clientProtocol.lost is not None)
+        self.assertTrue(clientProtocol.eof)
+
+    def test_clientResetIsAReset(self) -> None:
+        """
+        A client's reset that the read takes ends its connection with an
+        error (not a clean EOF); the preamble is still written.
+        """
+        client, clientPeer, clientProtocol = self.connected()
+        backend, backendPeer, _ = self.connected()
+        clientPeer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        clientPeer.close()
+        self.assertEqual(fastrelay.writePreamble(client, backend, b"PROXY x\r\n"), 0)
+        self.assertEqual(backendPeer.recv(64), b"PROXY x\r\n")
+        self.turnUntil(lambda: clientProtocol.lost is not None)
+        assert clientProtocol.lost is not None
+        self.assertFalse(clientProtocol.eof)
+        self.assertNotIsInstance(clientProtocol.lost.value, error.ConnectionDone)
 
 
 class RelayedClassIntegrationTests(ReactorTestCase):

@@ -10,12 +10,14 @@ from typing import Any, Optional
 
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import providedBy
 
 from tests.tls_support import issue
 from txsockproxy._fast import tls as fasttls
@@ -191,7 +193,46 @@ class FastTLSTests(SynchronousTestCase):
         self.assertEqual(pair.clientReads(), b"ab")
 
 
+class MakeConnectionTests(SynchronousTestCase):
+    def test_providesAsTwisteds(self) -> None:
+        """
+        Connected, the layer provides the interfaces Twisted's own does,
+        over every kind of transport it has seen.
+        """
+        for _ in range(2):
+            ours = Pair().server
+            twisteds = Pair(TLSMemoryBIOFactory).server
+            self.assertEqual(list(providedBy(ours)), list(providedBy(twisteds)))
+            self.assertTrue(ISSLTransport.providedBy(ours))
+
+    def test_handshakes(self) -> None:
+        """
+        It starts the handshake as Twisted's does: the client's bytes
+        then flow.
+        """
+        pair = Pair()
+        pair.client.send(b"after the handshake")
+        pair.toServer()
+        self.assertEqual(pair.app.received, [b"after the handshake"])
+
+
 class ProbeTests(SynchronousTestCase):
+    def test_makeConnectionChanged(self) -> None:
+        """
+        A Twisted whose C{makeConnection} is not the one the layer's was
+        written from is named as missing it: its own is used.
+        """
+        from twisted.protocols import tls
+
+        def makeConnection(self: Any, transport: Any) -> None:
+            self._tlsConnection = self.factory._creatorCallable(self)
+            self._somethingNew = True
+
+        self.patch(tls.TLSMemoryBIOProtocol, "makeConnection", makeConnection)
+        self.assertIn(
+            "TLSMemoryBIOProtocol.makeConnection as of Twisted 26.4-26.10", fasttls.missing()
+        )
+
     def test_nothingMissing(self) -> None:
         """
         This Twisted has what the layer relies on, so L{fasttls.tlsFactory}

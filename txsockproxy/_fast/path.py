@@ -72,6 +72,9 @@ class AcceleratedRelayPath:
     def write(self, transport: Any, data: bytes) -> None:
         relay.writeNow(transport, data)
 
+    def writePreamble(self, client: Any, backend: Any, data: bytes) -> int:
+        return relay.writePreamble(client, backend, data)
+
     def shutWrite(self, transport: Any) -> None:
         relay.shutWrite(transport)
 

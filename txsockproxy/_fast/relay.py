@@ -597,6 +597,36 @@ def writeNow(transport: Any, data: bytes) -> None:
         transport.write(data[sent:] if sent else data)
 
 
+#: At most this much of what a client sent is read to go with a preamble.
+PREAMBLE_READ = 65536
+
+
+def writePreamble(client: Any, backend: Any, data: bytes) -> int:
+    """
+    Write C{data} to C{backend} with, in the same C{send()}, what C{client}'s
+    socket already holds (up to L{PREAMBLE_READ} bytes): a client that
+    speaks first has usually sent its first bytes by the time its backend
+    connects, and one segment instead of two saves a system call here and
+    a wake-up of the backend.
+
+    @return: how many of the client's bytes went with C{data}.
+    """
+    if not (isPlain(client) and isPlain(backend)) or client.disconnecting:
+        writeNow(backend, data)
+        return 0
+    try:
+        first = client.socket.recv(PREAMBLE_READ)
+    except OSError as e:
+        if e.errno not in _AGAIN:
+            # The recv() took the socket's error (see Relay.doRead).
+            failSoon(client)
+        first = b""
+    # b"" is also the client's EOF, which the kernel reports again at the
+    # next read: the ordinary path hears it there.
+    writeNow(backend, data + first if first else data)
+    return len(first)
+
+
 def _nothing(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -625,5 +655,5 @@ def failSoon(transport: Any) -> None:
 
 __all__ = [
     "CAN_SPLICE", "Relay", "close", "defaultMode", "failSoon", "install", "isPlain",
-    "registerPlain", "shutWrite", "writeNow",
+    "registerPlain", "shutWrite", "writeNow", "writePreamble",
 ]

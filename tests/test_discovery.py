@@ -1,0 +1,744 @@
+"""
+Tests for L{txsockproxy.discovery} and the backends it gives a pool:
+lookups of A/AAAA and SRV records through a fake C{twisted.names}
+resolver, their timing on a L{Clock}, and what the pool does with the
+addresses (new ones take sessions, gone ones drain, failures keep the last
+good set).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any, Optional
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.names import client, dns
+from twisted.names.error import DNSNameError
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import fakes
+from txsockproxy.backends import (
+    DRAINING,
+    UP,
+    Backend,
+    BackendPool,
+    DiscoveredBackends,
+    discoveredConfig,
+)
+from txsockproxy.balancers import FairBalancer, balancerFactory
+from txsockproxy.config import (
+    BackendConfig,
+    CheckConfig,
+    Config,
+    DiscoveryConfig,
+    ProxyConfig,
+)
+from txsockproxy.discovery import (
+    Resolution,
+    StreamResolver,
+    Target,
+    canonical,
+    lookupAddresses,
+    lookupService,
+    makeResolver,
+    parseServer,
+)
+from txsockproxy.relay import ProxyFactory
+from txsockproxy.service import ProxyService
+from txsockproxy.status import StatusView, statusDocument
+
+
+def a(name: str, address: str, ttl: int = 30) -> dns.RRHeader:
+    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
+
+
+def aaaa(name: str, address: str, ttl: int = 30) -> dns.RRHeader:
+    return dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(address, ttl))
+
+
+def srv(name: str, target: str | bytes, port: int, priority: int = 0, weight: int = 0,
+        ttl: int = 30) -> dns.RRHeader:
+    return dns.RRHeader(name, dns.SRV, dns.IN, ttl,
+                        dns.Record_SRV(priority, weight, port, target, ttl))
+
+
+class FakeDNS:
+    """
+    A C{twisted.names} resolver (the lookups a backend from DNS makes)
+    answering from tables the test changes: C{records[(name, type)]} is the
+    answer section; C{additional[name]} the additional one of an SRV
+    answer; a name in C{failing} fails as a timeout does, and one that is
+    in no table as a name that does not exist. With C{hold} set, lookups
+    wait in C{held} for the test to fire them.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, int], list[dns.RRHeader]] = {}
+        self.additional: dict[str, list[dns.RRHeader]] = {}
+        self.failing: set[str] = set()
+        self.asked: list[tuple[str, int]] = []
+        self.hold = False
+        self.held: list[defer.Deferred[Any]] = []
+
+    def set(self, name: str, *addresses: str, ttl: int = 30) -> None:
+        """
+        Make C{name} have C{addresses} (A and AAAA records).
+        """
+        self.records[(name, dns.A)] = [a(name, x, ttl) for x in addresses if ":" not in x]
+        self.records[(name, dns.AAAA)] = [aaaa(name, x, ttl) for x in addresses if ":" in x]
+
+    def _lookup(self, name: str, kind: int) -> defer.Deferred[Any]:
+        self.asked.append((name, kind))
+        if self.hold:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append(d)
+            return d
+        if name in self.failing:
+            return defer.fail(defer.TimeoutError(name))
+        if (name, kind) not in self.records:
+            return defer.fail(DNSNameError(name))
+        return defer.succeed((list(self.records[(name, kind)]), [],
+                              list(self.additional.get(name, []))))
+
+    def lookupAddress(self, name: str) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.A)
+
+    def lookupIPV6Address(self, name: str) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.AAAA)
+
+    def lookupService(self, name: str) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.SRV)
+
+
+class Events:
+    """
+    Records log events while a test runs.
+    """
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def containing(self, text: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if text in e.get("log_format", "")]
+
+
+class LookupTests(SynchronousTestCase):
+    """
+    L{lookupAddresses} and L{lookupService} turn DNS answers into targets.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        Every A and AAAA record of a name is a target with the configured
+        port; the TTL is the shortest of theirs.
+        """
+        resolver = FakeDNS()
+        resolver.records[("db", dns.A)] = [a("db", "10.0.0.2", 40), a("db", "10.0.0.1", 20)]
+        resolver.records[("db", dns.AAAA)] = [aaaa("db", "fd00::1", 60)]
+        targets, ttl = self.successResultOf(lookupAddresses(resolver, "db", 5432))
+        self.assertEqual(
+            sorted(targets),
+            [Target("10.0.0.1", 5432), Target("10.0.0.2", 5432), Target("fd00::1", 5432)],
+        )
+        self.assertEqual(ttl, 20.0)
+
+    def test_oneFamilyFailing(self) -> None:
+        """
+        A name whose AAAA lookup finds no such name (as a name of
+        /etc/hosts with an IPv4 address only) gives its A records; one
+        whose lookups both fail fails; and so does one whose AAAA lookup
+        times out, rather than give the A records alone.
+        """
+        resolver = FakeDNS()
+        resolver.records[("db", dns.A)] = [a("db", "10.0.0.1")]
+        targets, _ = self.successResultOf(lookupAddresses(resolver, "db", 1))
+        self.assertEqual(targets, [Target("10.0.0.1", 1)])
+        self.failureResultOf(lookupAddresses(resolver, "nowhere", 1), DNSNameError)
+
+        class HalfTimingOut(FakeDNS):
+            def lookupIPV6Address(self, name: str) -> defer.Deferred[Any]:
+                return defer.fail(defer.TimeoutError(name))
+
+        flaky = HalfTimingOut()
+        flaky.set("db", "10.0.0.1")
+        self.failureResultOf(lookupAddresses(flaky, "db", 1), defer.TimeoutError)
+
+    def test_serviceWithAdditional(self) -> None:
+        """
+        SRV records give port, priority and weight; the addresses of their
+        targets come from the additional section when it has them (as
+        Consul gives), without another lookup.
+        """
+        resolver = FakeDNS()
+        name = "_pg._tcp.db.service.consul"
+        resolver.records[(name, dns.SRV)] = [
+            srv(name, "n1.node.consul", 5432, 1, 10),
+            srv(name, "n2.node.consul", 5433, 2, 0),
+        ]
+        resolver.additional[name] = [a("n1.node.consul", "10.0.0.1", 5),
+                                     a("n2.node.consul", "10.0.0.2")]
+        targets, ttl = self.successResultOf(lookupService(resolver, name))
+        self.assertEqual(sorted(targets), [Target("10.0.0.1", 5432, 1, 10),
+                                           Target("10.0.0.2", 5433, 2, 0)])
+        self.assertEqual(ttl, 5.0)
+        self.assertEqual(resolver.asked, [(name, dns.SRV)])
+
+    def test_serviceTargetsLookedUp(self) -> None:
+        """
+        Without additional records, each SRV target is looked up (A and
+        AAAA); a target that does not exist, and the target C{.} (no
+        service), are left out; one whose lookup times out fails the
+        whole answer (its backends would drain otherwise).
+        """
+        resolver = FakeDNS()
+        name = "_pg._tcp.example"
+        resolver.records[(name, dns.SRV)] = [
+            srv(name, "t1.example", 1),
+            srv(name, "missing.example", 2),
+            srv(name, b"", 3),  # the root name: "."
+        ]
+        resolver.set("t1.example", "10.0.0.1", "fd00::1")
+        targets, _ = self.successResultOf(lookupService(resolver, name))
+        self.assertEqual(sorted(targets), [Target("10.0.0.1", 1), Target("fd00::1", 1)])
+        resolver.failing.add("missing.example")
+        self.failureResultOf(lookupService(resolver, name), defer.TimeoutError)
+
+
+class CanonicalTests(SynchronousTestCase):
+    """
+    L{canonical} orders targets whatever order DNS gave them in.
+    """
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["10.0.0.2", "10.0.0.10", "::1", "9.0.0.1"]),
+                              st.integers(1, 3), st.integers(0, 2)), max_size=8),
+           st.randoms())
+    def test_orderIndependent(self, raw: list[tuple[str, int, int]], rng: random.Random) -> None:
+        """
+        Any permutation of the same targets gives the same list, without
+        repeats, by priority then numeric address (IPv4 first) then port.
+        """
+        targets = [Target(addr, port, prio) for addr, port, prio in raw]
+        shuffled = list(targets)
+        rng.shuffle(shuffled)
+        result = canonical(targets)
+        self.assertEqual(canonical(shuffled), result)
+        self.assertEqual(len({(t.address, t.port) for t in result}), len(result))
+        keys = [(t.priority, ":" in t.address, t.address.count(".") and
+                 tuple(int(p) for p in t.address.split(".")), t.port) for t in result]
+        self.assertEqual(keys, sorted(keys))
+
+
+class ParseServerTests(SynchronousTestCase):
+    """
+    L{parseServer} reads the C{resolver} key.
+    """
+
+    def test_forms(self) -> None:
+        """
+        An IPv4 or IPv6 address, with a port or not (53).
+        """
+        self.assertEqual(parseServer("10.0.0.53"), ("10.0.0.53", 53))
+        self.assertEqual(parseServer("127.0.0.1:8600"), ("127.0.0.1", 8600))
+        self.assertEqual(parseServer("fd00::53"), ("fd00::53", 53))
+        self.assertEqual(parseServer("[fd00::53]:5353"), ("fd00::53", 5353))
+
+    def test_bad(self) -> None:
+        """
+        A name, a bad port or a broken bracket is refused.
+        """
+        for text in ("dns.example", "10.0.0.1:0", "10.0.0.1:x", "[::1", "[::1]x", ""):
+            self.assertRaises(ValueError, parseServer, text)
+
+    def test_streamResolver(self) -> None:
+        """
+        L{StreamResolver} asks over TCP, one query at a time, and turns
+        the answer into its sections, or an error code into its error.
+        """
+        asked: list[bytes] = []
+        pending: list[defer.Deferred[Any]] = []
+
+        def queryTCP(queries: Any, timeout: Any) -> defer.Deferred[Any]:
+            asked.append(queries[0].name.name)
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            return d
+
+        real = client.Resolver(servers=[("127.0.0.1", 53)], reactor=MemoryReactorClock())
+        self.patch(real, "queryTCP", queryTCP)
+        resolver = StreamResolver(real)
+        first = resolver.query(dns.Query("a.example", dns.A))
+        second = resolver.query(dns.Query("b.example", dns.A))
+        self.assertEqual(asked, [b"a.example"])
+        answer = dns.Message(answer=True)
+        answer.answers = [a("a.example", "10.0.0.1")]
+        pending[0].callback(answer)
+        self.assertEqual(self.successResultOf(first)[0], answer.answers)
+        self.assertEqual(asked, [b"a.example", b"b.example"])
+        pending[1].callback(dns.Message(answer=True, rCode=dns.ENAME))
+        self.failureResultOf(second, DNSNameError)
+
+    def test_makeResolver(self) -> None:
+        """
+        A configured server gives a resolver of that server; none, the
+        system's (which answers names of /etc/hosts).
+        """
+        reactor = MemoryReactorClock()
+        self.assertTrue(hasattr(makeResolver(reactor, "127.0.0.1:5353"), "lookupService"))
+        self.assertTrue(hasattr(makeResolver(reactor, ""), "lookupService"))
+
+
+class ResolutionTests(SynchronousTestCase):
+    """
+    L{Resolution} looks up again at the TTL, within bounds, and keeps the
+    last good answer when DNS fails.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dns = FakeDNS()
+        self.answers: list[list[Target]] = []
+        self.events = Events(self)
+        self.resolution = Resolution(
+            self.clock, lambda: lookupAddresses(self.dns, "db", 1), self.answers.append,
+            resolveMin=1.0, resolveMax=300.0, what="proxy p: backend db",
+        )
+        self.addCleanup(self.resolution.stop)
+
+    def test_ttlClamped(self) -> None:
+        """
+        The next lookup comes at the TTL, but no sooner than resolve-min
+        and no later than resolve-max.
+        """
+        for ttl, delay in ((30, 30.0), (0, 1.0), (86400, 300.0)):
+            self.dns.set("db", "10.0.0.1", ttl=ttl)
+            self.resolution.stop()
+            self.resolution.start()
+            self.assertEqual(self.resolution.nextAt, self.clock.seconds() + delay)
+        asked = len(self.dns.asked)
+        self.clock.advance(299.9)
+        self.assertEqual(len(self.dns.asked), asked)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.dns.asked), asked + 2)
+
+    def test_failureKeepsLastAndLogsOnce(self) -> None:
+        """
+        Failed and empty answers do not reach C{onAnswer}; the first is
+        logged, the next are not, and the answer that comes again is
+        logged once. Retries come after resolve-min, doubling.
+        """
+        self.dns.set("db", "10.0.0.1", ttl=5)
+        self.resolution.start()
+        self.assertEqual(self.answers, [[Target("10.0.0.1", 1)]])
+        self.dns.failing.add("db")
+        self.clock.advance(5)
+        self.assertTrue(self.resolution.failing)
+        self.assertEqual(self.resolution.nextAt, 6.0)
+        self.clock.advance(1)
+        self.assertEqual(self.resolution.nextAt, 8.0)
+        self.dns.failing.clear()
+        self.dns.set("db")  # an empty answer fails too
+        self.clock.advance(2)
+        self.assertEqual(self.resolution.lastError, "no addresses in the answer")
+        self.assertEqual(len(self.answers), 1)
+        self.assertEqual(len(self.events.containing("DNS lookup failed")), 1)
+        self.dns.set("db", "10.0.0.2", ttl=5)
+        self.clock.advance(4)
+        self.assertEqual(self.answers[-1], [Target("10.0.0.2", 1)])
+        self.assertFalse(self.resolution.failing)
+        self.assertEqual(len(self.events.containing("DNS answers again")), 1)
+        self.assertEqual(self.resolution.failures, 3)
+
+    def test_stop(self) -> None:
+        """
+        Stopped, it schedules nothing, and a lookup in flight is ignored.
+        """
+        self.dns.hold = True
+        self.resolution.start()
+        self.assertEqual(len(self.dns.held), 2)
+        self.resolution.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(self.resolution.nextAt)
+        self.assertEqual(self.answers, [])
+
+
+def template(name: str = "db.example", srv: bool = False, **kw: Any) -> BackendConfig:
+    discovery = DiscoveryConfig(name=name, port=0 if srv else 5432, srv=srv)
+    endpoint = f"srv:{name}" if srv else f"tcp:host={name}:port=5432"
+    return BackendConfig(endpoint, kw.pop("label", "db"), discovery=discovery, **kw)
+
+
+class Connection:
+    """
+    The connection a pick is for (an L{IConnectionInfo}).
+    """
+
+    def __init__(self, host: str = "192.0.2.1") -> None:
+        self.peer = IPv4Address("TCP", host, 1234)
+        self.local = IPv4Address("TCP", "127.0.0.1", 5432)
+        self.serverName: Optional[str] = None
+        self.hashKey = host
+
+
+class FakeEndpoint:
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return defer.Deferred()
+
+
+def makeBackend(config: BackendConfig) -> Backend:
+    return Backend(config, FakeEndpoint())  # type: ignore[arg-type]
+
+
+class DiscoveredPoolTests(SynchronousTestCase):
+    """
+    A pool whose backend config has its addresses from DNS has a backend
+    per address, and follows DNS as it changes.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dns = FakeDNS()
+        self.events = Events(self)
+
+    def pool(self, *configs: BackendConfig, balance: str = "fair") -> BackendPool:
+        members = [DiscoveredBackends(c, self.dns, self.clock, makeBackend, "p")
+                   for c in configs]
+        pool = BackendPool(ProxyConfig("p", ("tcp:0",), configs, balance=balance),
+                           members, balancerFactory(balance)(), self.clock)
+        pool.startChecks()
+        self.addCleanup(pool.stopChecks)
+        return pool
+
+    def labels(self, pool: BackendPool) -> list[str]:
+        return [b.label for b in pool.backends]
+
+    def test_addressesAreBackends(self) -> None:
+        """
+        Each address is a backend labelled C{LABEL/ADDRESS:PORT}, with an
+        endpoint of its own, in canonical order; a new address takes
+        sessions as soon as it is answered.
+        """
+        self.dns.set("db.example", "10.0.0.9", "10.0.0.10", "fd00::1", ttl=10)
+        pool = self.pool(template())
+        self.assertEqual(self.labels(pool), ["db/10.0.0.9:5432", "db/10.0.0.10:5432",
+                                             "db/[fd00::1]:5432"])
+        self.assertEqual(pool.backends[2].key, "tcp:host=fd00\\:\\:1:port=5432")
+        self.dns.set("db.example", "10.0.0.9", "10.0.0.10", "fd00::1", "10.0.0.1", ttl=10)
+        self.clock.advance(10)
+        self.assertEqual(pool.backends[0].label, "db/10.0.0.1:5432")
+        # fair: the new one has fewest sessions, and comes first.
+        for b in pool.backends[1:]:
+            b.active = 1
+        self.assertIs(pool.pick(Connection()), pool.backends[0])
+        self.assertEqual(len(self.events.containing("DNS gives")), 2)
+
+    def test_removalDrains(self) -> None:
+        """
+        An address DNS gives no more takes no new session but keeps those
+        it has, shown as draining; it leaves the pool with its last one.
+        One that has none leaves at once.
+        """
+        self.dns.set("db.example", "10.0.0.1", "10.0.0.2", ttl=10)
+        pool = self.pool(template())
+        first, second = pool.backends
+        first.active = 1
+        self.dns.set("db.example", "10.0.0.3", ttl=10)
+        self.clock.advance(10)
+        self.assertEqual(self.labels(pool), ["db/10.0.0.3:5432", "db/10.0.0.1:5432"])
+        self.assertEqual(first.stateAt(self.clock.seconds()), DRAINING)
+        self.assertTrue(second.gone)
+        for _ in range(5):
+            chosen = pool.pick(Connection())
+            self.assertEqual(chosen.label, "db/10.0.0.3:5432")
+            pool.released(chosen)
+        pool.released(first)
+        self.assertEqual(self.labels(pool), ["db/10.0.0.3:5432"])
+        self.assertEqual(len(self.events.containing("drained: its last session ended")), 1)
+
+    def test_returnsWhileDraining(self) -> None:
+        """
+        An address that comes back while its backend drains is that
+        backend again, taking sessions, its counters kept.
+        """
+        self.dns.set("db.example", "10.0.0.1", ttl=10)
+        pool = self.pool(template())
+        backend = pool.backends[0]
+        backend.active, backend.connected = 1, 7
+        self.dns.set("db.example", "10.0.0.2", ttl=10)
+        self.clock.advance(10)
+        self.dns.set("db.example", "10.0.0.1", ttl=10)
+        self.clock.advance(10)
+        self.assertEqual(pool.backends, [backend])
+        self.assertEqual(backend.stateAt(self.clock.seconds()), UP)
+        self.assertEqual(backend.connected, 7)
+
+    def test_beforeFirstAnswer(self) -> None:
+        """
+        Until DNS answers, the proxy has no backend: a client is refused as
+        when all backends are down (not for want of a route), logged once.
+        """
+        self.dns.failing.add("db.example")
+        pool = self.pool(template())
+        self.assertIsNone(pool.pick(Connection()))
+        self.assertIsNone(pool.pick(Connection()))
+        self.assertEqual(pool.whyRefused(Connection()), "all backends down")
+        self.assertEqual(len(self.events.containing("all backends down")), 1)
+        self.assertEqual(self.events.containing("no route"), [])
+
+    def test_failureKeepsSet(self) -> None:
+        """
+        While DNS fails (or answers nothing) the backends stay as they
+        were, and sessions go to them.
+        """
+        self.dns.set("db.example", "10.0.0.1", ttl=10)
+        pool = self.pool(template())
+        self.dns.failing.add("db.example")
+        self.clock.advance(10)
+        self.clock.advance(30)
+        self.assertEqual(self.labels(pool), ["db/10.0.0.1:5432"])
+        self.assertIsNotNone(pool.pick(Connection()))
+        self.assertEqual(len(self.events.containing("DNS lookup failed")), 1)
+
+    def test_srvPriorityAndWeight(self) -> None:
+        """
+        SRV records give each backend its weight (0 counts as 1); sessions
+        go to the lowest priority whose backends can take them, and to a
+        higher one only when none of those can.
+        """
+        name = "_pg._tcp.example"
+        self.dns.records[(name, dns.SRV)] = [
+            srv(name, "a.example", 1, priority=10, weight=3),
+            srv(name, "b.example", 2, priority=20, weight=0),
+        ]
+        self.dns.set("a.example", "10.0.0.1")
+        self.dns.set("b.example", "10.0.0.2")
+        pool = self.pool(template(name, srv=True, label="pg"))
+        primary, backup = pool.backends
+        self.assertEqual((primary.label, primary.weight, primary.priority),
+                         ("pg/10.0.0.1:1", 3, 10))
+        self.assertEqual((backup.weight, backup.priority), (1, 20))
+        primary.active = 100
+        self.assertIs(pool.pick(Connection()), primary)
+        primary.disabledUntil = self.clock.seconds() + 5
+        self.assertIs(pool.pick(Connection()), backup)
+
+    def test_healthChecks(self) -> None:
+        """
+        Discovered backends get the health check of their config; one DNS
+        gives no more stops checking.
+        """
+        self.dns.set("db.example", "10.0.0.1", "10.0.0.2", ttl=10)
+        pool = self.pool(template(check=CheckConfig("connect")))
+        first, second = pool.backends
+        self.assertTrue(first.health.running)
+        check = second.health
+        second.active = 1
+        self.dns.set("db.example", "10.0.0.1", ttl=10)
+        self.clock.advance(10)
+        self.assertIsNone(second.health)
+        self.assertFalse(check.running)
+        self.assertTrue(first.health.running)
+
+    def test_stickyDeterministic(self) -> None:
+        """
+        The sticky and hash balancers place a client on the same backend
+        whatever order DNS gives the same addresses in.
+        """
+        addresses = [f"10.0.0.{n}" for n in range(1, 9)]
+        for balance in ("sticky", "hash"):
+            chosen = set()
+            for seed in range(4):
+                shuffled = list(addresses)
+                random.Random(seed).shuffle(shuffled)
+                self.dns.set("db.example", *shuffled)
+                pool = self.pool(template(), balance=balance)
+                backend = pool.pick(Connection("198.51.100.7"))
+                chosen.add(backend.label)
+                pool.stopChecks()
+            self.assertEqual(len(chosen), 1, balance)
+
+    def test_statusShowsDiscovered(self) -> None:
+        """
+        status.json lists discovered backends, a draining one as draining.
+        """
+        self.dns.set("db.example", "10.0.0.1", "10.0.0.2", ttl=10)
+        pool = self.pool(template())
+        pool.backends[1].active = 1
+        self.dns.set("db.example", "10.0.0.1", ttl=10)
+        self.clock.advance(10)
+        view = StatusView(clock=self.clock)
+        view.pools = {"p": pool}
+        shown = statusDocument(view)["proxies"][0]["backends"]
+        self.assertEqual([(b["label"], b["state"]) for b in shown],
+                         [("db/10.0.0.1:5432", "up"), ("db/10.0.0.2:5432", "draining")])
+        self.dns.failing.add("db.example")
+        self.clock.advance(10)
+        [dnsStatus] = statusDocument(view)["proxies"][0]["dns"]
+        self.assertEqual(dnsStatus, {
+            "label": "db", "name": "db.example", "record": "A/AAAA", "port": 5432,
+            "resolver": "system", "addresses": 1, "draining": 1, "failing": True,
+            "last_error": "no answer (timeout)", "lookups": 3, "failures": 1,
+            "next_lookup_in": 1.0,
+        })
+
+
+class DiscoveredSessionTests(SynchronousTestCase):
+    """
+    Sessions of a backend DNS gives no more.
+    """
+
+    def test_clientLeavesWhileConnecting(self) -> None:
+        """
+        A gone backend whose only session's client leaves while it connects
+        leaves the pool then (the cancelled connect was its last session).
+        """
+        clock = Clock()
+        resolver = FakeDNS()
+        # Shorter than the connect timeout (8 s).
+        resolver.set("db.example", "10.0.0.1", ttl=5)
+        endpoints: dict[str, fakes.FakeEndpoint] = {}
+
+        def makeFakeBackend(config: BackendConfig) -> Backend:
+            endpoints[config.label] = fakes.FakeEndpoint()
+            return Backend(config, endpoints[config.label])
+
+        member = DiscoveredBackends(template(), resolver, clock, makeFakeBackend, "p")
+        pool = BackendPool(ProxyConfig("p", ("tcp:8080",), ()), [member], FairBalancer(), clock)
+        pool.startChecks()
+        self.addCleanup(pool.stopChecks)
+        factory = ProxyFactory(pool, clock, 0, listen="tcp:8080")
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 40000))
+        protocol.makeConnection(fakes.HalfCloseTransport())
+        [backend] = pool.backends
+        self.assertEqual(backend.active, 1)
+        resolver.set("db.example", "10.0.0.2", ttl=5)
+        clock.advance(5)
+        self.assertEqual([b.label for b in pool.backends],
+                         ["db/10.0.0.2:5432", "db/10.0.0.1:5432"])
+        protocol.connectionLost(fakes.lost())
+        self.assertEqual(backend.active, 0)
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.2:5432"])
+
+
+class DiscoveredConfigTests(SynchronousTestCase):
+    """
+    L{discoveredConfig} makes the config of one address.
+    """
+
+    def test_settingsKept(self) -> None:
+        """
+        The address's backend has its template's settings, a C{tcp:}
+        endpoint, and (A records) the template's weight.
+        """
+        base = template(weight=4, connectTimeout=2.0)
+        config = discoveredConfig(base, Target("10.0.0.1", 5432))
+        self.assertEqual(config, replace(base, endpoint="tcp:host=10.0.0.1:port=5432",
+                                         label="db/10.0.0.1:5432", discovery=None))
+
+
+class DiscoveredServiceTests(SynchronousTestCase):
+    """
+    L{ProxyService} builds discovered backends, starts their lookups when
+    it starts, and keeps them across a reload that keeps their config.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.dns = FakeDNS()
+        self.dns.set("db.example", "10.0.0.1", "10.0.0.2", ttl=10)
+        self.configs: dict[str, Config] = {}
+        self.servers: list[str] = []
+
+    def resolverFor(self, server: str) -> FakeDNS:
+        self.servers.append(server)
+        return self.dns
+
+    def config(self, *backends: BackendConfig) -> Config:
+        return Config(proxies=(ProxyConfig("p", ("tcp:5432",), backends),))
+
+    def service(self, config: Config) -> ProxyService:
+        service = ProxyService(config, self.reactor, configPath="c.toml",
+                               loader=self.configs.__getitem__, resolverFor=self.resolverFor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_lookupsStartWithService(self) -> None:
+        """
+        Nothing is looked up before the service starts; then every address
+        is a backend of the pool.
+        """
+        service = ProxyService(self.config(template()), self.reactor,
+                               resolverFor=self.resolverFor)
+        self.assertEqual(self.dns.asked, [])
+        self.assertEqual(service.pools["p"].backends, [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([b.label for b in service.pools["p"].backends],
+                         ["db/10.0.0.1:5432", "db/10.0.0.2:5432"])
+
+    def test_reloadKeeps(self) -> None:
+        """
+        A reload that keeps the backend config (other settings may change)
+        keeps its backends, counters and all, without a new lookup; one
+        that changes its resolver starts again.
+        """
+        service = self.service(self.config(template()))
+        before = list(service.pools["p"].backends)
+        before[0].connected = 3
+        asked = len(self.dns.asked)
+        self.configs["c.toml"] = self.config(template(connectTimeout=2.0))
+        self.assertTrue(self.successResultOf(service.reload()))
+        after = service.pools["p"].backends
+        self.assertEqual(after, before)
+        self.assertEqual(after[0].connected, 3)
+        self.assertEqual(after[0].config.connectTimeout, 2.0)
+        self.assertEqual(len(self.dns.asked), asked)
+        moved = replace(template(), discovery=replace(template().discovery,
+                                                      resolver="127.0.0.1:5353"))
+        self.configs["c.toml"] = self.config(moved)
+        self.assertTrue(self.successResultOf(service.reload()))
+        self.assertNotEqual(service.pools["p"].backends[0], before[0])
+        self.assertEqual(self.servers[-1], "127.0.0.1:5353")
+
+    def test_stopStopsLookups(self) -> None:
+        """
+        A stopped service schedules no lookup.
+        """
+        service = self.service(self.config(template()))
+        member = service.pools["p"].discovered[0]
+        self.assertIsNotNone(member.resolution.nextAt)
+        service.stopService()
+        self.assertFalse(member.resolution.running)
+        self.assertIsNone(member.resolution.nextAt)
+
+
+class PoolFairTests(SynchronousTestCase):
+    """
+    A pool mixing backends of its own and discovered ones.
+    """
+
+    def test_mixed(self) -> None:
+        """
+        The group's backends are its own and the discovered ones, in config
+        order.
+        """
+        clock = Clock()
+        resolver = FakeDNS()
+        resolver.set("db.example", "10.0.0.1")
+        own = makeBackend(BackendConfig("tcp:host=10.9.9.9:port=1", "own"))
+        member = DiscoveredBackends(template(), resolver, clock, makeBackend, "p")
+        pool = BackendPool(ProxyConfig("p", ("tcp:0",), ()), [own, member], FairBalancer(),
+                           clock)
+        pool.startChecks()
+        self.addCleanup(pool.stopChecks)
+        self.assertEqual([b.label for b in pool.backends], ["own", "db/10.0.0.1:5432"])

@@ -1,0 +1,467 @@
+"""
+Backends from DNS: looking a name's addresses up through C{twisted.names}
+(A and AAAA records of a host name, or the targets of SRV records), and
+doing it again and again, at the answer's TTL kept within bounds.
+
+A lookup never blocks the reactor: C{twisted.names} asks the servers
+itself. It asks them over TCP, on one connection kept open per server:
+its UDP client opens (and logs the opening and closing of) a socket per
+query, four log lines a lookup, and an answer with many addresses (a
+Kubernetes service of 40 pods) does not fit in the 512 bytes of a UDP
+answer anyway. What the addresses become (backends that take sessions, and
+backends that drain) is the pool's business (see L{txsockproxy.backends});
+this module only says which addresses DNS gives, and when that fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.names import client, dns, hosts, resolve
+from twisted.names.error import DNSNameError, DomainError
+from twisted.python.failure import Failure
+
+from txsockproxy.config import DiscoveryConfig
+
+# The port of a DNS server when a resolver key names none.
+DNS_PORT = 53
+# Seconds a query may take (connecting included).
+QUERY_TIMEOUT = 5
+# Where the system keeps its resolvers and its host names.
+RESOLV_CONF = "/etc/resolv.conf"
+HOSTS = "/etc/hosts"
+
+
+class Target(NamedTuple):
+    """
+    One address DNS gives for a backend: a backend of its own.
+
+    @ivar address: an IPv4 or IPv6 address.
+    @ivar port: the port to connect to.
+    @ivar priority: the SRV priority (lower is preferred); 0 for A/AAAA.
+    @ivar weight: the SRV weight; 0 for A/AAAA (the config's is used).
+    """
+
+    address: str
+    port: int
+    priority: int = 0
+    weight: int = 0
+
+
+def canonical(targets: Sequence[Target]) -> list[Target]:
+    """
+    C{targets} without repeats, in one order whatever order DNS gave them
+    in (DNS servers rotate their answers): by priority, then address
+    (IPv4 before IPv6, numerically), then port. Balancers that break ties
+    by order (C{fair}, C{round-robin}) then do the same after every lookup.
+    """
+    seen: dict[tuple[str, int], Target] = {}
+    for target in targets:
+        key = (target.address, target.port)
+        # One address reached through two SRV records: the preferred one.
+        if key not in seen or target.priority < seen[key].priority:
+            seen[key] = target
+    return sorted(
+        seen.values(),
+        key=lambda t: (t.priority, _addressKey(t.address), t.port),
+    )
+
+
+def _addressKey(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
+
+
+def parseServer(text: str) -> tuple[str, int]:
+    """
+    The address and port of a DNS server as the C{resolver} key writes it:
+    C{"10.0.0.53"}, C{"10.0.0.53:5353"}, C{"::1"}, C{"[::1]:5353"}.
+
+    C{twisted.names} takes a server as an IP address and a port, not as an
+    endpoint string: there is no endpoint type for DNS to parse it with.
+
+    @raise ValueError: it is not an IP address with an optional port.
+    """
+    text = text.strip()
+    host, port = text, DNS_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+            port = _port(text, rest[1:])
+    elif text.count(":") == 1:
+        host, _, portText = text.partition(":")
+        port = _port(text, portText)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address (with an optional port, e.g. "
+            "\"10.0.0.53:53\" or \"[fd00::53]:53\")"
+        ) from None
+    return str(address), port
+
+
+def _port(text: str, portText: str) -> int:
+    if not portText.isdigit() or not 1 <= int(portText) <= 65535:
+        raise ValueError(f"{text!r}: the port must be 1 to 65535, not {portText!r}")
+    return int(portText)
+
+
+class StreamResolver:
+    """
+    Answers queries (the C{query} of
+    L{twisted.internet.interfaces.IResolver}) by asking the servers of a
+    C{twisted.names} client resolver over TCP, one query at a time on the
+    one connection it keeps (two queries sent while it connects would each
+    open one).
+    """
+
+    def __init__(self, resolver: client.Resolver, timeout: float = QUERY_TIMEOUT) -> None:
+        self.resolver = resolver
+        self.timeout = timeout
+        self._lock = defer.DeferredLock()
+
+    def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
+        """
+        Ask for C{query}.
+
+        @return: a Deferred of the answer's sections (answers, authority,
+            additional), or failing as C{twisted.names} does: an unknown
+            name with L{twisted.names.error.DNSNameError}, and so on.
+        """
+        asked = self._lock.run(self.resolver.queryTCP, [query], self.timeout)
+        return asked.addCallback(self.resolver.filterAnswers)
+
+
+def makeResolver(reactor: Any, server: str = "") -> Any:
+    """
+    The L{twisted.internet.interfaces.IResolver} a backend's lookups go
+    through: the configured C{server} (C{"ADDRESS[:PORT]"}), or, for C{""},
+    the system's: C{/etc/hosts}, then the servers of C{/etc/resolv.conf}
+    (read again when it changes, as C{twisted.names} does). Servers are
+    asked over TCP (see L{StreamResolver}).
+    """
+    if server:
+        return resolve.ResolverChain([
+            StreamResolver(client.Resolver(servers=[parseServer(server)], reactor=reactor)),
+        ])
+    return resolve.ResolverChain([
+        hosts.Resolver(file=HOSTS.encode()),
+        StreamResolver(client.Resolver(resolv=RESOLV_CONF, reactor=reactor)),
+    ])
+
+
+class EmptyAnswer(Exception):
+    """
+    DNS answered, with no usable address.
+    """
+
+
+def _records(result: Any, kind: int) -> list[dns.RRHeader]:
+    answers, authority, additional = result
+    return [r for r in answers if r.type == kind]
+
+
+def _addressesOf(records: Sequence[dns.RRHeader], port: int) -> list[Target]:
+    targets = []
+    for r in records:
+        payload: Any = r.payload
+        if r.type == dns.A:
+            targets.append(Target(payload.dottedQuad(), port))
+        elif r.type == dns.AAAA:
+            targets.append(Target(socket.inet_ntop(socket.AF_INET6, payload.address), port))
+    return targets
+
+
+def _ttl(records: Sequence[dns.RRHeader]) -> Optional[float]:
+    return min((float(r.ttl) for r in records), default=None)
+
+
+def _noSuchName(failure: Failure) -> bool:
+    """
+    Whether C{failure} says that a name does not exist (DNS's NXDOMAIN, or
+    C{/etc/hosts} not knowing it), rather than that the lookup went wrong
+    (a timeout, a server failure, an unreachable server).
+    """
+    return failure.check(DNSNameError) is not None or type(failure.value) is DomainError
+
+
+def lookupAddresses(
+    resolver: Any, name: str, port: int
+) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
+    """
+    Ask C{resolver} for the A and AAAA records of C{name} (at once).
+
+    @return: a Deferred of the addresses (each with C{port}) and the
+        shortest TTL of their records (L{None} when there are none). It
+        fails when both lookups fail, or when one goes wrong (a timeout, a
+        server failure): the addresses of the other alone would make those
+        of the first drain. One that finds no such name (a name of
+        C{/etc/hosts} with an IPv4 address only) leaves the other's.
+    """
+    lookups = [resolver.lookupAddress(name), resolver.lookupIPV6Address(name)]
+
+    def combine(
+        results: list[tuple[bool, Any]],
+    ) -> tuple[list[Target], Optional[float]] | Failure:
+        good = [value for ok, value in results if ok]
+        failures = [value for ok, value in results if not ok]
+        wrong = [f for f in failures if not _noSuchName(f)]
+        if wrong or not good:
+            return (wrong or failures)[0]
+        records = [r for result in good for kind in (dns.A, dns.AAAA)
+                   for r in _records(result, kind)]
+        return _addressesOf(records, port), _ttl(records)
+
+    return defer.DeferredList(lookups, consumeErrors=True).addCallback(combine)
+
+
+def lookupService(
+    resolver: Any, name: str
+) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
+    """
+    Ask C{resolver} for the SRV records of C{name}, and for the addresses of
+    their targets (from the answer's additional section when it gives them,
+    as Consul does, else by A and AAAA lookups). A target that does not
+    exist is left out; one whose lookup goes wrong fails the whole.
+
+    @return: a Deferred of the targets' addresses, each with its record's
+        port, priority and weight, and the shortest TTL of the records used.
+    """
+
+    def gotService(result: Any) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
+        srv = _records(result, dns.SRV)
+        additional = result[2]
+        ttls = [_ttl(srv)]
+        lookups = []
+        for record in srv:
+            payload: Any = record.payload
+            target = payload.target.name.decode("ascii", "replace")
+            if target in ("", "."):
+                # "Decidedly not available at this domain" (RFC 2782).
+                continue
+            known = [r for r in additional if r.type in (dns.A, dns.AAAA)
+                     and r.name.name.lower() == payload.target.name.lower()]
+            found: defer.Deferred[tuple[list[Target], Optional[float]]]
+            if known:
+                found = defer.succeed((_addressesOf(known, payload.port), _ttl(known)))
+            else:
+                found = lookupAddresses(resolver, target, payload.port)
+            lookups.append(found.addCallback(_withSRV, int(payload.priority),
+                                             int(payload.weight)))
+
+        def combine(
+            results: list[tuple[bool, Any]],
+        ) -> tuple[list[Target], Optional[float]] | Failure:
+            targets: list[Target] = []
+            for ok, value in results:
+                if ok:
+                    targets.extend(value[0])
+                    ttls.append(value[1])
+                elif not _noSuchName(value):
+                    # A lookup that went wrong: the whole answer is not
+                    # known (its target's backends would drain otherwise).
+                    return value
+                # A target that does not exist is left out; the others stay.
+            known = [t for t in ttls if t is not None]
+            return targets, min(known) if known else None
+
+        return defer.DeferredList(lookups, consumeErrors=True).addCallback(combine)
+
+    return resolver.lookupService(name).addCallback(gotService)
+
+
+def _withSRV(
+    found: tuple[list[Target], Optional[float]], priority: int, weight: int
+) -> tuple[list[Target], Optional[float]]:
+    targets, ttl = found
+    return [t._replace(priority=priority, weight=weight) for t in targets], ttl
+
+
+def lookup(resolver: Any, config: DiscoveryConfig) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
+    """
+    The addresses C{config} stands for now, and their TTL.
+    """
+    if config.srv:
+        return lookupService(resolver, config.name)
+    return lookupAddresses(resolver, config.name, config.port)
+
+
+def describe(config: DiscoveryConfig) -> str:
+    """
+    What a backend's addresses come from, in words for a log line.
+    """
+    if config.srv:
+        return f"SRV {config.name}"
+    return f"{config.name} port {config.port}"
+
+
+def whyFailed(failure: Failure) -> str:
+    """
+    Why a lookup failed, in words.
+    """
+    value = failure.value
+    if isinstance(value, DomainError):
+        return "no such name"
+    if isinstance(value, defer.TimeoutError):
+        return "no answer (timeout)"
+    if isinstance(value, EmptyAnswer):
+        return "no addresses in the answer"
+    if isinstance(value, ConnectionRefusedError):
+        return "the DNS server refused the connection"
+    if isinstance(value, ConnectError):
+        return f"cannot reach the DNS server ({value.osError or value})"
+    text = str(value).strip()
+    return f"{type(value).__name__}: {text}" if text else type(value).__name__
+
+
+class Resolution:
+    """
+    Looks a backend's addresses up again and again: after each answer, at
+    its TTL clamped to [C{resolveMin}, C{resolveMax}]; after a failed or
+    empty one, again after C{resolveMin}, doubling up to C{resolveMax}.
+
+    A failed or empty answer changes nothing: C{onAnswer} is called with
+    good answers only, so the backends keep the last good set. It is
+    logged once, and once more when an answer comes again.
+
+    @ivar failing: whether the last lookup failed or gave nothing.
+    @ivar lookups: lookups finished, ever; C{failures}: those that failed
+        or gave no address.
+    @ivar lastError: why the last lookup failed, in words, or C{""}.
+    @ivar nextAt: the reactor time of the next lookup, when one is
+        scheduled.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        lookup: Callable[[], defer.Deferred[tuple[list[Target], Optional[float]]]],
+        onAnswer: Callable[[list[Target]], None],
+        resolveMin: float,
+        resolveMax: float,
+        what: str,
+    ) -> None:
+        """
+        @param lookup: starts one lookup.
+        @param onAnswer: called with the addresses (in L{canonical} order)
+            of each good answer.
+        @param what: names the backend in log lines.
+        """
+        self.clock = clock
+        self.lookup = lookup
+        self.onAnswer = onAnswer
+        self.resolveMin = resolveMin
+        self.resolveMax = resolveMax
+        self.what = what
+        self.failing = False
+        self.lookups = 0
+        self.failures = 0
+        self.lastError = ""
+        self.nextAt: Optional[float] = None
+        self._retry = resolveMin
+        self._call: Optional[IDelayedCall] = None
+        self._inFlight: Optional[defer.Deferred[Any]] = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether it looks up (between L{start} and L{stop}).
+        """
+        return self._running
+
+    def configure(self, resolveMin: float, resolveMax: float) -> None:
+        """
+        Take new bounds (on reload), from the next lookup on.
+        """
+        self.resolveMin = resolveMin
+        self.resolveMax = resolveMax
+
+    def start(self) -> None:
+        """
+        Look up now, and on from then; nothing if it runs already.
+        """
+        if self._running:
+            return
+        self._running = True
+        self._lookUp()
+
+    def stop(self) -> None:
+        """
+        Stop: nothing scheduled stays, and a lookup in flight is ignored.
+        """
+        self._running = False
+        self.nextAt = None
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        inFlight, self._inFlight = self._inFlight, None
+        if inFlight is not None:
+            inFlight.cancel()
+
+    def _lookUp(self) -> None:
+        self._call = None
+        self.nextAt = None
+        try:
+            d = self.lookup()
+        except Exception:
+            d = defer.fail()
+        self._inFlight = d
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(d,), errbackArgs=(d,))
+
+    def _answered(self, result: tuple[list[Target], Optional[float]], d: Any) -> None:
+        if d is not self._inFlight:
+            return
+        self._inFlight = None
+        targets, ttl = result
+        if not targets:
+            self._failed(Failure(EmptyAnswer()), d, mine=True)
+            return
+        self.lookups += 1
+        if self.failing:
+            self.failing = False
+            self.lastError = ""
+            self.log.info("{what}: DNS answers again", what=self.what)
+        self._retry = self.resolveMin
+        self.onAnswer(canonical(targets))
+        self._schedule(self.resolveMax if ttl is None else ttl)
+
+    def _failed(self, failure: Failure, d: Any, mine: bool = False) -> None:
+        if not mine:
+            if d is not self._inFlight:
+                return
+            self._inFlight = None
+        self.lookups += 1
+        self.failures += 1
+        why = whyFailed(failure)
+        if not self.failing:
+            self.failing = True
+            self.log.warn(
+                "{what}: DNS lookup failed ({why}); keeping the last good addresses "
+                "until it answers again", what=self.what, why=why,
+            )
+        self.lastError = why
+        delay = self._retry
+        self._retry = min(self._retry * 2, self.resolveMax)
+        self._schedule(delay)
+
+    def _schedule(self, seconds: float) -> None:
+        if not self._running:
+            return
+        delay = min(max(seconds, self.resolveMin), self.resolveMax)
+        self.nextAt = self.clock.seconds() + delay
+        self._call = self.clock.callLater(delay, self._lookUp)
