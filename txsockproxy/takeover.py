@@ -52,7 +52,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from txsockproxy.adopting import InheritedSocket, familyOf
-from txsockproxy.service import ListenError, ListenerService, ListenKey
+from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
 
 PROTOCOL = "txsockproxy-takeover/1"
 # Seconds the new process waits for the old one at each step.
@@ -263,6 +263,16 @@ def _connect(path: str, timeout: float) -> socket.socket:
         connection.close()
         raise
     return connection
+
+
+class TakenOverProxyService(ProxyService):
+    """
+    The proxy service of a process that took over another's sockets
+    (C{inherited}): the listeners that no socket was handed for (new in
+    its configuration, or added by a later reload) bind their own.
+    """
+
+    bindUnhanded = True
 
 
 # -- the running process's side -----------------------------------------------------
@@ -667,6 +677,6 @@ def _nothing() -> None:
 
 
 __all__ = [
-    "PROTOCOL", "Received", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
+    "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
     "parseDescription", "peerCredentials", "receive",
 ]

@@ -232,14 +232,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or SHARED,
         )
     elif received is not None:
-        from txsockproxy.service import ProxyService
+        from txsockproxy.takeover import TakenOverProxyService
 
         for desc in received.keep(listenKeys(config)):
             _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
-        service = ProxyService(config, _reactor(reactor), configPath=options["config"],
-                               inherited=received.sockets)
-        # Listeners the old process did not have bind their own.
-        service.bindUnhanded = True
+        service = TakenOverProxyService(config, _reactor(reactor), configPath=options["config"],
+                                        inherited=received.sockets)
     else:
         service = makeProxyService(config, reactor, configPath=options["config"])
     service.reactorChoice = reactorChoice

@@ -1,0 +1,681 @@
+"""
+Tests for L{txsockproxy.takeover}: the description of the sockets, the new
+process's side (over a socket pair, the old side played by the test), the
+old process's side (with a memory reactor and a fake unix transport), the
+pidfile given up, and the service's listeners in a take-over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any, Optional, cast
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from txsockproxy.adopting import InheritedSocket
+from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
+from txsockproxy.service import ListenKey, ProxyService, listenKeys
+from txsockproxy.takeover import (
+    PROTOCOL,
+    Received,
+    TakenOverProxyService,
+    TakeoverError,
+    TakeoverService,
+    TwistdPidfile,
+    describe,
+    parseDescription,
+    receive,
+)
+from txsockproxy.tap import Options
+
+KEY_A: ListenKey = (False, "tcp:8080", 0)
+KEY_B: ListenKey = (False, "unix:/run/p.sock", 0)
+KEY_STATUS: ListenKey = (True, "tcp:9180:interface=127.0.0.1", 0)
+
+
+def shortPath(case: SynchronousTestCase) -> str:
+    """
+    A path for a unix socket, short enough for one (trial's mktemp() paths
+    are not), removed with its directory after C{case}.
+    """
+    directory = tempfile.mkdtemp(prefix="takeover-", dir="/tmp")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "s.sock")
+
+
+def isOpen(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+class DescriptionTests(SynchronousTestCase):
+    """
+    L{describe} and L{parseDescription}.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        L{parseDescription} reads back the pid and the key and family of
+        each socket, in order, from one line that L{describe} made.
+        """
+        listeners = [(KEY_A, socket.AF_INET), (KEY_B, socket.AF_UNIX)]
+        line = describe(1234, listeners)
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertEqual(parseDescription(line.rstrip(b"\n")), (1234, listeners))
+
+    def test_refusal(self) -> None:
+        """
+        An error line is a L{TakeoverError} giving the old process's reason.
+        """
+        with self.assertRaises(TakeoverError) as caught:
+            parseDescription(b'{"error": "uid 1001 may not take over"}')
+        self.assertIn("refused: uid 1001 may not take over", str(caught.exception))
+
+    def test_otherProtocol(self) -> None:
+        """
+        A description of another protocol version is refused, naming both.
+        """
+        with self.assertRaises(TakeoverError) as caught:
+            parseDescription(b'{"protocol": "txsockproxy-takeover/9", "pid": 1, '
+                             b'"listeners": []}')
+        self.assertIn("txsockproxy-takeover/9", str(caught.exception))
+        self.assertIn(PROTOCOL, str(caught.exception))
+
+    def test_garbage(self) -> None:
+        """
+        Bytes that are not JSON, JSON that is not an object, and a listener
+        without a proper key are each a L{TakeoverError}.
+        """
+        for line in (b"\xff\xfe", b"[1, 2]", b"hello",
+                     json.dumps({"protocol": PROTOCOL, "pid": 1,
+                                 "listeners": [{"key": ["x", 1, 0], "family": 2}]}).encode()):
+            self.assertRaises(TakeoverError, parseDescription, line)
+
+
+class OldEnd:
+    """
+    The old process's end of a socket pair, played by the test: it sends
+    the description and descriptors of real listening sockets.
+    """
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        case.addCleanup(self.ours.close)
+        case.addCleanup(self.theirs.close)
+        self.listening = []
+        for _ in range(2):
+            s = socket.socket()
+            case.addCleanup(s.close)
+            s.bind(("127.0.0.1", 0))
+            s.listen(5)
+            self.listening.append(s)
+
+    def send(self, line: bytes, fds: list[int]) -> None:
+        # As Twisted's sendFileDescriptor does: one descriptor per byte.
+        for i, fd in enumerate(fds):
+            socket.send_fds(self.ours, [line[i:i + 1]], [fd])
+        self.ours.sendall(line[len(fds):])
+
+    def connect(self, path: str, timeout: float) -> socket.socket:
+        return self.theirs
+
+
+class ReceiveTests(SynchronousTestCase):
+    """
+    L{receive}: the new process's side, before the reactor runs.
+    """
+
+    def test_received(self) -> None:
+        """
+        The sockets passed are received by key, each a new descriptor for
+        the same listening socket, with the old process's pid.
+        """
+        old = OldEnd(self)
+        fds = [s.fileno() for s in old.listening]
+        old.send(describe(77, [(KEY_A, socket.AF_INET), (KEY_STATUS, socket.AF_INET)]), fds)
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(received.pid, 77)
+        self.assertEqual(list(received.sockets), [KEY_A, KEY_STATUS])
+        for key, s in zip((KEY_A, KEY_STATUS), old.listening, strict=True):
+            inherited = received.sockets[key]
+            self.assertEqual(inherited.family, socket.AF_INET)
+            self.assertNotIn(inherited.fileno, fds)
+            copy = socket.socket(fileno=os.dup(inherited.fileno))
+            self.addCleanup(copy.close)
+            self.assertEqual(copy.getsockname(), s.getsockname())
+
+    def test_noProcess(self) -> None:
+        """
+        No socket file, or a stale one (refused), is L{None}: nothing to
+        take over.
+        """
+        for error in (FileNotFoundError, ConnectionRefusedError):
+            def connect(path: str, timeout: float, error: type[OSError] = error) -> Any:
+                raise error()
+            self.assertIsNone(receive("/nowhere", connect=connect))
+
+    def test_cannotConnect(self) -> None:
+        """
+        Another connect error (permission denied) is a L{TakeoverError}
+        naming the path.
+        """
+        def connect(path: str, timeout: float) -> Any:
+            raise PermissionError(13, "Permission denied")
+
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/run/t.sock", connect=connect)
+        self.assertEqual(str(caught.exception), "cannot connect to /run/t.sock: "
+                         "Permission denied")
+
+    def test_refused(self) -> None:
+        """
+        The old process's refusal is a L{TakeoverError} with its reason,
+        and the connection is closed.
+        """
+        old = OldEnd(self)
+        old.send(b'{"error": "a take-over is running already"}\n', [])
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect)
+        self.assertIn("a take-over is running already", str(caught.exception))
+        self.assertEqual(old.theirs.fileno(), -1)
+
+    def test_countMismatch(self) -> None:
+        """
+        Fewer descriptors than sockets described is a L{TakeoverError}, and
+        the descriptors received are closed.
+        """
+        old = OldEnd(self)
+        old.send(describe(1, [(KEY_A, socket.AF_INET), (KEY_B, socket.AF_UNIX)]),
+                 [old.listening[0].fileno()])
+        before = set(os.listdir("/proc/self/fd"))
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect)
+        self.assertIn("described 2 socket(s) but passed 1", str(caught.exception))
+        # The descriptor received and the connection are closed again.
+        self.assertTrue(set(os.listdir("/proc/self/fd")) <= before)
+
+    def test_closed(self) -> None:
+        """
+        An old process that closes before sending a whole line is a
+        L{TakeoverError}.
+        """
+        old = OldEnd(self)
+        old.ours.sendall(b'{"protocol"')
+        old.ours.close()
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect)
+        self.assertIn("closed the connection", str(caught.exception))
+
+    def test_timeout(self) -> None:
+        """
+        An old process that sends nothing within the timeout is a
+        L{TakeoverError} saying so.
+        """
+        old = OldEnd(self)
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=0.01, connect=old.connect)
+        self.assertIn("no answer from the process on /nowhere within 0.01s",
+                      str(caught.exception))
+
+
+class ReceivedTests(SynchronousTestCase):
+    """
+    L{Received}: keeping the sockets a configuration has, and telling the
+    old process.
+    """
+
+    def received(self) -> tuple[Received, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(ours.close)
+        sockets = {}
+        for key in (KEY_A, KEY_B):
+            s = socket.socket()
+            sockets[key] = InheritedSocket(s.detach(), socket.AF_INET)
+        received = Received(theirs, 5, sockets)
+        self.addCleanup(received.abandon)
+        return received, ours
+
+    def test_keep(self) -> None:
+        """
+        L{Received.keep} closes the sockets of listeners not given and
+        returns their listen strings.
+        """
+        received, _ = self.received()
+        fdB = received.sockets[KEY_B].fileno
+        self.assertEqual(received.keep([KEY_A, KEY_STATUS]), ["unix:/run/p.sock"])
+        self.assertEqual(list(received.sockets), [KEY_A])
+        self.assertFalse(isOpen(fdB))
+
+    def test_serving(self) -> None:
+        """
+        L{Received.serving} sends C{serving} and is true when the old
+        process answers C{draining}.
+        """
+        received, old = self.received()
+        old.sendall(b"draining\n")
+        self.assertTrue(received.serving(timeout=5))
+        self.assertEqual(old.recv(100), b"serving\n")
+        self.assertEqual(old.recv(100), b"")
+
+    def test_servingNoAnswer(self) -> None:
+        """
+        L{Received.serving} is false when the old process closes without
+        answering, and when it was abandoned.
+        """
+        received, old = self.received()
+        old.close()
+        self.assertFalse(received.serving(timeout=5))
+        self.assertFalse(received.serving(timeout=5))
+
+    def test_abandon(self) -> None:
+        """
+        L{Received.abandon} closes the connection and every socket.
+        """
+        received, old = self.received()
+        fds = [s.fileno for s in received.sockets.values()]
+        received.abandon()
+        self.assertEqual(old.recv(10), b"")
+        self.assertFalse(any(isOpen(fd) for fd in fds))
+
+
+class FakeUNIXTransport(StringTransport):
+    """
+    A unix socket connection's transport that records the descriptors sent
+    before each write.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.descriptors: list[int] = []
+
+    def sendFileDescriptor(self, descriptor: int) -> None:
+        self.descriptors.append(descriptor)
+
+
+class FakePort:
+    """
+    A listening port over a real listening socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reading = True
+
+    def getHost(self) -> IPv4Address:
+        host, port = self.sock.getsockname()
+        return IPv4Address("TCP", host, port)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+class FakeListener:
+    """
+    A listener with a port; L{unbind} forgets it.
+    """
+
+    def __init__(self, description: str, port: Optional[FakePort]) -> None:
+        self.description = description
+        self.port = port
+        self.unbound = 0
+
+    def unbind(self) -> defer.Deferred[None]:
+        self.unbound += 1
+        self.port = None
+        return defer.succeed(None)
+
+
+class TakeoverServiceTests(SynchronousTestCase):
+    """
+    L{TakeoverService} in the running process: who may take over, what is
+    handed, and what happens when the new process serves or gives up.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.path = shortPath(self)
+        self.sockets = []
+        for _ in range(2):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.bind(("127.0.0.1", 0))
+            s.listen(5)
+            self.sockets.append(s)
+        self.listeners = [FakeListener("tcp:8080", FakePort(self.sockets[0])),
+                          FakeListener("tcp:9180:interface=127.0.0.1",
+                                       FakePort(self.sockets[1]))]
+        self.stops = 0
+        self.peer = (4321, os.getuid(), os.getgid())
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write("99\n")
+        self.twistd = {"pidfile": pidfile}
+        self.service = TakeoverService(
+            self.path, self.reactor,
+            lambda: [(KEY_A, cast(Any, self.listeners[0])),
+                     (KEY_STATUS, cast(Any, self.listeners[1]))],
+            self.stop, pidfile=TwistdPidfile(self.twistd, 99),
+            credentials=lambda transport: self.peer, pid=99,
+        )
+        self.service.privilegedStartService()
+        self.service.startService()
+
+    def stop(self) -> None:
+        self.stops += 1
+
+    def connect(self) -> tuple[Any, FakeUNIXTransport]:
+        factory = self.reactor.unixServers[-1][1]
+        protocol = factory.buildProtocol(None)
+        transport = FakeUNIXTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_listens(self) -> None:
+        """
+        It listens on its path, for its owner only.
+        """
+        self.assertEqual(len(self.reactor.unixServers), 1)
+        path, _, _, mode, _ = self.reactor.unixServers[0]
+        self.assertEqual((path, mode), (self.path, 0o600))
+
+    def test_handsOver(self) -> None:
+        """
+        A process of the same user is handed every listening socket: the
+        descriptors in the order of the description line, which names the
+        listeners' keys and this process's pid. It stops listening on its
+        path first, and the pidfile naming this process is removed (and
+        twistd's option emptied).
+        """
+        _, transport = self.connect()
+        self.assertEqual(transport.descriptors, [s.fileno() for s in self.sockets])
+        line = transport.value()
+        self.assertEqual(parseDescription(line.rstrip(b"\n")),
+                         (99, [(KEY_A, socket.AF_INET), (KEY_STATUS, socket.AF_INET)]))
+        self.assertFalse(os.path.exists(self.twistd["pidfile"] or "x"))
+        self.assertEqual(self.twistd["pidfile"], "")
+        self.assertEqual(self.stops, 0)
+
+    def test_otherUser(self) -> None:
+        """
+        A process of another user (not root) is refused: an error line,
+        nothing handed, still listening for a take-over.
+        """
+        self.peer = (4321, os.getuid() + 1, 0)
+        protocol, transport = self.connect()
+        self.assertEqual(transport.descriptors, [])
+        self.assertIn(b'"error"', transport.value())
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        self.assertIsNotNone(self.service.port)
+
+    def test_oneAtATime(self) -> None:
+        """
+        A second take-over while one runs is refused.
+        """
+        self.connect()
+        _, second = self.connect()
+        self.assertEqual(second.descriptors, [])
+        self.assertIn(b"a take-over is running already", second.value())
+
+    def test_serving(self) -> None:
+        """
+        When the new process says it serves, the old one answers
+        C{draining}, stops accepting at once (its ports stop reading, their
+        descriptors no longer name the listening sockets, which keep
+        listening, and the listeners are unbound), and, once the connection
+        has closed, stops (as on SIGTERM).
+        """
+        protocol, transport = self.connect()
+        addresses = [s.getsockname() for s in self.sockets]
+        # The new process's copies.
+        copies = [s.dup() for s in self.sockets]
+        for copy in copies:
+            self.addCleanup(copy.close)
+        ports = [listener.port for listener in self.listeners]
+        transport.clear()
+        protocol.dataReceived(b"serving\n")
+        self.assertEqual(transport.value(), b"draining\n")
+        self.assertTrue(transport.disconnecting)
+        for port, listener in zip(ports, self.listeners, strict=True):
+            assert port is not None
+            self.assertFalse(port.reading)
+            self.assertEqual(listener.unbound, 1)
+        for s, copy, address in zip(self.sockets, copies, addresses, strict=True):
+            # This process's descriptor names an unbound socket now...
+            self.assertNotEqual(s.getsockname(), address)
+            # ...and the socket listens on in the new process.
+            self.assertEqual(copy.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+        self.assertEqual(self.stops, 0)
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 1)
+        # Its pidfile stays the new process's.
+        self.assertEqual(self.twistd["pidfile"], "")
+
+    def test_abandoned(self) -> None:
+        """
+        A take-over whose connection ends before the new process serves
+        leaves this process serving: its pidfile is written again and it
+        listens for the next attempt; nothing is stopped.
+        """
+        protocol, _ = self.connect()
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 0)
+        self.assertEqual(len(self.reactor.unixServers), 2)
+        pidfile = self.twistd["pidfile"]
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), "99\n")
+        for listener in self.listeners:
+            self.assertEqual(listener.unbound, 0)
+        _, transport = self.connect()
+        self.assertEqual(len(transport.descriptors), 2)
+
+    def test_staleSocket(self) -> None:
+        """
+        A socket file left behind by a process that is gone is removed
+        before listening; a file that is not a socket is a L{ListenError}.
+        """
+        from txsockproxy.service import ListenError
+
+        stale = shortPath(self)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(stale)
+        s.close()
+        service = TakeoverService(stale, self.reactor, list, self.stop)
+        service.listen()
+        self.assertFalse(os.path.exists(stale))
+        plain = os.path.abspath(self.mktemp())
+        with open(plain, "w"):
+            pass
+        service = TakeoverService(plain, self.reactor, list, self.stop)
+        with self.assertRaises(ListenError) as caught:
+            service.listen()
+        self.assertIn("is not a socket", str(caught.exception))
+
+    def test_busySocket(self) -> None:
+        """
+        A socket file another process listens on is a L{ListenError}.
+        """
+        from txsockproxy.service import ListenError
+
+        busy = shortPath(self)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.bind(busy)
+        s.listen(1)
+        service = TakeoverService(busy, self.reactor, list, self.stop)
+        with self.assertRaises(ListenError) as caught:
+            service.listen()
+        self.assertIn("another process listens on it", str(caught.exception))
+
+
+class TwistdPidfileTests(SynchronousTestCase):
+    """
+    L{TwistdPidfile}.
+    """
+
+    def test_otherProcess(self) -> None:
+        """
+        A pidfile naming another process is left alone.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("12\n")
+        options = {"pidfile": path}
+        TwistdPidfile(options, 99).release()
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual(options["pidfile"], path)
+
+    def test_none(self) -> None:
+        """
+        Without a pidfile, nothing is done.
+        """
+        options = {"pidfile": ""}
+        pidfile = TwistdPidfile(options, 99)
+        pidfile.release()
+        pidfile.restore()
+        self.assertEqual(options, {"pidfile": ""})
+
+
+def config(status: bool = False) -> Config:
+    return Config(
+        proxies=(ProxyConfig(name="p", listen=("tcp:8080", "tcp:8081"),
+                             backends=(BackendConfig(endpoint="tcp:host=h:port=1",
+                                                    label="b"),)),),
+        status=StatusConfig(listen=("tcp:9180:interface=127.0.0.1",)) if status else None,
+    )
+
+
+class ServiceInTakeoverTests(SynchronousTestCase):
+    """
+    A L{ProxyService} of a process that took over: listeners handed adopt
+    their socket, the others bind.
+    """
+
+    def test_adoptOrBind(self) -> None:
+        """
+        In a L{TakenOverProxyService}, a listener whose socket was handed adopts it
+        (the status listener too); one without binds its own.
+        """
+        reactor = MemoryReactorClock()
+        s1, s2 = socket.socket(), socket.socket()
+        cfg = config(status=True)
+        keys = listenKeys(cfg)
+        inherited = {keys[0]: InheritedSocket(s1.detach(), socket.AF_INET),
+                     keys[2]: InheritedSocket(s2.detach(), socket.AF_INET)}
+        service = TakenOverProxyService(cfg, reactor, inherited=inherited)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(reactor.adoptedPorts), 2)
+        self.assertEqual([port[0] for port in reactor.tcpServers], [8081])
+        self.assertEqual([i.fileno for i in inherited.values()], [-1, -1])
+
+    def test_workerStillFails(self) -> None:
+        """
+        Without C{bindUnhanded} (a worker), a listener without a socket
+        handed is a start-up error, as before.
+        """
+        from txsockproxy.service import StartupError
+
+        with self.assertRaises(StartupError) as caught:
+            ProxyService(config(), MemoryReactorClock(), inherited={})
+        self.assertIn("no listening socket was handed over for tcp:8080",
+                      str(caught.exception))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{--take-over} on the command line.
+    """
+
+    def options(self, receive: Any) -> Options:
+        options = Options()
+        options.stderr = io.StringIO()
+        options.receive = receive
+        return options
+
+    def configFile(self, takeover: bool = True) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            if takeover:
+                f.write('takeover-socket = "/run/sockproxy/takeover.sock"\n')
+            f.write('[[proxy]]\nlisten = ["tcp:8080"]\n[[proxy.backend]]\n'
+                    'endpoint = "tcp:host=127.0.0.1:port=1"\n')
+        return path
+
+    def test_received(self) -> None:
+        """
+        C{--take-over} receives from the configuration's takeover-socket
+        while the options are parsed (before twistd checks its pidfile).
+        """
+        asked = []
+        received = Received(socket.socket(), 5, {})
+        self.addCleanup(received.abandon)
+
+        def receive(path: str) -> Any:
+            asked.append(path)
+            return received
+
+        options = self.options(receive)
+        options.parseOptions(["--config", self.configFile(), "--take-over"])
+        self.assertEqual(asked, ["/run/sockproxy/takeover.sock"])
+        self.assertIs(options["received"], received)
+
+    def test_nothingThere(self) -> None:
+        """
+        When no process listens there, nothing is received, and start-up
+        goes on (binding).
+        """
+        options = self.options(lambda path: None)
+        options.parseOptions(["--config", self.configFile(), "--take-over"])
+        self.assertIsNone(options["received"])
+
+    def test_failed(self) -> None:
+        """
+        A take-over that fails is one line on stderr and exit status 1.
+        """
+        def receive(path: str) -> Any:
+            raise TakeoverError("the running process refused: no")
+
+        options = self.options(receive)
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--config", self.configFile(), "--take-over"])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertEqual(options.stderr.getvalue(),  # type: ignore[attr-defined]
+                         "sockproxy: take-over: the running process refused: no; the "
+                         "running process is left as it was\n")
+
+    def test_noSocketConfigured(self) -> None:
+        """
+        C{--take-over} with a configuration without takeover-socket is one
+        line and exit status 1, nothing attempted.
+        """
+        options = self.options(lambda path: self.fail("attempted"))
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--config", self.configFile(takeover=False), "--take-over"])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn("has no takeover-socket", options.stderr.getvalue())  # type: ignore[attr-defined]
+
+    def test_notWithoutOption(self) -> None:
+        """
+        Without C{--take-over}, nothing is received.
+        """
+        options = self.options(lambda path: self.fail("attempted"))
+        options.parseOptions(["--config", self.configFile()])
+        self.assertIsNone(options["received"])
