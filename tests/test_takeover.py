@@ -679,3 +679,63 @@ class OptionsTests(SynchronousTestCase):
         options = self.options(lambda path: self.fail("attempted"))
         options.parseOptions(["--config", self.configFile()])
         self.assertIsNone(options["received"])
+
+
+class WorkersInTakeoverTests(SynchronousTestCase):
+    """
+    The workers' parent (L{txsockproxy.workers.WorkersService}) in a
+    take-over: it adopts the sockets handed, hands its own over, and says
+    when its workers serve.
+    """
+
+    def service(self, inherited: Optional[dict[ListenKey, InheritedSocket]] = None) -> Any:
+        from txsockproxy.workers import WorkersService
+
+        reactor = MemoryReactorClock()
+        return reactor, WorkersService(config(), reactor, "w.toml", 2, inherited=inherited)
+
+    def test_adoptOrBind(self) -> None:
+        """
+        A listener whose socket was handed over adopts it; the others bind.
+        """
+        keys = listenKeys(config())
+        inherited = {keys[0]: InheritedSocket(socket.socket().detach(), socket.AF_INET)}
+        reactor, service = self.service(inherited)
+        listeners = service.keyedListeners()
+        self.assertEqual([key for key, _ in listeners], keys)
+        for _, listener in listeners:
+            listener.bind()
+        self.assertEqual(len(reactor.adoptedPorts), 1)
+        self.assertEqual([port[0] for port in reactor.tcpServers], [8081])
+        self.assertEqual(inherited[keys[0]].fileno, -1)
+
+    def test_whenServing(self) -> None:
+        """
+        L{WorkersService.whenServing} fires once every worker serves.
+        """
+        _, service = self.service()
+        serving = service.whenServing()
+        answers = []
+        for worker in service.workers:
+            control = _Control()
+            worker.control = control
+            service._handAndServe(worker, [])
+            answers.append(control.answer)
+        answers[0].callback({"pid": 10})
+        self.assertNoResult(serving)
+        answers[1].callback({"pid": 11})
+        self.successResultOf(serving)
+        self.successResultOf(service.whenServing())
+
+
+class _Control:
+    """
+    A worker's control connection that answers the one command sent when
+    the test fires L{answer}.
+    """
+
+    def __init__(self) -> None:
+        self.answer: defer.Deferred[Any] = defer.Deferred()
+
+    def callRemote(self, command: Any, **arguments: Any) -> defer.Deferred[Any]:
+        return self.answer

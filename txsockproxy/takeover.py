@@ -389,7 +389,9 @@ class TakeoverService(Service):
     Take-over, both ends, as a child service of the proxy's service.
 
     In a process started with C{--take-over} (C{received}), starting tells
-    the old process that this one serves. Then it listens on C{path} for the
+    the old process that this one serves (with C{serving}, once the
+    Deferred it returns has fired: the workers' parent, once its workers
+    serve). Then it listens on C{path} for the
     next take-over: it hands over the sockets of the listeners that
     C{listening} returns, and when the new process serves, stops accepting
     on them and calls C{stop} (C{reactor.stop}: twistd then stops the
@@ -411,6 +413,7 @@ class TakeoverService(Service):
         uid: Optional[int] = None,
         credentials: Callable[[Any], tuple[int, int, int]] = peerCredentials,
         pid: Optional[int] = None,
+        serving: Optional[Callable[[], defer.Deferred[None]]] = None,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -421,6 +424,7 @@ class TakeoverService(Service):
         self.uid = os.getuid() if uid is None else uid
         self.credentials = credentials
         self._givenPid = pid
+        self.serving = serving
         self.port: Any = None
         self.handover: Optional[_Handover] = None
         self.handedOverTo: Optional[int] = None
@@ -488,6 +492,15 @@ class TakeoverService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.received is not None and self.serving is not None:
+            # Once its workers serve.
+            self.serving().addCallback(lambda _: self._served())
+        else:
+            self._served()
+
+    def _served(self) -> None:
+        if not self.running:
+            return
         received, self.received = self.received, None
         if received is not None:
             if received.serving():

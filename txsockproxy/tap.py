@@ -197,7 +197,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     Build the proxy service from parsed L{Options}.
     """
-    from txsockproxy.service import listenKeys, makeProxyService
+    from txsockproxy.service import makeProxyService
     from txsockproxy.workers import SHARED, SOCKETS_VARIABLE, workerCount
 
     config = options["configObject"]
@@ -230,14 +230,13 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             debug=config.debug if options["debug"] is not None else None,
             reactorName=(getattr(options, "parent", None) or {}).get("reactor"),
             sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or SHARED,
+            inherited=_kept(received, config),
         )
     elif received is not None:
         from txsockproxy.takeover import TakenOverProxyService
 
-        for desc in received.keep(listenKeys(config)):
-            _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
         service = TakenOverProxyService(config, _reactor(reactor), configPath=options["config"],
-                                        inherited=received.sockets)
+                                        inherited=_kept(received, config))
     else:
         service = makeProxyService(config, reactor, configPath=options["config"])
     service.reactorChoice = reactorChoice
@@ -282,6 +281,20 @@ def _reactor(reactor: Any) -> Any:
     return reactor
 
 
+def _kept(received: Any, config: Config) -> Any:
+    """
+    The sockets C{received} in a take-over that C{config} has listeners
+    for (the others are closed), or L{None}: nothing was taken over.
+    """
+    if received is None:
+        return None
+    from txsockproxy.service import listenKeys
+
+    for desc in received.keep(listenKeys(config)):
+        _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
+    return received.sockets
+
+
 def _receive(path: str) -> Any:
     from txsockproxy.takeover import receive
 
@@ -298,11 +311,17 @@ def _addTakeover(service: Any, path: str, reactor: Any, received: Any, twistd: A
     from txsockproxy.takeover import TakeoverService, TwistdPidfile
 
     def listening() -> list[Any]:
+        keyed = getattr(service, "keyedListeners", None)
+        if keyed is not None:
+            # The workers' parent: it holds the sockets.
+            return list(keyed())
         return list(zip(listenKeys(service.config), service.listeners, strict=True))
 
     takeover = TakeoverService(
         path, reactor, listening, reactor.stop, received=received,
         pidfile=TwistdPidfile(twistd) if hasattr(twistd, "get") else None,
+        # The workers' parent serves once its workers do.
+        serving=getattr(service, "whenServing", None),
     )
     takeover.setServiceParent(service)
 
