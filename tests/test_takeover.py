@@ -31,6 +31,7 @@ from txsockproxy.takeover import (
     TakeoverService,
     TwistdPidfile,
     describe,
+    notifySystemd,
     parseDescription,
     receive,
 )
@@ -373,12 +374,28 @@ class TakeoverServiceTests(SynchronousTestCase):
                      (KEY_STATUS, cast(Any, self.listeners[1]))],
             self.stop, pidfile=TwistdPidfile(self.twistd, 99),
             credentials=lambda transport: self.peer, pid=99,
+            environ={"NOTIFY_SOCKET": self.notifySocket()},
         )
         self.service.privilegedStartService()
         self.service.startService()
 
     def stop(self) -> None:
         self.stops += 1
+
+    def notifySocket(self) -> str:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(self.notify.close)
+        path = shortPath(self)
+        self.notify.bind(path)
+        self.notify.setblocking(False)
+        return path
+
+    def test_notifiesSystemd(self) -> None:
+        """
+        Once started, it tells systemd (C{NOTIFY_SOCKET}) that this process
+        is the service's main process, and ready.
+        """
+        self.assertEqual(self.notify.recv(100), b"MAINPID=99\nREADY=1")
 
     def connect(self) -> tuple[Any, FakeUNIXTransport]:
         factory = self.reactor.unixServers[-1][1]
@@ -739,3 +756,29 @@ class _Control:
 
     def callRemote(self, command: Any, **arguments: Any) -> defer.Deferred[Any]:
         return self.answer
+
+
+class NotifySystemdTests(SynchronousTestCase):
+    """
+    L{notifySystemd}.
+    """
+
+    def test_abstract(self) -> None:
+        """
+        An address starting with C{@} is an abstract socket.
+        """
+        name = f"txsockproxy-test-{os.getpid()}"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(server.close)
+        server.bind("\0" + name)
+        server.setblocking(False)
+        self.assertTrue(notifySystemd("READY=1", {"NOTIFY_SOCKET": "@" + name}))
+        self.assertEqual(server.recv(100), b"READY=1")
+
+    def test_none(self) -> None:
+        """
+        Without C{NOTIFY_SOCKET}, or with one nobody listens on, nothing is
+        sent.
+        """
+        self.assertFalse(notifySystemd("READY=1", {}))
+        self.assertFalse(notifySystemd("READY=1", {"NOTIFY_SOCKET": "/nonexistent/n"}))

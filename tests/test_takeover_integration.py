@@ -141,8 +141,8 @@ class TakeoverIntegrationTests(TestCase):
             )
         return path
 
-    def twistd(self, config: str, *more: str) -> Twistd:
-        proxy = Twistd(["sockproxy", "--config", config, *more], cwd=self.tmp,
+    def twistd(self, config: str, *more: str, env: Optional[dict[str, str]] = None) -> Twistd:
+        proxy = Twistd(["sockproxy", "--config", config, *more], cwd=self.tmp, env=env,
                        daemonArgs=("-n", f"--pidfile={self.pidfile}", "--logfile=-"))
         self.addCleanup(proxy.stop)
         return proxy
@@ -156,7 +156,13 @@ class TakeoverIntegrationTests(TestCase):
 
     def upgradeUnderLoad(self, workers: int) -> None:
         config = self.writeConfig([LOOPBACK], workers=workers)
-        old = self.twistd(config)
+        # As systemd (Type=notify) would be told.
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(notify.close)
+        notify.bind(os.path.join(self.tmp, "notify"))
+        notify.settimeout(20)
+        env = dict(os.environ, NOTIFY_SOCKET=os.path.join(self.tmp, "notify"))
+        old = self.twistd(config, env=env)
         port = boundPorts(old, 1)[0]
         old.waitFor("take-over: listening on")
         if workers > 1:
@@ -169,9 +175,11 @@ class TakeoverIntegrationTests(TestCase):
         for session in sessions:
             self.addCleanup(session.close)
 
-        new = self.twistd(config, "--take-over")
+        self.assertEqual(notify.recv(100), f"MAINPID={old.pid}\nREADY=1".encode())
+        new = self.twistd(config, "--take-over", env=env)
         new.waitFor("take-over: serving; pid", timeout=20)
         old.waitFor(f"take-over: pid {new.pid} serves: stopped accepting")
+        self.assertEqual(notify.recv(100), f"MAINPID={new.pid}\nREADY=1".encode())
         if workers > 1:
             new.waitFor(") serving", count=workers, timeout=20)
         load.waitForMore(50)

@@ -39,7 +39,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -414,6 +414,7 @@ class TakeoverService(Service):
         credentials: Callable[[Any], tuple[int, int, int]] = peerCredentials,
         pid: Optional[int] = None,
         serving: Optional[Callable[[], defer.Deferred[None]]] = None,
+        environ: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -425,6 +426,7 @@ class TakeoverService(Service):
         self.credentials = credentials
         self._givenPid = pid
         self.serving = serving
+        self.environ = os.environ if environ is None else environ
         self.port: Any = None
         self.handover: Optional[_Handover] = None
         self.handedOverTo: Optional[int] = None
@@ -516,6 +518,9 @@ class TakeoverService(Service):
                                error=str(e))
         else:
             self.listen()
+        # Under systemd (Type=notify, NotifyAccess=all): this process is the
+        # service's main process now, and ready.
+        notifySystemd(f"MAINPID={self.pid}\nREADY=1", self.environ)
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
@@ -625,6 +630,28 @@ class TakeoverService(Service):
                 self.log.error("take-over: {error}", error=str(e))
 
 
+def notifySystemd(state: str, environ: Mapping[str, str]) -> bool:
+    """
+    Send C{state} to the service manager (C{sd_notify}), when C{environ}
+    has a C{NOTIFY_SOCKET}.
+
+    @return: whether it was sent.
+    """
+    address = environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    if address.startswith("@"):
+        # An abstract socket.
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.connect(address)
+            notify.sendall(state.encode("utf-8"))
+    except OSError:
+        return False
+    return True
+
+
 def _letGo(port: Any) -> None:
     """
     Stop accepting on C{port} and drop this process's reference to its
@@ -691,5 +718,5 @@ def _nothing() -> None:
 
 __all__ = [
     "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
-    "parseDescription", "peerCredentials", "receive",
+    "notifySystemd", "parseDescription", "peerCredentials", "receive",
 ]
