@@ -269,7 +269,7 @@ class ReceivedTests(SynchronousTestCase):
         received, old = self.received()
         old.sendall(b"draining\n")
         self.assertTrue(received.serving(timeout=5))
-        self.assertEqual(old.recv(100), b"serving\n")
+        self.assertEqual(old.recv(100), f"serving {os.getpid()}\n".encode())
         self.assertEqual(old.recv(100), b"")
 
     def test_servingNoAnswer(self) -> None:
@@ -467,7 +467,7 @@ class TakeoverServiceTests(SynchronousTestCase):
             self.addCleanup(copy.close)
         ports = [listener.port for listener in self.listeners]
         transport.clear()
-        protocol.dataReceived(b"serving\n")
+        protocol.dataReceived(b"serving 4322\n")
         self.assertEqual(transport.value(), b"draining\n")
         self.assertTrue(transport.disconnecting)
         for port, listener in zip(ports, self.listeners, strict=True):
@@ -482,6 +482,8 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.assertEqual(self.stops, 0)
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 1)
+        # The pid it gave (a daemonizing twistd forks after connecting).
+        self.assertEqual(self.service.handedOverTo, 4322)
         # Its pidfile stays the new process's.
         self.assertEqual(self.twistd["pidfile"], "")
 

@@ -14,7 +14,7 @@ is line-based::
                  "family": AF}, ...]}, the listening sockets' descriptors
                  riding on its first bytes (SCM_RIGHTS), one per listener,
                  in order; or {"error": "..."}, and the connection closes
-    new -> old   "serving\\n", once the new process serves (its listeners
+    new -> old   "serving PID\\n", once the new process serves (its listeners
                  adopted the sockets its configuration still has, bound its
                  new ones, and started)
     old -> new   "draining\\n"; the old process stops accepting (closes its
@@ -166,7 +166,9 @@ class Received:
             return False
         try:
             connection.settimeout(timeout)
-            connection.sendall(SERVING + b"\n")
+            # Its pid now: a daemonizing twistd has forked since it
+            # connected.
+            connection.sendall(SERVING + f" {os.getpid()}\n".encode("ascii"))
             answer = b""
             deadline = time.monotonic() + timeout
             while b"\n" not in answer and len(answer) < 64:
@@ -372,7 +374,10 @@ class _Handover(LineReceiver):
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
-        if line == SERVING and self.peer is not None and not self.served:
+        word, _, pid = line.partition(b" ")
+        if word == SERVING and self.peer is not None and not self.served:
+            if pid.isdigit():
+                self.peer = int(pid)
             self.served = True
             self.transport.write(DRAINING + b"\n")
             self.transport.loseConnection()
