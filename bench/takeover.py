@@ -7,7 +7,8 @@ with takeover-socket set) in front of an echo backend that this script serves on
 127.0.0.1, puts a steady load of short connections on it (--clients threads, each
 looping connect, send 64 bytes, read them back, close), and --rounds times starts a
 new process with --take-over, which takes the listening sockets over while the old one
-drains.  In each round, --long sessions opened before the upgrade go on exchanging a
+drains (with --restart, for comparison: the old one gets SIGTERM and the new one starts
+without --take-over).  In each round, --long sessions opened before the upgrade go on exchanging a
 message every 50 ms through the old process for --hold seconds after it, then close.
 
 Per round it prints the short connections made, refused (ECONNREFUSED), reset
@@ -222,6 +223,9 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=3)
     parser.add_argument("--hold", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--restart", action="store_true",
+                        help="for comparison: SIGTERM the old process, then start the new "
+                        "one without --take-over (a plain restart)")
     args = parser.parse_args()
     echo = Echo()
     with tempfile.TemporaryDirectory(prefix="takeover-bench-") as tmp:
@@ -237,6 +241,12 @@ def main() -> None:
         line = proxy.waitFor(r"is bound to 127\.0\.0\.1:\d+")
         port = int(line.rsplit(":", 1)[1])
         proxy.waitFor(r"take-over: listening on")
+        if args.restart:
+            # A restart binds the port again: the same one, given.
+            with open(config, encoding="utf-8") as f:
+                text = f.read()
+            with open(config, "w", encoding="utf-8") as f:
+                f.write(text.replace("tcp:0:", f"tcp:{port}:"))
         load = Load(port, args.clients)
         time.sleep(0.5)
         totals = {"ok": 0, "refused": 0, "reset": 0, "other": 0}
@@ -254,8 +264,13 @@ def main() -> None:
                     thread.start()
                 time.sleep(0.3)
                 old = proxy
-                proxy = Proxy(["--config", config, "--take-over"], tmp)
-                proxy.waitFor(r"take-over: serving")
+                if args.restart:
+                    old.process.terminate()
+                    proxy = Proxy(["--config", config], tmp)
+                    proxy.waitFor(r"take-over: listening on")
+                else:
+                    proxy = Proxy(["--config", config, "--take-over"], tmp)
+                    proxy.waitFor(r"take-over: serving")
                 serving = time.monotonic()
                 toServe = serving - proxy.started
                 time.sleep(args.hold)
