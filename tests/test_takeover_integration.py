@@ -32,6 +32,19 @@ from tests.integration_support import (
 PAYLOAD = b"p" * 64
 
 
+def pidRuns(pid: int) -> bool:
+    """
+    Whether a process C{pid} exists.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ShortConnections:
     """
     A thread that makes short connections (connect, send, read the echo,
@@ -165,8 +178,10 @@ class TakeoverIntegrationTests(TestCase):
         old = self.twistd(config, env=env)
         port = boundPorts(old, 1)[0]
         old.waitFor("take-over: listening on")
+        oldWorkers = []
         if workers > 1:
-            old.waitFor(") serving", count=workers, timeout=20)
+            for line in old.waitFor(") serving", count=workers, timeout=20):
+                oldWorkers.append(int(line.split("(pid ", 1)[1].split(")", 1)[0]))
         self.assertEqual(self.pidfileHolds(), old.pid)
         load = ShortConnections(port)
         self.addCleanup(load.stop)
@@ -192,6 +207,9 @@ class TakeoverIntegrationTests(TestCase):
             session.exchange()
             session.close()
         self.assertEqual(old.waitForExit(timeout=20), 0)
+        # No process of the old instance is left (its workers have ended).
+        for pid in oldWorkers:
+            self.assertFalse(pidRuns(pid), f"old worker {pid} still runs")
         # New connections go to the new process.
         served = len(new.matching("bytes_up="))
         load.waitForMore(20)
