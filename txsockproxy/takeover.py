@@ -17,10 +17,11 @@ is line-based::
     new -> old   "serving PID\\n", once the new process serves (its listeners
                  adopted the sockets its configuration still has, bound its
                  new ones, and started)
-    old -> new   "draining\\n"; the old process stops accepting (closes its
-                 copies: the sockets stay open, and listening, in the new
-                 process, so no connection is refused) and stops as on
-                 SIGTERM: sessions in flight get shutdown-timeout seconds.
+    old -> new   "draining\\n"; the old process stops accepting (lets its
+                 copies go without shutting the sockets down: they stay
+                 open, and listening, in the new process, so no connection
+                 is refused) and stops as on SIGTERM: sessions in flight get
+                 shutdown-timeout seconds.
 
 The new side runs before the reactor does (at start-up, in blocking calls
 bounded by a timeout: L{receive}); the old side is a Twisted protocol
