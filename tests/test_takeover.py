@@ -711,7 +711,8 @@ class WorkersInTakeoverTests(SynchronousTestCase):
         from txsockproxy.workers import WorkersService
 
         reactor = MemoryReactorClock()
-        return reactor, WorkersService(config(), reactor, "w.toml", 2, inherited=inherited)
+        return reactor, WorkersService(config(), reactor, "w.toml", 2, inherited=inherited,
+                                       sockets="shared")
 
     def test_adoptOrBind(self) -> None:
         """

@@ -78,14 +78,15 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         os.replace(path + ".new", path)
         return path
 
-    def start(self, backend: Server, label: str = "one") -> tuple[Twistd, int, int]:
+    def start(self, backend: Server, label: str = "one",
+              **env: str) -> tuple[Twistd, int, int]:
         """
         Start the proxy with 2 workers; return it, its proxy port and its
         status port (both bound by the parent).
         """
         proxy = self.startTwistd(["sockproxy", "--config", self.writeConfig(backend.endpoint,
                                                                              label)],
-                                 ready="serving", readyCount=2)
+                                 ready="serving", readyCount=2, env=self.environ(**env))
         ports = {}
         for line in proxy.lines:
             match = BOUND.search(line)
@@ -195,33 +196,78 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         self.assertEqual(proxy.matching("died"), [])
         self.assertNoHandlerErrors(backend, changed)
 
-    def test_killedWorkerRestarted(self) -> None:
+    def killWorker(self, **env: str) -> bool:
         """
-        A worker killed with SIGKILL is logged once with its signal and
-        restarted; meanwhile the other worker serves every session.
+        Start the proxy, kill worker 1 with SIGKILL, and check that it is
+        logged once with its signal and restarted, and that every session
+        opened meanwhile is served.
+
+        @return: whether a session was served before the restarted worker
+            was serving.
         """
         backend = self.startServer(echoHandler)
-        proxy, proxyPort, statusPort = self.start(backend)
+        proxy, proxyPort, statusPort = self.start(backend, **env)
         document = self.status(statusPort)
         victim = document["workers"][1]["pid"]
         os.kill(victim, signal.SIGKILL)
-        # Served meanwhile, by the other worker (and by the new one once up).
+        servedBefore = False
         deadline = Deadline(20, "sessions while a worker restarts")
         for i in range(20):
             with connect(("127.0.0.1", proxyPort)) as conn:
                 self.assertEqual(exchange(conn, b"x%d" % i, deadline), b"x%d" % i)
+            servedBefore = servedBefore or len(proxy.matching(") serving")) < 3
         [died] = proxy.waitFor("died", count=1, timeout=15)
         self.assertIn(f"worker 1 (pid {victim}) died: killed by signal 9 (SIGKILL)", died)
         self.assertIn("restarting in 0.5s", died)
-        proxy.waitFor("serving", count=3, timeout=15)
+        proxy.waitFor(") serving", count=3, timeout=15)
         document = self.status(statusPort)
         restarted = document["workers"][1]
         self.assertEqual((restarted["state"], restarted["restarts"]), ("serving", 1))
         self.assertNotEqual(restarted["pid"], victim)
         self.assertFalse(alive(victim))
+        self.assertEqual(document["proxies"][0]["refused"], 0)
         deadline = Deadline(10, "sessions after the restart")
         for _ in range(5):
             with connect(("127.0.0.1", proxyPort)) as conn:
                 self.assertEqual(exchange(conn, b"y", deadline), b"y")
         self.assertEqual(len(proxy.matching("died")), 1)
         self.assertNoHandlerErrors(backend)
+        return servedBefore
+
+    def test_killedWorkerRestarted(self) -> None:
+        """
+        A worker killed with SIGKILL is logged once with its signal and
+        restarted; every session opened meanwhile is served (with a socket
+        per worker, those the kernel gives the dead worker's socket wait in
+        it for the new worker).
+        """
+        self.killWorker()
+
+    def test_killedWorkerSharedSocket(self) -> None:
+        """
+        With one shared socket, a worker killed is restarted and the other
+        serves the sessions meanwhile, without waiting for the restart.
+        """
+        self.assertTrue(self.killWorker(TXSOCKPROXY_WORKER_SOCKETS="shared"))
+
+    def test_burstSpreadOverWorkers(self) -> None:
+        """
+        With a socket per worker (the default for TCP), 40 connections
+        opened at once are shared out about evenly by the kernel.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        conns = [connect(("127.0.0.1", proxyPort)) for _ in range(40)]
+        deadline = Deadline(10, "a burst of sessions")
+        for conn in conns:
+            self.addCleanup(conn.close)
+            conn.sendall(b"z")
+        for conn in conns:
+            conn.settimeout(deadline.remaining())
+            self.assertEqual(conn.recv(1), b"z")
+        document = self.status(statusPort)
+        active = [w["status"]["proxies"][0]["active"] for w in document["workers"]]
+        self.assertEqual(sum(active), 40)
+        # A hash of 40 connections: both well used (a shared socket here
+        # typically gives one worker two thirds or more).
+        self.assertGreaterEqual(min(active), 8, active)

@@ -198,7 +198,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     Build the proxy service from parsed L{Options}.
     """
     from txsockproxy.service import makeProxyService
-    from txsockproxy.workers import SHARED, SOCKETS_VARIABLE, workerCount
+    from txsockproxy.workers import REUSEPORT, SOCKETS_VARIABLE, workerCount
 
     config = options["configObject"]
     reactorChoice = "given by the program that embeds the proxy"
@@ -229,7 +229,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             config, reactor, options["config"], count,
             debug=config.debug if options["debug"] is not None else None,
             reactorName=(getattr(options, "parent", None) or {}).get("reactor"),
-            sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or SHARED,
+            sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or REUSEPORT,
             inherited=_kept(received, config),
         )
     elif received is not None:

@@ -4,8 +4,10 @@ every listen endpoint (in C{privilegedStartService}, so before C{twistd -u}
 drops privileges), starts N worker processes (L{txsockproxy.worker}) with
 C{reactor.spawnProcess}, hands each the listening sockets over its control
 connection (AMP over a unix socket pair; the sockets as descriptors), and
-never accepts a connection itself: the kernel gives each new connection to
-one of the workers waiting on the shared socket.
+never accepts a connection itself: for a TCP listener, each worker gets a
+socket of its own bound with SO_REUSEPORT and the kernel spreads new
+connections among them; other listeners (unix sockets, systemd's) are one
+socket that every worker adopts.
 
 It restarts a worker that dies (after a back-off: L{Backoff}), logging the
 death once with its exit status; hands SIGHUP (reload) and SIGTERM (graceful
@@ -293,7 +295,7 @@ class WorkersService(MultiService):
         executable: str = sys.executable,
         snapshotTimeout: float = 2.0,
         reactorName: Optional[str] = None,
-        sockets: str = "shared",
+        sockets: str = "reuseport",
         inherited: Optional[Mapping[ListenKey, InheritedSocket]] = None,
     ) -> None:
         super().__init__()
@@ -314,8 +316,11 @@ class WorkersService(MultiService):
         self.snapshotTimeout = snapshotTimeout
         # twistd --reactor's choice, which the workers make too.
         self.reactorName = reactorName
-        # "shared": every worker adopts the one socket of a listener;
-        # "reuseport": TCP listeners get one SO_REUSEPORT socket per worker.
+        # "reuseport": TCP listeners get one SO_REUSEPORT socket per worker,
+        # so that the kernel spreads connections evenly (a burst of them on
+        # one shared socket goes mostly to the worker woken first);
+        # "shared": every worker adopts the one socket of a listener. Other
+        # listeners (unix, systemd) are always shared.
         self.sockets = sockets
         self._binders: dict[int, ReusePortReactor] = {}
         self.handleSignals = False

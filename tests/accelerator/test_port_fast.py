@@ -497,8 +497,7 @@ class AdoptedPortTests(ReactorTestCase):
         client.connect(bound.getsockname())
         self.turnUntil(lambda: len(factory.built) == 1)
         self.assertIsInstance(factory.built[0].transport, tcpport.Server)
-        # Paused and resumed (as at max-connections), it accepts again:
-        # watched with EPOLLEXCLUSIVE, it is registered anew each time.
+        # Paused and resumed (as at max-connections), it accepts again.
         port.stopReading()
         port.startReading()
         again = socket.socket()

@@ -123,20 +123,6 @@ class Port(tcp.Port):
     """
 
     transport = Server
-    # Set on a socket shared with other processes (adopted by a worker):
-    # watched with EPOLLEXCLUSIVE where the reactor can (addExclusiveReader).
-    exclusiveWakeup = False
-
-    def startReading(self) -> None:
-        """
-        Watch the socket for clients; one shared with other processes, so
-        that only one of them is woken per client where the reactor can.
-        """
-        addExclusive = getattr(self.reactor, "addExclusiveReader", None)
-        if self.exclusiveWakeup and addExclusive is not None:
-            addExclusive(self)
-        else:
-            super().startReading()
 
     def doRead(self) -> None:
         """

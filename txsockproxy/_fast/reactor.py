@@ -26,7 +26,6 @@ reactor and the accelerator is on (see L{txsockproxy.accelerator}).
 from __future__ import annotations
 
 import errno
-import select
 import sys
 from select import EPOLLIN, EPOLLOUT
 from typing import Any, Optional
@@ -34,9 +33,6 @@ from typing import Any, Optional
 from twisted.internet import base, epollreactor
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
-
-# Linux 4.5 and later; 0 where Python does not know it.
-_EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -179,26 +175,6 @@ class EPollReactor(epollreactor.EPollReactor):
         self._reads.add(fd)
         self._selectables[fd] = reader
 
-    def addExclusiveReader(self, reader: Any) -> None:
-        """
-        Watch C{reader} (a listening socket shared with other processes) for
-        reading with C{EPOLLEXCLUSIVE}: when a connection arrives, the
-        kernel wakes one of the processes waiting on it rather than all of
-        them (the others would find nothing to accept). Where the kernel
-        refuses the flag, as L{addReader}.
-        """
-        fd = reader.fileno()
-        if fd in self._reads or fd in self._writes or _EXCLUSIVE == 0:
-            self.addReader(reader)
-            return
-        try:
-            self._poller.register(fd, EPOLLIN | _EXCLUSIVE)
-        except OSError:
-            self.addReader(reader)
-            return
-        self._reads.add(fd)
-        self._selectables[fd] = reader
-
     def addWriter(self, writer: Any) -> None:
         fd = writer.fileno()
         if fd in self._writes:
@@ -286,8 +262,6 @@ class EPollReactor(epollreactor.EPollReactor):
         from txsockproxy._fast.port import Port
 
         listening = Port._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
-        # Adopted: other processes (the other workers) wait on it too.
-        listening.exclusiveWakeup = True
         listening.startListening()
         return listening
 
