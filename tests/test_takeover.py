@@ -25,6 +25,7 @@ from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
 from txsockproxy.service import ListenKey, ProxyService, listenKeys
 from txsockproxy.takeover import (
     PROTOCOL,
+    InheritedReusePortReactor,
     Received,
     TakenOverProxyService,
     TakeoverError,
@@ -70,7 +71,8 @@ class DescriptionTests(SynchronousTestCase):
         L{parseDescription} reads back the pid and the key and family of
         each socket, in order, from one line that L{describe} made.
         """
-        listeners = [(KEY_A, socket.AF_INET), (KEY_B, socket.AF_UNIX)]
+        listeners = [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1),
+                     (KEY_B, socket.AF_UNIX, 0)]
         line = describe(1234, listeners)
         self.assertTrue(line.endswith(b"\n"))
         self.assertEqual(line.count(b"\n"), 1)
@@ -145,7 +147,8 @@ class ReceiveTests(SynchronousTestCase):
         """
         old = OldEnd(self)
         fds = [s.fileno() for s in old.listening]
-        old.send(describe(77, [(KEY_A, socket.AF_INET), (KEY_STATUS, socket.AF_INET)]), fds)
+        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]),
+                 fds)
         received = receive("/nowhere", timeout=5, connect=old.connect)
         assert received is not None
         self.addCleanup(received.abandon)
@@ -158,6 +161,26 @@ class ReceiveTests(SynchronousTestCase):
             copy = socket.socket(fileno=os.dup(inherited.fileno))
             self.addCleanup(copy.close)
             self.assertEqual(copy.getsockname(), s.getsockname())
+
+    def test_reusePortGroup(self) -> None:
+        """
+        The other SO_REUSEPORT sockets of a listener (parts 1 and up) are
+        received apart, in order.
+        """
+        old = OldEnd(self)
+        fds = [s.fileno() for s in old.listening]
+        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1)]), fds)
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(list(received.sockets), [KEY_A])
+        [extra] = received.extra[KEY_A]
+        copy = socket.socket(fileno=os.dup(extra.fileno))
+        self.addCleanup(copy.close)
+        self.assertEqual(copy.getsockname(), old.listening[1].getsockname())
+        received.keep([])
+        self.assertEqual((received.sockets, received.extra), ({}, {}))
+        self.assertEqual(extra.fileno, -1)
 
     def test_noProcess(self) -> None:
         """
@@ -200,7 +223,7 @@ class ReceiveTests(SynchronousTestCase):
         the descriptors received are closed.
         """
         old = OldEnd(self)
-        old.send(describe(1, [(KEY_A, socket.AF_INET), (KEY_B, socket.AF_UNIX)]),
+        old.send(describe(1, [(KEY_A, socket.AF_INET, 0), (KEY_B, socket.AF_UNIX, 0)]),
                  [old.listening[0].fileno()])
         before = set(os.listdir("/proc/self/fd"))
         with self.assertRaises(TakeoverError) as caught:
@@ -424,10 +447,26 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.assertEqual(transport.descriptors, [s.fileno() for s in self.sockets])
         line = transport.value()
         self.assertEqual(parseDescription(line.rstrip(b"\n")),
-                         (99, [(KEY_A, socket.AF_INET), (KEY_STATUS, socket.AF_INET)]))
+                         (99, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]))
         self.assertFalse(os.path.exists(self.twistd["pidfile"] or "x"))
         self.assertEqual(self.twistd["pidfile"], "")
         self.assertEqual(self.stops, 0)
+
+    def test_handsReusePortGroup(self) -> None:
+        """
+        A listener's other SO_REUSEPORT sockets (the workers' parent's) are
+        handed right after its own, numbered from 1.
+        """
+        extra = socket.socket()
+        self.addCleanup(extra.close)
+        self.service.extraSockets = (
+            lambda listener: [extra.fileno()] if listener is self.listeners[0] else [])
+        _, transport = self.connect()
+        self.assertEqual(transport.descriptors, [self.sockets[0].fileno(), extra.fileno(),
+                                                      self.sockets[1].fileno()])
+        _, listeners = parseDescription(transport.value().rstrip(b"\n"))
+        self.assertEqual(listeners, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1),
+                                     (KEY_STATUS, socket.AF_INET, 0)])
 
     def test_otherUser(self) -> None:
         """
@@ -785,3 +824,109 @@ class NotifySystemdTests(SynchronousTestCase):
         """
         self.assertFalse(notifySystemd("READY=1", {}))
         self.assertFalse(notifySystemd("READY=1", {"NOTIFY_SOCKET": "/nonexistent/n"}))
+
+
+def reusePortGroup(case: SynchronousTestCase, count: int, reuse: bool = True
+                   ) -> list[socket.socket]:
+    """
+    C{count} listening sockets on one loopback port, with SO_REUSEPORT
+    (or one without, if not C{reuse}).
+    """
+    group: list[socket.socket] = []
+    port = 0
+    for _ in range(count if reuse else 1):
+        s = socket.socket()
+        case.addCleanup(s.close)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+        s.listen(5)
+        group.append(s)
+    return group
+
+
+class _AdoptedPort:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.stopped = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class _Adopting:
+    """
+    Stands for an L{AdoptingReactor}: listenTCP gives a port over the
+    first socket of the group.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.port = _AdoptedPort(sock)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        return self.port
+
+
+class InheritedReusePortReactorTests(SynchronousTestCase):
+    """
+    L{InheritedReusePortReactor}: a new workers' parent keeps the old one's
+    SO_REUSEPORT sockets of a listener.
+    """
+
+    def inherit(self, sockets: list[socket.socket]) -> list[InheritedSocket]:
+        return [InheritedSocket(os.dup(s.fileno()), socket.AF_INET) for s in sockets]
+
+    def test_sameCount(self) -> None:
+        """
+        As many workers as before: the sockets handed are the extra ones,
+        in order.
+        """
+        group = reusePortGroup(self, 3)
+        inherited = self.inherit(group[1:])
+        reactor = InheritedReusePortReactor(_Adopting(group[0]), inherited, 3)
+        self.addCleanup(reactor.close)
+        reactor.listenTCP(0, None)
+        names = [socket.socket(fileno=os.dup(fd)) for fd in reactor.extra]
+        for s in names:
+            self.addCleanup(s.close)
+        self.assertEqual(len(reactor.extra), 2)
+        self.assertEqual([n.getsockname() for n in names],
+                         [s.getsockname() for s in group[1:]])
+        self.assertEqual([i.fileno for i in inherited], [-1, -1])
+
+    def test_moreAndFewer(self) -> None:
+        """
+        More workers than before: sockets are bound for them on the same
+        port; fewer: the sockets left over are closed.
+        """
+        group = reusePortGroup(self, 2)
+        reactor = InheritedReusePortReactor(_Adopting(group[0]), self.inherit(group[1:]), 4)
+        self.addCleanup(reactor.close)
+        reactor.listenTCP(0, None)
+        self.assertEqual(len(reactor.extra), 3)
+        for fd in reactor.extra:
+            s = socket.socket(fileno=os.dup(fd))
+            self.addCleanup(s.close)
+            self.assertEqual(s.getsockname(), group[0].getsockname())
+        group = reusePortGroup(self, 3)
+        inherited = self.inherit(group[1:])
+        surplus = inherited[1].fileno
+        reactor = InheritedReusePortReactor(_Adopting(group[0]), inherited, 2)
+        self.addCleanup(reactor.close)
+        reactor.listenTCP(0, None)
+        self.assertEqual(len(reactor.extra), 1)
+        self.assertFalse(isOpen(surplus))
+
+    def test_sharedBefore(self) -> None:
+        """
+        A socket handed over without SO_REUSEPORT stays one shared socket:
+        no other is bound.
+        """
+        group = reusePortGroup(self, 1, reuse=False)
+        reactor = InheritedReusePortReactor(_Adopting(group[0]), [], 3)
+        reactor.listenTCP(0, None)
+        self.assertEqual(reactor.extra, [])

@@ -194,6 +194,8 @@ class TakeoverIntegrationTests(TestCase):
         new = self.twistd(config, "--take-over", env=env)
         new.waitFor("take-over: serving; pid", timeout=20)
         old.waitFor(f"take-over: pid {new.pid} serves: stopped accepting")
+        # With workers, each has its own SO_REUSEPORT socket: all are handed.
+        old.waitFor(f"handing over {workers} listening socket(s)")
         self.assertEqual(notify.recv(100), f"MAINPID={new.pid}\nREADY=1".encode())
         if workers > 1:
             new.waitFor(") serving", count=workers, timeout=20)
@@ -238,8 +240,9 @@ class TakeoverIntegrationTests(TestCase):
 
     def test_upgradeUnderLoadWithWorkers(self) -> None:
         """
-        The same with C{workers = 2}: the old parent hands its sockets to the
-        new one, which hands them to its workers; the old workers drain.
+        The same with C{workers = 2}: the old parent hands its sockets (the
+        listener's two SO_REUSEPORT sockets) to the new one, which hands them
+        to its workers; the old workers drain.
         """
         self.upgradeUnderLoad(workers=2)
 

@@ -44,13 +44,14 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from txsockproxy.adopting import InheritedSocket, familyOf
 from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
@@ -73,21 +74,28 @@ class TakeoverError(Exception):
 # -- the description of the sockets -------------------------------------------
 
 
-def describe(pid: int, listeners: Sequence[tuple[ListenKey, int]]) -> bytes:
+# A socket handed over: its listener's key, its address family, and which
+# socket of the listener it is (0; 1 to N-1: the other SO_REUSEPORT sockets
+# of a listener of N workers).
+Handed = tuple[ListenKey, int, int]
+
+
+def describe(pid: int, listeners: Sequence[Handed]) -> bytes:
     """
-    The line the old process sends with its sockets: its pid, and the key
-    and address family of each listening socket, in the order of the
+    The line the old process sends with its sockets: its pid, and the key,
+    address family and part of each listening socket, in the order of the
     descriptors.
     """
     document = {
         "protocol": PROTOCOL,
         "pid": pid,
-        "listeners": [{"key": list(key), "family": family} for key, family in listeners],
+        "listeners": [{"key": list(key), "family": family, "part": part}
+                      for key, family, part in listeners],
     }
     return json.dumps(document, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def parseDescription(line: bytes) -> tuple[int, list[tuple[ListenKey, int]]]:
+def parseDescription(line: bytes) -> tuple[int, list[Handed]]:
     """
     The pid and listeners that L{describe} made C{line} of.
 
@@ -112,10 +120,12 @@ def parseDescription(line: bytes) -> tuple[int, list[tuple[ListenKey, int]]]:
         listeners = []
         for entry in document["listeners"]:
             isStatus, desc, n = entry["key"]
+            part = entry.get("part", 0)
             if not (isinstance(isStatus, bool) and isinstance(desc, str)
-                    and isinstance(n, int) and isinstance(entry["family"], int)):
+                    and isinstance(n, int) and isinstance(entry["family"], int)
+                    and isinstance(part, int)):
                 raise TypeError(entry)
-            listeners.append(((isStatus, desc, n), entry["family"]))
+            listeners.append(((isStatus, desc, n), entry["family"], part))
     except (KeyError, TypeError, ValueError):
         raise TakeoverError("the running process sent a description this version "
                             "cannot read") from None
@@ -132,13 +142,17 @@ class Received:
 
     @ivar pid: the old process's.
     @ivar sockets: the listening sockets, by listener key.
+    @ivar extra: the other SO_REUSEPORT sockets of a listener whose old
+        workers had one each, by listener key.
     """
 
     def __init__(self, connection: socket.socket, pid: int,
-                 sockets: dict[ListenKey, InheritedSocket]) -> None:
+                 sockets: dict[ListenKey, InheritedSocket],
+                 extra: Optional[dict[ListenKey, list[InheritedSocket]]] = None) -> None:
         self._connection: Optional[socket.socket] = connection
         self.pid = pid
         self.sockets = sockets
+        self.extra = extra or {}
 
     def keep(self, keys: Iterable[ListenKey]) -> list[str]:
         """
@@ -152,6 +166,8 @@ class Received:
         for key in list(self.sockets):
             if key not in wanted:
                 self.sockets.pop(key).close()
+                for inherited in self.extra.pop(key, []):
+                    inherited.close()
                 closed.append(key[1])
         return closed
 
@@ -194,6 +210,9 @@ class Received:
             connection.close()
         for inherited in self.sockets.values():
             inherited.close()
+        for extra in self.extra.values():
+            for inherited in extra:
+                inherited.close()
 
 
 def receive(
@@ -252,9 +271,14 @@ def receive(
         if isinstance(e, OSError):
             raise TakeoverError(f"receiving from {path}: {e.strerror or e}") from None
         raise
-    sockets = {key: InheritedSocket(fd, family)
-               for (key, family), fd in zip(listeners, fds, strict=True)}
-    return Received(connection, pid, sockets)
+    sockets: dict[ListenKey, InheritedSocket] = {}
+    extra: dict[ListenKey, list[InheritedSocket]] = {}
+    for (key, family, part), fd in zip(listeners, fds, strict=True):
+        if part == 0 and key not in sockets:
+            sockets[key] = InheritedSocket(fd, family)
+        else:
+            extra.setdefault(key, []).append(InheritedSocket(fd, family))
+    return Received(connection, pid, sockets, extra)
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -266,6 +290,103 @@ def _connect(path: str, timeout: float) -> socket.socket:
         connection.close()
         raise
     return connection
+
+
+class InheritedReusePortReactor:
+    """
+    For the workers' parent of a process that took over (see
+    L{txsockproxy.reuseport}): the reactor it wraps (an L{AdoptingReactor}),
+    whose C{listenTCP} adopts the socket handed over, with, in L{extra}, the
+    old parent's other SO_REUSEPORT sockets of that listener, one for each
+    worker but the first: the same sockets, with the connections waiting in
+    them, go on being accepted from. Fewer workers than before: the
+    sockets left over are closed (connections waiting in them then are
+    reset). More: sockets are bound for them, as L{ReusePortReactor} does. A
+    socket handed over without SO_REUSEPORT (an old instance that shared one
+    socket) stays one shared socket.
+
+    @ivar extra: the other sockets' descriptors, owned by the caller.
+    """
+
+    def __init__(self, reactor: Any, inherited: list[InheritedSocket], count: int) -> None:
+        self._reactor = reactor
+        self._inherited = inherited
+        self._count = count
+        self.extra: list[int] = []
+        directlyProvides(self, *providedBy(reactor))
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        """
+        Adopt the socket handed over, and gather the others.
+
+        @raise twisted.internet.error.CannotListenError: a socket to add
+            cannot be bound.
+        """
+        listening = self._reactor.listenTCP(port, factory, backlog, interface)
+        handed = [s for s in self._inherited if s.fileno >= 0]
+        fds = []
+        for inherited in handed:
+            fd, inherited.fileno = inherited.fileno, -1
+            fds.append(fd)
+        keep, surplus = fds[:self._count - 1], fds[self._count - 1:]
+        for fd in surplus:
+            os.close(fd)
+        try:
+            probe = socket.socket(fileno=os.dup(listening.fileno()))
+            try:
+                reusable = probe.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+                address = probe.getsockname()[:2]
+                family = probe.family
+            finally:
+                probe.close()
+            if reusable:
+                while len(keep) < self._count - 1:
+                    keep.append(_reusePortSocket(family, address, backlog))
+        except OSError as e:
+            for fd in keep:
+                os.close(fd)
+            listening.stopListening()
+            raise error.CannotListenError(interface, port, e) from None
+        self.extra = keep if reusable else []
+        if not reusable:
+            for fd in keep:
+                os.close(fd)
+        return listening
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        """
+        As L{listenTCP} (the parent never accepts: no TLS needed here).
+        """
+        return self.listenTCP(port, factory, backlog, interface)
+
+    def close(self) -> None:
+        """
+        Close the other sockets.
+        """
+        extra, self.extra = self.extra, []
+        for fd in extra:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def _reusePortSocket(family: int, address: tuple[str, int], backlog: int) -> int:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(address)
+        s.listen(backlog)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s.detach()
 
 
 class TakenOverProxyService(ProxyService):
@@ -421,6 +542,7 @@ class TakeoverService(Service):
         pid: Optional[int] = None,
         serving: Optional[Callable[[], defer.Deferred[None]]] = None,
         environ: Optional[Mapping[str, str]] = None,
+        extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -433,6 +555,7 @@ class TakeoverService(Service):
         self._givenPid = pid
         self.serving = serving
         self.environ = os.environ if environ is None else environ
+        self.extraSockets = extraSockets
         self.port: Any = None
         self.handover: Optional[_Handover] = None
         self.handedOverTo: Optional[int] = None
@@ -557,7 +680,7 @@ class TakeoverService(Service):
         if self.handover is not None or self.handedOverTo is not None or not self.running:
             handover.refuse("a take-over is running already, or this process is stopping")
             return
-        handed: list[tuple[ListenKey, int]] = []
+        handed: list[Handed] = []
         descriptors: list[int] = []
         for key, listener in self.listening():
             port = listener.port
@@ -570,8 +693,11 @@ class TakeoverService(Service):
                 self.log.warn("take-over: {listen} cannot be handed over (not a TCP or unix "
                               "socket): the new process binds it", listen=listener.description)
                 continue
-            handed.append((key, family))
+            handed.append((key, family, 0))
             descriptors.append(fd)
+            for part, extra in enumerate(self.extraSockets(listener), 1):
+                handed.append((key, family, part))
+                descriptors.append(extra)
         self.handover = handover
         handover.peer = pid
         line = describe(self.pid, handed)
@@ -723,6 +849,6 @@ def _nothing() -> None:
 
 
 __all__ = [
-    "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
+    "PROTOCOL", "InheritedReusePortReactor", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
     "notifySystemd", "parseDescription", "peerCredentials", "receive",
 ]

@@ -231,6 +231,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             reactorName=(getattr(options, "parent", None) or {}).get("reactor"),
             sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or REUSEPORT,
             inherited=_kept(received, config),
+            inheritedExtra=received.extra if received is not None else None,
         )
     elif received is not None:
         from txsockproxy.takeover import TakenOverProxyService
@@ -322,6 +323,7 @@ def _addTakeover(service: Any, path: str, reactor: Any, received: Any, twistd: A
         pidfile=TwistdPidfile(twistd) if hasattr(twistd, "get") else None,
         # The workers' parent serves once its workers do.
         serving=getattr(service, "whenServing", None),
+        extraSockets=getattr(service, "extraSockets", lambda listener: []),
     )
     takeover.setServiceParent(service)
 

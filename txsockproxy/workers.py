@@ -297,11 +297,14 @@ class WorkersService(MultiService):
         reactorName: Optional[str] = None,
         sockets: str = "reuseport",
         inherited: Optional[Mapping[ListenKey, InheritedSocket]] = None,
+        inheritedExtra: Optional[Mapping[ListenKey, list[InheritedSocket]]] = None,
     ) -> None:
         super().__init__()
         # The listening sockets of a process this one took over (see
-        # txsockproxy.takeover), by listener key: adopted instead of bound.
+        # txsockproxy.takeover), by listener key: adopted instead of bound;
+        # and its other SO_REUSEPORT sockets of each.
         self.inherited = inherited or {}
+        self.inheritedExtra = inheritedExtra or {}
         self._servingWaiters: list[defer.Deferred[None]] = []
         self.config = config
         self.reactor = reactor
@@ -322,7 +325,7 @@ class WorkersService(MultiService):
         # "shared": every worker adopts the one socket of a listener. Other
         # listeners (unix, systemd) are always shared.
         self.sockets = sockets
-        self._binders: dict[int, ReusePortReactor] = {}
+        self._binders: dict[int, Any] = {}
         self.handleSignals = False
         self.reactorChoice = ""
         self.startedAt = reactor.seconds()
@@ -356,9 +359,15 @@ class WorkersService(MultiService):
             listener = running.get(key)
             if listener is None:
                 reactor = self._listenReactor(key)
-                binder = None
+                binder: Any = None
                 if self.sockets == REUSEPORT and reactor is self.reactor:
                     binder = reactor = ReusePortReactor(self.reactor, self.count)
+                elif self.sockets == REUSEPORT:
+                    # Taken over: the old parent's SO_REUSEPORT sockets too.
+                    from txsockproxy.takeover import InheritedReusePortReactor
+
+                    binder = reactor = InheritedReusePortReactor(
+                        reactor, self.inheritedExtra.get(key, []), self.count)
                 endpoint = serverFromString(reactor, withBacklog(desc, systemBacklog()))
                 owner = next(p.name for p in config.proxies if desc in p.listen)
                 listener = ListenerService(desc, owner, endpoint, _NoConnections())
@@ -380,6 +389,14 @@ class WorkersService(MultiService):
         """
         return list(self._listeners.items()) + list(zip(self._statusKeys, self._status,
                                                         strict=True))
+
+    def extraSockets(self, listener: ListenerService) -> list[int]:
+        """
+        The descriptors of the other SO_REUSEPORT sockets of C{listener}
+        (one per worker but the first), or none: its one socket is shared.
+        """
+        binder = self._binders.get(id(listener))
+        return list(binder.extra) if binder is not None else []
 
     def whenServing(self) -> defer.Deferred[None]:
         """
