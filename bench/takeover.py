@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=3)
     parser.add_argument("--hold", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--new-workers", type=int, default=None,
+                        help="the workers of the processes that take over (default: "
+                        "--workers): the first upgrade changes the count")
     parser.add_argument("--restart", action="store_true",
                         help="for comparison: SIGTERM the old process, then start the new "
                         "one without --take-over (a plain restart)")
@@ -237,6 +240,14 @@ def main() -> None:
                 '[[proxy]]\nname = "bench"\nlisten = ["tcp:0:interface=127.0.0.1"]\n\n'
                 f'[[proxy.backend]]\nendpoint = "tcp:host=127.0.0.1:port={echo.port}"\n'
             )
+        newConfig = config
+        if args.new_workers is not None:
+            newConfig = os.path.join(tmp, "new.toml")
+            with open(config, encoding="utf-8") as f:
+                text = f.read()
+            with open(newConfig, "w", encoding="utf-8") as f:
+                f.write(text.replace(f"workers = {args.workers}\n",
+                                     f"workers = {args.new_workers}\n"))
         proxy = Proxy(["--config", config], tmp)
         line = proxy.waitFor(r"is bound to 127\.0\.0\.1:\d+")
         port = int(line.rsplit(":", 1)[1])
@@ -269,7 +280,7 @@ def main() -> None:
                     proxy = Proxy(["--config", config], tmp)
                     proxy.waitFor(r"take-over: listening on")
                 else:
-                    proxy = Proxy(["--config", config, "--take-over"], tmp)
+                    proxy = Proxy(["--config", newConfig, "--take-over"], tmp)
                     proxy.waitFor(r"take-over: serving")
                 serving = time.monotonic()
                 toServe = serving - proxy.started

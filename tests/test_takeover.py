@@ -305,6 +305,25 @@ class ReceivedTests(SynchronousTestCase):
         self.assertFalse(received.serving(timeout=5))
         self.assertFalse(received.serving(timeout=5))
 
+    def test_closeUnused(self) -> None:
+        """
+        L{Received.closeUnused} closes the sockets not adopted, extra ones
+        included, and leaves the connection open.
+        """
+        received, old = self.received()
+        extra = InheritedSocket(socket.socket().detach(), socket.AF_INET)
+        received.extra[KEY_A] = [extra]
+        adopted = received.sockets[KEY_A]
+        fd, adopted.fileno = adopted.fileno, -1
+        self.addCleanup(os.close, fd)
+        unused = received.sockets[KEY_B].fileno
+        received.closeUnused()
+        self.assertTrue(isOpen(fd))
+        self.assertFalse(isOpen(unused))
+        self.assertEqual(extra.fileno, -1)
+        old.sendall(b"draining\n")
+        self.assertTrue(received.serving(timeout=5))
+
     def test_abandon(self) -> None:
         """
         L{Received.abandon} closes the connection and every socket.
@@ -930,3 +949,34 @@ class InheritedReusePortReactorTests(SynchronousTestCase):
         reactor = InheritedReusePortReactor(_Adopting(group[0]), [], 3)
         reactor.listenTCP(0, None)
         self.assertEqual(reactor.extra, [])
+
+
+class NewSideTests(SynchronousTestCase):
+    """
+    L{TakeoverService} in a process started with C{--take-over}.
+    """
+
+    def test_servesThenListens(self) -> None:
+        """
+        Started, it closes the sockets it did not adopt, tells the old
+        process it serves, then listens for the next take-over; with
+        C{serving}, only once the Deferred it returns has fired.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(ours.close)
+        ours.sendall(b"draining\n")
+        unused = InheritedSocket(socket.socket().detach(), socket.AF_INET)
+        received = Received(theirs, 5, {}, {KEY_A: [unused]})
+        reactor = MemoryReactorClock()
+        workersServe: defer.Deferred[None] = defer.Deferred()
+        service = TakeoverService(shortPath(self), reactor, list, lambda: None,
+                                  received=received, environ={},
+                                  serving=lambda: workersServe)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(reactor.unixServers, [])
+        self.assertNotEqual(unused.fileno, -1)
+        workersServe.callback(None)
+        self.assertEqual(unused.fileno, -1)
+        self.assertEqual(ours.recv(100), f"serving {os.getpid()}\n".encode())
+        self.assertEqual(len(reactor.unixServers), 1)

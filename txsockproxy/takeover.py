@@ -208,6 +208,15 @@ class Received:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+        self.closeUnused()
+
+    def closeUnused(self) -> None:
+        """
+        Close every socket received that was not adopted: e.g. the old
+        workers' SO_REUSEPORT sockets that fewer workers, or one process,
+        do not take. Kept open, such a socket would go on being given
+        connections that no one accepts.
+        """
         for inherited in self.sockets.values():
             inherited.close()
         for extra in self.extra.values():
@@ -634,6 +643,8 @@ class TakeoverService(Service):
             return
         received, self.received = self.received, None
         if received is not None:
+            # Now, while the old process's workers still accept from them.
+            received.closeUnused()
             if received.serving():
                 self.log.info("take-over: serving; pid {pid} stops accepting and drains its "
                               "sessions", pid=received.pid)
