@@ -6,13 +6,15 @@ keeps connecting through the old one and long sessions are in flight.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import tempfile
 import threading
-from typing import Optional
+import urllib.request
+from typing import Any, Optional
 
 from twisted.trial.unittest import TestCase
 
@@ -43,6 +45,15 @@ def pidRuns(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def statusDocument(port: int) -> dict[str, Any]:
+    """
+    The status page's JSON document on loopback C{port}.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=10) as r:
+        document: dict[str, Any] = json.load(r)
+    return document
 
 
 class ShortConnections:
@@ -142,12 +153,14 @@ class TakeoverIntegrationTests(TestCase):
         self.addCleanup(self.backend.stop)
         self.pidfile = os.path.join(self.tmp, "twistd.pid")
 
-    def writeConfig(self, listen: list[str], workers: int = 1, name: str = "s.toml") -> str:
+    def writeConfig(self, listen: list[str], workers: int = 1, name: str = "s.toml",
+                    status: bool = False) -> str:
         path = os.path.join(self.tmp, name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(
                 f"takeover-socket = {tomlString(os.path.join(self.tmp, 'takeover.sock'))}\n"
                 f'shutdown-timeout = 20\nsession-log = "log"\nworkers = {workers}\n\n'
+                + (f"[status]\nlisten = [{tomlString(LOOPBACK)}]\n\n" if status else "") +
                 '[[proxy]]\nname = "t"\n'
                 "listen = [" + ", ".join(tomlString(d) for d in listen) + "]\n\n"
                 f"[[proxy.backend]]\nendpoint = {tomlString(self.backend.endpoint)}\n"
@@ -260,6 +273,24 @@ class TakeoverIntegrationTests(TestCase):
         reset (at most the one the single client thread has in flight).
         """
         self.upgradeUnderLoad(workers=2, newWorkers=1, resetsAllowed=1)
+
+    def test_statusTakenOver(self) -> None:
+        """
+        The status listener is taken over like the proxies': with workers,
+        the status page answers on the same port, from the new parent, and
+        lists the new workers.
+        """
+        config = self.writeConfig([LOOPBACK], workers=2, status=True)
+        old = self.twistd(config)
+        statusPort = boundPorts(old, 2)[1]
+        old.waitFor(") serving", count=2, timeout=20)
+        before = {w["pid"] for w in statusDocument(statusPort)["workers"]}
+        new = self.twistd(config, "--take-over")
+        new.waitFor("take-over: serving; pid", timeout=20)
+        self.assertEqual(old.waitForExit(timeout=20), 0)
+        workers = statusDocument(statusPort)["workers"]
+        self.assertEqual([w["state"] for w in workers], ["serving", "serving"])
+        self.assertEqual(before & {w["pid"] for w in workers}, set())
 
     def test_unixListenerKeepsItsName(self) -> None:
         """
