@@ -2143,3 +2143,43 @@ class WorkersConfigTests(ConfigTestCase):
         for value in ("0", '"lots"', "1.5", "true", "-2", "100000"):
             self.assertOneProblem(f"workers = {value}\n" + minimal(), 1, "workers",
                                   'integer 1 to 256 or "auto"')
+
+
+class TakeoverSocketConfigTests(ConfigTestCase):
+    """
+    The top-level C{takeover-socket} key.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without C{takeover-socket}, no process can take over (C{""}), and
+        neither C{--check} nor C{--print-toml} mention it.
+        """
+        from txsockproxy.render import renderToml
+
+        config = parse(minimal())
+        self.assertEqual(config.takeoverSocket, "")
+        self.assertNotIn("takeover", describeConfig(config))
+        self.assertNotIn("takeover", renderToml(config))
+
+    def test_path(self) -> None:
+        """
+        C{takeover-socket} is an absolute path; C{--check} and
+        C{--print-toml} show it, and the TOML printed reads back the same.
+        """
+        from txsockproxy.render import renderToml
+
+        config = parse('takeover-socket = "/run/sockproxy/takeover.sock"\n' + minimal())
+        self.assertEqual(config.takeoverSocket, "/run/sockproxy/takeover.sock")
+        self.assertIn("takeover-socket = /run/sockproxy/takeover.sock", describeConfig(config))
+        self.assertEqual(parseConfig(renderToml(config), SOURCE), config)
+
+    def test_bad(self) -> None:
+        """
+        A relative path, an empty string or a number is one problem naming
+        the line and the key.
+        """
+        for value, message in (('"takeover.sock"', "absolute path"), ('""', "empty"),
+                               ("3", "string")):
+            self.assertOneProblem(f"takeover-socket = {value}\n" + minimal(), 1,
+                                  "takeover-socket", message)

@@ -450,6 +450,9 @@ class Config:
     @ivar workers: worker processes serving the listeners: a count (1: the
         process serves them itself), or C{"auto"} (the CPUs the process may
         use).
+    @ivar takeoverSocket: the unix socket path on which this process hands
+        its listening sockets to a new one started with C{--take-over}
+        (L{txsockproxy.takeover}), or C{""}: none.
     """
 
     proxies: tuple[ProxyConfig, ...]
@@ -463,3 +466,4 @@ class Config:
     accelerator: str = "auto"
     maxConnections: int = 0
     workers: int | str = 1
+    takeoverSocket: str = ""

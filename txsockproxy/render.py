@@ -277,6 +277,8 @@ def renderToml(config: Config) -> str:
     if config.workers != 1:
         workers = config.workers
         topLevel.append(f"workers = {tomlString(workers) if isinstance(workers, str) else workers}")
+    if config.takeoverSocket:
+        topLevel.append(f"takeover-socket = {tomlString(config.takeoverSocket)}")
     if topLevel:
         lines.append("")
         lines.extend(topLevel)
@@ -311,6 +313,8 @@ def describeConfig(config: Config) -> str:
         lines.append(f"max-connections = {config.maxConnections}")
     if config.workers != 1:
         lines.append(f"workers = {config.workers}")
+    if config.takeoverSocket:
+        lines.append(f"takeover-socket = {config.takeoverSocket}")
     if config.status is not None:
         lines.append("")
         lines.append("status")

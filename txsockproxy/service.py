@@ -364,6 +364,10 @@ class ProxyService(MultiService):
     # Called with a L{StartupError} instead of raising it: the twistd plugin
     # reports it as one line and exits.
     onStartupError: Optional[Callable[[StartupError], None]] = None
+    # Whether a listener that no socket was handed over for binds its own
+    # (a process that took over another's sockets: txsockproxy.takeover)
+    # rather than failing to start (a worker: its parent binds).
+    bindUnhanded = False
 
     def __init__(
         self,
@@ -503,7 +507,7 @@ class ProxyService(MultiService):
                     statusResource(self.statusView), maxConnections=status.maxConnections,
                     requestTimeout=status.requestTimeout, maxBodySize=status.maxBodySize,
                 )
-                listener = self._newListener(desc, None, site)
+                listener = self._newListener(desc, None, site, key=key)
                 tree.added.append(listener)
             tree.listeners[key] = listener
             tree.owners[key] = None
@@ -620,8 +624,12 @@ class ProxyService(MultiService):
         if self.inherited is None or key is None:
             return self.reactor
         handed = self.inherited.get(key)
-        if handed is None:
-            raise StartupError(f"no listening socket was handed over for {desc}")
+        if handed is None or handed.fileno < 0:
+            # A take-over's new (or re-added) listeners bind their own.
+            if self.bindUnhanded:
+                return self.reactor
+            if handed is None:
+                raise StartupError(f"no listening socket was handed over for {desc}")
         return AdoptingReactor(self.reactor, handed)
 
     def _newListener(

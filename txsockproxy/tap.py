@@ -12,7 +12,7 @@ import pwd
 import stat
 import sys
 from dataclasses import replace
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
@@ -50,6 +50,8 @@ class Options(usage.Options):
         ["check", None, "Validate the configuration, print it, and exit (0 = valid)."],
         ["print-toml", None, "Print the configuration as native TOML (e.g. converted "
          "from a lighttpd.conf), and exit."],
+        ["take-over", None, "Take over the listening sockets of the process serving on the "
+         "config's takeover-socket, which then drains and exits (an upgrade)."],
     ]
 
     def __init__(self) -> None:
@@ -59,6 +61,9 @@ class Options(usage.Options):
         self["status"] = []
         self.stdout: TextIO = sys.stdout
         self.stderr: TextIO = sys.stderr
+        self["received"] = None
+        # How --take-over receives the sockets (see txsockproxy.takeover).
+        self.receive: Callable[[str], Any] = _receive
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -102,6 +107,41 @@ class Options(usage.Options):
         if self["check"]:
             print(describeConfig(config), file=self.stdout)
             raise SystemExit(0)
+        if self["take-over"]:
+            self["received"] = self._takeOver(config)
+
+    def _takeOver(self, config: Config) -> Any:
+        """
+        Receive the listening sockets of the process serving on the
+        configuration's C{takeover-socket}.
+
+        Done here, while twistd parses its command line: twistd next checks
+        its pidfile, which the old process removes as it hands over (see
+        L{txsockproxy.takeover.TwistdPidfile}).
+
+        @return: what was received, or L{None}: no process listens there
+            (the listeners are bound as in any start).
+        """
+        from txsockproxy.takeover import TakeoverError
+
+        path = config.takeoverSocket
+        if not path:
+            print("sockproxy: --take-over: the configuration has no takeover-socket",
+                  file=self.stderr)
+            raise SystemExit(1)
+        try:
+            received = self.receive(path)
+        except TakeoverError as e:
+            print(f"sockproxy: take-over: {e}; the running process is left as it was",
+                  file=self.stderr)
+            raise SystemExit(1) from None
+        if received is None:
+            _log.warn("take-over: no process listens on {path}: binding the listen endpoints",
+                      path=path)
+        else:
+            _log.info("take-over: received {count} listening socket(s) from pid {pid}",
+                      count=len(received.sockets), pid=received.pid)
+        return received
 
     def buildConfig(self) -> Config:
         """
@@ -175,6 +215,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         # written once logging begins.
         _log.warn("config notice: {notice}", notice=notice)
     count = workerCount(config.workers) if options["config"] is not None else 1
+    received = options["received"]
     service: Any
     if count > 1:
         # The parent binds; worker processes serve (txsockproxy.workers).
@@ -189,7 +230,14 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             debug=config.debug if options["debug"] is not None else None,
             reactorName=(getattr(options, "parent", None) or {}).get("reactor"),
             sockets=os.environ.get(SOCKETS_VARIABLE, "").strip().lower() or REUSEPORT,
+            inherited=_kept(received, config),
+            inheritedExtra=received.extra if received is not None else None,
         )
+    elif received is not None:
+        from txsockproxy.takeover import TakenOverProxyService
+
+        service = TakenOverProxyService(config, _reactor(reactor), configPath=options["config"],
+                                        inherited=_kept(received, config))
     else:
         service = makeProxyService(config, reactor, configPath=options["config"])
     service.reactorChoice = reactorChoice
@@ -202,6 +250,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     if stranded is not None:
         _log.warn("{pidfile} will be left behind at exit: {reason}",
                   pidfile=stranded[0], reason=stranded[1])
+    if config.takeoverSocket:
+        _addTakeover(service, config.takeoverSocket, _reactor(reactor), received, twistd)
     onStartupError = _StartupErrorExit(twistd)
     service.onStartupError = onStartupError
     # Run by twistd or twist: SIGHUP reloads the configuration file.
@@ -222,6 +272,60 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     gc.collect()
     gc.freeze()
     return result
+
+
+def _reactor(reactor: Any) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        return globalReactor
+    return reactor
+
+
+def _kept(received: Any, config: Config) -> Any:
+    """
+    The sockets C{received} in a take-over that C{config} has listeners
+    for (the others are closed), or L{None}: nothing was taken over.
+    """
+    if received is None:
+        return None
+    from txsockproxy.service import listenKeys
+
+    for desc in received.keep(listenKeys(config)):
+        _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
+    return received.sockets
+
+
+def _receive(path: str) -> Any:
+    from txsockproxy.takeover import receive
+
+    return receive(path)
+
+
+def _addTakeover(service: Any, path: str, reactor: Any, received: Any, twistd: Any) -> None:
+    """
+    Make C{service} hand its listening sockets to a process that takes over
+    on C{path}, and, when it took them over itself (C{received}), tell the
+    old process that it serves once it has started.
+    """
+    from txsockproxy.service import listenKeys
+    from txsockproxy.takeover import TakeoverService, TwistdPidfile
+
+    def listening() -> list[Any]:
+        keyed = getattr(service, "keyedListeners", None)
+        if keyed is not None:
+            # The workers' parent: it holds the sockets.
+            return list(keyed())
+        return list(zip(listenKeys(service.config), service.listeners, strict=True))
+
+    takeover = TakeoverService(
+        path, reactor, listening, reactor.stop, received=received,
+        pidfile=TwistdPidfile(twistd) if hasattr(twistd, "get") else None,
+        # The workers' parent serves once its workers do.
+        serving=getattr(service, "whenServing", None),
+        extraSockets=getattr(service, "extraSockets", lambda listener: []),
+    )
+    takeover.setServiceParent(service)
 
 
 def _beforeDaemonizing(twistd: Any) -> bool:

@@ -355,7 +355,7 @@ def _tomlType(value: object) -> str:
 
 _TOP_KEYS = (
     "debug", "proxy", "status", "session-log", "log-format", "shutdown-timeout", "accelerator", "workers",
-    "max-connections",
+    "max-connections", "takeover-socket",
 )
 _STATUS_KEYS = (
     "listen", "admin-token-file", "max-connections", "request-timeout", "max-body-size",
@@ -504,6 +504,10 @@ def _buildConfig(
         )
         accelerator = "auto"
     workers = _workers(data, reader)
+    takeoverSocket = reader.string(data, (), "takeover-socket") or ""
+    if takeoverSocket and not takeoverSocket.startswith("/"):
+        reader.problem(("takeover-socket",),
+                       f"must be an absolute path, not {takeoverSocket!r}")
     rawProxies = data.get("proxy")
     proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:
@@ -548,6 +552,7 @@ def _buildConfig(
         status=status, sessionLog=sessionLog, logFormat=logFormat,
         shutdownTimeout=shutdownTimeout, accelerator=accelerator,
         notices=tuple(reader.notices), maxConnections=maxConnections, workers=workers,
+        takeoverSocket=takeoverSocket,
     )
 
 

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -34,7 +34,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from txsockproxy.adopting import familyOf
+from txsockproxy.adopting import AdoptingReactor, InheritedSocket, familyOf
 from txsockproxy.config import Config, ConfigError
 from txsockproxy.loading import loadConfig
 from txsockproxy.reuseport import ReusePortReactor
@@ -296,8 +296,16 @@ class WorkersService(MultiService):
         snapshotTimeout: float = 2.0,
         reactorName: Optional[str] = None,
         sockets: str = "reuseport",
+        inherited: Optional[Mapping[ListenKey, InheritedSocket]] = None,
+        inheritedExtra: Optional[Mapping[ListenKey, list[InheritedSocket]]] = None,
     ) -> None:
         super().__init__()
+        # The listening sockets of a process this one took over (see
+        # txsockproxy.takeover), by listener key: adopted instead of bound;
+        # and its other SO_REUSEPORT sockets of each.
+        self.inherited = inherited or {}
+        self.inheritedExtra = inheritedExtra or {}
+        self._servingWaiters: list[defer.Deferred[None]] = []
         self.config = config
         self.reactor = reactor
         self.configPath = configPath
@@ -317,7 +325,7 @@ class WorkersService(MultiService):
         # "shared": every worker adopts the one socket of a listener. Other
         # listeners (unix, systemd) are always shared.
         self.sockets = sockets
-        self._binders: dict[int, ReusePortReactor] = {}
+        self._binders: dict[int, Any] = {}
         self.handleSignals = False
         self.reactorChoice = ""
         self.startedAt = reactor.seconds()
@@ -326,6 +334,7 @@ class WorkersService(MultiService):
         self._restarts: dict[int, Any] = {}
         self._listeners: dict[ListenKey, ListenerService] = {}
         self._status: list[ListenerService] = []
+        self._statusKeys: list[ListenKey] = []
         self._bound = False
         self._stopping = False
         self._reloading: Optional[defer.Deferred[bool]] = None
@@ -349,10 +358,16 @@ class WorkersService(MultiService):
                 continue
             listener = running.get(key)
             if listener is None:
-                reactor = self.reactor
-                binder = None
-                if self.sockets == REUSEPORT:
+                reactor = self._listenReactor(key)
+                binder: Any = None
+                if self.sockets == REUSEPORT and reactor is self.reactor:
                     binder = reactor = ReusePortReactor(self.reactor, self.count)
+                elif self.sockets == REUSEPORT:
+                    # Taken over: the old parent's SO_REUSEPORT sockets too.
+                    from txsockproxy.takeover import InheritedReusePortReactor
+
+                    binder = reactor = InheritedReusePortReactor(
+                        reactor, self.inheritedExtra.get(key, []), self.count)
                 endpoint = serverFromString(reactor, withBacklog(desc, systemBacklog()))
                 owner = next(p.name for p in config.proxies if desc in p.listen)
                 listener = ListenerService(desc, owner, endpoint, _NoConnections())
@@ -360,6 +375,38 @@ class WorkersService(MultiService):
                     self._binders[id(listener)] = binder
             listeners[key] = listener
         return listeners
+
+    def _listenReactor(self, key: ListenKey) -> Any:
+        handed = self.inherited.get(key)
+        if handed is None or handed.fileno < 0:
+            return self.reactor
+        return AdoptingReactor(self.reactor, handed)
+
+    def keyedListeners(self) -> list[tuple[ListenKey, ListenerService]]:
+        """
+        Every listener the parent holds with its key: the proxies', then
+        the status site's.
+        """
+        return list(self._listeners.items()) + list(zip(self._statusKeys, self._status,
+                                                        strict=True))
+
+    def extraSockets(self, listener: ListenerService) -> list[int]:
+        """
+        The descriptors of the other SO_REUSEPORT sockets of C{listener}
+        (one per worker but the first), or none: its one socket is shared.
+        """
+        binder = self._binders.get(id(listener))
+        return list(binder.extra) if binder is not None else []
+
+    def whenServing(self) -> defer.Deferred[None]:
+        """
+        A Deferred that fires once every worker serves (at once if they do).
+        """
+        if all(worker.state == "serving" for worker in self.workers):
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._servingWaiters.append(d)
+        return d
 
     def _bindAll(self, listeners: list[ListenerService]) -> None:
         """
@@ -400,9 +447,13 @@ class WorkersService(MultiService):
         if status is None:
             return []
         self._statusSite = instanceStatusSite(self, status)
+        keys = [key for key in listenKeys(config) if key[0]]
+        # A reload does not change the status listeners.
+        self._statusKeys = keys
         return [
-            ListenerService(desc, None, serverFromString(self.reactor, desc), self._statusSite)
-            for desc in status.listen
+            ListenerService(desc, None, serverFromString(self._listenReactor(key), desc),
+                            self._statusSite)
+            for key, desc in zip(keys, status.listen, strict=True)
         ]
 
     def _fail(self, error: StartupError) -> None:
@@ -481,6 +532,10 @@ class WorkersService(MultiService):
         def serving(answer: dict[str, Any]) -> None:
             if worker.state == "starting":
                 worker.state = "serving"
+            if self._servingWaiters and all(w.state == "serving" for w in self.workers):
+                waiters, self._servingWaiters = self._servingWaiters, []
+                for d in waiters:
+                    d.callback(None)
             self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
                           pid=answer["pid"])
             for (proxy, label), action in self._adminStates.items():
