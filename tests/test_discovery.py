@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -63,6 +63,7 @@ from txsockproxy.discovery import (
     parseServer,
     whyFailed,
 )
+from txsockproxy.listening import LISTENING, Listening, isLocalAddress
 from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import ProxyService
 from txsockproxy.status import StatusView, statusDocument
@@ -466,6 +467,47 @@ class StreamResolverTests(SynchronousTestCase):
         self.assertEqual(
             [e for e in self.events.events if "Unexpected message" in str(e.get("log_format"))
              or "Invalid packet" in str(e.get("log_format"))], [])
+
+
+class ListeningTests(SynchronousTestCase):
+    """
+    L{Listening} tells whether an address reaches one of the process's
+    listeners.
+    """
+
+    def test_covers(self) -> None:
+        """
+        A listener bound to an address covers that address and port; one
+        bound to a wildcard address covers the port at any address of the
+        host (loopback ones, and those bound by any listener); C{::} covers
+        IPv4 ones too. Another port, or a host that is not this one, is
+        not covered; a listener removed covers nothing.
+        """
+        listening = Listening()
+        listening.add(IPv4Address("TCP", "127.0.0.1", 8000))
+        listening.add(IPv4Address("TCP", "192.0.2.77", 9000))
+        listening.add(IPv4Address("TCP", "0.0.0.0", 8001))
+        listening.add(IPv6Address("TCP", "::", 8002))
+        self.assertTrue(listening.covers("127.0.0.1", 8000))
+        self.assertFalse(listening.covers("127.0.0.2", 8000))
+        self.assertFalse(listening.covers("127.0.0.1", 8003))
+        for address in ("127.0.0.1", "127.1.2.3", "192.0.2.77", "0.0.0.0"):
+            self.assertTrue(listening.covers(address, 8001), address)
+        for address in ("::1", "127.0.0.5", "::ffff:127.0.0.1"):
+            self.assertTrue(listening.covers(address, 8002), address)
+        self.assertFalse(listening.covers("192.0.2.1", 8001))
+        self.assertFalse(listening.covers("::1", 8001))
+        listening.remove(IPv4Address("TCP", "0.0.0.0", 8001))
+        self.assertFalse(listening.covers("127.0.0.1", 8001))
+
+    def test_localAddress(self) -> None:
+        """
+        L{isLocalAddress} is true of loopback and unspecified addresses,
+        and false of a documentation address no host has.
+        """
+        self.assertTrue(isLocalAddress("127.0.0.9"))
+        self.assertTrue(isLocalAddress("::1"))
+        self.assertFalse(isLocalAddress("192.0.2.1"))
 
 
 class HostsTests(SynchronousTestCase):
@@ -923,6 +965,25 @@ class DiscoveredServiceTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         return service
+
+    def test_ownListenerLeftOut(self) -> None:
+        """
+        An address DNS gives that is one of the proxy's own listeners (here
+        a wildcard bind of port 5432, reached through 127.0.0.1) is left
+        out, with one log line however often it comes; a listener that
+        stops is forgotten.
+        """
+        events = Events(self)
+        self.dns.set("db.example", "127.0.0.1", "10.0.0.1", ttl=10)
+        service = self.service(self.config(template()))
+        pool = service.pools["p"]
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.1:5432"])
+        self.reactor.advance(10)
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.1:5432"])
+        self.assertEqual(len(events.containing("a listener of this proxy")), 1)
+        self.assertTrue(LISTENING.covers("127.0.0.1", 5432))
+        service.stopService()
+        self.assertFalse(LISTENING.covers("127.0.0.1", 5432))
 
     def test_lookupsStartWithService(self) -> None:
         """

@@ -44,6 +44,7 @@ from txsockproxy.congestion import Congestion
 from txsockproxy.discovery import Resolution, Target, describe, lookup, makeResolver
 from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.listening import LISTENING, Listening
 from txsockproxy.proxyprotocol import localHeader
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.routes import RouteTable
@@ -214,10 +215,18 @@ class DiscoveredBackends:
         clock: IReactorTime,
         makeBackend: Callable[[BackendConfig], Backend],
         proxy: str = "",
+        listening: Listening = LISTENING,
     ) -> None:
+        """
+        @param listening: the proxy process's listeners: an address DNS
+            gives that is one of them is left out (sessions would connect
+            to the proxy itself, again and again).
+        """
         discovery = config.discovery
         assert discovery is not None
         self.config = config
+        self.listening = listening
+        self._ownLogged: set[tuple[str, int]] = set()
         self.proxy = proxy
         self.makeBackend = makeBackend
         self.current: list[Backend] = []
@@ -265,7 +274,28 @@ class DiscoveredBackends:
             if target is not None:
                 backend.reconfigure(discoveredConfig(config, target))
 
+    def _notOwn(self, targets: list[Target]) -> list[Target]:
+        kept = []
+        for target in targets:
+            if not self.listening.covers(target.address, target.port):
+                kept.append(target)
+                continue
+            where = (target.address, target.port)
+            # Once per address (and no more than a few: a hostile server
+            # could make up many).
+            if where not in self._ownLogged and len(self._ownLogged) < 16:
+                self._ownLogged.add(where)
+                self.log.error(
+                    "proxy {proxy}: backend {label}: DNS gives {address}, a listener of "
+                    "this proxy: left out (sessions would connect to the proxy itself)",
+                    proxy=self.proxy, label=self.label,
+                    address=(f"[{target.address}]:{target.port}" if ":" in target.address
+                             else f"{target.address}:{target.port}"),
+                )
+        return kept
+
     def _answered(self, targets: list[Target]) -> None:
+        targets = self._notOwn(targets)
         byKey = {b.key: b for b in self.current}
         leaving = {b.key: b for b in self.leaving}
         current: list[Backend] = []

@@ -53,6 +53,7 @@ from txsockproxy.config import (
 from txsockproxy.endpoints import listenKey
 from txsockproxy.headerfirst import HeaderFirstEndpoint
 from txsockproxy.interfaces import IBalancer
+from txsockproxy.listening import LISTENING
 from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
@@ -229,6 +230,7 @@ class ListenerService(Service):
     def _bound(self, port: IListeningPort) -> None:
         self._listening = None
         self.port = port
+        LISTENING.add(port.getHost())
         self.log.info("{owner}: {listen} is bound to {address}", owner=self.owner,
                       listen=self.description, address=boundAddress(port.getHost()))
 
@@ -253,6 +255,7 @@ class ListenerService(Service):
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
+        LISTENING.remove(port.getHost())
         stopping: defer.Deferred[Any] = defer.maybeDeferred(cast(Callable[[], Any],
                                                                 port.stopListening))
         return stopping.addCallback(lambda _: None)
