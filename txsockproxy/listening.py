@@ -59,7 +59,7 @@ class Listening:
         """
         key = (getattr(address, "host", None), getattr(address, "port", None))
         if key in self._bound:
-            self._bound.remove(key)  # type: ignore[arg-type]
+            self._bound.remove(key)
 
     def covers(self, address: str, port: int) -> bool:
         """
