@@ -94,7 +94,10 @@ def _addressKey(address: str) -> tuple[int, int]:
 def parseServer(text: str) -> tuple[str, int]:
     """
     The address and port of a DNS server as the C{resolver} key writes it:
-    C{"10.0.0.53"}, C{"10.0.0.53:5353"}, C{"::1"}, C{"[::1]:5353"}.
+    C{"10.0.0.53"}, C{"10.0.0.53:5353"}, C{"fd00::53"}, C{"[::1]:5353"}. An
+    IPv6 address with a port is written in brackets; one without brackets
+    whose last group could be read as a port (C{"::1:53"}) is refused as
+    ambiguous.
 
     C{twisted.names} takes a server as an IP address and a port, not as an
     endpoint string: there is no endpoint type for DNS to parse it with.
@@ -115,6 +118,15 @@ def parseServer(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, _, portText = text.partition(":")
         port = _port(text, portText)
+    elif ":" in text:
+        # An IPv6 address: one whose last group could be a port is
+        # ambiguous ("::1:53" is an address, and ::1 port 53 too).
+        before, _, last = text.rpartition(":")
+        if last.isascii() and last.isdigit() and _isIPv6(before):
+            raise ValueError(
+                f"{text!r} is ambiguous: write an IPv6 address with a port in brackets, "
+                f"\"[{before}]:{last}\", or \"[{text}]\" for the address alone"
+            )
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -125,8 +137,15 @@ def parseServer(text: str) -> tuple[str, int]:
     return str(address), port
 
 
+def _isIPv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
 def _port(text: str, portText: str) -> int:
-    if not portText.isdigit() or not 1 <= int(portText) <= 65535:
+    if not (portText.isascii() and portText.isdigit()) or not 1 <= int(portText) <= 65535:
         raise ValueError(f"{text!r}: the port must be 1 to 65535, not {portText!r}")
     return int(portText)
 
