@@ -735,6 +735,25 @@ class DiscoveredPoolTests(SynchronousTestCase):
         self.assertIs(pool.pick(Connection()), pool.backends[0])
         self.assertEqual(len(self.events.containing("DNS gives")), 2)
 
+    def test_changeLinesBounded(self) -> None:
+        """
+        A change line names at most 8 backends, then how many more; and an
+        answer that flaps at every lookup logs at most 10 change lines a
+        minute, then one line saying how many were left out.
+        """
+        many = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(300)]
+        self.dns.set("db.example", *many, ttl=1)
+        self.pool(template())
+        [line] = self.events.containing("DNS gives")
+        self.assertIn("and 292 more", line["added"])
+        self.assertEqual(line["added"].count(","), 7)
+        for i in range(30):
+            self.dns.set("db.example", "10.1.0.1" if i % 2 else "10.1.0.2", ttl=1)
+            self.clock.advance(1)
+        self.assertEqual(len(self.events.containing("DNS gives")), 10)
+        self.clock.advance(60)
+        self.assertEqual(len(self.events.containing("more {what} not logged")), 1)
+
     def test_removalDrains(self) -> None:
         """
         An address DNS gives no more takes no new session but keeps those

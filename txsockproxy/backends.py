@@ -238,6 +238,19 @@ class DiscoveredBackends:
             discovery.resolveMin, discovery.resolveMax,
             what=f"proxy {proxy}: backend {config.label} ({describe(discovery)})",
         )
+        # A flapping answer changes the set at every lookup: its lines are
+        # bounded.
+        self._changeLog = RateLimitedLog(
+            clock, self.log, f"changes of backend {config.label}'s addresses",
+            interval=60.0, burst=10,
+        )
+
+    def stop(self) -> None:
+        """
+        Stop looking up (the proxy stops, or no longer has it).
+        """
+        self.resolution.stop()
+        self._changeLog.stop()
 
     @property
     def label(self) -> str:
@@ -329,12 +342,13 @@ class DiscoveredBackends:
         self.current = current
         self.leaving = list(leaving.values())
         if added or removed:
-            self.log.info(
+            self._changeLog.emit(
+                LogLevel.info,
                 "proxy {proxy}: backend {label}: DNS gives {count} address(es)"
                 "{added}{removed}",
                 proxy=self.proxy, label=self.label, count=len(current),
-                added=f"; new: {', '.join(added)}" if added else "",
-                removed=f"; gone (draining): {', '.join(removed)}" if removed else "",
+                added=f"; new: {_some(added)}" if added else "",
+                removed=f"; gone (draining): {_some(removed)}" if removed else "",
             )
         if changed or added or removed:
             self.onChange()
@@ -355,6 +369,17 @@ class DiscoveredBackends:
 
     def __repr__(self) -> str:
         return f"<DiscoveredBackends {self.label!r} {self.key}>"
+
+
+# The labels a change line names, at most: an answer of hundreds of
+# addresses makes one line of a few.
+CHANGE_LABELS_SHOWN = 8
+
+
+def _some(labels: list[str]) -> str:
+    shown = ", ".join(labels[:CHANGE_LABELS_SHOWN])
+    more = len(labels) - CHANGE_LABELS_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 # What a group is made of, in config order: backends of their own, and
@@ -656,7 +681,7 @@ class BackendPool:
         stayingDiscovered = set(self.discovered)
         for member in beforeDiscovered:
             if member not in stayingDiscovered:
-                member.resolution.stop()
+                member.stop()
         self._syncChecks()
 
     # -- health checks ------------------------------------------------------------
@@ -679,7 +704,7 @@ class BackendPool:
             if backend.health is not None:
                 backend.health.stop()
         for member in self.discovered:
-            member.resolution.stop()
+            member.stop()
 
     def _syncChecks(self) -> None:
         """
