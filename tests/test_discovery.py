@@ -41,6 +41,7 @@ from txsockproxy.backends import (
     Backend,
     BackendPool,
     DiscoveredBackends,
+    ResolverCache,
     discoveredConfig,
 )
 from txsockproxy.balancers import FairBalancer, balancerFactory
@@ -437,6 +438,26 @@ class StreamResolverTests(SynchronousTestCase):
         third = Server(self.reactor, 2).accept()
         third.answer(third.queries()[0], a("db.example", "10.0.0.1"))
         self.assertEqual(len(self.successResultOf(asked)[0]), 1)
+
+    def test_unusedDropped(self) -> None:
+        """
+        L{ResolverCache} gives one resolver per setting; one that no backend
+        uses after a reload is dropped, closing its connection; the
+        system's stays.
+        """
+        cache = ResolverCache(self.reactor)
+        chain = cache("192.0.2.53:53")
+        self.assertIs(cache("192.0.2.53:53"), chain)
+        system = cache("")
+        [stream] = chain.resolvers
+        asked = stream.query(dns.Query("db.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        cache.keepOnly(["192.0.2.99:53"])
+        self.assertTrue(server.transport.disconnecting)
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(asked, ConnectionLost)
+        self.assertIsNot(cache("192.0.2.53:53"), chain)
+        self.assertIs(cache(""), system)
 
     def test_unexpectedMessages(self) -> None:
         """
@@ -1041,6 +1062,27 @@ class DiscoveredServiceTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(service.reload()))
         self.assertNotEqual(service.pools["p"].backends[0], before[0])
         self.assertEqual(self.servers[-1], "127.0.0.1:5353")
+
+    def test_reloadDropsResolvers(self) -> None:
+        """
+        A reload after which no backend uses a resolver setting drops its
+        resolver from the service's L{ResolverCache}.
+        """
+        dns = self.dns
+
+        class Cache(ResolverCache):
+            def __call__(self, server: str) -> Any:
+                self.made.setdefault(server, dns)
+                return dns
+
+        self.resolverFor = Cache(self.reactor)  # type: ignore[assignment]
+        moved = replace(template(), discovery=replace(template().discovery,
+                                                      resolver="127.0.0.1:5353"))
+        service = self.service(self.config(moved))
+        self.assertEqual(list(self.resolverFor.made), ["127.0.0.1:5353"])  # type: ignore[attr-defined]
+        self.configs["c.toml"] = self.config(template())
+        self.assertTrue(self.successResultOf(service.reload()))
+        self.assertEqual(list(self.resolverFor.made), [""])  # type: ignore[attr-defined]
 
     def test_stopStopsLookups(self) -> None:
         """

@@ -41,7 +41,14 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.congestion import Congestion
-from txsockproxy.discovery import Resolution, Target, describe, lookup, makeResolver
+from txsockproxy.discovery import (
+    Resolution,
+    StreamResolver,
+    Target,
+    describe,
+    lookup,
+    makeResolver,
+)
 from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.listening import LISTENING, Listening
@@ -925,19 +932,41 @@ def membersFor(
     return members
 
 
-def resolverCache(reactor: Any) -> Callable[[str], Any]:
+class ResolverCache:
     """
-    A function of a C{resolver} setting that gives one resolver per setting
-    (see L{txsockproxy.discovery.makeResolver}), made when first asked for.
+    Gives one resolver per C{resolver} setting (see
+    L{txsockproxy.discovery.makeResolver}), made when first asked for, and
+    drops (closing its connections) those no backend uses any more.
     """
-    made: dict[str, Any] = {}
 
-    def resolverFor(server: str) -> Any:
-        if server not in made:
-            made[server] = makeResolver(reactor, server)
-        return made[server]
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.made: dict[str, Any] = {}
 
-    return resolverFor
+    def __call__(self, server: str) -> Any:
+        if server not in self.made:
+            self.made[server] = makeResolver(self.reactor, server)
+        return self.made[server]
+
+    def keepOnly(self, servers: Iterable[str]) -> None:
+        """
+        Drop the resolvers of settings not in C{servers}; the system's
+        (C{""}) stays (C{twisted.names} keeps rereading resolv.conf for it
+        whatever is done).
+        """
+        wanted = set(servers) | {""}
+        for server in [s for s in self.made if s not in wanted]:
+            chain = self.made.pop(server)
+            for resolver in getattr(chain, "resolvers", ()):
+                if isinstance(resolver, StreamResolver):
+                    resolver.close()
+
+
+def resolverCache(reactor: Any) -> ResolverCache:
+    """
+    A L{ResolverCache} of resolvers connecting through C{reactor}.
+    """
+    return ResolverCache(reactor)
 
 
 def _checkPreamble(config: BackendConfig) -> dict[str, Any]:

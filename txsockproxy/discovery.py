@@ -261,6 +261,15 @@ class StreamResolver:
         if transport is not None:
             transport.abortConnection()
 
+    def close(self) -> None:
+        """
+        Close its connections (no backend uses it any more).
+        """
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+
     # Queries.
 
     def _connect(self, server: tuple[str, int], timeout: float) -> defer.Deferred[_Connection]:

@@ -661,6 +661,11 @@ class ProxyService(MultiService):
             if all(plan.pool is not pool for plan in tree.pools):
                 pool.stopChecks()
         self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
+        # Resolvers no backend uses any more close their connections.
+        keepOnly = getattr(self.resolverFor, "keepOnly", None)
+        if keepOnly is not None:
+            keepOnly({m.config.discovery.resolver for pool in self.pools.values()
+                      for m in pool.discovered if m.config.discovery is not None})
         if self.running and not self._stopping:
             for pool in self.pools.values():
                 pool.startChecks()
