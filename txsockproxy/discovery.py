@@ -434,8 +434,10 @@ def lookupAddresses(
         shortest TTL of their records (L{None} when there are none). It
         fails when both lookups fail, or when one goes wrong (a timeout, a
         server failure): the addresses of the other alone would make those
-        of the first drain. One that finds no such name (a name of
-        C{/etc/hosts} with an IPv4 address only) leaves the other's.
+        of the first drain. One that finds no such name leaves the other's.
+        A name of C{/etc/hosts} never gets a DNS answer here: the system
+        resolver answers it from the file alone, in both families (see
+        L{HostsResolver}).
     """
     lookups = [resolver.lookupAddress(name), resolver.lookupIPV6Address(name)]
 
