@@ -463,14 +463,15 @@ class StreamResolverTests(SynchronousTestCase):
         """
         A server that sends an answer to no query, or bytes that are no
         DNS message, has its connection dropped (its queries fail at
-        once) and is counted; the lines logged about such messages are
-        bounded, however many come.
+        once) and is counted, once however many more the same read
+        brought; the lines logged about such messages are bounded, however
+        many come.
         """
         resolver = self.resolver(("192.0.2.53", 53))
         asked = resolver.query(dns.Query("db.example", dns.A))
         server = Server(self.reactor, 0).accept()
         stray = dns.Message(id=(server.queries()[0].id + 1) % 65536, answer=True)
-        server.protocol.dataReceived(framed(stray))
+        server.protocol.dataReceived(framed(stray) * 50)
         self.assertTrue(server.transport.disconnected or server.transport.disconnecting)
         self.assertEqual(resolver.badMessages, 1)
         server.protocol.connectionLost(Failure(ConnectionDone()))

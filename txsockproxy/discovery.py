@@ -160,8 +160,13 @@ class _Connection(dns.DNSProtocol):
     """
 
     controller: StreamResolver
+    # Set at the first bad message: what the same read brought after it
+    # is not looked at (nor counted, nor logged).
+    dropped = False
 
     def stringReceived(self, data: bytes) -> None:
+        if self.dropped:
+            return
         message = dns.Message()
         try:
             message.fromStr(data)
@@ -205,8 +210,8 @@ class StreamResolver:
     failure, a lost connection or its share of the time), all within
     C{timeout} seconds, connecting included.
 
-    @ivar badMessages: unreadable or unexpected messages received, ever
-        (each drops its connection).
+    @ivar badMessages: connections dropped for an unreadable or unexpected
+        message, ever.
     """
 
     log = Logger()
@@ -249,6 +254,9 @@ class StreamResolver:
         C{connection}'s server sent C{what}: drop the connection (its queries
         fail, and are asked again of the next server or at the next lookup).
         """
+        if connection.dropped:
+            return
+        connection.dropped = True
         self.badMessages += 1
         self.connectionLost(connection)
         transport: Any = connection.transport
