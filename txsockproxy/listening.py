@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import lru_cache
 from typing import Any
 
 
+@lru_cache(maxsize=1024)
 def isLocalAddress(address: str) -> bool:
     """
     Whether C{address} (an IP address) is one of this host's: a loopback
     or unspecified one, or one the system routes to itself (it is its own
     source address when a socket is aimed at it: no packet is sent).
+
+    Remembered (a backend connect may ask, for a backend on a port the
+    proxy listens on): an address the host takes or drops later is seen
+    as it was when first asked.
     """
     ip = ipaddress.ip_address(address)
     if ip.is_loopback or ip.is_unspecified:
@@ -43,6 +49,9 @@ class Listening:
 
     def __init__(self) -> None:
         self._bound: list[tuple[str, int]] = []
+        # The ports alone: most addresses asked about (every backend
+        # connect) are ruled out by their port.
+        self._ports: set[int] = set()
 
     def add(self, address: Any) -> None:
         """
@@ -52,6 +61,7 @@ class Listening:
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         if isinstance(host, str) and isinstance(port, int):
             self._bound.append((host, port))
+            self._ports.add(port)
 
     def remove(self, address: Any) -> None:
         """
@@ -60,12 +70,15 @@ class Listening:
         key = (getattr(address, "host", None), getattr(address, "port", None))
         if key in self._bound:
             self._bound.remove(key)
+            self._ports = {port for _, port in self._bound}
 
     def covers(self, address: str, port: int) -> bool:
         """
         Whether connecting to C{address} port C{port} reaches one of the
         listeners.
         """
+        if port not in self._ports:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
