@@ -439,6 +439,27 @@ class StreamResolverTests(SynchronousTestCase):
         third.answer(third.queries()[0], a("db.example", "10.0.0.1"))
         self.assertEqual(len(self.successResultOf(asked)[0]), 1)
 
+    def test_idleClosedRetried(self) -> None:
+        """
+        A query sent on a kept connection that the server closes (as
+        servers close idle ones) is asked again, once, on a new
+        connection to the same server.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        first = resolver.query(dns.Query("a.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        server.answer(server.queries()[0], a("a.example", "10.0.0.1"))
+        self.successResultOf(first)
+        second = resolver.query(dns.Query("b.example", dns.A))
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertNoResult(second)
+        again = Server(self.reactor, 1).accept()
+        self.assertEqual(again.host, "192.0.2.53")
+        [query] = again.queries()
+        self.assertEqual(query.queries[0].name.name, b"b.example")
+        again.answer(query, a("b.example", "10.0.0.2"))
+        self.assertEqual(len(self.successResultOf(second)[0]), 1)
+
     def test_unusedDropped(self) -> None:
         """
         L{ResolverCache} gives one resolver per setting; one that no backend

@@ -181,12 +181,14 @@ class _Connection(dns.DNSProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Twisted leaves the queries of a lost connection to their
         # timeouts: they fail now, so that the next server is tried.
+        # The controller forgets it first: a query asked again at once
+        # must not come back to it.
+        super().connectionLost(reason)
         live, self.liveMessages = self.liveMessages or {}, {}
         for d, timeout in live.values():
             if timeout.active():
                 timeout.cancel()
             d.errback(ConnectionLost())
-        super().connectionLost(reason)
 
 
 class _ConnectionFactory(protocol.Factory):
@@ -208,7 +210,8 @@ class StreamResolver:
 
     A query tries the servers in turn (the next after a refusal, a server
     failure, a lost connection or its share of the time), all within
-    C{timeout} seconds, connecting included.
+    C{timeout} seconds, connecting included. A kept connection lost as a
+    query goes (servers close idle ones) is made again, once, for it.
 
     @ivar badMessages: connections dropped for an unreadable or unexpected
         message, ever.
@@ -327,22 +330,37 @@ class StreamResolver:
         deadline = self.reactor.seconds() + self.timeout
         servers = list(self.servers())
         last: Failure = Failure(defer.TimeoutError(f"no DNS server answered for {query.name}"))
-        for i, server in enumerate(servers):
+        i = 0
+        retried = False
+        while i < len(servers):
+            server = servers[i]
             left = deadline - self.reactor.seconds()
             if left <= 0:
                 break
             # Each server left has its share of the time left.
             share = left / (len(servers) - i)
+            reused = server in self._connections
             try:
                 connection = await self._connect(server, share)
                 answer = await connection.query([query], share)
             except defer.CancelledError:
                 raise
+            except ConnectionLost:
+                last = Failure()
+                if reused and not retried:
+                    # A kept connection the server closed (idle) as the
+                    # query went: the same server again, on a new one.
+                    retried = True
+                    continue
+                i += 1
+                continue
             except Exception:
                 last = Failure()
+                i += 1
                 continue
+            i += 1
             if answer.rCode in (dns.ESERVER, dns.EREFUSED, dns.EFORMAT, dns.ENOTIMP) and (
-                    i + 1 < len(servers)):
+                    i < len(servers)):
                 last = Failure(self._errors.exceptionForCode(answer.rCode)(answer))
                 continue
             if answer.rCode != dns.OK:
