@@ -12,7 +12,8 @@ JSON file at every query, so a test changes them by replacing the file:
      "srv": {"_echo._tcp.test": [[priority, weight, port, "db.test"]]}}
 
 A name in no table does not exist (NXDOMAIN); an SRV answer carries the A
-records of its targets in its additional section, as Consul's does.
+records of its targets in its additional section, as Consul's does. A name
+in C{"hang"} (a list) is never answered.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class JSONAuthority:
         data = self._read()
         ttl = int(data.get("ttl", 1))
         name = query.name.name.decode("ascii").lower()
+        if name in data.get("hang", []):
+            return defer.Deferred()
         addresses = data.get("a", {})
         services = data.get("srv", {})
         if name not in addresses and name not in services:

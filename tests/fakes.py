@@ -176,15 +176,16 @@ class FakeEndpoint:
         self.attempts.append((factory, d))
         return d
 
-    def succeed(self) -> tuple[Any, HalfCloseTransport]:
+    def succeed(self, peer: Optional[IPv4Address] = None) -> tuple[Any, HalfCloseTransport]:
         """
-        Complete the latest connect: build the protocol, give it a transport.
+        Complete the latest connect: build the protocol, give it a transport
+        (whose peer is C{peer}, by default C{127.0.0.2:40000}).
 
         @return: the backend protocol and its transport.
         """
         factory, d = self.attempts[-1]
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 9000))
-        transport = HalfCloseTransport()
+        transport = HalfCloseTransport(peer)
         assert protocol is not None
         protocol.makeConnection(transport)
         d.callback(protocol)

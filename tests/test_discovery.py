@@ -15,21 +15,33 @@ from typing import Any, Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.names import client, dns
-from twisted.names.error import DNSNameError
+from twisted.names import dns, resolve
+from twisted.names.error import (
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DomainError,
+)
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import fakes
+from txsockproxy import discovery
 from txsockproxy.backends import (
     DRAINING,
     UP,
     Backend,
     BackendPool,
     DiscoveredBackends,
+    ResolverCache,
     discoveredConfig,
 )
 from txsockproxy.balancers import FairBalancer, balancerFactory
@@ -41,6 +53,7 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.discovery import (
+    HostsResolver,
     Resolution,
     StreamResolver,
     Target,
@@ -49,7 +62,9 @@ from txsockproxy.discovery import (
     lookupService,
     makeResolver,
     parseServer,
+    whyFailed,
 )
+from txsockproxy.listening import LISTENING, Listening, isLocalAddress
 from txsockproxy.relay import ProxyFactory
 from txsockproxy.service import ProxyService
 from txsockproxy.status import StatusView, statusDocument
@@ -153,10 +168,11 @@ class LookupTests(SynchronousTestCase):
 
     def test_oneFamilyFailing(self) -> None:
         """
-        A name whose AAAA lookup finds no such name (as a name of
-        /etc/hosts with an IPv4 address only) gives its A records; one
-        whose lookups both fail fails; and so does one whose AAAA lookup
-        times out, rather than give the A records alone.
+        A DNS name whose AAAA lookup finds no such name gives its A
+        records; one whose lookups both fail fails; and so does one whose
+        AAAA lookup times out, rather than give the A records alone (a
+        flaky AAAA lookup would otherwise drain the backends of the A
+        records). Names of /etc/hosts never get here: see L{HostsTests}.
         """
         resolver = FakeDNS()
         resolver.records[("db", dns.A)] = [a("db", "10.0.0.1")]
@@ -212,6 +228,23 @@ class LookupTests(SynchronousTestCase):
         resolver.failing.add("missing.example")
         self.failureResultOf(lookupService(resolver, name), defer.TimeoutError)
 
+    def test_servicePortZero(self) -> None:
+        """
+        An SRV record with port 0 (nothing listens there) is left out, and
+        logged once, however often it comes.
+        """
+        events = Events(self)
+        resolver = FakeDNS()
+        name = "_pg._tcp.zero.example"
+        resolver.records[(name, dns.SRV)] = [srv(name, "t1.example", 0),
+                                             srv(name, "t2.example", 5432)]
+        resolver.set("t1.example", "10.0.0.1")
+        resolver.set("t2.example", "10.0.0.2")
+        for _ in range(3):
+            targets, _ = self.successResultOf(lookupService(resolver, name))
+            self.assertEqual(targets, [Target("10.0.0.2", 5432)])
+        self.assertEqual(len(events.containing("has port 0")), 1)
+
 
 class CanonicalTests(SynchronousTestCase):
     """
@@ -259,42 +292,314 @@ class ParseServerTests(SynchronousTestCase):
         for text in ("dns.example", "10.0.0.1:0", "10.0.0.1:x", "[::1", "[::1]x", ""):
             self.assertRaises(ValueError, parseServer, text)
 
-    def test_streamResolver(self) -> None:
-        """
-        L{StreamResolver} asks over TCP, one query at a time, and turns
-        the answer into its sections, or an error code into its error.
-        """
-        asked: list[bytes] = []
-        pending: list[defer.Deferred[Any]] = []
-
-        def queryTCP(queries: Any, timeout: Any) -> defer.Deferred[Any]:
-            asked.append(queries[0].name.name)
-            d: defer.Deferred[Any] = defer.Deferred()
-            pending.append(d)
-            return d
-
-        real = client.Resolver(servers=[("127.0.0.1", 53)], reactor=MemoryReactorClock())
-        self.patch(real, "queryTCP", queryTCP)
-        resolver = StreamResolver(real)
-        first = resolver.query(dns.Query("a.example", dns.A))
-        second = resolver.query(dns.Query("b.example", dns.A))
-        self.assertEqual(asked, [b"a.example"])
-        answer = dns.Message(answer=True)
-        answer.answers = [a("a.example", "10.0.0.1")]
-        pending[0].callback(answer)
-        self.assertEqual(self.successResultOf(first)[0], answer.answers)
-        self.assertEqual(asked, [b"a.example", b"b.example"])
-        pending[1].callback(dns.Message(answer=True, rCode=dns.ENAME))
-        self.failureResultOf(second, DNSNameError)
-
     def test_makeResolver(self) -> None:
         """
-        A configured server gives a resolver of that server; none, the
-        system's (which answers names of /etc/hosts).
+        A configured server gives a resolver that asks that server alone;
+        none, the system's: C{/etc/hosts} first, then the servers of
+        C{/etc/resolv.conf}.
         """
         reactor = MemoryReactorClock()
-        self.assertTrue(hasattr(makeResolver(reactor, "127.0.0.1:5353"), "lookupService"))
-        self.assertTrue(hasattr(makeResolver(reactor, ""), "lookupService"))
+        chain = makeResolver(reactor, "127.0.0.1:5353")
+        [stream] = chain.resolvers
+        assert isinstance(stream, StreamResolver)
+        self.assertEqual(list(stream.servers()), [("127.0.0.1", 5353)])
+        resolvConf = FilePath(self.mktemp())
+        resolvConf.setContent(b"nameserver 192.0.2.53\nnameserver 192.0.2.54\n")
+        self.patch(discovery, "RESOLV_CONF", resolvConf.path)
+        system = makeResolver(reactor, "")
+        hostsFile, stream = system.resolvers
+        self.assertIsInstance(hostsFile, HostsResolver)
+        self.assertEqual(hostsFile.file, discovery.HOSTS.encode())
+        assert isinstance(stream, StreamResolver)
+        self.assertEqual(list(stream.servers()), [("192.0.2.53", 53), ("192.0.2.54", 53)])
+
+
+def framed(message: dns.Message) -> bytes:
+    data = message.toStr()
+    return len(data).to_bytes(2, "big") + data
+
+
+class Server:
+    """
+    The far end of one connection a L{StreamResolver} made through a
+    L{MemoryReactorClock}: reads its queries, answers them.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock, index: int) -> None:
+        self.host, self.port, self.factory, self.timeout, _ = reactor.tcpClients[index]
+        self.transport = StringTransport()
+        self.protocol: Any = None
+
+    def accept(self) -> Server:
+        self.protocol = self.factory.buildProtocol(IPv4Address("TCP", self.host, self.port))
+        self.protocol.makeConnection(self.transport)
+        return self
+
+    def refuse(self) -> None:
+        self.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+
+    def queries(self) -> list[dns.Message]:
+        data, messages = self.transport.value(), []
+        while data:
+            size = int.from_bytes(data[:2], "big")
+            message = dns.Message()
+            message.fromStr(data[2:2 + size])
+            messages.append(message)
+            data = data[2 + size:]
+        return messages
+
+    def answer(self, query: dns.Message, *records: dns.RRHeader, rCode: int = dns.OK) -> None:
+        answer = dns.Message(id=query.id, answer=True, rCode=rCode)
+        answer.queries = query.queries
+        answer.answers = list(records)
+        self.protocol.dataReceived(framed(answer))
+
+
+class StreamResolverTests(SynchronousTestCase):
+    """
+    L{StreamResolver} asks DNS servers over TCP: queries at once on one
+    connection, within one deadline, the next server when one fails.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.events = Events(self)
+
+    def resolver(self, *servers: tuple[str, int]) -> StreamResolver:
+        return StreamResolver(self.reactor, lambda: list(servers))
+
+    def test_pipelined(self) -> None:
+        """
+        Queries sent while others wait go at once, on the one connection
+        (its connect shared): an answer that does not come holds up none
+        of the others.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        slow = resolver.query(dns.Query("slow.example", dns.A))
+        fast = resolver.query(dns.Query("fast.example", dns.A))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        server = Server(self.reactor, 0).accept()
+        first, second = server.queries()
+        self.assertEqual(second.queries[0].name.name, b"fast.example")
+        server.answer(second, a("fast.example", "10.0.0.1"))
+        self.assertEqual(self.successResultOf(fast)[0][0].payload.dottedQuad(), "10.0.0.1")
+        self.assertNoResult(slow)
+        again = resolver.query(dns.Query("again.example", dns.A))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(len(server.queries()), 3)
+        self.assertNoResult(again)
+        self.reactor.advance(5)
+        self.failureResultOf(slow, defer.TimeoutError)
+        self.failureResultOf(again, defer.TimeoutError)
+
+    def test_errorCodes(self) -> None:
+        """
+        An error code in the answer fails the query with its
+        C{twisted.names} error.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        missing = resolver.query(dns.Query("missing.example", dns.A))
+        broken = resolver.query(dns.Query("broken.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        first, second = server.queries()
+        server.answer(first, rCode=dns.ENAME)
+        server.answer(second, rCode=dns.ESERVER)
+        self.failureResultOf(missing, DNSNameError)
+        self.failureResultOf(broken, DNSServerError)
+
+    def test_connectBounded(self) -> None:
+        """
+        Connecting is bounded by the query's time: a server that never
+        accepts fails the query as a timeout after 5 seconds, not after
+        the 30 seconds of a connect's default timeout.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        asked = resolver.query(dns.Query("db.example", dns.A))
+        self.assertLessEqual(Server(self.reactor, 0).timeout, 5)
+        resolution = Resolution(self.reactor, lambda: asked, lambda t: None, 1.0, 300.0,
+                                what="backend db")
+        resolution.start()
+        self.reactor.advance(5)
+        self.assertTrue(resolution.failing)
+        self.assertEqual(resolution.lastError, "no answer (timeout)")
+        resolution.stop()
+
+    def test_nextServer(self) -> None:
+        """
+        A server that refuses the connection, or answers REFUSED, is
+        followed by the next one, within the same query.
+        """
+        resolver = self.resolver(("192.0.2.53", 53), ("192.0.2.54", 53), ("192.0.2.55", 53))
+        asked = resolver.query(dns.Query("db.example", dns.A))
+        Server(self.reactor, 0).refuse()
+        second = Server(self.reactor, 1).accept()
+        self.assertEqual(second.host, "192.0.2.54")
+        second.answer(second.queries()[0], rCode=dns.EREFUSED)
+        third = Server(self.reactor, 2).accept()
+        third.answer(third.queries()[0], a("db.example", "10.0.0.1"))
+        self.assertEqual(len(self.successResultOf(asked)[0]), 1)
+
+    def test_idleClosedRetried(self) -> None:
+        """
+        A query sent on a kept connection that the server closes (as
+        servers close idle ones) is asked again, once, on a new
+        connection to the same server.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        first = resolver.query(dns.Query("a.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        server.answer(server.queries()[0], a("a.example", "10.0.0.1"))
+        self.successResultOf(first)
+        second = resolver.query(dns.Query("b.example", dns.A))
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertNoResult(second)
+        again = Server(self.reactor, 1).accept()
+        self.assertEqual(again.host, "192.0.2.53")
+        [query] = again.queries()
+        self.assertEqual(query.queries[0].name.name, b"b.example")
+        again.answer(query, a("b.example", "10.0.0.2"))
+        self.assertEqual(len(self.successResultOf(second)[0]), 1)
+
+    def test_unusedDropped(self) -> None:
+        """
+        L{ResolverCache} gives one resolver per setting; one that no backend
+        uses after a reload is dropped, closing its connection; the
+        system's stays.
+        """
+        cache = ResolverCache(self.reactor)
+        chain = cache("192.0.2.53:53")
+        self.assertIs(cache("192.0.2.53:53"), chain)
+        system = cache("")
+        [stream] = chain.resolvers
+        asked = stream.query(dns.Query("db.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        cache.keepOnly(["192.0.2.99:53"])
+        self.assertTrue(server.transport.disconnecting)
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(asked, ConnectionLost)
+        self.assertIsNot(cache("192.0.2.53:53"), chain)
+        self.assertIs(cache(""), system)
+
+    def test_unexpectedMessages(self) -> None:
+        """
+        A server that sends an answer to no query, or bytes that are no
+        DNS message, has its connection dropped (its queries fail at
+        once) and is counted, once however many more the same read
+        brought; the lines logged about such messages are bounded, however
+        many come.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        asked = resolver.query(dns.Query("db.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        stray = dns.Message(id=(server.queries()[0].id + 1) % 65536, answer=True)
+        server.protocol.dataReceived(framed(stray) * 50)
+        self.assertTrue(server.transport.disconnected or server.transport.disconnecting)
+        self.assertEqual(resolver.badMessages, 1)
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(whyFailed(self.failureResultOf(asked)),
+                         "the DNS server closed the connection")
+        for i in range(1, 100):
+            more = resolver.query(dns.Query("db.example", dns.A))
+            server = Server(self.reactor, i).accept()
+            server.protocol.dataReceived(b"\x00\x03abc" if i % 2 else framed(stray))
+            server.protocol.connectionLost(Failure(ConnectionDone()))
+            self.failureResultOf(more, ConnectionLost)
+        self.assertEqual(resolver.badMessages, 100)
+        logged = self.events.containing("DNS server {server} sent")
+        self.assertLessEqual(len(logged), 10)
+        self.assertEqual(
+            [e for e in self.events.events if "Unexpected message" in str(e.get("log_format"))
+             or "Invalid packet" in str(e.get("log_format"))], [])
+
+
+class ListeningTests(SynchronousTestCase):
+    """
+    L{Listening} tells whether an address reaches one of the process's
+    listeners.
+    """
+
+    def test_covers(self) -> None:
+        """
+        A listener bound to an address covers that address and port; one
+        bound to a wildcard address covers the port at any address of the
+        host (loopback ones, and those bound by any listener); C{::} covers
+        IPv4 ones too. Another port, or a host that is not this one, is
+        not covered; a listener removed covers nothing.
+        """
+        listening = Listening()
+        listening.add(IPv4Address("TCP", "127.0.0.1", 8000))
+        listening.add(IPv4Address("TCP", "192.0.2.77", 9000))
+        listening.add(IPv4Address("TCP", "0.0.0.0", 8001))
+        listening.add(IPv6Address("TCP", "::", 8002))
+        self.assertTrue(listening.covers("127.0.0.1", 8000))
+        self.assertFalse(listening.covers("127.0.0.2", 8000))
+        self.assertFalse(listening.covers("127.0.0.1", 8003))
+        for address in ("127.0.0.1", "127.1.2.3", "192.0.2.77", "0.0.0.0"):
+            self.assertTrue(listening.covers(address, 8001), address)
+        for address in ("::1", "127.0.0.5", "::ffff:127.0.0.1"):
+            self.assertTrue(listening.covers(address, 8002), address)
+        self.assertFalse(listening.covers("192.0.2.1", 8001))
+        self.assertFalse(listening.covers("::1", 8001))
+        listening.remove(IPv4Address("TCP", "0.0.0.0", 8001))
+        self.assertFalse(listening.covers("127.0.0.1", 8001))
+
+    def test_localAddress(self) -> None:
+        """
+        L{isLocalAddress} is true of loopback and unspecified addresses,
+        and false of a documentation address no host has.
+        """
+        self.assertTrue(isLocalAddress("127.0.0.9"))
+        self.assertTrue(isLocalAddress("::1"))
+        self.assertFalse(isLocalAddress("192.0.2.1"))
+
+
+class HostsTests(SynchronousTestCase):
+    """
+    With no resolver configured, a name of C{/etc/hosts} is answered from
+    it alone, as C{getaddrinfo} does.
+    """
+
+    def test_hostsNeedNoDNS(self) -> None:
+        """
+        A name that C{/etc/hosts} has with an IPv4 address only gives that
+        address when DNS fails (its AAAA lookup does not reach DNS).
+        """
+        hostsFile = FilePath(self.mktemp())
+        hostsFile.setContent(b"10.0.0.7 db.internal\n")
+        failingDNS = FakeDNS()
+        failingDNS.failing.add("db.internal")
+        failingDNS.failing.add("other.example")
+
+        class Queries:
+            def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
+                return failingDNS._lookup(query.name.name.decode(), query.type)
+
+        chain = resolve.ResolverChain([HostsResolver(file=hostsFile.path.encode()), Queries()])
+        targets, _ = self.successResultOf(lookupAddresses(chain, "db.internal", 5432))
+        self.assertEqual(targets, [Target("10.0.0.7", 5432)])
+        self.assertEqual(failingDNS.asked, [])
+        self.failureResultOf(lookupAddresses(chain, "other.example", 1), defer.TimeoutError)
+
+
+class WhyFailedTests(SynchronousTestCase):
+    """
+    L{whyFailed} says why a lookup failed in words.
+    """
+
+    def test_errorCodes(self) -> None:
+        """
+        NXDOMAIN alone is "no such name"; SERVFAIL, REFUSED, FORMERR and
+        NOTIMP say what they are.
+        """
+        message = dns.Message()
+        for error, words in ((DNSNameError(message), "no such name"),
+                             (DomainError("x"), "no such name"),
+                             (DNSServerError(message), "server failure (SERVFAIL)"),
+                             (DNSQueryRefusedError(message), "refused (REFUSED)"),
+                             (DNSFormatError(message), "format error (FORMERR)"),
+                             (DNSNotImplementedError(message),
+                              "not implemented by the server (NOTIMP)")):
+            self.assertEqual(whyFailed(Failure(error)), words)
 
 
 class ResolutionTests(SynchronousTestCase):
@@ -357,6 +662,38 @@ class ResolutionTests(SynchronousTestCase):
         self.assertFalse(self.resolution.failing)
         self.assertEqual(len(self.events.containing("DNS answers again")), 1)
         self.assertEqual(self.resolution.failures, 3)
+
+    def test_deadline(self) -> None:
+        """
+        A lookup that does not end within the deadline (5 seconds) is
+        cancelled and counts as a failure: the backend says it fails, and
+        the next lookup comes after resolve-min.
+        """
+        self.dns.hold = True
+        self.resolution.start()
+        self.clock.advance(4.9)
+        self.assertFalse(self.resolution.failing)
+        self.clock.advance(0.1)
+        self.assertTrue(self.resolution.failing)
+        self.assertEqual(self.resolution.lastError, "no answer (timeout)")
+        self.assertEqual((self.resolution.lookups, self.resolution.failures), (1, 1))
+        self.assertEqual(self.resolution.nextAt, 6.0)
+        self.assertTrue(all(d.called for d in self.dns.held))
+
+    def test_reconfigureEarlier(self) -> None:
+        """
+        A resolve-max lowered on reload moves a lookup scheduled later than
+        the new bound to it.
+        """
+        self.dns.set("db", "10.0.0.1", ttl=3600)
+        self.resolution.start()
+        self.assertEqual(self.resolution.nextAt, 300.0)
+        self.clock.advance(10)
+        self.resolution.configure(1.0, 30.0)
+        self.assertEqual(self.resolution.nextAt, 40.0)
+        asked = len(self.dns.asked)
+        self.clock.advance(30)
+        self.assertEqual(len(self.dns.asked), asked + 2)
 
     def test_stop(self) -> None:
         """
@@ -440,6 +777,25 @@ class DiscoveredPoolTests(SynchronousTestCase):
             b.active = 1
         self.assertIs(pool.pick(Connection()), pool.backends[0])
         self.assertEqual(len(self.events.containing("DNS gives")), 2)
+
+    def test_changeLinesBounded(self) -> None:
+        """
+        A change line names at most 8 backends, then how many more; and an
+        answer that flaps at every lookup logs at most 10 change lines a
+        minute, then one line saying how many were left out.
+        """
+        many = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(300)]
+        self.dns.set("db.example", *many, ttl=1)
+        self.pool(template())
+        [line] = self.events.containing("DNS gives")
+        self.assertIn("and 292 more", line["added"])
+        self.assertEqual(line["added"].count(","), 7)
+        for i in range(30):
+            self.dns.set("db.example", "10.1.0.1" if i % 2 else "10.1.0.2", ttl=1)
+            self.clock.advance(1)
+        self.assertEqual(len(self.events.containing("DNS gives")), 10)
+        self.clock.advance(60)
+        self.assertEqual(len(self.events.containing("more {what} not logged")), 1)
 
     def test_removalDrains(self) -> None:
         """
@@ -672,6 +1028,25 @@ class DiscoveredServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         return service
 
+    def test_ownListenerLeftOut(self) -> None:
+        """
+        An address DNS gives that is one of the proxy's own listeners (here
+        a wildcard bind of port 5432, reached through 127.0.0.1) is left
+        out, with one log line however often it comes; a listener that
+        stops is forgotten.
+        """
+        events = Events(self)
+        self.dns.set("db.example", "127.0.0.1", "10.0.0.1", ttl=10)
+        service = self.service(self.config(template()))
+        pool = service.pools["p"]
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.1:5432"])
+        self.reactor.advance(10)
+        self.assertEqual([b.label for b in pool.backends], ["db/10.0.0.1:5432"])
+        self.assertEqual(len(events.containing("a listener of this proxy")), 1)
+        self.assertTrue(LISTENING.covers("127.0.0.1", 5432))
+        service.stopService()
+        self.assertFalse(LISTENING.covers("127.0.0.1", 5432))
+
     def test_lookupsStartWithService(self) -> None:
         """
         Nothing is looked up before the service starts; then every address
@@ -709,6 +1084,27 @@ class DiscoveredServiceTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(service.reload()))
         self.assertNotEqual(service.pools["p"].backends[0], before[0])
         self.assertEqual(self.servers[-1], "127.0.0.1:5353")
+
+    def test_reloadDropsResolvers(self) -> None:
+        """
+        A reload after which no backend uses a resolver setting drops its
+        resolver from the service's L{ResolverCache}.
+        """
+        dns = self.dns
+
+        class Cache(ResolverCache):
+            def __call__(self, server: str) -> Any:
+                self.made.setdefault(server, dns)
+                return dns
+
+        self.resolverFor = Cache(self.reactor)  # type: ignore[assignment]
+        moved = replace(template(), discovery=replace(template().discovery,
+                                                      resolver="127.0.0.1:5353"))
+        service = self.service(self.config(moved))
+        self.assertEqual(list(self.resolverFor.made), ["127.0.0.1:5353"])  # type: ignore[attr-defined]
+        self.configs["c.toml"] = self.config(template())
+        self.assertTrue(self.successResultOf(service.reload()))
+        self.assertEqual(list(self.resolverFor.made), [""])  # type: ignore[attr-defined]
 
     def test_stopStopsLookups(self) -> None:
         """

@@ -128,10 +128,65 @@ class DiscoveryKeysTests(SynchronousTestCase):
                            f"{b}.resolver", "is not an IP address")
         self.assertProblem('srv = "_a._tcp.example"\nresolver = "10.0.0.1:99999"', 5,
                            f"{b}.resolver", "the port must be 1 to 65535")
+        self.assertProblem('host = "a.example"\nresolve = "dns"\nresolve-min = 0.01', 6,
+                           f"{b}.resolve-min", "must be at least 0.1s")
+        self.assertProblem('srv = "_a._tcp.example"\nresolver = "10.0.0.1:\u00b2"', 5,
+                           f"{b}.resolver", "the port must be 1 to 65535")
+        self.assertProblem('srv = "_a._tcp.example"\nresolver = "::1:53"', 5,
+                           f"{b}.resolver", 'ambiguous: write an IPv6 address with a port '
+                           'in brackets, "[::1]:53"')
         self.assertProblem('endpoint = "tcp:host=a:port=1"\nresolve-max = 5', 5,
                            f"{b}.resolve-max", 'applies to backends with resolve = "dns"')
         self.assertProblem('srv = "_a._tcp.example"\ntls = true', 5, f"{b}.tls",
                            "needs tls-name")
+
+    def test_badResolveAlone(self) -> None:
+        """
+        A bad C{resolve}, C{resolve-min} or C{resolve-max} (of the proxy or
+        the backend), or C{srv} in the proxy's table, is the one problem
+        reported: the backend's host is not looked up at load (as the
+        C{"start"} it would fall back to would), and no other error follows.
+        """
+        for proxyKeys, backendKeys, key in (
+            ('resolve = "always"\n', "", "proxy[0].resolve"),
+            ("resolve-max = -1\n", "", "proxy[0].resolve-max"),
+            ('srv = "_a._tcp.x"\n', "", "proxy[0].srv"),
+            ("", 'resolve = "always"\n', "proxy[0].backend[0].resolve"),
+            ("", "resolve-min = 0\n", "proxy[0].backend[0].resolve-min"),
+        ):
+            resolver = FakeResolver()
+            text = (f'[[proxy]]\nlisten = "tcp:1"\n{proxyKeys}[[proxy.backend]]\n'
+                    f'host = "db.example"\nport = 5\n{backendKeys}')
+            error = self.assertRaises(ConfigError, parse, text, resolver)
+            self.assertEqual([p.key for p in error.problems], [key])
+            self.assertEqual(resolver.asked, [])
+
+    def test_reservedLabels(self) -> None:
+        """
+        A label starting with C{LABEL/}, where C{LABEL} is that of a backend
+        looked up in DNS in the same proxy (routes included), is refused at
+        its line: the discovered backends are labelled so. Elsewhere a
+        C{/} in a label is allowed.
+        """
+        text = dedent("""\
+            [[proxy]]
+            listen = "tcp:1"
+            [[proxy.backend]]
+            label = "db"
+            srv = "_pg._tcp.example"
+            [[proxy.backend]]
+            label = "db/127.0.0.3:17100"
+            endpoint = "tcp:host=127.0.0.3:port=17100"
+            [[proxy.backend]]
+            label = "web/1"
+            endpoint = "tcp:host=127.0.0.4:port=80"
+            """)
+        error = self.assertRaises(ConfigError, parse, text)
+        [problem] = error.problems
+        self.assertEqual((problem.line, problem.key), (7, "proxy[0].backend[1].label"))
+        self.assertIn("label 'db/127.0.0.3:17100' is reserved", problem.message)
+        self.assertIn("is looked up in DNS", problem.message)
+        parse(text.replace('srv = "_pg._tcp.example"', 'endpoint = "tcp:host=a:port=1"'))
 
     def test_unknownInProxyHint(self) -> None:
         """

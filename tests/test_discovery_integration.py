@@ -246,3 +246,53 @@ resolve-max = 1
         self.assertEqual(name, b"3")
         for server in servers:
             self.assertEqual(server.errors, [])
+
+    def test_slowNameHoldsUpNoOther(self) -> None:
+        """
+        Two backends share a DNS server, one of them an SRV name whose
+        target the server never answers: the other's lookups go on at its
+        own pace meanwhile, and the slow one fails after the 5 s deadline
+        (status says so) rather than stay pending.
+        """
+        dns = DNSServer(self.tmp)
+        self.addCleanup(dns.stop)
+        dns.write({"a": {"db.test": ["127.0.0.2"]}, "hang": ["h.test"],
+                   "srv": {"_slow._tcp.test": [[0, 1, 5432, "h.test"]]}})
+        config = os.path.join(self.tmp, "slow.toml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""\
+[status]
+listen = "tcp:0:interface=127.0.0.1"
+
+[[proxy]]
+name = "db"
+listen = "tcp:0:interface=127.0.0.1"
+resolver = {tomlString(f"127.0.0.1:{dns.port}")}
+resolve-min = 0.2
+resolve-max = 0.5
+
+[[proxy.backend]]
+label = "slow"
+srv = "_slow._tcp.test"
+
+[[proxy.backend]]
+label = "db"
+host = "db.test"
+port = 5432
+resolve = "dns"
+""")
+        proxy = self.startProxy(config)
+        _, statusPort = boundPorts(proxy, 2)
+        proxy.waitFor("backend db: DNS gives 1 address(es)")
+        deadline = Deadline(4, "db's lookups while slow's is pending")
+        while True:
+            lookups = {d["label"]: d for d in self.status(statusPort)["proxies"][0]["dns"]}
+            if lookups["db"]["lookups"] >= 4:
+                break
+            threading.Event().wait(min(0.1, deadline.remaining()))
+        self.assertEqual(lookups["slow"]["lookups"], 0)
+        proxy.waitFor("backend slow (SRV _slow._tcp.test): DNS lookup failed "
+                      "(no answer (timeout))", timeout=10)
+        slow = {d["label"]: d for d in self.status(statusPort)["proxies"][0]["dns"]}["slow"]
+        self.assertTrue(slow["failing"])
+        self.assertEqual(slow["last_error"], "no answer (timeout)")

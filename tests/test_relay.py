@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from tests.fakes import HalfCloseTransport, Proxy, lost, resetSocket, tcpPair
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.listening import LISTENING
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import TLV_UNIQUE_ID, ProxyHeader, parseHeader
 from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
@@ -404,6 +405,32 @@ class FailoverTests(SynchronousTestCase):
         self.assertFalse(ct.disconnecting)
         proxy.clock.advance(5)
         self.assertEqual(a.stateAt(proxy.clock.seconds()), "up")
+
+    def test_ownListenerFailsOver(self) -> None:
+        """
+        A backend connection whose peer is one of the proxy's own
+        listening addresses is aborted at once and counts as a failed
+        connect (the backend is disabled, with the reason); the session
+        goes on to the next backend, and what the aborted connection
+        reports later does not end it.
+        """
+        listener = IPv4Address("TCP", "127.0.0.2", 40000)
+        LISTENING.add(listener)
+        self.addCleanup(LISTENING.remove, listener)
+        proxy = Proxy(disableTime=5)
+        client, ct = proxy.accept()
+        client.dataReceived(b"early")
+        protocol, looped = proxy.endpoints["a"].succeed()
+        self.assertTrue(looped.disconnecting or looped.disconnected)
+        a = proxy.backends["a"]
+        self.assertEqual((a.failed, a.active, a.connected), (1, 0, 0))
+        self.assertEqual(a.lastError, "the backend is one of this proxy's own listening "
+                         "addresses")
+        protocol.connectionLost(Failure(ConnectionRefusedError()))
+        self.assertFalse(ct.disconnecting)
+        _, bt = proxy.endpoints["b"].succeed(peer=IPv4Address("TCP", "127.0.0.3", 40000))
+        self.assertEqual(bt.value(), b"early")
+        self.assertFalse(ct.disconnecting)
 
     def test_disabledBackendIsSkipped(self) -> None:
         """

@@ -41,9 +41,17 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.congestion import Congestion
-from txsockproxy.discovery import Resolution, Target, describe, lookup, makeResolver
+from txsockproxy.discovery import (
+    Resolution,
+    StreamResolver,
+    Target,
+    describe,
+    lookup,
+    makeResolver,
+)
 from txsockproxy.healthcheck import CHECK_DOWN, HealthCheck
 from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
+from txsockproxy.listening import LISTENING, Listening
 from txsockproxy.proxyprotocol import localHeader
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.routes import RouteTable
@@ -214,10 +222,18 @@ class DiscoveredBackends:
         clock: IReactorTime,
         makeBackend: Callable[[BackendConfig], Backend],
         proxy: str = "",
+        listening: Listening = LISTENING,
     ) -> None:
+        """
+        @param listening: the proxy process's listeners: an address DNS
+            gives that is one of them is left out (sessions would connect
+            to the proxy itself, again and again).
+        """
         discovery = config.discovery
         assert discovery is not None
         self.config = config
+        self.listening = listening
+        self._ownLogged: set[tuple[str, int]] = set()
         self.proxy = proxy
         self.makeBackend = makeBackend
         self.current: list[Backend] = []
@@ -229,6 +245,19 @@ class DiscoveredBackends:
             discovery.resolveMin, discovery.resolveMax,
             what=f"proxy {proxy}: backend {config.label} ({describe(discovery)})",
         )
+        # A flapping answer changes the set at every lookup: its lines are
+        # bounded.
+        self._changeLog = RateLimitedLog(
+            clock, self.log, f"changes of backend {config.label}'s addresses",
+            interval=60.0, burst=10,
+        )
+
+    def stop(self) -> None:
+        """
+        Stop looking up (the proxy stops, or no longer has it).
+        """
+        self.resolution.stop()
+        self._changeLog.stop()
 
     @property
     def label(self) -> str:
@@ -265,7 +294,28 @@ class DiscoveredBackends:
             if target is not None:
                 backend.reconfigure(discoveredConfig(config, target))
 
+    def _notOwn(self, targets: list[Target]) -> list[Target]:
+        kept = []
+        for target in targets:
+            if not self.listening.covers(target.address, target.port):
+                kept.append(target)
+                continue
+            where = (target.address, target.port)
+            # Once per address (and no more than a few: a hostile server
+            # could make up many).
+            if where not in self._ownLogged and len(self._ownLogged) < 16:
+                self._ownLogged.add(where)
+                self.log.error(
+                    "proxy {proxy}: backend {label}: DNS gives {address}, a listener of "
+                    "this proxy: left out (sessions would connect to the proxy itself)",
+                    proxy=self.proxy, label=self.label,
+                    address=(f"[{target.address}]:{target.port}" if ":" in target.address
+                             else f"{target.address}:{target.port}"),
+                )
+        return kept
+
     def _answered(self, targets: list[Target]) -> None:
+        targets = self._notOwn(targets)
         byKey = {b.key: b for b in self.current}
         leaving = {b.key: b for b in self.leaving}
         current: list[Backend] = []
@@ -299,12 +349,13 @@ class DiscoveredBackends:
         self.current = current
         self.leaving = list(leaving.values())
         if added or removed:
-            self.log.info(
+            self._changeLog.emit(
+                LogLevel.info,
                 "proxy {proxy}: backend {label}: DNS gives {count} address(es)"
                 "{added}{removed}",
                 proxy=self.proxy, label=self.label, count=len(current),
-                added=f"; new: {', '.join(added)}" if added else "",
-                removed=f"; gone (draining): {', '.join(removed)}" if removed else "",
+                added=f"; new: {_some(added)}" if added else "",
+                removed=f"; gone (draining): {_some(removed)}" if removed else "",
             )
         if changed or added or removed:
             self.onChange()
@@ -325,6 +376,17 @@ class DiscoveredBackends:
 
     def __repr__(self) -> str:
         return f"<DiscoveredBackends {self.label!r} {self.key}>"
+
+
+# The labels a change line names, at most: an answer of hundreds of
+# addresses makes one line of a few.
+CHANGE_LABELS_SHOWN = 8
+
+
+def _some(labels: list[str]) -> str:
+    shown = ", ".join(labels[:CHANGE_LABELS_SHOWN])
+    more = len(labels) - CHANGE_LABELS_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 # What a group is made of, in config order: backends of their own, and
@@ -626,7 +688,7 @@ class BackendPool:
         stayingDiscovered = set(self.discovered)
         for member in beforeDiscovered:
             if member not in stayingDiscovered:
-                member.resolution.stop()
+                member.stop()
         self._syncChecks()
 
     # -- health checks ------------------------------------------------------------
@@ -649,7 +711,7 @@ class BackendPool:
             if backend.health is not None:
                 backend.health.stop()
         for member in self.discovered:
-            member.resolution.stop()
+            member.stop()
 
     def _syncChecks(self) -> None:
         """
@@ -870,19 +932,41 @@ def membersFor(
     return members
 
 
-def resolverCache(reactor: Any) -> Callable[[str], Any]:
+class ResolverCache:
     """
-    A function of a C{resolver} setting that gives one resolver per setting
-    (see L{txsockproxy.discovery.makeResolver}), made when first asked for.
+    Gives one resolver per C{resolver} setting (see
+    L{txsockproxy.discovery.makeResolver}), made when first asked for, and
+    drops (closing its connections) those no backend uses any more.
     """
-    made: dict[str, Any] = {}
 
-    def resolverFor(server: str) -> Any:
-        if server not in made:
-            made[server] = makeResolver(reactor, server)
-        return made[server]
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.made: dict[str, Any] = {}
 
-    return resolverFor
+    def __call__(self, server: str) -> Any:
+        if server not in self.made:
+            self.made[server] = makeResolver(self.reactor, server)
+        return self.made[server]
+
+    def keepOnly(self, servers: Iterable[str]) -> None:
+        """
+        Drop the resolvers of settings not in C{servers}; the system's
+        (C{""}) stays (C{twisted.names} keeps rereading resolv.conf for it
+        whatever is done).
+        """
+        wanted = set(servers) | {""}
+        for server in [s for s in self.made if s not in wanted]:
+            chain = self.made.pop(server)
+            for resolver in getattr(chain, "resolvers", ()):
+                if isinstance(resolver, StreamResolver):
+                    resolver.close()
+
+
+def resolverCache(reactor: Any) -> ResolverCache:
+    """
+    A L{ResolverCache} of resolvers connecting through C{reactor}.
+    """
+    return ResolverCache(reactor)
 
 
 def _checkPreamble(config: BackendConfig) -> dict[str, Any]:

@@ -19,19 +19,32 @@ import ipaddress
 import socket
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-from twisted.internet import defer
-from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
-from twisted.names import client, dns, hosts, resolve
-from twisted.names.error import DNSNameError, DomainError
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger, LogLevel
+from twisted.names import client, common, dns, hosts, resolve
+from twisted.names.error import (
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DNSUnknownError,
+    DomainError,
+)
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 
 from txsockproxy.config import DiscoveryConfig
+from txsockproxy.ratelimit import RateLimitedLog
 
 # The port of a DNS server when a resolver key names none.
 DNS_PORT = 53
-# Seconds a query may take (connecting included).
+# Seconds a whole lookup may take (every query and connect of it, SRV
+# targets included).
 QUERY_TIMEOUT = 5
 # Where the system keeps its resolvers and its host names.
 RESOLV_CONF = "/etc/resolv.conf"
@@ -81,7 +94,10 @@ def _addressKey(address: str) -> tuple[int, int]:
 def parseServer(text: str) -> tuple[str, int]:
     """
     The address and port of a DNS server as the C{resolver} key writes it:
-    C{"10.0.0.53"}, C{"10.0.0.53:5353"}, C{"::1"}, C{"[::1]:5353"}.
+    C{"10.0.0.53"}, C{"10.0.0.53:5353"}, C{"fd00::53"}, C{"[::1]:5353"}. An
+    IPv6 address with a port is written in brackets; one without brackets
+    whose last group could be read as a port (C{"::1:53"}) is refused as
+    ambiguous.
 
     C{twisted.names} takes a server as an IP address and a port, not as an
     endpoint string: there is no endpoint type for DNS to parse it with.
@@ -102,6 +118,15 @@ def parseServer(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, _, portText = text.partition(":")
         port = _port(text, portText)
+    elif ":" in text:
+        # An IPv6 address: one whose last group could be a port is
+        # ambiguous ("::1:53" is an address, and ::1 port 53 too).
+        before, _, last = text.rpartition(":")
+        if last.isascii() and last.isdigit() and _isIPv6(before):
+            raise ValueError(
+                f"{text!r} is ambiguous: write an IPv6 address with a port in brackets, "
+                f"\"[{before}]:{last}\", or \"[{text}]\" for the address alone"
+            )
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -112,25 +137,181 @@ def parseServer(text: str) -> tuple[str, int]:
     return str(address), port
 
 
+def _isIPv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
 def _port(text: str, portText: str) -> int:
-    if not portText.isdigit() or not 1 <= int(portText) <= 65535:
+    if not (portText.isascii() and portText.isdigit()) or not 1 <= int(portText) <= 65535:
         raise ValueError(f"{text!r}: the port must be 1 to 65535, not {portText!r}")
     return int(portText)
+
+
+class _Connection(dns.DNSProtocol):
+    """
+    One TCP connection to a DNS server, on which queries are sent without
+    waiting for the answers of those before (RFC 7766 pipelining: each
+    has its own id). A message that is unreadable or answers no query in
+    flight is not logged (a hostile server sends them by the thousand): the
+    controller is told, and drops the connection.
+    """
+
+    controller: StreamResolver
+    # Set at the first bad message: what the same read brought after it
+    # is not looked at (nor counted, nor logged).
+    dropped = False
+
+    def stringReceived(self, data: bytes) -> None:
+        if self.dropped:
+            return
+        message = dns.Message()
+        try:
+            message.fromStr(data)
+        except (EOFError, ValueError) as e:
+            self.controller.badMessage(self, f"an unreadable message ({e})")
+            return
+        if message.id not in self.liveMessages:
+            self.controller.badMessage(self, f"an answer to no query (id {message.id})")
+            return
+        super().stringReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Twisted leaves the queries of a lost connection to their
+        # timeouts: they fail now, so that the next server is tried.
+        # The controller forgets it first: a query asked again at once
+        # must not come back to it.
+        super().connectionLost(reason)
+        live, self.liveMessages = self.liveMessages or {}, {}
+        for d, timeout in live.values():
+            if timeout.active():
+                timeout.cancel()
+            d.errback(ConnectionLost())
+
+
+class _ConnectionFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, controller: StreamResolver) -> None:
+        self.controller = controller
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self.controller, self.controller.reactor)
 
 
 class StreamResolver:
     """
     Answers queries (the C{query} of
-    L{twisted.internet.interfaces.IResolver}) by asking the servers of a
-    C{twisted.names} client resolver over TCP, one query at a time on the
-    one connection it keeps (two queries sent while it connects would each
-    open one).
+    L{twisted.internet.interfaces.IResolver}) by asking DNS servers over
+    TCP, on one connection kept open per server, on which queries of every
+    backend go at once (pipelined): a slow answer holds up no other.
+
+    A query tries the servers in turn (the next after a refusal, a server
+    failure, a lost connection or its share of the time), all within
+    C{timeout} seconds, connecting included. A kept connection lost as a
+    query goes (servers close idle ones) is made again, once, for it.
+
+    @ivar badMessages: connections dropped for an unreadable or unexpected
+        message, ever.
     """
 
-    def __init__(self, resolver: client.Resolver, timeout: float = QUERY_TIMEOUT) -> None:
-        self.resolver = resolver
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        servers: Callable[[], Sequence[tuple[str, int]]],
+        timeout: float = QUERY_TIMEOUT,
+    ) -> None:
+        """
+        @param servers: gives the servers' addresses and ports, in the
+            order they are tried (read at each query: resolv.conf changes).
+        """
+        self.reactor = reactor
+        self.servers = servers
         self.timeout = timeout
-        self._lock = defer.DeferredLock()
+        self.badMessages = 0
+        self._connections: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], list[defer.Deferred[_Connection]]] = {}
+        self._factory = _ConnectionFactory(self)
+        self._errors = common.ResolverBase()
+        self._badLog = RateLimitedLog(reactor, self.log, "bad messages from DNS servers")
+
+    # The controller's side of each _Connection.
+
+    def connectionMade(self, connection: _Connection) -> None:
+        pass
+
+    def connectionLost(self, connection: _Connection) -> None:
+        for server, known in list(self._connections.items()):
+            if known is connection:
+                del self._connections[server]
+
+    def messageReceived(self, message: dns.Message, connection: _Connection) -> None:
+        self.badMessage(connection, f"an answer to no query (id {message.id})")
+
+    def badMessage(self, connection: _Connection, what: str) -> None:
+        """
+        C{connection}'s server sent C{what}: drop the connection (its queries
+        fail, and are asked again of the next server or at the next lookup).
+        """
+        if connection.dropped:
+            return
+        connection.dropped = True
+        self.badMessages += 1
+        self.connectionLost(connection)
+        transport: Any = connection.transport
+        peer: Any = transport.getPeer() if transport is not None else None
+        self._badLog.emit(
+            LogLevel.warn,
+            "DNS server {server} sent {what}: dropping its connection",
+            server=f"{peer.host}:{peer.port}" if peer is not None else "?", what=what,
+        )
+        if transport is not None:
+            transport.abortConnection()
+
+    def close(self) -> None:
+        """
+        Close its connections (no backend uses it any more).
+        """
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+
+    # Queries.
+
+    def _connect(self, server: tuple[str, int], timeout: float) -> defer.Deferred[_Connection]:
+        known = self._connections.get(server)
+        if known is not None:
+            return defer.succeed(known)
+        waiting: defer.Deferred[_Connection] = defer.Deferred(
+            lambda d: self._connecting.get(server, []).remove(d)
+            if d in self._connecting.get(server, []) else None)
+        if server in self._connecting:
+            self._connecting[server].append(waiting)
+            return waiting
+        self._connecting[server] = [waiting]
+        host, port = server
+        endpoint: Any
+        if ":" in host:
+            endpoint = TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
+
+        def connected(connection: _Connection) -> None:
+            self._connections[server] = connection
+            for d in self._connecting.pop(server, []):
+                d.callback(connection)
+
+        def failed(reason: Failure) -> None:
+            for d in self._connecting.pop(server, []):
+                d.errback(reason)
+
+        endpoint.connect(self._factory).addCallbacks(connected, failed)
+        return waiting
 
     def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
         """
@@ -138,27 +319,99 @@ class StreamResolver:
 
         @return: a Deferred of the answer's sections (answers, authority,
             additional), or failing as C{twisted.names} does: an unknown
-            name with L{twisted.names.error.DNSNameError}, and so on.
+            name with L{twisted.names.error.DNSNameError}, a server
+            failure with L{twisted.names.error.DNSServerError}, no answer
+            in time with L{twisted.internet.defer.TimeoutError}, and so on.
+            Cancelling it stops it.
         """
-        asked = self._lock.run(self.resolver.queryTCP, [query], self.timeout)
-        return asked.addCallback(self.resolver.filterAnswers)
+        return defer.ensureDeferred(self._ask(query))
+
+    async def _ask(self, query: dns.Query) -> Any:
+        deadline = self.reactor.seconds() + self.timeout
+        servers = list(self.servers())
+        last: Failure = Failure(defer.TimeoutError(f"no DNS server answered for {query.name}"))
+        i = 0
+        retried = False
+        while i < len(servers):
+            server = servers[i]
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                break
+            # Each server left has its share of the time left.
+            share = left / (len(servers) - i)
+            reused = server in self._connections
+            try:
+                connection = await self._connect(server, share)
+                answer = await connection.query([query], share)
+            except defer.CancelledError:
+                raise
+            except ConnectionLost:
+                last = Failure()
+                if reused and not retried:
+                    # A kept connection the server closed (idle) as the
+                    # query went: the same server again, on a new one.
+                    retried = True
+                    continue
+                i += 1
+                continue
+            except Exception:
+                last = Failure()
+                i += 1
+                continue
+            i += 1
+            if answer.rCode in (dns.ESERVER, dns.EREFUSED, dns.EFORMAT, dns.ENOTIMP) and (
+                    i < len(servers)):
+                last = Failure(self._errors.exceptionForCode(answer.rCode)(answer))
+                continue
+            if answer.rCode != dns.OK:
+                raise self._errors.exceptionForCode(answer.rCode)(answer)
+            return (answer.answers, answer.authority, answer.additional)
+        last.raiseException()
 
 
-def makeResolver(reactor: Any, server: str = "") -> Any:
+class HostsResolver(hosts.Resolver):
+    """
+    The names of a hosts file, answered as C{getaddrinfo} does: a name the
+    file has is answered from the file alone, in both families (the family
+    it has no address of gets an empty answer, not a referral to DNS, so
+    that a name of C{/etc/hosts} needs no DNS server); a name it does not
+    have fails with L{DomainError}, for the next resolver of the chain.
+    """
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._authoritative(super().lookupAddress(name, timeout), name)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._authoritative(super().lookupIPV6Address(name, timeout), name)
+
+    def _authoritative(self, d: defer.Deferred[Any], name: str) -> defer.Deferred[Any]:
+        def missing(reason: Failure) -> Any:
+            reason.trap(DomainError)
+            raw = name.encode("idna") if isinstance(name, str) else name
+            if hosts.searchFileForAll(FilePath(self.file), raw):
+                return ([], [], [])
+            return reason
+
+        return d.addErrback(missing)
+
+
+def makeResolver(reactor: Any, server: str = "") -> resolve.ResolverChain:
     """
     The L{twisted.internet.interfaces.IResolver} a backend's lookups go
     through: the configured C{server} (C{"ADDRESS[:PORT]"}), or, for C{""},
-    the system's: C{/etc/hosts}, then the servers of C{/etc/resolv.conf}
-    (read again when it changes, as C{twisted.names} does). Servers are
-    asked over TCP (see L{StreamResolver}).
+    the system's: C{/etc/hosts} (see L{HostsResolver}), then the servers of
+    C{/etc/resolv.conf} in turn (read again when it changes, as
+    C{twisted.names} does; its C{search} and C{ndots} are not used: names
+    are looked up as written). Servers are asked over TCP (see
+    L{StreamResolver}).
     """
     if server:
-        return resolve.ResolverChain([
-            StreamResolver(client.Resolver(servers=[parseServer(server)], reactor=reactor)),
-        ])
+        address = parseServer(server)
+        return resolve.ResolverChain([StreamResolver(reactor, lambda: [address])])
+    system = client.Resolver(resolv=RESOLV_CONF, reactor=reactor)
     return resolve.ResolverChain([
-        hosts.Resolver(file=HOSTS.encode()),
-        StreamResolver(client.Resolver(resolv=RESOLV_CONF, reactor=reactor)),
+        HostsResolver(file=HOSTS.encode()),
+        StreamResolver(reactor, lambda: list(system.servers) + list(system.dynServers)),
     ])
 
 
@@ -207,8 +460,10 @@ def lookupAddresses(
         shortest TTL of their records (L{None} when there are none). It
         fails when both lookups fail, or when one goes wrong (a timeout, a
         server failure): the addresses of the other alone would make those
-        of the first drain. One that finds no such name (a name of
-        C{/etc/hosts} with an IPv4 address only) leaves the other's.
+        of the first drain. One that finds no such name leaves the other's.
+        A name of C{/etc/hosts} never gets a DNS answer here: the system
+        resolver answers it from the file alone, in both families (see
+        L{HostsResolver}).
     """
     lookups = [resolver.lookupAddress(name), resolver.lookupIPV6Address(name)]
 
@@ -233,8 +488,9 @@ def lookupService(
     """
     Ask C{resolver} for the SRV records of C{name}, and for the addresses of
     their targets (from the answer's additional section when it gives them,
-    as Consul does, else by A and AAAA lookups). A target that does not
-    exist is left out; one whose lookup goes wrong fails the whole.
+    as Consul does, else by A and AAAA lookups, all at once). A target that
+    does not exist is left out, and so is one with port 0 (logged once); one
+    whose lookup goes wrong fails the whole.
 
     @return: a Deferred of the targets' addresses, each with its record's
         port, priority and weight, and the shortest TTL of the records used.
@@ -250,6 +506,10 @@ def lookupService(
             target = payload.target.name.decode("ascii", "replace")
             if target in ("", "."):
                 # "Decidedly not available at this domain" (RFC 2782).
+                continue
+            if payload.port == 0:
+                # Nothing listens on port 0: a backend of it never connects.
+                _portZero(name, target)
                 continue
             known = [r for r in additional if r.type in (dns.A, dns.AAAA)
                      and r.name.name.lower() == payload.target.name.lower()]
@@ -282,6 +542,21 @@ def lookupService(
     return resolver.lookupService(name).addCallback(gotService)
 
 
+_log = Logger()
+# The SRV records with port 0 logged already, as (name, target): each
+# once, and no more than _PORT_ZERO_LOGGED of them (a hostile server could
+# make up names without end).
+_portZeroLogged: set[tuple[str, str]] = set()
+_PORT_ZERO_LOGGED = 1000
+
+
+def _portZero(name: str, target: str) -> None:
+    if (name, target) in _portZeroLogged or len(_portZeroLogged) >= _PORT_ZERO_LOGGED:
+        return
+    _portZeroLogged.add((name, target))
+    _log.warn("SRV {name}: target {target} has port 0, left out", name=name, target=target)
+
+
 def _withSRV(
     found: tuple[list[Target], Optional[float]], priority: int, weight: int
 ) -> tuple[list[Target], Optional[float]]:
@@ -307,12 +582,27 @@ def describe(config: DiscoveryConfig) -> str:
     return f"{config.name} port {config.port}"
 
 
+# What an error code of DNS's answer means, in words; DNSNameError
+# (NXDOMAIN) alone says that the name does not exist.
+_DNS_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (DNSServerError, "server failure (SERVFAIL)"),
+    (DNSQueryRefusedError, "refused (REFUSED)"),
+    (DNSFormatError, "format error (FORMERR)"),
+    (DNSNotImplementedError, "not implemented by the server (NOTIMP)"),
+    (DNSUnknownError, "unknown error code in the answer"),
+)
+
+
 def whyFailed(failure: Failure) -> str:
     """
     Why a lookup failed, in words.
     """
     value = failure.value
-    if isinstance(value, DomainError):
+    for kind, why in _DNS_ERRORS:
+        if isinstance(value, kind):
+            return why
+    if type(value) is DomainError or isinstance(value, DNSNameError):
+        # NXDOMAIN, or a name that neither /etc/hosts nor DNS has.
         return "no such name"
     if isinstance(value, defer.TimeoutError):
         return "no answer (timeout)"
@@ -322,6 +612,8 @@ def whyFailed(failure: Failure) -> str:
         return "the DNS server refused the connection"
     if isinstance(value, ConnectError):
         return f"cannot reach the DNS server ({value.osError or value})"
+    if isinstance(value, ConnectionLost):
+        return "the DNS server closed the connection"
     text = str(value).strip()
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
@@ -330,7 +622,9 @@ class Resolution:
     """
     Looks a backend's addresses up again and again: after each answer, at
     its TTL clamped to [C{resolveMin}, C{resolveMax}]; after a failed or
-    empty one, again after C{resolveMin}, doubling up to C{resolveMax}.
+    empty one, again after C{resolveMin}, doubling up to C{resolveMax}. A
+    lookup not done within C{deadline} seconds is cancelled, and fails as
+    a timeout.
 
     A failed or empty answer changes nothing: C{onAnswer} is called with
     good answers only, so the backends keep the last good set. It is
@@ -354,9 +648,10 @@ class Resolution:
         resolveMin: float,
         resolveMax: float,
         what: str,
+        deadline: float = QUERY_TIMEOUT,
     ) -> None:
         """
-        @param lookup: starts one lookup.
+        @param lookup: starts one lookup (cancelling its Deferred stops it).
         @param onAnswer: called with the addresses (in L{canonical} order)
             of each good answer.
         @param what: names the backend in log lines.
@@ -367,6 +662,7 @@ class Resolution:
         self.resolveMin = resolveMin
         self.resolveMax = resolveMax
         self.what = what
+        self.deadline = deadline
         self.failing = False
         self.lookups = 0
         self.failures = 0
@@ -386,10 +682,18 @@ class Resolution:
 
     def configure(self, resolveMin: float, resolveMax: float) -> None:
         """
-        Take new bounds (on reload), from the next lookup on.
+        Take new bounds (on reload): a lookup scheduled later than the new
+        C{resolveMax} allows is moved to it.
         """
         self.resolveMin = resolveMin
         self.resolveMax = resolveMax
+        self._retry = min(max(self._retry, resolveMin), resolveMax)
+        call = self._call
+        if call is not None and call.active():
+            now = self.clock.seconds()
+            if call.getTime() > now + resolveMax:
+                call.reset(resolveMax)
+                self.nextAt = now + resolveMax
 
     def start(self) -> None:
         """
@@ -420,6 +724,7 @@ class Resolution:
             d = self.lookup()
         except Exception:
             d = defer.fail()
+        d.addTimeout(self.deadline, self.clock)
         self._inFlight = d
         d.addCallbacks(self._answered, self._failed, callbackArgs=(d,), errbackArgs=(d,))
 

@@ -50,6 +50,7 @@ from txsockproxy.endpoints import isProxyProtocolListen
 from txsockproxy.handles import pendingError
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.keepalive import applyKeepalive
+from txsockproxy.listening import LISTENING
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import HeaderError, ProxyHeader, encodeV1, encodeV2, parseHeader
 from txsockproxy.ratelimit import RateLimitedLog
@@ -420,6 +421,29 @@ class FrontendProtocol(Protocol):
             self.session.clientLost(reason)
 
 
+class OwnListenerError(Exception):
+    """
+    A backend connection reached one of the proxy's own listeners.
+    """
+
+    def __str__(self) -> str:
+        return "the backend is one of this proxy's own listening addresses"
+
+
+class _Detached:
+    """
+    Stands for the session of a backend connection that was given up
+    (see L{OwnListenerError}): what that connection still reports goes
+    nowhere.
+    """
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+_DETACHED = _Detached()
+
+
 @implementer(IHalfCloseableProtocol)
 class BackendProtocol(Protocol):
     """
@@ -788,6 +812,15 @@ class Session:
         if self.clientGone or backend is None:
             # The connect was cancelled, but the endpoint connected anyway.
             protocol.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        peer: Any = protocol.transport.getPeer()  # type: ignore[union-attr]
+        if LISTENING.covers(getattr(peer, "host", ""), getattr(peer, "port", 0)):
+            # Connected to the proxy itself (a backend, or an address DNS
+            # gave, that is one of its listeners): every session would do
+            # so again, until descriptors run out.
+            protocol.session = _DETACHED  # type: ignore[assignment]
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+            self._connectFailed(Failure(OwnListenerError()), backend)
             return
         self.pool.connectSucceeded(backend)
         # Failover is over: drop the set of backends tried (memory per

@@ -54,6 +54,7 @@ from txsockproxy.config import (
 from txsockproxy.endpoints import listenKey
 from txsockproxy.headerfirst import HeaderFirstEndpoint
 from txsockproxy.interfaces import IBalancer
+from txsockproxy.listening import LISTENING
 from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
@@ -230,6 +231,7 @@ class ListenerService(Service):
     def _bound(self, port: IListeningPort) -> None:
         self._listening = None
         self.port = port
+        LISTENING.add(port.getHost())
         self.log.info("{owner}: {listen} is bound to {address}", owner=self.owner,
                       listen=self.description, address=boundAddress(port.getHost()))
 
@@ -254,6 +256,7 @@ class ListenerService(Service):
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
+        LISTENING.remove(port.getHost())
         stopping: defer.Deferred[Any] = defer.maybeDeferred(cast(Callable[[], Any],
                                                                 port.stopListening))
         return stopping.addCallback(lambda _: None)
@@ -687,6 +690,11 @@ class ProxyService(MultiService):
             if all(plan.pool is not pool for plan in tree.pools):
                 pool.stopChecks()
         self.pools = {plan.pool.name: plan.pool for plan in tree.pools}
+        # Resolvers no backend uses any more close their connections.
+        keepOnly = getattr(self.resolverFor, "keepOnly", None)
+        if keepOnly is not None:
+            keepOnly({m.config.discovery.resolver for pool in self.pools.values()
+                      for m in pool.discovered if m.config.discovery is not None})
         if self.running and not self._stopping:
             for pool in self.pools.values():
                 pool.startChecks()

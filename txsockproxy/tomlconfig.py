@@ -367,6 +367,9 @@ _CHECK_KEYS = (
 # Backends from DNS: in [[proxy]], resolve, its bounds and the resolver
 # are the defaults of its backends given by host name.
 _RESOLVE_KEYS = ("resolve", "resolve-min", "resolve-max", "resolver")
+# The shortest resolve-min and resolve-max: a TTL of 0 (or one of a
+# hostile server) must not make a lookup after the other.
+MIN_RESOLVE_INTERVAL = 0.1
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -766,6 +769,10 @@ def _buildProxy(
 
     check = _readCheck(raw, path, reader, _NO_CHECK)
     resolving = _readResolve(raw, path, reader, _RESOLVE_DEFAULTS)
+    if "srv" in raw:
+        # Reported as a key of the backends: their addresses are not looked
+        # at, which would only add errors of the key's absence.
+        resolving = replace(resolving, broken=True)
     routes, labels = _buildRoutes(raw, path, reader, resolve, balancers, connectTimeout,
                                   disableTime, check, sendProxy=sendProxy,
                                   keepalive=backendKeepalive, resolving=resolving)
@@ -793,6 +800,10 @@ def _buildProxy(
     # Labels name backends in the status page and its admin actions: unique
     # across the whole proxy, routes included.
     _checkUnique(reader, labels, "backend label")
+    _checkDiscoveredLabels(
+        reader, labels,
+        [b for _, b, _ in backends] + [b for route in routes for b in route.backends],
+    )
     return ProxyConfig(
         name=name,
         listen=tuple(listen),
@@ -908,6 +919,36 @@ def _buildRoutes(
     return routes, labels
 
 
+def _checkDiscoveredLabels(
+    reader: _Reader,
+    labels: Sequence[tuple[tuple[Any, ...], tuple[Any, ...], str]],
+    backends: Sequence[BackendConfig],
+) -> None:
+    """
+    Report labels that start with C{LABEL/}, where C{LABEL} is that of a
+    backend whose addresses come from DNS in the same proxy: its backends
+    are labelled C{LABEL/ADDRESS:PORT}, and the status page, the metrics
+    and the admin actions would show two backends of one label.
+    """
+    discovered = {b.label for b in backends if b.discovery is not None and b.label}
+    if not discovered:
+        return
+    owners = {label: owner for _, owner, label in labels if label in discovered}
+    for path, _, label in labels:
+        prefix, slash, _ = label.partition("/")
+        while slash:
+            if prefix in discovered and prefix in owners:
+                reader.problem(
+                    path,
+                    f"label {label!r} is reserved: the backend labelled {prefix!r} "
+                    f"({reader.where(owners[prefix])}) is looked up in DNS, and its "
+                    f"backends are labelled {prefix}/ADDRESS:PORT",
+                )
+                break
+            more, slash, _ = label[len(prefix) + 1:].partition("/")
+            prefix = f"{prefix}/{more}"
+
+
 def _checkBackendsUnique(
     reader: _Reader, path: tuple[Any, ...], backends: Sequence[tuple[int, BackendConfig, str]]
 ) -> list[tuple[tuple[Any, ...], tuple[Any, ...], str]]:
@@ -968,6 +1009,7 @@ def _buildBackend(
     addressKey = next((k for k in ("endpoint", "socket", "host", "port", "srv") if k in raw), "")
     readable = len(reader.problems) == before
     resolving = _readResolve(raw, path, reader, resolving or _RESOLVE_DEFAULTS)
+    readable = readable and not resolving.broken
     resolved = ""
     origin = ""
     discovery: DiscoveryConfig | None = None
@@ -1042,6 +1084,9 @@ class _Resolving:
 
     @ivar resolve: C{"start"} or C{"dns"}.
     @ivar written: the keys written in the table itself.
+    @ivar broken: one of them (or of the proxy's, for a backend) was
+        wrong, and reported: the backend's address is not looked at (a
+        lookup at load, or more errors, would only hide the real one).
     """
 
     resolve: str = "start"
@@ -1049,6 +1094,7 @@ class _Resolving:
     resolveMax: float = DEFAULT_RESOLVE_MAX
     resolver: str = ""
     written: tuple[str, ...] = ()
+    broken: bool = False
 
 
 _RESOLVE_DEFAULTS = _Resolving()
@@ -1062,6 +1108,7 @@ def _readResolve(
     C{[[proxy]]} or backend table, those not written taken from
     C{default}.
     """
+    before = len(reader.problems)
     setting = reader.string(raw, path, "resolve")
     if setting is not None and setting not in RESOLVE_SETTINGS:
         reader.problem(
@@ -1079,6 +1126,10 @@ def _readResolve(
             f"({resolveMin:g}s)",
         )
         resolveMin, resolveMax = default.resolveMin, default.resolveMax
+    for key, value in (("resolve-min", resolveMin), ("resolve-max", resolveMax)):
+        if key in raw and 0 < value < MIN_RESOLVE_INTERVAL:
+            reader.problem(path + (key,), f"must be at least {MIN_RESOLVE_INTERVAL:g}s "
+                           f"(a lookup every {value:g}s would flood the DNS server)")
     resolver = reader.string(raw, path, "resolver")
     if resolver is not None:
         try:
@@ -1092,6 +1143,7 @@ def _readResolve(
         resolveMax=resolveMax,
         resolver=default.resolver if resolver is None else resolver,
         written=tuple(key for key in _RESOLVE_KEYS if key in raw),
+        broken=default.broken or len(reader.problems) != before,
     )
 
 
