@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from twisted.internet import defer, protocol
@@ -163,20 +164,41 @@ class _Connection(dns.DNSProtocol):
     # Set at the first bad message: what the same read brought after it
     # is not looked at (nor counted, nor logged).
     dropped = False
+    # What has come of the message being received (its 2-byte length
+    # first). The framing and the dispatch are done here, not by
+    # DNSProtocol: Twisted 26.4 frames in dataReceived (and lets a bad
+    # message raise there), 26.10 in an Int16StringReceiver.
+    _framed = b""
 
-    def stringReceived(self, data: bytes) -> None:
-        if self.dropped:
-            return
+    def dataReceived(self, data: bytes) -> None:
+        framed = self._framed + data
+        while len(framed) >= 2 and not self.dropped:
+            (length,) = struct.unpack("!H", framed[:2])
+            if len(framed) < 2 + length:
+                break
+            self.messageReceived(framed[2:2 + length])
+            framed = framed[2 + length:]
+        self._framed = b"" if self.dropped else framed
+
+    def messageReceived(self, data: bytes) -> None:
+        """
+        One whole DNS message from the server: the answer to a query in
+        flight, else a bad message (the connection is dropped).
+        """
         message = dns.Message()
         try:
             message.fromStr(data)
         except (EOFError, ValueError) as e:
-            self.controller.badMessage(self, f"an unreadable message ({e})")
+            self.controller.badMessage(self, f"an unreadable message ({e or 'truncated'})")
             return
-        if message.id not in self.liveMessages:
+        answered = self.liveMessages.pop(message.id, None)
+        if answered is None:
             self.controller.badMessage(self, f"an answer to no query (id {message.id})")
             return
-        super().stringReceived(data)
+        d, timeout = answered
+        if timeout.active():
+            timeout.cancel()
+        d.callback(message)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Twisted leaves the queries of a lost connection to their
