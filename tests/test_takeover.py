@@ -22,10 +22,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txsockproxy.adopting import InheritedSocket
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
+from txsockproxy.reuseport import InheritedReusePortReactor
 from txsockproxy.service import ListenKey, ProxyService, listenKeys
 from txsockproxy.takeover import (
     PROTOCOL,
-    InheritedReusePortReactor,
     Received,
     TakenOverProxyService,
     TakeoverError,

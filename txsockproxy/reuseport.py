@@ -21,6 +21,26 @@ from typing import Any
 from twisted.internet import error
 from zope.interface import directlyProvides, providedBy
 
+from txsockproxy.adopting import InheritedSocket
+
+
+def bindReusePort(family: int, address: tuple[str, int], backlog: int) -> socket.socket:
+    """
+    A non-blocking socket listening on C{address} with C{SO_REUSEPORT} (and
+    C{SO_REUSEADDR}), so that others of the same user can join it.
+    """
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(address)
+        s.listen(backlog)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
 
 class ReusePortReactor:
     """
@@ -48,14 +68,9 @@ class ReusePortReactor:
         sockets: list[socket.socket] = []
         try:
             for _ in range(self._count):
-                s = socket.socket(family, socket.SOCK_STREAM)
+                s = bindReusePort(family, (interface, port), backlog)
                 sockets.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                s.bind((interface, port))
                 port = s.getsockname()[1]
-                s.listen(backlog)
-                s.setblocking(False)
         except OSError as e:
             for s in sockets:
                 s.close()
@@ -89,4 +104,63 @@ class ReusePortReactor:
         return getattr(self._reactor, name)
 
 
-__all__ = ["ReusePortReactor"]
+class InheritedReusePortReactor(ReusePortReactor):
+    """
+    For the workers' parent of a process that took over (see
+    above): the reactor it wraps (an L{AdoptingReactor}),
+    whose C{listenTCP} adopts the socket handed over, with, in L{extra}, the
+    old parent's other SO_REUSEPORT sockets of that listener, one for each
+    worker but the first: the same sockets, with the connections waiting in
+    them, go on being accepted from. Fewer workers than before: the
+    sockets left over are closed (connections waiting in them then are
+    reset). More: sockets are bound for them, as L{ReusePortReactor} does. A
+    socket handed over without SO_REUSEPORT (an old instance that shared one
+    socket) stays one shared socket.
+
+    @ivar extra: the other sockets' descriptors, owned by the caller.
+    """
+
+    def __init__(self, reactor: Any, inherited: list[InheritedSocket], count: int) -> None:
+        super().__init__(reactor, count)
+        self._inherited = inherited
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        """
+        Adopt the socket handed over, and gather the others.
+
+        @raise twisted.internet.error.CannotListenError: a socket to add
+            cannot be bound.
+        """
+        listening = self._reactor.listenTCP(port, factory, backlog, interface)
+        handed = [s for s in self._inherited if s.fileno >= 0]
+        fds = []
+        for inherited in handed:
+            fd, inherited.fileno = inherited.fileno, -1
+            fds.append(fd)
+        keep, surplus = fds[:self._count - 1], fds[self._count - 1:]
+        for fd in surplus:
+            os.close(fd)
+        try:
+            probe = socket.socket(fileno=os.dup(listening.fileno()))
+            try:
+                reusable = probe.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+                address = probe.getsockname()[:2]
+                family = probe.family
+            finally:
+                probe.close()
+            if reusable:
+                while len(keep) < self._count - 1:
+                    keep.append(bindReusePort(family, address, backlog).detach())
+        except OSError as e:
+            for fd in keep:
+                os.close(fd)
+            listening.stopListening()
+            raise error.CannotListenError(interface, port, e) from None
+        self.extra = keep if reusable else []
+        if not reusable:
+            for fd in keep:
+                os.close(fd)
+        return listening
+
+
+__all__ = ["InheritedReusePortReactor", "ReusePortReactor", "bindReusePort"]

@@ -44,14 +44,13 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
 
 from txsockproxy.adopting import InheritedSocket, familyOf
 from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
@@ -299,103 +298,6 @@ def _connect(path: str, timeout: float) -> socket.socket:
         connection.close()
         raise
     return connection
-
-
-class InheritedReusePortReactor:
-    """
-    For the workers' parent of a process that took over (see
-    L{txsockproxy.reuseport}): the reactor it wraps (an L{AdoptingReactor}),
-    whose C{listenTCP} adopts the socket handed over, with, in L{extra}, the
-    old parent's other SO_REUSEPORT sockets of that listener, one for each
-    worker but the first: the same sockets, with the connections waiting in
-    them, go on being accepted from. Fewer workers than before: the
-    sockets left over are closed (connections waiting in them then are
-    reset). More: sockets are bound for them, as L{ReusePortReactor} does. A
-    socket handed over without SO_REUSEPORT (an old instance that shared one
-    socket) stays one shared socket.
-
-    @ivar extra: the other sockets' descriptors, owned by the caller.
-    """
-
-    def __init__(self, reactor: Any, inherited: list[InheritedSocket], count: int) -> None:
-        self._reactor = reactor
-        self._inherited = inherited
-        self._count = count
-        self.extra: list[int] = []
-        directlyProvides(self, *providedBy(reactor))
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        """
-        Adopt the socket handed over, and gather the others.
-
-        @raise twisted.internet.error.CannotListenError: a socket to add
-            cannot be bound.
-        """
-        listening = self._reactor.listenTCP(port, factory, backlog, interface)
-        handed = [s for s in self._inherited if s.fileno >= 0]
-        fds = []
-        for inherited in handed:
-            fd, inherited.fileno = inherited.fileno, -1
-            fds.append(fd)
-        keep, surplus = fds[:self._count - 1], fds[self._count - 1:]
-        for fd in surplus:
-            os.close(fd)
-        try:
-            probe = socket.socket(fileno=os.dup(listening.fileno()))
-            try:
-                reusable = probe.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
-                address = probe.getsockname()[:2]
-                family = probe.family
-            finally:
-                probe.close()
-            if reusable:
-                while len(keep) < self._count - 1:
-                    keep.append(_reusePortSocket(family, address, backlog))
-        except OSError as e:
-            for fd in keep:
-                os.close(fd)
-            listening.stopListening()
-            raise error.CannotListenError(interface, port, e) from None
-        self.extra = keep if reusable else []
-        if not reusable:
-            for fd in keep:
-                os.close(fd)
-        return listening
-
-    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
-                  interface: str = "") -> Any:
-        """
-        As L{listenTCP} (the parent never accepts: no TLS needed here).
-        """
-        return self.listenTCP(port, factory, backlog, interface)
-
-    def close(self) -> None:
-        """
-        Close the other sockets.
-        """
-        extra, self.extra = self.extra, []
-        for fd in extra:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-
-def _reusePortSocket(family: int, address: tuple[str, int], backlog: int) -> int:
-    s = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(address)
-        s.listen(backlog)
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s.detach()
 
 
 class TakenOverProxyService(ProxyService):
@@ -860,6 +762,6 @@ def _nothing() -> None:
 
 
 __all__ = [
-    "PROTOCOL", "InheritedReusePortReactor", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
+    "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
     "notifySystemd", "parseDescription", "peerCredentials", "receive",
 ]

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from txsockproxy.adopting import AdoptingReactor, InheritedSocket, familyOf
 from txsockproxy.config import Config, ConfigError
 from txsockproxy.loading import loadConfig
-from txsockproxy.reuseport import ReusePortReactor
+from txsockproxy.reuseport import InheritedReusePortReactor, ReusePortReactor
 from txsockproxy.service import (
     ListenError,
     ListenerService,
@@ -364,8 +364,6 @@ class WorkersService(MultiService):
                     binder = reactor = ReusePortReactor(self.reactor, self.count)
                 elif self.sockets == REUSEPORT:
                     # Taken over: the old parent's SO_REUSEPORT sockets too.
-                    from txsockproxy.takeover import InheritedReusePortReactor
-
                     binder = reactor = InheritedReusePortReactor(
                         reactor, self.inheritedExtra.get(key, []), self.count)
                 endpoint = serverFromString(reactor, withBacklog(desc, systemBacklog()))
