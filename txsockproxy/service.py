@@ -345,6 +345,21 @@ def _ownerOf(config: Config, desc: str) -> str:
     return next(proxy.name for proxy in config.proxies if desc in proxy.listen)
 
 
+def reloadRefused(log: Logger, failure: Failure) -> bool:
+    """
+    A reload whose file did not load (a L{ConfigError}; anything else is
+    passed on): log each problem and that the running configuration stays.
+
+    @return: L{False}, the reload's result.
+    """
+    failure.trap(ConfigError)
+    assert isinstance(failure.value, ConfigError)
+    for problem in failure.value.problems:
+        log.error("reload: {problem}", problem=str(problem))
+    log.error("reload failed: keeping the running configuration")
+    return False
+
+
 class ProxyService(MultiService):
     """
     Every proxy of a configuration, listening; the status endpoint; reload
@@ -966,12 +981,7 @@ class ProxyService(MultiService):
         return loading.addCallbacks(self._applyLoaded, self._loadFailed)
 
     def _loadFailed(self, failure: Failure) -> bool:
-        failure.trap(ConfigError)
-        assert isinstance(failure.value, ConfigError)
-        for problem in failure.value.problems:
-            self.log.error("reload: {problem}", problem=str(problem))
-        self.log.error("reload failed: keeping the running configuration")
-        return False
+        return reloadRefused(self.log, failure)
 
     def _applyLoaded(self, config: Config) -> bool:
         if self._stopping:

@@ -35,7 +35,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from txsockproxy.adopting import AdoptingReactor, InheritedSocket, familyOf
-from txsockproxy.config import Config, ConfigError
+from txsockproxy.config import Config
 from txsockproxy.loading import loadConfig
 from txsockproxy.reuseport import InheritedReusePortReactor, ReusePortReactor
 from txsockproxy.service import (
@@ -46,6 +46,7 @@ from txsockproxy.service import (
     ThreadRunner,
     listenKeys,
     reactorThreadRunner,
+    reloadRefused,
     systemBacklog,
     withBacklog,
 )
@@ -716,12 +717,7 @@ class WorkersService(MultiService):
         return False
 
     def _loadFailed(self, failure: Failure) -> bool:
-        failure.trap(ConfigError)
-        assert isinstance(failure.value, ConfigError)
-        for problem in failure.value.problems:
-            self.log.error("reload: {problem}", problem=str(problem))
-        self.log.error("reload failed: keeping the running configuration")
-        return False
+        return reloadRefused(self.log, failure)
 
     def _applyLoaded(self, config: Config) -> Any:
         if self._stopping:
