@@ -19,6 +19,7 @@ deadline.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -28,7 +29,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from typing import Optional
+from typing import Iterable, Optional
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -194,19 +195,32 @@ def readLabel(port: int, deadline: Deadline) -> tuple[str, socket.socket]:
     return data.decode().strip(), conn
 
 
+def unusedPorts(names: Iterable[str]) -> dict[str, int]:
+    """
+    Distinct loopback TCP ports that nothing listens on right now, one per
+    name (each bound to port 0, all held until the last is chosen so no two
+    are the same, then released), for the differential tests alone: lighttpd
+    refuses port 0 in a C{$SERVER["socket"]} condition and does not say
+    which port it bound, and its config, shared with txsockproxy, tells the
+    sockets apart by port; and txsockproxy's lighttpd importer refuses
+    C{server.port = 0}. Another process may take a port before the server
+    binds it: the server then fails to start, and the test with it.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for name in names:
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports[name] = int(s.getsockname()[1])
+        return ports
+
+
 def unusedPort() -> int:
     """
-    A loopback TCP port that nothing listens on right now (bound to port 0,
-    then released), for the differential tests alone: lighttpd refuses port
-    0 in a C{$SERVER["socket"]} condition and does not say which port it
-    bound, and its config, shared with txsockproxy, tells the sockets apart
-    by port; and txsockproxy's lighttpd importer refuses C{server.port = 0}.
-    Another process may take the port before the server binds it:
-    the server then fails to start, and the test with it.
+    One loopback TCP port that nothing listens on right now (see
+    L{unusedPorts}).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return unusedPorts(["port"])["port"]
 
 
 class Side:
@@ -283,7 +297,7 @@ class DifferentialTests(SynchronousTestCase):
         return env
 
     def freePorts(self) -> dict[str, int]:
-        return {name: unusedPort() for name in ("SP_HTTP", *SOCKETS)}
+        return unusedPorts(("SP_HTTP", *SOCKETS))
 
     def startSockproxy(self) -> Side:
         ports = self.freePorts()

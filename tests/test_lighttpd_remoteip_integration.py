@@ -17,7 +17,7 @@ import tempfile
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.integration_support import START_TIMEOUT, Deadline, Twistd
-from tests.test_lighttpd_integration import LIGHTTPD, LabelBackend, unusedPort
+from tests.test_lighttpd_integration import LIGHTTPD, LabelBackend, unusedPorts
 
 CONFIG = """\
 server.modules = ( "mod_sockproxy" )
@@ -118,7 +118,7 @@ class RemoteIPDifferentialTests(SynchronousTestCase):
         txsockproxy proxies a client where lighttpd's conditions would, and
         closes the others before any backend work.
         """
-        ports = {name: unusedPort() for name in ("SP_HTTP", *SOCKETS)}
+        ports = unusedPorts(("SP_HTTP", *SOCKETS))
         process = Twistd(["sockproxy", "--config", self.config], cwd=self.tmp,
                          env=self.environ(ports))
         self.addCleanup(process.stop)
@@ -134,7 +134,7 @@ class RemoteIPDifferentialTests(SynchronousTestCase):
         """
         if not os.access(LIGHTTPD, os.X_OK):
             raise SkipTest(f"{LIGHTTPD} is not installed (apt-get install lighttpd)")
-        ports = {name: unusedPort() for name in ("SP_HTTP", *SOCKETS)}
+        ports = unusedPorts(("SP_HTTP", *SOCKETS))
         process = Twistd([], cwd=self.tmp, env=self.environ(ports), program=LIGHTTPD,
                          daemonArgs=("-D", "-f", self.config))
         self.addCleanup(process.stop)
