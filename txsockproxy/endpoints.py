@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from txsockproxy.checks import quote
 from txsockproxy.config import DEFAULT_PORT
+from txsockproxy.socketactivation import activatedHere, systemdSocket
 
 # What a resolver looks like: (host) -> first address, or raise OSError.
 Resolver = Callable[[str], str]
@@ -107,6 +108,15 @@ def checkEndpoint(description: str, server: bool) -> str | None:
     try:
         _parseEndpoint(description, server)
     except Exception as e:
+        if server and isinstance(e, LookupError) and not activatedHere():
+            # A systemd: string outside socket activation: a worker's, or a
+            # taking-over process's, which are handed the socket; elsewhere
+            # the listener says at start-up that there is none.
+            try:
+                if systemdSocket(description) is not None:
+                    return None
+            except ValueError as bad:
+                return f"bad server endpoint {quote(description)}: {bad}"
         reason = _endpointReason(description, e)
         return f"bad {'server' if server else 'client'} endpoint {quote(description)}: {reason}"
     return None

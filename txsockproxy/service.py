@@ -18,7 +18,6 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -58,6 +57,7 @@ from txsockproxy.listening import LISTENING
 from txsockproxy.loading import loadConfig
 from txsockproxy.relay import ProxyFactory, Sessions
 from txsockproxy.sessionlog import SessionLog
+from txsockproxy.socketactivation import serverEndpoint
 from txsockproxy.status import StatusSite, StatusView, statusResource
 from txsockproxy.tlsclient import backendEndpoint
 from txsockproxy.tlslisten import ServerTLS, TLSListenEndpoint
@@ -669,8 +669,10 @@ class ProxyService(MultiService):
             if tls is not None:
                 factory.proxyHeader = False
                 headerFirst = True
-        endpoint = serverFromString(reactorDecliningALPN(self._listenReactor(desc, key)),
-                                    withBacklog(listen, systemBacklog()))
+        reactor = self._listenReactor(desc, key)
+        endpoint = serverEndpoint(reactorDecliningALPN(reactor),
+                                  withBacklog(listen, systemBacklog()),
+                                  handed=isinstance(reactor, AdoptingReactor))
         if tls is None:
             return ListenerService(desc, proxy, endpoint, factory)
         if headerFirst:

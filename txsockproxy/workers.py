@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -50,6 +49,7 @@ from txsockproxy.service import (
     systemBacklog,
     withBacklog,
 )
+from txsockproxy.socketactivation import serverEndpoint
 from txsockproxy.workerprotocol import (
     Admin,
     HandListener,
@@ -367,7 +367,8 @@ class WorkersService(MultiService):
                     # Taken over: the old parent's SO_REUSEPORT sockets too.
                     binder = reactor = InheritedReusePortReactor(
                         reactor, self.inheritedExtra.get(key, []), self.count)
-                endpoint = serverFromString(reactor, withBacklog(desc, systemBacklog()))
+                endpoint = serverEndpoint(reactor, withBacklog(desc, systemBacklog()),
+                                          handed=self._handed(key))
                 owner = next(p.name for p in config.proxies if desc in p.listen)
                 listener = ListenerService(desc, owner, endpoint, _NoConnections())
                 if binder is not None:
@@ -375,11 +376,14 @@ class WorkersService(MultiService):
             listeners[key] = listener
         return listeners
 
-    def _listenReactor(self, key: ListenKey) -> Any:
+    def _handed(self, key: ListenKey) -> bool:
         handed = self.inherited.get(key)
-        if handed is None or handed.fileno < 0:
+        return handed is not None and handed.fileno >= 0
+
+    def _listenReactor(self, key: ListenKey) -> Any:
+        if not self._handed(key):
             return self.reactor
-        return AdoptingReactor(self.reactor, handed)
+        return AdoptingReactor(self.reactor, self.inherited[key])
 
     def keyedListeners(self) -> list[tuple[ListenKey, ListenerService]]:
         """
@@ -450,7 +454,8 @@ class WorkersService(MultiService):
         # A reload does not change the status listeners.
         self._statusKeys = keys
         return [
-            ListenerService(desc, None, serverFromString(self._listenReactor(key), desc),
+            ListenerService(desc, None, serverEndpoint(self._listenReactor(key), desc,
+                                                       handed=self._handed(key)),
                             self._statusSite)
             for key, desc in zip(keys, status.listen, strict=True)
         ]
