@@ -9,6 +9,7 @@ fake processes, fake control connections and L{task.Clock}.
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import socket
 from dataclasses import replace
@@ -30,12 +31,15 @@ from txsockproxy.tomlconfig import parseConfig
 from txsockproxy.worker import LineObserver, Worker, WorkerControl, share, shareOf
 from txsockproxy.workerprotocol import (
     Admin,
+    Configure,
     Reload,
     Serve,
     Snapshot,
     decodeKey,
     encodeKey,
+    packConfig,
     packSnapshot,
+    unpackConfig,
     unpackSnapshot,
 )
 from txsockproxy.workers import (
@@ -184,6 +188,23 @@ class KeyAndSnapshotTests(SynchronousTestCase):
         self.assertEqual(decodeKey(encodeKey(key)), key)
         self.assertRaises(ValueError, decodeKey, '["x", 1, 2]')
 
+    def test_configRoundTrip(self) -> None:
+        """
+        L{unpackConfig} gives back the configuration L{packConfig} packed,
+        from parts of at most 65,535 bytes; anything else is refused.
+        """
+        many = "".join(
+            f'[[proxy]]\nname = "p{i}"\nlisten = "tcp:{1000 + i}"\n'
+            f'[[proxy.backend]]\nendpoint = "tcp:host=127.0.0.1:port={2000 + i}"\n'
+            for i in range(400))
+        big = config(many)
+        parts = packConfig(big)
+        self.assertGreater(len(parts), 1)
+        self.assertTrue(all(len(p) <= 65535 for p in parts))
+        self.assertEqual(unpackConfig(parts), big)
+        self.assertRaises(ValueError, unpackConfig, [b"junk"])
+        self.assertRaises(ValueError, unpackConfig, [pickle.dumps({"not": "a config"})])
+
     def test_largeSnapshot(self) -> None:
         """
         A snapshot larger than an AMP value goes in several parts, each
@@ -248,8 +269,8 @@ class WorkerTests(SynchronousTestCase):
             self.services.append(service)
             return service
 
-        self.worker = Worker(self.clock, "w.toml", 1, 2, debug=2,
-                             loader=lambda path: config(), serviceFactory=factory)
+        self.worker = Worker(self.clock, "w.toml", 1, 2, debug=2, serviceFactory=factory)
+        self.worker.configuration = config()
 
     def connected(self) -> tuple[amp.AMP, iosim.IOPump, list[bool]]:
         """
@@ -283,6 +304,59 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(service.config.debug, 2)
         self.assertEqual(service.config.maxConnections, 2)
         self.assertEqual(service.inherited, {(False, "tcp:0", 0): handed})
+
+    def test_serveWhatIsHanded(self) -> None:
+        """
+        L{Configure} hands the configuration in parts; L{Serve} serves it
+        (the worker reads no file: C{w.toml} does not exist), and the
+        service's reload applies the one handed since.
+        """
+        self.worker.configuration = None
+        parent, pump, _ = self.connected()
+
+        def configure(text: str) -> None:
+            parts = packConfig(config(text))
+            for i, data in enumerate(parts):
+                parent.callRemote(Configure, part=i, data=data, more=i + 1 < len(parts))
+
+        configure(CONFIG.replace("max-connections = 5", "max-connections = 8"))
+        answer = parent.callRemote(Serve)
+        pump.flush()
+        self.successResultOf(answer)
+        [service] = self.services
+        self.assertEqual(service.config.maxConnections, 4)
+        configure(CONFIG.replace("max-connections = 5", "max-connections = 10"))
+        pump.flush()
+        self.assertEqual(service.loader("w.toml").maxConnections, 5)
+
+    def test_serveWithoutConfiguration(self) -> None:
+        """
+        A worker handed no configuration cannot serve, and says so.
+        """
+        from txsockproxy.workerprotocol import StartFailed
+
+        self.worker.configuration = None
+        parent, pump, _ = self.connected()
+        caught: list[Failure] = []
+        parent.callRemote(Serve).addErrback(caught.append)
+        pump.flush()
+        [failure] = caught
+        self.assertTrue(failure.check(StartFailed))
+        self.assertIn("w.toml: no configuration handed by the parent", failure.getErrorMessage())
+
+    def test_configurePartsOutOfOrder(self) -> None:
+        """
+        Parts of a configuration out of order, or parts that make none, are
+        refused with one line saying so; the configuration handed before
+        stays.
+        """
+        from txsockproxy.workerprotocol import StartFailed
+
+        before = self.worker.configuration
+        self.assertRaises(StartFailed, self.worker.configure, 1, b"x", False)
+        error = self.assertRaises(StartFailed, self.worker.configure, 0, b"junk", False)
+        self.assertIn("cannot read the configuration handed", str(error))
+        self.assertIs(self.worker.configuration, before)
 
     def test_serveFails(self) -> None:
         """
@@ -569,15 +643,65 @@ class ParentTests(SynchronousTestCase):
         restarted.control = control  # type: ignore[assignment]
         restarted.processTransport = FakeProcess(12)
         self.service._handAndServe(restarted, [])
-        [(serve, _, answer)] = control.calls
+        control.calls[0][2].callback({})
+        [_, (serve, _, answer)] = control.calls
         self.assertEqual(serve.__name__, "Serve")
         answer.callback({"pid": 12})
-        self.assertEqual([(c.__name__, a) for c, a, _ in control.calls[1:]],
+        self.assertEqual([(c.__name__, a) for c, a, _ in control.calls[2:]],
                          [("Admin", {"proxy": "p", "label": "one", "action": "drain"})])
         self.service.admin("p", "one", "enable", None)
-        for _, _, d in first.calls[1:] + control.calls[2:]:
+        for _, _, d in first.calls[1:] + control.calls[3:]:
             d.callback({"code": 200, "body": "{}"})
         self.assertEqual(self.service._adminStates, {})
+
+    def test_restartServesLastGoodConfig(self) -> None:
+        """
+        A worker (re)started is handed the configuration the parent last
+        loaded successfully, and only then told to serve: a file broken on
+        disk since (a reload refused it) does not reach it.
+        """
+        from txsockproxy.config import ConfigError, Problem
+
+        def broken(path: str) -> Config:
+            raise ConfigError([Problem(path, 3, "", "half-written")])
+
+        self.service.loader = broken
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        self.assertFalse(self.successResultOf(self.service.reload()))
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = FakeProcess(12)
+        self.service._handAndServe(worker, [])
+        [(command, arguments, answer)] = control.calls
+        self.assertEqual(command, Configure)
+        self.assertEqual(unpackConfig([arguments["data"]]), self.service.config)
+        self.assertEqual((arguments["part"], arguments["more"]), (0, False))
+        answer.callback({})
+        self.assertEqual([c for c, _, _ in control.calls], [Configure, Serve])
+        control.calls[1][2].callback({"pid": 12})
+        self.assertEqual(worker.state, "serving")
+        self.assertIs(worker.configured, self.service.config)
+
+    def test_reloadHandsConfig(self) -> None:
+        """
+        A reload whose file is valid hands the new configuration to every
+        serving worker, then tells it to apply it.
+        """
+        controls = [self.serving(w, 10 + w.index) for w in self.service.workers]
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        reloading = self.service.reload()
+        for control in controls:
+            [(command, arguments, answer)] = control.calls
+            self.assertEqual(command, Configure)
+            self.assertEqual(unpackConfig([arguments["data"]]), changed)
+            answer.callback({})
+            self.assertEqual(control.calls[1][0], Reload)
+            control.calls[1][2].callback({"applied": True})
+        self.assertTrue(self.successResultOf(reloading))
+        self.assertIs(self.service.config, changed)
 
     def test_workerOutput(self) -> None:
         """

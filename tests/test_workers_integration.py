@@ -271,3 +271,35 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         # A hash of 40 connections: both well used (a shared socket here
         # typically gives one worker two thirds or more).
         self.assertGreaterEqual(min(active), 8, active)
+
+    def test_workerRestartedWhileFileBroken(self) -> None:
+        """
+        A worker killed while the configuration file is broken (an operator
+        in the middle of an edit) comes back with the configuration the
+        parent last loaded, and serves; a SIGHUP then refuses the file and
+        every worker keeps serving.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        with open(os.path.join(self.tmp, "sockproxy.toml"), "w", encoding="utf-8") as f:
+            f.write("workers = 2\n[[proxy]]\nname = ")
+        victim = self.status(statusPort)["workers"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        proxy.waitFor("died", count=1, timeout=15)
+        proxy.waitFor(") serving", count=3, timeout=15)
+        self.assertEqual(proxy.matching("cannot serve"), [])
+
+        def echoes(conn: socket.socket, deadline: Deadline) -> None:
+            self.assertEqual(exchange(conn, b"ping", deadline), b"ping")
+
+        document = self.sessionsOnBothWorkers(proxyPort, statusPort, echoes)
+        self.assertEqual([w["state"] for w in document["workers"]], ["serving", "serving"])
+        self.assertNotEqual(document["workers"][1]["pid"], victim)
+        os.kill(proxy.pid, signal.SIGHUP)
+        proxy.waitFor("reload failed: keeping the running configuration", timeout=15)
+        deadline = Deadline(10, "sessions after the refused reload")
+        for _ in range(10):
+            with connect(("127.0.0.1", proxyPort)) as conn:
+                echoes(conn, deadline)
+        self.assertEqual(len(proxy.matching("died")), 1)
+        self.assertNoHandlerErrors(backend)

@@ -3,7 +3,9 @@ The parent process of a proxy run with C{workers = N} (N > 1): it binds
 every listen endpoint (in C{privilegedStartService}, so before C{twistd -u}
 drops privileges), starts N worker processes (L{txsockproxy.worker}) with
 C{reactor.spawnProcess}, hands each the listening sockets over its control
-connection (AMP over a unix socket pair; the sockets as descriptors), and
+connection (AMP over a unix socket pair; the sockets as descriptors) and the
+configuration it last loaded successfully (a worker never reads the file: one
+restarted while the file is being edited runs what the others run), and
 never accepts a connection itself: for a TCP listener, each worker gets a
 socket of its own bound with SO_REUSEPORT and the kernel spreads new
 connections among them; other listeners (unix sockets, systemd's) are one
@@ -52,6 +54,7 @@ from txsockproxy.service import (
 )
 from txsockproxy.workerprotocol import (
     Admin,
+    Configure,
     HandListener,
     QuietAMP,
     Reload,
@@ -59,6 +62,7 @@ from txsockproxy.workerprotocol import (
     Snapshot,
     Stop,
     encodeKey,
+    packConfig,
     unpackSnapshot,
 )
 
@@ -182,6 +186,8 @@ class WorkerProcess(ProcessProtocol):
 
     @ivar state: C{starting}, C{serving}, C{restarting} (dead, to be
         restarted), C{stopping}, C{stopped}.
+    @ivar configured: the configuration last handed to the process running
+        now, or L{None}.
     """
 
     log = Logger()
@@ -194,6 +200,7 @@ class WorkerProcess(ProcessProtocol):
         self.restarts = 0
         self.control: Optional[amp.AMP] = None
         self.startedAt = 0.0
+        self.configured: Optional[Config] = None
         self._buffers: dict[int, bytes] = {}
         self._ended: list[defer.Deferred[None]] = []
         self.processTransport: Any = None
@@ -225,6 +232,7 @@ class WorkerProcess(ProcessProtocol):
         if self.control is not None and self.control.transport is not None:
             self.control.transport.loseConnection()
         self.control = None
+        self.configured = None
         pid, self.pid = self.pid, None
         self.processTransport = None
         ended, self._ended = self._ended, []
@@ -263,6 +271,14 @@ class WorkerProcess(ProcessProtocol):
         if self.control is None:
             return defer.fail(ConnectionError(f"worker {self.index} is not connected"))
         return self.control.callRemote(command, **arguments)
+
+
+def _all(calls: list[defer.Deferred[Any]]) -> defer.Deferred[list[Any]]:
+    """
+    The answers of C{calls}, or the first failure among them.
+    """
+    return defer.gatherResults(calls, consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
 
 
 _LEVEL_NAMES = frozenset({"debug", "info", "warn", "error", "critical"})
@@ -500,7 +516,8 @@ class WorkersService(MultiService):
         ours, theirs = self._socketpair()
         try:
             args = [self.executable, "-m", "txsockproxy.worker", "--config", self.configPath,
-                    "--index", str(worker.index), "--count", str(self.count)]
+                    "--index", str(worker.index), "--count", str(self.count),
+                    "--accelerator", self.config.accelerator]
             if self.debug is not None:
                 args += ["--debug", str(self.debug)]
             if self.reactorName is not None:
@@ -526,7 +543,7 @@ class WorkersService(MultiService):
         handing = self._hand(worker, listeners)
 
         def serve(_: object) -> defer.Deferred[Any]:
-            return worker.call(Serve)
+            return self._configure(worker).addCallback(lambda _: worker.call(Serve))
 
         def serving(answer: dict[str, Any]) -> None:
             if worker.state == "starting":
@@ -565,8 +582,21 @@ class WorkersService(MultiService):
             calls.append(worker.call(
                 HandListener, key=encodeKey(key), family=familyOf(port.getHost()), socket=fd,
             ))
-        return defer.gatherResults(calls, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return _all(calls)
+
+    def _configure(self, worker: WorkerProcess) -> defer.Deferred[None]:
+        """
+        Hand C{worker} the configuration the parent runs (L{Configure}).
+        """
+        config = self.config
+        parts = packConfig(config)
+        calls = [worker.call(Configure, part=i, data=data, more=i + 1 < len(parts))
+                 for i, data in enumerate(parts)]
+
+        def configured(_: object) -> None:
+            worker.configured = config
+
+        return _all(calls).addCallback(configured)
 
     def workerEnded(self, worker: WorkerProcess, pid: Optional[int], reason: Failure) -> None:
         """
@@ -588,15 +618,15 @@ class WorkersService(MultiService):
         )
         self._restarts[worker.index] = self.reactor.callLater(delay, self._start, worker)
 
-    def _eachServing(self, command: type[amp.Command], **arguments: Any
+    def _eachServing(self, ask: Callable[[WorkerProcess], defer.Deferred[Any]]
                      ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
         """
-        Send C{command} to every worker serving; a Deferred of each worker's
-        answer, or of a list holding its failure.
+        Ask every worker serving (C{ask(worker)}); a Deferred of each
+        worker's answer, or of a list holding its failure.
         """
         serving = [w for w in self.workers if w.state == "serving"]
         # A failure as a result, not as a failure: every worker's is kept.
-        calls = [w.call(command, **arguments).addErrback(lambda f: [f]) for w in serving]
+        calls = [ask(w).addErrback(lambda f: [f]) for w in serving]
         gathered = defer.gatherResults(calls)
         return gathered.addCallback(lambda answers: list(zip(serving, answers, strict=True)))
 
@@ -660,7 +690,7 @@ class WorkersService(MultiService):
                     out.append((worker.index, answer["code"], answer["body"]))
             return out
 
-        return self._eachServing(Admin, **arguments).addCallback(answers)
+        return self._eachServing(lambda w: w.call(Admin, **arguments)).addCallback(answers)
 
     @property
     def adminToken(self) -> str:
@@ -678,9 +708,10 @@ class WorkersService(MultiService):
 
     def reload(self) -> defer.Deferred[bool]:
         """
-        Read the configuration again; bind its new listeners and close
-        those it no longer has; hand the new ones to every worker and have
-        every worker reload (each reads the file itself).
+        Read the configuration again; if valid, bind its new listeners and
+        close those it no longer has; hand the new ones and the new
+        configuration to every worker and have every worker apply it (a
+        worker never reads the file). An invalid file changes nothing.
 
         @return: a Deferred that fires with whether the parent applied the
             new configuration (each worker's result is logged). Never fails.
@@ -756,7 +787,8 @@ class WorkersService(MultiService):
         handing = [self._hand(w, added).addErrback(lambda f: None) for w in serving]
 
         def reloadWorkers(_: object) -> Any:
-            return self._eachServing(Reload)
+            return self._eachServing(
+                lambda w: self._configure(w).addCallback(lambda _: w.call(Reload)))
 
         def logged(results: list[tuple[WorkerProcess, Any]]) -> bool:
             for worker, answer in results:
