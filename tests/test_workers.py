@@ -43,6 +43,8 @@ from txsockproxy.workerprotocol import (
     unpackSnapshot,
 )
 from txsockproxy.workers import (
+    CALL_DEADLINE,
+    START_DEADLINE,
     Backoff,
     WorkerProcess,
     WorkersService,
@@ -628,7 +630,7 @@ class ParentTests(SynchronousTestCase):
         first.calls[0][2].callback({"code": 200, "body": "{}"})
         second.calls[0][2].errback(ConnectionError("gone"))
         self.assertEqual(self.successResultOf(result),
-                         [(0, 200, "{}"), (1, 503, '{"error": "worker not answering"}')])
+                         [(0, 200, "{}"), (1, 503, '{"error": "worker 1 did not answer: gone"}')])
 
     def test_adminStateReplayed(self) -> None:
         """
@@ -702,6 +704,102 @@ class ParentTests(SynchronousTestCase):
             control.calls[1][2].callback({"applied": True})
         self.assertTrue(self.successResultOf(reloading))
         self.assertIs(self.service.config, changed)
+
+    def test_notAnswering(self) -> None:
+        """
+        A worker that does not answer within L{CALL_DEADLINE} (stopped with
+        SIGSTOP) is "not answering", logged once: admin actions, status and
+        reloads answer for the other worker at the deadline, then at once,
+        sending it nothing more; when it answers the old call, it is logged
+        and given the configuration and admin action it missed.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        result = self.service.admin("p", "one", "drain", None)
+        first.calls[0][2].callback({"code": 200, "body": "{}"})
+        self.clock.advance(CALL_DEADLINE - 0.1)
+        self.assertNoResult(result)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(result)[1], (1, 503, json.dumps(
+            {"error": "worker 1 did not answer: no answer to Admin within 10s"})))
+        [line] = self.logged("not answering")
+        self.assertEqual(line, "worker 1 (pid 11) is not answering (no answer to Admin within "
+                         "10s): left out until it answers")
+
+        result = self.service.admin("p", "one", "disable", None)
+        first.calls[1][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.successResultOf(result)[1], (1, 503, json.dumps(
+            {"error": "worker 1 did not answer: not answering"})))
+        gathered = self.service.snapshots()
+        first.calls[2][2].callback({"data": packSnapshot({})[0], "more": False})
+        self.assertEqual(self.successResultOf(gathered)[1].problem, "not answering")
+
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        reloading = self.service.reload()
+        first.calls[3][2].callback({})
+        first.calls[4][2].callback({"applied": True})
+        self.assertTrue(self.successResultOf(reloading))
+        self.assertEqual(len(second.calls), 1)
+        self.assertEqual(len(self.logged("is not answering")), 1)
+        self.assertEqual(len(self.logged("reload: worker 1 did not answer")), 1)
+
+        second.calls[0][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.logged(") answers again"), ["worker 1 (pid 11) answers again"])
+        [(command, arguments, answer)] = second.calls[1:]
+        self.assertEqual(command, Configure)
+        self.assertEqual(unpackConfig([arguments["data"]]), changed)
+        answer.callback({})
+        self.assertEqual(second.calls[2][0], Reload)
+        second.calls[2][2].callback({"applied": True})
+        self.assertEqual([(c, a) for c, a, _ in second.calls[3:]],
+                         [(Admin, {"proxy": "p", "label": "one", "action": "disable"})])
+        self.assertIs(self.service.workers[1].configured, changed)
+
+    def test_lateAnswerIgnored(self) -> None:
+        """
+        A call whose answer was given up on (cancelled, as the status site's
+        snapshot timeout does) drops the answer when it comes, and the
+        deadline timer is gone: nothing is left behind.
+        """
+        worker = self.service.workers[0]
+        control = self.serving(worker, 10)
+        asked = worker.call(Snapshot, part=0)
+        asked.cancel()
+        self.failureResultOf(asked, defer.CancelledError)
+        control.calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(worker.answering)
+
+    def test_startDeadline(self) -> None:
+        """
+        A worker that does not answer the commands that start it within
+        L{START_DEADLINE} is killed (and so restarted).
+        """
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = process = FakeProcess(12)
+        worker.pid = 12
+        self.service._handAndServe(worker, [])
+        self.clock.advance(START_DEADLINE - 0.1)
+        self.assertEqual(process.signals, [])
+        self.clock.advance(0.1)
+        self.assertEqual(process.signals, ["KILL"])
+        self.assertEqual(self.logged("cannot serve"), [
+            "worker 1 (pid 12) cannot serve: no answer to Configure within 30s"])
+
+    def test_stopWaitsWithoutDeadline(self) -> None:
+        """
+        L{Stop} has no deadline of its own (sessions may take
+        shutdown-timeout): the worker is not called not answering.
+        """
+        self.serving(self.service.workers[0], 10)
+        self.service.stopService()
+        self.clock.advance(CALL_DEADLINE + 1)
+        self.assertTrue(self.service.workers[0].answering)
+        self.assertEqual(self.logged("not answering"), [])
 
     def test_workerOutput(self) -> None:
         """

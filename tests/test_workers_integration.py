@@ -303,3 +303,37 @@ class WorkersIntegrationTests(_IntegrationTestCase):
                 echoes(conn, deadline)
         self.assertEqual(len(proxy.matching("died")), 1)
         self.assertNoHandlerErrors(backend)
+
+    def test_stoppedWorkerNotAnswering(self) -> None:
+        """
+        A worker stopped with SIGSTOP holds up neither the status site
+        (it is shown as not answering) nor a reload (applied by the other
+        worker, logged as not answered); once continued, it answers again
+        and is given the configuration it missed.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        victim = self.status(statusPort)["workers"][1]["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        self.addCleanup(lambda: alive(victim) and os.kill(victim, signal.SIGCONT))
+        worker = self.status(statusPort)["workers"][1]
+        self.assertEqual((worker["answered"], worker["problem"]), (False, "not answering"))
+
+        changed = self.startServer(taggedHandler(b"changed"))
+        self.writeConfig(changed.endpoint, "two")
+        os.kill(proxy.pid, signal.SIGHUP)
+        [line] = proxy.waitFor("reload: worker 1 did not answer", timeout=30)
+        self.assertIn("it is given the configuration when it answers again", line)
+        proxy.waitFor("(1 workers)", timeout=15)
+        self.assertEqual(len(proxy.matching(f"worker 1 (pid {victim}) is not answering")), 1)
+
+        os.kill(victim, signal.SIGCONT)
+        proxy.waitFor(f"worker 1 (pid {victim}) answers again", timeout=15)
+        proxy.waitFor("worker 1 caught up", timeout=15)
+        workers = self.status(statusPort)["workers"]
+        self.assertEqual([w["answered"] for w in workers], [True, True])
+        self.assertEqual([w["status"]["proxies"][0]["backends"][0]["label"] for w in workers],
+                         ["two", "two"])
+        self.assertEqual(workers[1]["pid"], victim)
+        self.assertEqual(proxy.matching("died"), [])
+        self.assertNoHandlerErrors(backend, changed)

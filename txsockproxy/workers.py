@@ -15,10 +15,18 @@ It restarts a worker that dies (after a back-off: L{Backoff}), logging the
 death once with its exit status; hands SIGHUP (reload) and SIGTERM (graceful
 stop) on to every worker; serves the instance's status site, asking the
 workers for snapshots (L{txsockproxy.instancestatus}).
+
+Every command to a worker has a deadline (L{CALL_DEADLINE}): a worker that
+does not answer in time (stopped with SIGSTOP, wedged) is "not answering"
+until it answers again; meanwhile it is sent nothing more, the status site
+shows it so, and admin actions and reloads answer for the other workers. When
+it answers again it is given what it missed (listeners, the configuration,
+admin actions).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,7 +37,12 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionClosed,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
@@ -70,6 +83,11 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 # A worker that ran this long before dying is restarted after FIRST_BACKOFF.
 STABLE = 60.0
+# How long the parent waits for a worker's answer to a command; a worker
+# starting (Python starting, imports) has longer for the commands that start
+# it. A stopping worker has shutdown-timeout plus STOP_GRACE.
+CALL_DEADLINE = 10.0
+START_DEADLINE = 30.0
 # Beyond shutdown-timeout, how long the parent waits for a stopping worker
 # before killing it.
 STOP_GRACE = 5.0
@@ -144,6 +162,13 @@ def exitDescription(reason: Failure) -> str:
     return str(value)
 
 
+class NotAnswering(Exception):
+    """
+    A worker did not answer a command within its deadline, or has not
+    answered since one it missed (it is then sent nothing more).
+    """
+
+
 class _NoConnections(Factory):
     """
     The factory the parent's listeners are bound with: they never accept
@@ -188,6 +213,11 @@ class WorkerProcess(ProcessProtocol):
         restarted), C{stopping}, C{stopped}.
     @ivar configured: the configuration last handed to the process running
         now, or L{None}.
+    @ivar handed: the keys of the listeners handed to it.
+    @ivar answering: L{False} from a command's deadline passing unanswered
+        until the worker answers again.
+    @ivar missed: whether it missed a reload or an admin action while not
+        answering (it is given them when it answers again).
     """
 
     log = Logger()
@@ -201,6 +231,9 @@ class WorkerProcess(ProcessProtocol):
         self.control: Optional[amp.AMP] = None
         self.startedAt = 0.0
         self.configured: Optional[Config] = None
+        self.handed: set[ListenKey] = set()
+        self.answering = True
+        self.missed = False
         self._buffers: dict[int, bytes] = {}
         self._ended: list[defer.Deferred[None]] = []
         self.processTransport: Any = None
@@ -233,6 +266,9 @@ class WorkerProcess(ProcessProtocol):
             self.control.transport.loseConnection()
         self.control = None
         self.configured = None
+        self.handed = set()
+        self.answering = True
+        self.missed = False
         pid, self.pid = self.pid, None
         self.processTransport = None
         ended, self._ended = self._ended, []
@@ -261,16 +297,67 @@ class WorkerProcess(ProcessProtocol):
             except (ProcessExitedAlready, OSError):
                 pass
 
-    def call(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[Any]:
+    def call(self, command: type[amp.Command], deadline: Optional[float] = CALL_DEADLINE,
+             **arguments: Any) -> defer.Deferred[Any]:
         """
-        Send C{command} to the worker.
+        Send C{command} to the worker, unless it is not answering.
 
+        @param deadline: seconds to wait for the answer (L{None}: no limit);
+            past it the worker is not answering (logged once) until it
+            answers something.
         @return: its answer, or a failure (not connected, connection lost,
-            the worker's error).
+            the worker's error, L{NotAnswering}). Cancelling it drops the
+            answer; the deadline still holds for the worker.
         """
         if self.control is None:
             return defer.fail(ConnectionError(f"worker {self.index} is not connected"))
-        return self.control.callRemote(command, **arguments)
+        if not self.answering:
+            return defer.fail(NotAnswering("not answering"))
+        sent = self.control.callRemote(command, **arguments)
+        if deadline is None:
+            return sent
+        # The answer arrives here or nowhere: AMP keeps the call until the
+        # worker answers or its connection is lost, and nothing more is sent
+        # to a worker not answering, so the calls kept stay few.
+        result: defer.Deferred[Any] = defer.Deferred()
+        expiry = self.parent.reactor.callLater(deadline, self._expired, command.__name__,
+                                               deadline, result)
+
+        def answered(outcome: Any) -> None:
+            if expiry.active():
+                expiry.cancel()
+            lost = isinstance(outcome, Failure) and outcome.check(ConnectionClosed)
+            if not lost:
+                self._answered()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        sent.addBoth(answered)
+        return result
+
+    def _expired(self, command: str, deadline: float, result: defer.Deferred[Any]) -> None:
+        if not result.called:
+            result.errback(NotAnswering(f"no answer to {command} within {deadline:g}s"))
+        if self.answering and self.control is not None:
+            self.answering = False
+            self.log.warn("worker {index} (pid {pid}) is not answering (no answer to {command} "
+                          "within {deadline:g}s): left out until it answers", index=self.index,
+                          pid=self.pid, command=command, deadline=deadline)
+
+    def _answered(self) -> None:
+        if self.answering or self.control is None:
+            return
+        self.answering = True
+        self.log.info("worker {index} (pid {pid}) answers again", index=self.index, pid=self.pid)
+        self.parent.workerAnswers(self)
+
+
+def _handed(answer: object, worker: WorkerProcess, key: ListenKey) -> None:
+    worker.handed.add(key)
 
 
 def _all(calls: list[defer.Deferred[Any]]) -> defer.Deferred[list[Any]]:
@@ -540,10 +627,11 @@ class WorkersService(MultiService):
 
     def _handAndServe(self, worker: WorkerProcess,
                       listeners: list[tuple[ListenKey, ListenerService]]) -> None:
-        handing = self._hand(worker, listeners)
+        handing = self._hand(worker, listeners, START_DEADLINE)
 
         def serve(_: object) -> defer.Deferred[Any]:
-            return self._configure(worker).addCallback(lambda _: worker.call(Serve))
+            return self._configure(worker, START_DEADLINE).addCallback(
+                lambda _: worker.call(Serve, START_DEADLINE))
 
         def serving(answer: dict[str, Any]) -> None:
             if worker.state == "starting":
@@ -554,9 +642,10 @@ class WorkersService(MultiService):
                     d.callback(None)
             self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
                           pid=answer["pid"])
-            for (proxy, label), action in self._adminStates.items():
-                worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
-                    lambda f: None)
+            self._replayAdmin(worker)
+            if worker.configured is not self.config:
+                # A reload was applied while it started.
+                self.workerAnswers(worker)
 
         def failed(failure: Failure) -> None:
             if worker.processTransport is None or self._stopping:
@@ -568,8 +657,8 @@ class WorkersService(MultiService):
 
         handing.addCallback(serve).addCallbacks(serving, failed)
 
-    def _hand(self, worker: WorkerProcess,
-              listeners: list[tuple[ListenKey, ListenerService]]) -> defer.Deferred[Any]:
+    def _hand(self, worker: WorkerProcess, listeners: list[tuple[ListenKey, ListenerService]],
+              deadline: float = CALL_DEADLINE) -> defer.Deferred[Any]:
         calls = []
         for key, listener in listeners:
             port = listener.port
@@ -580,17 +669,19 @@ class WorkersService(MultiService):
             if binder is not None and binder.extra and worker.index > 0:
                 fd = binder.extra[worker.index - 1]
             calls.append(worker.call(
-                HandListener, key=encodeKey(key), family=familyOf(port.getHost()), socket=fd,
-            ))
+                HandListener, deadline, key=encodeKey(key), family=familyOf(port.getHost()),
+                socket=fd,
+            ).addCallback(_handed, worker, key))
         return _all(calls)
 
-    def _configure(self, worker: WorkerProcess) -> defer.Deferred[None]:
+    def _configure(self, worker: WorkerProcess,
+                   deadline: float = CALL_DEADLINE) -> defer.Deferred[None]:
         """
         Hand C{worker} the configuration the parent runs (L{Configure}).
         """
         config = self.config
         parts = packConfig(config)
-        calls = [worker.call(Configure, part=i, data=data, more=i + 1 < len(parts))
+        calls = [worker.call(Configure, deadline, part=i, data=data, more=i + 1 < len(parts))
                  for i, data in enumerate(parts)]
 
         def configured(_: object) -> None:
@@ -626,9 +717,57 @@ class WorkersService(MultiService):
         """
         serving = [w for w in self.workers if w.state == "serving"]
         # A failure as a result, not as a failure: every worker's is kept.
-        calls = [ask(w).addErrback(lambda f: [f]) for w in serving]
+        calls = [ask(w).addErrback(self._missed, w) for w in serving]
         gathered = defer.gatherResults(calls)
         return gathered.addCallback(lambda answers: list(zip(serving, answers, strict=True)))
+
+    @staticmethod
+    def _missed(failure: Failure, worker: WorkerProcess) -> list[Failure]:
+        # A failure as a result, not as a failure: every worker's is kept.
+        if failure.check(NotAnswering):
+            worker.missed = True
+        return [failure]
+
+    def _reload(self, worker: WorkerProcess) -> defer.Deferred[Any]:
+        """
+        Hand C{worker} the configuration and have it apply it.
+        """
+        return self._configure(worker).addCallback(lambda _: worker.call(Reload))
+
+    def workerAnswers(self, worker: WorkerProcess) -> None:
+        """
+        Called by C{worker} when it answers again after not answering: give
+        it what it missed (listeners added, the configuration, the admin
+        actions), if anything.
+        """
+        missing = [(key, listener) for key, listener in self._listeners.items()
+                   if key not in worker.handed]
+        if worker.state != "serving" or self._stopping or not (
+                worker.missed or missing or worker.configured is not self.config):
+            return
+        worker.missed = False
+
+        def caughtUp(answer: Any) -> None:
+            if not answer["applied"]:
+                self.log.error("worker {index} kept its running configuration",
+                               index=worker.index)
+                return
+            self.log.info("worker {index} caught up: {source}", index=worker.index,
+                          source=self.config.source)
+            self._replayAdmin(worker)
+
+        def failed(failure: Failure) -> None:
+            worker.missed = True
+            self.log.error("worker {index} cannot catch up: {error}", index=worker.index,
+                           error=failure.getErrorMessage())
+
+        self._hand(worker, missing).addCallback(lambda _: self._reload(worker)).addCallbacks(
+            caughtUp, failed)
+
+    def _replayAdmin(self, worker: WorkerProcess) -> None:
+        for (proxy, label), action in self._adminStates.items():
+            worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
+                lambda f: None)
 
     # -- status -----------------------------------------------------------------
 
@@ -659,7 +798,7 @@ class WorkersService(MultiService):
         asking.addTimeout(self.snapshotTimeout, self.reactor)
         return asking.addCallbacks(
             shown,
-            lambda f: shown(None, "not answering" if f.check(defer.TimeoutError)
+            lambda f: shown(None, "not answering" if f.check(defer.TimeoutError, NotAnswering)
                             else f.getErrorMessage()),
         )
 
@@ -685,7 +824,8 @@ class WorkersService(MultiService):
             out = []
             for worker, answer in results:
                 if isinstance(answer, list):
-                    out.append((worker.index, 503, '{"error": "worker not answering"}'))
+                    error = f"worker {worker.index} did not answer: {answer[0].getErrorMessage()}"
+                    out.append((worker.index, 503, json.dumps({"error": error})))
                 else:
                     out.append((worker.index, answer["code"], answer["body"]))
             return out
@@ -787,19 +927,24 @@ class WorkersService(MultiService):
         handing = [self._hand(w, added).addErrback(lambda f: None) for w in serving]
 
         def reloadWorkers(_: object) -> Any:
-            return self._eachServing(
-                lambda w: self._configure(w).addCallback(lambda _: w.call(Reload)))
+            return self._eachServing(self._reload)
 
         def logged(results: list[tuple[WorkerProcess, Any]]) -> bool:
             for worker, answer in results:
-                if isinstance(answer, list):
+                if isinstance(answer, list) and answer[0].check(NotAnswering):
+                    self.log.error("reload: worker {index} did not answer ({error}): it is "
+                                   "given the configuration when it answers again",
+                                   index=worker.index, error=answer[0].getErrorMessage())
+                elif isinstance(answer, list):
                     self.log.error("reload: worker {index}: {error}", index=worker.index,
                                    error=answer[0].getErrorMessage())
                 elif not answer["applied"]:
                     self.log.error("reload: worker {index} kept its running configuration",
                                    index=worker.index)
+            applied = sum(1 for _, answer in results
+                          if not isinstance(answer, list) and answer["applied"])
             self.log.info("reload: applied {source} ({count} workers)", source=config.source,
-                          count=len(results))
+                          count=applied)
             return True
 
         return defer.gatherResults(handing).addCallback(reloadWorkers).addCallback(logged)
@@ -839,7 +984,7 @@ class WorkersService(MultiService):
                 if worker.control is not None and worker.control.transport is not None:
                     worker.control.transport.loseConnection()
 
-            worker.call(Stop).addErrback(lambda f: None).addCallback(close)
+            worker.call(Stop, None).addErrback(lambda f: None).addCallback(close)
         kill = self.reactor.callLater(self.config.shutdownTimeout + STOP_GRACE, self._killAll)
 
         def done(_: object) -> None:
@@ -862,6 +1007,7 @@ class WorkersService(MultiService):
 
 
 __all__ = [
-    "Backoff", "FIRST_BACKOFF", "MAX_BACKOFF", "STABLE", "WorkerProcess", "WorkerSnapshot",
+    "Backoff", "CALL_DEADLINE", "FIRST_BACKOFF", "MAX_BACKOFF", "NotAnswering", "STABLE",
+    "START_DEADLINE", "WorkerProcess", "WorkerSnapshot",
     "WorkersService", "exitDescription", "workerCount",
 ]
