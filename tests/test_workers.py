@@ -76,22 +76,22 @@ class BackoffTests(SynchronousTestCase):
 
     def test_doubles(self) -> None:
         """
-        L{Backoff.delay} starts at 0.5 s and doubles at each quick death, up
-        to 30 s.
+        L{Backoff.delay} restarts the first death at once, then waits 0.5 s
+        and doubles at each quick death, up to 30 s.
         """
         backoff = Backoff()
-        self.assertEqual([backoff.delay(1.0) for _ in range(9)],
-                         [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual([backoff.delay(1.0) for _ in range(10)],
+                         [0, 0.5, 1, 2, 4, 8, 16, 30, 30, 30])
 
     def test_resetAfterStableMinute(self) -> None:
         """
-        A worker that ran a minute before dying is restarted after 0.5 s again.
+        A worker that ran a minute before dying is restarted at once again.
         """
         backoff = Backoff()
         for _ in range(5):
             backoff.delay(0.1)
-        self.assertEqual(backoff.delay(60.0), 0.5)
-        self.assertEqual(backoff.delay(1.0), 1.0)
+        self.assertEqual(backoff.delay(60.0), 0)
+        self.assertEqual(backoff.delay(1.0), 0.5)
 
 
 class WorkerCountTests(SynchronousTestCase):
@@ -508,6 +508,30 @@ class FakeControl:
         self.lost = True
 
 
+class FakeListener:
+    """
+    A listener bound, faked: its port's descriptor is a real socket's.
+    """
+
+    description = "tcp:0"
+
+    def __init__(self, fd: int) -> None:
+        self.port = self
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+class FakeBinder:
+    """
+    A L{txsockproxy.reuseport.ReusePortReactor} that bound C{extra}.
+    """
+
+    def __init__(self, extra: list[int]) -> None:
+        self.extra = extra
+
+
 class ParentTests(SynchronousTestCase):
     """
     L{WorkersService}: restarting, stopping, gathering the workers' status.
@@ -540,7 +564,7 @@ class ParentTests(SynchronousTestCase):
     def test_deathRestartsWithBackoff(self) -> None:
         """
         A worker that dies is logged once with its exit status and restarted
-        after 0.5 s; dying again at once, after 1 s.
+        at once; dying again soon, after 0.5 s, then 1 s.
         """
         worker = self.service.workers[1]
         self.serving(worker, 100)
@@ -549,14 +573,53 @@ class ParentTests(SynchronousTestCase):
         [line] = self.logged("died")
         self.assertEqual(
             line, "worker 1 (pid 100) died: killed by signal 9 (SIGKILL) after 2.0s; "
-            "restarting in 0.5s")
+            "restarting at once")
         self.assertEqual((worker.state, worker.restarts, worker.pid), ("restarting", 1, None))
-        self.clock.advance(0.4)
         self.assertEqual(self.started, [])
-        self.clock.advance(0.1)
+        self.clock.advance(0)
         self.assertEqual(self.started, [worker])
         worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
-        self.assertIn("restarting in 1s", self.logged("died")[1])
+        self.assertIn("restarting in 0.5s", self.logged("died")[1])
+        self.clock.advance(0.4)
+        self.assertEqual(self.started, [worker])
+        self.clock.advance(0.1)
+        self.assertEqual(self.started, [worker, worker])
+        worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIn("restarting in 1s", self.logged("died")[2])
+
+    def test_ownSocketsPausedDuringBackoff(self) -> None:
+        """
+        While a worker waits out a back-off, its own SO_REUSEPORT socket of
+        each TCP listener does not listen (the kernel gives its share of new
+        connections to the other workers); restarted, it listens again on
+        the same port. A death restarted at once pauses nothing.
+        """
+        from tests.test_listenpause import listening
+        from txsockproxy.reuseport import bindReusePort
+
+        sockets = [bindReusePort(socket.AF_INET, ("127.0.0.1", 0), 50)]
+        port = sockets[0].getsockname()[1]
+        sockets.append(bindReusePort(socket.AF_INET, ("127.0.0.1", port), 50))
+        for s in sockets:
+            self.addCleanup(s.close)
+        listener = FakeListener(sockets[0].fileno())
+        self.service._listeners = {(False, "tcp:0", 0): listener}  # type: ignore[dict-item]
+        self.service._binders[id(listener)] = FakeBinder([sockets[1].fileno()])
+        for worker, own, other in [(self.service.workers[1], *sockets[::-1]),
+                                   (self.service.workers[0], *sockets)]:
+            self.serving(worker, 10)
+            worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+            self.clock.advance(0)
+            self.assertTrue(listening(own))
+            self.serving(worker, 11)
+            worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+            self.assertIn("restarting in 0.5s (its own socket of 1 listener(s) closed meanwhile)",
+                          self.logged("died")[-1])
+            self.assertEqual((listening(own), listening(other)), (False, True))
+            self.clock.advance(0.5)
+            self.assertEqual(self.started[-1], worker)
+            self.assertTrue(listening(own))
+            self.assertEqual(own.getsockname(), ("127.0.0.1", port))
 
     def test_stopTellsEveryWorker(self) -> None:
         """

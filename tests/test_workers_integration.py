@@ -218,7 +218,7 @@ class WorkersIntegrationTests(_IntegrationTestCase):
             servedBefore = servedBefore or len(proxy.matching(") serving")) < 3
         [died] = proxy.waitFor("died", count=1, timeout=15)
         self.assertIn(f"worker 1 (pid {victim}) died: killed by signal 9 (SIGKILL)", died)
-        self.assertIn("restarting in 0.5s", died)
+        self.assertIn("restarting at once", died)
         proxy.waitFor(") serving", count=3, timeout=15)
         document = self.status(statusPort)
         restarted = document["workers"][1]
@@ -337,3 +337,30 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         self.assertEqual(workers[1]["pid"], victim)
         self.assertEqual(proxy.matching("died"), [])
         self.assertNoHandlerErrors(backend, changed)
+
+    def test_noConnectionStrandedDuringBackoff(self) -> None:
+        """
+        While a worker that died again soon waits out its back-off (2 s at
+        the fourth quick death), its own socket is out of the listener's
+        SO_REUSEPORT group: every new connection is served by the other
+        worker at once instead of waiting in the dead worker's queue.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        for deaths, when in enumerate(["at once", "in 0.5s", "in 1s", "in 2s"], 1):
+            victim = self.status(statusPort)["workers"][1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            died = proxy.waitFor("died", count=deaths, timeout=15)[-1]
+            self.assertIn(f"worker 1 (pid {victim}) died", died)
+            self.assertIn(f"restarting {when}", died)
+            if deaths < 4:
+                proxy.waitFor(") serving", count=2 + deaths, timeout=15)
+        self.assertIn("(its own socket of 1 listener(s) closed meanwhile)", died)
+        conns = [connect(("127.0.0.1", proxyPort)) for _ in range(10)]
+        deadline = Deadline(1.5, "sessions during the back-off")
+        for i, conn in enumerate(conns):
+            with conn:
+                self.assertEqual(exchange(conn, b"b%d" % i, deadline), b"b%d" % i)
+        self.assertEqual(len(proxy.matching(") serving")), 5)
+        proxy.waitFor(") serving", count=6, timeout=15)
+        self.assertNoHandlerErrors(backend)

@@ -11,8 +11,12 @@ socket of its own bound with SO_REUSEPORT and the kernel spreads new
 connections among them; other listeners (unix sockets, systemd's) are one
 socket that every worker adopts.
 
-It restarts a worker that dies (after a back-off: L{Backoff}), logging the
-death once with its exit status; hands SIGHUP (reload) and SIGTERM (graceful
+It restarts a worker that dies (at once; after a back-off when it dies again
+soon: L{Backoff}), logging the death once with its exit status; during a
+back-off it pauses the dead worker's own SO_REUSEPORT socket of each TCP
+listener (L{txsockproxy.listenpause}), so that the kernel gives new
+connections to the other workers instead of queueing them where nobody
+accepts; hands SIGHUP (reload) and SIGTERM (graceful
 stop) on to every worker; serves the instance's status site, asking the
 workers for snapshots (L{txsockproxy.instancestatus}).
 
@@ -51,6 +55,7 @@ from twisted.python.failure import Failure
 
 from txsockproxy.adopting import AdoptingReactor, InheritedSocket, familyOf
 from txsockproxy.config import Config
+from txsockproxy.listenpause import pauseListening, resumeListening
 from txsockproxy.loading import loadConfig
 from txsockproxy.reuseport import InheritedReusePortReactor, ReusePortReactor
 from txsockproxy.service import (
@@ -81,7 +86,7 @@ from txsockproxy.workerprotocol import (
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
-# A worker that ran this long before dying is restarted after FIRST_BACKOFF.
+# A worker that ran this long before dying is restarted at once.
 STABLE = 60.0
 # How long the parent waits for a worker's answer to a command; a worker
 # starting (Python starting, imports) has longer for the commands that start
@@ -119,9 +124,9 @@ def _allowedCPUs() -> int:
 
 class Backoff:
     """
-    Delays before restarting a worker that died: C{first} seconds, doubling
-    at each death up to C{maximum}; back to C{first} after a worker ran
-    C{stable} seconds.
+    Delays before restarting a worker that died: none the first time, then
+    C{first} seconds, doubling at each death up to C{maximum}; none again
+    after a worker ran C{stable} seconds.
     """
 
     def __init__(self, first: float = FIRST_BACKOFF, maximum: float = MAX_BACKOFF,
@@ -129,7 +134,7 @@ class Backoff:
         self.first = first
         self.maximum = maximum
         self.stable = stable
-        self._next = first
+        self._next = 0.0
 
     def delay(self, ranFor: float) -> float:
         """
@@ -137,9 +142,9 @@ class Backoff:
         C{ranFor} seconds.
         """
         if ranFor >= self.stable:
-            self._next = self.first
+            self._next = 0.0
         delay = self._next
-        self._next = min(self._next * 2, self.maximum)
+        self._next = min(self._next * 2, self.maximum) if delay else self.first
         return delay
 
 
@@ -436,6 +441,9 @@ class WorkersService(MultiService):
         self.workers = [WorkerProcess(self, i) for i in range(count)]
         self._backoffs = [Backoff() for _ in range(count)]
         self._restarts: dict[int, Any] = {}
+        # The sockets paused of each worker waiting to restart, by number:
+        # (listener, descriptor, address).
+        self._paused: dict[int, list[tuple[ListenerService, int, Any]]] = {}
         self._listeners: dict[ListenKey, ListenerService] = {}
         self._status: list[ListenerService] = []
         self._statusKeys: list[ListenKey] = []
@@ -497,6 +505,9 @@ class WorkersService(MultiService):
         The descriptors of the other SO_REUSEPORT sockets of C{listener}
         (one per worker but the first), or none: its one socket is shared.
         """
+        # Handed on (a take-over): every socket listening.
+        for index in list(self._paused):
+            self._resume(index, [listener])
         binder = self._binders.get(id(listener))
         return list(binder.extra) if binder is not None else []
 
@@ -664,10 +675,9 @@ class WorkersService(MultiService):
             port = listener.port
             if port is None:
                 continue
-            fd = port.fileno()  # type: ignore[attr-defined]
-            binder = self._binders.get(id(listener))
-            if binder is not None and binder.extra and worker.index > 0:
-                fd = binder.extra[worker.index - 1]
+            fd = self._ownSocket(worker, listener)
+            if fd is None:
+                fd = port.fileno()  # type: ignore[attr-defined]
             calls.append(worker.call(
                 HandListener, deadline, key=encodeKey(key), family=familyOf(port.getHost()),
                 socket=fd,
@@ -703,11 +713,76 @@ class WorkersService(MultiService):
         delay = self._backoffs[worker.index].delay(ranFor)
         worker.state = "restarting"
         worker.restarts += 1
+        when = "at once"
+        if delay:
+            paused = self._pause(worker, list(self._listeners.values()))
+            when = f"in {delay:g}s" + (
+                f" (its own socket of {paused} listener(s) closed meanwhile)" if paused else "")
         self.log.error(
-            "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting in {delay:g}s",
-            index=worker.index, pid=pid, how=how, ranFor=ranFor, delay=delay,
+            "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting {when}",
+            index=worker.index, pid=pid, how=how, ranFor=ranFor, when=when,
         )
-        self._restarts[worker.index] = self.reactor.callLater(delay, self._start, worker)
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._restart, worker)
+
+    def _restart(self, worker: WorkerProcess) -> None:
+        self._resume(worker.index)
+        self._start(worker)
+
+    def _ownSocket(self, worker: WorkerProcess, listener: ListenerService) -> Optional[int]:
+        """
+        The descriptor of C{worker}'s own SO_REUSEPORT socket of
+        C{listener}, or L{None}: the listener has one socket, shared.
+        """
+        binder = self._binders.get(id(listener))
+        if binder is None or not binder.extra or listener.port is None:
+            return None
+        if worker.index == 0:
+            fd: int = listener.port.fileno()  # type: ignore[attr-defined]
+            return fd
+        return int(binder.extra[worker.index - 1])
+
+    def _pause(self, worker: WorkerProcess, listeners: list[ListenerService]) -> int:
+        """
+        Pause C{worker}'s own socket of each of C{listeners} (see
+        L{txsockproxy.listenpause}) until L{_resume}.
+
+        @return: how many were paused.
+        """
+        paused = self._paused.setdefault(worker.index, [])
+        count = 0
+        for listener in listeners:
+            fd = self._ownSocket(worker, listener)
+            if fd is None:
+                continue
+            try:
+                address = pauseListening(fd)
+            except OSError as e:
+                self.log.debug("{listen}: cannot pause worker {index}'s socket: {error}",
+                               listen=listener.description, index=worker.index, error=e)
+                continue
+            paused.append((listener, fd, address))
+            count += 1
+        return count
+
+    def _resume(self, index: int, listeners: Optional[list[ListenerService]] = None) -> None:
+        """
+        Have the sockets of worker C{index} paused (of C{listeners}, or all)
+        listen again.
+        """
+        kept = []
+        for listener, fd, address in self._paused.pop(index, []):
+            if listeners is not None and listener not in listeners:
+                kept.append((listener, fd, address))
+            elif self._ownSocket(self.workers[index], listener) == fd:
+                # (Not a listener closed by a reload meanwhile.)
+                try:
+                    resumeListening(fd, address, systemBacklog())
+                except OSError as e:
+                    self.log.error("{listen}: worker {index}'s own socket cannot listen again: "
+                                   "{error}", listen=listener.description, index=index,
+                                   error=e)
+        if kept:
+            self._paused[index] = kept
 
     def _eachServing(self, ask: Callable[[WorkerProcess], defer.Deferred[Any]]
                      ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
@@ -917,6 +992,9 @@ class WorkersService(MultiService):
             return False
         for _, listener in added:
             listener.setServiceParent(self)
+        for index in list(self._paused):
+            # Waiting to restart: its sockets of the new listeners too.
+            self._pause(self.workers[index], [listener for _, listener in added])
         self._listeners = listeners
         self.config = config
         for listener in removed:
