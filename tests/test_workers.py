@@ -820,6 +820,32 @@ class ParentTests(SynchronousTestCase):
                          [(Admin, {"proxy": "p", "label": "one", "action": "disable"})])
         self.assertIs(self.service.workers[1].configured, changed)
 
+    def test_reloadWhileStarting(self) -> None:
+        """
+        A worker that starts serving after a reload applied while it started
+        (it was handed the configuration before) is given the new one, then
+        the admin actions.
+        """
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = FakeProcess(12)
+        self.service._handAndServe(worker, [])
+        control.calls[0][2].callback({})
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        self.service._adminStates[("p", "one")] = "drain"
+        self.assertTrue(self.successResultOf(self.service.reload()))
+        control.calls[1][2].callback({"pid": 12})
+        [(command, arguments, answer)] = control.calls[2:]
+        self.assertEqual(unpackConfig([arguments["data"]]), changed)
+        answer.callback({})
+        self.assertEqual(control.calls[3][0], Reload)
+        control.calls[3][2].callback({"applied": True})
+        self.assertEqual([(c, a) for c, a, _ in control.calls[4:]],
+                         [(Admin, {"proxy": "p", "label": "one", "action": "drain"})])
+
     def test_lateAnswerIgnored(self) -> None:
         """
         A call whose answer was given up on (cancelled, as the status site's

@@ -653,10 +653,12 @@ class WorkersService(MultiService):
                     d.callback(None)
             self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
                           pid=answer["pid"])
-            self._replayAdmin(worker)
             if worker.configured is not self.config:
-                # A reload was applied while it started.
+                # A reload was applied while it started: catching up
+                # replays the admin actions once reloaded.
                 self.workerAnswers(worker)
+            else:
+                self._replayAdmin(worker)
 
         def failed(failure: Failure) -> None:
             if worker.processTransport is None or self._stopping:
