@@ -37,6 +37,7 @@ from txsockproxy.takeover import (
     receive,
 )
 from txsockproxy.tap import Options
+from txsockproxy.workerprotocol import Serve
 
 KEY_A: ListenKey = (False, "tcp:8080", 0)
 KEY_B: ListenKey = (False, "unix:/run/p.sock", 0)
@@ -808,14 +809,16 @@ class WorkersInTakeoverTests(SynchronousTestCase):
 
 class _Control:
     """
-    A worker's control connection that answers the one command sent when
-    the test fires L{answer}.
+    A worker's control connection that answers L{Serve} when the test fires
+    L{answer}, and the commands before it (L{Configure}) at once.
     """
 
     def __init__(self) -> None:
         self.answer: defer.Deferred[Any] = defer.Deferred()
 
     def callRemote(self, command: Any, **arguments: Any) -> defer.Deferred[Any]:
+        if command is not Serve:
+            return defer.succeed({})
         return self.answer
 
 

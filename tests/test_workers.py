@@ -9,6 +9,7 @@ fake processes, fake control connections and L{task.Clock}.
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import socket
 from dataclasses import replace
@@ -30,15 +31,20 @@ from txsockproxy.tomlconfig import parseConfig
 from txsockproxy.worker import LineObserver, Worker, WorkerControl, share, shareOf
 from txsockproxy.workerprotocol import (
     Admin,
+    Configure,
     Reload,
     Serve,
     Snapshot,
     decodeKey,
     encodeKey,
+    packConfig,
     packSnapshot,
+    unpackConfig,
     unpackSnapshot,
 )
 from txsockproxy.workers import (
+    CALL_DEADLINE,
+    START_DEADLINE,
     Backoff,
     WorkerProcess,
     WorkersService,
@@ -70,22 +76,22 @@ class BackoffTests(SynchronousTestCase):
 
     def test_doubles(self) -> None:
         """
-        L{Backoff.delay} starts at 0.5 s and doubles at each quick death, up
-        to 30 s.
+        L{Backoff.delay} restarts the first death at once, then waits 0.5 s
+        and doubles at each quick death, up to 30 s.
         """
         backoff = Backoff()
-        self.assertEqual([backoff.delay(1.0) for _ in range(9)],
-                         [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual([backoff.delay(1.0) for _ in range(10)],
+                         [0, 0.5, 1, 2, 4, 8, 16, 30, 30, 30])
 
     def test_resetAfterStableMinute(self) -> None:
         """
-        A worker that ran a minute before dying is restarted after 0.5 s again.
+        A worker that ran a minute before dying is restarted at once again.
         """
         backoff = Backoff()
         for _ in range(5):
             backoff.delay(0.1)
-        self.assertEqual(backoff.delay(60.0), 0.5)
-        self.assertEqual(backoff.delay(1.0), 1.0)
+        self.assertEqual(backoff.delay(60.0), 0)
+        self.assertEqual(backoff.delay(1.0), 0.5)
 
 
 class WorkerCountTests(SynchronousTestCase):
@@ -184,6 +190,23 @@ class KeyAndSnapshotTests(SynchronousTestCase):
         self.assertEqual(decodeKey(encodeKey(key)), key)
         self.assertRaises(ValueError, decodeKey, '["x", 1, 2]')
 
+    def test_configRoundTrip(self) -> None:
+        """
+        L{unpackConfig} gives back the configuration L{packConfig} packed,
+        from parts of at most 65,535 bytes; anything else is refused.
+        """
+        many = "".join(
+            f'[[proxy]]\nname = "p{i}"\nlisten = "tcp:{1000 + i}"\n'
+            f'[[proxy.backend]]\nendpoint = "tcp:host=127.0.0.1:port={2000 + i}"\n'
+            for i in range(400))
+        big = config(many)
+        parts = packConfig(big)
+        self.assertGreater(len(parts), 1)
+        self.assertTrue(all(len(p) <= 65535 for p in parts))
+        self.assertEqual(unpackConfig(parts), big)
+        self.assertRaises(ValueError, unpackConfig, [b"junk"])
+        self.assertRaises(ValueError, unpackConfig, [pickle.dumps({"not": "a config"})])
+
     def test_largeSnapshot(self) -> None:
         """
         A snapshot larger than an AMP value goes in several parts, each
@@ -248,8 +271,8 @@ class WorkerTests(SynchronousTestCase):
             self.services.append(service)
             return service
 
-        self.worker = Worker(self.clock, "w.toml", 1, 2, debug=2,
-                             loader=lambda path: config(), serviceFactory=factory)
+        self.worker = Worker(self.clock, "w.toml", 1, 2, debug=2, serviceFactory=factory)
+        self.worker.configuration = config()
 
     def connected(self) -> tuple[amp.AMP, iosim.IOPump, list[bool]]:
         """
@@ -283,6 +306,59 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(service.config.debug, 2)
         self.assertEqual(service.config.maxConnections, 2)
         self.assertEqual(service.inherited, {(False, "tcp:0", 0): handed})
+
+    def test_serveWhatIsHanded(self) -> None:
+        """
+        L{Configure} hands the configuration in parts; L{Serve} serves it
+        (the worker reads no file: C{w.toml} does not exist), and the
+        service's reload applies the one handed since.
+        """
+        self.worker.configuration = None
+        parent, pump, _ = self.connected()
+
+        def configure(text: str) -> None:
+            parts = packConfig(config(text))
+            for i, data in enumerate(parts):
+                parent.callRemote(Configure, part=i, data=data, more=i + 1 < len(parts))
+
+        configure(CONFIG.replace("max-connections = 5", "max-connections = 8"))
+        answer = parent.callRemote(Serve)
+        pump.flush()
+        self.successResultOf(answer)
+        [service] = self.services
+        self.assertEqual(service.config.maxConnections, 4)
+        configure(CONFIG.replace("max-connections = 5", "max-connections = 10"))
+        pump.flush()
+        self.assertEqual(service.loader("w.toml").maxConnections, 5)
+
+    def test_serveWithoutConfiguration(self) -> None:
+        """
+        A worker handed no configuration cannot serve, and says so.
+        """
+        from txsockproxy.workerprotocol import StartFailed
+
+        self.worker.configuration = None
+        parent, pump, _ = self.connected()
+        caught: list[Failure] = []
+        parent.callRemote(Serve).addErrback(caught.append)
+        pump.flush()
+        [failure] = caught
+        self.assertTrue(failure.check(StartFailed))
+        self.assertIn("w.toml: no configuration handed by the parent", failure.getErrorMessage())
+
+    def test_configurePartsOutOfOrder(self) -> None:
+        """
+        Parts of a configuration out of order, or parts that make none, are
+        refused with one line saying so; the configuration handed before
+        stays.
+        """
+        from txsockproxy.workerprotocol import StartFailed
+
+        before = self.worker.configuration
+        self.assertRaises(StartFailed, self.worker.configure, 1, b"x", False)
+        error = self.assertRaises(StartFailed, self.worker.configure, 0, b"junk", False)
+        self.assertIn("cannot read the configuration handed", str(error))
+        self.assertIs(self.worker.configuration, before)
 
     def test_serveFails(self) -> None:
         """
@@ -432,6 +508,30 @@ class FakeControl:
         self.lost = True
 
 
+class FakeListener:
+    """
+    A listener bound, faked: its port's descriptor is a real socket's.
+    """
+
+    description = "tcp:0"
+
+    def __init__(self, fd: int) -> None:
+        self.port = self
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+class FakeBinder:
+    """
+    A L{txsockproxy.reuseport.ReusePortReactor} that bound C{extra}.
+    """
+
+    def __init__(self, extra: list[int]) -> None:
+        self.extra = extra
+
+
 class ParentTests(SynchronousTestCase):
     """
     L{WorkersService}: restarting, stopping, gathering the workers' status.
@@ -464,7 +564,7 @@ class ParentTests(SynchronousTestCase):
     def test_deathRestartsWithBackoff(self) -> None:
         """
         A worker that dies is logged once with its exit status and restarted
-        after 0.5 s; dying again at once, after 1 s.
+        at once; dying again soon, after 0.5 s, then 1 s.
         """
         worker = self.service.workers[1]
         self.serving(worker, 100)
@@ -473,14 +573,53 @@ class ParentTests(SynchronousTestCase):
         [line] = self.logged("died")
         self.assertEqual(
             line, "worker 1 (pid 100) died: killed by signal 9 (SIGKILL) after 2.0s; "
-            "restarting in 0.5s")
+            "restarting at once")
         self.assertEqual((worker.state, worker.restarts, worker.pid), ("restarting", 1, None))
-        self.clock.advance(0.4)
         self.assertEqual(self.started, [])
-        self.clock.advance(0.1)
+        self.clock.advance(0)
         self.assertEqual(self.started, [worker])
         worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
-        self.assertIn("restarting in 1s", self.logged("died")[1])
+        self.assertIn("restarting in 0.5s", self.logged("died")[1])
+        self.clock.advance(0.4)
+        self.assertEqual(self.started, [worker])
+        self.clock.advance(0.1)
+        self.assertEqual(self.started, [worker, worker])
+        worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIn("restarting in 1s", self.logged("died")[2])
+
+    def test_ownSocketsPausedDuringBackoff(self) -> None:
+        """
+        While a worker waits out a back-off, its own SO_REUSEPORT socket of
+        each TCP listener does not listen (the kernel gives its share of new
+        connections to the other workers); restarted, it listens again on
+        the same port. A death restarted at once pauses nothing.
+        """
+        from tests.test_listenpause import listening
+        from txsockproxy.reuseport import bindReusePort
+
+        sockets = [bindReusePort(socket.AF_INET, ("127.0.0.1", 0), 50)]
+        port = sockets[0].getsockname()[1]
+        sockets.append(bindReusePort(socket.AF_INET, ("127.0.0.1", port), 50))
+        for s in sockets:
+            self.addCleanup(s.close)
+        listener = FakeListener(sockets[0].fileno())
+        self.service._listeners = {(False, "tcp:0", 0): listener}  # type: ignore[dict-item]
+        self.service._binders[id(listener)] = FakeBinder([sockets[1].fileno()])
+        for worker, own, other in [(self.service.workers[1], *sockets[::-1]),
+                                   (self.service.workers[0], *sockets)]:
+            self.serving(worker, 10)
+            worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+            self.clock.advance(0)
+            self.assertTrue(listening(own))
+            self.serving(worker, 11)
+            worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+            self.assertIn("restarting in 0.5s (its own socket of 1 listener(s) closed meanwhile)",
+                          self.logged("died")[-1])
+            self.assertEqual((listening(own), listening(other)), (False, True))
+            self.clock.advance(0.5)
+            self.assertEqual(self.started[-1], worker)
+            self.assertTrue(listening(own))
+            self.assertEqual(own.getsockname(), ("127.0.0.1", port))
 
     def test_stopTellsEveryWorker(self) -> None:
         """
@@ -554,7 +693,7 @@ class ParentTests(SynchronousTestCase):
         first.calls[0][2].callback({"code": 200, "body": "{}"})
         second.calls[0][2].errback(ConnectionError("gone"))
         self.assertEqual(self.successResultOf(result),
-                         [(0, 200, "{}"), (1, 503, '{"error": "worker not answering"}')])
+                         [(0, 200, "{}"), (1, 503, '{"error": "worker 1 did not answer: gone"}')])
 
     def test_adminStateReplayed(self) -> None:
         """
@@ -569,15 +708,187 @@ class ParentTests(SynchronousTestCase):
         restarted.control = control  # type: ignore[assignment]
         restarted.processTransport = FakeProcess(12)
         self.service._handAndServe(restarted, [])
-        [(serve, _, answer)] = control.calls
+        control.calls[0][2].callback({})
+        [_, (serve, _, answer)] = control.calls
         self.assertEqual(serve.__name__, "Serve")
         answer.callback({"pid": 12})
-        self.assertEqual([(c.__name__, a) for c, a, _ in control.calls[1:]],
+        self.assertEqual([(c.__name__, a) for c, a, _ in control.calls[2:]],
                          [("Admin", {"proxy": "p", "label": "one", "action": "drain"})])
         self.service.admin("p", "one", "enable", None)
-        for _, _, d in first.calls[1:] + control.calls[2:]:
+        for _, _, d in first.calls[1:] + control.calls[3:]:
             d.callback({"code": 200, "body": "{}"})
         self.assertEqual(self.service._adminStates, {})
+
+    def test_restartServesLastGoodConfig(self) -> None:
+        """
+        A worker (re)started is handed the configuration the parent last
+        loaded successfully, and only then told to serve: a file broken on
+        disk since (a reload refused it) does not reach it.
+        """
+        from txsockproxy.config import ConfigError, Problem
+
+        def broken(path: str) -> Config:
+            raise ConfigError([Problem(path, 3, "", "half-written")])
+
+        self.service.loader = broken
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        self.assertFalse(self.successResultOf(self.service.reload()))
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = FakeProcess(12)
+        self.service._handAndServe(worker, [])
+        [(command, arguments, answer)] = control.calls
+        self.assertEqual(command, Configure)
+        self.assertEqual(unpackConfig([arguments["data"]]), self.service.config)
+        self.assertEqual((arguments["part"], arguments["more"]), (0, False))
+        answer.callback({})
+        self.assertEqual([c for c, _, _ in control.calls], [Configure, Serve])
+        control.calls[1][2].callback({"pid": 12})
+        self.assertEqual(worker.state, "serving")
+        self.assertIs(worker.configured, self.service.config)
+
+    def test_reloadHandsConfig(self) -> None:
+        """
+        A reload whose file is valid hands the new configuration to every
+        serving worker, then tells it to apply it.
+        """
+        controls = [self.serving(w, 10 + w.index) for w in self.service.workers]
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        reloading = self.service.reload()
+        for control in controls:
+            [(command, arguments, answer)] = control.calls
+            self.assertEqual(command, Configure)
+            self.assertEqual(unpackConfig([arguments["data"]]), changed)
+            answer.callback({})
+            self.assertEqual(control.calls[1][0], Reload)
+            control.calls[1][2].callback({"applied": True})
+        self.assertTrue(self.successResultOf(reloading))
+        self.assertIs(self.service.config, changed)
+
+    def test_notAnswering(self) -> None:
+        """
+        A worker that does not answer within L{CALL_DEADLINE} (stopped with
+        SIGSTOP) is "not answering", logged once: admin actions, status and
+        reloads answer for the other worker at the deadline, then at once,
+        sending it nothing more; when it answers the old call, it is logged
+        and given the configuration and admin action it missed.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        result = self.service.admin("p", "one", "drain", None)
+        first.calls[0][2].callback({"code": 200, "body": "{}"})
+        self.clock.advance(CALL_DEADLINE - 0.1)
+        self.assertNoResult(result)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(result)[1], (1, 503, json.dumps(
+            {"error": "worker 1 did not answer: no answer to Admin within 10s"})))
+        [line] = self.logged("not answering")
+        self.assertEqual(line, "worker 1 (pid 11) is not answering (no answer to Admin within "
+                         "10s): left out until it answers")
+
+        result = self.service.admin("p", "one", "disable", None)
+        first.calls[1][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.successResultOf(result)[1], (1, 503, json.dumps(
+            {"error": "worker 1 did not answer: not answering"})))
+        gathered = self.service.snapshots()
+        first.calls[2][2].callback({"data": packSnapshot({})[0], "more": False})
+        self.assertEqual(self.successResultOf(gathered)[1].problem, "not answering")
+
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        reloading = self.service.reload()
+        first.calls[3][2].callback({})
+        first.calls[4][2].callback({"applied": True})
+        self.assertTrue(self.successResultOf(reloading))
+        self.assertEqual(len(second.calls), 1)
+        self.assertEqual(len(self.logged("is not answering")), 1)
+        self.assertEqual(len(self.logged("reload: worker 1 did not answer")), 1)
+
+        second.calls[0][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.logged(") answers again"), ["worker 1 (pid 11) answers again"])
+        [(command, arguments, answer)] = second.calls[1:]
+        self.assertEqual(command, Configure)
+        self.assertEqual(unpackConfig([arguments["data"]]), changed)
+        answer.callback({})
+        self.assertEqual(second.calls[2][0], Reload)
+        second.calls[2][2].callback({"applied": True})
+        self.assertEqual([(c, a) for c, a, _ in second.calls[3:]],
+                         [(Admin, {"proxy": "p", "label": "one", "action": "disable"})])
+        self.assertIs(self.service.workers[1].configured, changed)
+
+    def test_reloadWhileStarting(self) -> None:
+        """
+        A worker that starts serving after a reload applied while it started
+        (it was handed the configuration before) is given the new one, then
+        the admin actions.
+        """
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = FakeProcess(12)
+        self.service._handAndServe(worker, [])
+        control.calls[0][2].callback({})
+        changed = config(CONFIG.replace("max-connections = 5", "max-connections = 7"))
+        self.service.loader = lambda path: changed
+        self.service.runInThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        self.service._adminStates[("p", "one")] = "drain"
+        self.assertTrue(self.successResultOf(self.service.reload()))
+        control.calls[1][2].callback({"pid": 12})
+        [(command, arguments, answer)] = control.calls[2:]
+        self.assertEqual(unpackConfig([arguments["data"]]), changed)
+        answer.callback({})
+        self.assertEqual(control.calls[3][0], Reload)
+        control.calls[3][2].callback({"applied": True})
+        self.assertEqual([(c, a) for c, a, _ in control.calls[4:]],
+                         [(Admin, {"proxy": "p", "label": "one", "action": "drain"})])
+
+    def test_lateAnswerIgnored(self) -> None:
+        """
+        A call whose answer was given up on (cancelled, as the status site's
+        snapshot timeout does) drops the answer when it comes, and the
+        deadline timer is gone: nothing is left behind.
+        """
+        worker = self.service.workers[0]
+        control = self.serving(worker, 10)
+        asked = worker.call(Snapshot, part=0)
+        asked.cancel()
+        self.failureResultOf(asked, defer.CancelledError)
+        control.calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(worker.answering)
+
+    def test_startDeadline(self) -> None:
+        """
+        A worker that does not answer the commands that start it within
+        L{START_DEADLINE} is killed (and so restarted).
+        """
+        worker = self.service.workers[1]
+        control = FakeControl()
+        worker.control = control  # type: ignore[assignment]
+        worker.processTransport = process = FakeProcess(12)
+        worker.pid = 12
+        self.service._handAndServe(worker, [])
+        self.clock.advance(START_DEADLINE - 0.1)
+        self.assertEqual(process.signals, [])
+        self.clock.advance(0.1)
+        self.assertEqual(process.signals, ["KILL"])
+        self.assertEqual(self.logged("cannot serve"), [
+            "worker 1 (pid 12) cannot serve: no answer to Configure within 30s"])
+
+    def test_stopWaitsWithoutDeadline(self) -> None:
+        """
+        L{Stop} has no deadline of its own (sessions may take
+        shutdown-timeout): the worker is not called not answering.
+        """
+        self.serving(self.service.workers[0], 10)
+        self.service.stopService()
+        self.clock.advance(CALL_DEADLINE + 1)
+        self.assertTrue(self.service.workers[0].answering)
+        self.assertEqual(self.logged("not answering"), [])
 
     def test_workerOutput(self) -> None:
         """

@@ -218,7 +218,7 @@ class WorkersIntegrationTests(_IntegrationTestCase):
             servedBefore = servedBefore or len(proxy.matching(") serving")) < 3
         [died] = proxy.waitFor("died", count=1, timeout=15)
         self.assertIn(f"worker 1 (pid {victim}) died: killed by signal 9 (SIGKILL)", died)
-        self.assertIn("restarting in 0.5s", died)
+        self.assertIn("restarting at once", died)
         proxy.waitFor(") serving", count=3, timeout=15)
         document = self.status(statusPort)
         restarted = document["workers"][1]
@@ -271,3 +271,96 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         # A hash of 40 connections: both well used (a shared socket here
         # typically gives one worker two thirds or more).
         self.assertGreaterEqual(min(active), 8, active)
+
+    def test_workerRestartedWhileFileBroken(self) -> None:
+        """
+        A worker killed while the configuration file is broken (an operator
+        in the middle of an edit) comes back with the configuration the
+        parent last loaded, and serves; a SIGHUP then refuses the file and
+        every worker keeps serving.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        with open(os.path.join(self.tmp, "sockproxy.toml"), "w", encoding="utf-8") as f:
+            f.write("workers = 2\n[[proxy]]\nname = ")
+        victim = self.status(statusPort)["workers"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        proxy.waitFor("died", count=1, timeout=15)
+        proxy.waitFor(") serving", count=3, timeout=15)
+        self.assertEqual(proxy.matching("cannot serve"), [])
+
+        def echoes(conn: socket.socket, deadline: Deadline) -> None:
+            self.assertEqual(exchange(conn, b"ping", deadline), b"ping")
+
+        document = self.sessionsOnBothWorkers(proxyPort, statusPort, echoes)
+        self.assertEqual([w["state"] for w in document["workers"]], ["serving", "serving"])
+        self.assertNotEqual(document["workers"][1]["pid"], victim)
+        os.kill(proxy.pid, signal.SIGHUP)
+        proxy.waitFor("reload failed: keeping the running configuration", timeout=15)
+        deadline = Deadline(10, "sessions after the refused reload")
+        for _ in range(10):
+            with connect(("127.0.0.1", proxyPort)) as conn:
+                echoes(conn, deadline)
+        self.assertEqual(len(proxy.matching("died")), 1)
+        self.assertNoHandlerErrors(backend)
+
+    def test_stoppedWorkerNotAnswering(self) -> None:
+        """
+        A worker stopped with SIGSTOP holds up neither the status site
+        (it is shown as not answering) nor a reload (applied by the other
+        worker, logged as not answered); once continued, it answers again
+        and is given the configuration it missed.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        victim = self.status(statusPort)["workers"][1]["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        self.addCleanup(lambda: alive(victim) and os.kill(victim, signal.SIGCONT))
+        worker = self.status(statusPort)["workers"][1]
+        self.assertEqual((worker["answered"], worker["problem"]), (False, "not answering"))
+
+        changed = self.startServer(taggedHandler(b"changed"))
+        self.writeConfig(changed.endpoint, "two")
+        os.kill(proxy.pid, signal.SIGHUP)
+        [line] = proxy.waitFor("reload: worker 1 did not answer", timeout=30)
+        self.assertIn("it is given the configuration when it answers again", line)
+        proxy.waitFor("(1 workers)", timeout=15)
+        self.assertEqual(len(proxy.matching(f"worker 1 (pid {victim}) is not answering")), 1)
+
+        os.kill(victim, signal.SIGCONT)
+        proxy.waitFor(f"worker 1 (pid {victim}) answers again", timeout=15)
+        proxy.waitFor("worker 1 caught up", timeout=15)
+        workers = self.status(statusPort)["workers"]
+        self.assertEqual([w["answered"] for w in workers], [True, True])
+        self.assertEqual([w["status"]["proxies"][0]["backends"][0]["label"] for w in workers],
+                         ["two", "two"])
+        self.assertEqual(workers[1]["pid"], victim)
+        self.assertEqual(proxy.matching("died"), [])
+        self.assertNoHandlerErrors(backend, changed)
+
+    def test_noConnectionStrandedDuringBackoff(self) -> None:
+        """
+        While a worker that died again soon waits out its back-off (2 s at
+        the fourth quick death), its own socket is out of the listener's
+        SO_REUSEPORT group: every new connection is served by the other
+        worker at once instead of waiting in the dead worker's queue.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        for deaths, when in enumerate(["at once", "in 0.5s", "in 1s", "in 2s"], 1):
+            victim = self.status(statusPort)["workers"][1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            died = proxy.waitFor("died", count=deaths, timeout=15)[-1]
+            self.assertIn(f"worker 1 (pid {victim}) died", died)
+            self.assertIn(f"restarting {when}", died)
+            if deaths < 4:
+                proxy.waitFor(") serving", count=2 + deaths, timeout=15)
+        self.assertIn("(its own socket of 1 listener(s) closed meanwhile)", died)
+        conns = [connect(("127.0.0.1", proxyPort)) for _ in range(10)]
+        deadline = Deadline(1.5, "sessions during the back-off")
+        for i, conn in enumerate(conns):
+            with conn:
+                self.assertEqual(exchange(conn, b"b%d" % i, deadline), b"b%d" % i)
+        self.assertEqual(len(proxy.matching(") serving")), 5)
+        proxy.waitFor(") serving", count=6, timeout=15)
+        self.assertNoHandlerErrors(backend)

@@ -1,8 +1,9 @@
 """
 A worker process of a proxy run with C{workers = N}: started by the parent
 (L{txsockproxy.workers}) as C{python -m txsockproxy.worker}, it is handed
-the listening sockets over its control connection (AMP over a unix socket
-pair, descriptor 3), serves them with the same L{ProxyService} a single
+the listening sockets and the configuration the parent last loaded over its
+control connection (AMP over a unix socket pair, descriptor 3): it never
+reads the configuration file itself. It serves the sockets with the same L{ProxyService} a single
 process runs (accelerated where the accelerator applies), and does what the
 parent asks: reload, stop, a status snapshot, an admin action.
 
@@ -39,12 +40,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.adopting import InheritedSocket
-from txsockproxy.config import BackendConfig, Config, ProxyConfig
-from txsockproxy.loading import loadConfig
+from txsockproxy.config import BackendConfig, Config, ConfigError, Problem, ProxyConfig
 from txsockproxy.service import ListenKey, ProxyService, StartupError
 from txsockproxy.status import adminAction, metricsRegistry, serverStatistics, statusDocument
 from txsockproxy.workerprotocol import (
     Admin,
+    Configure,
     HandListener,
     QuietAMP,
     Reload,
@@ -54,6 +55,7 @@ from txsockproxy.workerprotocol import (
     Stop,
     decodeKey,
     packSnapshot,
+    unpackConfig,
 )
 
 # The descriptor the control connection is on.
@@ -117,6 +119,8 @@ class Worker:
     What a worker process does when its parent asks.
 
     @ivar inherited: the listening sockets handed so far, by listener key.
+    @ivar configuration: the configuration handed last (L{Configure}), as
+        the parent loaded it, or L{None}.
     @ivar service: the proxy service, once serving.
     """
 
@@ -127,7 +131,6 @@ class Worker:
         index: int,
         count: int,
         debug: Optional[int] = None,
-        loader: Callable[[str], Config] = loadConfig,
         serviceFactory: Callable[..., ProxyService] = ProxyService,
     ) -> None:
         self.reactor = reactor
@@ -135,9 +138,10 @@ class Worker:
         self.index = index
         self.count = count
         self.debug = debug
-        self._loader = loader
         self._serviceFactory = serviceFactory
         self.inherited: dict[ListenKey, InheritedSocket] = {}
+        self.configuration: Optional[Config] = None
+        self._configParts: list[bytes] = []
         self.service: Optional[ProxyService] = None
         self._registry: Any = None
         self._parts: list[bytes] = []
@@ -145,14 +149,40 @@ class Worker:
         # Why this reactor runs (for the start-up log).
         self.reactorChoice = "given by the program that embeds the proxy"
 
+    def configure(self, part: int, data: bytes, more: bool) -> None:
+        """
+        Take part C{part} of the configuration the parent hands (see
+        L{Configure}); the last part replaces L{configuration}.
+
+        @raise StartFailed: the parts are out of order or make no
+            configuration.
+        """
+        if part == 0:
+            self._configParts = []
+        if part != len(self._configParts):
+            self._configParts = []
+            raise StartFailed(f"configuration part {part} out of order")
+        self._configParts.append(data)
+        if more:
+            return
+        parts, self._configParts = self._configParts, []
+        try:
+            self.configuration = unpackConfig(parts)
+        except ValueError as e:
+            raise StartFailed(str(e)) from None
+
     def load(self, path: str) -> Config:
         """
-        The configuration at C{path} as this worker runs it (L{shareOf}, and
-        the command line's C{--debug}).
+        The configuration handed last as this worker runs it (L{shareOf},
+        and the command line's C{--debug}); C{path} (the file it came from)
+        is not read: the parent read it (what the proxy service's reload
+        calls).
 
-        @raise txsockproxy.config.ConfigError: it is invalid.
+        @raise txsockproxy.config.ConfigError: none was handed.
         """
-        config = shareOf(self._loader(path), self.index, self.count)
+        if self.configuration is None:
+            raise ConfigError([Problem(path, None, "", "no configuration handed by the parent")])
+        config = shareOf(self.configuration, self.index, self.count)
         if self.debug is not None:
             config = replace(config, debug=self.debug)
         return config
@@ -169,7 +199,7 @@ class Worker:
 
     def serve(self) -> int:
         """
-        Read the configuration and serve with the sockets handed.
+        Serve the configuration handed with the sockets handed.
 
         @return: this process's id.
         @raise StartFailed: it cannot (saying why).
@@ -198,7 +228,7 @@ class Worker:
 
     def reload(self) -> defer.Deferred[bool]:
         """
-        Reload as on SIGHUP.
+        Apply the configuration handed since, as one process does on SIGHUP.
 
         @return: a Deferred firing with whether the configuration was applied.
         """
@@ -284,6 +314,11 @@ class WorkerControl(QuietAMP):
         self.worker.hand(decodeKey(key), InheritedSocket(socket, family))
         return {}
 
+    @Configure.responder
+    def configure(self, part: int, data: bytes, more: bool) -> dict[str, Any]:
+        self.worker.configure(part, data, more)
+        return {}
+
     @Serve.responder
     def serve(self) -> dict[str, Any]:
         return {"pid": self.worker.serve()}
@@ -358,6 +393,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--debug", type=int, default=None)
     parser.add_argument("--control-fd", type=int, default=CONTROL_FD)
     parser.add_argument("--reactor", default=None)
+    # The configuration's accelerator key, which picks the reactor before
+    # the configuration itself is handed.
+    parser.add_argument("--accelerator", default="auto")
     return parser.parse_args(argv)
 
 
@@ -370,18 +408,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from txsockproxy.accelerator import installReactor, setting
 
-    try:
-        accelerator = loadConfig(args.config).accelerator
-    except Exception:
-        # Reported by Serve, where the parent sees it.
-        accelerator = "auto"
     if args.reactor is not None:
         from twisted.application.reactors import installReactor as installNamed
 
         installNamed(args.reactor)
         reactorChoice = "chosen with twistd --reactor"
     else:
-        reactorChoice = installReactor(setting(accelerator)) or "installed already"
+        reactorChoice = installReactor(setting(args.accelerator)) or "installed already"
     from twisted.internet import reactor as installed
 
     reactor: Any = installed

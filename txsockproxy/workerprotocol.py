@@ -12,12 +12,14 @@ sockets of another.
 from __future__ import annotations
 
 import json
+import pickle
 import zlib
 from typing import Any, ClassVar
 
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from txsockproxy.config import Config
 from txsockproxy.service import ListenKey
 
 # AMP values are at most 65,535 bytes: snapshots go in parts of this size.
@@ -60,6 +62,32 @@ def unpackSnapshot(parts: list[bytes]) -> dict[str, Any]:
     return result
 
 
+def packConfig(config: Config) -> list[bytes]:
+    """
+    C{config} as the parts L{Configure} carries, in order. Pickled: a
+    worker takes it only from its own parent, over the socket pair the
+    parent made (nothing else can write to it), and gets exactly the
+    objects the parent validated, host names resolved and files included.
+    """
+    packed = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+    return [packed[i:i + PART_SIZE] for i in range(0, len(packed), PART_SIZE)] or [b""]
+
+
+def unpackConfig(parts: list[bytes]) -> Config:
+    """
+    The configuration L{packConfig} made C{parts} of.
+
+    @raise ValueError: C{parts} do not make one.
+    """
+    try:
+        config = pickle.loads(b"".join(parts))
+    except Exception as e:
+        raise ValueError(f"cannot read the configuration handed: {type(e).__name__}: {e}") from None
+    if not isinstance(config, Config):
+        raise ValueError(f"not a configuration: {type(config).__name__}")
+    return config
+
+
 class QuietAMP(amp.AMP):
     """
     AMP without its log line per connection made and lost: the workers'
@@ -93,10 +121,27 @@ class HandListener(amp.Command):
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
+class Configure(amp.Command):
+    """
+    Parent to worker: part C{part} of the configuration the parent last
+    loaded successfully (L{packConfig}; part 0 begins one, the part without
+    C{more} completes it). The worker serves it at the next L{Serve} and
+    applies it at the next L{Reload}; it never reads the file itself.
+    """
+
+    arguments = [
+        (b"part", amp.Integer()),
+        (b"data", amp.String()),
+        (b"more", amp.Boolean()),
+    ]
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    errors = {StartFailed: b"START_FAILED"}
+
+
 class Serve(amp.Command):
     """
-    Parent to worker: read the configuration and serve, with the sockets
-    handed; answers once serving, with the worker's pid.
+    Parent to worker: serve the configuration handed (L{Configure}) with the
+    sockets handed; answers once serving, with the worker's pid.
     """
 
     arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
@@ -106,8 +151,9 @@ class Serve(amp.Command):
 
 class Reload(amp.Command):
     """
-    Parent to worker: read the configuration file again and apply it, as
-    on SIGHUP; answers whether it was applied.
+    Parent to worker: apply the configuration handed since (L{Configure}),
+    as one process applies its file on SIGHUP; answers whether it was
+    applied.
     """
 
     arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
@@ -153,6 +199,7 @@ class Admin(amp.Command):
 
 
 __all__ = [
-    "Admin", "HandListener", "PART_SIZE", "QuietAMP", "Reload", "Serve", "Snapshot", "StartFailed", "Stop",
-    "decodeKey", "encodeKey", "packSnapshot", "unpackSnapshot",
+    "Admin", "Configure", "HandListener", "PART_SIZE", "QuietAMP", "Reload", "Serve", "Snapshot",
+    "StartFailed", "Stop", "decodeKey", "encodeKey", "packConfig", "packSnapshot", "unpackConfig",
+    "unpackSnapshot",
 ]

@@ -3,20 +3,34 @@ The parent process of a proxy run with C{workers = N} (N > 1): it binds
 every listen endpoint (in C{privilegedStartService}, so before C{twistd -u}
 drops privileges), starts N worker processes (L{txsockproxy.worker}) with
 C{reactor.spawnProcess}, hands each the listening sockets over its control
-connection (AMP over a unix socket pair; the sockets as descriptors), and
+connection (AMP over a unix socket pair; the sockets as descriptors) and the
+configuration it last loaded successfully (a worker never reads the file: one
+restarted while the file is being edited runs what the others run), and
 never accepts a connection itself: for a TCP listener, each worker gets a
 socket of its own bound with SO_REUSEPORT and the kernel spreads new
 connections among them; other listeners (unix sockets, systemd's) are one
 socket that every worker adopts.
 
-It restarts a worker that dies (after a back-off: L{Backoff}), logging the
-death once with its exit status; hands SIGHUP (reload) and SIGTERM (graceful
+It restarts a worker that dies (at once; after a back-off when it dies again
+soon: L{Backoff}), logging the death once with its exit status; during a
+back-off it pauses the dead worker's own SO_REUSEPORT socket of each TCP
+listener (L{txsockproxy.listenpause}), so that the kernel gives new
+connections to the other workers instead of queueing them where nobody
+accepts; hands SIGHUP (reload) and SIGTERM (graceful
 stop) on to every worker; serves the instance's status site, asking the
 workers for snapshots (L{txsockproxy.instancestatus}).
+
+Every command to a worker has a deadline (L{CALL_DEADLINE}): a worker that
+does not answer in time (stopped with SIGSTOP, wedged) is "not answering"
+until it answers again; meanwhile it is sent nothing more, the status site
+shows it so, and admin actions and reloads answer for the other workers. When
+it answers again it is given what it missed (listeners, the configuration,
+admin actions).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,7 +40,12 @@ from typing import Any, Callable, Mapping, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionClosed,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
@@ -35,6 +54,7 @@ from twisted.python.failure import Failure
 
 from txsockproxy.adopting import AdoptingReactor, InheritedSocket, familyOf
 from txsockproxy.config import Config
+from txsockproxy.listenpause import pauseListening, resumeListening
 from txsockproxy.loading import loadConfig
 from txsockproxy.reuseport import InheritedReusePortReactor, ReusePortReactor
 from txsockproxy.service import (
@@ -52,6 +72,7 @@ from txsockproxy.service import (
 from txsockproxy.socketactivation import serverEndpoint
 from txsockproxy.workerprotocol import (
     Admin,
+    Configure,
     HandListener,
     QuietAMP,
     Reload,
@@ -59,13 +80,19 @@ from txsockproxy.workerprotocol import (
     Snapshot,
     Stop,
     encodeKey,
+    packConfig,
     unpackSnapshot,
 )
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
-# A worker that ran this long before dying is restarted after FIRST_BACKOFF.
+# A worker that ran this long before dying is restarted at once.
 STABLE = 60.0
+# How long the parent waits for a worker's answer to a command; a worker
+# starting (Python starting, imports) has longer for the commands that start
+# it. A stopping worker has shutdown-timeout plus STOP_GRACE.
+CALL_DEADLINE = 10.0
+START_DEADLINE = 30.0
 # Beyond shutdown-timeout, how long the parent waits for a stopping worker
 # before killing it.
 STOP_GRACE = 5.0
@@ -97,9 +124,9 @@ def _allowedCPUs() -> int:
 
 class Backoff:
     """
-    Delays before restarting a worker that died: C{first} seconds, doubling
-    at each death up to C{maximum}; back to C{first} after a worker ran
-    C{stable} seconds.
+    Delays before restarting a worker that died: none the first time, then
+    C{first} seconds, doubling at each death up to C{maximum}; none again
+    after a worker ran C{stable} seconds.
     """
 
     def __init__(self, first: float = FIRST_BACKOFF, maximum: float = MAX_BACKOFF,
@@ -107,7 +134,7 @@ class Backoff:
         self.first = first
         self.maximum = maximum
         self.stable = stable
-        self._next = first
+        self._next = 0.0
 
     def delay(self, ranFor: float) -> float:
         """
@@ -115,9 +142,9 @@ class Backoff:
         C{ranFor} seconds.
         """
         if ranFor >= self.stable:
-            self._next = self.first
+            self._next = 0.0
         delay = self._next
-        self._next = min(self._next * 2, self.maximum)
+        self._next = min(self._next * 2, self.maximum) if delay else self.first
         return delay
 
 
@@ -138,6 +165,13 @@ def exitDescription(reason: Failure) -> str:
             return f"killed by signal {value.signal} ({name})"
         return f"exited with status {value.exitCode}"
     return str(value)
+
+
+class NotAnswering(Exception):
+    """
+    A worker did not answer a command within its deadline, or has not
+    answered since one it missed (it is then sent nothing more).
+    """
 
 
 class _NoConnections(Factory):
@@ -182,6 +216,13 @@ class WorkerProcess(ProcessProtocol):
 
     @ivar state: C{starting}, C{serving}, C{restarting} (dead, to be
         restarted), C{stopping}, C{stopped}.
+    @ivar configured: the configuration last handed to the process running
+        now, or L{None}.
+    @ivar handed: the keys of the listeners handed to it.
+    @ivar answering: L{False} from a command's deadline passing unanswered
+        until the worker answers again.
+    @ivar missed: whether it missed a reload or an admin action while not
+        answering (it is given them when it answers again).
     """
 
     log = Logger()
@@ -194,6 +235,10 @@ class WorkerProcess(ProcessProtocol):
         self.restarts = 0
         self.control: Optional[amp.AMP] = None
         self.startedAt = 0.0
+        self.configured: Optional[Config] = None
+        self.handed: set[ListenKey] = set()
+        self.answering = True
+        self.missed = False
         self._buffers: dict[int, bytes] = {}
         self._ended: list[defer.Deferred[None]] = []
         self.processTransport: Any = None
@@ -225,6 +270,10 @@ class WorkerProcess(ProcessProtocol):
         if self.control is not None and self.control.transport is not None:
             self.control.transport.loseConnection()
         self.control = None
+        self.configured = None
+        self.handed = set()
+        self.answering = True
+        self.missed = False
         pid, self.pid = self.pid, None
         self.processTransport = None
         ended, self._ended = self._ended, []
@@ -253,16 +302,75 @@ class WorkerProcess(ProcessProtocol):
             except (ProcessExitedAlready, OSError):
                 pass
 
-    def call(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[Any]:
+    def call(self, command: type[amp.Command], deadline: Optional[float] = CALL_DEADLINE,
+             **arguments: Any) -> defer.Deferred[Any]:
         """
-        Send C{command} to the worker.
+        Send C{command} to the worker, unless it is not answering.
 
+        @param deadline: seconds to wait for the answer (L{None}: no limit);
+            past it the worker is not answering (logged once) until it
+            answers something.
         @return: its answer, or a failure (not connected, connection lost,
-            the worker's error).
+            the worker's error, L{NotAnswering}). Cancelling it drops the
+            answer; the deadline still holds for the worker.
         """
         if self.control is None:
             return defer.fail(ConnectionError(f"worker {self.index} is not connected"))
-        return self.control.callRemote(command, **arguments)
+        if not self.answering:
+            return defer.fail(NotAnswering("not answering"))
+        sent = self.control.callRemote(command, **arguments)
+        if deadline is None:
+            return sent
+        # The answer arrives here or nowhere: AMP keeps the call until the
+        # worker answers or its connection is lost, and nothing more is sent
+        # to a worker not answering, so the calls kept stay few.
+        result: defer.Deferred[Any] = defer.Deferred()
+        expiry = self.parent.reactor.callLater(deadline, self._expired, command.__name__,
+                                               deadline, result)
+
+        def answered(outcome: Any) -> None:
+            if expiry.active():
+                expiry.cancel()
+            lost = isinstance(outcome, Failure) and outcome.check(ConnectionClosed)
+            if not lost:
+                self._answered()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        sent.addBoth(answered)
+        return result
+
+    def _expired(self, command: str, deadline: float, result: defer.Deferred[Any]) -> None:
+        if not result.called:
+            result.errback(NotAnswering(f"no answer to {command} within {deadline:g}s"))
+        if self.answering and self.control is not None:
+            self.answering = False
+            self.log.warn("worker {index} (pid {pid}) is not answering (no answer to {command} "
+                          "within {deadline:g}s): left out until it answers", index=self.index,
+                          pid=self.pid, command=command, deadline=deadline)
+
+    def _answered(self) -> None:
+        if self.answering or self.control is None:
+            return
+        self.answering = True
+        self.log.info("worker {index} (pid {pid}) answers again", index=self.index, pid=self.pid)
+        self.parent.workerAnswers(self)
+
+
+def _handed(answer: object, worker: WorkerProcess, key: ListenKey) -> None:
+    worker.handed.add(key)
+
+
+def _all(calls: list[defer.Deferred[Any]]) -> defer.Deferred[list[Any]]:
+    """
+    The answers of C{calls}, or the first failure among them.
+    """
+    return defer.gatherResults(calls, consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
 
 
 _LEVEL_NAMES = frozenset({"debug", "info", "warn", "error", "critical"})
@@ -333,6 +441,9 @@ class WorkersService(MultiService):
         self.workers = [WorkerProcess(self, i) for i in range(count)]
         self._backoffs = [Backoff() for _ in range(count)]
         self._restarts: dict[int, Any] = {}
+        # The sockets paused of each worker waiting to restart, by number:
+        # (listener, descriptor, address).
+        self._paused: dict[int, list[tuple[ListenerService, int, Any]]] = {}
         self._listeners: dict[ListenKey, ListenerService] = {}
         self._status: list[ListenerService] = []
         self._statusKeys: list[ListenKey] = []
@@ -398,6 +509,9 @@ class WorkersService(MultiService):
         The descriptors of the other SO_REUSEPORT sockets of C{listener}
         (one per worker but the first), or none: its one socket is shared.
         """
+        # Handed on (a take-over): every socket listening.
+        for index in list(self._paused):
+            self._resume(index, [listener])
         binder = self._binders.get(id(listener))
         return list(binder.extra) if binder is not None else []
 
@@ -505,7 +619,8 @@ class WorkersService(MultiService):
         ours, theirs = self._socketpair()
         try:
             args = [self.executable, "-m", "txsockproxy.worker", "--config", self.configPath,
-                    "--index", str(worker.index), "--count", str(self.count)]
+                    "--index", str(worker.index), "--count", str(self.count),
+                    "--accelerator", self.config.accelerator]
             if self.debug is not None:
                 args += ["--debug", str(self.debug)]
             if self.reactorName is not None:
@@ -528,10 +643,11 @@ class WorkersService(MultiService):
 
     def _handAndServe(self, worker: WorkerProcess,
                       listeners: list[tuple[ListenKey, ListenerService]]) -> None:
-        handing = self._hand(worker, listeners)
+        handing = self._hand(worker, listeners, START_DEADLINE)
 
         def serve(_: object) -> defer.Deferred[Any]:
-            return worker.call(Serve)
+            return self._configure(worker, START_DEADLINE).addCallback(
+                lambda _: worker.call(Serve, START_DEADLINE))
 
         def serving(answer: dict[str, Any]) -> None:
             if worker.state == "starting":
@@ -542,9 +658,12 @@ class WorkersService(MultiService):
                     d.callback(None)
             self.log.info("worker {index} (pid {pid}) serving", index=worker.index,
                           pid=answer["pid"])
-            for (proxy, label), action in self._adminStates.items():
-                worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
-                    lambda f: None)
+            if worker.configured is not self.config:
+                # A reload was applied while it started: catching up
+                # replays the admin actions once reloaded.
+                self.workerAnswers(worker)
+            else:
+                self._replayAdmin(worker)
 
         def failed(failure: Failure) -> None:
             if worker.processTransport is None or self._stopping:
@@ -556,22 +675,36 @@ class WorkersService(MultiService):
 
         handing.addCallback(serve).addCallbacks(serving, failed)
 
-    def _hand(self, worker: WorkerProcess,
-              listeners: list[tuple[ListenKey, ListenerService]]) -> defer.Deferred[Any]:
+    def _hand(self, worker: WorkerProcess, listeners: list[tuple[ListenKey, ListenerService]],
+              deadline: float = CALL_DEADLINE) -> defer.Deferred[Any]:
         calls = []
         for key, listener in listeners:
             port = listener.port
             if port is None:
                 continue
-            fd = port.fileno()  # type: ignore[attr-defined]
-            binder = self._binders.get(id(listener))
-            if binder is not None and binder.extra and worker.index > 0:
-                fd = binder.extra[worker.index - 1]
+            fd = self._ownSocket(worker, listener)
+            if fd is None:
+                fd = port.fileno()  # type: ignore[attr-defined]
             calls.append(worker.call(
-                HandListener, key=encodeKey(key), family=familyOf(port.getHost()), socket=fd,
-            ))
-        return defer.gatherResults(calls, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+                HandListener, deadline, key=encodeKey(key), family=familyOf(port.getHost()),
+                socket=fd,
+            ).addCallback(_handed, worker, key))
+        return _all(calls)
+
+    def _configure(self, worker: WorkerProcess,
+                   deadline: float = CALL_DEADLINE) -> defer.Deferred[None]:
+        """
+        Hand C{worker} the configuration the parent runs (L{Configure}).
+        """
+        config = self.config
+        parts = packConfig(config)
+        calls = [worker.call(Configure, deadline, part=i, data=data, more=i + 1 < len(parts))
+                 for i, data in enumerate(parts)]
+
+        def configured(_: object) -> None:
+            worker.configured = config
+
+        return _all(calls).addCallback(configured)
 
     def workerEnded(self, worker: WorkerProcess, pid: Optional[int], reason: Failure) -> None:
         """
@@ -587,23 +720,136 @@ class WorkersService(MultiService):
         delay = self._backoffs[worker.index].delay(ranFor)
         worker.state = "restarting"
         worker.restarts += 1
+        when = "at once"
+        if delay:
+            paused = self._pause(worker, list(self._listeners.values()))
+            when = f"in {delay:g}s" + (
+                f" (its own socket of {paused} listener(s) closed meanwhile)" if paused else "")
         self.log.error(
-            "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting in {delay:g}s",
-            index=worker.index, pid=pid, how=how, ranFor=ranFor, delay=delay,
+            "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting {when}",
+            index=worker.index, pid=pid, how=how, ranFor=ranFor, when=when,
         )
-        self._restarts[worker.index] = self.reactor.callLater(delay, self._start, worker)
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._restart, worker)
 
-    def _eachServing(self, command: type[amp.Command], **arguments: Any
+    def _restart(self, worker: WorkerProcess) -> None:
+        self._resume(worker.index)
+        self._start(worker)
+
+    def _ownSocket(self, worker: WorkerProcess, listener: ListenerService) -> Optional[int]:
+        """
+        The descriptor of C{worker}'s own SO_REUSEPORT socket of
+        C{listener}, or L{None}: the listener has one socket, shared.
+        """
+        binder = self._binders.get(id(listener))
+        if binder is None or not binder.extra or listener.port is None:
+            return None
+        if worker.index == 0:
+            fd: int = listener.port.fileno()  # type: ignore[attr-defined]
+            return fd
+        return int(binder.extra[worker.index - 1])
+
+    def _pause(self, worker: WorkerProcess, listeners: list[ListenerService]) -> int:
+        """
+        Pause C{worker}'s own socket of each of C{listeners} (see
+        L{txsockproxy.listenpause}) until L{_resume}.
+
+        @return: how many were paused.
+        """
+        paused = self._paused.setdefault(worker.index, [])
+        count = 0
+        for listener in listeners:
+            fd = self._ownSocket(worker, listener)
+            if fd is None:
+                continue
+            try:
+                address = pauseListening(fd)
+            except OSError as e:
+                self.log.debug("{listen}: cannot pause worker {index}'s socket: {error}",
+                               listen=listener.description, index=worker.index, error=e)
+                continue
+            paused.append((listener, fd, address))
+            count += 1
+        return count
+
+    def _resume(self, index: int, listeners: Optional[list[ListenerService]] = None) -> None:
+        """
+        Have the sockets of worker C{index} paused (of C{listeners}, or all)
+        listen again.
+        """
+        kept = []
+        for listener, fd, address in self._paused.pop(index, []):
+            if listeners is not None and listener not in listeners:
+                kept.append((listener, fd, address))
+            elif self._ownSocket(self.workers[index], listener) == fd:
+                # (Not a listener closed by a reload meanwhile.)
+                try:
+                    resumeListening(fd, address, systemBacklog())
+                except OSError as e:
+                    self.log.error("{listen}: worker {index}'s own socket cannot listen again: "
+                                   "{error}", listen=listener.description, index=index,
+                                   error=e)
+        if kept:
+            self._paused[index] = kept
+
+    def _eachServing(self, ask: Callable[[WorkerProcess], defer.Deferred[Any]]
                      ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
         """
-        Send C{command} to every worker serving; a Deferred of each worker's
-        answer, or of a list holding its failure.
+        Ask every worker serving (C{ask(worker)}); a Deferred of each
+        worker's answer, or of a list holding its failure.
         """
         serving = [w for w in self.workers if w.state == "serving"]
         # A failure as a result, not as a failure: every worker's is kept.
-        calls = [w.call(command, **arguments).addErrback(lambda f: [f]) for w in serving]
+        calls = [ask(w).addErrback(self._missed, w) for w in serving]
         gathered = defer.gatherResults(calls)
         return gathered.addCallback(lambda answers: list(zip(serving, answers, strict=True)))
+
+    @staticmethod
+    def _missed(failure: Failure, worker: WorkerProcess) -> list[Failure]:
+        # A failure as a result, not as a failure: every worker's is kept.
+        if failure.check(NotAnswering):
+            worker.missed = True
+        return [failure]
+
+    def _reload(self, worker: WorkerProcess) -> defer.Deferred[Any]:
+        """
+        Hand C{worker} the configuration and have it apply it.
+        """
+        return self._configure(worker).addCallback(lambda _: worker.call(Reload))
+
+    def workerAnswers(self, worker: WorkerProcess) -> None:
+        """
+        Called by C{worker} when it answers again after not answering: give
+        it what it missed (listeners added, the configuration, the admin
+        actions), if anything.
+        """
+        missing = [(key, listener) for key, listener in self._listeners.items()
+                   if key not in worker.handed]
+        if worker.state != "serving" or self._stopping or not (
+                worker.missed or missing or worker.configured is not self.config):
+            return
+        worker.missed = False
+
+        def caughtUp(answer: Any) -> None:
+            if not answer["applied"]:
+                self.log.error("worker {index} kept its running configuration",
+                               index=worker.index)
+                return
+            self.log.info("worker {index} caught up: {source}", index=worker.index,
+                          source=self.config.source)
+            self._replayAdmin(worker)
+
+        def failed(failure: Failure) -> None:
+            worker.missed = True
+            self.log.error("worker {index} cannot catch up: {error}", index=worker.index,
+                           error=failure.getErrorMessage())
+
+        self._hand(worker, missing).addCallback(lambda _: self._reload(worker)).addCallbacks(
+            caughtUp, failed)
+
+    def _replayAdmin(self, worker: WorkerProcess) -> None:
+        for (proxy, label), action in self._adminStates.items():
+            worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
+                lambda f: None)
 
     # -- status -----------------------------------------------------------------
 
@@ -634,7 +880,7 @@ class WorkersService(MultiService):
         asking.addTimeout(self.snapshotTimeout, self.reactor)
         return asking.addCallbacks(
             shown,
-            lambda f: shown(None, "not answering" if f.check(defer.TimeoutError)
+            lambda f: shown(None, "not answering" if f.check(defer.TimeoutError, NotAnswering)
                             else f.getErrorMessage()),
         )
 
@@ -660,12 +906,13 @@ class WorkersService(MultiService):
             out = []
             for worker, answer in results:
                 if isinstance(answer, list):
-                    out.append((worker.index, 503, '{"error": "worker not answering"}'))
+                    error = f"worker {worker.index} did not answer: {answer[0].getErrorMessage()}"
+                    out.append((worker.index, 503, json.dumps({"error": error})))
                 else:
                     out.append((worker.index, answer["code"], answer["body"]))
             return out
 
-        return self._eachServing(Admin, **arguments).addCallback(answers)
+        return self._eachServing(lambda w: w.call(Admin, **arguments)).addCallback(answers)
 
     @property
     def adminToken(self) -> str:
@@ -683,9 +930,10 @@ class WorkersService(MultiService):
 
     def reload(self) -> defer.Deferred[bool]:
         """
-        Read the configuration again; bind its new listeners and close
-        those it no longer has; hand the new ones to every worker and have
-        every worker reload (each reads the file itself).
+        Read the configuration again; if valid, bind its new listeners and
+        close those it no longer has; hand the new ones and the new
+        configuration to every worker and have every worker apply it (a
+        worker never reads the file). An invalid file changes nothing.
 
         @return: a Deferred that fires with whether the parent applied the
             new configuration (each worker's result is logged). Never fails.
@@ -751,6 +999,9 @@ class WorkersService(MultiService):
             return False
         for _, listener in added:
             listener.setServiceParent(self)
+        for index in list(self._paused):
+            # Waiting to restart: its sockets of the new listeners too.
+            self._pause(self.workers[index], [listener for _, listener in added])
         self._listeners = listeners
         self.config = config
         for listener in removed:
@@ -761,18 +1012,24 @@ class WorkersService(MultiService):
         handing = [self._hand(w, added).addErrback(lambda f: None) for w in serving]
 
         def reloadWorkers(_: object) -> Any:
-            return self._eachServing(Reload)
+            return self._eachServing(self._reload)
 
         def logged(results: list[tuple[WorkerProcess, Any]]) -> bool:
             for worker, answer in results:
-                if isinstance(answer, list):
+                if isinstance(answer, list) and answer[0].check(NotAnswering):
+                    self.log.error("reload: worker {index} did not answer ({error}): it is "
+                                   "given the configuration when it answers again",
+                                   index=worker.index, error=answer[0].getErrorMessage())
+                elif isinstance(answer, list):
                     self.log.error("reload: worker {index}: {error}", index=worker.index,
                                    error=answer[0].getErrorMessage())
                 elif not answer["applied"]:
                     self.log.error("reload: worker {index} kept its running configuration",
                                    index=worker.index)
+            applied = sum(1 for _, answer in results
+                          if not isinstance(answer, list) and answer["applied"])
             self.log.info("reload: applied {source} ({count} workers)", source=config.source,
-                          count=len(results))
+                          count=applied)
             return True
 
         return defer.gatherResults(handing).addCallback(reloadWorkers).addCallback(logged)
@@ -812,7 +1069,7 @@ class WorkersService(MultiService):
                 if worker.control is not None and worker.control.transport is not None:
                     worker.control.transport.loseConnection()
 
-            worker.call(Stop).addErrback(lambda f: None).addCallback(close)
+            worker.call(Stop, None).addErrback(lambda f: None).addCallback(close)
         kill = self.reactor.callLater(self.config.shutdownTimeout + STOP_GRACE, self._killAll)
 
         def done(_: object) -> None:
@@ -835,6 +1092,7 @@ class WorkersService(MultiService):
 
 
 __all__ = [
-    "Backoff", "FIRST_BACKOFF", "MAX_BACKOFF", "STABLE", "WorkerProcess", "WorkerSnapshot",
+    "Backoff", "CALL_DEADLINE", "FIRST_BACKOFF", "MAX_BACKOFF", "NotAnswering", "STABLE",
+    "START_DEADLINE", "WorkerProcess", "WorkerSnapshot",
     "WorkersService", "exitDescription", "workerCount",
 ]
