@@ -602,6 +602,29 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.assertIn("another process listens on it", str(caught.exception))
 
 
+    def test_cannotListen(self) -> None:
+        """
+        A path the reactor cannot listen on (C{CannotListenError}, e.g. one
+        too long for a unix socket address) is a L{ListenError} of one
+        line, not a traceback.
+        """
+        from twisted.internet.error import CannotListenError
+
+        from txsockproxy.service import ListenError
+
+        class Refusing(MemoryReactorClock):
+            def listenUNIX(self, address: str, factory: Any, backlog: int = 50,
+                           mode: int = 0o666, wantPID: int = 0) -> Any:
+                raise CannotListenError(None, address, OSError(36, "File name too long"))
+
+        service = TakeoverService(shortPath(self), Refusing(), list, self.stop)
+        with self.assertRaises(ListenError) as caught:
+            service.listen()
+        self.assertIn("File name too long: cannot listen on takeover-socket",
+                      str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+
+
 class TwistdPidfileTests(SynchronousTestCase):
     """
     L{TwistdPidfile}.

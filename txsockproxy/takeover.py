@@ -46,6 +46,7 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -493,7 +494,9 @@ class TakeoverService(Service):
             self._removeStale()
             self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(
                 lambda: _Handover(self)), mode=0o600)
-        except (OSError, ListenError) as e:
+        except (OSError, ListenError, CannotListenError) as e:
+            if isinstance(e, CannotListenError) and isinstance(e.socketError, OSError):
+                e = e.socketError
             detail = getattr(e, "strerror", None) or str(e)
             raise ListenError(f"{detail}: cannot listen on takeover-socket {self.path}") from None
         self.log.info("take-over: listening on {path}", path=self.path)
