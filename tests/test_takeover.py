@@ -18,6 +18,7 @@ from typing import Any, Optional, cast
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from txsockproxy.adopting import InheritedSocket
@@ -25,6 +26,7 @@ from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
 from txsockproxy.reuseport import InheritedReusePortReactor
 from txsockproxy.service import ListenKey, ProxyService, listenKeys
 from txsockproxy.takeover import (
+    HANDOVER_TIMEOUT,
     PROTOCOL,
     Received,
     TakenOverProxyService,
@@ -562,6 +564,62 @@ class TakeoverServiceTests(SynchronousTestCase):
             self.assertEqual(listener.unbound, 0)
         _, transport = self.connect()
         self.assertEqual(len(transport.descriptors), 2)
+
+    def test_deadline(self) -> None:
+        """
+        A new process that has not said C{serving} within
+        C{handoverTimeout} seconds of being handed the sockets is given up
+        on, with one line: the connection is aborted, and this process
+        writes its pidfile again and listens for the next attempt.
+        """
+        events: list[dict[str, Any]] = []
+        self.service.log = Logger(observer=events.append)
+        self.service.attempts.log = self.service.log
+        protocol, transport = self.connect()
+        self.reactor.advance(HANDOVER_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertIn("did not serve within 60s: abandoning the take-over",
+                      [formatEvent(e) for e in events][-1])
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 0)
+        self.assertEqual(len(self.reactor.unixServers), 2)
+        with open(self.twistd["pidfile"]) as f:
+            self.assertEqual(f.read(), "99\n")
+
+    def test_noDeadlineOnceServing(self) -> None:
+        """
+        Once the new process serves, the deadline is cancelled: the
+        handover is not abandoned later.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"serving 4322\n")
+        self.assertEqual([call for call in self.reactor.getDelayedCalls()
+                          if call.getTime() >= HANDOVER_TIMEOUT], [])
+        self.reactor.advance(HANDOVER_TIMEOUT * 2)
+        self.assertFalse(transport.disconnected)
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 1)
+
+    def test_attemptsRateLimited(self) -> None:
+        """
+        A process that connects again and again (refused, or abandoning
+        each attempt) gets a bounded number of lines logged: at most the
+        rate limit's burst, then one line counting those left out.
+        """
+        events: list[dict[str, Any]] = []
+        self.service.log = Logger(observer=events.append)
+        self.service.attempts.log = self.service.log
+        for i in range(100):
+            self.peer = (4321, os.getuid() + (i % 2), 0)
+            protocol, _ = self.connect()
+            protocol.connectionLost(None)
+        self.assertLessEqual(len(events), self.service.attempts.burst)
+        self.reactor.advance(self.service.attempts.interval)
+        self.assertIn("not logged in the last", formatEvent(events[-1]))
+        self.assertLessEqual(len(events), self.service.attempts.burst + 1)
+
 
     def test_staleSocket(self) -> None:
         """

@@ -49,16 +49,20 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from txsockproxy.adopting import InheritedSocket, familyOf
+from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
 
 PROTOCOL = "txsockproxy-takeover/1"
 # Seconds the new process waits for the old one at each step.
 TIMEOUT = 10.0
+# Seconds the old process waits, once it has handed its sockets over, for
+# the new one to serve: generous, as the new one may be starting workers.
+HANDOVER_TIMEOUT = 60.0
 # A description longer than this is not one.
 MAX_LINE = 1 << 20
 SERVING = b"serving"
@@ -396,6 +400,16 @@ class _Handover(LineReceiver):
         self.service = service
         self.peer: Optional[int] = None
         self.served = False
+        # Until the new process serves (see TakeoverService.handoverTimeout).
+        self.deadline: Any = None
+
+    def cancelDeadline(self) -> None:
+        """
+        The handover has ended, or the new process serves: no deadline.
+        """
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def connectionMade(self) -> None:
         self.service.handoverStarted(self)
@@ -413,6 +427,7 @@ class _Handover(LineReceiver):
             if pid.isdigit():
                 self.peer = int(pid)
             self.served = True
+            self.cancelDeadline()
             self.transport.write(DRAINING + b"\n")
             self.transport.loseConnection()
             self.service.handedOver(self)
@@ -420,6 +435,7 @@ class _Handover(LineReceiver):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.cancelDeadline()
         self.service.handoverEnded(self)
 
 
@@ -435,6 +451,11 @@ class TakeoverService(Service):
     C{listening} returns, and when the new process serves, stops accepting
     on them and calls C{stop} (C{reactor.stop}: twistd then stops the
     service gracefully, as on SIGTERM).
+
+    A take-over whose new process has not said C{serving} within
+    C{handoverTimeout} seconds of being handed the sockets is abandoned.
+    The lines logged for each attempt are rate-limited: any local process
+    of the same user can connect, as often as it likes.
 
     @ivar path: the C{takeover-socket}.
     """
@@ -455,6 +476,7 @@ class TakeoverService(Service):
         serving: Optional[Callable[[], defer.Deferred[None]]] = None,
         environ: Optional[Mapping[str, str]] = None,
         extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
+        handoverTimeout: float = HANDOVER_TIMEOUT,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -468,6 +490,8 @@ class TakeoverService(Service):
         self.serving = serving
         self.environ = os.environ if environ is None else environ
         self.extraSockets = extraSockets
+        self.handoverTimeout = handoverTimeout
+        self.attempts = RateLimitedLog(reactor, self.log, "take-over attempt lines")
         self.port: Any = None
         self.handover: Optional[_Handover] = None
         self.handedOverTo: Optional[int] = None
@@ -482,10 +506,11 @@ class TakeoverService(Service):
 
     # -- listening on the takeover socket ---------------------------------------
 
-    def listen(self) -> None:
+    def listen(self, again: bool = False) -> None:
         """
         Listen on L{path}, owner only, removing a stale socket file first.
 
+        @param again: after a take-over attempt (its line is rate-limited).
         @raise ListenError: it cannot.
         """
         if self.port is not None:
@@ -499,7 +524,10 @@ class TakeoverService(Service):
                 e = e.socketError
             detail = getattr(e, "strerror", None) or str(e)
             raise ListenError(f"{detail}: cannot listen on takeover-socket {self.path}") from None
-        self.log.info("take-over: listening on {path}", path=self.path)
+        if again:
+            self.attempts.emit(LogLevel.info, "take-over: listening on {path}", path=self.path)
+        else:
+            self.log.info("take-over: listening on {path}", path=self.path)
 
     def _removeStale(self) -> None:
         try:
@@ -572,6 +600,7 @@ class TakeoverService(Service):
         if self.received is not None:
             self.received.abandon()
             self.received = None
+        self.attempts.stop()
         return self._stopListening()
 
     # -- handing over -------------------------------------------------------------
@@ -585,12 +614,13 @@ class TakeoverService(Service):
         try:
             pid, uid, _ = self.credentials(handover.transport)
         except (OSError, TypeError) as e:
-            self.log.error("take-over: cannot tell who connected: {error}", error=e)
+            self.attempts.emit(LogLevel.error, "take-over: cannot tell who connected: {error}",
+                               error=e)
             handover.refuse("cannot tell who you are")
             return
         if uid not in (self.uid, 0):
-            self.log.error("take-over: refused pid {pid}: uid {uid} is not this process's "
-                           "({own})", pid=pid, uid=uid, own=self.uid)
+            self.attempts.emit(LogLevel.error, "take-over: refused pid {pid}: uid {uid} is not "
+                               "this process's ({own})", pid=pid, uid=uid, own=self.uid)
             handover.refuse(f"uid {uid} may not take over a process of uid {self.uid}")
             return
         if self.handover is not None or self.handedOverTo is not None or not self.running:
@@ -606,8 +636,9 @@ class TakeoverService(Service):
                 family = familyOf(port.getHost())
                 fd = port.fileno()  # type: ignore[attr-defined]
             except (ValueError, AttributeError):
-                self.log.warn("take-over: {listen} cannot be handed over (not a TCP or unix "
-                              "socket): the new process binds it", listen=listener.description)
+                self.attempts.emit(LogLevel.warn, "take-over: {listen} cannot be handed over "
+                                   "(not a TCP or unix socket): the new process binds it",
+                                   listen=listener.description)
                 continue
             handed.append((key, family, 0))
             descriptors.append(fd)
@@ -616,9 +647,11 @@ class TakeoverService(Service):
                 descriptors.append(extra)
         self.handover = handover
         handover.peer = pid
+        handover.deadline = self.reactor.callLater(self.handoverTimeout, self._timedOut,
+                                                   handover)
         line = describe(self.pid, handed)
-        self.log.info("take-over: pid {pid} is taking over: handing over {count} listening "
-                      "socket(s)", pid=pid, count=len(handed))
+        self.attempts.emit(LogLevel.info, "take-over: pid {pid} is taking over: handing over "
+                           "{count} listening socket(s)", pid=pid, count=len(handed))
 
         def send(_: object) -> None:
             # The pidfile is gone before the new process has the sockets:
@@ -633,6 +666,16 @@ class TakeoverService(Service):
         # process listens on it.
         self._stopListening().addCallback(send).addErrback(
             lambda f: self.log.failure("take-over: handing over", f))
+
+    def _timedOut(self, handover: _Handover) -> None:
+        handover.deadline = None
+        if self.handover is not handover or handover.served:
+            return
+        self.attempts.emit(LogLevel.warn, "take-over: pid {pid} did not serve within "
+                           "{timeout:g}s: abandoning the take-over", pid=handover.peer,
+                           timeout=self.handoverTimeout)
+        # handoverEnded follows, as the connection closes.
+        handover.transport.abortConnection()
 
     def handedOver(self, handover: _Handover) -> None:
         """
@@ -667,13 +710,13 @@ class TakeoverService(Service):
         if handover.served:
             self.stop()
             return
-        self.log.warn("take-over by pid {pid} abandoned before it served: still serving here",
-                      pid=handover.peer)
+        self.attempts.emit(LogLevel.warn, "take-over by pid {pid} abandoned before it served: "
+                           "still serving here", pid=handover.peer)
         if self.pidfile is not None:
             self.pidfile.restore()
         if self.running:
             try:
-                self.listen()
+                self.listen(again=True)
             except ListenError as e:
                 self.log.error("take-over: {error}", error=str(e))
 
