@@ -43,6 +43,9 @@ from txsockproxy.tap import Options
 KEY_A: ListenKey = (False, "tcp:8080", 0)
 KEY_B: ListenKey = (False, "unix:/run/p.sock", 0)
 KEY_STATUS: ListenKey = (True, "tcp:9180:interface=127.0.0.1", 0)
+# Keys whose listen string matches the test's sockets (an ephemeral port).
+KEY_L0: ListenKey = (False, "tcp:0:interface=127.0.0.1", 0)
+KEY_L1: ListenKey = (True, "tcp:0:interface=127.0.0.1", 0)
 
 
 def shortPath(case: SynchronousTestCase) -> str:
@@ -149,14 +152,14 @@ class ReceiveTests(SynchronousTestCase):
         """
         old = OldEnd(self)
         fds = [s.fileno() for s in old.listening]
-        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]),
+        old.send(describe(77, [(KEY_L0, socket.AF_INET, 0), (KEY_L1, socket.AF_INET, 0)]),
                  fds)
         received = receive("/nowhere", timeout=5, connect=old.connect)
         assert received is not None
         self.addCleanup(received.abandon)
         self.assertEqual(received.pid, 77)
-        self.assertEqual(list(received.sockets), [KEY_A, KEY_STATUS])
-        for key, s in zip((KEY_A, KEY_STATUS), old.listening, strict=True):
+        self.assertEqual(list(received.sockets), [KEY_L0, KEY_L1])
+        for key, s in zip((KEY_L0, KEY_L1), old.listening, strict=True):
             inherited = received.sockets[key]
             self.assertEqual(inherited.family, socket.AF_INET)
             self.assertNotIn(inherited.fileno, fds)
@@ -171,12 +174,12 @@ class ReceiveTests(SynchronousTestCase):
         """
         old = OldEnd(self)
         fds = [s.fileno() for s in old.listening]
-        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1)]), fds)
+        old.send(describe(77, [(KEY_L0, socket.AF_INET, 0), (KEY_L0, socket.AF_INET, 1)]), fds)
         received = receive("/nowhere", timeout=5, connect=old.connect)
         assert received is not None
         self.addCleanup(received.abandon)
-        self.assertEqual(list(received.sockets), [KEY_A])
-        [extra] = received.extra[KEY_A]
+        self.assertEqual(list(received.sockets), [KEY_L0])
+        [extra] = received.extra[KEY_L0]
         copy = socket.socket(fileno=os.dup(extra.fileno))
         self.addCleanup(copy.close)
         self.assertEqual(copy.getsockname(), old.listening[1].getsockname())
@@ -225,7 +228,7 @@ class ReceiveTests(SynchronousTestCase):
         the descriptors received are closed.
         """
         old = OldEnd(self)
-        old.send(describe(1, [(KEY_A, socket.AF_INET, 0), (KEY_B, socket.AF_UNIX, 0)]),
+        old.send(describe(1, [(KEY_L0, socket.AF_INET, 0), (KEY_B, socket.AF_UNIX, 0)]),
                  [old.listening[0].fileno()])
         before = set(os.listdir("/proc/self/fd"))
         with self.assertRaises(TakeoverError) as caught:
@@ -258,6 +261,136 @@ class ReceiveTests(SynchronousTestCase):
                       str(caught.exception))
 
 
+
+class ReceiveChecksTests(SynchronousTestCase):
+    """
+    L{receive} checks who it takes over from, and what it is passed.
+    """
+
+    def refused(self, old: OldEnd, **kwargs: Any) -> str:
+        """
+        L{receive} from C{old} fails: its message, once every descriptor
+        received is closed again.
+        """
+        before = set(os.listdir("/proc/self/fd"))
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect, **kwargs)
+        self.assertTrue(set(os.listdir("/proc/self/fd")) <= before)
+        self.assertEqual(old.theirs.fileno(), -1)
+        self.assertNotIn("\n", str(caught.exception))
+        return str(caught.exception)
+
+    def sendOne(self, old: OldEnd, listen: str, family: int, fd: int) -> None:
+        old.send(describe(77, [((False, listen, 0), family, 0)]), [fd])
+
+    def test_otherUser(self) -> None:
+        """
+        A process on the path that runs as another uid (not this process's,
+        not root's, not one to drop to) is refused, without reading what
+        it sent.
+        """
+        old = OldEnd(self)
+        self.sendOne(old, "tcp:0", socket.AF_INET, old.listening[0].fileno())
+        message = self.refused(old, credentials=lambda c: (66, os.getuid() + 1, 0))
+        self.assertIn(f"(pid 66) runs as uid {os.getuid() + 1}, not as one of", message)
+
+    def test_rootOrDroppedUid(self) -> None:
+        """
+        A process running as root, or as the uid this one will drop to
+        (twistd's C{-u}), may be taken over from; so may one of this
+        process's own uid (over a real socket pair).
+        """
+        other = os.getuid() + 1
+        for uid, peerUids in ((0, ()), (other, (other,)), (None, ())):
+            old = OldEnd(self)
+            self.sendOne(old, "tcp:0:interface=127.0.0.1", socket.AF_INET,
+                         old.listening[0].fileno())
+            credentials: Any = {} if uid is None else {
+                "credentials": lambda c, uid=uid: (66, uid, 0)}
+            received = receive("/nowhere", timeout=5, connect=old.connect,
+                               peerUids=peerUids, **credentials)
+            assert received is not None
+            self.addCleanup(received.abandon)
+            self.assertEqual(len(received.sockets), 1)
+
+    def test_notListening(self) -> None:
+        """
+        A socket that does not listen is refused.
+        """
+        old = OldEnd(self)
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.bind(("127.0.0.1", 0))
+        self.sendOne(old, "tcp:0", socket.AF_INET, s.fileno())
+        self.assertIn("passed for tcp:0 a socket that is not listening", self.refused(old))
+
+    def test_notStream(self) -> None:
+        """
+        A datagram socket is refused.
+        """
+        old = OldEnd(self)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(s.close)
+        self.sendOne(old, "tcp:0", socket.AF_INET, s.fileno())
+        self.assertIn("is not a stream socket", self.refused(old))
+
+    def test_otherFamily(self) -> None:
+        """
+        A socket of another family than described is refused.
+        """
+        old = OldEnd(self)
+        self.sendOne(old, "tcp6:0", socket.AF_INET6, old.listening[0].fileno())
+        self.assertIn(f"is of address family {int(socket.AF_INET)}, not "
+                      f"{int(socket.AF_INET6)}", self.refused(old))
+
+    def test_otherAddress(self) -> None:
+        """
+        A TCP socket bound to another port, or another interface, than its
+        listen string names is refused; so is a unix socket bound to
+        another path.
+        """
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        wrongPort = port + 1 if port < 65535 else port - 1
+        self.sendOne(old, f"tcp:{wrongPort}", socket.AF_INET, old.listening[0].fileno())
+        self.assertIn(f"is bound to port {port}, not {wrongPort}", self.refused(old))
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        self.sendOne(old, f"tcp:{port}:interface=127.0.0.2", socket.AF_INET,
+                     old.listening[0].fileno())
+        self.assertIn("is bound to 127.0.0.1, not 127.0.0.2", self.refused(old))
+        old = OldEnd(self)
+        path = shortPath(self)
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(u.close)
+        u.bind(path)
+        u.listen(1)
+        self.sendOne(old, "unix:/run/elsewhere.sock", socket.AF_UNIX, u.fileno())
+        self.assertIn(f"is bound to {path!r}, not '/run/elsewhere.sock'", self.refused(old))
+
+    def test_matchingAddress(self) -> None:
+        """
+        Sockets bound where their listen strings say (a TCP port and
+        interface, behind C{haproxy:} too; a unix path) are received.
+        """
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        path = shortPath(self)
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(u.close)
+        u.bind(path)
+        u.listen(1)
+        old.send(describe(77, [((False, f"tcp:{port}:interface=127.0.0.1", 0), socket.AF_INET,
+                                0),
+                               ((False, f"haproxy:tcp:port={port}", 0), socket.AF_INET, 0),
+                               ((False, f"unix:{path}", 0), socket.AF_UNIX, 0)]),
+                 [old.listening[0].fileno(), old.listening[0].fileno(), u.fileno()])
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(len(received.sockets), 3)
+
+
 class ReceivedTests(SynchronousTestCase):
     """
     L{Received}: keeping the sockets a configuration has, and telling the
@@ -286,26 +419,62 @@ class ReceivedTests(SynchronousTestCase):
         self.assertEqual(list(received.sockets), [KEY_A])
         self.assertFalse(isOpen(fdB))
 
+    def adopted(self, reactor: MemoryReactorClock) -> tuple[Any, StringTransport]:
+        """
+        The protocol of the connection that C{reactor} was asked to adopt,
+        connected to a transport of the test's.
+        """
+        [(fd, family, factory)] = reactor.adoptedStreamConnections
+        self.assertEqual(family, socket.AF_UNIX)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
     def test_serving(self) -> None:
         """
-        L{Received.serving} sends C{serving} and is true when the old
-        process answers C{draining}.
+        L{Received.serving} hands the connection to the reactor (without
+        waiting on it), sends C{serving PID} there, and its Deferred fires
+        true when the old process answers C{draining}.
         """
-        received, old = self.received()
-        old.sendall(b"draining\n")
-        self.assertTrue(received.serving(timeout=5))
-        self.assertEqual(old.recv(100), f"serving {os.getpid()}\n".encode())
-        self.assertEqual(old.recv(100), b"")
+        received, _ = self.received()
+        reactor = MemoryReactorClock()
+        serving = received.serving(reactor, timeout=5)
+        self.assertNoResult(serving)
+        protocol, transport = self.adopted(reactor)
+        self.assertEqual(transport.value(), f"serving {os.getpid()}\n".encode())
+        protocol.dataReceived(b"draining\n")
+        self.assertTrue(self.successResultOf(serving))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_servingNoAnswer(self) -> None:
         """
-        L{Received.serving} is false when the old process closes without
-        answering, and when it was abandoned.
+        L{Received.serving}'s Deferred fires false when the old process
+        closes without answering, when it answers something else, when it
+        does not answer within the timeout (the connection is then
+        aborted), and when it was abandoned.
         """
-        received, old = self.received()
-        old.close()
-        self.assertFalse(received.serving(timeout=5))
-        self.assertFalse(received.serving(timeout=5))
+        for answer in (None, b"nope\n"):
+            received, _ = self.received()
+            reactor = MemoryReactorClock()
+            serving = received.serving(reactor, timeout=5)
+            protocol, _ = self.adopted(reactor)
+            if answer is None:
+                protocol.connectionLost(None)
+            else:
+                protocol.dataReceived(answer)
+            self.assertFalse(self.successResultOf(serving))
+        received, _ = self.received()
+        reactor = MemoryReactorClock()
+        serving = received.serving(reactor, timeout=5)
+        protocol, transport = self.adopted(reactor)
+        reactor.advance(4.9)
+        self.assertNoResult(serving)
+        reactor.advance(0.1)
+        self.assertFalse(self.successResultOf(serving))
+        self.assertTrue(transport.disconnected)
+        self.assertFalse(self.successResultOf(received.serving(reactor, timeout=5)))
 
     def test_closeUnused(self) -> None:
         """
@@ -323,8 +492,9 @@ class ReceivedTests(SynchronousTestCase):
         self.assertTrue(isOpen(fd))
         self.assertFalse(isOpen(unused))
         self.assertEqual(extra.fileno, -1)
-        old.sendall(b"draining\n")
-        self.assertTrue(received.serving(timeout=5))
+        reactor = MemoryReactorClock()
+        received.serving(reactor)
+        self.assertEqual(len(reactor.adoptedStreamConnections), 1)
 
     def test_abandon(self) -> None:
         """
@@ -786,8 +956,9 @@ class OptionsTests(SynchronousTestCase):
         received = Received(socket.socket(), 5, {})
         self.addCleanup(received.abandon)
 
-        def receive(path: str) -> Any:
+        def receive(path: str, peerUids: list[int]) -> Any:
             asked.append(path)
+            self.assertEqual(peerUids, [])
             return received
 
         options = self.options(receive)
@@ -795,12 +966,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(asked, ["/run/sockproxy/takeover.sock"])
         self.assertIs(options["received"], received)
 
+    def test_droppedUid(self) -> None:
+        """
+        Under twistd's C{-u UID}, the process on the takeover socket may
+        run as that uid (this root process drops to it).
+        """
+        asked = []
+
+        def receive(path: str, peerUids: list[int]) -> Any:
+            asked.append(peerUids)
+            return None
+
+        options = self.options(receive)
+        options.parent = {"uid": 4242}  # type: ignore[attr-defined]
+        options.parseOptions(["--config", self.configFile(), "--take-over"])
+        self.assertEqual(asked, [[4242]])
+
     def test_nothingThere(self) -> None:
         """
         When no process listens there, nothing is received, and start-up
         goes on (binding).
         """
-        options = self.options(lambda path: None)
+        options = self.options(lambda path, peerUids: None)
         options.parseOptions(["--config", self.configFile(), "--take-over"])
         self.assertIsNone(options["received"])
 
@@ -808,7 +995,7 @@ class OptionsTests(SynchronousTestCase):
         """
         A take-over that fails is one line on stderr and exit status 1.
         """
-        def receive(path: str) -> Any:
+        def receive(path: str, peerUids: list[int]) -> Any:
             raise TakeoverError("the running process refused: no")
 
         options = self.options(receive)
@@ -824,7 +1011,7 @@ class OptionsTests(SynchronousTestCase):
         C{--take-over} with a configuration without takeover-socket is one
         line and exit status 1, nothing attempted.
         """
-        options = self.options(lambda path: self.fail("attempted"))
+        options = self.options(lambda path, peerUids: self.fail("attempted"))
         with self.assertRaises(SystemExit) as caught:
             options.parseOptions(["--config", self.configFile(takeover=False), "--take-over"])
         self.assertEqual(caught.exception.code, 1)
@@ -834,7 +1021,7 @@ class OptionsTests(SynchronousTestCase):
         """
         Without C{--take-over}, nothing is received.
         """
-        options = self.options(lambda path: self.fail("attempted"))
+        options = self.options(lambda path, peerUids: self.fail("attempted"))
         options.parseOptions(["--config", self.configFile()])
         self.assertIsNone(options["received"])
 
@@ -1045,7 +1232,6 @@ class NewSideTests(SynchronousTestCase):
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(ours.close)
-        ours.sendall(b"draining\n")
         unused = InheritedSocket(socket.socket().detach(), socket.AF_INET)
         received = Received(theirs, 5, {}, {KEY_A: [unused]})
         reactor = MemoryReactorClock()
@@ -1059,5 +1245,12 @@ class NewSideTests(SynchronousTestCase):
         self.assertNotEqual(unused.fileno, -1)
         workersServe.callback(None)
         self.assertEqual(unused.fileno, -1)
-        self.assertEqual(ours.recv(100), f"serving {os.getpid()}\n".encode())
+        [(_, _, factory)] = reactor.adoptedStreamConnections
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), f"serving {os.getpid()}\n".encode())
+        # Listening for the next take-over once the old process has answered.
+        self.assertEqual(reactor.unixServers, [])
+        protocol.dataReceived(b"draining\n")
         self.assertEqual(len(reactor.unixServers), 1)

@@ -23,8 +23,9 @@ is line-based::
                  is refused) and stops as on SIGTERM: sessions in flight get
                  shutdown-timeout seconds.
 
-The new side runs before the reactor does (at start-up, in blocking calls
-bounded by a timeout: L{receive}); the old side is a Twisted protocol
+The new side receives before the reactor runs (at start-up, in blocking
+calls bounded by a timeout: L{receive}); once it serves, its last exchange
+runs in the reactor, without blocking it (L{Received.serving}). The old side is a Twisted protocol
 (L{TakeoverService}), which sends the descriptors with the public
 C{IUNIXTransport.sendFileDescriptor}. A take-over that ends before
 "serving" (the new process failed) leaves the old one serving, listening
@@ -34,6 +35,7 @@ again for the next attempt.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import socket
@@ -175,34 +177,31 @@ class Received:
                 closed.append(key[1])
         return closed
 
-    def serving(self, timeout: float = TIMEOUT) -> bool:
+    def serving(self, reactor: Any, timeout: float = TIMEOUT) -> defer.Deferred[bool]:
         """
         Tell the old process that this one serves, and wait (at most
-        C{timeout} seconds) for it to answer that it drains.
+        C{timeout} seconds) for it to answer that it drains, without
+        blocking C{reactor} (an C{IReactorSocket} and C{IReactorTime}): the
+        connection is adopted into it.
 
-        @return: whether it answered so.
+        @return: a Deferred that fires with whether it answered so.
         """
         connection, self._connection = self._connection, None
         if connection is None:
-            return False
+            return defer.succeed(False)
+        done: defer.Deferred[bool] = defer.Deferred()
+        exchange = _Serving(done)
         try:
-            connection.settimeout(timeout)
-            # Its pid now: a daemonizing twistd has forked since it
-            # connected.
-            connection.sendall(SERVING + f" {os.getpid()}\n".encode("ascii"))
-            answer = b""
-            deadline = time.monotonic() + timeout
-            while b"\n" not in answer and len(answer) < 64:
-                connection.settimeout(max(deadline - time.monotonic(), 0.001))
-                data = connection.recv(64)
-                if not data:
-                    break
-                answer += data
-            return answer.split(b"\n", 1)[0] == DRAINING
+            connection.setblocking(False)
+            reactor.adoptStreamConnection(connection.fileno(), socket.AF_UNIX,
+                                          Factory.forProtocol(lambda: exchange))
         except OSError:
-            return False
+            return defer.succeed(False)
         finally:
+            # The reactor has its own copy.
             connection.close()
+        exchange.timeout = reactor.callLater(timeout, exchange.timedOut)
+        return done
 
     def abandon(self) -> None:
         """
@@ -228,21 +227,88 @@ class Received:
                 inherited.close()
 
 
+class _Serving(LineReceiver):
+    """
+    The new process's end of the last exchange: C{serving PID}, then the
+    old process's C{draining}.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64
+    transport: Any
+
+    def __init__(self, done: defer.Deferred[bool]) -> None:
+        self.done = done
+        self.timeout: Any = None
+
+    def connectionMade(self) -> None:
+        # Its pid now: a daemonizing twistd has forked since it connected.
+        self.transport.write(SERVING + f" {os.getpid()}\n".encode("ascii"))
+
+    def lineReceived(self, line: bytes) -> None:
+        self._finish(line == DRAINING)
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._finish(False)
+        self.transport.loseConnection()
+
+    def timedOut(self) -> None:
+        """
+        No answer in time.
+        """
+        self.timeout = None
+        self._finish(False)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._finish(False)
+
+    def _finish(self, drains: bool) -> None:
+        timeout, self.timeout = self.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        if not self.done.called:
+            self.done.callback(drains)
+
+
+def socketCredentials(connection: socket.socket) -> tuple[int, int, int]:
+    """
+    The pid, uid and gid of the process at the other end of the unix socket
+    C{connection} (C{SO_PEERCRED}: for a connecting socket, the process
+    that listened).
+    """
+    pid, uid, gid = struct.unpack(
+        "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i")))
+    return pid, uid, gid
+
+
 def receive(
     path: str,
     timeout: float = TIMEOUT,
     connect: Callable[[str, float], socket.socket] = lambda path, timeout: _connect(path,
                                                                                      timeout),
+    peerUids: Iterable[int] = (),
+    credentials: Callable[[socket.socket], tuple[int, int, int]] = socketCredentials,
 ) -> Optional[Received]:
     """
     Connect to the process that listens on C{path} and receive its
     listening sockets, within C{timeout} seconds.
 
+    The process must run as this process's uid, as root, or as one of
+    C{peerUids} (the uid that this process will drop to: twistd's C{-u}),
+    and each socket it passes must be a listening stream socket of the
+    family described, bound to the address its listen string names (when
+    the string names one: a TCP port other than 0, a unix path).
+
     @return: what was received; or L{None} when no process listens there
         (no such file, or a stale one: refused), so that nothing is taken
         over.
-    @raise TakeoverError: the process refused, did not answer in time, or
-        sent what this version cannot read. Nothing it sent is kept open.
+    @raise TakeoverError: the process runs as another user, refused, did
+        not answer in time, or sent what this version cannot read or
+        sockets that are not what it described. Nothing it sent is kept
+        open.
     """
     try:
         connection = connect(path, timeout)
@@ -254,6 +320,15 @@ def receive(
         raise TakeoverError(f"cannot connect to {path}: {e.strerror or e}") from None
     fds: list[int] = []
     try:
+        try:
+            peerPid, peerUid, _ = credentials(connection)
+        except (OSError, struct.error) as e:
+            raise TakeoverError(f"cannot tell who listens on {path}: {e}") from None
+        allowed = {os.getuid(), os.geteuid(), 0, *peerUids}
+        if peerUid not in allowed:
+            raise TakeoverError(
+                f"the process on {path} (pid {peerPid}) runs as uid {peerUid}, not as "
+                f"one of {', '.join(map(str, sorted(allowed)))}: not taking over from it")
         data = b""
         deadline = time.monotonic() + timeout
         while b"\n" not in data:
@@ -277,6 +352,11 @@ def receive(
         if len(fds) != len(listeners):
             raise TakeoverError(f"the process on {path} described {len(listeners)} "
                                 f"socket(s) but passed {len(fds)}")
+        for (key, family, _), fd in zip(listeners, fds, strict=True):
+            wrong = checkListening(fd, family, key[1])
+            if wrong is not None:
+                raise TakeoverError(f"the process on {path} passed for {key[1]} a socket "
+                                    f"that {wrong}")
     except (TakeoverError, OSError) as e:
         for fd in fds:
             os.close(fd)
@@ -292,6 +372,109 @@ def receive(
         else:
             extra.setdefault(key, []).append(InheritedSocket(fd, family))
     return Received(connection, pid, sockets, extra)
+
+
+def checkListening(fd: int, family: int, listen: str) -> Optional[str]:
+    """
+    Check that the descriptor C{fd} is a listening stream socket of
+    C{family} and, when the listen string C{listen} names a TCP port (not
+    0), an interface or an absolute unix path, that it is bound to it.
+
+    @return: L{None}, or what is wrong with it (to follow "a socket that").
+    """
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        return f"is not one ({e.strerror or e})"
+    try:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return "is not a stream socket"
+        if probe.family != family:
+            return f"is of address family {int(probe.family)}, not {family}"
+        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return "is not listening"
+        bound = probe.getsockname()
+    except OSError as e:
+        return f"cannot be checked ({e.strerror or e})"
+    finally:
+        probe.close()
+    expected = _boundAddress(listen)
+    if expected is None:
+        return None
+    if isinstance(expected, str):
+        if family == socket.AF_UNIX and expected.startswith("/") and bound != expected:
+            return f"is bound to {bound!r}, not {expected!r}"
+        return None
+    interface, port = expected
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return f"is of address family {family}, not TCP's"
+    host, boundPort = bound[0], bound[1]
+    if port and boundPort != port:
+        return f"is bound to port {boundPort}, not {port}"
+    if interface and not _sameHost(interface, host):
+        return f"is bound to {host}, not {interface}"
+    return None
+
+
+def _sameHost(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+class _Bound(Exception):
+    """
+    What a listen string would have bound (see L{_boundAddress}).
+    """
+
+    def __init__(self, address: Any) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+class _RecordingReactor:
+    """
+    A reactor that, asked to listen, raises L{_Bound} with the address
+    asked for: the public way to learn what an endpoint string binds,
+    whatever wraps it (C{haproxy:}, TLS).
+    """
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        raise _Bound((interface, port))
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        raise _Bound((interface, port))
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666,
+                   wantPID: int = 0) -> Any:
+        raise _Bound(address)
+
+    def __getattr__(self, name: str) -> Any:
+        raise _Bound(None)
+
+
+def _boundAddress(listen: str) -> Any:
+    """
+    The (interface, port) of a TCP listen string, the path of a unix one,
+    or L{None}: unknown (systemd's sockets, a string that does not parse).
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        endpoint = serverFromString(_RecordingReactor(), listen)
+        d = endpoint.listen(Factory())
+    except _Bound as bound:
+        return bound.address
+    except Exception:
+        return None
+    found: list[Any] = []
+    d.addErrback(lambda f: found.append(f.value))
+    if found and isinstance(found[0], _Bound):
+        return found[0].address
+    return None
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -575,22 +758,33 @@ class TakeoverService(Service):
         if not self.running:
             return
         received, self.received = self.received, None
-        if received is not None:
-            # Now, while the old process's workers still accept from them.
-            received.closeUnused()
-            if received.serving():
+        if received is None:
+            self.listen()
+            self._ready()
+            return
+        # Now, while the old process's workers still accept from them.
+        received.closeUnused()
+
+        def answered(drains: bool) -> None:
+            if drains:
                 self.log.info("take-over: serving; pid {pid} stops accepting and drains its "
                               "sessions", pid=received.pid)
             else:
                 self.log.warn("take-over: serving; pid {pid} did not confirm that it drains: "
                               "it may still be accepting too", pid=received.pid)
+            if not self.running:
+                return
             try:
                 self.listen()
             except ListenError as e:
                 self.log.error("take-over: {error}: no later take-over is possible",
                                error=str(e))
-        else:
-            self.listen()
+            self._ready()
+
+        received.serving(self.reactor).addCallback(answered).addErrback(
+            lambda f: self.log.failure("take-over: serving", f))
+
+    def _ready(self) -> None:
         # Under systemd (Type=notify, NotifyAccess=all): this process is the
         # service's main process now, and ready.
         notifySystemd(f"MAINPID={self.pid}\nREADY=1", self.environ)
