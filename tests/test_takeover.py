@@ -21,8 +21,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsockproxy import instancelock
 from txsockproxy.adopting import InheritedSocket
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
+from txsockproxy.instancelock import InstanceLocks
 from txsockproxy.reuseport import InheritedReusePortReactor
 from txsockproxy.service import ListenKey, ProxyService, listenKeys
 from txsockproxy.takeover import (
@@ -81,7 +83,11 @@ class DescriptionTests(SynchronousTestCase):
         line = describe(1234, listeners)
         self.assertTrue(line.endswith(b"\n"))
         self.assertEqual(line.count(b"\n"), 1)
-        self.assertEqual(parseDescription(line.rstrip(b"\n")), (1234, listeners))
+        self.assertEqual(parseDescription(line.rstrip(b"\n")), (1234, listeners, []))
+        self.assertNotIn(b"locks", line)
+        line = describe(1234, listeners, ["tcp/0.0.0.0/8080"])
+        self.assertEqual(parseDescription(line.rstrip(b"\n")),
+                         (1234, listeners, ["tcp/0.0.0.0/8080"]))
 
     def test_refusal(self) -> None:
         """
@@ -391,6 +397,62 @@ class ReceiveChecksTests(SynchronousTestCase):
         self.assertEqual(len(received.sockets), 3)
 
 
+class ReceiveLocksTests(SynchronousTestCase):
+    """
+    L{receive} and L{Received} with the old process's instance locks.
+    """
+
+    def lock(self, port: int) -> instancelock.InstanceLock:
+        lock = instancelock.acquire(instancelock.tcpLockName("127.0.0.1", port))
+        assert lock is not None
+        self.addCleanup(lock.release)
+        return lock
+
+    def test_locks(self) -> None:
+        """
+        The locks passed after the listening sockets are received by name;
+        L{Received.keep} keeps the lock of a listener kept and lets the
+        others go; L{Received.adoptLocks} makes this process hold them.
+        """
+        old = OldEnd(self)
+        ports = [s.getsockname()[1] for s in old.listening]
+        keys = [(False, f"tcp:{port}:interface=127.0.0.1", 0) for port in ports]
+        locks = [self.lock(port) for port in ports]
+        old.send(describe(77, [(key, socket.AF_INET, 0) for key in keys],
+                          [lock.name for lock in locks]),
+                 [s.fileno() for s in old.listening] + [lock.fileno for lock in locks])
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(sorted(received.locks), sorted(lock.name for lock in locks))
+        received.keep([keys[0]])
+        self.assertEqual(list(received.locks), [locks[0].name])
+        registry = InstanceLocks()
+        received.adoptLocks(registry)
+        self.assertEqual([lock.name for lock in registry.held()], [locks[0].name])
+        self.assertEqual(received.locks, {})
+        # The old process's copy gone, the lock stays held here.
+        locks[0].release()
+        locks[1].release()
+        self.assertRaises(instancelock.LockHeld, instancelock.acquire, locks[0].name)
+        self.assertIsNotNone(self.lock(ports[1]))
+        registry.release(locks[0].name)
+
+    def test_notALock(self) -> None:
+        """
+        A descriptor passed for a lock that is not that lock's socket is a
+        L{TakeoverError}; nothing received is kept open.
+        """
+        old = OldEnd(self)
+        other = self.lock(1)
+        before = set(os.listdir("/proc/self/fd"))
+        old.send(describe(77, [], [instancelock.tcpLockName("127.0.0.1", 2)]), [other.fileno])
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect)
+        self.assertIn("a socket that is not it", str(caught.exception))
+        self.assertTrue(set(os.listdir("/proc/self/fd")) <= before)
+
+
 class ReceivedTests(SynchronousTestCase):
     """
     L{Received}: keeping the sockets a configuration has, and telling the
@@ -638,7 +700,8 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.assertEqual(transport.descriptors, [s.fileno() for s in self.sockets])
         line = transport.value()
         self.assertEqual(parseDescription(line.rstrip(b"\n")),
-                         (99, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]))
+                         (99, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)],
+                          []))
         self.assertFalse(os.path.exists(self.twistd["pidfile"] or "x"))
         self.assertEqual(self.twistd["pidfile"], "")
         self.assertEqual(self.stops, 0)
@@ -655,7 +718,7 @@ class TakeoverServiceTests(SynchronousTestCase):
         _, transport = self.connect()
         self.assertEqual(transport.descriptors, [self.sockets[0].fileno(), extra.fileno(),
                                                       self.sockets[1].fileno()])
-        _, listeners = parseDescription(transport.value().rstrip(b"\n"))
+        _, listeners, _ = parseDescription(transport.value().rstrip(b"\n"))
         self.assertEqual(listeners, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1),
                                      (KEY_STATUS, socket.AF_INET, 0)])
 
@@ -815,20 +878,61 @@ class TakeoverServiceTests(SynchronousTestCase):
 
     def test_busySocket(self) -> None:
         """
-        A socket file another process listens on is a L{ListenError}.
+        A path another live process listens on (holding its lock) is a
+        L{ListenError}, found without connecting to it: a connection would
+        start a take-over there.
         """
         from txsockproxy.service import ListenError
 
         busy = shortPath(self)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.addCleanup(s.close)
-        s.bind(busy)
-        s.listen(1)
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(live.close)
+        live.bind(busy)
+        live.listen(1)
+        live.setblocking(False)
+        # Its lock, as its listen() takes it.
+        lock = instancelock.acquire(instancelock.pathLockName("takeover", busy))
+        assert lock is not None
+        self.addCleanup(lock.release)
         service = TakeoverService(busy, self.reactor, list, self.stop)
         with self.assertRaises(ListenError) as caught:
             service.listen()
         self.assertIn("another process listens on it", str(caught.exception))
+        self.assertRaises(BlockingIOError, live.accept)
+        self.assertTrue(os.path.exists(busy))
 
+    def test_pathLock(self) -> None:
+        """
+        A process listening on its path holds the path's lock, so a second
+        one cannot; it lets it go when it stops listening (handing over),
+        and takes it again when it listens again.
+        """
+        from txsockproxy.service import ListenError
+
+        other = TakeoverService(self.path, MemoryReactorClock(), list, self.stop)
+        self.assertRaises(ListenError, other.listen)
+        protocol, _ = self.connect()
+        other.listen()
+        other._stopListening()
+        protocol.connectionLost(None)
+        self.assertEqual(len(self.reactor.unixServers), 2)
+        self.assertRaises(ListenError, other.listen)
+
+    def test_handsOverLocks(self) -> None:
+        """
+        The instance locks this process holds are handed over after the
+        listening sockets, named in the description.
+        """
+        locks = InstanceLocks()
+        name = instancelock.tcpLockName("127.0.0.1", self.sockets[0].getsockname()[1])
+        locks.acquire(name, "127.0.0.1")
+        self.addCleanup(locks.release, name)
+        self.service.locks = locks
+        _, transport = self.connect()
+        [lock] = locks.held()
+        self.assertEqual(transport.descriptors,
+                         [s.fileno() for s in self.sockets] + [lock.fileno])
+        self.assertEqual(parseDescription(transport.value().rstrip(b"\n")).locks, [name])
 
     def test_cannotListen(self) -> None:
         """

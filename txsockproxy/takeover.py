@@ -43,7 +43,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -55,7 +55,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from txsockproxy import instancelock
 from txsockproxy.adopting import InheritedSocket, familyOf
+from txsockproxy.instancelock import LOCKS, InstanceLock, InstanceLocks, LockHeld
 from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
 
@@ -86,24 +88,40 @@ class TakeoverError(Exception):
 Handed = tuple[ListenKey, int, int]
 
 
-def describe(pid: int, listeners: Sequence[Handed]) -> bytes:
+class Description(NamedTuple):
     """
-    The line the old process sends with its sockets: its pid, and the key,
-    address family and part of each listening socket, in the order of the
-    descriptors.
+    What the old process sends: its pid, its listening sockets, and the
+    names of its instance locks (L{txsockproxy.instancelock}), whose
+    sockets follow the listening ones.
     """
-    document = {
+
+    pid: int
+    listeners: list[Handed]
+    locks: list[str]
+
+
+def describe(pid: int, listeners: Sequence[Handed], locks: Sequence[str] = ()) -> bytes:
+    """
+    The line the old process sends with its sockets: its pid, the key,
+    address family and part of each listening socket, and the name of each
+    instance lock, in the order of the descriptors (the listening sockets,
+    then the locks).
+    """
+    document: dict[str, Any] = {
         "protocol": PROTOCOL,
         "pid": pid,
         "listeners": [{"key": list(key), "family": family, "part": part}
                       for key, family, part in listeners],
     }
+    if locks:
+        # Absent without locks: a version without them reads the line.
+        document["locks"] = list(locks)
     return json.dumps(document, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def parseDescription(line: bytes) -> tuple[int, list[Handed]]:
+def parseDescription(line: bytes) -> Description:
     """
-    The pid and listeners that L{describe} made C{line} of.
+    The pid, listeners and locks that L{describe} made C{line} of.
 
     @raise TakeoverError: the old process refused (its reason), or the line
         is not a description this version reads.
@@ -132,10 +150,13 @@ def parseDescription(line: bytes) -> tuple[int, list[Handed]]:
                     and isinstance(part, int)):
                 raise TypeError(entry)
             listeners.append(((isStatus, desc, n), entry["family"], part))
+        locks = document.get("locks", [])
+        if not (isinstance(locks, list) and all(isinstance(name, str) for name in locks)):
+            raise TypeError(locks)
     except (KeyError, TypeError, ValueError):
         raise TakeoverError("the running process sent a description this version "
                             "cannot read") from None
-    return pid, listeners
+    return Description(pid, listeners, locks)
 
 
 # -- the new process's side -----------------------------------------------------
@@ -150,15 +171,19 @@ class Received:
     @ivar sockets: the listening sockets, by listener key.
     @ivar extra: the other SO_REUSEPORT sockets of a listener whose old
         workers had one each, by listener key.
+    @ivar locks: the old process's instance locks, by name, until adopted
+        (L{adoptLocks}).
     """
 
     def __init__(self, connection: socket.socket, pid: int,
                  sockets: dict[ListenKey, InheritedSocket],
-                 extra: Optional[dict[ListenKey, list[InheritedSocket]]] = None) -> None:
+                 extra: Optional[dict[ListenKey, list[InheritedSocket]]] = None,
+                 locks: Optional[dict[str, InstanceLock]] = None) -> None:
         self._connection: Optional[socket.socket] = connection
         self.pid = pid
         self.sockets = sockets
         self.extra = extra or {}
+        self.locks = locks or {}
 
     def keep(self, keys: Iterable[ListenKey]) -> list[str]:
         """
@@ -175,7 +200,20 @@ class Received:
                 for inherited in self.extra.pop(key, []):
                     inherited.close()
                 closed.append(key[1])
+        kept = {_lockName(key[1]) for key in self.sockets}
+        for name in list(self.locks):
+            if name not in kept:
+                self.locks.pop(name).release()
         return closed
+
+    def adoptLocks(self, locks: InstanceLocks = LOCKS) -> None:
+        """
+        Hold the instance locks received (those L{keep} kept), in
+        C{locks}: this process's listeners find them held.
+        """
+        received, self.locks = self.locks, {}
+        for lock in received.values():
+            locks.adopt(lock)
 
     def serving(self, reactor: Any, timeout: float = TIMEOUT) -> defer.Deferred[bool]:
         """
@@ -225,6 +263,22 @@ class Received:
         for extra in self.extra.values():
             for inherited in extra:
                 inherited.close()
+        locks, self.locks = self.locks, {}
+        for lock in locks.values():
+            lock.release()
+
+
+def _lockName(listen: str) -> Optional[str]:
+    """
+    The name of the instance lock of the listen string C{listen}'s TCP
+    address, if it names one (a port other than 0).
+    """
+    address = _boundAddress(listen)
+    if not isinstance(address, tuple) or not address[1]:
+        return None
+    interface, port = address
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    return instancelock.tcpLockName(interface, port, family)
 
 
 class _Serving(LineReceiver):
@@ -348,15 +402,20 @@ def receive(
             data += chunk
             if len(data) > MAX_LINE:
                 raise TakeoverError(f"the process on {path} sent too long a description")
-        pid, listeners = parseDescription(data.split(b"\n", 1)[0])
-        if len(fds) != len(listeners):
-            raise TakeoverError(f"the process on {path} described {len(listeners)} "
-                                f"socket(s) but passed {len(fds)}")
-        for (key, family, _), fd in zip(listeners, fds, strict=True):
+        pid, listeners, lockNames = parseDescription(data.split(b"\n", 1)[0])
+        if len(fds) != len(listeners) + len(lockNames):
+            raise TakeoverError(f"the process on {path} described "
+                                f"{len(listeners) + len(lockNames)} socket(s) but passed "
+                                f"{len(fds)}")
+        for (key, family, _), fd in zip(listeners, fds, strict=False):
             wrong = checkListening(fd, family, key[1])
             if wrong is not None:
                 raise TakeoverError(f"the process on {path} passed for {key[1]} a socket "
                                     f"that {wrong}")
+        for name, fd in zip(lockNames, fds[len(listeners):], strict=True):
+            if not instancelock.isLock(fd, name):
+                raise TakeoverError(f"the process on {path} passed for the instance lock "
+                                    f"{name} a socket that is not it")
     except (TakeoverError, OSError) as e:
         for fd in fds:
             os.close(fd)
@@ -366,12 +425,17 @@ def receive(
         raise
     sockets: dict[ListenKey, InheritedSocket] = {}
     extra: dict[ListenKey, list[InheritedSocket]] = {}
-    for (key, family, part), fd in zip(listeners, fds, strict=True):
+    for (key, family, part), fd in zip(listeners, fds, strict=False):
         if part == 0 and key not in sockets:
             sockets[key] = InheritedSocket(fd, family)
         else:
             extra.setdefault(key, []).append(InheritedSocket(fd, family))
-    return Received(connection, pid, sockets, extra)
+    locks: dict[str, InstanceLock] = {}
+    for name, fd in zip(lockNames, fds[len(listeners):], strict=True):
+        lock = instancelock.adopt(name, fd)
+        if lock is not None:
+            locks[name] = lock
+    return Received(connection, pid, sockets, extra, locks)
 
 
 def checkListening(fd: int, family: int, listen: str) -> Optional[str]:
@@ -660,6 +724,7 @@ class TakeoverService(Service):
         environ: Optional[Mapping[str, str]] = None,
         extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
         handoverTimeout: float = HANDOVER_TIMEOUT,
+        locks: InstanceLocks = LOCKS,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -674,6 +739,11 @@ class TakeoverService(Service):
         self.environ = os.environ if environ is None else environ
         self.extraSockets = extraSockets
         self.handoverTimeout = handoverTimeout
+        self.locks = locks
+        # Held while listening on path: the proof that a live process
+        # listens there (see _removeStale).
+        self._pathLock: Optional[InstanceLock] = None
+        self._warnedNoLock = False
         self.attempts = RateLimitedLog(reactor, self.log, "take-over attempt lines")
         self.port: Any = None
         self.handover: Optional[_Handover] = None
@@ -699,9 +769,13 @@ class TakeoverService(Service):
         if self.port is not None:
             return
         try:
-            self._removeStale()
-            self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(
-                lambda: _Handover(self)), mode=0o600)
+            try:
+                self._removeStale()
+                self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(
+                    lambda: _Handover(self)), mode=0o600)
+            except BaseException:
+                self._releasePathLock()
+                raise
         except (OSError, ListenError, CannotListenError) as e:
             if isinstance(e, CannotListenError) and isinstance(e.socketError, OSError):
                 e = e.socketError
@@ -713,12 +787,34 @@ class TakeoverService(Service):
             self.log.info("take-over: listening on {path}", path=self.path)
 
     def _removeStale(self) -> None:
+        """
+        Take the lock of L{path} (an abstract socket named after it, held
+        while listening there), then remove a socket file left there: no
+        live process of ours holds the lock, so none listens on it. Without
+        locks (not Linux), a file that refuses a connection is stale; but
+        connecting to a live process starts a take-over there.
+
+        @raise ListenError: another process listens on it, or the file is
+            not a socket.
+        """
+        try:
+            self._pathLock = instancelock.acquire(
+                instancelock.pathLockName("takeover", self.path))
+        except LockHeld:
+            raise ListenError("another process listens on it") from None
         try:
             mode = os.lstat(self.path).st_mode
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(mode):
             raise ListenError(f"{self.path} exists and is not a socket")
+        if self._pathLock is not None:
+            os.remove(self.path)
+            return
+        if not self._warnedNoLock:
+            self._warnedNoLock = True
+            self.log.warn("take-over: no lock on {path} (abstract unix sockets are Linux's): "
+                          "probing it by connecting", path=self.path)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -733,7 +829,13 @@ class TakeoverService(Service):
             probe.close()
         raise ListenError("another process listens on it")
 
+    def _releasePathLock(self) -> None:
+        lock, self._pathLock = self._pathLock, None
+        if lock is not None:
+            lock.release()
+
     def _stopListening(self) -> defer.Deferred[Any]:
+        self._releasePathLock()
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
@@ -839,11 +941,15 @@ class TakeoverService(Service):
             for part, extra in enumerate(self.extraSockets(listener), 1):
                 handed.append((key, family, part))
                 descriptors.append(extra)
+        # The instance locks go with the sockets: the new process holds
+        # them before this one stops, so no third one binds meanwhile.
+        locks = [lock for lock in self.locks.held() if lock.fileno >= 0]
+        descriptors.extend(lock.fileno for lock in locks)
         self.handover = handover
         handover.peer = pid
         handover.deadline = self.reactor.callLater(self.handoverTimeout, self._timedOut,
                                                    handover)
-        line = describe(self.pid, handed)
+        line = describe(self.pid, handed, [lock.name for lock in locks])
         self.attempts.emit(LogLevel.info, "take-over: pid {pid} is taking over: handing over "
                            "{count} listening socket(s)", pid=pid, count=len(handed))
 

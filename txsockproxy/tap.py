@@ -299,6 +299,9 @@ def _kept(received: Any, config: Config) -> Any:
 
     for desc in received.keep(listenKeys(config)):
         _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
+    # Held before anything binds: the listeners taken over find their
+    # addresses' locks theirs.
+    received.adoptLocks()
     return received.sockets
 
 
