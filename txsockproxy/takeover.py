@@ -6,14 +6,18 @@ while the old one drains its sessions as on SIGTERM.
 The running process listens on the unix socket of the C{takeover-socket}
 key (mode 0600; a peer whose uid is neither this process's nor root's is
 refused, checked with C{SO_PEERCRED}). A process started with
-C{--take-over} connects to it, before it binds anything, and the exchange
-is line-based::
+C{--take-over} connects to it, before it binds anything (and trusts it
+only if its uid is its own, root's or the one it will drop to, and only
+the listening sockets it describes), and the exchange is line-based::
 
     old -> new   one JSON line: {"protocol": "txsockproxy-takeover/1",
                  "pid": OLD_PID, "listeners": [{"key": [IS_STATUS, LISTEN, N],
-                 "family": AF}, ...]}, the listening sockets' descriptors
-                 riding on its first bytes (SCM_RIGHTS), one per listener,
-                 in order; or {"error": "..."}, and the connection closes
+                 "family": AF, "part": P}, ...], "locks": [NAME, ...]}, the
+                 listening sockets' descriptors riding on its first bytes
+                 (SCM_RIGHTS), one per listener, in order, then one per
+                 instance lock (L{txsockproxy.instancelock}; "locks" is
+                 absent when there are none); or {"error": "..."}, and the
+                 connection closes
     new -> old   "serving PID\\n", once the new process serves (its listeners
                  adopted the sockets its configuration still has, bound its
                  new ones, and started)
