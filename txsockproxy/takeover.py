@@ -237,7 +237,8 @@ class Received:
             connection.setblocking(False)
             reactor.adoptStreamConnection(connection.fileno(), socket.AF_UNIX,
                                           Factory.forProtocol(lambda: exchange))
-        except OSError:
+        except (OSError, AttributeError, NotImplementedError):
+            # Not an IReactorSocket: the old process is not told (it warns).
             return defer.succeed(False)
         finally:
             # The reactor has its own copy.
