@@ -2181,3 +2181,16 @@ class TakeoverSocketConfigTests(ConfigTestCase):
                                ("3", "string")):
             self.assertOneProblem(f"takeover-socket = {value}\n" + minimal(), 1,
                                   "takeover-socket", message)
+
+    def test_tooLong(self) -> None:
+        """
+        A path longer than a unix socket address holds (107 bytes) is one
+        problem naming the line and the key, not a traceback when the
+        process listens on it; 107 bytes is accepted.
+        """
+        longest = "/" + "x" * 106
+        self.assertEqual(parse(f'takeover-socket = "{longest}"\n' + minimal()).takeoverSocket,
+                         longest)
+        self.assertOneProblem(f'takeover-socket = "{longest}x"\n' + minimal(), 1,
+                              "takeover-socket", "108 bytes long: a unix socket path has at "
+                              "most 107")

@@ -18,13 +18,17 @@ from typing import Any, Optional, cast
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsockproxy import instancelock
 from txsockproxy.adopting import InheritedSocket
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
+from txsockproxy.instancelock import InstanceLocks
 from txsockproxy.reuseport import InheritedReusePortReactor
 from txsockproxy.service import ListenKey, ProxyService, listenKeys
 from txsockproxy.takeover import (
+    HANDOVER_TIMEOUT,
     PROTOCOL,
     Received,
     TakenOverProxyService,
@@ -42,6 +46,9 @@ from txsockproxy.workerprotocol import Serve
 KEY_A: ListenKey = (False, "tcp:8080", 0)
 KEY_B: ListenKey = (False, "unix:/run/p.sock", 0)
 KEY_STATUS: ListenKey = (True, "tcp:9180:interface=127.0.0.1", 0)
+# Keys whose listen string matches the test's sockets (an ephemeral port).
+KEY_L0: ListenKey = (False, "tcp:0:interface=127.0.0.1", 0)
+KEY_L1: ListenKey = (True, "tcp:0:interface=127.0.0.1", 0)
 
 
 def shortPath(case: SynchronousTestCase) -> str:
@@ -77,7 +84,11 @@ class DescriptionTests(SynchronousTestCase):
         line = describe(1234, listeners)
         self.assertTrue(line.endswith(b"\n"))
         self.assertEqual(line.count(b"\n"), 1)
-        self.assertEqual(parseDescription(line.rstrip(b"\n")), (1234, listeners))
+        self.assertEqual(parseDescription(line.rstrip(b"\n")), (1234, listeners, []))
+        self.assertNotIn(b"locks", line)
+        line = describe(1234, listeners, ["tcp/0.0.0.0/8080"])
+        self.assertEqual(parseDescription(line.rstrip(b"\n")),
+                         (1234, listeners, ["tcp/0.0.0.0/8080"]))
 
     def test_refusal(self) -> None:
         """
@@ -148,14 +159,14 @@ class ReceiveTests(SynchronousTestCase):
         """
         old = OldEnd(self)
         fds = [s.fileno() for s in old.listening]
-        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]),
+        old.send(describe(77, [(KEY_L0, socket.AF_INET, 0), (KEY_L1, socket.AF_INET, 0)]),
                  fds)
         received = receive("/nowhere", timeout=5, connect=old.connect)
         assert received is not None
         self.addCleanup(received.abandon)
         self.assertEqual(received.pid, 77)
-        self.assertEqual(list(received.sockets), [KEY_A, KEY_STATUS])
-        for key, s in zip((KEY_A, KEY_STATUS), old.listening, strict=True):
+        self.assertEqual(list(received.sockets), [KEY_L0, KEY_L1])
+        for key, s in zip((KEY_L0, KEY_L1), old.listening, strict=True):
             inherited = received.sockets[key]
             self.assertEqual(inherited.family, socket.AF_INET)
             self.assertNotIn(inherited.fileno, fds)
@@ -170,12 +181,12 @@ class ReceiveTests(SynchronousTestCase):
         """
         old = OldEnd(self)
         fds = [s.fileno() for s in old.listening]
-        old.send(describe(77, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1)]), fds)
+        old.send(describe(77, [(KEY_L0, socket.AF_INET, 0), (KEY_L0, socket.AF_INET, 1)]), fds)
         received = receive("/nowhere", timeout=5, connect=old.connect)
         assert received is not None
         self.addCleanup(received.abandon)
-        self.assertEqual(list(received.sockets), [KEY_A])
-        [extra] = received.extra[KEY_A]
+        self.assertEqual(list(received.sockets), [KEY_L0])
+        [extra] = received.extra[KEY_L0]
         copy = socket.socket(fileno=os.dup(extra.fileno))
         self.addCleanup(copy.close)
         self.assertEqual(copy.getsockname(), old.listening[1].getsockname())
@@ -224,7 +235,7 @@ class ReceiveTests(SynchronousTestCase):
         the descriptors received are closed.
         """
         old = OldEnd(self)
-        old.send(describe(1, [(KEY_A, socket.AF_INET, 0), (KEY_B, socket.AF_UNIX, 0)]),
+        old.send(describe(1, [(KEY_L0, socket.AF_INET, 0), (KEY_B, socket.AF_UNIX, 0)]),
                  [old.listening[0].fileno()])
         before = set(os.listdir("/proc/self/fd"))
         with self.assertRaises(TakeoverError) as caught:
@@ -257,6 +268,192 @@ class ReceiveTests(SynchronousTestCase):
                       str(caught.exception))
 
 
+
+class ReceiveChecksTests(SynchronousTestCase):
+    """
+    L{receive} checks who it takes over from, and what it is passed.
+    """
+
+    def refused(self, old: OldEnd, **kwargs: Any) -> str:
+        """
+        L{receive} from C{old} fails: its message, once every descriptor
+        received is closed again.
+        """
+        before = set(os.listdir("/proc/self/fd"))
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect, **kwargs)
+        self.assertTrue(set(os.listdir("/proc/self/fd")) <= before)
+        self.assertEqual(old.theirs.fileno(), -1)
+        self.assertNotIn("\n", str(caught.exception))
+        return str(caught.exception)
+
+    def sendOne(self, old: OldEnd, listen: str, family: int, fd: int) -> None:
+        old.send(describe(77, [((False, listen, 0), family, 0)]), [fd])
+
+    def test_otherUser(self) -> None:
+        """
+        A process on the path that runs as another uid (not this process's,
+        not root's, not one to drop to) is refused, without reading what
+        it sent.
+        """
+        old = OldEnd(self)
+        self.sendOne(old, "tcp:0", socket.AF_INET, old.listening[0].fileno())
+        message = self.refused(old, credentials=lambda c: (66, os.getuid() + 1, 0))
+        self.assertIn(f"(pid 66) runs as uid {os.getuid() + 1}, not as one of", message)
+
+    def test_rootOrDroppedUid(self) -> None:
+        """
+        A process running as root, or as the uid this one will drop to
+        (twistd's C{-u}), may be taken over from; so may one of this
+        process's own uid (over a real socket pair).
+        """
+        other = os.getuid() + 1
+        for uid, peerUids in ((0, ()), (other, (other,)), (None, ())):
+            old = OldEnd(self)
+            self.sendOne(old, "tcp:0:interface=127.0.0.1", socket.AF_INET,
+                         old.listening[0].fileno())
+            credentials: Any = {} if uid is None else {
+                "credentials": lambda c, uid=uid: (66, uid, 0)}
+            received = receive("/nowhere", timeout=5, connect=old.connect,
+                               peerUids=peerUids, **credentials)
+            assert received is not None
+            self.addCleanup(received.abandon)
+            self.assertEqual(len(received.sockets), 1)
+
+    def test_notListening(self) -> None:
+        """
+        A socket that does not listen is refused.
+        """
+        old = OldEnd(self)
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.bind(("127.0.0.1", 0))
+        self.sendOne(old, "tcp:0", socket.AF_INET, s.fileno())
+        self.assertIn("passed for tcp:0 a socket that is not listening", self.refused(old))
+
+    def test_notStream(self) -> None:
+        """
+        A datagram socket is refused.
+        """
+        old = OldEnd(self)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(s.close)
+        self.sendOne(old, "tcp:0", socket.AF_INET, s.fileno())
+        self.assertIn("is not a stream socket", self.refused(old))
+
+    def test_otherFamily(self) -> None:
+        """
+        A socket of another family than described is refused.
+        """
+        old = OldEnd(self)
+        self.sendOne(old, "tcp6:0", socket.AF_INET6, old.listening[0].fileno())
+        self.assertIn(f"is of address family {int(socket.AF_INET)}, not "
+                      f"{int(socket.AF_INET6)}", self.refused(old))
+
+    def test_otherAddress(self) -> None:
+        """
+        A TCP socket bound to another port, or another interface, than its
+        listen string names is refused; so is a unix socket bound to
+        another path.
+        """
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        wrongPort = port + 1 if port < 65535 else port - 1
+        self.sendOne(old, f"tcp:{wrongPort}", socket.AF_INET, old.listening[0].fileno())
+        self.assertIn(f"is bound to port {port}, not {wrongPort}", self.refused(old))
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        self.sendOne(old, f"tcp:{port}:interface=127.0.0.2", socket.AF_INET,
+                     old.listening[0].fileno())
+        self.assertIn("is bound to 127.0.0.1, not 127.0.0.2", self.refused(old))
+        old = OldEnd(self)
+        path = shortPath(self)
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(u.close)
+        u.bind(path)
+        u.listen(1)
+        self.sendOne(old, "unix:/run/elsewhere.sock", socket.AF_UNIX, u.fileno())
+        self.assertIn(f"is bound to {path!r}, not '/run/elsewhere.sock'", self.refused(old))
+
+    def test_matchingAddress(self) -> None:
+        """
+        Sockets bound where their listen strings say (a TCP port and
+        interface, behind C{haproxy:} too; a unix path) are received.
+        """
+        old = OldEnd(self)
+        port = old.listening[0].getsockname()[1]
+        path = shortPath(self)
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(u.close)
+        u.bind(path)
+        u.listen(1)
+        old.send(describe(77, [((False, f"tcp:{port}:interface=127.0.0.1", 0), socket.AF_INET,
+                                0),
+                               ((False, f"haproxy:tcp:port={port}", 0), socket.AF_INET, 0),
+                               ((False, f"unix:{path}", 0), socket.AF_UNIX, 0)]),
+                 [old.listening[0].fileno(), old.listening[0].fileno(), u.fileno()])
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(len(received.sockets), 3)
+
+
+class ReceiveLocksTests(SynchronousTestCase):
+    """
+    L{receive} and L{Received} with the old process's instance locks.
+    """
+
+    def lock(self, port: int) -> instancelock.InstanceLock:
+        lock = instancelock.acquire(instancelock.tcpLockName("127.0.0.1", port))
+        assert lock is not None
+        self.addCleanup(lock.release)
+        return lock
+
+    def test_locks(self) -> None:
+        """
+        The locks passed after the listening sockets are received by name;
+        L{Received.keep} keeps the lock of a listener kept and lets the
+        others go; L{Received.adoptLocks} makes this process hold them.
+        """
+        old = OldEnd(self)
+        ports = [s.getsockname()[1] for s in old.listening]
+        keys = [(False, f"tcp:{port}:interface=127.0.0.1", 0) for port in ports]
+        locks = [self.lock(port) for port in ports]
+        old.send(describe(77, [(key, socket.AF_INET, 0) for key in keys],
+                          [lock.name for lock in locks]),
+                 [s.fileno() for s in old.listening] + [lock.fileno for lock in locks])
+        received = receive("/nowhere", timeout=5, connect=old.connect)
+        assert received is not None
+        self.addCleanup(received.abandon)
+        self.assertEqual(sorted(received.locks), sorted(lock.name for lock in locks))
+        received.keep([keys[0]])
+        self.assertEqual(list(received.locks), [locks[0].name])
+        registry = InstanceLocks()
+        received.adoptLocks(registry)
+        self.assertEqual([lock.name for lock in registry.held()], [locks[0].name])
+        self.assertEqual(received.locks, {})
+        # The old process's copy gone, the lock stays held here.
+        locks[0].release()
+        locks[1].release()
+        self.assertRaises(instancelock.LockHeld, instancelock.acquire, locks[0].name)
+        self.assertIsNotNone(self.lock(ports[1]))
+        registry.release(locks[0].name)
+
+    def test_notALock(self) -> None:
+        """
+        A descriptor passed for a lock that is not that lock's socket is a
+        L{TakeoverError}; nothing received is kept open.
+        """
+        old = OldEnd(self)
+        other = self.lock(1)
+        before = set(os.listdir("/proc/self/fd"))
+        old.send(describe(77, [], [instancelock.tcpLockName("127.0.0.1", 2)]), [other.fileno])
+        with self.assertRaises(TakeoverError) as caught:
+            receive("/nowhere", timeout=5, connect=old.connect)
+        self.assertIn("a socket that is not it", str(caught.exception))
+        self.assertTrue(set(os.listdir("/proc/self/fd")) <= before)
+
+
 class ReceivedTests(SynchronousTestCase):
     """
     L{Received}: keeping the sockets a configuration has, and telling the
@@ -285,26 +482,62 @@ class ReceivedTests(SynchronousTestCase):
         self.assertEqual(list(received.sockets), [KEY_A])
         self.assertFalse(isOpen(fdB))
 
+    def adopted(self, reactor: MemoryReactorClock) -> tuple[Any, StringTransport]:
+        """
+        The protocol of the connection that C{reactor} was asked to adopt,
+        connected to a transport of the test's.
+        """
+        [(fd, family, factory)] = reactor.adoptedStreamConnections
+        self.assertEqual(family, socket.AF_UNIX)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
     def test_serving(self) -> None:
         """
-        L{Received.serving} sends C{serving} and is true when the old
-        process answers C{draining}.
+        L{Received.serving} hands the connection to the reactor (without
+        waiting on it), sends C{serving PID} there, and its Deferred fires
+        true when the old process answers C{draining}.
         """
-        received, old = self.received()
-        old.sendall(b"draining\n")
-        self.assertTrue(received.serving(timeout=5))
-        self.assertEqual(old.recv(100), f"serving {os.getpid()}\n".encode())
-        self.assertEqual(old.recv(100), b"")
+        received, _ = self.received()
+        reactor = MemoryReactorClock()
+        serving = received.serving(reactor, timeout=5)
+        self.assertNoResult(serving)
+        protocol, transport = self.adopted(reactor)
+        self.assertEqual(transport.value(), f"serving {os.getpid()}\n".encode())
+        protocol.dataReceived(b"draining\n")
+        self.assertTrue(self.successResultOf(serving))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_servingNoAnswer(self) -> None:
         """
-        L{Received.serving} is false when the old process closes without
-        answering, and when it was abandoned.
+        L{Received.serving}'s Deferred fires false when the old process
+        closes without answering, when it answers something else, when it
+        does not answer within the timeout (the connection is then
+        aborted), and when it was abandoned.
         """
-        received, old = self.received()
-        old.close()
-        self.assertFalse(received.serving(timeout=5))
-        self.assertFalse(received.serving(timeout=5))
+        for answer in (None, b"nope\n"):
+            received, _ = self.received()
+            reactor = MemoryReactorClock()
+            serving = received.serving(reactor, timeout=5)
+            protocol, _ = self.adopted(reactor)
+            if answer is None:
+                protocol.connectionLost(None)
+            else:
+                protocol.dataReceived(answer)
+            self.assertFalse(self.successResultOf(serving))
+        received, _ = self.received()
+        reactor = MemoryReactorClock()
+        serving = received.serving(reactor, timeout=5)
+        protocol, transport = self.adopted(reactor)
+        reactor.advance(4.9)
+        self.assertNoResult(serving)
+        reactor.advance(0.1)
+        self.assertFalse(self.successResultOf(serving))
+        self.assertTrue(transport.disconnected)
+        self.assertFalse(self.successResultOf(received.serving(reactor, timeout=5)))
 
     def test_closeUnused(self) -> None:
         """
@@ -322,8 +555,9 @@ class ReceivedTests(SynchronousTestCase):
         self.assertTrue(isOpen(fd))
         self.assertFalse(isOpen(unused))
         self.assertEqual(extra.fileno, -1)
-        old.sendall(b"draining\n")
-        self.assertTrue(received.serving(timeout=5))
+        reactor = MemoryReactorClock()
+        received.serving(reactor)
+        self.assertEqual(len(reactor.adoptedStreamConnections), 1)
 
     def test_abandon(self) -> None:
         """
@@ -467,7 +701,8 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.assertEqual(transport.descriptors, [s.fileno() for s in self.sockets])
         line = transport.value()
         self.assertEqual(parseDescription(line.rstrip(b"\n")),
-                         (99, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)]))
+                         (99, [(KEY_A, socket.AF_INET, 0), (KEY_STATUS, socket.AF_INET, 0)],
+                          []))
         self.assertFalse(os.path.exists(self.twistd["pidfile"] or "x"))
         self.assertEqual(self.twistd["pidfile"], "")
         self.assertEqual(self.stops, 0)
@@ -484,7 +719,7 @@ class TakeoverServiceTests(SynchronousTestCase):
         _, transport = self.connect()
         self.assertEqual(transport.descriptors, [self.sockets[0].fileno(), extra.fileno(),
                                                       self.sockets[1].fileno()])
-        _, listeners = parseDescription(transport.value().rstrip(b"\n"))
+        _, listeners, _ = parseDescription(transport.value().rstrip(b"\n"))
         self.assertEqual(listeners, [(KEY_A, socket.AF_INET, 0), (KEY_A, socket.AF_INET, 1),
                                      (KEY_STATUS, socket.AF_INET, 0)])
 
@@ -564,6 +799,62 @@ class TakeoverServiceTests(SynchronousTestCase):
         _, transport = self.connect()
         self.assertEqual(len(transport.descriptors), 2)
 
+    def test_deadline(self) -> None:
+        """
+        A new process that has not said C{serving} within
+        C{handoverTimeout} seconds of being handed the sockets is given up
+        on, with one line: the connection is aborted, and this process
+        writes its pidfile again and listens for the next attempt.
+        """
+        events: list[dict[str, Any]] = []
+        self.service.log = Logger(observer=events.append)
+        self.service.attempts.log = self.service.log
+        protocol, transport = self.connect()
+        self.reactor.advance(HANDOVER_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertIn("did not serve within 60s: abandoning the take-over",
+                      [formatEvent(e) for e in events][-1])
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 0)
+        self.assertEqual(len(self.reactor.unixServers), 2)
+        with open(self.twistd["pidfile"]) as f:
+            self.assertEqual(f.read(), "99\n")
+
+    def test_noDeadlineOnceServing(self) -> None:
+        """
+        Once the new process serves, the deadline is cancelled: the
+        handover is not abandoned later.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"serving 4322\n")
+        self.assertEqual([call for call in self.reactor.getDelayedCalls()
+                          if call.getTime() >= HANDOVER_TIMEOUT], [])
+        self.reactor.advance(HANDOVER_TIMEOUT * 2)
+        self.assertFalse(transport.disconnected)
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 1)
+
+    def test_attemptsRateLimited(self) -> None:
+        """
+        A process that connects again and again (refused, or abandoning
+        each attempt) gets a bounded number of lines logged: at most the
+        rate limit's burst, then one line counting those left out.
+        """
+        events: list[dict[str, Any]] = []
+        self.service.log = Logger(observer=events.append)
+        self.service.attempts.log = self.service.log
+        for i in range(100):
+            self.peer = (4321, os.getuid() + (i % 2), 0)
+            protocol, _ = self.connect()
+            protocol.connectionLost(None)
+        self.assertLessEqual(len(events), self.service.attempts.burst)
+        self.reactor.advance(self.service.attempts.interval)
+        self.assertIn("not logged in the last", formatEvent(events[-1]))
+        self.assertLessEqual(len(events), self.service.attempts.burst + 1)
+
+
     def test_staleSocket(self) -> None:
         """
         A socket file left behind by a process that is gone is removed
@@ -588,19 +879,83 @@ class TakeoverServiceTests(SynchronousTestCase):
 
     def test_busySocket(self) -> None:
         """
-        A socket file another process listens on is a L{ListenError}.
+        A path another live process listens on (holding its lock) is a
+        L{ListenError}, found without connecting to it: a connection would
+        start a take-over there.
         """
         from txsockproxy.service import ListenError
 
         busy = shortPath(self)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.addCleanup(s.close)
-        s.bind(busy)
-        s.listen(1)
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(live.close)
+        live.bind(busy)
+        live.listen(1)
+        live.setblocking(False)
+        # Its lock, as its listen() takes it.
+        lock = instancelock.acquire(instancelock.pathLockName("takeover", busy))
+        assert lock is not None
+        self.addCleanup(lock.release)
         service = TakeoverService(busy, self.reactor, list, self.stop)
         with self.assertRaises(ListenError) as caught:
             service.listen()
         self.assertIn("another process listens on it", str(caught.exception))
+        self.assertRaises(BlockingIOError, live.accept)
+        self.assertTrue(os.path.exists(busy))
+
+    def test_pathLock(self) -> None:
+        """
+        A process listening on its path holds the path's lock, so a second
+        one cannot; it lets it go when it stops listening (handing over),
+        and takes it again when it listens again.
+        """
+        from txsockproxy.service import ListenError
+
+        other = TakeoverService(self.path, MemoryReactorClock(), list, self.stop)
+        self.assertRaises(ListenError, other.listen)
+        protocol, _ = self.connect()
+        other.listen()
+        other._stopListening()
+        protocol.connectionLost(None)
+        self.assertEqual(len(self.reactor.unixServers), 2)
+        self.assertRaises(ListenError, other.listen)
+
+    def test_handsOverLocks(self) -> None:
+        """
+        The instance locks this process holds are handed over after the
+        listening sockets, named in the description.
+        """
+        locks = InstanceLocks()
+        name = instancelock.tcpLockName("127.0.0.1", self.sockets[0].getsockname()[1])
+        locks.acquire(name, "127.0.0.1")
+        self.addCleanup(locks.release, name)
+        self.service.locks = locks
+        _, transport = self.connect()
+        [lock] = locks.held()
+        self.assertEqual(transport.descriptors,
+                         [s.fileno() for s in self.sockets] + [lock.fileno])
+        self.assertEqual(parseDescription(transport.value().rstrip(b"\n")).locks, [name])
+
+    def test_cannotListen(self) -> None:
+        """
+        A path the reactor cannot listen on (C{CannotListenError}, e.g. one
+        too long for a unix socket address) is a L{ListenError} of one
+        line, not a traceback.
+        """
+        from twisted.internet.error import CannotListenError
+
+        from txsockproxy.service import ListenError
+
+        class Refusing(MemoryReactorClock):
+            def listenUNIX(self, address: str, factory: Any, backlog: int = 50,
+                           mode: int = 0o666, wantPID: int = 0) -> Any:
+                raise CannotListenError(None, address, OSError(36, "File name too long"))
+
+        service = TakeoverService(shortPath(self), Refusing(), list, self.stop)
+        with self.assertRaises(ListenError) as caught:
+            service.listen()
+        self.assertIn("File name too long: cannot listen on takeover-socket",
+                      str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
 
 
 class TwistdPidfileTests(SynchronousTestCase):
@@ -706,8 +1061,9 @@ class OptionsTests(SynchronousTestCase):
         received = Received(socket.socket(), 5, {})
         self.addCleanup(received.abandon)
 
-        def receive(path: str) -> Any:
+        def receive(path: str, peerUids: list[int]) -> Any:
             asked.append(path)
+            self.assertEqual(peerUids, [])
             return received
 
         options = self.options(receive)
@@ -715,12 +1071,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(asked, ["/run/sockproxy/takeover.sock"])
         self.assertIs(options["received"], received)
 
+    def test_droppedUid(self) -> None:
+        """
+        Under twistd's C{-u UID}, the process on the takeover socket may
+        run as that uid (this root process drops to it).
+        """
+        asked = []
+
+        def receive(path: str, peerUids: list[int]) -> Any:
+            asked.append(peerUids)
+            return None
+
+        options = self.options(receive)
+        options.parent = {"uid": 4242}  # type: ignore[attr-defined]
+        options.parseOptions(["--config", self.configFile(), "--take-over"])
+        self.assertEqual(asked, [[4242]])
+
     def test_nothingThere(self) -> None:
         """
         When no process listens there, nothing is received, and start-up
         goes on (binding).
         """
-        options = self.options(lambda path: None)
+        options = self.options(lambda path, peerUids: None)
         options.parseOptions(["--config", self.configFile(), "--take-over"])
         self.assertIsNone(options["received"])
 
@@ -728,7 +1100,7 @@ class OptionsTests(SynchronousTestCase):
         """
         A take-over that fails is one line on stderr and exit status 1.
         """
-        def receive(path: str) -> Any:
+        def receive(path: str, peerUids: list[int]) -> Any:
             raise TakeoverError("the running process refused: no")
 
         options = self.options(receive)
@@ -744,7 +1116,7 @@ class OptionsTests(SynchronousTestCase):
         C{--take-over} with a configuration without takeover-socket is one
         line and exit status 1, nothing attempted.
         """
-        options = self.options(lambda path: self.fail("attempted"))
+        options = self.options(lambda path, peerUids: self.fail("attempted"))
         with self.assertRaises(SystemExit) as caught:
             options.parseOptions(["--config", self.configFile(takeover=False), "--take-over"])
         self.assertEqual(caught.exception.code, 1)
@@ -754,7 +1126,7 @@ class OptionsTests(SynchronousTestCase):
         """
         Without C{--take-over}, nothing is received.
         """
-        options = self.options(lambda path: self.fail("attempted"))
+        options = self.options(lambda path, peerUids: self.fail("attempted"))
         options.parseOptions(["--config", self.configFile()])
         self.assertIsNone(options["received"])
 
@@ -967,7 +1339,6 @@ class NewSideTests(SynchronousTestCase):
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(ours.close)
-        ours.sendall(b"draining\n")
         unused = InheritedSocket(socket.socket().detach(), socket.AF_INET)
         received = Received(theirs, 5, {}, {KEY_A: [unused]})
         reactor = MemoryReactorClock()
@@ -981,5 +1352,12 @@ class NewSideTests(SynchronousTestCase):
         self.assertNotEqual(unused.fileno, -1)
         workersServe.callback(None)
         self.assertEqual(unused.fileno, -1)
-        self.assertEqual(ours.recv(100), f"serving {os.getpid()}\n".encode())
+        [(_, _, factory)] = reactor.adoptedStreamConnections
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), f"serving {os.getpid()}\n".encode())
+        # Listening for the next take-over once the old process has answered.
+        self.assertEqual(reactor.unixServers, [])
+        protocol.dataReceived(b"draining\n")
         self.assertEqual(len(reactor.unixServers), 1)

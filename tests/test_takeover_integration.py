@@ -339,6 +339,45 @@ class TakeoverIntegrationTests(TestCase):
         again.waitFor("take-over: serving; pid")
         self.assertEqual(old.waitForExit(timeout=20), 0)
 
+    def test_secondInstanceRefused(self) -> None:
+        """
+        With workers (SO_REUSEPORT sockets), a second instance binding the
+        same TCP address stops with one line and exit status 1 instead of
+        serving the port too; the instance lock moves with a take-over, so
+        a second instance is refused after it as well.
+        """
+        # A fixed port, reserved race-free: a socket of the SO_REUSEPORT
+        # group that never listens.
+        reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(reserved.close)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        config = self.writeConfig([tcpListen(port)], workers=2)
+        with open(config, encoding="utf-8") as f:
+            text = f.read()
+        second = os.path.join(self.tmp, "second.toml")
+        with open(second, "w", encoding="utf-8") as f:
+            f.write(text.replace("takeover.sock", "second.sock"))
+        old = self.twistd(config)
+        old.waitFor("take-over: listening on")
+        other = Twistd(["sockproxy", "--config", second], cwd=self.tmp,
+                       daemonArgs=("-n", "--pidfile=", "--logfile=-"))
+        self.addCleanup(other.stop)
+        self.assertEqual(other.waitForExit(timeout=20), 1)
+        self.assertTrue(other.matching(f"another process serves 127.0.0.1:{port}"),
+                        other.output)
+        new = self.twistd(config, "--take-over")
+        new.waitFor("take-over: serving; pid", timeout=20)
+        self.assertEqual(old.waitForExit(timeout=20), 0)
+        again = Twistd(["sockproxy", "--config", second], cwd=self.tmp,
+                       daemonArgs=("-n", "--pidfile=", "--logfile=-"))
+        self.addCleanup(again.stop)
+        self.assertEqual(again.waitForExit(timeout=20), 1)
+        self.assertTrue(again.matching(f"another process serves 127.0.0.1:{port}"),
+                        again.output)
+
     def test_nothingToTakeOver(self) -> None:
         """
         With no process on the takeover socket, C{--take-over} says so and

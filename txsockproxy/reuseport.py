@@ -10,18 +10,24 @@ A reactor for building one listener's endpoint (C{serverFromString}): its
 C{listenTCP} (and C{listenSSL}, which listens through it) binds the
 sockets; anything else goes to the reactor it wraps (unix sockets, systemd's
 sockets: one shared socket, as without it).
+
+Before binding a port, the process takes its instance lock
+(L{txsockproxy.instancelock}): C{SO_REUSEPORT} would otherwise let a second
+instance of the same configuration bind the port too, and both accept.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import error
 from zope.interface import directlyProvides, providedBy
 
 from txsockproxy.adopting import InheritedSocket
+from txsockproxy.instancelock import LOCKS, InstanceLocks, LockHeld, tcpLockName
 
 
 def bindReusePort(family: int, address: tuple[str, int], backlog: int) -> socket.socket:
@@ -49,14 +55,42 @@ class ReusePortReactor:
     one the first got). The first is listened on as the wrapped reactor's
     port (adopted); the others' descriptors are in L{extra}.
 
+    Before binding a port other than 0, it takes the address's instance
+    lock in C{locks}, held until L{close}.
+
     @ivar extra: the other sockets' descriptors, owned by the caller.
     """
 
-    def __init__(self, reactor: Any, count: int) -> None:
+    def __init__(self, reactor: Any, count: int, locks: InstanceLocks = LOCKS) -> None:
         self._reactor = reactor
         self._count = count
+        self._locks = locks
+        self._lockName: Optional[str] = None
         self.extra: list[int] = []
         directlyProvides(self, *providedBy(reactor))
+
+    def _lock(self, family: int, interface: str, port: int) -> None:
+        """
+        Take the instance lock of the address, for a port other than 0.
+
+        @raise twisted.internet.error.CannotListenError: another process
+            holds it.
+        """
+        if not port or self._lockName is not None:
+            return
+        name = tcpLockName(interface, port, family)
+        address = f"[{interface}]:{port}" if ":" in interface else f"{interface or '*'}:{port}"
+        try:
+            self._locks.acquire(name, address)
+        except LockHeld as e:
+            raise error.CannotListenError(interface, port,
+                                          OSError(errno.EADDRINUSE, str(e))) from None
+        self._lockName = name
+
+    def _unlock(self) -> None:
+        name, self._lockName = self._lockName, None
+        if name is not None:
+            self._locks.release(name)
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         """
@@ -65,6 +99,7 @@ class ReusePortReactor:
         @raise twisted.internet.error.CannotListenError: one cannot be bound.
         """
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        self._lock(family, interface, port)
         sockets: list[socket.socket] = []
         try:
             for _ in range(self._count):
@@ -74,6 +109,7 @@ class ReusePortReactor:
         except OSError as e:
             for s in sockets:
                 s.close()
+            self._unlock()
             raise error.CannotListenError(interface, port, e) from None
         try:
             listening = self._reactor.adoptStreamPort(sockets[0].fileno(), family, factory)
@@ -91,8 +127,9 @@ class ReusePortReactor:
 
     def close(self) -> None:
         """
-        Close the other sockets.
+        Close the other sockets, and let the instance lock go.
         """
+        self._unlock()
         extra, self.extra = self.extra, []
         for fd in extra:
             try:
@@ -120,8 +157,9 @@ class InheritedReusePortReactor(ReusePortReactor):
     @ivar extra: the other sockets' descriptors, owned by the caller.
     """
 
-    def __init__(self, reactor: Any, inherited: list[InheritedSocket], count: int) -> None:
-        super().__init__(reactor, count)
+    def __init__(self, reactor: Any, inherited: list[InheritedSocket], count: int,
+                 locks: InstanceLocks = LOCKS) -> None:
+        super().__init__(reactor, count, locks)
         self._inherited = inherited
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
@@ -131,7 +169,13 @@ class InheritedReusePortReactor(ReusePortReactor):
         @raise twisted.internet.error.CannotListenError: a socket to add
             cannot be bound.
         """
-        listening = self._reactor.listenTCP(port, factory, backlog, interface)
+        # Adopted from the process taken over (held already), or taken now.
+        self._lock(socket.AF_INET6 if ":" in interface else socket.AF_INET, interface, port)
+        try:
+            listening = self._reactor.listenTCP(port, factory, backlog, interface)
+        except BaseException:
+            self._unlock()
+            raise
         handed = [s for s in self._inherited if s.fileno >= 0]
         fds = []
         for inherited in handed:
@@ -155,6 +199,7 @@ class InheritedReusePortReactor(ReusePortReactor):
             for fd in keep:
                 os.close(fd)
             listening.stopListening()
+            self._unlock()
             raise error.CannotListenError(interface, port, e) from None
         self.extra = keep if reusable else []
         if not reusable:

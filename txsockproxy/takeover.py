@@ -6,14 +6,18 @@ while the old one drains its sessions as on SIGTERM.
 The running process listens on the unix socket of the C{takeover-socket}
 key (mode 0600; a peer whose uid is neither this process's nor root's is
 refused, checked with C{SO_PEERCRED}). A process started with
-C{--take-over} connects to it, before it binds anything, and the exchange
-is line-based::
+C{--take-over} connects to it, before it binds anything (and trusts it
+only if its uid is its own, root's or the one it will drop to, and only
+the listening sockets it describes), and the exchange is line-based::
 
     old -> new   one JSON line: {"protocol": "txsockproxy-takeover/1",
                  "pid": OLD_PID, "listeners": [{"key": [IS_STATUS, LISTEN, N],
-                 "family": AF}, ...]}, the listening sockets' descriptors
-                 riding on its first bytes (SCM_RIGHTS), one per listener,
-                 in order; or {"error": "..."}, and the connection closes
+                 "family": AF, "part": P}, ...], "locks": [NAME, ...]}, the
+                 listening sockets' descriptors riding on its first bytes
+                 (SCM_RIGHTS), one per listener, in order, then one per
+                 instance lock (L{txsockproxy.instancelock}; "locks" is
+                 absent when there are none); or {"error": "..."}, and the
+                 connection closes
     new -> old   "serving PID\\n", once the new process serves (its listeners
                  adopted the sockets its configuration still has, bound its
                  new ones, and started)
@@ -23,8 +27,9 @@ is line-based::
                  is refused) and stops as on SIGTERM: sessions in flight get
                  shutdown-timeout seconds.
 
-The new side runs before the reactor does (at start-up, in blocking calls
-bounded by a timeout: L{receive}); the old side is a Twisted protocol
+The new side receives before the reactor runs (at start-up, in blocking
+calls bounded by a timeout: L{receive}); once it serves, its last exchange
+runs in the reactor, without blocking it (L{Received.serving}). The old side is a Twisted protocol
 (L{TakeoverService}), which sends the descriptors with the public
 C{IUNIXTransport.sendFileDescriptor}. A take-over that ends before
 "serving" (the new process failed) leaves the old one serving, listening
@@ -34,6 +39,7 @@ again for the next attempt.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import socket
@@ -41,23 +47,30 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from txsockproxy import instancelock
 from txsockproxy.adopting import InheritedSocket, familyOf
+from txsockproxy.instancelock import LOCKS, InstanceLock, InstanceLocks, LockHeld
+from txsockproxy.ratelimit import RateLimitedLog
 from txsockproxy.service import ListenError, ListenerService, ListenKey, ProxyService
 
 PROTOCOL = "txsockproxy-takeover/1"
 # Seconds the new process waits for the old one at each step.
 TIMEOUT = 10.0
+# Seconds the old process waits, once it has handed its sockets over, for
+# the new one to serve: generous, as the new one may be starting workers.
+HANDOVER_TIMEOUT = 60.0
 # A description longer than this is not one.
 MAX_LINE = 1 << 20
 SERVING = b"serving"
@@ -79,24 +92,40 @@ class TakeoverError(Exception):
 Handed = tuple[ListenKey, int, int]
 
 
-def describe(pid: int, listeners: Sequence[Handed]) -> bytes:
+class Description(NamedTuple):
     """
-    The line the old process sends with its sockets: its pid, and the key,
-    address family and part of each listening socket, in the order of the
-    descriptors.
+    What the old process sends: its pid, its listening sockets, and the
+    names of its instance locks (L{txsockproxy.instancelock}), whose
+    sockets follow the listening ones.
     """
-    document = {
+
+    pid: int
+    listeners: list[Handed]
+    locks: list[str]
+
+
+def describe(pid: int, listeners: Sequence[Handed], locks: Sequence[str] = ()) -> bytes:
+    """
+    The line the old process sends with its sockets: its pid, the key,
+    address family and part of each listening socket, and the name of each
+    instance lock, in the order of the descriptors (the listening sockets,
+    then the locks).
+    """
+    document: dict[str, Any] = {
         "protocol": PROTOCOL,
         "pid": pid,
         "listeners": [{"key": list(key), "family": family, "part": part}
                       for key, family, part in listeners],
     }
+    if locks:
+        # Absent without locks: a version without them reads the line.
+        document["locks"] = list(locks)
     return json.dumps(document, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def parseDescription(line: bytes) -> tuple[int, list[Handed]]:
+def parseDescription(line: bytes) -> Description:
     """
-    The pid and listeners that L{describe} made C{line} of.
+    The pid, listeners and locks that L{describe} made C{line} of.
 
     @raise TakeoverError: the old process refused (its reason), or the line
         is not a description this version reads.
@@ -125,10 +154,13 @@ def parseDescription(line: bytes) -> tuple[int, list[Handed]]:
                     and isinstance(part, int)):
                 raise TypeError(entry)
             listeners.append(((isStatus, desc, n), entry["family"], part))
+        locks = document.get("locks", [])
+        if not (isinstance(locks, list) and all(isinstance(name, str) for name in locks)):
+            raise TypeError(locks)
     except (KeyError, TypeError, ValueError):
         raise TakeoverError("the running process sent a description this version "
                             "cannot read") from None
-    return pid, listeners
+    return Description(pid, listeners, locks)
 
 
 # -- the new process's side -----------------------------------------------------
@@ -143,15 +175,19 @@ class Received:
     @ivar sockets: the listening sockets, by listener key.
     @ivar extra: the other SO_REUSEPORT sockets of a listener whose old
         workers had one each, by listener key.
+    @ivar locks: the old process's instance locks, by name, until adopted
+        (L{adoptLocks}).
     """
 
     def __init__(self, connection: socket.socket, pid: int,
                  sockets: dict[ListenKey, InheritedSocket],
-                 extra: Optional[dict[ListenKey, list[InheritedSocket]]] = None) -> None:
+                 extra: Optional[dict[ListenKey, list[InheritedSocket]]] = None,
+                 locks: Optional[dict[str, InstanceLock]] = None) -> None:
         self._connection: Optional[socket.socket] = connection
         self.pid = pid
         self.sockets = sockets
         self.extra = extra or {}
+        self.locks = locks or {}
 
     def keep(self, keys: Iterable[ListenKey]) -> list[str]:
         """
@@ -168,36 +204,47 @@ class Received:
                 for inherited in self.extra.pop(key, []):
                     inherited.close()
                 closed.append(key[1])
+        kept = {_lockName(key[1]) for key in self.sockets}
+        for name in list(self.locks):
+            if name not in kept:
+                self.locks.pop(name).release()
         return closed
 
-    def serving(self, timeout: float = TIMEOUT) -> bool:
+    def adoptLocks(self, locks: InstanceLocks = LOCKS) -> None:
+        """
+        Hold the instance locks received (those L{keep} kept), in
+        C{locks}: this process's listeners find them held.
+        """
+        received, self.locks = self.locks, {}
+        for lock in received.values():
+            locks.adopt(lock)
+
+    def serving(self, reactor: Any, timeout: float = TIMEOUT) -> defer.Deferred[bool]:
         """
         Tell the old process that this one serves, and wait (at most
-        C{timeout} seconds) for it to answer that it drains.
+        C{timeout} seconds) for it to answer that it drains, without
+        blocking C{reactor} (an C{IReactorSocket} and C{IReactorTime}): the
+        connection is adopted into it.
 
-        @return: whether it answered so.
+        @return: a Deferred that fires with whether it answered so.
         """
         connection, self._connection = self._connection, None
         if connection is None:
-            return False
+            return defer.succeed(False)
+        done: defer.Deferred[bool] = defer.Deferred()
+        exchange = _Serving(done)
         try:
-            connection.settimeout(timeout)
-            # Its pid now: a daemonizing twistd has forked since it
-            # connected.
-            connection.sendall(SERVING + f" {os.getpid()}\n".encode("ascii"))
-            answer = b""
-            deadline = time.monotonic() + timeout
-            while b"\n" not in answer and len(answer) < 64:
-                connection.settimeout(max(deadline - time.monotonic(), 0.001))
-                data = connection.recv(64)
-                if not data:
-                    break
-                answer += data
-            return answer.split(b"\n", 1)[0] == DRAINING
-        except OSError:
-            return False
+            connection.setblocking(False)
+            reactor.adoptStreamConnection(connection.fileno(), socket.AF_UNIX,
+                                          Factory.forProtocol(lambda: exchange))
+        except (OSError, AttributeError, NotImplementedError):
+            # Not an IReactorSocket: the old process is not told (it warns).
+            return defer.succeed(False)
         finally:
+            # The reactor has its own copy.
             connection.close()
+        exchange.timeout = reactor.callLater(timeout, exchange.timedOut)
+        return done
 
     def abandon(self) -> None:
         """
@@ -221,6 +268,79 @@ class Received:
         for extra in self.extra.values():
             for inherited in extra:
                 inherited.close()
+        locks, self.locks = self.locks, {}
+        for lock in locks.values():
+            lock.release()
+
+
+def _lockName(listen: str) -> Optional[str]:
+    """
+    The name of the instance lock of the listen string C{listen}'s TCP
+    address, if it names one (a port other than 0).
+    """
+    address = _boundAddress(listen)
+    if not isinstance(address, tuple) or not address[1]:
+        return None
+    interface, port = address
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    return instancelock.tcpLockName(interface, port, family)
+
+
+class _Serving(LineReceiver):
+    """
+    The new process's end of the last exchange: C{serving PID}, then the
+    old process's C{draining}.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64
+    transport: Any
+
+    def __init__(self, done: defer.Deferred[bool]) -> None:
+        self.done = done
+        self.timeout: Any = None
+
+    def connectionMade(self) -> None:
+        # Its pid now: a daemonizing twistd has forked since it connected.
+        self.transport.write(SERVING + f" {os.getpid()}\n".encode("ascii"))
+
+    def lineReceived(self, line: bytes) -> None:
+        self._finish(line == DRAINING)
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._finish(False)
+        self.transport.loseConnection()
+
+    def timedOut(self) -> None:
+        """
+        No answer in time.
+        """
+        self.timeout = None
+        self._finish(False)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._finish(False)
+
+    def _finish(self, drains: bool) -> None:
+        timeout, self.timeout = self.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        if not self.done.called:
+            self.done.callback(drains)
+
+
+def socketCredentials(connection: socket.socket) -> tuple[int, int, int]:
+    """
+    The pid, uid and gid of the process at the other end of the unix socket
+    C{connection} (C{SO_PEERCRED}: for a connecting socket, the process
+    that listened).
+    """
+    pid, uid, gid = struct.unpack(
+        "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i")))
+    return pid, uid, gid
 
 
 def receive(
@@ -228,16 +348,26 @@ def receive(
     timeout: float = TIMEOUT,
     connect: Callable[[str, float], socket.socket] = lambda path, timeout: _connect(path,
                                                                                      timeout),
+    peerUids: Iterable[int] = (),
+    credentials: Callable[[socket.socket], tuple[int, int, int]] = socketCredentials,
 ) -> Optional[Received]:
     """
     Connect to the process that listens on C{path} and receive its
     listening sockets, within C{timeout} seconds.
 
+    The process must run as this process's uid, as root, or as one of
+    C{peerUids} (the uid that this process will drop to: twistd's C{-u}),
+    and each socket it passes must be a listening stream socket of the
+    family described, bound to the address its listen string names (when
+    the string names one: a TCP port other than 0, a unix path).
+
     @return: what was received; or L{None} when no process listens there
         (no such file, or a stale one: refused), so that nothing is taken
         over.
-    @raise TakeoverError: the process refused, did not answer in time, or
-        sent what this version cannot read. Nothing it sent is kept open.
+    @raise TakeoverError: the process runs as another user, refused, did
+        not answer in time, or sent what this version cannot read or
+        sockets that are not what it described. Nothing it sent is kept
+        open.
     """
     try:
         connection = connect(path, timeout)
@@ -249,6 +379,15 @@ def receive(
         raise TakeoverError(f"cannot connect to {path}: {e.strerror or e}") from None
     fds: list[int] = []
     try:
+        try:
+            peerPid, peerUid, _ = credentials(connection)
+        except (OSError, struct.error) as e:
+            raise TakeoverError(f"cannot tell who listens on {path}: {e}") from None
+        allowed = {os.getuid(), os.geteuid(), 0, *peerUids}
+        if peerUid not in allowed:
+            raise TakeoverError(
+                f"the process on {path} (pid {peerPid}) runs as uid {peerUid}, not as "
+                f"one of {', '.join(map(str, sorted(allowed)))}: not taking over from it")
         data = b""
         deadline = time.monotonic() + timeout
         while b"\n" not in data:
@@ -268,10 +407,20 @@ def receive(
             data += chunk
             if len(data) > MAX_LINE:
                 raise TakeoverError(f"the process on {path} sent too long a description")
-        pid, listeners = parseDescription(data.split(b"\n", 1)[0])
-        if len(fds) != len(listeners):
-            raise TakeoverError(f"the process on {path} described {len(listeners)} "
-                                f"socket(s) but passed {len(fds)}")
+        pid, listeners, lockNames = parseDescription(data.split(b"\n", 1)[0])
+        if len(fds) != len(listeners) + len(lockNames):
+            raise TakeoverError(f"the process on {path} described "
+                                f"{len(listeners) + len(lockNames)} socket(s) but passed "
+                                f"{len(fds)}")
+        for (key, family, _), fd in zip(listeners, fds, strict=False):
+            wrong = checkListening(fd, family, key[1])
+            if wrong is not None:
+                raise TakeoverError(f"the process on {path} passed for {key[1]} a socket "
+                                    f"that {wrong}")
+        for name, fd in zip(lockNames, fds[len(listeners):], strict=True):
+            if not instancelock.isLock(fd, name):
+                raise TakeoverError(f"the process on {path} passed for the instance lock "
+                                    f"{name} a socket that is not it")
     except (TakeoverError, OSError) as e:
         for fd in fds:
             os.close(fd)
@@ -281,12 +430,120 @@ def receive(
         raise
     sockets: dict[ListenKey, InheritedSocket] = {}
     extra: dict[ListenKey, list[InheritedSocket]] = {}
-    for (key, family, part), fd in zip(listeners, fds, strict=True):
+    for (key, family, part), fd in zip(listeners, fds, strict=False):
         if part == 0 and key not in sockets:
             sockets[key] = InheritedSocket(fd, family)
         else:
             extra.setdefault(key, []).append(InheritedSocket(fd, family))
-    return Received(connection, pid, sockets, extra)
+    locks: dict[str, InstanceLock] = {}
+    for name, fd in zip(lockNames, fds[len(listeners):], strict=True):
+        lock = instancelock.adopt(name, fd)
+        if lock is not None:
+            locks[name] = lock
+    return Received(connection, pid, sockets, extra, locks)
+
+
+def checkListening(fd: int, family: int, listen: str) -> Optional[str]:
+    """
+    Check that the descriptor C{fd} is a listening stream socket of
+    C{family} and, when the listen string C{listen} names a TCP port (not
+    0), an interface or an absolute unix path, that it is bound to it.
+
+    @return: L{None}, or what is wrong with it (to follow "a socket that").
+    """
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        return f"is not one ({e.strerror or e})"
+    try:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return "is not a stream socket"
+        if probe.family != family:
+            return f"is of address family {int(probe.family)}, not {family}"
+        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return "is not listening"
+        bound = probe.getsockname()
+    except OSError as e:
+        return f"cannot be checked ({e.strerror or e})"
+    finally:
+        probe.close()
+    expected = _boundAddress(listen)
+    if expected is None:
+        return None
+    if isinstance(expected, str):
+        if family == socket.AF_UNIX and expected.startswith("/") and bound != expected:
+            return f"is bound to {bound!r}, not {expected!r}"
+        return None
+    interface, port = expected
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return f"is of address family {family}, not TCP's"
+    host, boundPort = bound[0], bound[1]
+    if port and boundPort != port:
+        return f"is bound to port {boundPort}, not {port}"
+    if interface and not _sameHost(interface, host):
+        return f"is bound to {host}, not {interface}"
+    return None
+
+
+def _sameHost(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+class _Bound(Exception):
+    """
+    What a listen string would have bound (see L{_boundAddress}).
+    """
+
+    def __init__(self, address: Any) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+class _RecordingReactor:
+    """
+    A reactor that, asked to listen, raises L{_Bound} with the address
+    asked for: the public way to learn what an endpoint string binds,
+    whatever wraps it (C{haproxy:}, TLS).
+    """
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        raise _Bound((interface, port))
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        raise _Bound((interface, port))
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666,
+                   wantPID: int = 0) -> Any:
+        raise _Bound(address)
+
+    def __getattr__(self, name: str) -> Any:
+        raise _Bound(None)
+
+
+def _boundAddress(listen: str) -> Any:
+    """
+    The (interface, port) of a TCP listen string, the path of a unix one,
+    or L{None}: unknown (systemd's sockets, a string that does not parse).
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        endpoint = serverFromString(_RecordingReactor(), listen)
+        d = endpoint.listen(Factory())
+    except _Bound as bound:
+        return bound.address
+    except Exception:
+        return None
+    found: list[Any] = []
+    d.addErrback(lambda f: found.append(f.value))
+    if found and isinstance(found[0], _Bound):
+        return found[0].address
+    return None
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -395,6 +652,16 @@ class _Handover(LineReceiver):
         self.service = service
         self.peer: Optional[int] = None
         self.served = False
+        # Until the new process serves (see TakeoverService.handoverTimeout).
+        self.deadline: Any = None
+
+    def cancelDeadline(self) -> None:
+        """
+        The handover has ended, or the new process serves: no deadline.
+        """
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def connectionMade(self) -> None:
         self.service.handoverStarted(self)
@@ -412,6 +679,7 @@ class _Handover(LineReceiver):
             if pid.isdigit():
                 self.peer = int(pid)
             self.served = True
+            self.cancelDeadline()
             self.transport.write(DRAINING + b"\n")
             self.transport.loseConnection()
             self.service.handedOver(self)
@@ -419,6 +687,7 @@ class _Handover(LineReceiver):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.cancelDeadline()
         self.service.handoverEnded(self)
 
 
@@ -434,6 +703,11 @@ class TakeoverService(Service):
     C{listening} returns, and when the new process serves, stops accepting
     on them and calls C{stop} (C{reactor.stop}: twistd then stops the
     service gracefully, as on SIGTERM).
+
+    A take-over whose new process has not said C{serving} within
+    C{handoverTimeout} seconds of being handed the sockets is abandoned.
+    The lines logged for each attempt are rate-limited: any local process
+    of the same user can connect, as often as it likes.
 
     @ivar path: the C{takeover-socket}.
     """
@@ -454,6 +728,8 @@ class TakeoverService(Service):
         serving: Optional[Callable[[], defer.Deferred[None]]] = None,
         environ: Optional[Mapping[str, str]] = None,
         extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
+        handoverTimeout: float = HANDOVER_TIMEOUT,
+        locks: InstanceLocks = LOCKS,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -467,6 +743,13 @@ class TakeoverService(Service):
         self.serving = serving
         self.environ = os.environ if environ is None else environ
         self.extraSockets = extraSockets
+        self.handoverTimeout = handoverTimeout
+        self.locks = locks
+        # Held while listening on path: the proof that a live process
+        # listens there (see _removeStale).
+        self._pathLock: Optional[InstanceLock] = None
+        self._warnedNoLock = False
+        self.attempts = RateLimitedLog(reactor, self.log, "take-over attempt lines")
         self.port: Any = None
         self.handover: Optional[_Handover] = None
         self.handedOverTo: Optional[int] = None
@@ -481,30 +764,62 @@ class TakeoverService(Service):
 
     # -- listening on the takeover socket ---------------------------------------
 
-    def listen(self) -> None:
+    def listen(self, again: bool = False) -> None:
         """
         Listen on L{path}, owner only, removing a stale socket file first.
 
+        @param again: after a take-over attempt (its line is rate-limited).
         @raise ListenError: it cannot.
         """
         if self.port is not None:
             return
         try:
-            self._removeStale()
-            self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(
-                lambda: _Handover(self)), mode=0o600)
-        except (OSError, ListenError) as e:
+            try:
+                self._removeStale()
+                self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(
+                    lambda: _Handover(self)), mode=0o600)
+            except BaseException:
+                self._releasePathLock()
+                raise
+        except (OSError, ListenError, CannotListenError) as e:
+            if isinstance(e, CannotListenError) and isinstance(e.socketError, OSError):
+                e = e.socketError
             detail = getattr(e, "strerror", None) or str(e)
             raise ListenError(f"{detail}: cannot listen on takeover-socket {self.path}") from None
-        self.log.info("take-over: listening on {path}", path=self.path)
+        if again:
+            self.attempts.emit(LogLevel.info, "take-over: listening on {path}", path=self.path)
+        else:
+            self.log.info("take-over: listening on {path}", path=self.path)
 
     def _removeStale(self) -> None:
+        """
+        Take the lock of L{path} (an abstract socket named after it, held
+        while listening there), then remove a socket file left there: no
+        live process of ours holds the lock, so none listens on it. Without
+        locks (not Linux), a file that refuses a connection is stale; but
+        connecting to a live process starts a take-over there.
+
+        @raise ListenError: another process listens on it, or the file is
+            not a socket.
+        """
+        try:
+            self._pathLock = instancelock.acquire(
+                instancelock.pathLockName("takeover", self.path))
+        except LockHeld:
+            raise ListenError("another process listens on it") from None
         try:
             mode = os.lstat(self.path).st_mode
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(mode):
             raise ListenError(f"{self.path} exists and is not a socket")
+        if self._pathLock is not None:
+            os.remove(self.path)
+            return
+        if not self._warnedNoLock:
+            self._warnedNoLock = True
+            self.log.warn("take-over: no lock on {path} (abstract unix sockets are Linux's): "
+                          "probing it by connecting", path=self.path)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -519,7 +834,13 @@ class TakeoverService(Service):
             probe.close()
         raise ListenError("another process listens on it")
 
+    def _releasePathLock(self) -> None:
+        lock, self._pathLock = self._pathLock, None
+        if lock is not None:
+            lock.release()
+
     def _stopListening(self) -> defer.Deferred[Any]:
+        self._releasePathLock()
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
@@ -544,22 +865,33 @@ class TakeoverService(Service):
         if not self.running:
             return
         received, self.received = self.received, None
-        if received is not None:
-            # Now, while the old process's workers still accept from them.
-            received.closeUnused()
-            if received.serving():
+        if received is None:
+            self.listen()
+            self._ready()
+            return
+        # Now, while the old process's workers still accept from them.
+        received.closeUnused()
+
+        def answered(drains: bool) -> None:
+            if drains:
                 self.log.info("take-over: serving; pid {pid} stops accepting and drains its "
                               "sessions", pid=received.pid)
             else:
                 self.log.warn("take-over: serving; pid {pid} did not confirm that it drains: "
                               "it may still be accepting too", pid=received.pid)
+            if not self.running:
+                return
             try:
                 self.listen()
             except ListenError as e:
                 self.log.error("take-over: {error}: no later take-over is possible",
                                error=str(e))
-        else:
-            self.listen()
+            self._ready()
+
+        received.serving(self.reactor).addCallback(answered).addErrback(
+            lambda f: self.log.failure("take-over: serving", f))
+
+    def _ready(self) -> None:
         # Under systemd (Type=notify, NotifyAccess=all): this process is the
         # service's main process now, and ready.
         notifySystemd(f"MAINPID={self.pid}\nREADY=1", self.environ)
@@ -569,6 +901,7 @@ class TakeoverService(Service):
         if self.received is not None:
             self.received.abandon()
             self.received = None
+        self.attempts.stop()
         return self._stopListening()
 
     # -- handing over -------------------------------------------------------------
@@ -582,12 +915,13 @@ class TakeoverService(Service):
         try:
             pid, uid, _ = self.credentials(handover.transport)
         except (OSError, TypeError) as e:
-            self.log.error("take-over: cannot tell who connected: {error}", error=e)
+            self.attempts.emit(LogLevel.error, "take-over: cannot tell who connected: {error}",
+                               error=e)
             handover.refuse("cannot tell who you are")
             return
         if uid not in (self.uid, 0):
-            self.log.error("take-over: refused pid {pid}: uid {uid} is not this process's "
-                           "({own})", pid=pid, uid=uid, own=self.uid)
+            self.attempts.emit(LogLevel.error, "take-over: refused pid {pid}: uid {uid} is not "
+                               "this process's ({own})", pid=pid, uid=uid, own=self.uid)
             handover.refuse(f"uid {uid} may not take over a process of uid {self.uid}")
             return
         if self.handover is not None or self.handedOverTo is not None or not self.running:
@@ -603,19 +937,26 @@ class TakeoverService(Service):
                 family = familyOf(port.getHost())
                 fd = port.fileno()  # type: ignore[attr-defined]
             except (ValueError, AttributeError):
-                self.log.warn("take-over: {listen} cannot be handed over (not a TCP or unix "
-                              "socket): the new process binds it", listen=listener.description)
+                self.attempts.emit(LogLevel.warn, "take-over: {listen} cannot be handed over "
+                                   "(not a TCP or unix socket): the new process binds it",
+                                   listen=listener.description)
                 continue
             handed.append((key, family, 0))
             descriptors.append(fd)
             for part, extra in enumerate(self.extraSockets(listener), 1):
                 handed.append((key, family, part))
                 descriptors.append(extra)
+        # The instance locks go with the sockets: the new process holds
+        # them before this one stops, so no third one binds meanwhile.
+        locks = [lock for lock in self.locks.held() if lock.fileno >= 0]
+        descriptors.extend(lock.fileno for lock in locks)
         self.handover = handover
         handover.peer = pid
-        line = describe(self.pid, handed)
-        self.log.info("take-over: pid {pid} is taking over: handing over {count} listening "
-                      "socket(s)", pid=pid, count=len(handed))
+        handover.deadline = self.reactor.callLater(self.handoverTimeout, self._timedOut,
+                                                   handover)
+        line = describe(self.pid, handed, [lock.name for lock in locks])
+        self.attempts.emit(LogLevel.info, "take-over: pid {pid} is taking over: handing over "
+                           "{count} listening socket(s)", pid=pid, count=len(handed))
 
         def send(_: object) -> None:
             # The pidfile is gone before the new process has the sockets:
@@ -630,6 +971,16 @@ class TakeoverService(Service):
         # process listens on it.
         self._stopListening().addCallback(send).addErrback(
             lambda f: self.log.failure("take-over: handing over", f))
+
+    def _timedOut(self, handover: _Handover) -> None:
+        handover.deadline = None
+        if self.handover is not handover or handover.served:
+            return
+        self.attempts.emit(LogLevel.warn, "take-over: pid {pid} did not serve within "
+                           "{timeout:g}s: abandoning the take-over", pid=handover.peer,
+                           timeout=self.handoverTimeout)
+        # handoverEnded follows, as the connection closes.
+        handover.transport.abortConnection()
 
     def handedOver(self, handover: _Handover) -> None:
         """
@@ -664,13 +1015,13 @@ class TakeoverService(Service):
         if handover.served:
             self.stop()
             return
-        self.log.warn("take-over by pid {pid} abandoned before it served: still serving here",
-                      pid=handover.peer)
+        self.attempts.emit(LogLevel.warn, "take-over by pid {pid} abandoned before it served: "
+                           "still serving here", pid=handover.peer)
         if self.pidfile is not None:
             self.pidfile.restore()
         if self.running:
             try:
-                self.listen()
+                self.listen(again=True)
             except ListenError as e:
                 self.log.error("take-over: {error}", error=str(e))
 

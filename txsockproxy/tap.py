@@ -62,8 +62,10 @@ class Options(usage.Options):
         self.stdout: TextIO = sys.stdout
         self.stderr: TextIO = sys.stderr
         self["received"] = None
-        # How --take-over receives the sockets (see txsockproxy.takeover).
-        self.receive: Callable[[str], Any] = _receive
+        # How --take-over receives the sockets (see txsockproxy.takeover):
+        # from the path, and from a process of which other uids than this
+        # process's and root's.
+        self.receive: Callable[[str, list[int]], Any] = _receive
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -129,8 +131,12 @@ class Options(usage.Options):
             print("sockproxy: --take-over: the configuration has no takeover-socket",
                   file=self.stderr)
             raise SystemExit(1)
+        # A root process that drops to twistd's -u may take over from one
+        # that runs as that uid already.
+        twistd: Any = getattr(self, "parent", None)
+        drop = twistd.get("uid") if hasattr(twistd, "get") else None
         try:
-            received = self.receive(path)
+            received = self.receive(path, [drop] if isinstance(drop, int) else [])
         except TakeoverError as e:
             print(f"sockproxy: take-over: {e}; the running process is left as it was",
                   file=self.stderr)
@@ -293,13 +299,16 @@ def _kept(received: Any, config: Config) -> Any:
 
     for desc in received.keep(listenKeys(config)):
         _log.info("take-over: closed {listen}: not in this configuration", listen=desc)
+    # Held before anything binds: the listeners taken over find their
+    # addresses' locks theirs.
+    received.adoptLocks()
     return received.sockets
 
 
-def _receive(path: str) -> Any:
+def _receive(path: str, peerUids: list[int]) -> Any:
     from txsockproxy.takeover import receive
 
-    return receive(path)
+    return receive(path, peerUids=peerUids)
 
 
 def _addTakeover(service: Any, path: str, reactor: Any, received: Any, twistd: Any) -> None:

@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, replace
@@ -370,6 +371,9 @@ _RESOLVE_KEYS = ("resolve", "resolve-min", "resolve-max", "resolver")
 # The shortest resolve-min and resolve-max: a TTL of 0 (or one of a
 # hostile server) must not make a lookup after the other.
 MIN_RESOLVE_INTERVAL = 0.1
+# The longest path a unix socket address holds (Linux's sun_path is 108
+# bytes, the terminating NUL included).
+MAX_UNIX_PATH = 107
 _PROXY_KEYS = (
     "name",
     "listen",
@@ -511,6 +515,10 @@ def _buildConfig(
     if takeoverSocket and not takeoverSocket.startswith("/"):
         reader.problem(("takeover-socket",),
                        f"must be an absolute path, not {takeoverSocket!r}")
+    elif len(os.fsencode(takeoverSocket)) > MAX_UNIX_PATH:
+        reader.problem(("takeover-socket",),
+                       f"is {len(os.fsencode(takeoverSocket))} bytes long: a unix socket "
+                       f"path has at most {MAX_UNIX_PATH}")
     rawProxies = data.get("proxy")
     proxies: list[tuple[int, ProxyConfig]] = []
     if rawProxies is None:

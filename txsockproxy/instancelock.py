@@ -1,0 +1,221 @@
+"""
+Instance locks: one process at a time serves an address.
+
+A TCP listener of the workers' parent binds one C{SO_REUSEPORT} socket per
+worker (L{txsockproxy.reuseport}), and C{SO_REUSEPORT} lets any process of
+the same user bind that address again: two instances of one configuration
+would both accept from it, silently. So the parent first takes the address's
+lock: a Linux abstract unix socket bound to a name derived from the address
+(C{\\0txsockproxy/tcp/127.0.0.1/8080}). Binding it is atomic (C{EADDRINUSE}:
+another process holds it), it needs no file, it is per network namespace as
+ports are, and it vanishes with the last descriptor of it: a process that
+dies leaves no stale lock. A take-over hands the locks over with the
+listening sockets (L{txsockproxy.takeover}), so the address stays locked
+throughout.
+
+Where abstract sockets do not exist (not Linux), or the lock socket cannot
+be made, there is no lock: one warning, and binding goes on as without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import os
+import socket
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+
+PREFIX = "txsockproxy/"
+# The longest abstract name (sun_path's 108 bytes, less the leading NUL).
+MAX_NAME = 107
+
+
+class LockHeld(Exception):
+    """
+    Another process holds the lock; the message says which address.
+    """
+
+
+def tcpLockName(interface: str, port: int, family: int = socket.AF_INET) -> str:
+    """
+    The lock name of the TCP address C{interface}:C{port} (C{""}: every
+    interface of C{family}), the same for every spelling of the address.
+    """
+    if not interface:
+        interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    try:
+        interface = ipaddress.ip_address(interface.split("%", 1)[0]).compressed
+    except ValueError:
+        pass
+    return _fit(f"tcp/{interface}/{port}")
+
+
+def pathLockName(kind: str, path: str) -> str:
+    """
+    The lock name of the filesystem path C{path} used as a C{kind}.
+    """
+    return _fit(f"{kind}{path}")
+
+
+def _fit(name: str) -> str:
+    if len((PREFIX + name).encode("utf-8")) <= MAX_NAME:
+        return name
+    return "sha256/" + hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+class InstanceLock:
+    """
+    One lock held by this process: its socket, named C{name}.
+
+    @ivar fileno: its descriptor, or -1 once released.
+    """
+
+    def __init__(self, name: str, sock: socket.socket) -> None:
+        self.name = name
+        self._socket: Optional[socket.socket] = sock
+
+    @property
+    def fileno(self) -> int:
+        """
+        The lock socket's descriptor (-1: released).
+        """
+        return self._socket.fileno() if self._socket is not None else -1
+
+    def release(self) -> None:
+        """
+        Close this process's descriptor of the lock (the lock is free once
+        no process has one).
+        """
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
+
+
+def acquire(name: str) -> Optional[InstanceLock]:
+    """
+    Take the lock C{name}.
+
+    @return: the lock; or L{None}: locks are not available here (not
+        Linux, or the socket cannot be made).
+    @raise LockHeld: another process holds it.
+    """
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.bind("\0" + PREFIX + name)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LockHeld(name) from None
+        return None
+    return InstanceLock(name, sock)
+
+
+def isLock(fileno: int, name: str) -> bool:
+    """
+    Whether the descriptor C{fileno} is the socket of the lock C{name}.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(fileno))
+    except OSError:
+        return False
+    try:
+        return (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+                and sock.getsockname() in ("\0" + PREFIX + name,
+                                           ("\0" + PREFIX + name).encode("utf-8")))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def adopt(name: str, fileno: int) -> Optional[InstanceLock]:
+    """
+    Hold the lock C{name} whose socket another process handed over as
+    C{fileno} (owned from now on).
+
+    @return: the lock, or L{None} (closed): C{fileno} is not that lock.
+    """
+    if not isLock(fileno, name):
+        try:
+            os.close(fileno)
+        except OSError:
+            pass
+        return None
+    sock = socket.socket(fileno=fileno)
+    return InstanceLock(name, sock)
+
+
+class InstanceLocks:
+    """
+    The TCP address locks a process holds, by name (one registry per
+    process: L{LOCKS}), so that a take-over can hand them over.
+    """
+
+    log = Logger()
+
+    def __init__(self, lock: Callable[[str], Optional[InstanceLock]] = acquire) -> None:
+        """
+        @param lock: takes a lock (L{acquire}).
+        """
+        self._lock = lock
+        self._held: dict[str, InstanceLock] = {}
+        self._warned = False
+
+    def acquire(self, name: str, address: str) -> None:
+        """
+        Hold the lock C{name} of C{address} (at once if held already, e.g.
+        adopted in a take-over).
+
+        @raise LockHeld: another process holds it ("another process serves
+            ADDRESS").
+        """
+        if name in self._held:
+            return
+        try:
+            lock = self._lock(name)
+        except LockHeld:
+            raise LockHeld(f"another process serves {address}") from None
+        if lock is None:
+            if not self._warned:
+                self._warned = True
+                self.log.warn("no instance lock (abstract unix sockets are Linux's): "
+                              "another instance may bind {address} too", address=address)
+            return
+        self._held[name] = lock
+
+    def adopt(self, lock: InstanceLock) -> None:
+        """
+        Hold C{lock} (handed over by the process taken over).
+        """
+        previous = self._held.pop(lock.name, None)
+        if previous is not None:
+            previous.release()
+        self._held[lock.name] = lock
+
+    def release(self, name: str) -> None:
+        """
+        Let the lock C{name} go, if held.
+        """
+        lock = self._held.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    def held(self) -> list[InstanceLock]:
+        """
+        The locks held, to hand over.
+        """
+        return list(self._held.values())
+
+
+# This process's.
+LOCKS = InstanceLocks()
+
+
+__all__ = ["LOCKS", "InstanceLock", "InstanceLocks", "LockHeld", "acquire", "adopt", "isLock",
+           "pathLockName", "tcpLockName"]
