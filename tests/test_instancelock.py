@@ -47,6 +47,22 @@ class LockTests(SynchronousTestCase):
         assert again is not None
         again.release()
 
+    def test_perUser(self) -> None:
+        """
+        A lock is named under the effective user id: another user holding
+        the same name under its own id (abstract names have no permissions)
+        does not block this user's lock.
+        """
+        name = uniqueName(self)
+        squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(squatter.close)
+        squatter.bind(f"\0{instancelock.PREFIX}{os.geteuid() + 1}/{name}")
+        lock = instancelock.acquire(name)
+        assert lock is not None
+        self.addCleanup(lock.release)
+        self.assertEqual(socket.socket(fileno=os.dup(lock.fileno)).getsockname(),
+                         f"\0{instancelock.PREFIX}{os.geteuid()}/{name}".encode())
+
     def test_spellings(self) -> None:
         """
         Every spelling of one TCP address has one lock name; the wildcard

@@ -6,7 +6,7 @@ worker (L{txsockproxy.reuseport}), and C{SO_REUSEPORT} lets any process of
 the same user bind that address again: two instances of one configuration
 would both accept from it, silently. So the parent first takes the address's
 lock: a Linux abstract unix socket bound to a name derived from the address
-(C{\\0txsockproxy/tcp/127.0.0.1/8080}). Binding it is atomic (C{EADDRINUSE}:
+and the user (C{\\0txsockproxy/UID/tcp/127.0.0.1/8080}). Binding it is atomic (C{EADDRINUSE}:
 another process holds it), it needs no file, it is per network namespace as
 ports are, and it vanishes with the last descriptor of it: a process that
 dies leaves no stale lock. A take-over hands the locks over with the
@@ -61,9 +61,20 @@ def pathLockName(kind: str, path: str) -> str:
 
 
 def _fit(name: str) -> str:
-    if len((PREFIX + name).encode("utf-8")) <= MAX_NAME:
+    # Room for the user id (at most 10 digits and a slash).
+    if len((PREFIX + name).encode("utf-8")) <= MAX_NAME - 11:
         return name
     return "sha256/" + hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def _abstract(name: str) -> str:
+    """
+    The abstract socket address of the lock C{name}: under this process's
+    effective user id. Abstract names have no permissions, so a name of
+    its own for each user keeps another user from holding the lock (only
+    processes of one user can share an C{SO_REUSEPORT} address anyway).
+    """
+    return f"\0{PREFIX}{os.geteuid()}/{name}"
 
 
 class InstanceLock:
@@ -107,7 +118,7 @@ def acquire(name: str) -> Optional[InstanceLock]:
     except OSError:
         return None
     try:
-        sock.bind("\0" + PREFIX + name)
+        sock.bind(_abstract(name))
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
@@ -126,8 +137,8 @@ def isLock(fileno: int, name: str) -> bool:
         return False
     try:
         return (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
-                and sock.getsockname() in ("\0" + PREFIX + name,
-                                           ("\0" + PREFIX + name).encode("utf-8")))
+                and sock.getsockname() in (_abstract(name),
+                                           _abstract(name).encode("utf-8")))
     except OSError:
         return False
     finally:
