@@ -78,10 +78,22 @@ class SystemdSocketTests(SynchronousTestCase):
             "systemd:domain=IPX:index=0": "domain=IPX: expected INET, INET6 or UNIX",
             "systemd:domain=INET": "give exactly one of index= and name=",
             "systemd:domain=INET:index=0:name=web": "give exactly one of index= and name=",
-            "systemd:domain=INET:index=one": "index=one: expected a whole number",
+            "systemd:domain=INET:index=one": "index=one: expected a whole number below 100000",
             "systemd:domain=INET:index=0:backlog=5": "unknown parameter 'backlog'",
-            "systemd:INET:domain=INET:index=0": "domain given twice",
-            "systemd:INET:UNIX:index=0": "expected domain=, then index= or name=",
+            "systemd:INET:domain=INET:index=0": "unexpected 'INET' (a colon inside a value is "
+                                                "written \\:)",
+            "systemd:domain=INET:domain=INET6:index=0": "domain= given twice",
+            "systemd:domain=INET:index=0:index=1": "index= given twice",
+            "systemd:domain=INET:index=99999999999999999999": (
+                "index=99999999999999999999: expected a whole number below 100000"),
+            "systemd:domain=INET:index=\u0661": (
+                "index=\u0661: expected a whole number below 100000"),
+            "systemd:domain=INET:name=": "name= must have 1 to 255 characters",
+            "systemd:domain=INET:name=" + "n" * 256: "name= must have 1 to 255 characters",
+            "systemd:domain=INET:name=a:b": "unexpected 'b' (a colon inside a value is "
+                                            "written \\:)",
+            "systemd:INET:UNIX:index=0": "unexpected 'UNIX' (a colon inside a value is "
+                                         "written \\:)",
         }
         for description, reason in cases.items():
             with self.assertRaises(ValueError, msg=description) as caught:
@@ -111,8 +123,15 @@ class CheckOutsideActivationTests(NotActivated, SynchronousTestCase):
 
     def test_invalid(self) -> None:
         """
-        A malformed one is refused, saying why.
+        A malformed one is refused, saying why in the string's terms (also
+        where Twisted's parser fails on it first, with a message of its
+        own).
         """
+        self.assertEqual(
+            checkEndpoint("systemd:domain=INET:name=a:b", server=True),
+            "bad server endpoint 'systemd:domain=INET:name=a:b': unexpected 'b' (a colon "
+            "inside a value is written \\:)",
+        )
         self.assertEqual(
             checkEndpoint("systemd:domain=IPX:index=0", server=True),
             "bad server endpoint 'systemd:domain=IPX:index=0': domain=IPX: expected INET, "

@@ -118,6 +118,23 @@ class DescriptionTests(SynchronousTestCase):
                                  "listeners": [{"key": ["x", 1, 0], "family": 2}]}).encode()):
             self.assertRaises(TakeoverError, parseDescription, line)
 
+    def test_hostile(self) -> None:
+        """
+        JSON nested beyond the parser's depth and a pid of infinity are a
+        L{TakeoverError}, not a traceback; a refusal's reason is logged as
+        one printable line.
+        """
+        for line in (b"[" * 100000 + b"]" * 100000,
+                     b'{"protocol": "%s", "pid": Infinity, "listeners": []}'
+                     % PROTOCOL.encode()):
+            self.assertRaises(TakeoverError, parseDescription, line)
+        with self.assertRaises(TakeoverError) as caught:
+            parseDescription(b'{"error": "line1\\nline2\\u001b[31m' + b"x" * 500 + b'"}')
+        message = str(caught.exception)
+        self.assertTrue(message.isprintable(), message)
+        self.assertIn("line1\\nline2\\x1b[31m", message)
+        self.assertLess(len(message), 300)
+
 
 class OldEnd:
     """

@@ -108,15 +108,18 @@ def checkEndpoint(description: str, server: bool) -> str | None:
     try:
         _parseEndpoint(description, server)
     except Exception as e:
-        if server and isinstance(e, LookupError) and not activatedHere():
-            # A systemd: string outside socket activation: a worker's, or a
-            # taking-over process's, which are handed the socket; elsewhere
-            # the listener says at start-up that there is none.
+        if server:
+            # A systemd: string: its form is checked here (with a message
+            # in its own terms); outside socket activation (a worker, a
+            # taking-over process, which are handed the socket) that is
+            # all: elsewhere the listener says at start-up that there is
+            # no such socket.
             try:
-                if systemdSocket(description) is not None:
-                    return None
+                found = systemdSocket(description)
             except ValueError as bad:
                 return f"bad server endpoint {quote(description)}: {bad}"
+            if found is not None and isinstance(e, LookupError) and not activatedHere():
+                return None
         reason = _endpointReason(description, e)
         return f"bad {'server' if server else 'client'} endpoint {quote(description)}: {reason}"
     return None

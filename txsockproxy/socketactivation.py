@@ -28,6 +28,8 @@ from zope.interface import implementer
 PREFIX = "systemd"
 # What follows "haproxy:" is the endpoint that listens.
 _WRAPPER = "haproxy"
+# The longest FileDescriptorName= systemd accepts.
+MAX_NAME = 255
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
@@ -79,6 +81,9 @@ def _arguments(text: str) -> tuple[list[str], dict[str, str]]:
     for piece in pieces:
         key, equals, value = _split(piece)
         if equals:
+            if key in kwargs:
+                # Twisted keeps the last one: a mistake either way.
+                raise ValueError(f"{key}= given twice")
             kwargs[key] = value
         else:
             args.append(key)
@@ -114,13 +119,14 @@ def systemdSocket(description: str) -> Optional[SystemdSocket]:
     if kind.strip().lower() != PREFIX or not rest:
         return None
     args, kwargs = _arguments(rest)
-    if len(args) > 1 or args == [""]:
+    if args == [""] or not (args or kwargs):
         raise ValueError("expected domain=, then index= or name=")
+    if len(args) > 1 or (args and "domain" in kwargs):
+        raise ValueError(f"unexpected {args[-1][:40]!r} (a colon inside a value is "
+                         "written \\:)")
     unknown = sorted(set(kwargs) - {"domain", "index", "name"})
     if unknown:
         raise ValueError(f"unknown parameter {unknown[0]!r}")
-    if args and "domain" in kwargs:
-        raise ValueError("domain given twice")
     domain = args[0] if args else kwargs.get("domain")
     if domain is None:
         raise ValueError("missing domain= (INET, INET6 or UNIX)")
@@ -131,9 +137,12 @@ def systemdSocket(description: str) -> Optional[SystemdSocket]:
         raise ValueError("give exactly one of index= and name=")
     number: Optional[int] = None
     if index is not None:
-        if not index.isdigit():
-            raise ValueError(f"index={index}: expected a whole number")
+        if not (index.isascii() and index.isdigit()) or len(index) > 5:
+            raise ValueError(f"index={index[:20]}: expected a whole number below 100000")
         number = int(index)
+    if name is not None and not 0 < len(name) <= MAX_NAME:
+        # systemd's FileDescriptorName=: 1 to 255 characters.
+        raise ValueError(f"name= must have 1 to {MAX_NAME} characters")
     return SystemdSocket(_FAMILIES[domain], number, name, wrapped)
 
 

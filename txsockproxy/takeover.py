@@ -132,17 +132,17 @@ def parseDescription(line: bytes) -> Description:
     """
     try:
         document = json.loads(line.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise TakeoverError("the running process sent something else than a "
                             "description of its sockets") from None
     if not isinstance(document, dict):
         raise TakeoverError("the running process sent something else than a "
                             "description of its sockets")
     if "error" in document:
-        raise TakeoverError(f"the running process refused: {document['error']}")
+        raise TakeoverError(f"the running process refused: {_printable(document['error'])}")
     if document.get("protocol") != PROTOCOL:
-        raise TakeoverError(f"the running process speaks {document.get('protocol')!r}, "
-                            f"not {PROTOCOL!r}")
+        raise TakeoverError(f"the running process speaks "
+                            f"{_printable(repr(document.get('protocol')))}, not {PROTOCOL!r}")
     try:
         pid = int(document["pid"])
         listeners = []
@@ -157,10 +157,19 @@ def parseDescription(line: bytes) -> Description:
         locks = document.get("locks", [])
         if not (isinstance(locks, list) and all(isinstance(name, str) for name in locks)):
             raise TypeError(locks)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise TakeoverError("the running process sent a description this version "
                             "cannot read") from None
     return Description(pid, listeners, locks)
+
+
+def _printable(text: object, limit: int = 200) -> str:
+    """
+    C{text} as one line of printable characters (others escaped), cut at
+    C{limit}: what a peer sent, fit to be logged.
+    """
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 # -- the new process's side -----------------------------------------------------
