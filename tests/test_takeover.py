@@ -38,6 +38,7 @@ from txsockproxy.takeover import (
     describe,
     notifySystemd,
     parseDescription,
+    processHolds,
     receive,
 )
 from txsockproxy.tap import Options
@@ -134,6 +135,82 @@ class DescriptionTests(SynchronousTestCase):
         self.assertTrue(message.isprintable(), message)
         self.assertIn("line1\\nline2\\x1b[31m", message)
         self.assertLess(len(message), 300)
+
+
+class PausablePort:
+    """
+    A listening port of L{PausingReactor}: Twisted's fake port, with
+    C{stopReading} and C{startReading} (accepting paused and resumed).
+    """
+
+    def __init__(self, port: Any) -> None:
+        self._port = port
+        self.reading = True
+        self.stopped = False
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopListening(self) -> Any:
+        self.stopped = True
+        return self._port.stopListening()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+
+class PausingReactor(MemoryReactorClock):
+    """
+    A memory reactor whose unix listening ports can pause accepting.
+    """
+
+    def listenUNIX(self, *args: Any, **kwargs: Any) -> Any:
+        self.port = PausablePort(super().listenUNIX(*args, **kwargs))
+        return self.port
+
+
+class ProcessHoldsTests(SynchronousTestCase):
+    """
+    L{processHolds} reads C{/proc/PID/fd}.
+    """
+
+    def test_thisProcess(self) -> None:
+        """
+        This process holds a socket it has open, and not one it has closed.
+        """
+        held = socket.socket()
+        self.addCleanup(held.close)
+        gone = socket.socket()
+        goneInode = os.fstat(gone.fileno()).st_ino
+        gone.close()
+        inode = os.fstat(held.fileno()).st_ino
+        self.assertTrue(processHolds(os.getpid(), frozenset({inode, goneInode})))
+        self.assertFalse(processHolds(os.getpid(), frozenset({goneInode})))
+
+    def test_noSuchProcess(self) -> None:
+        """
+        A process that does not exist holds nothing; without C{/proc}, it
+        cannot be told.
+        """
+        proc = self.mktemp()
+        os.makedirs(os.path.join(proc, "self"))
+        self.assertFalse(processHolds(12345, frozenset({1}), proc=proc))
+        self.assertIsNone(processHolds(12345, frozenset({1}), proc=self.mktemp()))
+
+    def test_unreadable(self) -> None:
+        """
+        Another user's process (its C{fd} directory unreadable) cannot be
+        told.
+        """
+        proc = self.mktemp()
+        os.makedirs(os.path.join(proc, "self"))
+        os.makedirs(os.path.join(proc, "77"))
+        with open(os.path.join(proc, "77", "fd"), "w"):
+            pass
+        self.assertIsNone(processHolds(77, frozenset({1}), proc=proc))
 
 
 class OldEnd:
@@ -644,7 +721,7 @@ class TakeoverServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = PausingReactor()
         self.path = shortPath(self)
         self.sockets = []
         for _ in range(2):
@@ -669,12 +746,20 @@ class TakeoverServiceTests(SynchronousTestCase):
             self.stop, pidfile=TwistdPidfile(self.twistd, 99),
             credentials=lambda transport: self.peer, pid=99,
             environ={"NOTIFY_SOCKET": self.notifySocket()},
+            holds=self.holds,
         )
         self.service.privilegedStartService()
         self.service.startService()
 
     def stop(self) -> None:
         self.stops += 1
+
+    # The processes that hold the sockets handed over (None: cannot tell).
+    holding: Optional[set[int]] = {4322}
+
+    def holds(self, pid: int, inodes: frozenset[int]) -> Optional[bool]:
+        self.assertEqual(inodes, {os.fstat(s.fileno()).st_ino for s in self.sockets})
+        return None if self.holding is None else pid in self.holding
 
     def notifySocket(self) -> str:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -805,9 +890,13 @@ class TakeoverServiceTests(SynchronousTestCase):
         listens for the next attempt; nothing is stopped.
         """
         protocol, _ = self.connect()
+        # Meanwhile, nobody else is accepted; the socket stays bound.
+        self.assertFalse(self.reactor.port.reading)
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 0)
-        self.assertEqual(len(self.reactor.unixServers), 2)
+        self.assertTrue(self.reactor.port.reading)
+        self.assertFalse(self.reactor.port.stopped)
+        self.assertEqual(len(self.reactor.unixServers), 1)
         pidfile = self.twistd["pidfile"]
         with open(pidfile) as f:
             self.assertEqual(f.read(), "99\n")
@@ -835,9 +924,42 @@ class TakeoverServiceTests(SynchronousTestCase):
                       [formatEvent(e) for e in events][-1])
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 0)
-        self.assertEqual(len(self.reactor.unixServers), 2)
+        self.assertTrue(self.reactor.port.reading)
         with open(self.twistd["pidfile"]) as f:
             self.assertEqual(f.read(), "99\n")
+
+    def test_servingWithoutTheSockets(self) -> None:
+        """
+        A process that says it serves but holds none of the sockets handed
+        over (any process of this user can connect and say so) is not
+        believed: no C{draining}, one line, and this process serves on,
+        listening for the next take-over.
+        """
+        events: list[dict[str, Any]] = []
+        self.service.attempts.log = Logger(observer=events.append)
+        protocol, transport = self.connect()
+        transport.clear()
+        protocol.dataReceived(b"serving 1\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        self.assertEqual(self.stops, 0)
+        self.assertIsNone(self.service.handedOverTo)
+        self.assertIn("pid 1 says it serves but holds none of the sockets handed over",
+                      " ".join(formatEvent(e) for e in events))
+        self.assertTrue(all(listener.port is not None for listener in self.listeners))
+        self.assertTrue(self.reactor.port.reading)
+
+    def test_servingUnknown(self) -> None:
+        """
+        Where it cannot be told which sockets the process holds, its word is
+        taken.
+        """
+        self.holding = None
+        protocol, transport = self.connect()
+        transport.clear()
+        protocol.dataReceived(b"serving 1\n")
+        self.assertEqual(transport.value(), b"draining\n")
 
     def test_noDeadlineOnceServing(self) -> None:
         """
@@ -922,19 +1044,22 @@ class TakeoverServiceTests(SynchronousTestCase):
     def test_pathLock(self) -> None:
         """
         A process listening on its path holds the path's lock, so a second
-        one cannot; it lets it go when it stops listening (handing over),
-        and takes it again when it listens again.
+        one cannot, also while a take-over runs; it lets it go (and the
+        file) once the new process serves, before answering C{draining},
+        so that the new process can listen there.
         """
         from txsockproxy.service import ListenError
 
         other = TakeoverService(self.path, MemoryReactorClock(), list, self.stop)
         self.assertRaises(ListenError, other.listen)
-        protocol, _ = self.connect()
+        protocol, transport = self.connect()
+        self.assertRaises(ListenError, other.listen)
+        transport.clear()
+        protocol.dataReceived(b"serving 4322\n")
+        self.assertTrue(self.reactor.port.stopped)
+        self.assertEqual(transport.value(), b"draining\n")
         other.listen()
         other._stopListening()
-        protocol.connectionLost(None)
-        self.assertEqual(len(self.reactor.unixServers), 2)
-        self.assertRaises(ListenError, other.listen)
 
     def test_handsOverLocks(self) -> None:
         """

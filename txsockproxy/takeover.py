@@ -46,7 +46,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple, Optional
 
 from twisted.application.service import Service
@@ -661,6 +661,8 @@ class _Handover(LineReceiver):
         self.service = service
         self.peer: Optional[int] = None
         self.served = False
+        # The inode numbers of the listening sockets handed over.
+        self.inodes: frozenset[int] = frozenset()
         # Until the new process serves (see TakeoverService.handoverTimeout).
         self.deadline: Any = None
 
@@ -685,13 +687,19 @@ class _Handover(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         word, _, pid = line.partition(b" ")
         if word == SERVING and self.peer is not None and not self.served:
-            if pid.isdigit():
+            if pid.isdigit() and len(pid) < 12:
                 self.peer = int(pid)
+            if not self.service.confirms(self):
+                self.transport.loseConnection()
+                return
             self.served = True
             self.cancelDeadline()
-            self.transport.write(DRAINING + b"\n")
-            self.transport.loseConnection()
-            self.service.handedOver(self)
+
+            def answer(_: object) -> None:
+                self.transport.write(DRAINING + b"\n")
+                self.transport.loseConnection()
+
+            self.service.handedOver(self).addBoth(answer)
         else:
             self.transport.loseConnection()
 
@@ -739,6 +747,8 @@ class TakeoverService(Service):
         extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
         handoverTimeout: float = HANDOVER_TIMEOUT,
         locks: InstanceLocks = LOCKS,
+        holds: Callable[[int, frozenset[int]], Optional[bool]] = lambda pid, inodes:
+            processHolds(pid, inodes),
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -748,6 +758,7 @@ class TakeoverService(Service):
         self.pidfile = pidfile
         self.uid = os.getuid() if uid is None else uid
         self.credentials = credentials
+        self.holds = holds
         self._givenPid = pid
         self.serving = serving
         self.environ = os.environ if environ is None else environ
@@ -958,6 +969,7 @@ class TakeoverService(Service):
         # The instance locks go with the sockets: the new process holds
         # them before this one stops, so no third one binds meanwhile.
         locks = [lock for lock in self.locks.held() if lock.fileno >= 0]
+        handover.inodes = frozenset(_inodes(descriptors))
         descriptors.extend(lock.fileno for lock in locks)
         self.handover = handover
         handover.peer = pid
@@ -976,10 +988,31 @@ class TakeoverService(Service):
                 handover.transport.sendFileDescriptor(fd)
             handover.transport.write(line)
 
-        # No one else connects meanwhile; the file is gone before the new
-        # process listens on it.
-        self._stopListening().addCallback(send).addErrback(
-            lambda f: self.log.failure("take-over: handing over", f))
+        # No one else is accepted meanwhile (their connections wait); the
+        # socket stays bound, so an attempt costs no line of Twisted's
+        # ("starting on", "Closed"). The file goes, with the path's lock,
+        # once the new process serves: before it listens there.
+        pause = getattr(self.port, "stopReading", None)
+        if pause is not None:
+            pause()
+        send(None)
+
+    def confirms(self, handover: _Handover) -> bool:
+        """
+        Whether the process that says it serves (the pid it gave) holds
+        one of the listening sockets handed over: any process of this user
+        can connect and say C{serving}, and this process would then stop
+        serving. Where that cannot be told (no C{/proc}, or the process is
+        not readable: e.g. started as root, then switched user), it is
+        believed.
+        """
+        holds = self.holds(handover.peer or 0, handover.inodes) if handover.inodes else None
+        if holds is False:
+            self.attempts.emit(LogLevel.error, "take-over: pid {pid} says it serves but holds "
+                               "none of the sockets handed over: refused; still serving",
+                               pid=handover.peer)
+            return False
+        return True
 
     def _timedOut(self, handover: _Handover) -> None:
         handover.deadline = None
@@ -991,11 +1024,14 @@ class TakeoverService(Service):
         # handoverEnded follows, as the connection closes.
         handover.transport.abortConnection()
 
-    def handedOver(self, handover: _Handover) -> None:
+    def handedOver(self, handover: _Handover) -> defer.Deferred[Any]:
         """
         The new process serves: stop accepting at once (the stop as on
         SIGTERM follows when the connection has closed, its last words
         sent).
+
+        @return: a Deferred that fires once the take-over socket is closed
+            (the file and its lock gone): the new process may listen there.
         """
         self.handedOverTo = handover.peer
         self.log.info("take-over: pid {pid} serves: stopped accepting; draining as on "
@@ -1012,6 +1048,8 @@ class TakeoverService(Service):
                 names()
 
         defer.gatherResults(unbinding, consumeErrors=True).addBoth(restore)
+        return self._stopListening().addErrback(
+            lambda f: self.log.failure("take-over: closing {path}", f, path=self.path))
 
     def handoverEnded(self, handover: _Handover) -> None:
         """
@@ -1028,11 +1066,50 @@ class TakeoverService(Service):
                            "still serving here", pid=handover.peer)
         if self.pidfile is not None:
             self.pidfile.restore()
-        if self.running:
-            try:
-                self.listen(again=True)
-            except ListenError as e:
-                self.log.error("take-over: {error}", error=str(e))
+        if not self.running:
+            return
+        resume = getattr(self.port, "startReading", None)
+        if resume is not None:
+            resume()
+            return
+        try:
+            self.listen(again=True)
+        except ListenError as e:
+            self.log.error("take-over: {error}", error=str(e))
+
+
+def _inodes(descriptors: Iterable[int]) -> Iterator[int]:
+    for fd in descriptors:
+        try:
+            yield os.fstat(fd).st_ino
+        except OSError:
+            continue
+
+
+def processHolds(pid: int, inodes: frozenset[int], proc: str = "/proc") -> Optional[bool]:
+    """
+    Whether the process C{pid} has a descriptor of one of the sockets
+    whose inode numbers are C{inodes} (read from C{/proc/PID/fd}).
+
+    @return: L{None} when that cannot be told (no such directory readable:
+        not Linux, or another user's process).
+    """
+    directory = os.path.join(proc, str(pid), "fd")
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        # No such process; or no /proc at all.
+        return False if os.path.isdir(os.path.join(proc, "self")) else None
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if os.readlink(os.path.join(directory, name)) in wanted:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def notifySystemd(state: str, environ: Mapping[str, str]) -> bool:
@@ -1123,5 +1200,5 @@ def _nothing() -> None:
 
 __all__ = [
     "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
-    "notifySystemd", "parseDescription", "peerCredentials", "receive",
+    "notifySystemd", "parseDescription", "peerCredentials", "processHolds", "receive",
 ]
