@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.error import CannotListenError
@@ -220,3 +222,81 @@ class _AdoptingReactor:
                 return sock.fileno()
 
         return Port()
+
+
+def _procEntry(hexAddress: str, port: int, inode: int, state: str = "0A") -> str:
+    return (f"   0: {hexAddress}:{port:04X} 00000000:0000 {state} 00000000:00000000 "
+            f"00:00000000 00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n")
+
+
+class ListeningElsewhereTests(SynchronousTestCase):
+    """
+    L{instancelock.listeningElsewhere} finds a listener of another process
+    whose address overlaps, in C{/proc/net/tcp} and C{tcp6}.
+    """
+
+    def proc(self, tcp: list[str], tcp6: list[str] = (), own: tuple[int, ...] = ()) -> str:
+        proc = self.mktemp()
+        os.makedirs(os.path.join(proc, "net"))
+        os.makedirs(os.path.join(proc, "self", "fd"))
+        header = "  sl  local_address rem_address   st ...\n"
+        for name, lines in (("tcp", tcp), ("tcp6", tcp6)):
+            with open(os.path.join(proc, "net", name), "w") as f:
+                f.write(header + "".join(lines))
+        for n, inode in enumerate(own):
+            os.symlink(f"socket:[{inode}]", os.path.join(proc, "self", "fd", str(n)))
+        return proc
+
+    def test_overlapping(self) -> None:
+        """
+        A wildcard overlaps every address of its family; the IPv6 wildcard
+        (dual-stack) every address; an IPv4-mapped IPv6 address its IPv4
+        address.
+        """
+        loopback = _procEntry("0100007F", 8080, 11)
+        wildcard6 = _procEntry("0" * 32, 8080, 12)
+        mapped = _procEntry("0000000000000000FFFF00000200007F", 8080, 13)
+        proc = self.proc([loopback])
+        elsewhere = instancelock.listeningElsewhere
+        self.assertEqual(elsewhere("0.0.0.0", 8080, proc), "127.0.0.1:8080")
+        self.assertEqual(elsewhere("", 8080, proc), "127.0.0.1:8080")
+        self.assertEqual(elsewhere("::", 8080, proc), "127.0.0.1:8080")
+        self.assertIsNone(elsewhere("127.0.0.2", 8080, proc))
+        self.assertIsNone(elsewhere("::1", 8080, proc))
+        self.assertIsNone(elsewhere("0.0.0.0", 8081, proc))
+        proc = self.proc([], [wildcard6, mapped])
+        self.assertEqual(elsewhere("127.0.0.9", 8080, proc), "[::]:8080")
+        proc = self.proc([], [mapped])
+        self.assertEqual(elsewhere("127.0.0.2", 8080, proc), "127.0.0.2:8080")
+
+    def test_notListeningOrOwn(self) -> None:
+        """
+        Sockets not listening, and this process's own, do not count;
+        without C{/proc/net}, nothing is found.
+        """
+        proc = self.proc([_procEntry("0100007F", 8080, 11, state="06"),
+                          _procEntry("0100007F", 8080, 12)], own=(12,))
+        self.assertIsNone(instancelock.listeningElsewhere("0.0.0.0", 8080, proc))
+        self.assertIsNone(instancelock.listeningElsewhere("0.0.0.0", 8080, self.mktemp()))
+
+    def test_anotherProcess(self) -> None:
+        """
+        A real listener of another process is found, and a
+        L{ReusePortReactor} does not bind an overlapping address beside it.
+        """
+        script = ("import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+                  "s.listen(1); print(s.getsockname()[1], flush=True); sys.stdin.read()")
+        child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        self.addCleanup(child.wait)
+        self.addCleanup(child.stdin.close)  # type: ignore[union-attr]
+        port = int(child.stdout.readline())  # type: ignore[union-attr]
+        child.stdout.close()  # type: ignore[union-attr]
+        self.assertEqual(instancelock.listeningElsewhere("0.0.0.0", port), f"127.0.0.1:{port}")
+        reactor = MemoryReactorClock()
+        binder = ReusePortReactor(reactor, 2, InstanceLocks())
+        with self.assertRaises(CannotListenError) as caught:
+            binder.listenTCP(port, Factory(), interface="0.0.0.0")
+        self.assertEqual(caught.exception.socketError.strerror,
+                         f"another process listens on 127.0.0.1:{port}")
+        self.assertEqual((reactor.adoptedPorts, binder.extra), ([], []))

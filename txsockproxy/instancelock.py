@@ -228,5 +228,102 @@ class InstanceLocks:
 LOCKS = InstanceLocks()
 
 
+_LISTEN = "0A"
+
+
+def _address(hexAddress: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """
+    The address of a C{/proc/net/tcp} or C{tcp6} entry (host byte order,
+    32-bit words).
+    """
+    try:
+        raw = bytes.fromhex(hexAddress)
+    except ValueError:
+        return None
+    if len(raw) not in (4, 16):
+        return None
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _overlap(ours: ipaddress.IPv4Address | ipaddress.IPv6Address,
+             theirs: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """
+    Whether connections to one of two listening addresses of a port may
+    reach the other: the same address, or either one every address (the
+    IPv6 wildcard also takes IPv4: Twisted's IPv6 sockets are dual-stack).
+    """
+    if ours == theirs or theirs.is_unspecified and (ours.version == theirs.version
+                                                    or theirs.version == 6):
+        return True
+    return ours.is_unspecified and (ours.version == theirs.version or ours.version == 6)
+
+
+def _ownSockets(proc: str) -> set[str]:
+    try:
+        names = os.listdir(os.path.join(proc, "self", "fd"))
+    except OSError:
+        return set()
+    own = set()
+    for name in names:
+        try:
+            link = os.readlink(os.path.join(proc, "self", "fd", name))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            own.add(link[8:-1])
+    return own
+
+
+def listeningElsewhere(interface: str, port: int, proc: str = "/proc") -> Optional[str]:
+    """
+    A TCP socket of another process (or of none: one this process does not
+    hold) that listens on C{port} at an address overlapping C{interface}
+    (C{""}: every address): the exact-address lock does not see those
+    (C{0.0.0.0:8080} beside C{127.0.0.1:8080}), and C{SO_REUSEPORT} lets the
+    same user bind both.
+
+    @return: its address, as C{ADDRESS:PORT}; or L{None}: none (or it
+        cannot be told: no C{/proc/net}).
+    """
+    try:
+        ours = ipaddress.ip_address(interface.split("%", 1)[0] or "0.0.0.0")
+    except ValueError:
+        return None
+    if isinstance(ours, ipaddress.IPv6Address) and ours.ipv4_mapped is not None:
+        ours = ours.ipv4_mapped
+    own: Optional[set[str]] = None
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc, "net", table), encoding="ascii") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            hexAddress, _, hexPort = fields[1].partition(":")
+            try:
+                if int(hexPort, 16) != port:
+                    continue
+            except ValueError:
+                continue
+            theirs = _address(hexAddress)
+            if theirs is None or not _overlap(ours, theirs):
+                continue
+            if own is None:
+                own = _ownSockets(proc)
+            if fields[9] in own:
+                continue
+            shown = f"[{theirs}]" if theirs.version == 6 else str(theirs)
+            return f"{shown}:{port}"
+    return None
+
+
 __all__ = ["LOCKS", "InstanceLock", "InstanceLocks", "LockHeld", "acquire", "adopt", "isLock",
+           "listeningElsewhere",
            "pathLockName", "tcpLockName"]

@@ -21,13 +21,19 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import error
 from zope.interface import directlyProvides, providedBy
 
 from txsockproxy.adopting import InheritedSocket
-from txsockproxy.instancelock import LOCKS, InstanceLocks, LockHeld, tcpLockName
+from txsockproxy.instancelock import (
+    LOCKS,
+    InstanceLocks,
+    LockHeld,
+    listeningElsewhere,
+    tcpLockName,
+)
 
 
 def bindReusePort(family: int, address: tuple[str, int], backlog: int) -> socket.socket:
@@ -61,7 +67,9 @@ class ReusePortReactor:
     @ivar extra: the other sockets' descriptors, owned by the caller.
     """
 
-    def __init__(self, reactor: Any, count: int, locks: InstanceLocks = LOCKS) -> None:
+    def __init__(self, reactor: Any, count: int, locks: InstanceLocks = LOCKS,
+                 elsewhere: Callable[[str, int], Optional[str]] = listeningElsewhere) -> None:
+        self._elsewhere = elsewhere
         self._reactor = reactor
         self._count = count
         self._locks = locks
@@ -100,6 +108,12 @@ class ReusePortReactor:
         """
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self._lock(family, interface, port)
+        if port:
+            other = self._elsewhere(interface, port)
+            if other is not None:
+                self._unlock()
+                raise error.CannotListenError(interface, port, OSError(
+                    errno.EADDRINUSE, f"another process listens on {other}"))
         sockets: list[socket.socket] = []
         try:
             for _ in range(self._count):
