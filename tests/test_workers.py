@@ -32,6 +32,7 @@ from txsockproxy.worker import LineObserver, Worker, WorkerControl, share, share
 from txsockproxy.workerprotocol import (
     Admin,
     Configure,
+    HandListener,
     Reload,
     Serve,
     Snapshot,
@@ -237,6 +238,7 @@ class FakeProxyService:
         self.started = False
         self.running = False
         self.reloads: list[defer.Deferred[bool]] = []
+        self.listeners: list[Any] = []
         self.stopping: Optional[defer.Deferred[None]] = None
         self.statusView = StatusView(clock=reactor)
 
@@ -456,6 +458,48 @@ class WorkerTests(SynchronousTestCase):
         self.worker.hand((False, "tcp:0", 0), InheritedSocket(first, socket.AF_UNIX))
         self.worker.hand((False, "tcp:0", 0), InheritedSocket(-1, socket.AF_UNIX))
         self.assertRaises(OSError, os.fstat, first)
+
+    def test_handAgainAfterPortClosed(self) -> None:
+        """
+        A socket handed again while serving, for a listener whose port was
+        closed (the parent paused the socket while the worker was stopped),
+        is adopted by that listener, which listens again; a listener whose
+        port is still open is left alone.
+        """
+        from txsockproxy.adopting import InheritedSocket
+        from txsockproxy.service import listenKeys
+
+        key = listenKeys(self.worker.configuration)[0]  # type: ignore[arg-type]
+        first = InheritedSocket(-1, socket.AF_INET)
+        self.worker.hand(key, first)
+        parent, pump, _ = self.connected()
+        parent.callRemote(Serve)
+        pump.flush()
+        adopted: list[int] = []
+
+        class Port:
+            connected = True
+
+            def getHost(self) -> None:
+                return None
+
+        class Listener:
+            description = "tcp:0"
+            port: Any = Port()
+
+            def bind(self) -> None:
+                adopted.append(first.fileno)
+                self.port = Port()
+
+        listener = Listener()
+        self.services[0].listeners = [listener]
+        self.worker.hand(key, InheritedSocket(-1, socket.AF_INET))
+        self.assertEqual(adopted, [])
+        listener.port.connected = False
+        self.worker.hand(key, InheritedSocket(-7, socket.AF_INET6))
+        self.assertEqual(adopted, [-7])
+        self.assertTrue(listener.port.connected)
+        self.assertIs(self.worker.inherited[key], first)
 
 
 class LineObserverTests(SynchronousTestCase):
@@ -698,7 +742,7 @@ class ParentTests(SynchronousTestCase):
     def test_adminStateReplayed(self) -> None:
         """
         A worker that starts serving after an admin action (restarted) is
-        given it too; C{enable} ends that.
+        given it too; C{enable} is kept (and given) too.
         """
         first = self.serving(self.service.workers[0], 10)
         self.service.admin("p", "one", "drain", None)
@@ -717,7 +761,7 @@ class ParentTests(SynchronousTestCase):
         self.service.admin("p", "one", "enable", None)
         for _, _, d in first.calls[1:] + control.calls[3:]:
             d.callback({"code": 200, "body": "{}"})
-        self.assertEqual(self.service._adminStates, {})
+        self.assertEqual(self.service._adminStates, {("p", "one"): "enable"})
 
     def test_restartServesLastGoodConfig(self) -> None:
         """
@@ -809,7 +853,7 @@ class ParentTests(SynchronousTestCase):
         self.assertEqual(len(self.logged("reload: worker 1 did not answer")), 1)
 
         second.calls[0][2].callback({"code": 200, "body": "{}"})
-        self.assertEqual(self.logged(") answers again"), ["worker 1 (pid 11) answers again"])
+        self.assertEqual(self.logged(") answers again"), ["worker 1 (pid 11) answers again (every late command applied)"])
         [(command, arguments, answer)] = second.calls[1:]
         self.assertEqual(command, Configure)
         self.assertEqual(unpackConfig([arguments["data"]]), changed)
@@ -819,6 +863,77 @@ class ParentTests(SynchronousTestCase):
         self.assertEqual([(c, a) for c, a, _ in second.calls[3:]],
                          [(Admin, {"proxy": "p", "label": "one", "action": "disable"})])
         self.assertIs(self.service.workers[1].configured, changed)
+
+    def test_staleAdminUndoneOnCatchUp(self) -> None:
+        """
+        An admin action sent to a worker that then stops answering is
+        applied late when it resumes; a later C{enable} it missed is given
+        to it after every late command has been answered (and so applied),
+        and only then is it logged as answering again, then as caught up.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        self.service.workers[1].call(Snapshot, part=0).addErrback(lambda f: None)
+        result = self.service.admin("p", "one", "drain", None)
+        first.calls[0][2].callback({"code": 200, "body": "{}"})
+        self.clock.advance(CALL_DEADLINE)
+        self.successResultOf(result)
+        result = self.service.admin("p", "one", "enable", None)
+        first.calls[1][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.successResultOf(result)[1][1], 503)
+
+        second.calls[0][2].callback({"data": packSnapshot({})[0], "more": False})
+        self.assertEqual(self.logged("answers again"), [])
+        self.assertEqual(len(second.calls), 2)
+        second.calls[1][2].callback({"code": 200, "body": "{}"})
+        self.assertEqual(self.logged("answers again"),
+                         ["worker 1 (pid 11) answers again (every late command applied)"])
+        second.calls[2][2].callback({})
+        self.assertEqual(second.calls[3][0], Reload)
+        second.calls[3][2].callback({"applied": True})
+        [(command, arguments, answer)] = second.calls[4:]
+        self.assertEqual((command, arguments),
+                         (Admin, {"proxy": "p", "label": "one", "action": "enable"}))
+        self.assertEqual(self.logged("caught up"), [])
+        answer.callback({"code": 200, "body": "{}"})
+        [line] = self.logged("caught up")
+        self.assertIn("1 admin state(s) replayed", line)
+
+    def test_ownSocketsPausedWhileNotAnswering(self) -> None:
+        """
+        While a worker is not answering, its own SO_REUSEPORT socket of each
+        TCP listener does not listen (new connections go to the other
+        worker); when it answers again, the socket listens again and is
+        handed to it again before anything else.
+        """
+        from tests.test_listenpause import listening
+        from txsockproxy.reuseport import bindReusePort
+
+        own = bindReusePort(socket.AF_INET, ("127.0.0.1", 0), 50)
+        port = own.getsockname()[1]
+        other = bindReusePort(socket.AF_INET, ("127.0.0.1", port), 50)
+        for s in (own, other):
+            self.addCleanup(s.close)
+        key = (False, "tcp:0", 0)
+        listener = FakeListener(other.fileno())
+        from twisted.internet.address import IPv4Address
+
+        listener.getHost = lambda: IPv4Address("TCP", "127.0.0.1", port)  # type: ignore[attr-defined]
+        self.service._listeners = {key: listener}  # type: ignore[dict-item]
+        self.service._binders[id(listener)] = FakeBinder([own.fileno()])
+        worker = self.service.workers[1]
+        control = self.serving(worker, 11)
+        worker.handed = {key}
+        worker.call(Snapshot, part=0).addErrback(lambda f: None)
+        self.clock.advance(CALL_DEADLINE)
+        self.assertEqual((listening(own), listening(other)), (False, True))
+        [line] = self.logged("is not answering")
+        self.assertIn("(its own socket of 1 listener(s) closed meanwhile)", line)
+        control.calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual(listening(own), True)
+        self.assertEqual(own.getsockname(), ("127.0.0.1", port))
+        self.assertEqual(control.calls[1][0], HandListener)
+        self.assertEqual(control.calls[1][1]["socket"], own.fileno())
 
     def test_reloadWhileStarting(self) -> None:
         """

@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import (
     ILogObserver,
+    Logger,
     LogLevel,
     formatEvent,
     globalLogBeginner,
@@ -41,7 +42,8 @@ from zope.interface import implementer
 
 from txsockproxy.adopting import InheritedSocket
 from txsockproxy.config import BackendConfig, Config, ConfigError, Problem, ProxyConfig
-from txsockproxy.service import ListenKey, ProxyService, StartupError
+from txsockproxy.listening import LISTENING
+from txsockproxy.service import ListenKey, ProxyService, StartupError, listenKeys
 from txsockproxy.status import adminAction, metricsRegistry, serverStatistics, statusDocument
 from txsockproxy.workerprotocol import (
     Admin,
@@ -124,6 +126,8 @@ class Worker:
     @ivar service: the proxy service, once serving.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         reactor: Any,
@@ -190,12 +194,42 @@ class Worker:
     def hand(self, key: ListenKey, inherited: InheritedSocket) -> None:
         """
         Keep the listening socket of listener C{key}: a listener built
-        later adopts it. One handed again replaces the earlier one.
+        later adopts it. One handed again replaces the earlier one; the
+        running listener of C{key} adopts it when its own copy was closed
+        (the parent paused the socket while this worker did not answer: the
+        reactor found it no longer listening, and closed its port).
         """
         old = self.inherited.get(key)
         if old is not None:
             old.close()
-        self.inherited[key] = inherited
+        listener = self._listenerOf(key)
+        if old is None or listener is None:
+            self.inherited[key] = inherited
+            return
+        # The listener's endpoint adopts the socket object it was built
+        # with: that one holds the new descriptor.
+        old.fileno, old.family = inherited.fileno, inherited.family
+        if getattr(listener.port, "connected", True):
+            return
+        listener.port = None
+        try:
+            listener.bind()
+            if listener.port is not None:
+                # The closed port's address was never taken out.
+                LISTENING.remove(listener.port.getHost())
+        except StartupError as e:
+            self.log.error("{listen}: cannot listen again: {error}",
+                           listen=listener.description, error=str(e))
+
+    def _listenerOf(self, key: ListenKey) -> Any:
+        """
+        The running listener of C{key}, or L{None}.
+        """
+        service = self.service
+        if service is None:
+            return None
+        keyed = dict(zip(listenKeys(service.config), service.listeners, strict=False))
+        return keyed.get(key)
 
     def serve(self) -> int:
         """

@@ -223,6 +223,7 @@ class WorkerProcess(ProcessProtocol):
         until the worker answers again.
     @ivar missed: whether it missed a reload or an admin action while not
         answering (it is given them when it answers again).
+    @ivar pending: how many commands sent to it are not answered yet.
     """
 
     log = Logger()
@@ -239,6 +240,7 @@ class WorkerProcess(ProcessProtocol):
         self.handed: set[ListenKey] = set()
         self.answering = True
         self.missed = False
+        self.pending = 0
         self._buffers: dict[int, bytes] = {}
         self._ended: list[defer.Deferred[None]] = []
         self.processTransport: Any = None
@@ -274,6 +276,7 @@ class WorkerProcess(ProcessProtocol):
         self.handed = set()
         self.answering = True
         self.missed = False
+        self.pending = 0
         pid, self.pid = self.pid, None
         self.processTransport = None
         ended, self._ended = self._ended, []
@@ -319,6 +322,13 @@ class WorkerProcess(ProcessProtocol):
         if not self.answering:
             return defer.fail(NotAnswering("not answering"))
         sent = self.control.callRemote(command, **arguments)
+        self.pending += 1
+
+        def done(outcome: Any) -> Any:
+            self.pending -= 1
+            return outcome
+
+        sent.addBoth(done)
         if deadline is None:
             return sent
         # The answer arrives here or nowhere: AMP keeps the call until the
@@ -349,15 +359,22 @@ class WorkerProcess(ProcessProtocol):
             result.errback(NotAnswering(f"no answer to {command} within {deadline:g}s"))
         if self.answering and self.control is not None:
             self.answering = False
+            paused = self.parent.workerNotAnswering(self)
             self.log.warn("worker {index} (pid {pid}) is not answering (no answer to {command} "
-                          "within {deadline:g}s): left out until it answers", index=self.index,
-                          pid=self.pid, command=command, deadline=deadline)
+                          "within {deadline:g}s): left out until it answers{paused}",
+                          index=self.index, pid=self.pid, command=command, deadline=deadline,
+                          paused=f" (its own socket of {paused} listener(s) closed meanwhile)"
+                          if paused else "")
 
     def _answered(self) -> None:
-        if self.answering or self.control is None:
+        # Only once every command sent before the deadline has been answered
+        # (applied, in order: AMP runs them in the order sent): what it is
+        # given then comes after them all, never undone by a stale one.
+        if self.answering or self.control is None or self.pending:
             return
         self.answering = True
-        self.log.info("worker {index} (pid {pid}) answers again", index=self.index, pid=self.pid)
+        self.log.info("worker {index} (pid {pid}) answers again (every late command applied)",
+                      index=self.index, pid=self.pid)
         self.parent.workerAnswers(self)
 
 
@@ -454,8 +471,10 @@ class WorkersService(MultiService):
         self._previousHUP: Any = None
         self._listeners = self._proxyListeners(config, {})
         self._statusSite: Any = None
-        # The admin actions applied, by (proxy, backend label): a worker
-        # restarted gets them again (its backends start "up").
+        # The admin state of every backend acted on, by (proxy, backend
+        # label), "enable" included: a worker restarted, or catching up, gets
+        # them again (its backends start "up"; it may have applied a stale
+        # action late).
         self._adminStates: dict[tuple[str, str], str] = {}
 
     # -- listeners --------------------------------------------------------------
@@ -820,8 +839,10 @@ class WorkersService(MultiService):
         """
         Called by C{worker} when it answers again after not answering: give
         it what it missed (listeners added, the configuration, the admin
-        actions), if anything.
+        actions), if anything: its own SO_REUSEPORT sockets paused meanwhile
+        listen again first and are handed to it again (it found them closed).
         """
+        self._resume(worker.index)
         missing = [(key, listener) for key, listener in self._listeners.items()
                    if key not in worker.handed]
         if worker.state != "serving" or self._stopping or not (
@@ -829,14 +850,17 @@ class WorkersService(MultiService):
             return
         worker.missed = False
 
-        def caughtUp(answer: Any) -> None:
+        def reloaded(answer: Any) -> Any:
             if not answer["applied"]:
                 self.log.error("worker {index} kept its running configuration",
                                index=worker.index)
-                return
-            self.log.info("worker {index} caught up: {source}", index=worker.index,
-                          source=self.config.source)
-            self._replayAdmin(worker)
+                return None
+            return self._replayAdmin(worker).addCallback(caughtUp)
+
+        def caughtUp(replayed: int) -> None:
+            self.log.info("worker {index} caught up: {source}, {count} admin state(s) "
+                          "replayed", index=worker.index, source=self.config.source,
+                          count=replayed)
 
         def failed(failure: Failure) -> None:
             worker.missed = True
@@ -844,12 +868,35 @@ class WorkersService(MultiService):
                            error=failure.getErrorMessage())
 
         self._hand(worker, missing).addCallback(lambda _: self._reload(worker)).addCallbacks(
-            caughtUp, failed)
+            reloaded, failed)
 
-    def _replayAdmin(self, worker: WorkerProcess) -> None:
-        for (proxy, label), action in self._adminStates.items():
-            worker.call(Admin, proxy=proxy, label=label, action=action).addErrback(
-                lambda f: None)
+    def workerNotAnswering(self, worker: WorkerProcess) -> int:
+        """
+        Called by C{worker} when it stops answering: its own SO_REUSEPORT
+        socket of each TCP listener is paused, as during a restart's
+        back-off, so that the kernel queues no new connection where nobody
+        accepts; they are handed to it again when it answers again.
+
+        @return: how many were paused.
+        """
+        if self._stopping:
+            return 0
+        paused = self._pause(worker, list(self._listeners.values()))
+        for key, listener in self._listeners.items():
+            if any(listener is p for p, _, _ in self._paused.get(worker.index, [])):
+                worker.handed.discard(key)
+        return paused
+
+    def _replayAdmin(self, worker: WorkerProcess) -> defer.Deferred[int]:
+        """
+        Give C{worker} the admin state of every backend ever acted on (an
+        C{enable} too: it undoes an action the worker applied late).
+
+        @return: a Deferred of how many it answered.
+        """
+        calls = [worker.call(Admin, proxy=proxy, label=label, action=action).addCallbacks(
+            lambda _: 1, lambda f: 0) for (proxy, label), action in self._adminStates.items()]
+        return defer.gatherResults(calls).addCallback(sum)
 
     # -- status -----------------------------------------------------------------
 
@@ -899,10 +946,9 @@ class WorkersService(MultiService):
         def answers(results: list[tuple[WorkerProcess, Any]]) -> list[tuple[int, int, str]]:
             if any(not isinstance(answer, list) and answer["code"] == 200
                    for _, answer in results):
-                if action == "enable":
-                    self._adminStates.pop((proxy, label), None)
-                else:
-                    self._adminStates[(proxy, label)] = action
+                # "enable" is kept too: a worker that applies an earlier
+                # action late (it was stopped) is given it when it catches up.
+                self._adminStates[(proxy, label)] = action
             out = []
             for worker, answer in results:
                 if isinstance(answer, list):
