@@ -47,11 +47,11 @@ class SystemdSocketTests(SynchronousTestCase):
 
     def test_name(self) -> None:
         """
-        C{name=} gives the C{FileDescriptorName=}; a backslash escapes a
-        colon in it; the domain may come first without C{domain=}.
+        C{name=} gives the C{FileDescriptorName=}; a backslash escapes the
+        next character; the domain may come first without C{domain=}.
         """
-        self.assertEqual(systemdSocket(r"systemd:UNIX:name=a\:b"),
-                         SystemdSocket(socket.AF_UNIX, None, "a:b"))
+        self.assertEqual(systemdSocket(r"systemd:UNIX:name=a\=b"),
+                         SystemdSocket(socket.AF_UNIX, None, "a=b"))
 
     def test_wrapped(self) -> None:
         """
@@ -90,6 +90,13 @@ class SystemdSocketTests(SynchronousTestCase):
                 "index=\u0661: expected a whole number below 100000"),
             "systemd:domain=INET:name=": "name= must have 1 to 255 characters",
             "systemd:domain=INET:name=" + "n" * 256: "name= must have 1 to 255 characters",
+            "systemd:domain=INET:name=pg\\": "a backslash at the end escapes nothing",
+            "systemd:domain=INET:name=p\\:g": (
+                "name= must be printable ASCII without ':' (as FileDescriptorName= is)"),
+            "systemd:domain=INET:name=a\nb": (
+                "name= must be printable ASCII without ':' (as FileDescriptorName= is)"),
+            "systemd:domain=INET:name=caf\u00e9": (
+                "name= must be printable ASCII without ':' (as FileDescriptorName= is)"),
             "systemd:domain=INET:name=a:b": "unexpected 'b' (a colon inside a value is "
                                             "written \\:)",
             "systemd:INET:UNIX:index=0": "unexpected 'UNIX' (a colon inside a value is "

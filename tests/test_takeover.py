@@ -40,6 +40,7 @@ from txsockproxy.takeover import (
     parseDescription,
     processHolds,
     receive,
+    servingRefusal,
 )
 from txsockproxy.tap import Options
 from txsockproxy.workerprotocol import Serve
@@ -211,6 +212,78 @@ class ProcessHoldsTests(SynchronousTestCase):
         with open(os.path.join(proc, "77", "fd"), "w"):
             pass
         self.assertIsNone(processHolds(77, frozenset({1}), proc=proc))
+
+
+class ServingRefusalTests(SynchronousTestCase):
+    """
+    L{servingRefusal}: whom the old process believes when told C{serving
+    PID}.
+    """
+
+    def proc(self) -> str:
+        proc = self.mktemp()
+        os.makedirs(os.path.join(proc, "self"))
+        return proc
+
+    def process(self, proc: str, pid: int, ppid: int, uid: int,
+                sockets: Optional[list[int]] = None) -> None:
+        """
+        A process in the fake C{/proc}: its status, and its descriptors
+        (L{None}: unreadable).
+        """
+        os.makedirs(os.path.join(proc, str(pid)))
+        with open(os.path.join(proc, str(pid), "status"), "w") as f:
+            f.write(f"Name:\tx\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        if sockets is None:
+            with open(os.path.join(proc, str(pid), "fd"), "w"):
+                pass
+            return
+        os.makedirs(os.path.join(proc, str(pid), "fd"))
+        for n, inode in enumerate(sockets):
+            os.symlink(f"socket:[{inode}]", os.path.join(proc, str(pid), "fd", str(n)))
+
+    def test_newProcess(self) -> None:
+        """
+        Another process that holds one of the sockets is believed; one that
+        holds none, or does not run, is not.
+        """
+        proc = self.proc()
+        self.process(proc, 500, 1, 1000, [7, 8])
+        self.process(proc, 501, 1, 1000, [9])
+        inodes = frozenset({8, 20})
+        self.assertIsNone(servingRefusal(500, inodes, 100, 1, 1000, proc))
+        self.assertEqual(servingRefusal(501, inodes, 100, 1, 1000, proc),
+                         "it holds none of the sockets handed over")
+        self.assertEqual(servingRefusal(502, inodes, 100, 1, 1000, proc), "no such process runs")
+
+    def test_holdersThatAreNotNew(self) -> None:
+        """
+        This process, its parent (systemd holds activated sockets), init
+        and this process's workers hold the sockets too: naming them is
+        refused.
+        """
+        proc = self.proc()
+        self.process(proc, 300, 100, 1000, [8])
+        inodes = frozenset({8})
+        for pid in (100, 1, 0, 50):
+            self.assertEqual(servingRefusal(pid, inodes, 100, 50, 1000, proc),
+                             "that names init, this process or its parent")
+        self.assertEqual(servingRefusal(300, inodes, 100, 50, 1000, proc),
+                         "that names one of this process's own workers")
+
+    def test_unreadable(self) -> None:
+        """
+        A process whose descriptors cannot be read is believed if it runs
+        as this process's user (started as root, then switched), not
+        otherwise; without C{/proc}, anything is.
+        """
+        proc = self.proc()
+        self.process(proc, 600, 1, 1000)
+        self.process(proc, 601, 1, 0)
+        self.assertIsNone(servingRefusal(600, frozenset({8}), 100, 1, 1000, proc))
+        self.assertEqual(servingRefusal(601, frozenset({8}), 100, 1, 1000, proc),
+                         "it runs as uid 0 and its descriptors cannot be read")
+        self.assertIsNone(servingRefusal(601, frozenset({8}), 100, 1, 1000, self.mktemp()))
 
 
 class OldEnd:
@@ -746,7 +819,7 @@ class TakeoverServiceTests(SynchronousTestCase):
             self.stop, pidfile=TwistdPidfile(self.twistd, 99),
             credentials=lambda transport: self.peer, pid=99,
             environ={"NOTIFY_SOCKET": self.notifySocket()},
-            holds=self.holds,
+            vouch=self.vouch,
         )
         self.service.privilegedStartService()
         self.service.startService()
@@ -754,12 +827,14 @@ class TakeoverServiceTests(SynchronousTestCase):
     def stop(self) -> None:
         self.stops += 1
 
-    # The processes that hold the sockets handed over (None: cannot tell).
+    # The processes believed when they say they serve (None: any).
     holding: Optional[set[int]] = {4322}
 
-    def holds(self, pid: int, inodes: frozenset[int]) -> Optional[bool]:
+    def vouch(self, pid: int, inodes: frozenset[int]) -> Optional[str]:
         self.assertEqual(inodes, {os.fstat(s.fileno()).st_ino for s in self.sockets})
-        return None if self.holding is None else pid in self.holding
+        if self.holding is None or pid in self.holding:
+            return None
+        return "it holds none of the sockets handed over"
 
     def notifySocket(self) -> str:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -845,7 +920,7 @@ class TakeoverServiceTests(SynchronousTestCase):
         self.connect()
         _, second = self.connect()
         self.assertEqual(second.descriptors, [])
-        self.assertIn(b"a take-over is running already", second.value())
+        self.assertIn(b"a take-over by pid 4321 is running already", second.value())
 
     def test_serving(self) -> None:
         """
@@ -890,11 +965,13 @@ class TakeoverServiceTests(SynchronousTestCase):
         listens for the next attempt; nothing is stopped.
         """
         protocol, _ = self.connect()
-        # Meanwhile, nobody else is accepted; the socket stays bound.
-        self.assertFalse(self.reactor.port.reading)
+        # Meanwhile, another attempt is refused at once, saying why; the
+        # socket stays open.
+        _, other = self.connect()
+        self.assertIn(b"a take-over by pid 4321 is running already", other.value())
+        self.assertTrue(other.disconnecting)
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 0)
-        self.assertTrue(self.reactor.port.reading)
         self.assertFalse(self.reactor.port.stopped)
         self.assertEqual(len(self.reactor.unixServers), 1)
         pidfile = self.twistd["pidfile"]
@@ -924,7 +1001,7 @@ class TakeoverServiceTests(SynchronousTestCase):
                       [formatEvent(e) for e in events][-1])
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 0)
-        self.assertTrue(self.reactor.port.reading)
+        self.assertFalse(self.reactor.port.stopped)
         with open(self.twistd["pidfile"]) as f:
             self.assertEqual(f.read(), "99\n")
 
@@ -945,10 +1022,10 @@ class TakeoverServiceTests(SynchronousTestCase):
         protocol.connectionLost(None)
         self.assertEqual(self.stops, 0)
         self.assertIsNone(self.service.handedOverTo)
-        self.assertIn("pid 1 says it serves but holds none of the sockets handed over",
-                      " ".join(formatEvent(e) for e in events))
+        self.assertIn("pid 1 says it serves, but it holds none of the sockets handed over: "
+                      "refused; still serving", " ".join(formatEvent(e) for e in events))
         self.assertTrue(all(listener.port is not None for listener in self.listeners))
-        self.assertTrue(self.reactor.port.reading)
+        self.assertFalse(self.reactor.port.stopped)
 
     def test_servingUnknown(self) -> None:
         """

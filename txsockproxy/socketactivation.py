@@ -76,6 +76,8 @@ def _arguments(text: str) -> tuple[list[str], dict[str, str]]:
             pieces.append([])
         else:
             pieces[-1].append(char)
+    if escaped:
+        raise ValueError("a backslash at the end escapes nothing")
     args: list[str] = []
     kwargs: dict[str, str] = {}
     for piece in pieces:
@@ -143,6 +145,10 @@ def systemdSocket(description: str) -> Optional[SystemdSocket]:
     if name is not None and not 0 < len(name) <= MAX_NAME:
         # systemd's FileDescriptorName=: 1 to 255 characters.
         raise ValueError(f"name= must have 1 to {MAX_NAME} characters")
+    if name is not None and not all(" " <= c <= "~" and c != ":" for c in name):
+        # ... printable ASCII, without ":" (systemd.socket(5)).
+        raise ValueError("name= must be printable ASCII without ':' (as "
+                         "FileDescriptorName= is)")
     return SystemdSocket(_FAMILIES[domain], number, name, wrapped)
 
 

@@ -747,8 +747,8 @@ class TakeoverService(Service):
         extraSockets: Callable[[ListenerService], list[int]] = lambda listener: [],
         handoverTimeout: float = HANDOVER_TIMEOUT,
         locks: InstanceLocks = LOCKS,
-        holds: Callable[[int, frozenset[int]], Optional[bool]] = lambda pid, inodes:
-            processHolds(pid, inodes),
+        vouch: Callable[[int, frozenset[int]], Optional[str]] = lambda pid, inodes:
+            servingRefusal(pid, inodes, os.getpid(), os.getppid(), os.geteuid()),
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -758,7 +758,7 @@ class TakeoverService(Service):
         self.pidfile = pidfile
         self.uid = os.getuid() if uid is None else uid
         self.credentials = credentials
-        self.holds = holds
+        self.vouch = vouch
         self._givenPid = pid
         self.serving = serving
         self.environ = os.environ if environ is None else environ
@@ -944,8 +944,12 @@ class TakeoverService(Service):
                                "this process's ({own})", pid=pid, uid=uid, own=self.uid)
             handover.refuse(f"uid {uid} may not take over a process of uid {self.uid}")
             return
-        if self.handover is not None or self.handedOverTo is not None or not self.running:
-            handover.refuse("a take-over is running already, or this process is stopping")
+        if self.handover is not None:
+            handover.refuse(f"a take-over by pid {self.handover.peer} is running already (it "
+                            f"has {self.handoverTimeout:g}s to serve)")
+            return
+        if self.handedOverTo is not None or not self.running:
+            handover.refuse("this process is stopping")
             return
         handed: list[Handed] = []
         descriptors: list[int] = []
@@ -988,29 +992,25 @@ class TakeoverService(Service):
                 handover.transport.sendFileDescriptor(fd)
             handover.transport.write(line)
 
-        # No one else is accepted meanwhile (their connections wait); the
-        # socket stays bound, so an attempt costs no line of Twisted's
-        # ("starting on", "Closed"). The file goes, with the path's lock,
-        # once the new process serves: before it listens there.
-        pause = getattr(self.port, "stopReading", None)
-        if pause is not None:
-            pause()
+        # The take-over socket stays open (an attempt costs no line of
+        # Twisted's "starting on", "Closed"): another connection meanwhile
+        # is refused at once, saying why. The file goes, with the path's
+        # lock, once the new process serves: before it listens there.
         send(None)
 
     def confirms(self, handover: _Handover) -> bool:
         """
-        Whether the process that says it serves (the pid it gave) holds
-        one of the listening sockets handed over: any process of this user
-        can connect and say C{serving}, and this process would then stop
-        serving. Where that cannot be told (no C{/proc}, or the process is
-        not readable: e.g. started as root, then switched user), it is
-        believed.
+        Whether to believe the process that says it serves: any process of
+        this user can connect and say C{serving}, and this process would
+        then stop serving. See L{servingRefusal}.
         """
-        holds = self.holds(handover.peer or 0, handover.inodes) if handover.inodes else None
-        if holds is False:
-            self.attempts.emit(LogLevel.error, "take-over: pid {pid} says it serves but holds "
-                               "none of the sockets handed over: refused; still serving",
-                               pid=handover.peer)
+        if not handover.inodes:
+            return True
+        refusal = self.vouch(handover.peer or 0, handover.inodes)
+        if refusal is not None:
+            self.attempts.emit(LogLevel.error, "take-over: pid {pid} says it serves, but "
+                               "{refusal}: refused; still serving", pid=handover.peer,
+                               refusal=refusal)
             return False
         return True
 
@@ -1066,11 +1066,7 @@ class TakeoverService(Service):
                            "still serving here", pid=handover.peer)
         if self.pidfile is not None:
             self.pidfile.restore()
-        if not self.running:
-            return
-        resume = getattr(self.port, "startReading", None)
-        if resume is not None:
-            resume()
+        if not self.running or self.port is not None:
             return
         try:
             self.listen(again=True)
@@ -1110,6 +1106,63 @@ def processHolds(pid: int, inodes: frozenset[int], proc: str = "/proc") -> Optio
         except OSError:
             continue
     return False
+
+
+def _processStatus(pid: int, proc: str) -> Optional[tuple[int, int]]:
+    """
+    The parent pid and effective uid of the process C{pid}
+    (C{/proc/PID/status}, which every user may read), or L{None}: no such
+    process.
+    """
+    ppid = uid = None
+    try:
+        with open(os.path.join(proc, str(pid), "status"), encoding="utf-8",
+                  errors="replace") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    ppid = int(line.split()[1])
+                elif line.startswith("Uid:"):
+                    uid = int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    if ppid is None or uid is None:
+        return None
+    return ppid, uid
+
+
+def servingRefusal(pid: int, inodes: frozenset[int], own: int, parent: int, uid: int,
+                   proc: str = "/proc") -> Optional[str]:
+    """
+    Why not to believe the process C{pid} that says it serves after being
+    handed the listening sockets whose inode numbers are C{inodes}; L{None}
+    to believe it.
+
+    It must be a process other than this one (C{own}), its parent (e.g.
+    systemd, which holds socket-activated sockets), init and this process's
+    children (its workers, which hold the sockets too), and it must hold one
+    of the sockets (C{/proc/PID/fd}). Where its descriptors cannot be read,
+    it must run as this process's user (C{uid}): a new process started as
+    root that has switched to this user is not readable by it. Without
+    C{/proc} (not Linux) nothing can be told: believed.
+    """
+    if not os.path.isdir(os.path.join(proc, "self")):
+        return None
+    if pid <= 1 or pid in (own, parent):
+        return "that names init, this process or its parent"
+    status = _processStatus(pid, proc)
+    if status is None:
+        return "no such process runs"
+    ppid, owner = status
+    if ppid == own:
+        return "that names one of this process's own workers"
+    holds = processHolds(pid, inodes, proc)
+    if holds:
+        return None
+    if holds is False:
+        return "it holds none of the sockets handed over"
+    if owner == uid:
+        return None
+    return f"it runs as uid {owner} and its descriptors cannot be read"
 
 
 def notifySystemd(state: str, environ: Mapping[str, str]) -> bool:
@@ -1201,4 +1254,5 @@ def _nothing() -> None:
 __all__ = [
     "PROTOCOL", "Received", "TakenOverProxyService", "TakeoverError", "TakeoverService", "TwistdPidfile", "describe",
     "notifySystemd", "parseDescription", "peerCredentials", "processHolds", "receive",
+    "servingRefusal",
 ]
