@@ -33,6 +33,7 @@ from txsockproxy.workerprotocol import (
     Admin,
     Configure,
     HandListener,
+    Ping,
     Reload,
     Serve,
     Snapshot,
@@ -45,6 +46,8 @@ from txsockproxy.workerprotocol import (
 )
 from txsockproxy.workers import (
     CALL_DEADLINE,
+    HEARTBEAT,
+    HEARTBEAT_DEADLINE,
     START_DEADLINE,
     Backoff,
     WorkerProcess,
@@ -396,6 +399,15 @@ class WorkerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.successResultOf(answer), {"applied": True})
 
+    def test_ping(self) -> None:
+        """
+        L{Ping} is answered at once, serving or not.
+        """
+        parent, pump, _ = self.connected()
+        answer = parent.callRemote(Ping)
+        pump.flush()
+        self.assertEqual(self.successResultOf(answer), {})
+
     def test_snapshotAndAdmin(self) -> None:
         """
         L{Snapshot} gives the worker's status in parts; L{Admin} answers an
@@ -651,6 +663,7 @@ class ParentTests(SynchronousTestCase):
         self.service._binders[id(listener)] = FakeBinder([sockets[1].fileno()])
         for worker, own, other in [(self.service.workers[1], *sockets[::-1]),
                                    (self.service.workers[0], *sockets)]:
+            self.serving(self.service.workers[1 - worker.index], 20)
             self.serving(worker, 10)
             worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
             self.clock.advance(0)
@@ -922,6 +935,7 @@ class ParentTests(SynchronousTestCase):
         self.service._listeners = {key: listener}  # type: ignore[dict-item]
         self.service._binders[id(listener)] = FakeBinder([own.fileno()])
         worker = self.service.workers[1]
+        self.serving(self.service.workers[0], 10)
         control = self.serving(worker, 11)
         worker.handed = {key}
         worker.call(Snapshot, part=0).addErrback(lambda f: None)
@@ -934,6 +948,143 @@ class ParentTests(SynchronousTestCase):
         self.assertEqual(own.getsockname(), ("127.0.0.1", port))
         self.assertEqual(control.calls[1][0], HandListener)
         self.assertEqual(control.calls[1][1]["socket"], own.fileno())
+
+    def test_heartbeat(self) -> None:
+        """
+        Every L{HEARTBEAT} seconds each worker serving and answering is sent
+        a L{Ping}, one at a time; a worker that lets L{HEARTBEAT_DEADLINE}
+        pass is not answering (logged once, sent no more pings) though
+        nothing else asked it; its late answer brings it back, pinged again.
+        A worker starting is not pinged, nor any once stopping.
+        """
+        first = self.serving(self.service.workers[0], 10)
+        second = self.serving(self.service.workers[1], 11)
+        # (Nothing to catch up on when it answers again.)
+        self.service.workers[1].configured = self.service.config
+        self.service.workers[1].handed = set(self.service._listeners)
+        self.service.heartbeat.start(HEARTBEAT, now=False)
+        self.clock.advance(HEARTBEAT)
+        self.assertEqual([c for c, _, _ in first.calls + second.calls], [Ping, Ping])
+        first.calls[0][2].callback({})
+        self.clock.advance(HEARTBEAT)
+        self.assertEqual((len(first.calls), len(second.calls)), (2, 1))
+        first.calls[1][2].callback({})
+        self.clock.advance(HEARTBEAT_DEADLINE - HEARTBEAT - 0.1)
+        self.assertEqual(self.logged("not answering"), [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.logged("not answering"), [
+            "worker 1 (pid 11) is not answering (no answer to Ping within 5s): left out until "
+            "it answers"])
+        self.assertFalse(self.service.workers[1].answering)
+        for call in first.calls[2:]:
+            call[2].callback({})
+        self.clock.advance(4 * HEARTBEAT)
+        self.assertEqual(len(second.calls), 1)
+        self.assertEqual(len(self.logged("not answering")), 1)
+
+        second.calls[0][2].callback({})
+        self.assertEqual(len(self.logged(") answers again")), 1)
+        self.clock.advance(HEARTBEAT)
+        self.assertEqual([c for c, _, _ in second.calls], [Ping, Ping])
+
+        self.service.workers[1].state = "starting"
+        count = len(second.calls)
+        for call in first.calls + second.calls:
+            if not call[2].called:
+                call[2].callback({})
+        self.clock.advance(HEARTBEAT)
+        self.assertEqual(len(second.calls), count)
+        self.service.stopService()
+        self.assertFalse(self.service.heartbeat.running)
+
+    def reusePortGroup(self) -> tuple[socket.socket, socket.socket]:
+        """
+        Two SO_REUSEPORT sockets of one listener the parent holds: worker
+        0's own, then worker 1's.
+        """
+        from twisted.internet.address import IPv4Address
+
+        from txsockproxy.reuseport import bindReusePort
+
+        first = bindReusePort(socket.AF_INET, ("127.0.0.1", 0), 50)
+        port = first.getsockname()[1]
+        second = bindReusePort(socket.AF_INET, ("127.0.0.1", port), 50)
+        for s in (first, second):
+            self.addCleanup(s.close)
+        listener = FakeListener(first.fileno())
+        listener.getHost = lambda: IPv4Address("TCP", "127.0.0.1", port)  # type: ignore[attr-defined]
+        self.service._listeners = {(False, "tcp:0", 0): listener}  # type: ignore[dict-item]
+        self.service._binders[id(listener)] = FakeBinder([second.fileno()])
+        return first, second
+
+    def test_lastSocketsListenWhileNoneAnswers(self) -> None:
+        """
+        A worker not answering has its own sockets paused only while another
+        serves and answers: when every worker stops answering, every socket
+        listens (new connections queue, not refused); when one answers
+        again, the other, still not answering, is paused (logged once).
+        """
+        from tests.test_listenpause import listening
+
+        sockets = self.reusePortGroup()
+        workers = self.service.workers
+        controls = [self.serving(w, 10 + w.index) for w in workers]
+        workers[1].call(Snapshot, part=0).addErrback(lambda f: None)
+        self.clock.advance(CALL_DEADLINE)
+        self.assertEqual([listening(s) for s in sockets], [True, False])
+        workers[0].call(Snapshot, part=0).addErrback(lambda f: None)
+        self.clock.advance(CALL_DEADLINE)
+        self.assertEqual([listening(s) for s in sockets], [True, True])
+        self.assertIn("(its own socket of 1 listener(s) kept listening: no other worker serves "
+                      "and answers, so new connections queue)",
+                      self.logged("worker 0 (pid 10) is not answering")[0])
+        self.assertEqual(self.logged("worker 1's own socket"), [
+            "worker 1's own socket of 1 listener(s) listening again: no other worker serves "
+            "and answers, so new connections queue"])
+
+        controls[1].calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual([listening(s) for s in sockets], [False, True])
+        self.assertEqual(self.logged("worker 0's own socket"), [
+            "worker 0's own socket of 1 listener(s) closed: worker 1 serves and answers"])
+        self.assertEqual(controls[1].calls[1][0], HandListener)
+        controls[0].calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual([listening(s) for s in sockets], [True, True])
+        self.assertEqual(controls[0].calls[1][0], HandListener)
+
+    def test_lastSocketsListenWhileAllBackOff(self) -> None:
+        """
+        When every worker waits out a restart back-off, their sockets go on
+        listening (new connections queue); once one restarts and serves,
+        the other, still waiting, is paused.
+        """
+        from tests.test_listenpause import listening
+
+        sockets = self.reusePortGroup()
+        workers = self.service.workers
+        for worker in workers:
+            self.serving(worker, 10 + worker.index)
+            self.service._backoffs[worker.index].delay(0)
+        workers[0].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual([listening(s) for s in sockets], [False, True])
+        workers[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual([listening(s) for s in sockets], [True, True])
+        self.assertIn("kept listening", self.logged("worker 1 (pid 11) died")[0])
+
+        self.clock.advance(0.5)
+        self.assertEqual(self.started, [workers[0], workers[1]])
+        workers[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        control = FakeControl()
+        workers[0].control = control  # type: ignore[assignment]
+        workers[0].processTransport = FakeProcess(12)
+        workers[0].state = "starting"
+        self.service._handAndServe(workers[0], [])
+        control.calls[0][2].callback({})
+        self.assertEqual([listening(s) for s in sockets], [True, True])
+        control.calls[1][2].callback({"pid": 12})
+        self.assertEqual(workers[0].state, "serving")
+        self.assertEqual([listening(s) for s in sockets], [True, False])
+        self.assertEqual(self.logged("worker 1's own socket"), [
+            "worker 1's own socket of 1 listener(s) closed: worker 0 serves and answers"])
 
     def test_reloadWhileStarting(self) -> None:
         """

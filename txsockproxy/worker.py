@@ -49,6 +49,7 @@ from txsockproxy.workerprotocol import (
     Admin,
     Configure,
     HandListener,
+    Ping,
     QuietAMP,
     Reload,
     Serve,
@@ -369,6 +370,10 @@ class WorkerControl(QuietAMP):
     def snapshot(self, part: int) -> dict[str, Any]:
         data, more = self.worker.snapshotPart(part)
         return {"data": data, "more": more}
+
+    @Ping.responder
+    def ping(self) -> dict[str, Any]:
+        return {}
 
     @Admin.responder
     def admin(self, proxy: str, label: str, action: str,

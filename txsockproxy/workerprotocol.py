@@ -181,6 +181,17 @@ class Snapshot(amp.Command):
     response = [(b"data", amp.String()), (b"more", amp.Boolean())]
 
 
+class Ping(amp.Command):
+    """
+    Parent to worker: answer at once. The parent's heartbeat: a worker that
+    does not answer in time (stopped, wedged) is found out without anything
+    else asking it.
+    """
+
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
 class Admin(amp.Command):
     """
     Parent to worker: an admin action on one backend (what C{POST
@@ -199,7 +210,7 @@ class Admin(amp.Command):
 
 
 __all__ = [
-    "Admin", "Configure", "HandListener", "PART_SIZE", "QuietAMP", "Reload", "Serve", "Snapshot",
-    "StartFailed", "Stop", "decodeKey", "encodeKey", "packConfig", "packSnapshot", "unpackConfig",
-    "unpackSnapshot",
+    "Admin", "Configure", "HandListener", "PART_SIZE", "Ping", "QuietAMP", "Reload", "Serve",
+    "Snapshot", "StartFailed", "Stop", "decodeKey", "encodeKey", "packConfig", "packSnapshot",
+    "unpackConfig", "unpackSnapshot",
 ]

@@ -16,16 +16,20 @@ soon: L{Backoff}), logging the death once with its exit status; during a
 back-off it pauses the dead worker's own SO_REUSEPORT socket of each TCP
 listener (L{txsockproxy.listenpause}), so that the kernel gives new
 connections to the other workers instead of queueing them where nobody
-accepts; hands SIGHUP (reload) and SIGTERM (graceful
+accepts (unless no other worker serves and answers: the last sockets go on
+listening, so that new connections queue instead of being refused); hands SIGHUP (reload) and SIGTERM (graceful
 stop) on to every worker; serves the instance's status site, asking the
 workers for snapshots (L{txsockproxy.instancestatus}).
 
 Every command to a worker has a deadline (L{CALL_DEADLINE}): a worker that
 does not answer in time (stopped with SIGSTOP, wedged) is "not answering"
-until it answers again; meanwhile it is sent nothing more, the status site
-shows it so, and admin actions and reloads answer for the other workers. When
-it answers again it is given what it missed (listeners, the configuration,
-admin actions).
+until it answers again; meanwhile it is sent nothing more, its own
+SO_REUSEPORT sockets are paused as during a back-off, the status site shows
+it so, and admin actions and reloads answer for the other workers. When it
+answers again it is given what it missed (listeners, the configuration,
+admin actions). So that a worker nobody asks anything is found out too, the
+parent sends every worker serving and answering a L{Ping} every
+L{HEARTBEAT} seconds, with a deadline of L{HEARTBEAT_DEADLINE}.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import (
     ConnectionClosed,
     ProcessDone,
@@ -74,6 +78,7 @@ from txsockproxy.workerprotocol import (
     Admin,
     Configure,
     HandListener,
+    Ping,
     QuietAMP,
     Reload,
     Serve,
@@ -93,6 +98,13 @@ STABLE = 60.0
 # it. A stopping worker has shutdown-timeout plus STOP_GRACE.
 CALL_DEADLINE = 10.0
 START_DEADLINE = 30.0
+# Every HEARTBEAT seconds the parent pings each worker serving and answering
+# (one ping at a time); one that lets HEARTBEAT_DEADLINE pass is not
+# answering: a stopped worker is found out within their sum, 7 s. Shorter
+# than CALL_DEADLINE: a ping waits for nothing, and until it is found out a
+# stopped worker's socket takes its share of new connections.
+HEARTBEAT = 2.0
+HEARTBEAT_DEADLINE = 5.0
 # Beyond shutdown-timeout, how long the parent waits for a stopping worker
 # before killing it.
 STOP_GRACE = 5.0
@@ -241,6 +253,7 @@ class WorkerProcess(ProcessProtocol):
         self.answering = True
         self.missed = False
         self.pending = 0
+        self._pinging = False
         self._buffers: dict[int, bytes] = {}
         self._ended: list[defer.Deferred[None]] = []
         self.processTransport: Any = None
@@ -277,6 +290,7 @@ class WorkerProcess(ProcessProtocol):
         self.answering = True
         self.missed = False
         self.pending = 0
+        self._pinging = False
         pid, self.pid = self.pid, None
         self.processTransport = None
         ended, self._ended = self._ended, []
@@ -354,6 +368,21 @@ class WorkerProcess(ProcessProtocol):
         sent.addBoth(answered)
         return result
 
+    def ping(self) -> None:
+        """
+        Send the worker a L{Ping} (with L{HEARTBEAT_DEADLINE}) unless the
+        last one is not answered yet, or it is not answering: a late answer
+        is what brings it back.
+        """
+        if self._pinging or not self.answering or self.control is None:
+            return
+        self._pinging = True
+
+        def done(_: object) -> None:
+            self._pinging = False
+
+        self.call(Ping, HEARTBEAT_DEADLINE).addBoth(done)
+
     def _expired(self, command: str, deadline: float, result: defer.Deferred[Any]) -> None:
         if not result.called:
             result.errback(NotAnswering(f"no answer to {command} within {deadline:g}s"))
@@ -363,8 +392,7 @@ class WorkerProcess(ProcessProtocol):
             self.log.warn("worker {index} (pid {pid}) is not answering (no answer to {command} "
                           "within {deadline:g}s): left out until it answers{paused}",
                           index=self.index, pid=self.pid, command=command, deadline=deadline,
-                          paused=f" (its own socket of {paused} listener(s) closed meanwhile)"
-                          if paused else "")
+                          paused=paused)
 
     def _answered(self) -> None:
         # Only once every command sent before the deadline has been answered
@@ -458,9 +486,13 @@ class WorkersService(MultiService):
         self.workers = [WorkerProcess(self, i) for i in range(count)]
         self._backoffs = [Backoff() for _ in range(count)]
         self._restarts: dict[int, Any] = {}
-        # The sockets paused of each worker waiting to restart, by number:
-        # (listener, descriptor, address).
+        # The workers waiting out a back-off, by number.
+        self._backingOff: set[int] = set()
+        # The sockets paused of each worker waiting to restart or not
+        # answering, by number: (listener, descriptor, address).
         self._paused: dict[int, list[tuple[ListenerService, int, Any]]] = {}
+        self.heartbeat = task.LoopingCall(self._beat)
+        self.heartbeat.clock = reactor
         self._listeners: dict[ListenKey, ListenerService] = {}
         self._status: list[ListenerService] = []
         self._statusKeys: list[ListenKey] = []
@@ -628,6 +660,14 @@ class WorkersService(MultiService):
         )
         for worker in self.workers:
             self._start(worker)
+        self.heartbeat.start(HEARTBEAT, now=False)
+
+    def _beat(self) -> None:
+        # Not while starting or stopping: those commands have deadlines of
+        # their own.
+        for worker in self.workers:
+            if worker.state == "serving" and not self._stopping:
+                worker.ping()
 
     # -- workers ----------------------------------------------------------------
 
@@ -671,6 +711,8 @@ class WorkersService(MultiService):
         def serving(answer: dict[str, Any]) -> None:
             if worker.state == "starting":
                 worker.state = "serving"
+                # Others kept listening as the last may now be paused.
+                self._rebalance(worker)
             if self._servingWaiters and all(w.state == "serving" for w in self.workers):
                 waiters, self._servingWaiters = self._servingWaiters, []
                 for d in waiters:
@@ -741,9 +783,8 @@ class WorkersService(MultiService):
         worker.restarts += 1
         when = "at once"
         if delay:
-            paused = self._pause(worker, list(self._listeners.values()))
-            when = f"in {delay:g}s" + (
-                f" (its own socket of {paused} listener(s) closed meanwhile)" if paused else "")
+            self._backingOff.add(worker.index)
+            when = f"in {delay:g}s" + self._rebalance(worker)
         self.log.error(
             "worker {index} (pid {pid}) died: {how} after {ranFor:.1f}s; restarting {when}",
             index=worker.index, pid=pid, how=how, ranFor=ranFor, when=when,
@@ -751,7 +792,8 @@ class WorkersService(MultiService):
         self._restarts[worker.index] = self.reactor.callLater(delay, self._restart, worker)
 
     def _restart(self, worker: WorkerProcess) -> None:
-        self._resume(worker.index)
+        self._backingOff.discard(worker.index)
+        self._rebalance(worker)
         self._start(worker)
 
     def _ownSocket(self, worker: WorkerProcess, listener: ListenerService) -> Optional[int]:
@@ -767,18 +809,69 @@ class WorkersService(MultiService):
             return fd
         return int(binder.extra[worker.index - 1])
 
-    def _pause(self, worker: WorkerProcess, listeners: list[ListenerService]) -> int:
+    def _wantsOut(self, worker: WorkerProcess) -> bool:
+        # Its sockets would only queue connections nobody accepts.
+        return worker.index in self._backingOff or (
+            worker.state == "serving" and not worker.answering)
+
+    @staticmethod
+    def _inGroup(worker: WorkerProcess) -> bool:
+        return worker.state == "serving" and worker.answering and worker.control is not None
+
+    def _rebalance(self, cause: Optional[WorkerProcess] = None) -> str:
         """
-        Pause C{worker}'s own socket of each of C{listeners} (see
-        L{txsockproxy.listenpause}) until L{_resume}.
+        Pause the own SO_REUSEPORT sockets (see L{txsockproxy.listenpause})
+        of each worker waiting out a back-off or not answering, while
+        another worker serves and answers; have all others listen. So the
+        last sockets of a listener never stop listening: with every worker
+        dead or stopped, new connections queue (to be served when one
+        comes back) instead of being refused. Called whenever a worker
+        enters or leaves either state; a change to a worker other than
+        C{cause} is logged.
+
+        @return: what became of C{cause}'s sockets, for its own log line
+            (C{""}: nothing to say).
+        """
+        if self._stopping:
+            return ""
+        said = ""
+        for worker in self.workers:
+            out = self._wantsOut(worker)
+            others = [w.index for w in self.workers if w is not worker and self._inGroup(w)]
+            count = self._pause(worker) if out and others else self._resume(worker.index)
+            if worker is cause:
+                own = sum(1 for listener in self._listeners.values()
+                          if self._ownSocket(worker, listener) is not None)
+                closed = len(self._paused.get(worker.index, []))
+                if out and others and closed:
+                    said = f" (its own socket of {closed} listener(s) closed meanwhile)"
+                elif out and not others and own:
+                    said = (f" (its own socket of {own} listener(s) kept listening: no other "
+                            "worker serves and answers, so new connections queue)")
+            elif count and out and others:
+                self.log.info("worker {index}'s own socket of {count} listener(s) closed: "
+                              "worker {other} serves and answers", index=worker.index,
+                              count=count, other=others[0])
+            elif count:
+                self.log.info("worker {index}'s own socket of {count} listener(s) listening "
+                              "again{why}", index=worker.index, count=count,
+                              why=": no other worker serves and answers, so new connections "
+                              "queue" if out else "")
+        return said
+
+    def _pause(self, worker: WorkerProcess) -> int:
+        """
+        Pause C{worker}'s own socket of each listener not paused yet until
+        L{_resume}; it is handed to the worker again when it serves again
+        (its copy finds the socket closed).
 
         @return: how many were paused.
         """
         paused = self._paused.setdefault(worker.index, [])
         count = 0
-        for listener in listeners:
+        for key, listener in self._listeners.items():
             fd = self._ownSocket(worker, listener)
-            if fd is None:
+            if fd is None or any(listener is p for p, _, _ in paused):
                 continue
             try:
                 address = pauseListening(fd)
@@ -787,15 +880,21 @@ class WorkersService(MultiService):
                                listen=listener.description, index=worker.index, error=e)
                 continue
             paused.append((listener, fd, address))
+            worker.handed.discard(key)
             count += 1
+        if not paused:
+            del self._paused[worker.index]
         return count
 
-    def _resume(self, index: int, listeners: Optional[list[ListenerService]] = None) -> None:
+    def _resume(self, index: int, listeners: Optional[list[ListenerService]] = None) -> int:
         """
         Have the sockets of worker C{index} paused (of C{listeners}, or all)
         listen again.
+
+        @return: how many listen again.
         """
         kept = []
+        count = 0
         for listener, fd, address in self._paused.pop(index, []):
             if listeners is not None and listener not in listeners:
                 kept.append((listener, fd, address))
@@ -803,12 +902,14 @@ class WorkersService(MultiService):
                 # (Not a listener closed by a reload meanwhile.)
                 try:
                     resumeListening(fd, address, systemBacklog())
+                    count += 1
                 except OSError as e:
                     self.log.error("{listen}: worker {index}'s own socket cannot listen again: "
                                    "{error}", listen=listener.description, index=index,
                                    error=e)
         if kept:
             self._paused[index] = kept
+        return count
 
     def _eachServing(self, ask: Callable[[WorkerProcess], defer.Deferred[Any]]
                      ) -> defer.Deferred[list[tuple[WorkerProcess, Any]]]:
@@ -840,9 +941,10 @@ class WorkersService(MultiService):
         Called by C{worker} when it answers again after not answering: give
         it what it missed (listeners added, the configuration, the admin
         actions), if anything: its own SO_REUSEPORT sockets paused meanwhile
-        listen again first and are handed to it again (it found them closed).
+        listen again first and are handed to it again (it found them closed);
+        other workers' kept listening as the last are paused now.
         """
-        self._resume(worker.index)
+        self._rebalance(worker)
         missing = [(key, listener) for key, listener in self._listeners.items()
                    if key not in worker.handed]
         if worker.state != "serving" or self._stopping or not (
@@ -870,22 +972,17 @@ class WorkersService(MultiService):
         self._hand(worker, missing).addCallback(lambda _: self._reload(worker)).addCallbacks(
             reloaded, failed)
 
-    def workerNotAnswering(self, worker: WorkerProcess) -> int:
+    def workerNotAnswering(self, worker: WorkerProcess) -> str:
         """
         Called by C{worker} when it stops answering: its own SO_REUSEPORT
         socket of each TCP listener is paused, as during a restart's
         back-off, so that the kernel queues no new connection where nobody
-        accepts; they are handed to it again when it answers again.
+        accepts (unless no other worker serves and answers: see
+        L{_rebalance}); they are handed to it again when it answers again.
 
-        @return: how many were paused.
+        @return: what became of its sockets, for its log line.
         """
-        if self._stopping:
-            return 0
-        paused = self._pause(worker, list(self._listeners.values()))
-        for key, listener in self._listeners.items():
-            if any(listener is p for p, _, _ in self._paused.get(worker.index, [])):
-                worker.handed.discard(key)
-        return paused
+        return self._rebalance(worker)
 
     def _replayAdmin(self, worker: WorkerProcess) -> defer.Deferred[int]:
         """
@@ -1045,11 +1142,11 @@ class WorkersService(MultiService):
             return False
         for _, listener in added:
             listener.setServiceParent(self)
-        for index in list(self._paused):
-            # Waiting to restart: its sockets of the new listeners too.
-            self._pause(self.workers[index], [listener for _, listener in added])
         self._listeners = listeners
         self.config = config
+        # A worker waiting to restart or not answering: its sockets of the
+        # new listeners too.
+        self._rebalance()
         for listener in removed:
             listener.disownServiceParent()
             self._closeExtra(listener)
@@ -1089,6 +1186,8 @@ class WorkersService(MultiService):
         L{STOP_GRACE} seconds after that; fire when all have ended.
         """
         self._stopping = True
+        if self.heartbeat.running:
+            self.heartbeat.stop()
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
@@ -1138,7 +1237,8 @@ class WorkersService(MultiService):
 
 
 __all__ = [
-    "Backoff", "CALL_DEADLINE", "FIRST_BACKOFF", "MAX_BACKOFF", "NotAnswering", "STABLE",
+    "Backoff", "CALL_DEADLINE", "FIRST_BACKOFF", "HEARTBEAT", "HEARTBEAT_DEADLINE",
+    "MAX_BACKOFF", "NotAnswering", "STABLE",
     "START_DEADLINE", "WorkerProcess", "WorkerSnapshot",
     "WorkersService", "exitDescription", "workerCount",
 ]
