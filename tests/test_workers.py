@@ -1020,9 +1020,11 @@ class ParentTests(SynchronousTestCase):
     def test_lastSocketsListenWhileNoneAnswers(self) -> None:
         """
         A worker not answering has its own sockets paused only while another
-        serves and answers: when every worker stops answering, every socket
-        listens (new connections queue, not refused); when one answers
-        again, the other, still not answering, is paused (logged once).
+        serves and answers: when every worker stops answering, the socket
+        of the last one found keeps listening (new connections queue there,
+        not refused), and the one paused before stays paused. When the last
+        one answers again, nothing moves (the connections queued are its
+        to accept); when the other does, it listens again.
         """
         from tests.test_listenpause import listening
 
@@ -1034,22 +1036,38 @@ class ParentTests(SynchronousTestCase):
         self.assertEqual([listening(s) for s in sockets], [True, False])
         workers[0].call(Snapshot, part=0).addErrback(lambda f: None)
         self.clock.advance(CALL_DEADLINE)
-        self.assertEqual([listening(s) for s in sockets], [True, True])
+        self.assertEqual([listening(s) for s in sockets], [True, False])
         self.assertIn("(its own socket of 1 listener(s) kept listening: no other worker serves "
                       "and answers, so new connections queue)",
                       self.logged("worker 0 (pid 10) is not answering")[0])
-        self.assertEqual(self.logged("worker 1's own socket"), [
-            "worker 1's own socket of 1 listener(s) listening again: no other worker serves "
-            "and answers, so new connections queue"])
+        self.assertEqual(self.logged("worker 1's own socket"), [])
 
+        controls[0].calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual([listening(s) for s in sockets], [True, False])
+        controls[1].calls[0][2].callback({"data": b"", "more": False})
+        self.assertEqual([listening(s) for s in sockets], [True, True])
+        self.assertEqual(controls[1].calls[1][0], HandListener)
+
+    def test_lastSocketsSwitchWhenTheOtherComesBack(self) -> None:
+        """
+        When every worker stopped answering and the one whose socket was
+        paused comes back first, it listens again and the last one's socket
+        (still not answering) is paused: logged once.
+        """
+        from tests.test_listenpause import listening
+
+        sockets = self.reusePortGroup()
+        workers = self.service.workers
+        controls = [self.serving(w, 10 + w.index) for w in workers]
+        workers[1].call(Snapshot, part=0).addErrback(lambda f: None)
+        self.clock.advance(CALL_DEADLINE)
+        workers[0].call(Snapshot, part=0).addErrback(lambda f: None)
+        self.clock.advance(CALL_DEADLINE)
         controls[1].calls[0][2].callback({"data": b"", "more": False})
         self.assertEqual([listening(s) for s in sockets], [False, True])
         self.assertEqual(self.logged("worker 0's own socket"), [
             "worker 0's own socket of 1 listener(s) closed: worker 1 serves and answers"])
         self.assertEqual(controls[1].calls[1][0], HandListener)
-        controls[0].calls[0][2].callback({"data": b"", "more": False})
-        self.assertEqual([listening(s) for s in sockets], [True, True])
-        self.assertEqual(controls[0].calls[1][0], HandListener)
 
     def test_lastSocketsListenWhileAllBackOff(self) -> None:
         """
@@ -1067,7 +1085,8 @@ class ParentTests(SynchronousTestCase):
         workers[0].processEnded(Failure(ProcessTerminated(exitCode=1)))
         self.assertEqual([listening(s) for s in sockets], [False, True])
         workers[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
-        self.assertEqual([listening(s) for s in sockets], [True, True])
+        # Worker 0's stays paused: worker 1's listens, and queues.
+        self.assertEqual([listening(s) for s in sockets], [False, True])
         self.assertIn("kept listening", self.logged("worker 1 (pid 11) died")[0])
 
         self.clock.advance(0.5)

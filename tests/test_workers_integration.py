@@ -338,6 +338,59 @@ class WorkersIntegrationTests(_IntegrationTestCase):
         self.assertEqual(proxy.matching("died"), [])
         self.assertNoHandlerErrors(backend, changed)
 
+    def test_stoppedWorkerFoundByHeartbeat(self) -> None:
+        """
+        A worker stopped with SIGSTOP is found by the parent's heartbeat,
+        with nothing else asking it (no status request, no admin action):
+        its own socket leaves the listener's SO_REUSEPORT group, and every
+        new connection is served by the other worker at once. Continued, it
+        answers again.
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        victim = self.status(statusPort)["workers"][1]["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        self.addCleanup(lambda: alive(victim) and os.kill(victim, signal.SIGCONT))
+        [line] = proxy.waitFor(f"worker 1 (pid {victim}) is not answering", timeout=20)
+        self.assertIn("no answer to Ping", line)
+        self.assertIn("its own socket of 1 listener(s) closed meanwhile", line)
+        deadline = Deadline(1.5, "sessions while worker 1 is stopped")
+        for i in range(10):
+            with connect(("127.0.0.1", proxyPort)) as conn:
+                self.assertEqual(exchange(conn, b"s%d" % i, deadline), b"s%d" % i)
+        os.kill(victim, signal.SIGCONT)
+        proxy.waitFor(f"worker 1 (pid {victim}) answers again", timeout=15)
+        self.assertNoHandlerErrors(backend)
+
+    def test_allWorkersStopped(self) -> None:
+        """
+        With every worker stopped, the last socket stays in the group:
+        new connections wait in its queue (none is refused) and are served
+        once that socket's worker continues. (Had the other worker come
+        back first, that socket would have left the group, and the
+        connections queued there would have been reset: documented.)
+        """
+        backend = self.startServer(echoHandler)
+        proxy, proxyPort, statusPort = self.start(backend)
+        pids = [w["pid"] for w in self.status(statusPort)["workers"]]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            self.addCleanup(lambda pid=pid: alive(pid) and os.kill(pid, signal.SIGCONT))
+        proxy.waitFor("is not answering", count=2, timeout=20)
+        [kept] = proxy.matching("kept listening")
+        self.assertIn("so new connections queue", kept)
+        keeper = int(kept.split("(pid ", 1)[1].split(")", 1)[0])
+        conns = [connect(("127.0.0.1", proxyPort)) for _ in range(6)]
+        os.kill(keeper, signal.SIGCONT)
+        deadline = Deadline(15, "sessions queued while every worker was stopped")
+        for i, conn in enumerate(conns):
+            with conn:
+                self.assertEqual(exchange(conn, b"q%d" % i, deadline), b"q%d" % i)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        proxy.waitFor("answers again", count=2, timeout=15)
+        self.assertNoHandlerErrors(backend)
+
     def test_noConnectionStrandedDuringBackoff(self) -> None:
         """
         While a worker that died again soon waits out its back-off (2 s at

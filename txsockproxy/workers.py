@@ -822,10 +822,12 @@ class WorkersService(MultiService):
         """
         Pause the own SO_REUSEPORT sockets (see L{txsockproxy.listenpause})
         of each worker waiting out a back-off or not answering, while
-        another worker serves and answers; have all others listen. So the
-        last sockets of a listener never stop listening: with every worker
-        dead or stopped, new connections queue (to be served when one
-        comes back) instead of being refused. Called whenever a worker
+        another worker serves and answers; have all others listen, except
+        that one paused already stays paused while another worker's socket
+        listens. So the last sockets of a listener never stop listening:
+        with every worker dead or stopped, new connections queue in the
+        socket of the last one found (to be served when it comes back)
+        instead of being refused. Called whenever a worker
         enters or leaves either state; a change to a worker other than
         C{cause} is logged.
 
@@ -838,7 +840,18 @@ class WorkersService(MultiService):
         for worker in self.workers:
             out = self._wantsOut(worker)
             others = [w.index for w in self.workers if w is not worker and self._inGroup(w)]
-            count = self._pause(worker) if out and others else self._resume(worker.index)
+            if out and others:
+                count = self._pause(worker)
+            elif out and self._paused.get(worker.index) and any(
+                not self._paused.get(w.index) for w in self.workers if w is not worker
+            ):
+                # Out already, and another's socket listens: the
+                # connections queue there; listening again here would only
+                # spread them over one more socket that may be paused (and
+                # its queue reset) when either comes back.
+                count = 0
+            else:
+                count = self._resume(worker.index)
             if worker is cause:
                 own = sum(1 for listener in self._listeners.values()
                           if self._ownSocket(worker, listener) is not None)
