@@ -336,6 +336,18 @@ class WorkerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(service.loader("w.toml").maxConnections, 5)
 
+    def serveFailure(self) -> Failure:
+        """
+        Ask the worker to L{Serve}, and return how that failed.
+        """
+        parent, pump, _ = self.connected()
+        caught: list[Failure] = []
+        # Handled before the answer arrives, or AMP drops the connection.
+        parent.callRemote(Serve).addErrback(caught.append)
+        pump.flush()
+        [failure] = caught
+        return failure
+
     def test_serveWithoutConfiguration(self) -> None:
         """
         A worker handed no configuration cannot serve, and says so.
@@ -343,11 +355,7 @@ class WorkerTests(SynchronousTestCase):
         from txsockproxy.workerprotocol import StartFailed
 
         self.worker.configuration = None
-        parent, pump, _ = self.connected()
-        caught: list[Failure] = []
-        parent.callRemote(Serve).addErrback(caught.append)
-        pump.flush()
-        [failure] = caught
+        failure = self.serveFailure()
         self.assertTrue(failure.check(StartFailed))
         self.assertIn("w.toml: no configuration handed by the parent", failure.getErrorMessage())
 
@@ -376,12 +384,7 @@ class WorkerTests(SynchronousTestCase):
             raise ValueError("no such thing")
 
         self.worker._serviceFactory = broken
-        parent, pump, _ = self.connected()
-        caught: list[Failure] = []
-        # Handled before the answer arrives, or AMP drops the connection.
-        parent.callRemote(Serve).addErrback(caught.append)
-        pump.flush()
-        [failure] = caught
+        failure = self.serveFailure()
         self.assertTrue(failure.check(StartFailed))
         self.assertIn("no such thing", failure.getErrorMessage())
 

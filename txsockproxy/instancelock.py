@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 from twisted.logger import Logger
 
+from txsockproxy import procfs
+
 PREFIX = "txsockproxy/"
 # The longest abstract name (sun_path's 108 bytes, less the leading NUL).
 MAX_NAME = 107
@@ -262,23 +264,7 @@ def _overlap(ours: ipaddress.IPv4Address | ipaddress.IPv6Address,
     return ours.is_unspecified and (ours.version == theirs.version or ours.version == 6)
 
 
-def _ownSockets(proc: str) -> set[str]:
-    try:
-        names = os.listdir(os.path.join(proc, "self", "fd"))
-    except OSError:
-        return set()
-    own = set()
-    for name in names:
-        try:
-            link = os.readlink(os.path.join(proc, "self", "fd", name))
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            own.add(link[8:-1])
-    return own
-
-
-def listeningElsewhere(interface: str, port: int, proc: str = "/proc") -> Optional[str]:
+def listeningElsewhere(interface: str, port: int, proc: str = procfs.PROC) -> Optional[str]:
     """
     A TCP socket of another process (or of none: one this process does not
     hold) that listens on C{port} at an address overlapping C{interface}
@@ -295,7 +281,7 @@ def listeningElsewhere(interface: str, port: int, proc: str = "/proc") -> Option
         return None
     if isinstance(ours, ipaddress.IPv6Address) and ours.ipv4_mapped is not None:
         ours = ours.ipv4_mapped
-    own: Optional[set[str]] = None
+    own: Optional[frozenset[int]] = None
     for table in ("tcp", "tcp6"):
         try:
             with open(os.path.join(proc, "net", table), encoding="ascii") as f:
@@ -316,8 +302,8 @@ def listeningElsewhere(interface: str, port: int, proc: str = "/proc") -> Option
             if theirs is None or not _overlap(ours, theirs):
                 continue
             if own is None:
-                own = _ownSockets(proc)
-            if fields[9] in own:
+                own = procfs.socketInodes("self", proc) or frozenset()
+            if fields[9].isdigit() and int(fields[9]) in own:
                 continue
             shown = f"[{theirs}]" if theirs.version == 6 else str(theirs)
             return f"{shown}:{port}"

@@ -59,7 +59,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from txsockproxy import instancelock
+from txsockproxy import instancelock, procfs
 from txsockproxy.adopting import InheritedSocket, familyOf
 from txsockproxy.instancelock import LOCKS, InstanceLock, InstanceLocks, LockHeld
 from txsockproxy.ratelimit import RateLimitedLog
@@ -1082,56 +1082,24 @@ def _inodes(descriptors: Iterable[int]) -> Iterator[int]:
             continue
 
 
-def processHolds(pid: int, inodes: frozenset[int], proc: str = "/proc") -> Optional[bool]:
+def processHolds(pid: int, inodes: frozenset[int], proc: str = procfs.PROC) -> Optional[bool]:
     """
     Whether the process C{pid} has a descriptor of one of the sockets
     whose inode numbers are C{inodes} (read from C{/proc/PID/fd}).
 
-    @return: L{None} when that cannot be told (no such directory readable:
-        not Linux, or another user's process).
+    @return: L{None} when that cannot be told (not Linux, or another
+        user's process); false for a process that does not run.
     """
-    directory = os.path.join(proc, str(pid), "fd")
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        # No such process; or no /proc at all.
-        return False if os.path.isdir(os.path.join(proc, "self")) else None
-    except OSError:
-        return None
-    for name in names:
-        try:
-            if os.readlink(os.path.join(directory, name)) in wanted:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _processStatus(pid: int, proc: str) -> Optional[tuple[int, int]]:
-    """
-    The parent pid and effective uid of the process C{pid}
-    (C{/proc/PID/status}, which every user may read), or L{None}: no such
-    process.
-    """
-    ppid = uid = None
-    try:
-        with open(os.path.join(proc, str(pid), "status"), encoding="utf-8",
-                  errors="replace") as f:
-            for line in f:
-                if line.startswith("PPid:"):
-                    ppid = int(line.split()[1])
-                elif line.startswith("Uid:"):
-                    uid = int(line.split()[2])
-    except (OSError, ValueError, IndexError):
-        return None
-    if ppid is None or uid is None:
-        return None
-    return ppid, uid
+    held = procfs.socketInodes(pid, proc)
+    if held is not None:
+        return not held.isdisjoint(inodes)
+    if procfs.available(proc) and not os.path.isdir(os.path.join(proc, str(pid))):
+        return False
+    return None
 
 
 def servingRefusal(pid: int, inodes: frozenset[int], own: int, parent: int, uid: int,
-                   proc: str = "/proc") -> Optional[str]:
+                   proc: str = procfs.PROC) -> Optional[str]:
     """
     Why not to believe the process C{pid} that says it serves after being
     handed the listening sockets whose inode numbers are C{inodes}; L{None}
@@ -1145,11 +1113,11 @@ def servingRefusal(pid: int, inodes: frozenset[int], own: int, parent: int, uid:
     root that has switched to this user is not readable by it. Without
     C{/proc} (not Linux) nothing can be told: believed.
     """
-    if not os.path.isdir(os.path.join(proc, "self")):
+    if not procfs.available(proc):
         return None
     if pid <= 1 or pid in (own, parent):
         return "that names init, this process or its parent"
-    status = _processStatus(pid, proc)
+    status = procfs.processStatus(pid, proc)
     if status is None:
         return "no such process runs"
     ppid, owner = status
