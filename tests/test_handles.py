@@ -1,6 +1,7 @@
 """
 Tests for L{txsockproxy.handles}: the socket under a transport, and the
-error waiting on it, over real loopback sockets.
+error waiting on it, and Nagle's algorithm turned off, over real loopback
+sockets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import SocketTransport, WrappingTransport, resetSocket, tcpPair
-from txsockproxy.handles import pendingError, socketOf
+from txsockproxy.handles import noDelay, pendingError, socketOf
 
 
 class SocketOfTests(SynchronousTestCase):
@@ -70,3 +71,37 @@ class PendingErrorTests(SynchronousTestCase):
         """
         self.ours.close()
         self.assertEqual(pendingError(SocketTransport(self.ours)), errno.EBADF)
+
+
+class NoDelayTests(SynchronousTestCase):
+    """
+    L{noDelay} turns Nagle's algorithm off on a TCP socket under a
+    transport, and leaves others alone.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        The socket under a transport, or under the transport a wrapping
+        one wraps (TLS), gets C{TCP_NODELAY}.
+        """
+        for wrap in (SocketTransport, lambda s: WrappingTransport(SocketTransport(s))):
+            ours, peer = tcpPair()
+            self.addCleanup(ours.close)
+            self.addCleanup(peer.close)
+            self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+            self.assertTrue(noDelay(wrap(ours)))
+            self.assertNotEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+
+    def test_notTCP(self) -> None:
+        """
+        A unix socket, a closed socket and a transport without a socket are
+        left as they are, without an error.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertFalse(noDelay(SocketTransport(a)))
+        closed = socket.socket()
+        closed.close()
+        self.assertFalse(noDelay(SocketTransport(closed)))
+        self.assertFalse(noDelay(object()))

@@ -148,6 +148,51 @@ class RelayIntegrationTests(_IntegrationTestCase):
         self.assertTrue(received == payload, "echoed bytes differ from those sent")
         self.assertNoHandlerErrors(backend)
 
+    def test_noDelayAdded(self) -> None:
+        """
+        The proxy adds no delay of its own: a second small write a few
+        milliseconds after the first reaches the other side a few
+        milliseconds after it, both ways, in most of six rounds. With
+        Nagle's algorithm on the proxy's sockets it waited for the
+        acknowledgement of the first, which a peer that has just sent (and
+        so expects to answer) delays: 40 ms or more on Linux.
+        """
+        gaps: queue.Queue[float] = queue.Queue()
+
+        def twoByTwo(conn: socket.socket, server: Server) -> None:
+            # Nagle off at the ends: only the proxy's own delay is measured.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = Deadline(10, "the client's writes")
+            for _ in range(6):
+                self.assertEqual(recvExactly(conn, 1, deadline), b"a")
+                start = time.monotonic()
+                self.assertEqual(recvExactly(conn, 1, deadline), b"b")
+                gaps.put(time.monotonic() - start)
+                conn.sendall(b"A")
+                time.sleep(0.005)
+                conn.sendall(b"B")
+
+        backend = self.startServer(twoByTwo)
+        config = proxyConfig(self.tmp, [LOOPBACK], [{"endpoint": backend.endpoint}])
+        port = boundPort(self.startProxy(config))
+        toClient = []
+        with connect(("127.0.0.1", port)) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = Deadline(10, "the backend's writes")
+            for _ in range(6):
+                conn.sendall(b"a")
+                time.sleep(0.005)
+                conn.sendall(b"b")
+                self.assertEqual(recvExactly(conn, 1, deadline), b"A")
+                start = time.monotonic()
+                self.assertEqual(recvExactly(conn, 1, deadline), b"B")
+                toClient.append(time.monotonic() - start)
+        toBackend = [gaps.get(timeout=10) for _ in range(6)]
+        # Without the fix, 4 and 5 rounds of 6 took 40 ms or more.
+        self.assertLess(sorted(toClient)[3], 0.030, toClient)
+        self.assertLess(sorted(toBackend)[3], 0.030, toBackend)
+        self.assertNoHandlerErrors(backend)
+
     def test_unixListenerAndUnixBackends(self) -> None:
         """
         A C{unix:PATH} listener relays to a unix-socket backend given either

@@ -1,5 +1,6 @@
 """
-The socket under a transport, and what it says about its peer.
+The socket under a transport, what it says about its peer, and the one
+option the relay sets on every TCP socket (Nagle's algorithm off).
 
 Twisted's transports give their socket through the public C{getHandle()};
 a wrapping transport (TLS, the PROXY protocol) is looked through to the one
@@ -50,4 +51,27 @@ def pendingError(transport: Any) -> int:
         return e.errno or 0
 
 
-__all__ = ["pendingError", "socketOf"]
+def noDelay(transport: Any) -> bool:
+    """
+    Turn Nagle's algorithm off (C{TCP_NODELAY}) on the TCP socket under
+    C{transport}, as HAProxy and nginx do on both sides of what they relay:
+    a proxy must add no delay of its own.  With Nagle on, a small write
+    while an earlier one is not yet acknowledged waits for the peer's
+    acknowledgement, which a peer with nothing to send delays (up to 40 ms
+    on Linux): a TLS session's first reply, written after the handshake's
+    last records, waited that long every time.
+
+    @return: whether it was set (not for unix sockets, or a transport
+        without a socket).
+    """
+    skt = socketOf(transport)
+    if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
+__all__ = ["noDelay", "pendingError", "socketOf"]

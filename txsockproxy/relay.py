@@ -47,7 +47,7 @@ from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.endpoints import isProxyProtocolListen
-from txsockproxy.handles import pendingError
+from txsockproxy.handles import noDelay, pendingError
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.keepalive import applyKeepalive
 from txsockproxy.listening import LISTENING
@@ -331,6 +331,7 @@ class FrontendProtocol(Protocol):
         self.headerTimer: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
+        noDelay(self.transport)
         congestion = self.factory.congestion
         if congestion.name is not None:
             congestion.applyAccepted(self.transport)
@@ -837,6 +838,7 @@ class Session:
         self.backendTransport = bt
         if backend.congestion.name is not None and not getattr(bt, "congestionSet", False):
             backend.congestion.apply(bt)
+        noDelay(bt)
         if backend.config.keepalive.idle:
             applyKeepalive(backend.config.keepalive, bt)
         ct = self.clientTransport
