@@ -150,26 +150,34 @@ class RelayIntegrationTests(_IntegrationTestCase):
 
     def test_noDelayAdded(self) -> None:
         """
-        The proxy adds no delay of its own: a second small write a few
-        milliseconds after the first reaches the other side a few
-        milliseconds after it, both ways, in most of six rounds. With
-        Nagle's algorithm on the proxy's sockets it waited for the
-        acknowledgement of the first, which a peer that has just sent (and
-        so expects to answer) delays: 40 ms or more on Linux.
+        The proxy adds no delay of its own: a second small write, made once
+        the first has reached the other side, reaches it at once, both ways,
+        in most of six rounds. With Nagle's algorithm on the proxy's sockets
+        it waited for the acknowledgement of the first, which a peer that
+        has just sent (and so expects to answer) delays: 40 ms or more on
+        Linux.
         """
         gaps: queue.Queue[float] = queue.Queue()
+        # Each side's "got the first byte", for the other to write the second.
+        backendGot = threading.Event()
+        clientGot = threading.Event()
 
         def twoByTwo(conn: socket.socket, server: Server) -> None:
             # Nagle off at the ends: only the proxy's own delay is measured.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             deadline = Deadline(10, "the client's writes")
             for _ in range(6):
-                self.assertEqual(recvExactly(conn, 1, deadline), b"a")
+                if recvExactly(conn, 1, deadline) != b"a":
+                    raise AssertionError("expected the client's first byte")
                 start = time.monotonic()
-                self.assertEqual(recvExactly(conn, 1, deadline), b"b")
+                backendGot.set()
+                if recvExactly(conn, 1, deadline) != b"b":
+                    raise AssertionError("expected the client's second byte")
                 gaps.put(time.monotonic() - start)
                 conn.sendall(b"A")
-                time.sleep(0.005)
+                if not clientGot.wait(deadline.remaining()):
+                    raise TimeoutError("the client did not get the first byte")
+                clientGot.clear()
                 conn.sendall(b"B")
 
         backend = self.startServer(twoByTwo)
@@ -181,14 +189,16 @@ class RelayIntegrationTests(_IntegrationTestCase):
             deadline = Deadline(10, "the backend's writes")
             for _ in range(6):
                 conn.sendall(b"a")
-                time.sleep(0.005)
+                self.assertTrue(backendGot.wait(deadline.remaining()))
+                backendGot.clear()
                 conn.sendall(b"b")
                 self.assertEqual(recvExactly(conn, 1, deadline), b"A")
                 start = time.monotonic()
+                clientGot.set()
                 self.assertEqual(recvExactly(conn, 1, deadline), b"B")
                 toClient.append(time.monotonic() - start)
         toBackend = [gaps.get(timeout=10) for _ in range(6)]
-        # Without the fix, 4 and 5 rounds of 6 took 40 ms or more.
+        # Without the fix, most rounds took 40 ms or more.
         self.assertLess(sorted(toClient)[3], 0.030, toClient)
         self.assertLess(sorted(toBackend)[3], 0.030, toBackend)
         self.assertNoHandlerErrors(backend)
