@@ -270,6 +270,60 @@ class RelayTests(SynchronousTestCase):
         self.client.connectionLost(lost())
         self.assertEqual(self.proxy.pool.active, 0)
 
+    def drainedPath(self, drained: set[Any]) -> list[tuple[str, Any]]:
+        """
+        Give the session a relay path that says the transports in
+        C{drained} hold nothing, and record its C{shutWrite} and C{close}
+        calls.
+        """
+        calls: list[tuple[str, Any]] = []
+
+        class Recording(PortableRelayPath):
+            def drained(self, transport: Any) -> bool:
+                return transport in drained
+
+            def shutWrite(self, transport: Any) -> None:
+                calls.append(("shutWrite", transport))
+                super().shutWrite(transport)
+
+            def close(self, transport: Any, isDrained: bool) -> None:
+                calls.append(("close", transport))
+                super().close(transport, isDrained)
+
+        self.proxy.factory.relayPath = Recording(self.proxy.clock)
+        return calls
+
+    def test_secondEOFClosesDrainedSidesAtOnce(self) -> None:
+        """
+        When the second EOF arrives and the relay path says nothing is left
+        to write to either side, both are closed at once: the side whose
+        write side was still open is not shut first (its C{close()} sends
+        the FIN).
+        """
+        calls = self.drainedPath({self.ct, self.bt})
+        self.client.readConnectionLost()
+        self.assertEqual(calls, [("shutWrite", self.bt)])
+        self.backend.readConnectionLost()
+        self.assertEqual(calls[1:], [("close", self.ct), ("close", self.bt)])
+        self.assertFalse(self.ct.writeClosed)
+        self.assertTrue(self.ct.disconnecting and self.bt.disconnecting)
+        self.assertFalse(self.ct.aborted or self.bt.aborted)
+
+    def test_secondEOFShutsSideWithBytesHeld(self) -> None:
+        """
+        When bytes may still be held for the side whose write side is open,
+        it is shut after them first, and both are closed only once it is
+        (the fake transport's shut is done at once).
+        """
+        calls = self.drainedPath({self.bt})
+        self.client.readConnectionLost()
+        self.backend.readConnectionLost()
+        self.assertEqual(
+            calls,
+            [("shutWrite", self.bt), ("shutWrite", self.ct), ("close", self.ct), ("close", self.bt)],
+        )
+        self.assertTrue(self.ct.writeClosed)
+
     def test_repeatedEOFIsIgnored(self) -> None:
         """
         A second EOF from the same side changes nothing (a transport may

@@ -61,11 +61,11 @@ def noDelay(transport: Any) -> bool:
     on Linux): a TLS session's first reply, written after the handshake's
     last records, waited that long every time.
 
-    @return: whether it was set (not for unix sockets, or a transport
-        without a socket).
+    @return: whether it was set (not for unix sockets, which refuse the
+        option, or a transport without a socket).
     """
     skt = socketOf(transport)
-    if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
+    if skt is None:
         return False
     try:
         skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

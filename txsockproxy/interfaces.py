@@ -169,6 +169,14 @@ class IRelayPath(Interface):
         C{loseWriteConnection()}).
         """
 
+    def drained(transport: Any) -> bool:
+        """
+        Whether nothing is left to write to C{transport}, so that it may be
+        closed at once without shutting its write side first: C{close()}
+        sends the FIN.  Asked once both directions of a session are over.
+        A path that cannot tell says C{False}.
+        """
+
     def close(transport: Any, drained: bool) -> None:
         """
         Close C{transport} after what is buffered (as its

@@ -80,6 +80,11 @@ class PortableRelayPath:
     def shutWrite(self, transport: Any) -> None:
         shutWrite(transport)
 
+    def drained(self, transport: Any) -> bool:
+        # Twisted's public API does not say whether a transport holds
+        # bytes: its write side is always shut first.
+        return False
+
     def close(self, transport: Any, drained: bool) -> None:
         transport.loseConnection()
 

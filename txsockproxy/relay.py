@@ -1108,13 +1108,41 @@ class Session:
         # for each is handed to the system, so that until then a reset of
         # either (found writing to it) still resets the other. The timer
         # still guards a peer that never reads.
-        if not self.clientGone:
-            self._shutWrite(True)
-        if self.backendTransport is not None and not self.backendGone:
-            self._shutWrite(False)
-        self._closeIfFlushed()
+        if not self._closeIfDrained():
+            if not self.clientGone:
+                self._shutWrite(True)
+            if self.backendTransport is not None and not self.backendGone:
+                self._shutWrite(False)
+            self._closeIfFlushed()
         if not self.finished:
             self._updateTimer()
+
+    def _closeIfDrained(self) -> bool:
+        """
+        Both directions are done: when nothing is left to write to either
+        side (each one's write side shut and flushed, or nothing held for
+        it), close both now.  C{close()} sends the FIN of a side whose write
+        side was not shut: one C{shutdown()} less per session.  Where the
+        relay path cannot tell (L{IRelayPath.drained}), or bytes are still
+        held, the write sides are shut and the sockets closed once flushed.
+        """
+        path = self.factory.relayPath
+        sides = []
+        if not self.clientGone:
+            sides.append((_CLIENT, self.clientTransport))
+        if self.backendTransport is not None and not self.backendGone:
+            sides.append((_BACKEND, self.backendTransport))
+        for bit, transport in sides:
+            if self._shut & bit:
+                if not self._flushed & bit:
+                    return False
+            elif not path.drained(transport):
+                return False
+        for bit, _ in sides:
+            self._shut |= bit
+            self._flushed |= bit
+        self._closeIfFlushed()
+        return True
 
     def _closeIfFlushed(self) -> None:
         if not (self.clientDone and self.backendDone):

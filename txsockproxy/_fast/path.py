@@ -78,6 +78,9 @@ class AcceleratedRelayPath:
     def shutWrite(self, transport: Any) -> None:
         relay.shutWrite(transport)
 
+    def drained(self, transport: Any) -> bool:
+        return relay.idle(transport)
+
     def close(self, transport: Any, drained: bool) -> None:
         relay.close(transport, drained)
 

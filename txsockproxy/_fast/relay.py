@@ -514,7 +514,7 @@ def install(
 
 # -- ending a direction, or a connection, without a reactor turn ------------
 
-def _idle(transport: Any) -> bool:
+def idle(transport: Any) -> bool:
     """
     Whether C{transport} may be shut or closed at once, as Twisted would do in
     the reactor's next turn: a plain socket, nothing buffered, no producer,
@@ -537,7 +537,7 @@ def shutWrite(transport: Any) -> None:
     once (C{shutdown(SHUT_WR)} now) when nothing is left to write: that saves
     a reactor turn and two C{epoll_ctl()} calls per direction.
     """
-    if not _idle(transport):
+    if not idle(transport):
         portable.shutWrite(transport)
         return
     transport._writeDisconnecting = True
@@ -561,7 +561,7 @@ def close(transport: Any, drained: bool = False) -> None:
     if isPlain(transport):
         if transport._writeDisconnected:
             transport._shouldShutdown = False
-        elif drained and _idle(transport):
+        elif drained and idle(transport):
             transport._writeDisconnecting = True
             transport._writeDisconnected = True
             transport._shouldShutdown = False
@@ -654,6 +654,6 @@ def failSoon(transport: Any) -> None:
 
 
 __all__ = [
-    "CAN_SPLICE", "Relay", "close", "defaultMode", "failSoon", "install", "isPlain",
+    "CAN_SPLICE", "Relay", "close", "defaultMode", "failSoon", "idle", "install", "isPlain",
     "registerPlain", "shutWrite", "writeNow", "writePreamble",
 ]
