@@ -4,14 +4,19 @@ no half-close, no timeouts, no error handling worth the name.  Not a proxy to
 use; a yardstick for the Python time per relayed event (see
 doc/performance.md, "Per-connection work").
 
-    python bench/minimal_relay.py LISTEN_PORT BACKEND_PORT
+    python bench/minimal_relay.py LISTEN_PORT BACKEND_PORT [PROCESSES]
 
 Listens on 127.0.0.1:LISTEN_PORT and relays each connection to
 127.0.0.1:BACKEND_PORT (connecting with a blocking connect), until killed.
-Measure it like any proxy, e.g. with proxybench's --proxy-cmd
-'minimal=python bench/minimal_relay.py {listen} {backend}' and --scenarios rr.
+With PROCESSES (default 1), that many processes each listen on their own
+SO_REUSEPORT socket, as txsockproxy's workers do.  Measure it like any
+proxy, e.g. with proxybench's --proxy-cmd
+'minimal=python bench/minimal_relay.py {listen} {backend}' and --scenarios rr;
+run it with setsid (proxybench does), so that stopping its process group
+stops every process.
 """
 
+import os
 import select
 import socket
 import sys
@@ -20,6 +25,7 @@ import sys
 def main(listenPort: int, backendPort: int) -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind(("127.0.0.1", listenPort))
     listener.listen(1024)
     listener.setblocking(False)
@@ -65,4 +71,7 @@ def main(listenPort: int, backendPort: int) -> None:
 
 
 if __name__ == "__main__":
+    for _ in range(int(sys.argv[3]) - 1 if len(sys.argv) > 3 else 0):
+        if os.fork() == 0:
+            break
     main(int(sys.argv[1]), int(sys.argv[2]))
