@@ -1103,11 +1103,12 @@ class Session:
         self._closeIfFlushed()
 
     def _closeBoth(self) -> None:
-        # Both directions are done (each side's EOF read): shut the write
-        # sides not shut yet, and close both sockets once what was buffered
-        # for each is handed to the system, so that until then a reset of
-        # either (found writing to it) still resets the other. The timer
-        # still guards a peer that never reads.
+        # Both directions are done (each side's EOF read). With nothing held
+        # for either side, close both now. Else shut the write sides not
+        # shut yet, and close both sockets once what was buffered for each
+        # is handed to the system, so that until then a reset of either
+        # (found writing to it) still resets the other. The timer still
+        # guards a peer that never reads.
         if not self._closeIfDrained():
             if not self.clientGone:
                 self._shutWrite(True)
