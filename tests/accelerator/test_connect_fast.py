@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import shutil
 import socket
 import struct
@@ -1136,11 +1137,99 @@ class MainLoopTests(SynchronousTestCase):
         self.assertEqual(sizes, [201, 1])
 
 
+class RelayStandIn:
+    """
+    What L{EPollReactor.relays} holds: the transport read, and a C{doRead}.
+    """
+
+    def __init__(self, source: Any, doRead: Any) -> None:
+        self.source = source
+        self.doRead = doRead
+
+
+class RelayDispatchTests(SynchronousTestCase):
+    """
+    A plain read event of a descriptor in L{EPollReactor.relays} goes to the
+    relay, not to the transport's C{doRead}, while that transport is the one
+    registered and reading.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = privateReactor(self)
+        [(self.a, self.b)] = socketPairs(self, 1)
+        self.calls: list[str] = []
+        calls = self.calls
+        a = self.a
+
+        class Transport:
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def doRead(self) -> None:
+                calls.append("transport")
+                a.recv(16)
+
+            def logPrefix(self) -> str:
+                return "transport"
+
+        self.transport = Transport()
+        self.reactor.addReader(self.transport)  # type: ignore[arg-type]
+        self.addCleanup(self.reactor.removeReader, self.transport)
+
+    def relayRead(self) -> None:
+        self.calls.append("relay")
+        self.a.recv(16)
+
+    def test_toTheRelay(self) -> None:
+        """
+        The relay's C{doRead} runs, the transport's does not.
+        """
+        self.reactor.relays[self.a.fileno()] = RelayStandIn(self.transport, self.relayRead)
+        self.b.send(b"x")
+        self.reactor.doPoll(1.0)
+        self.assertEqual(self.calls, ["relay"])
+
+    def test_staleEntry(self) -> None:
+        """
+        An entry naming another transport (one closed, whose descriptor
+        number this one now has) is ignored: the transport reads.
+        """
+        self.reactor.relays[self.a.fileno()] = RelayStandIn(object(), self.relayRead)
+        self.b.send(b"x")
+        self.reactor.doPoll(1.0)
+        self.assertEqual(self.calls, ["transport"])
+
+    def test_notReading(self) -> None:
+        """
+        A transport registered for writing only (it stopped reading) does
+        not have its relay read by a read event left in the batch.
+        """
+        self.reactor.relays[self.a.fileno()] = RelayStandIn(self.transport, self.relayRead)
+        self.reactor.removeReader(self.transport)  # type: ignore[arg-type]
+        self.reactor.addWriter(self.transport)  # type: ignore[arg-type]
+        self.addCleanup(self.reactor.removeWriter, self.transport)
+        real = self.reactor._poller
+        fd = self.a.fileno()
+
+        class OneEvent:
+            def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+                return [(fd, select.EPOLLIN)]
+
+        self.b.send(b"x")
+        self.reactor._poller = OneEvent()  # type: ignore[assignment]
+        try:
+            self.reactor.doPoll(0)
+        finally:
+            self.reactor._poller = real
+        self.assertEqual(self.calls, ["transport"])
+
+
 class DispatchTests(SynchronousTestCase):
     """
     L{EPollReactor.doPoll} handles each event as Twisted's
     C{_doReadOrWrite} does, for every mix of event bits and every outcome of
-    C{doRead}/C{doWrite}, whether it handles it inline or not.
+    C{doRead}/C{doWrite}, whether it handles it inline or not, and whether
+    or not a relay takes the descriptor's reads (L{EPollReactor.relays}).
     """
 
     @given(
@@ -1148,14 +1237,17 @@ class DispatchTests(SynchronousTestCase):
         st.sampled_from([None, "done", "lost", "raise"]),
         st.sampled_from([None, "done", "lost", "raise"]),
         st.booleans(),
+        st.booleans(),
     )
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=200, deadline=None)
     def test_sameAsTwisted(self, bits: set[str], readResult: Optional[str],
-                           writeResult: Optional[str], writing: bool) -> None:
+                           writeResult: Optional[str], writing: bool, relayed: bool) -> None:
         """
         One event, dispatched by C{doPoll} and by Twisted's
         C{_doReadOrWrite}: the same calls on the descriptor, in the same
-        order, and the same registrations afterwards.
+        order, and the same registrations afterwards.  With C{relayed}, a
+        relay whose C{doRead} is the descriptor's takes its reads in
+        C{doPoll}: the outcome is the same.
         """
         import select as selectModule
 
@@ -1206,6 +1298,8 @@ class DispatchTests(SynchronousTestCase):
             if writing:
                 reactor.addWriter(descriptor)  # type: ignore[arg-type]
             fd = a.fileno()
+            if relayed and inline:
+                reactor.relays[fd] = RelayStandIn(descriptor, descriptor.doRead)
             if inline:
                 real = reactor._poller
 

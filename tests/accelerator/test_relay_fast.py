@@ -17,6 +17,7 @@ from twisted.internet import error, main
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.accelerator.reactor_support import privateReactor
 from tests.fakes import HalfCloseTransport
 from tests.integration_support import (
     LOOPBACK,
@@ -332,6 +333,77 @@ class CopyRelayTests(RelayTestsMixin, SynchronousTestCase):
         self.relay.doRead()
         self.assertEqual(b"".join(self.sink.written), first + second)
         self.assertEqual(b"".join(self.session.ordinary), second)
+
+
+class RegisteredTransport(FakeSocketTransport):
+    """
+    A fake transport on txsockproxy's reactor: writing (or having something
+    to write) registers it for writing there, as Twisted's transports do.
+    """
+
+    def __init__(self, sock: socket.socket, reactor: Any) -> None:
+        super().__init__(sock)
+        self.reactor = reactor
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.startWriting()
+
+    def startWriting(self) -> None:
+        super().startWriting()
+        self.reactor._writes.add(self.fileno())
+
+    def stopWriting(self) -> None:
+        super().stopWriting()
+        self.reactor._writes.discard(self.fileno())
+
+
+class OwnReactorRelayTests(SynchronousTestCase):
+    """
+    On txsockproxy's reactor, L{fastrelay.Relay} tells whether the sink can
+    take bytes at once from the reactor's registrations: a sink registered
+    for writing (bytes buffered, a close or half-close under way) gets them
+    through the ordinary path.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = privateReactor(self)
+        self.sourcePeer, source = socket.socketpair()
+        self.sinkPeer, sink = socket.socketpair()
+        for s in (self.sourcePeer, self.sinkPeer, source, sink):
+            self.addCleanup(s.close)
+        self.source = RegisteredTransport(source, self.reactor)
+        self.sink = RegisteredTransport(sink, self.reactor)
+        self.session = Recorder(self.sink)  # type: ignore[arg-type]
+        self.relay = fastrelay.Relay(self.source, self.sink, self.session, True, "copy")
+
+    def test_usesTheReactorsRegistrations(self) -> None:
+        """
+        The relay keeps the reactor's set of descriptors watched for writing.
+        """
+        self.assertIs(self.relay.writes, self.reactor._writes)
+        self.assertIs(self.relay.relays, self.reactor.relays)
+
+    def test_relaysWhenSinkIdle(self) -> None:
+        """
+        A sink not registered for writing takes the bytes straight.
+        """
+        self.sourcePeer.sendall(b"hello")
+        self.relay.doRead()
+        self.assertEqual(drain(self.sinkPeer, 5), b"hello")
+        self.assertEqual(self.session.counted, 5)
+        self.assertEqual(self.session.ordinary, [])
+
+    def test_writingSinkTakesOrdinaryPath(self) -> None:
+        """
+        A sink registered for writing gets the bytes behind what it holds.
+        """
+        self.sink.write(b"queued ")
+        self.sourcePeer.sendall(b"then this")
+        self.relay.doRead()
+        self.assertEqual(self.session.ordinary, [b"then this"])
+        self.assertEqual(self.sink.written, [b"queued ", b"then this"])
+        self.assertEqual(self.session.counted, 0)
 
 
 class SpliceRelayTests(RelayTestsMixin, SynchronousTestCase):
@@ -855,6 +927,66 @@ class ClassSwitchTests(SynchronousTestCase):
             relay.uninstall()
         for t in transports:
             self.assertIs(type(t), tcp.Server)
+
+    def test_ownCodePerClass(self) -> None:
+        """
+        Each class made for the fast path has a C{doRead} with a code
+        object of its own (so that the interpreter specializes its attribute
+        reads for that class), which reads through the protocol's relay.
+        """
+        from twisted.internet import tcp, unix
+
+        made = [fastrelay._fastClass(cls) for cls in (tcp.Server, unix.Server)]
+        codes = {id(cls.doRead.__code__) for cls in made}
+        self.assertEqual(len(codes), 2)
+        self.assertNotIn(id(fastrelay._relayedRead.__code__), codes)
+
+        class Relay:
+            def doRead(self) -> str:
+                return "read"
+
+        class Proto:
+            relay = Relay()
+
+        t = tcp.Server.__new__(made[0])
+        t.protocol = Proto()
+        self.assertEqual(t.doRead(), "read")
+
+    def test_enteredInReactorsRelays(self) -> None:
+        """
+        On txsockproxy's reactor, L{fastrelay.install} enters each relay in
+        the reactor's C{relays} under its source's descriptor, and
+        uninstalling removes it, unless the entry is another relay's by
+        then.
+        """
+        from twisted.internet import tcp
+
+        reactor = privateReactor(self)
+
+        class Proto:
+            relay = None
+
+        socks = socket.socketpair()
+        transports = []
+        for sock in socks:
+            self.addCleanup(sock.close)
+            t = tcp.Server.__new__(tcp.Server)
+            t.socket = sock
+            t.fileno = sock.fileno
+            t.connected = True
+            t.reactor = reactor
+            t.protocol = Proto()
+            transports.append(t)
+        up, down = fastrelay.install(transports[0], transports[1], object(), mode="copy",
+                                     clientProtocol=transports[0].protocol,
+                                     backendProtocol=transports[1].protocol) or (None, None)
+        assert up is not None and down is not None
+        self.assertEqual(reactor.relays, {socks[0].fileno(): up, socks[1].fileno(): down})
+        newer = object()
+        reactor.relays[socks[1].fileno()] = newer
+        up.uninstall()
+        down.uninstall()
+        self.assertEqual(reactor.relays, {socks[1].fileno(): newer})
 
 
 class ConnectionInfoTests(SynchronousTestCase):

@@ -49,6 +49,13 @@ class EPollReactor(epollreactor.EPollReactor):
         # Descriptors unregistered since the last poll returned; an event of a
         # batch for one of them is stale (see doPoll).
         self._unregistered: set[int] = set()
+        # Descriptors whose reads a relay of the accelerator takes
+        # (txsockproxy._fast.relay.Relay): descriptor -> an object with
+        # .source (the transport it reads) and .doRead().  A plain read event
+        # of a descriptor still read by that same transport goes straight to
+        # its doRead (see doPoll); an entry left by a closed transport is
+        # ignored, as the descriptor's number then names another one.
+        self.relays: dict[int, Any] = {}
 
     def mainLoop(self) -> None:
         """
@@ -112,12 +119,33 @@ class EPollReactor(epollreactor.EPollReactor):
         gone = self._unregistered
         if gone:
             gone.clear()
+        relays = self.relays
+        reads = self._reads
         for fd, event in events:
             if fd in gone:
                 continue
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
+            if event == EPOLLIN and fd in relays:
+                # A relay's read: straight to it, without the transport's
+                # doRead, its descriptor check and the general dispatch
+                # below (most events of a busy proxy).
+                relay = relays[fd]
+                if relay.source is selectable and fd in reads:
+                    try:
+                        lost: Any = relay.doRead()
+                    except BaseException:
+                        lost = sys.exc_info()[1]
+                        log.err()
+                    if lost:
+                        try:
+                            self._disconnectSelectable(selectable, lost, True)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException:
+                            log.err()
+                    continue
             # Each event on its own, as Twisted's log.callWithLogger does: an
             # error is logged, and the batch goes on.
             try:

@@ -41,13 +41,15 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Any, Optional
+import types
+from typing import Any, Callable, Optional
 
 from twisted.internet import abstract, error, main, tcp
 from twisted.python import failure, log
 
 from txsockproxy import portable
 from txsockproxy._fast import port
+from txsockproxy._fast.reactor import EPollReactor
 
 try:
     from twisted.internet import unix
@@ -174,16 +176,43 @@ class Relay:
         session would cost memory).
     @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
+    @ivar writes: on txsockproxy's reactor, its set of descriptors watched
+        for writing: the sink's descriptor is in it exactly while the sink
+        has something to write or a close or half-close to finish (Twisted's
+        C{write()}, C{loseConnection()} and C{loseWriteConnection()} all
+        start writing), which is what L{_quiet} tells from the transport's
+        own attributes.  Else L{None}, and L{_quiet} is asked.
+    @ivar relays: on txsockproxy's reactor, its map of descriptors whose
+        plain read events go straight to a relay (L{EPollReactor.relays}),
+        where L{install} enters this one under the source's descriptor
+        (L{sourceFd}); else L{None}.
+
+    The relay reads the sockets, the sink's descriptor and that set from its
+    own slots rather than from the transports on every read: the two
+    directions' transports are of two classes (a server's and a client's),
+    and an attribute read at one place in the code from objects of two
+    classes, or one that the class also defines (Twisted's transports
+    define defaults for their state), is not specialized by the
+    interpreter (CPython 3.11): each such read costs a dictionary and a type
+    lookup.
     """
 
     __slots__ = (
         "source", "sink", "owner", "up", "mode", "readFd", "writeFd", "pending", "stalled",
-        "capacity",
+        "capacity", "sourceSocket", "sinkSocket", "sinkFd", "writes", "sourceFd", "relays",
     )
 
     def __init__(self, source: Any, sink: Any, owner: Any, up: bool, mode: str) -> None:
         self.source = source
         self.sink = sink
+        self.sourceSocket = source.socket
+        self.sinkSocket = sink.socket
+        self.sinkFd = sink.fileno()
+        self.sourceFd = source.fileno()
+        reactor: Any = getattr(sink, "reactor", None)
+        ours = isinstance(reactor, EPollReactor)
+        self.writes: Optional[set[int]] = reactor._writes if ours else None
+        self.relays: Optional[dict[int, Relay]] = reactor.relays if ours else None
         self.owner = owner
         self.up = up
         self.mode = mode
@@ -226,26 +255,19 @@ class Relay:
             self._pushPipe()
             if self.pending:
                 return None
-        if self.readFd >= 0 and _quiet(self.sink):
+        if self.readFd >= 0 and self.sinkQuiet():
             return self._spliceRead()
         try:
-            n = self.source.socket.recv_into(_BUFFER)
+            n = self.sourceSocket.recv_into(_BUFFER)
         except OSError as e:
             if e.errno in _AGAIN:
                 return None
             return main.CONNECTION_LOST
         if not n:
             return main.CONNECTION_DONE
-        sink = self.sink
-        # _quiet(sink), inline: this runs for every read.
-        if (
-            sink._tempDataLen
-            or sink.disconnecting
-            or sink._writeDisconnecting
-            or sink._writeDisconnected
-            or len(sink.dataBuffer) > sink.offset
-            or not sink.connected
-        ):
+        # sinkQuiet(), inline: this runs for every read.
+        writes = self.writes
+        if (self.sinkFd in writes) if writes is not None else not _quiet(self.sink):
             self.ordinary(_VIEW[:n].tobytes())
             return None
         if self.up:
@@ -253,20 +275,30 @@ class Relay:
         else:
             self.owner.countDown(n)
         try:
-            sent = sink.socket.send(_VIEW[:n])
+            sent = self.sinkSocket.send(_VIEW[:n])
         except OSError as e:
             if e.errno not in _AGAIN:
                 # Reset: this send took the socket's error, so its next read
                 # would say EOF. Report the reset now, as Twisted's doWrite
                 # would have.
-                failSoon(sink)
+                failSoon(self.sink)
                 return None
             sent = 0
         if sent < n:
-            sink.write(_VIEW[sent:n].tobytes())
+            self.sink.write(_VIEW[sent:n].tobytes())
         if self.mode == "splice" and n >= SPLICE_THRESHOLD and self.readFd < 0:
             self._openPipe()
         return None
+
+    def sinkQuiet(self) -> bool:
+        """
+        Whether the sink can take bytes straight to its socket now (see
+        L{_quiet} and L{writes}).
+        """
+        writes = self.writes
+        if writes is not None:
+            return self.sinkFd not in writes
+        return _quiet(self.sink)
 
     def _spliceRead(self) -> Optional[Exception]:
         try:
@@ -397,6 +429,9 @@ class Relay:
         """
         if self.stalled:
             self._unstall()
+        relays = self.relays
+        if relays is not None and relays.get(self.sourceFd) is self:
+            del relays[self.sourceFd]
         source = self.source
         base = _relayedBases.get(type(source))
         if base is not None:
@@ -415,8 +450,23 @@ _relayedBases: dict[type, type] = {}
 
 def _relayedRead(self: Any) -> Optional[Exception]:
     # doRead of a transport on the fast path: its protocol holds the Relay.
+    # Each class made by _fastClass has its own copy (see _ownCopy).
     relay: Relay = self.protocol.relay
     return relay.doRead()
+
+
+def _ownCopy(function: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    A copy of C{function} with a code object of its own.  CPython (3.11 and
+    later) specializes each attribute read in a code object for the class
+    it meets there; a read that meets two classes (a server's transport and
+    a client's, their two protocols) falls back to the general lookup.  A
+    copy per class keeps each one specialized.
+    """
+    return types.FunctionType(
+        function.__code__.replace(), function.__globals__, function.__name__,
+        function.__defaults__, function.__closure__,
+    )
 
 
 def _readConnectionLost(self: Any, reason: Any) -> None:
@@ -461,7 +511,7 @@ def _fastClass(cls: type) -> type:
             f"Relayed{cls.__name__}",
             (cls,),
             {
-                "doRead": _relayedRead,
+                "doRead": _ownCopy(_relayedRead),
                 "readConnectionLost": _readConnectionLost,
                 "connectionLost": _connectionLost,
                 "__module__": __name__,
@@ -509,6 +559,9 @@ def install(
     down = Relay(backend, client, owner, False, mode)
     _attach(client, clientProtocol, up)
     _attach(backend, backendProtocol, down)
+    for relay in (up, down):
+        if relay.relays is not None:
+            relay.relays[relay.sourceFd] = relay
     return up, down
 
 
