@@ -66,6 +66,25 @@ class ConnectIntegrationTests(ReactorTestCase):
         self.assertIn(fd, self.reactor._reads)
         self.assertNotIn(fd, self.reactor._writes)
 
+    def test_noTimerWhenOverWithinStart(self) -> None:
+        """
+        A connect that is over within C{start} (connected, here) never arms
+        its timer; one still in progress does (L{test_inProgress}).
+        """
+        armed: list[str] = []
+        real = self.reactor.callLater
+
+        def callLater(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+            armed.append(getattr(f, "__name__", ""))
+            return real(delay, f, *args, **kwargs)
+
+        self.patch(self.reactor, "callLater", callLater)
+        server = self.listenTCP()
+        factory, _ = self.connectTCP(server)
+        assert factory.protocol is not None
+        self.assertTrue(factory.protocol.made)
+        self.assertNotIn("_timedOut", armed)
+
     def test_inProgress(self) -> None:
         """
         When the handshake is not done when C{connect()} is asked again (a

@@ -228,7 +228,8 @@ class Connecting:
     """
 
     __slots__ = (
-        "factory", "transport", "timer", "reactor", "timeouts", "congestion", "_plan", "_starting"
+        "factory", "transport", "timer", "reactor", "timeouts", "congestion", "_plan", "_starting",
+        "_over",
     )
 
     def __init__(
@@ -248,15 +249,18 @@ class Connecting:
         self.timer: Any = None
         self._plan: Optional[tuple[Any, ...]] = (timeout,) + plan
         self._starting = False
+        # Connected or failed.
+        self._over = False
 
     def start(self) -> None:
         """
-        Start connecting.
+        Start connecting, and arm the connect timeout unless the connect is
+        over by then: to an address of this host, and to a unix socket, it
+        usually completes (or fails) within the first C{connect()}.
         """
         assert self._plan is not None, "started twice"
         timeout, transportType, *args = self._plan
         self._plan = None
-        self.timer = self.timeouts.callLater(timeout, self._timedOut)
         self._starting = True
         try:
             # Once finished (even within this call), the transport ignores
@@ -270,12 +274,16 @@ class Connecting:
             )
         finally:
             self._starting = False
+        if not self._over:
+            self.timer = self.timeouts.callLater(timeout, self._timedOut)
 
     def buildProtocol(self, addr: Any) -> Any:
+        self._over = True
         self._stopTimer()
         return self.factory.buildProtocol(addr)
 
     def connectionFailed(self, reason: failure.Failure) -> None:
+        self._over = True
         self._stopTimer()
         if self._starting:
             self.reactor.callLater(0, self._report, reason)
