@@ -378,6 +378,24 @@ class ShutWriteIntegrationTests(ReactorTestCase):
         self.turnUntil(gotEOF)
         self.assertEqual(b"".join(received), b"buffered")
 
+    def test_idleFollowsWriteRegistration(self) -> None:
+        """
+        On txsockproxy's reactor a plain transport is idle while it is not
+        registered for writing: not with bytes buffered, nor while a close
+        or half-close is under way, again once the buffer is written.
+        """
+        transport, peer, _ = self.connected()
+        self.assertTrue(fastrelay.idle(transport))
+        transport.write(b"buffered")
+        self.assertFalse(fastrelay.idle(transport))
+        self.turnUntil(lambda: transport.fileno() not in self.reactor._writes)
+        self.assertTrue(fastrelay.idle(transport))
+        self.assertEqual(peer.recv(64), b"buffered")
+        transport.loseWriteConnection()
+        self.assertFalse(fastrelay.idle(transport))
+        self.turnUntil(lambda: transport._writeDisconnected)
+        self.assertFalse(fastrelay.idle(transport), "its write side is shut")
+
     def test_closeBothEnded(self) -> None:
         """
         L{fastrelay.close} of a transport whose directions both ended closes

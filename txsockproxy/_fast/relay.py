@@ -574,12 +574,17 @@ def idle(transport: Any) -> bool:
     not closing, and not waiting on the reactor to write.  Only a reactor that
     keeps its registrations by descriptor (epoll, poll) can tell the last.
     """
-    if not isPlain(transport) or not _quiet(transport):
+    if not isPlain(transport) or transport.producer is not None:
         return False
-    if transport.producer is not None:
+    reactor = transport.reactor
+    if type(reactor) is EPollReactor:
+        # Registered for writing exactly while it has something to write or
+        # a close or half-close to finish (see Relay.writes).
+        return transport.fileno() not in reactor._writes and not transport._writeDisconnected
+    if not _quiet(transport):
         return False
-    writes = getattr(transport.reactor, "_writes", None)
-    if writes is None or getattr(transport.reactor, "_selectables", None) is None:
+    writes = getattr(reactor, "_writes", None)
+    if writes is None or getattr(reactor, "_selectables", None) is None:
         return False
     return transport.fileno() not in writes
 
