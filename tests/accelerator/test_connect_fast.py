@@ -582,6 +582,7 @@ class RelayedClassIntegrationTests(ReactorTestCase):
         EOF, protocol and connector hear L{error.ConnectionDone}.
         """
         transport, peer, protocol, told = self.relayed()
+        fd = transport.fileno()
         fastrelay.shutWrite(transport)
         transport.loseConnection()
         assert protocol.lost is not None
@@ -589,6 +590,30 @@ class RelayedClassIntegrationTests(ReactorTestCase):
         self.assertEqual([f.value.__class__ for f in told], [error.ConnectionDone])
         self.assertEqual(peer.recv(16), b"")
         self.assertFalse(hasattr(transport, "socket"))
+        self.assertNotWatched(fd)
+        self.assertEqual((transport.connected, transport.disconnected), (0, 1))
+
+    def assertNotWatched(self, fd: int) -> None:
+        self.assertNotIn(fd, self.reactor._reads)
+        self.assertNotIn(fd, self.reactor._writes)
+        self.assertNotIn(fd, self.reactor._selectables)
+
+    def test_closeNotWatched(self) -> None:
+        """
+        A transport the reactor no longer watches (its EOF was read, nothing
+        is left to write) closes the same way.
+        """
+        transport, peer, protocol, told = self.relayed()
+        fd = transport.fileno()
+        transport.stopReading()
+        self.assertNotWatched(fd)
+        fastrelay.shutWrite(transport)
+        transport.loseConnection()
+        assert protocol.lost is not None
+        self.assertIsInstance(protocol.lost.value, error.ConnectionDone)
+        self.assertEqual(peer.recv(16), b"")
+        self.assertNotWatched(fd)
+        self.assertEqual((transport.connected, transport.disconnected), (0, 1))
 
     def test_abortResets(self) -> None:
         """

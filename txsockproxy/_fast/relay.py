@@ -485,7 +485,20 @@ def _connectionLost(self: Any, reason: failure.Failure) -> None:
     # of every class of the exception, twice per proxied connection.
     if not hasattr(self, "socket"):
         return
-    abstract.FileDescriptor.connectionLost(self, reason)
+    reactor = self.reactor
+    if type(reactor) is EPollReactor and self.producer is None:
+        # FileDescriptor.connectionLost, less its stopReading() and
+        # stopWriting() when the reactor watches the descriptor for neither
+        # (the usual case by now: both ends' EOF was read, nothing is left
+        # to write).
+        self.disconnected = 1
+        self.connected = 0
+        fd = self.socket.fileno()
+        if fd in reactor._reads or fd in reactor._writes:
+            self.stopReading()
+            self.stopWriting()
+    else:
+        abstract.FileDescriptor.connectionLost(self, reason)
     self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
     protocol = self.protocol
     del self.protocol
