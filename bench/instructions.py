@@ -41,6 +41,8 @@ from typing import Any, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "proxybench"))
+import proxybench as pb  # noqa: E402
 from robustness import DEFAULT_TREE, LAUNCHER, tree_label  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -58,21 +60,6 @@ listen = "tcp:{listen}:interface={host}"
 [[proxy.backend]]
 endpoint = "tcp:host={host}:port={backend}"
 """
-
-LIGHTTPD_CFG = """\
-server.modules = ( "mod_sockproxy" )
-server.document-root = "{workdir}"
-server.errorlog = "{workdir}/lighttpd-error.log"
-server.bind = "{host}"
-server.port = {listen}
-server.max-fds = 4096
-server.max-connections = 2000
-server.listen-backlog = 1024
-$SERVER["socket"] == "{host}:{listen}" {{
-    sockproxy.server = ( "" => ( ( "host" => "{host}", "port" => {backend} ) ) )
-}}
-"""
-
 
 def freePort() -> int:
     with socket.socket() as s:
@@ -126,7 +113,10 @@ def command(args: argparse.Namespace, proxy: str, workdir: str, listen: int,
             return None
         path = os.path.join(workdir, "lighttpd.conf")
         with open(path, "w") as f:
-            f.write(LIGHTTPD_CFG.format(workdir=workdir, host=HOST, listen=listen, backend=backend))
+            # The harness's own configuration (mod_sockproxy, one backend).
+            f.write(pb.LIGHTTPD_CFG.format(workdir=workdir, listen_host=HOST, listen=listen,
+                                           backend_host=HOST, backend=backend, fdlimit=4096,
+                                           maxconn=2000))
         return ["lighttpd", "-D", "-f", path], env
     raise SystemExit(f"instructions.py: unknown proxy {proxy!r} (known: {', '.join(PROXIES)})")
 
