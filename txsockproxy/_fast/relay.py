@@ -49,7 +49,13 @@ from twisted.python import failure, log
 
 from txsockproxy import portable
 from txsockproxy._fast import port
-from txsockproxy._fast.reactor import EPollReactor
+
+try:
+    # Reactors that keep their registrations as sets of descriptors (as
+    # txsockproxy's, a subclass, does): see Relay.writes.
+    from twisted.internet.epollreactor import EPollReactor as _ByDescriptor
+except ImportError:  # pragma: no cover (no epoll on this platform)
+    _ByDescriptor = None  # type: ignore[assignment,misc]
 
 try:
     from twisted.internet import unix
@@ -176,14 +182,14 @@ class Relay:
         session would cost memory).
     @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
-    @ivar writes: on txsockproxy's reactor, its set of descriptors watched
-        for writing: the sink's descriptor is in it exactly while the sink
+    @ivar writes: on an epoll reactor (txsockproxy's, or Twisted's), its set
+        of descriptors watched for writing: the sink's descriptor is in it exactly while the sink
         has something to write or a close or half-close to finish (Twisted's
         C{write()}, C{loseConnection()} and C{loseWriteConnection()} all
         start writing), which is what L{_quiet} tells from the transport's
         own attributes.  Else L{None}, and L{_quiet} is asked.
     @ivar relays: on txsockproxy's reactor, its map of descriptors whose
-        plain read events go straight to a relay (L{EPollReactor.relays}),
+        plain read events go straight to a relay (C{EPollReactor.relays}),
         where L{install} enters this one under the source's descriptor
         (L{sourceFd}); else L{None}.
 
@@ -210,9 +216,11 @@ class Relay:
         self.sinkFd = sink.fileno()
         self.sourceFd = source.fileno()
         reactor: Any = getattr(sink, "reactor", None)
-        ours = isinstance(reactor, EPollReactor)
-        self.writes: Optional[set[int]] = reactor._writes if ours else None
-        self.relays: Optional[dict[int, Relay]] = reactor.relays if ours else None
+        byDescriptor = _ByDescriptor is not None and isinstance(reactor, _ByDescriptor)
+        self.writes: Optional[set[int]] = reactor._writes if byDescriptor else None
+        self.relays: Optional[dict[int, Relay]] = (
+            getattr(reactor, "relays", None) if byDescriptor else None
+        )
         self.owner = owner
         self.up = up
         self.mode = mode
@@ -486,7 +494,7 @@ def _connectionLost(self: Any, reason: failure.Failure) -> None:
     if not hasattr(self, "socket"):
         return
     reactor = self.reactor
-    if type(reactor) is EPollReactor and self.producer is None:
+    if self.producer is None and _ByDescriptor is not None and isinstance(reactor, _ByDescriptor):
         # FileDescriptor.connectionLost, less its stopReading() and
         # stopWriting() when the reactor watches the descriptor for neither
         # (the usual case by now: both ends' EOF was read, nothing is left
@@ -590,7 +598,7 @@ def idle(transport: Any) -> bool:
     if not isPlain(transport) or transport.producer is not None:
         return False
     reactor = transport.reactor
-    if type(reactor) is EPollReactor:
+    if _ByDescriptor is not None and isinstance(reactor, _ByDescriptor):
         # Registered for writing exactly while it has something to write or
         # a close or half-close to finish (see Relay.writes).
         return transport.fileno() not in reactor._writes and not transport._writeDisconnected
