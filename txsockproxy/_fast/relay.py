@@ -183,11 +183,12 @@ class Relay:
     @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
     @ivar writes: on an epoll reactor (txsockproxy's, or Twisted's), its set
-        of descriptors watched for writing: the sink's descriptor is in it exactly while the sink
-        has something to write or a close or half-close to finish (Twisted's
-        C{write()}, C{loseConnection()} and C{loseWriteConnection()} all
-        start writing), which is what L{_quiet} tells from the transport's
-        own attributes.  Else L{None}, and L{_quiet} is asked.
+        of descriptors watched for writing: the sink's descriptor is in it
+        exactly while the sink has something to write or a close or
+        half-close to finish (Twisted's C{write()}, C{loseConnection()} and
+        C{loseWriteConnection()} all start writing), which is what L{_quiet}
+        tells from the transport's own attributes.  Else L{None}, and
+        L{_quiet} is asked.
     @ivar relays: on txsockproxy's reactor, its map of descriptors whose
         plain read events go straight to a relay (C{EPollReactor.relays}),
         where L{install} enters this one under the source's descriptor
