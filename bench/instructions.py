@@ -61,12 +61,6 @@ listen = "tcp:{listen}:interface={host}"
 endpoint = "tcp:host={host}:port={backend}"
 """
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def accepting(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=1):
@@ -139,7 +133,8 @@ def measure(args: argparse.Namespace, tools: tuple[str, str], proxy: str, scenar
     request (rr).
     """
     load, pbBackend = tools
-    backend, listen = freePort(), freePort()
+    # The harness's: below the ephemeral range, never the same twice.
+    backend, listen = pb.free_port(), pb.free_port()
     be = subprocess.Popen([pbBackend, str(backend)], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     proc = None

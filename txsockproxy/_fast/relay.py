@@ -51,11 +51,20 @@ from txsockproxy import portable
 from txsockproxy._fast import port
 
 try:
-    # Reactors that keep their registrations as sets of descriptors (as
-    # txsockproxy's, a subclass, does): see Relay.writes.
-    from twisted.internet.epollreactor import EPollReactor as _ByDescriptor
+    from twisted.internet.epollreactor import EPollReactor as _EPollReactor
 except ImportError:  # pragma: no cover (no epoll on this platform)
-    _ByDescriptor = None  # type: ignore[assignment,misc]
+    _EPollReactor = None  # type: ignore[assignment,misc]
+
+
+def byDescriptor(reactor: Any) -> bool:
+    """
+    Whether C{reactor} keeps its registrations as sets of descriptors
+    (C{_reads}, C{_writes}): an epoll reactor, Twisted's or txsockproxy's (a
+    subclass).  A transport of such a reactor is in C{_writes} exactly while
+    it has something to write or a close or half-close to finish (see
+    L{Relay.writes}).
+    """
+    return _EPollReactor is not None and isinstance(reactor, _EPollReactor)
 
 try:
     from twisted.internet import unix
@@ -217,11 +226,9 @@ class Relay:
         self.sinkFd = sink.fileno()
         self.sourceFd = source.fileno()
         reactor: Any = getattr(sink, "reactor", None)
-        byDescriptor = _ByDescriptor is not None and isinstance(reactor, _ByDescriptor)
-        self.writes: Optional[set[int]] = reactor._writes if byDescriptor else None
-        self.relays: Optional[dict[int, Relay]] = (
-            getattr(reactor, "relays", None) if byDescriptor else None
-        )
+        ours = byDescriptor(reactor)
+        self.writes: Optional[set[int]] = reactor._writes if ours else None
+        self.relays: Optional[dict[int, Relay]] = getattr(reactor, "relays", None) if ours else None
         self.owner = owner
         self.up = up
         self.mode = mode
@@ -495,7 +502,7 @@ def _connectionLost(self: Any, reason: failure.Failure) -> None:
     if not hasattr(self, "socket"):
         return
     reactor = self.reactor
-    if self.producer is None and _ByDescriptor is not None and isinstance(reactor, _ByDescriptor):
+    if self.producer is None and byDescriptor(reactor):
         # FileDescriptor.connectionLost, less its stopReading() and
         # stopWriting() when the reactor watches the descriptor for neither
         # (the usual case by now: both ends' EOF was read, nothing is left
@@ -599,9 +606,7 @@ def idle(transport: Any) -> bool:
     if not isPlain(transport) or transport.producer is not None:
         return False
     reactor = transport.reactor
-    if _ByDescriptor is not None and isinstance(reactor, _ByDescriptor):
-        # Registered for writing exactly while it has something to write or
-        # a close or half-close to finish (see Relay.writes).
+    if byDescriptor(reactor):
         return transport.fileno() not in reactor._writes and not transport._writeDisconnected
     if not _quiet(transport):
         return False
@@ -734,6 +739,6 @@ def failSoon(transport: Any) -> None:
 
 
 __all__ = [
-    "CAN_SPLICE", "Relay", "close", "defaultMode", "failSoon", "idle", "install", "isPlain",
-    "registerPlain", "shutWrite", "writeNow", "writePreamble",
+    "CAN_SPLICE", "Relay", "byDescriptor", "close", "defaultMode", "failSoon", "idle", "install",
+    "isPlain", "registerPlain", "shutWrite", "writeNow", "writePreamble",
 ]
