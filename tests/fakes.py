@@ -126,10 +126,11 @@ class HalfCloseTransport(StringTransport):
     @ivar writeClosed: L{True} once C{loseWriteConnection} was called.
     @ivar aborted: L{True} once C{abortConnection} was called.
     @ivar handle: what C{getHandle()} gives: L{None}, or a socket a test
-        sets to stand for the transport's own.
+        gives to stand for the transport's own (as for a real transport, it
+        is the same for the transport's whole life: the session asks once).
     """
 
-    def __init__(self, peer: Optional[IPv4Address] = None) -> None:
+    def __init__(self, peer: Optional[IPv4Address] = None, handle: Any = None) -> None:
         super().__init__(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
             peerAddress=peer or IPv4Address("TCP", "127.0.0.2", 40000),
@@ -137,7 +138,7 @@ class HalfCloseTransport(StringTransport):
         )
         self.writeClosed = False
         self.aborted = False
-        self.handle: Any = None
+        self.handle: Any = handle
 
     def getHandle(self) -> Any:
         return self.handle
@@ -176,16 +177,19 @@ class FakeEndpoint:
         self.attempts.append((factory, d))
         return d
 
-    def succeed(self, peer: Optional[IPv4Address] = None) -> tuple[Any, HalfCloseTransport]:
+    def succeed(
+        self, peer: Optional[IPv4Address] = None, handle: Any = None
+    ) -> tuple[Any, HalfCloseTransport]:
         """
         Complete the latest connect: build the protocol, give it a transport
-        (whose peer is C{peer}, by default C{127.0.0.2:40000}).
+        (whose peer is C{peer}, by default C{127.0.0.2:40000}; whose handle
+        is C{handle}).
 
         @return: the backend protocol and its transport.
         """
         factory, d = self.attempts[-1]
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 9000))
-        transport = HalfCloseTransport(peer)
+        transport = HalfCloseTransport(peer, handle)
         assert protocol is not None
         protocol.makeConnection(transport)
         d.callback(protocol)

@@ -209,6 +209,20 @@ class RelayTests(SynchronousTestCase):
         self.client, self.ct = self.proxy.accept()
         self.backend, self.bt = self.proxy.endpoints["a"].succeed()
 
+    def withSockets(
+        self, clientSocket: Any = None, backendSocket: Any = None
+    ) -> tuple[Any, HalfCloseTransport, Any, HalfCloseTransport]:
+        """
+        A session of a proxy of its own whose client's and backend's
+        transports have the sockets given as their handles.
+
+        @return: the client's protocol and transport, the backend's.
+        """
+        proxy = Proxy()
+        client, ct = proxy.accept(transport=HalfCloseTransport(handle=clientSocket))
+        backend, bt = proxy.endpoints["a"].succeed(handle=backendSocket)
+        return client, ct, backend, bt
+
     def test_relaysBothWays(self) -> None:
         """
         Bytes go unchanged both ways and are counted on the backend.
@@ -385,13 +399,13 @@ class RelayTests(SynchronousTestCase):
         """
         ours, peer = tcpPair()
         self.addCleanup(ours.close)
-        self.bt.handle = ours
+        client, ct, backend, bt = self.withSockets(backendSocket=ours)
         resetSocket(peer)
-        self.backend.readConnectionLost()
-        self.assertFalse(self.ct.writeClosed)
-        self.assertTrue(self.ct.aborted)
-        self.assertTrue(self.bt.aborted)
-        self.assertEqual(self.client.session.ended, "backend reset")  # type: ignore[union-attr]
+        backend.readConnectionLost()
+        self.assertFalse(ct.writeClosed)
+        self.assertTrue(ct.aborted)
+        self.assertTrue(bt.aborted)
+        self.assertEqual(client.session.ended, "backend reset")  # type: ignore[union-attr]
 
     def test_clientResetReportedAsEOF(self) -> None:
         """
@@ -400,13 +414,13 @@ class RelayTests(SynchronousTestCase):
         """
         ours, peer = tcpPair()
         self.addCleanup(ours.close)
-        self.ct.handle = ours
+        client, ct, backend, bt = self.withSockets(clientSocket=ours)
         resetSocket(peer)
-        self.client.readConnectionLost()
-        self.assertFalse(self.bt.writeClosed)
-        self.assertTrue(self.bt.aborted)
-        self.assertTrue(self.ct.aborted)
-        self.assertEqual(self.client.session.ended, "client reset")  # type: ignore[union-attr]
+        client.readConnectionLost()
+        self.assertFalse(bt.writeClosed)
+        self.assertTrue(bt.aborted)
+        self.assertTrue(ct.aborted)
+        self.assertEqual(client.session.ended, "client reset")  # type: ignore[union-attr]
 
     def test_finWithSocketIsEOF(self) -> None:
         """
@@ -416,11 +430,11 @@ class RelayTests(SynchronousTestCase):
         ours, peer = tcpPair()
         self.addCleanup(ours.close)
         self.addCleanup(peer.close)
-        self.bt.handle = ours
+        client, ct, backend, bt = self.withSockets(backendSocket=ours)
         peer.shutdown(socket.SHUT_WR)
-        self.backend.readConnectionLost()
-        self.assertTrue(self.ct.writeClosed)
-        self.assertFalse(self.ct.aborted or self.bt.aborted)
+        backend.readConnectionLost()
+        self.assertTrue(ct.writeClosed)
+        self.assertFalse(ct.aborted or bt.aborted)
 
     def test_backendCleanCloseUnregistersProducer(self) -> None:
         """

@@ -71,6 +71,8 @@ class Admission:
         limits.burst = protection.clientBurst
         limits.ipv6Prefix = protection.clientIPv6Prefix
         self.clients = limits
+        # Whether admit() has anything to check (read per session).
+        self.checking = bool(self.access) or bool(limits)
         self.wake()
 
     # -- at connect -----------------------------------------------------------
@@ -83,7 +85,7 @@ class Admission:
 
         @return: L{None}, or why it is refused (for the session log).
         """
-        if not (self.access or self.clients):
+        if not self.checking:
             return None  # nothing to check: the peer is not even asked for
         peer = session.connection.peer
         if self.access:
@@ -198,8 +200,9 @@ class Admission:
         C{session} ended: its client count, its slot or its place in the
         queue are given back, and the next in the queue served.
         """
-        self.clients.release(session.clientKey)
-        session.clientKey = None
+        if session.clientKey is not None:
+            self.clients.release(session.clientKey)
+            session.clientKey = None
         if session.queueTimer is not None:
             timer, session.queueTimer = session.queueTimer, None
             if timer.active():
@@ -211,7 +214,8 @@ class Admission:
         if session.served:
             session.served = False
             self.serving -= 1
-        self.wake()
+        if self.queue:
+            self.wake()
 
     def stop(self) -> None:
         """

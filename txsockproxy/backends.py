@@ -152,8 +152,9 @@ class Backend:
         C{now}: an operator has it up, no disable-time runs, and its health
         check (if any) does not say down.
         """
-        return (self.adminState == UP and now >= self.disabledUntil and not self.checkDown
-                and not self.gone)
+        health = self.health  # checkDown, inline
+        return (self.adminState == UP and now >= self.disabledUntil and not self.gone
+                and (health is None or health.state != CHECK_DOWN))
 
     @property
     def full(self) -> bool:
@@ -628,9 +629,20 @@ class BackendPool:
             )
             return None
         now = self.clock.seconds()
-        available = [b for b in group.backends if b not in exclude and b.availableAt(now)]
-        candidates = [b for b in available if not b.full]
-        if candidates and any(b.priority for b in candidates):
+        # One loop, not comprehensions and any(): each of those is a call
+        # of its own, per session.
+        available: list[Backend] = []
+        candidates: list[Backend] = []
+        prioritized = False
+        for b in group.backends:
+            if b in exclude or not b.availableAt(now):
+                continue
+            available.append(b)
+            if not b.full:
+                candidates.append(b)
+                if b.priority:
+                    prioritized = True
+        if prioritized:
             # SRV priorities: the lowest of the backends that can take it.
             best = min(b.priority for b in candidates)
             candidates = [b for b in candidates if b.priority == best]
@@ -894,7 +906,8 @@ class BackendPool:
         client left while it connected.
         """
         backend.active -= 1
-        self._leaveIfGone(backend)
+        if backend.gone:
+            self._leaveIfGone(backend)
 
     @staticmethod
     def _leaveIfGone(backend: Backend) -> None:

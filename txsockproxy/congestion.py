@@ -123,6 +123,20 @@ def _reachesThisHost(host: Any) -> bool:
     return isLoopback(host) or host in ("0.0.0.0", "::", "::ffff:0.0.0.0")
 
 
+# _reachesThisHost of each backend host seen (the first 1024 seen): asked
+# before every connect.
+_reaches: dict[Any, bool] = {}
+
+
+def _reachesThisHostKnown(host: Any) -> bool:
+    known = _reaches.get(host)
+    if known is None:
+        known = _reachesThisHost(host)
+        if len(_reaches) < 1024 and isinstance(host, str):
+            _reaches[host] = known
+    return known
+
+
 def onThisHost(sock: Any, host: Any) -> bool:
     """
     Whether the peer at C{host} of the connected socket C{sock} is on this
@@ -291,7 +305,7 @@ class Congestion:
         @return: whether nothing is left to do once connected (it was set,
             or the algorithm is none); L{False} if L{apply} must decide then.
         """
-        if self.loopbackOnly and not _reachesThisHost(host):
+        if self.loopbackOnly and not (_reaches.get(host) or _reachesThisHostKnown(host)):
             return False
         return self._give(sock)
 

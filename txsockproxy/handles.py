@@ -42,7 +42,14 @@ def pendingError(transport: Any) -> int:
     nothing to read for a clean close: the peer's reset is then still
     waiting on the socket, and only this tells it from a FIN.
     """
-    skt = socketOf(transport)
+    return socketError(socketOf(transport))
+
+
+def socketError(skt: Optional[socket.socket]) -> int:
+    """
+    L{pendingError} of the socket C{skt} itself (L{None}: 0), for a caller
+    that keeps the socket of a transport (see L{socketOf}).
+    """
     if skt is None:
         return 0
     try:
@@ -64,7 +71,13 @@ def noDelay(transport: Any) -> bool:
     @return: whether it was set (not for unix sockets, which refuse the
         option, or a transport without a socket).
     """
-    skt = socketOf(transport)
+    return setNoDelay(socketOf(transport))
+
+
+def setNoDelay(skt: Optional[socket.socket]) -> bool:
+    """
+    L{noDelay} on the socket C{skt} itself (L{None}: L{False}).
+    """
     if skt is None:
         return False
     try:
@@ -74,4 +87,4 @@ def noDelay(transport: Any) -> bool:
     return True
 
 
-__all__ = ["noDelay", "pendingError", "socketOf"]
+__all__ = ["noDelay", "pendingError", "setNoDelay", "socketError", "socketOf"]

@@ -23,6 +23,7 @@ Rules the session keeps:
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
@@ -47,7 +48,7 @@ from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.endpoints import isProxyProtocolListen
-from txsockproxy.handles import noDelay, pendingError
+from txsockproxy.handles import setNoDelay, socketError, socketOf
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.keepalive import applyKeepalive
 from txsockproxy.listening import LISTENING
@@ -197,7 +198,8 @@ class Sessions:
             if self.recorder is not None:
                 self.recorder(session)
         finally:
-            self._notifyIfEmpty()
+            if not self.open:
+                self._notifyIfEmpty()
 
     def _notifyIfEmpty(self) -> None:
         if not self.open:
@@ -331,7 +333,8 @@ class FrontendProtocol(Protocol):
         self.headerTimer: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
-        noDelay(self.transport)
+        skt = socketOf(self.transport)
+        setNoDelay(skt)
         congestion = self.factory.congestion
         if congestion.name is not None:
             congestion.applyAccepted(self.transport)
@@ -342,7 +345,7 @@ class FrontendProtocol(Protocol):
                 self.factory.pool.config.proxyHeaderTimeout, self._headerTimedOut
             )
             return
-        self.session = Session(self.factory, self)
+        self.session = Session(self.factory, self, skt)
         self.session.start()
 
     def dataReceived(self, data: bytes) -> None:
@@ -365,7 +368,7 @@ class FrontendProtocol(Protocol):
             return
         self._cancelHeaderTimer()
         self.header = None
-        session = Session(self.factory, self)
+        session = Session(self.factory, self, socketOf(self.transport))
         if header.source is not None:
             session.connection.peer = header.source
             if header.destination is not None:
@@ -560,13 +563,19 @@ class Session:
         "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
         "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
         "handshaking", "joined", "_shut", "_flushed", "serial", "clientKey", "served",
-        "queueTimer", "waitingBackend",
+        "queueTimer", "waitingBackend", "clientSocket", "backendSocket",
         "__weakref__",
     )
 
     log = Logger()
 
-    def __init__(self, factory: ProxyFactory, client: FrontendProtocol) -> None:
+    def __init__(
+        self, factory: ProxyFactory, client: FrontendProtocol, clientSocket: Optional[socket.socket]
+    ) -> None:
+        """
+        @param clientSocket: the socket under the client's transport (see
+            L{socketOf}), or L{None}.
+        """
         self.factory = factory
         self.pool = factory.pool
         self.clock = factory.reactor
@@ -576,6 +585,11 @@ class Session:
         self.backend: Optional[Backend] = None
         self.backendProtocol: Optional[BackendProtocol] = None
         self.backendTransport: Any = None
+        # The sockets under the transports (see socketOf), asked at each
+        # side's end of stream (socketError) and watched while a side is
+        # not read; the backend's once connected.
+        self.clientSocket = clientSocket
+        self.backendSocket: Optional[socket.socket] = None
         # What cancels the connect in progress.
         self.connecting: Optional[ICancellable] = None
         self.tried: frozenset[Backend] = frozenset()
@@ -701,7 +715,7 @@ class Session:
                 self._inspectTimer.cancel()
             self._inspectTimer = None
         self.connection.serverName = serverName
-        if self.factory.debug >= 2:
+        if self.factory.sessions.debug >= 2:
             self.log.info(
                 "proxy {proxy}: {client} SNI name {name}",
                 proxy=self.pool.name, client=formatAddress(self.connection.peer),
@@ -761,13 +775,13 @@ class Session:
             return
         self.backend = backend
         self.tried = self.tried | {backend}
-        if self.factory.debug >= 1:
+        if self.factory.sessions.debug >= 1:
             self.log.info(
                 "proxy {proxy}: {client} -> backend {label}",
                 proxy=self.pool.name, client=formatAddress(self.connection.peer),
                 label=backend.label,
             )
-        if self.factory.debug >= 2:
+        if self.factory.sessions.debug >= 2:
             self.log.info(
                 "proxy {proxy}: connecting to {endpoint}",
                 proxy=self.pool.name, endpoint=backend.key,
@@ -827,7 +841,7 @@ class Session:
         # Failover is over: drop the set of backends tried (memory per
         # session; the empty frozenset is shared).
         self.tried = frozenset()
-        if self.factory.debug >= 2:
+        if self.factory.sessions.debug >= 2:
             self.log.info(
                 "proxy {proxy}: connected to backend {label} for {client}",
                 proxy=self.pool.name, label=backend.label,
@@ -838,7 +852,8 @@ class Session:
         self.backendTransport = bt
         if backend.congestion.name is not None and not getattr(bt, "congestionSet", False):
             backend.congestion.apply(bt)
-        noDelay(bt)
+        bs = self.backendSocket = socketOf(bt)
+        setNoDelay(bs)
         if backend.config.keepalive.idle:
             applyKeepalive(backend.config.keepalive, bt)
         ct = self.clientTransport
@@ -940,8 +955,8 @@ class Session:
         if self._paused & bit or self.finished:
             return
         self._paused |= bit
-        self.factory.watch.add(
-            self, client, self.clientTransport if client else self.backendTransport
+        self.factory.watch.addSocket(
+            self, client, self.clientSocket if client else self.backendSocket
         )
 
     def sideResumed(self, client: bool) -> None:
@@ -963,7 +978,7 @@ class Session:
     def _sideReset(self, client: bool, errno: int, when: str) -> None:
         # A reset after that side's EOF still makes the session a reset one.
         self.ended = "client reset" if client else "backend reset"
-        if self.factory.debug >= 2:
+        if self.factory.sessions.debug >= 2:
             self.log.info(
                 "proxy {proxy}: {side} of {client} reset {when}: {error}",
                 proxy=self.pool.name, side="client" if client else "backend",
@@ -1001,9 +1016,9 @@ class Session:
         """
         if self.clientDone:
             return
-        err = pendingError(self.clientTransport)
+        err = socketError(self.clientSocket)
         if err:
-            # A reset reported as an end of stream (see pendingError).
+            # A reset reported as an end of stream (see txsockproxy.handles.pendingError).
             self._sideReset(True, err, "at its end of stream")
             return
         self.clientDone = True
@@ -1038,9 +1053,9 @@ class Session:
         """
         if self.backendDone:
             return
-        err = pendingError(self.backendTransport)
+        err = socketError(self.backendSocket)
         if err:
-            # A reset reported as an end of stream (see pendingError).
+            # A reset reported as an end of stream (see txsockproxy.handles.pendingError).
             self._sideReset(False, err, "at its end of stream")
             return
         self.backendDone = True
@@ -1235,7 +1250,8 @@ class Session:
         if self.connecting is not None:
             return
         self.finished = True
-        self._cancelTimer()
+        if self._timer is not None:
+            self._cancelTimer()
         if self._paused:
             self._paused = 0
             self.factory.watch.discard(self, True)
@@ -1253,7 +1269,7 @@ class Session:
         # once, rather than the cyclic garbage collector, later and at a cost.
         self.client = None  # type: ignore[assignment]
         self.backendProtocol = None
-        if self.factory.debug >= 1:
+        if self.factory.sessions.debug >= 1:
             self.log.info(
                 "proxy {proxy}: session of {client} ended ({why}): "
                 "{up} bytes up, {down} bytes down, {duration:.3f}s",
@@ -1284,7 +1300,8 @@ class Session:
             return
         self._timeout = timeout
         self._lastActivity = self.clock.seconds()
-        self._cancelTimer()
+        if self._timer is not None:
+            self._cancelTimer()
         if timeout:
             self._timer = self.factory.timeouts.callLater(timeout, self._checkTimeout)
 

@@ -69,11 +69,16 @@ class PausedWatch:
         Watch C{transport}, the client's (C{client}) or backend's side of
         C{watcher}, until L{discard}ed.
         """
+        if (watcher, client) not in self._watched:
+            self.addSocket(watcher, client, socketOf(transport))
+
+    def addSocket(self, watcher: Watcher, client: bool, skt: Any) -> None:
+        """
+        L{add}, given the socket under the transport (see L{socketOf}); a
+        transport without one (L{None}) is not watched.
+        """
         key = (watcher, client)
-        if key in self._watched:
-            return
-        skt = socketOf(transport)
-        if skt is None:
+        if skt is None or key in self._watched:
             return
         self._watched[key] = [skt, False]
         if self._call is None:

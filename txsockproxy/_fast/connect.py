@@ -121,7 +121,7 @@ class _ConnectAtOnce:
             transport.loseConnection()
         else:
             transport.protocol = protocol
-            transport.startReading()
+            transport.reactor.addReader(transport)  # startReading()
             protocol.makeConnection(transport)
 
     logstr = port.madeWhenAsked(
@@ -164,7 +164,7 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
     def __init__(
         self, host: str, port: int, bindAddress: Any, connector: Any, reactor: Any
     ) -> None:
-        if bindAddress is not None or not _isIPv4(host):
+        if bindAddress is not None or not (_ipv4.get(host) or _isIPv4(host)):
             tcp.Client.__init__(self, host, port, bindAddress, connector, reactor)
             return
         try:
@@ -359,7 +359,7 @@ def connect(
         or C{endpoint.connect}.
     """
     reactor = getattr(endpoint, "_reactor", None)
-    if not _connectsAtOnce(reactor):
+    if not isinstance(reactor, EPollReactor):  # _connectsAtOnce, inline
         return None
     kind = type(endpoint)
     if kind is TCP4ClientEndpoint:

@@ -52,8 +52,11 @@ from txsockproxy._fast import port
 
 try:
     from twisted.internet.epollreactor import EPollReactor as _EPollReactor
+
+    # For isinstance(): empty where there is no epoll (nothing is one then).
+    _EPOLL: Any = (_EPollReactor,)
 except ImportError:  # pragma: no cover (no epoll on this platform)
-    _EPollReactor = None  # type: ignore[assignment,misc]
+    _EPOLL = ()
 
 
 def byDescriptor(reactor: Any) -> bool:
@@ -62,9 +65,10 @@ def byDescriptor(reactor: Any) -> bool:
     (C{_reads}, C{_writes}): an epoll reactor, Twisted's or txsockproxy's (a
     subclass).  A transport of such a reactor is in C{_writes} exactly while
     it has something to write or a close or half-close to finish (see
-    L{Relay.writes}).
+    L{Relay.writes}).  (This module's own hot paths test
+    C{isinstance(reactor, _EPOLL)} in place: a call less.)
     """
-    return _EPollReactor is not None and isinstance(reactor, _EPollReactor)
+    return isinstance(reactor, _EPOLL)
 
 try:
     from twisted.internet import unix
@@ -223,12 +227,14 @@ class Relay:
         self.sink = sink
         self.sourceSocket = source.socket
         self.sinkSocket = sink.socket
-        self.sinkFd = sink.fileno()
-        self.sourceFd = source.fileno()
+        self.sinkFd = self.sinkSocket.fileno()
+        self.sourceFd = self.sourceSocket.fileno()
         reactor: Any = getattr(sink, "reactor", None)
-        ours = byDescriptor(reactor)
-        self.writes: Optional[set[int]] = reactor._writes if ours else None
-        self.relays: Optional[dict[int, Relay]] = getattr(reactor, "relays", None) if ours else None
+        if isinstance(reactor, _EPOLL):
+            self.writes: Optional[set[int]] = reactor._writes
+            self.relays: Optional[dict[int, Relay]] = getattr(reactor, "relays", None)
+        else:
+            self.writes = self.relays = None
         self.owner = owner
         self.up = up
         self.mode = mode
@@ -502,14 +508,14 @@ def _connectionLost(self: Any, reason: failure.Failure) -> None:
     if not hasattr(self, "socket"):
         return
     reactor = self.reactor
-    if self.producer is None and byDescriptor(reactor):
+    if self.producer is None and isinstance(reactor, _EPOLL):
         # FileDescriptor.connectionLost, less its stopReading() and
         # stopWriting() when the reactor watches the descriptor for neither
         # (the usual case by now: both ends' EOF was read, nothing is left
         # to write).
         self.disconnected = 1
         self.connected = 0
-        fd = self.socket.fileno()
+        fd = self.fileno()
         if fd in reactor._reads or fd in reactor._writes:
             self.stopReading()
             self.stopWriting()
@@ -556,7 +562,8 @@ def _attach(transport: Any, protocol: Any, relay: Relay) -> None:
     if protocol is not None:
         protocol.relay = relay
     if protocol is not None and transport.protocol is protocol:
-        transport.__class__ = _fastClass(type(transport))
+        cls = type(transport)
+        transport.__class__ = _fastClasses.get(cls) or _fastClass(cls)
     else:
         # Wrapped (e.g. by an endpoint): an instance attribute works too.
         transport.doRead = relay.doRead
@@ -588,9 +595,10 @@ def install(
     down = Relay(backend, client, owner, False, mode)
     _attach(client, clientProtocol, up)
     _attach(backend, backendProtocol, down)
-    for relay in (up, down):
-        if relay.relays is not None:
-            relay.relays[relay.sourceFd] = relay
+    if up.relays is not None:
+        up.relays[up.sourceFd] = up
+    if down.relays is not None:
+        down.relays[down.sourceFd] = down
     return up, down
 
 
@@ -603,10 +611,17 @@ def idle(transport: Any) -> bool:
     not closing, and not waiting on the reactor to write.  Only a reactor that
     keeps its registrations by descriptor (epoll, poll) can tell the last.
     """
-    if not isPlain(transport) or transport.producer is not None:
+    # isPlain(), inline (this runs two or three times per session).
+    if (
+        type(transport) not in _plain
+        or not transport.connected
+        or transport.TLS
+        or transport.producer is not None
+        or not hasattr(transport, "socket")
+    ):
         return False
     reactor = transport.reactor
-    if byDescriptor(reactor):
+    if isinstance(reactor, _EPOLL):
         return transport.fileno() not in reactor._writes and not transport._writeDisconnected
     if not _quiet(transport):
         return False
@@ -643,7 +658,13 @@ def close(transport: Any, drained: bool = False) -> None:
         there to turn it into a reset.  (Twisted would shut it a reactor turn
         later, then close it.)
     """
-    if isPlain(transport):
+    # isPlain(), inline.
+    if (
+        type(transport) in _plain
+        and transport.connected
+        and not transport.TLS
+        and hasattr(transport, "socket")
+    ):
         if transport._writeDisconnected:
             transport._shouldShutdown = False
         elif drained and idle(transport):
