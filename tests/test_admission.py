@@ -326,3 +326,30 @@ class ReloadTests(SynchronousTestCase):
         proxy.accept(ip("192.0.2.1", 3))
         _, fourth = proxy.accept(ip("192.0.2.1", 4))
         self.assertTrue(fourth.aborted, "the client's count was kept: 3 sessions already")
+
+    def test_rulesAddedAndRemoved(self) -> None:
+        """
+        Access rules and client limits added by a reload apply to the next
+        client, and once removed by another reload no longer do (admission
+        checks a client only while there is something to check).
+        """
+        from dataclasses import replace
+
+        proxy = Proxy(labels=("a",))
+        _, first = proxy.accept(ip("192.0.2.1", 1))
+        self.assertFalse(first.aborted)
+        # (Sessions admitted while there were no client limits are not
+        # counted under their client: the second one here is.)
+        for protection, allowed in (
+            (Protection(access=("deny all",)), 0),
+            (Protection(clientMaxConnections=1), 1),
+        ):
+            config = replace(proxy.config, protection=protection)
+            proxy.pool.reconfigure(config, proxy.pool.default.backends, proxy.pool.balancer)
+            with capturedLogs():
+                results = [proxy.accept(ip("192.0.2.1", 2))[1].aborted for _ in range(2)]
+            self.assertEqual(results, [False] * allowed + [True] * (2 - allowed), protection)
+            config = replace(proxy.config, protection=Protection())
+            proxy.pool.reconfigure(config, proxy.pool.default.backends, proxy.pool.balancer)
+            _, admitted = proxy.accept(ip("192.0.2.1", 3))
+            self.assertFalse(admitted.aborted, protection)

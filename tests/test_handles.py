@@ -12,7 +12,7 @@ import socket
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import SocketTransport, WrappingTransport, resetSocket, tcpPair
-from txsockproxy.handles import noDelay, pendingError, socketOf
+from txsockproxy.handles import noDelay, pendingError, setNoDelay, socketError, socketOf
 
 
 class SocketOfTests(SynchronousTestCase):
@@ -30,6 +30,15 @@ class SocketOfTests(SynchronousTestCase):
         self.assertIs(socketOf(WrappingTransport(SocketTransport(skt))), skt)
         self.assertIsNone(socketOf(WrappingTransport(None)))
         self.assertIsNone(socketOf(object()))
+
+    def test_cType(self) -> None:
+        """
+        A socket of the C type under C{socket.socket} (C{socket.SocketType},
+        as the accelerator's transports have) is a socket too.
+        """
+        skt = socket.SocketType(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(skt.close)
+        self.assertIs(socketOf(SocketTransport(skt)), skt)
 
 
 class PendingErrorTests(SynchronousTestCase):
@@ -72,6 +81,17 @@ class PendingErrorTests(SynchronousTestCase):
         self.ours.close()
         self.assertEqual(pendingError(SocketTransport(self.ours)), errno.EBADF)
 
+    def test_ofSocket(self) -> None:
+        """
+        L{socketError} asks a socket itself (as a session that keeps the
+        socket under each transport does): a reset once, then nothing;
+        L{None} (no socket) gives 0.
+        """
+        resetSocket(self.peer)
+        self.assertEqual(socketError(self.ours), errno.ECONNRESET)
+        self.assertEqual(socketError(self.ours), 0)
+        self.assertEqual(socketError(None), 0)
+
 
 class NoDelayTests(SynchronousTestCase):
     """
@@ -105,3 +125,19 @@ class NoDelayTests(SynchronousTestCase):
         closed.close()
         self.assertFalse(noDelay(SocketTransport(closed)))
         self.assertFalse(noDelay(object()))
+
+    def test_ofSocket(self) -> None:
+        """
+        L{setNoDelay} sets it on a TCP socket itself; a unix socket and
+        L{None} are left alone.
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        self.assertTrue(setNoDelay(ours))
+        self.assertNotEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertFalse(setNoDelay(a))
+        self.assertFalse(setNoDelay(None))

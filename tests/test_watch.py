@@ -61,6 +61,21 @@ class PausedWatchTests(SynchronousTestCase):
         self.assertEqual(len(self.watch), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_addSocket(self) -> None:
+        """
+        L{PausedWatch.addSocket} watches a socket given itself (as a
+        session that keeps the socket under each transport does); adding
+        the same side again, or no socket, changes nothing.
+        """
+        self.watch.addSocket(self.told, True, self.ours)
+        self.watch.addSocket(self.told, True, self.ours)
+        self.watch.addSocket(self.told, False, None)
+        self.assertEqual(len(self.watch), 1)
+        resetSocket(self.peer)
+        self.clock.advance(1)
+        self.assertEqual(self.told.failed, [(True, errno.ECONNRESET)])
+        self.assertEqual(len(self.watch), 0)
+
     def test_finOnce(self) -> None:
         """
         A peer's FIN behind unread bytes is reported once, and the side is

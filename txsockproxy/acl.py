@@ -91,7 +91,7 @@ def peerCredentials(handle: object) -> Optional[tuple[int, int]]:
     """
     The (uid, gid) of the peer of a unix socket, or L{None}.
     """
-    if not isinstance(handle, socket.socket) or handle.family != socket.AF_UNIX:
+    if not isinstance(handle, socket.SocketType) or handle.family != socket.AF_UNIX:
         return None
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:

@@ -13,7 +13,7 @@ import socket
 from typing import Any, Optional
 
 
-def socketOf(transport: Any) -> Optional[socket.socket]:
+def socketOf(transport: Any) -> Optional[socket.SocketType]:
     """
     The socket under C{transport}, if it has one: its C{getHandle()}, or
     that of the transport it wraps (TLS, PROXY protocol).
@@ -25,7 +25,9 @@ def socketOf(transport: Any) -> Optional[socket.socket]:
             handle = transport.getHandle()
         except Exception:
             handle = None
-        if isinstance(handle, socket.socket):
+        # SocketType: socket.socket, or the C type under it (the
+        # accelerator's transports use it).
+        if isinstance(handle, socket.SocketType):
             return handle
         transport = getattr(transport, "transport", None)
     return None
@@ -45,7 +47,7 @@ def pendingError(transport: Any) -> int:
     return socketError(socketOf(transport))
 
 
-def socketError(skt: Optional[socket.socket]) -> int:
+def socketError(skt: Optional[socket.SocketType]) -> int:
     """
     L{pendingError} of the socket C{skt} itself (L{None}: 0), for a caller
     that keeps the socket of a transport (see L{socketOf}).
@@ -74,7 +76,7 @@ def noDelay(transport: Any) -> bool:
     return setNoDelay(socketOf(transport))
 
 
-def setNoDelay(skt: Optional[socket.socket]) -> bool:
+def setNoDelay(skt: Optional[socket.SocketType]) -> bool:
     """
     L{noDelay} on the socket C{skt} itself (L{None}: L{False}).
     """

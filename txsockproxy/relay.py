@@ -419,7 +419,8 @@ class FrontendProtocol(Protocol):
             self.session.clientFlushed()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        self._cancelHeaderTimer()
+        if self.headerTimer is not None:
+            self._cancelHeaderTimer()
         self.header = None
         if self.session is not None:
             self.session.clientLost(reason)
@@ -570,7 +571,7 @@ class Session:
     log = Logger()
 
     def __init__(
-        self, factory: ProxyFactory, client: FrontendProtocol, clientSocket: Optional[socket.socket]
+        self, factory: ProxyFactory, client: FrontendProtocol, clientSocket: Optional[socket.SocketType]
     ) -> None:
         """
         @param clientSocket: the socket under the client's transport (see
@@ -589,7 +590,7 @@ class Session:
         # side's end of stream (socketError) and watched while a side is
         # not read; the backend's once connected.
         self.clientSocket = clientSocket
-        self.backendSocket: Optional[socket.socket] = None
+        self.backendSocket: Optional[socket.SocketType] = None
         # What cancels the connect in progress.
         self.connecting: Optional[ICancellable] = None
         self.tried: frozenset[Backend] = frozenset()
@@ -1252,10 +1253,13 @@ class Session:
         self.finished = True
         if self._timer is not None:
             self._cancelTimer()
-        if self._paused:
+        paused = self._paused
+        if paused:
             self._paused = 0
-            self.factory.watch.discard(self, True)
-            self.factory.watch.discard(self, False)
+            if paused & _CLIENT:
+                self.factory.watch.discard(self, True)
+            if paused & _BACKEND:
+                self.factory.watch.discard(self, False)
         if self.joined is not None:
             joined, self.joined = self.joined, None
             joined.release()

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from tests.fakes import PrivateReactorTestCase
 from txsockproxy._fast import connect as fastconnect
+from txsockproxy._fast import port as fastport
 from txsockproxy._fast.reactor import EPollReactor
 
 
@@ -103,7 +104,18 @@ def socketPairs(case: SynchronousTestCase, count: int) -> list[tuple[socket.sock
 class ReactorTestCase(PrivateReactorTestCase):
     """
     A private epoll reactor of the accelerator's, turned by the test.
+
+    @cvar pythonSockets: whether its ports and connects make
+        C{socket.socket}s (see L{usePythonSockets}), for a test case that
+        records socket calls with L{recordCalls}.
     """
+
+    pythonSockets = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        if self.pythonSockets:
+            usePythonSockets(self)
 
     def makeReactor(self) -> EPollReactor:
         return EPollReactor()
@@ -176,14 +188,27 @@ class ReactorTestCase(PrivateReactorTestCase):
         return factory, listening
 
 
+def usePythonSockets(case: SynchronousTestCase) -> None:
+    """
+    Make the accelerator's ports and connects use C{socket.socket} for the
+    rest of C{case} rather than the C type under it (which L{recordCalls}
+    cannot patch).
+    """
+    case.patch(fastport, "SocketType", socket.socket)
+    case.patch(fastconnect, "_SocketType", socket.socket)
+
+
 def recordCalls(
     case: SynchronousTestCase, name: str, only: Callable[[socket.socket], bool] = lambda sock: True
 ) -> list[Any]:
     """
     Record the argument of each call of C{socket.socket} method C{name}
     (C{shutdown}, C{setblocking}) on the sockets C{only} accepts, for the
-    rest of C{case}.
+    rest of C{case}: a L{ReactorTestCase} whose C{pythonSockets} is set (the
+    C type under C{socket.socket}, which the accelerator uses otherwise,
+    cannot be patched).
     """
+    assert getattr(case, "pythonSockets", False), "calls on C sockets would go unrecorded"
     calls: list[Any] = []
     original = getattr(socket.socket, name)
 

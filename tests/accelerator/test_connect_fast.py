@@ -345,6 +345,9 @@ class ShutWriteIntegrationTests(ReactorTestCase):
     at once.
     """
 
+    # Its tests record calls on the proxy's sockets.
+    pythonSockets = True
+
     def test_atOnce(self) -> None:
         """
         With nothing buffered, the peer sees EOF before the reactor runs
@@ -504,6 +507,9 @@ class WritePreambleIntegrationTests(ReactorTestCase):
     client has already sent, in one C{send()}, and never lets a client's
     reset or EOF go unheard.
     """
+
+    # Its tests record calls on the proxy's sockets.
+    pythonSockets = True
 
     def test_withWhatTheClientSent(self) -> None:
         """
@@ -680,6 +686,9 @@ class SessionCloseIntegrationTests(ReactorTestCase):
     C{close()}, with no C{shutdown()} of its own; the first EOF's
     half-close was the session's only C{shutdown()}.
     """
+
+    # Its tests record calls on the proxy's sockets.
+    pythonSockets = True
 
     def session(self) -> tuple[Any, Any, socket.socket, socket.socket]:
         """

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import globalLogPublisher
 
 from tests.accelerator.reactor_support import ReactorTestCase, RecordingFactory, recordCalls
+from txsockproxy import handles
 from txsockproxy._fast import connect as fastconnect
 from txsockproxy._fast import port as tcpport
 from txsockproxy._fast import relay as fastrelay
@@ -98,6 +99,28 @@ class PortTests(ReactorTestCase):
         self.turnUntil(lambda: len(factory.built) == 1)
         self.assertIsInstance(factory.built[0].transport, tcpport.Server)
         self.assertTrue(factory.built[0].made)
+
+    def test_clientSocketOfCType(self) -> None:
+        """
+        A client's socket is of the C type under C{socket.socket} (no Python
+        constructor per client), non-blocking, and what
+        L{handles.socketOf} finds under the transport, so that the
+        session's C{TCP_NODELAY} and its checks of the socket's error work.
+        """
+        factory = AcceptingFactory()
+        port = self.listen(factory)
+        [client] = self.clients(port, 1)
+        self.turnUntil(lambda: len(factory.built) == 1)
+        transport = factory.built[0].transport
+        self.assertIs(type(transport.socket), socket.SocketType)
+        self.assertNotIsInstance(transport.socket, socket.socket)
+        self.assertFalse(transport.socket.getblocking())
+        self.assertIs(handles.socketOf(transport), transport.socket)
+        self.assertTrue(handles.noDelay(transport))
+        self.assertEqual(
+            transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1
+        )
+        self.assertEqual(handles.pendingError(transport), 0)
 
     def test_addressGiven(self) -> None:
         """
@@ -322,6 +345,9 @@ class TCPClientTests(ReactorTestCase):
     Twisted's, and otherwise by Twisted's constructor.
     """
 
+    # Its tests record calls on the proxy's sockets.
+    pythonSockets = True
+
     def test_nonBlockingFromCreation(self) -> None:
         """
         To an IPv4 address, the socket is created non-blocking: no
@@ -429,6 +455,15 @@ class ConnectDoneTests(ReactorTestCase):
         self.assertEqual(factory.addresses, [address.IPv4Address("TCP", *server.getsockname())])
         assert factory.protocol is not None
         self.assertTrue(factory.protocol.made)
+
+    def test_socketOfCType(self) -> None:
+        """
+        The transport's socket is of the C type under C{socket.socket}, and
+        what L{handles.socketOf} finds under it.
+        """
+        transport, _, _ = self.connectWith(AddressRecordingFactory())
+        self.assertIs(type(transport.socket), socket.SocketType)
+        self.assertIs(handles.socketOf(transport), transport.socket)
 
     def test_noAddressForFactoryThatDoesNotWantIt(self) -> None:
         """

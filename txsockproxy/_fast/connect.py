@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover (no unix sockets on this platform)
     _UNIX = False
 
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_SocketType = port.SocketType
 
 
 class _ConnectAtOnce:
@@ -41,8 +42,8 @@ class _ConnectAtOnce:
     """
 
     def doConnect(self) -> None:
-        self.doWrite = self.doRead = self._connecting
         if not hasattr(self, "connector"):
+            self.doWrite = self.doRead = self._connecting
             return
         self._connectStep()
 
@@ -75,13 +76,21 @@ class _ConnectAtOnce:
                 return
         if result in (EINPROGRESS, EWOULDBLOCK, EALREADY):
             # Readable or writable: connected, or failed (one epoll_ctl).
+            # Only then are events handled as connect events (a connect
+            # that completes at once is spared making and dropping these).
+            self.doWrite = self.doRead = self._connecting
             self.reactor.addReaderAndWriter(self)  # type: ignore[attr-defined]
         elif result and result != EISCONN:
             self.failIfNotConnected(  # type: ignore[attr-defined]
                 error.getConnectError((result, os.strerror(result)))
             )
         else:
-            self._connected(self.fileno() in self.reactor._writes)  # type: ignore[attr-defined]
+            if self.fileno() in self.reactor._writes:  # type: ignore[attr-defined]
+                # Registered while in progress (above): still registered
+                # for reading, which _connectDone wants.
+                del self.doWrite, self.doRead
+                self.stopWriting()  # type: ignore[attr-defined]
+            self._connectDone()
 
     def _connecting(self) -> None:
         """
@@ -95,13 +104,6 @@ class _ConnectAtOnce:
             self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))  # type: ignore[attr-defined]
             return
         self._connectStep(first=False)
-
-    def _connected(self, registered: bool) -> None:
-        del self.doWrite, self.doRead
-        if registered:
-            # Still registered for reading, which _connectDone wants.
-            self.stopWriting()  # type: ignore[attr-defined]
-        self._connectDone()
 
     def _connectDone(self) -> None:
         """
@@ -168,7 +170,7 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
             tcp.Client.__init__(self, host, port, bindAddress, connector, reactor)
             return
         try:
-            skt = socket.socket(socket.AF_INET, socket.SOCK_STREAM | _NONBLOCK)
+            skt = _SocketType(socket.AF_INET, socket.SOCK_STREAM | _NONBLOCK)
         except OSError:
             # Out of descriptors, ...: Twisted's constructor reports it.
             tcp.Client.__init__(self, host, port, bindAddress, connector, reactor)
@@ -181,7 +183,7 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
         self._tempDataLen = 0
-        self.socket = skt
+        self.socket = skt  # type: ignore[assignment]
         if not _NONBLOCK:  # pragma: no cover (Linux has SOCK_NONBLOCK)
             skt.setblocking(False)
         self.fileno = skt.fileno

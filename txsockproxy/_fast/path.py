@@ -51,6 +51,13 @@ class AcceleratedRelayPath:
         # One timer per connect-timeout length, not one per connect.
         self.timeouts = Timeouts(reactor)
         self.portable = PortableRelayPath(reactor)
+        # IRelayPath's write, shutWrite, drained and close: the relay's
+        # functions themselves, not methods that call them (a call less
+        # each, several times per session).
+        self.write = relay.writeNow
+        self.shutWrite = relay.shutWrite
+        self.drained = relay.idle
+        self.close = relay.close
 
     def connect(self, endpoint: Any, factory: Any, timeout: float, congestion: Any) -> ICancellable:
         connecting = connect.connect(endpoint, factory, timeout, self.timeouts, congestion)
@@ -69,20 +76,8 @@ class AcceleratedRelayPath:
         )
         return None if relays is None else Joined(relays, (client, backend))
 
-    def write(self, transport: Any, data: bytes) -> None:
-        relay.writeNow(transport, data)
-
     def writePreamble(self, client: Any, backend: Any, data: bytes) -> int:
         return relay.writePreamble(client, backend, data)
-
-    def shutWrite(self, transport: Any) -> None:
-        relay.shutWrite(transport)
-
-    def drained(self, transport: Any) -> bool:
-        return relay.idle(transport)
-
-    def close(self, transport: Any, drained: bool) -> None:
-        relay.close(transport, drained)
 
 
 __all__ = ["AcceleratedRelayPath", "Joined"]

@@ -38,6 +38,7 @@ C{TXSOCKPROXY_FASTPATH} in the environment chooses the mode: C{splice}
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import sys
@@ -76,6 +77,11 @@ try:
     _UNIX: tuple[type, ...] = (unix.Server, unix.Client)
 except ImportError:  # pragma: no cover (no unix sockets on this platform)
     _UNIX = ()
+
+# socket.socket's close() without its two Python frames (socket.socket's
+# close and _real_close, for makefile()'s reference counting, which
+# transports do not use): the close of the C socket type under it.
+_closeC = _socket.socket.close
 
 # Transport classes whose socket the fast path may use directly.
 PLAIN_TRANSPORTS: tuple[type, ...] = (tcp.Server, tcp.Client, port.Server) + _UNIX
@@ -521,7 +527,16 @@ def _connectionLost(self: Any, reason: failure.Failure) -> None:
             self.stopWriting()
     else:
         abstract.FileDescriptor.connectionLost(self, reason)
-    self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+    aborted = isinstance(reason.value, error.ConnectionAborted)
+    if aborted or self._shouldShutdown or not self._twistedClose:
+        self._closeSocket(not aborted)
+    else:
+        # Twisted's _closeSocket(True) with nothing to shut down (see
+        # close()), less socket.socket.close()'s two Python frames.
+        try:
+            _closeC(self.socket)
+        except OSError:
+            pass
     protocol = self.protocol
     del self.protocol
     del self.socket
@@ -549,6 +564,9 @@ def _fastClass(cls: type) -> type:
                 "doRead": _ownCopy(_relayedRead),
                 "readConnectionLost": _readConnectionLost,
                 "connectionLost": _connectionLost,
+                # Whether its _closeSocket is Twisted's (which
+                # _connectionLost may then do itself).
+                "_twistedClose": getattr(cls, "_closeSocket", None) is tcp.Connection._closeSocket,
                 "__module__": __name__,
             },
         )
