@@ -313,14 +313,48 @@ class ProxyFactory(ServerFactory):
         return FrontendProtocol(self)
 
 
+@implementer(IPushProducer)
+class SideProducer:
+    """
+    A session's protocol as the producer of the other side's transport: it
+    pauses and resumes its own transport as Twisted's flow control asks, and
+    tells the session, which watches a side while it is not read.  (The
+    protocols themselves, rather than an object more per side and session.)
+
+    @cvar clientSide: whether this is the client's side.
+    """
+
+    __slots__ = ()
+
+    clientSide: bool
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.session.sidePaused(self.clientSide)  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.session.sideResumed(self.clientSide)  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        # The other side's transport is closing: Twisted asks its producer,
+        # this side, to stop, which for a transport means loseConnection()
+        # (and at once, for a side whose write side is shut). The session
+        # decides instead, as it hears of the close a moment later: closed
+        # cleanly or reset, as the other side ended.
+        pass
+
+
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
-class FrontendProtocol(Protocol):
+class FrontendProtocol(SideProducer, Protocol):
     """
     The client's side of a session.
     """
 
     # Slots, here and below: no per-connection __dict__.
     __slots__ = ("factory", "session", "transport", "connected", "relay", "header", "headerTimer")
+
+    clientSide = True
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -450,12 +484,14 @@ _DETACHED = _Detached()
 
 
 @implementer(IHalfCloseableProtocol)
-class BackendProtocol(Protocol):
+class BackendProtocol(SideProducer, Protocol):
     """
     The backend's side of a session.
     """
 
     __slots__ = ("session", "transport", "connected", "relay")
+
+    clientSide = False
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -476,38 +512,6 @@ class BackendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.session.backendLost(reason)
-
-
-@implementer(IPushProducer)
-class SideProducer:
-    """
-    One side's transport as the producer of the other side's: it pauses and
-    resumes the transport as Twisted's flow control asks, and tells the
-    session, which watches a side while it is not read.
-    """
-
-    __slots__ = ("transport", "session", "client")
-
-    def __init__(self, transport: Any, session: Session, client: bool) -> None:
-        self.transport = transport
-        self.session = session
-        self.client = client
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-        self.session.sidePaused(self.client)
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-        self.session.sideResumed(self.client)
-
-    def stopProducing(self) -> None:
-        # The other side's transport is closing: Twisted asks its producer,
-        # this side, to stop, which for a transport means loseConnection()
-        # (and at once, for a side whose write side is shut). The session
-        # decides instead, as it hears of the close a moment later: closed
-        # cleanly or reset, as the other side ended.
-        pass
 
 
 class BackendFactory(ClientFactory):
@@ -872,11 +876,11 @@ class Session:
             if sent:
                 self.countUp(sent)
         self.held = _NOTHING_HELD
-        ct.registerProducer(SideProducer(bt, self, False), True)
+        ct.registerProducer(protocol, True)
         if self.clientDone:
             self._shutWrite(False)
         else:
-            bt.registerProducer(SideProducer(ct, self, True), True)
+            bt.registerProducer(self.client, True)
             if self.clientPaused:
                 self.clientPaused = False
                 ct.resumeProducing()
