@@ -882,7 +882,8 @@ class ProxyService(MultiService):
         if self.sessionLog is not None:
             self.sessionLog.close()
         self.sessionLog = log
-        self.sessions.recorder = log
+        # Not called at all when off (a call less per session).
+        self.sessions.recorder = None if log.destination == "off" else log
 
     def _openSessionLog(self, config: Config) -> None:
         self._useSessionLog(self._newSessionLog(config))
