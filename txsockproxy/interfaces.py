@@ -140,9 +140,14 @@ class IRelayPath(Interface):
 
         @param owner: the session. A path relaying outside the protocols
             reports bytes through its C{fromClient}/C{fromBackend} (for the
-            ordinary way) or C{countUp}/C{countDown} (bytes it moved
-            itself), and a side it stops reading through
-            C{sidePaused}/C{sideResumed}.
+            ordinary way); bytes it moved itself, it counts as the session's
+            C{countUp}/C{countDown} would: in the session's
+            C{bytesFromClient}/C{bytesFromBackend} and its backend's
+            C{bytesOut}/C{bytesIn}, and, while the session's
+            C{inactivityTimeout} is set, C{lastActivity} =
+            C{clock.seconds()} (in place, not through a call per read: see
+            L{txsockproxy.relay.Session}).  A side it stops reading it
+            reports through C{sidePaused}/C{sideResumed}.
         @return: L{None}, or an object whose C{release()} the session
             calls once both transports are closed.
         """

@@ -556,6 +556,13 @@ class Session:
     One proxied connection: a client, and the backend chosen for it.
 
     @ivar ended: why the session ended (e.g. C{"client closed"}), once it has.
+    @ivar bytesFromClient: bytes relayed from the client (likewise
+        C{bytesFromBackend}); with the backend's C{bytesOut} and C{bytesIn},
+        and C{lastActivity}, what a relay path that moves bytes itself keeps
+        up to date (see L{IRelayPath.join}).
+    @ivar inactivityTimeout: the inactivity timeout of the session's phase
+        (idle or half-closed), or 0 (none): while it is set, C{lastActivity}
+        is the time (C{clock.seconds()}) bytes last moved.
     """
 
     # Slots: an idle session costs a few hundred bytes less than with a
@@ -565,8 +572,8 @@ class Session:
         "backendProtocol", "backendTransport", "connecting", "tried", "held",
         "heldSize", "clientPaused", "clientDone", "backendDone", "clientGone",
         "backendGone", "bytesFromClient", "bytesFromBackend", "ended", "finished",
-        "inspecting", "_inspectTimer", "started", "_timer", "_timeout",
-        "_timeoutReason", "_lastActivity", "connection", "finSeen", "_paused",
+        "inspecting", "_inspectTimer", "started", "_timer", "inactivityTimeout",
+        "_timeoutReason", "lastActivity", "connection", "finSeen", "_paused",
         "handshaking", "joined", "_shut", "_flushed", "serial", "clientKey", "served",
         "queueTimer", "waitingBackend", "clientSocket", "backendSocket",
         "__weakref__",
@@ -613,9 +620,9 @@ class Session:
         self._inspectTimer: Optional[IDelayedCall] = None
         self.started = self.clock.seconds()
         self._timer: Optional[IDelayedCall] = None
-        self._timeout = 0.0
+        self.inactivityTimeout = 0.0
         self._timeoutReason = ""
-        self._lastActivity = self.started
+        self.lastActivity = self.started
         self.connection = ConnectionInfo.ofTransport(transport)
         # A side not being read has sent its FIN (not read yet).
         self.finSeen = False
@@ -916,8 +923,8 @@ class Session:
         Bytes from the client: to the backend, or held until it connects.
         """
         self.bytesFromClient += len(data)
-        if self._timeout:
-            self._lastActivity = self.clock.seconds()
+        if self.inactivityTimeout:
+            self.lastActivity = self.clock.seconds()
         bt = self.backendTransport
         if bt is not None:
             self.backend.bytesOut += len(data)  # type: ignore[union-attr]
@@ -938,8 +945,8 @@ class Session:
         """
         self.bytesFromClient += n
         self.backend.bytesOut += n  # type: ignore[union-attr]
-        if self._timeout:
-            self._lastActivity = self.clock.seconds()
+        if self.inactivityTimeout:
+            self.lastActivity = self.clock.seconds()
 
     def countDown(self, n: int) -> None:
         """
@@ -947,8 +954,8 @@ class Session:
         """
         self.bytesFromBackend += n
         self.backend.bytesIn += n  # type: ignore[union-attr]
-        if self._timeout:
-            self._lastActivity = self.clock.seconds()
+        if self.inactivityTimeout:
+            self.lastActivity = self.clock.seconds()
 
     def sidePaused(self, client: bool) -> None:
         """
@@ -1010,8 +1017,8 @@ class Session:
         """
         self.bytesFromBackend += len(data)
         self.backend.bytesIn += len(data)  # type: ignore[union-attr]
-        if self._timeout:
-            self._lastActivity = self.clock.seconds()
+        if self.inactivityTimeout:
+            self.lastActivity = self.clock.seconds()
         self.factory.relayPath.write(self.clientTransport, data)
 
     def clientEOF(self) -> None:
@@ -1148,20 +1155,24 @@ class Session:
         held, the write sides are shut and the sockets closed once flushed.
         """
         path = self.factory.relayPath
-        sides = []
+        shut, flushed = self._shut, self._flushed
+        sides = 0  # the sides still open
         if not self.clientGone:
-            sides.append((_CLIENT, self.clientTransport))
-        if self.backendTransport is not None and not self.backendGone:
-            sides.append((_BACKEND, self.backendTransport))
-        for bit, transport in sides:
-            if self._shut & bit:
-                if not self._flushed & bit:
+            sides = _CLIENT
+            if shut & _CLIENT:
+                if not flushed & _CLIENT:
                     return False
-            elif not path.drained(transport):
+            elif not path.drained(self.clientTransport):
                 return False
-        for bit, _ in sides:
-            self._shut |= bit
-            self._flushed |= bit
+        if self.backendTransport is not None and not self.backendGone:
+            sides |= _BACKEND
+            if shut & _BACKEND:
+                if not flushed & _BACKEND:
+                    return False
+            elif not path.drained(self.backendTransport):
+                return False
+        self._shut = shut | sides
+        self._flushed = flushed | sides
         self._closeIfFlushed()
         return True
 
@@ -1304,10 +1315,10 @@ class Session:
             if half and (not idle or half < idle):
                 timeout, why = half, "half-closed timeout"
         self._timeoutReason = why
-        if timeout == self._timeout:
+        if timeout == self.inactivityTimeout:
             return
-        self._timeout = timeout
-        self._lastActivity = self.clock.seconds()
+        self.inactivityTimeout = timeout
+        self.lastActivity = self.clock.seconds()
         if self._timer is not None:
             self._cancelTimer()
         if timeout:
@@ -1315,7 +1326,7 @@ class Session:
 
     def _checkTimeout(self) -> None:
         self._timer = None
-        remaining = self._lastActivity + self._timeout - self.clock.seconds()
+        remaining = self.lastActivity + self.inactivityTimeout - self.clock.seconds()
         if remaining > 0:
             self._timer = self.clock.callLater(remaining, self._checkTimeout)
             return
@@ -1323,7 +1334,7 @@ class Session:
         self.log.info(
             "proxy {proxy}: closing session of {client}: {why} ({seconds:g}s)",
             proxy=self.pool.name, client=formatAddress(self.connection.peer),
-            why=self.ended, seconds=self._timeout,
+            why=self.ended, seconds=self.inactivityTimeout,
         )
         # Abort rather than close: a peer that stopped reading would
         # otherwise keep a graceful close pending forever.

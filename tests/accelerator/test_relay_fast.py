@@ -125,24 +125,45 @@ def fillSocket(sock: socket.socket) -> int:
             return total
 
 
+class Counters:
+    """
+    A backend's byte counters.
+    """
+
+    def __init__(self) -> None:
+        self.bytesIn = self.bytesOut = 0
+
+
 class Recorder:
     """
-    The session side of a relay: the ordinary path and the counter.
+    The session side of a relay: the ordinary path and the counters it
+    keeps (see L{txsockproxy.interfaces.IRelayPath.join}).
     """
 
     def __init__(self, sink: FakeSocketTransport) -> None:
         self.sink = sink
         self.ordinary: list[bytes] = []
-        self.counted = 0
+        self.bytesFromClient = self.bytesFromBackend = 0
+        self.backend = Counters()
+        self.inactivityTimeout = 0.0
+        self.lastActivity = 0.0
+        self.clock = Clock()
         self.paused: list[bool] = []
         self.resumed: list[bool] = []
+
+    @property
+    def counted(self) -> int:
+        """
+        What the relay counted of the client's bytes, in the session's count
+        and the backend's (always the same).
+        """
+        assert self.backend.bytesOut == self.bytesFromClient
+        assert (self.bytesFromBackend, self.backend.bytesIn) == (0, 0)
+        return self.bytesFromClient
 
     def fromClient(self, data: bytes) -> None:
         self.ordinary.append(data)
         self.sink.write(data)
-
-    def countUp(self, n: int) -> None:
-        self.counted += n
 
     def sidePaused(self, client: bool) -> None:
         self.paused.append(client)
@@ -196,6 +217,36 @@ class RelayTestsMixin:
         self.assertEqual(self.session.counted, len(payload))
         self.assertEqual(self.session.ordinary, [])
         self.assertEqual(self.sink.written, [])
+
+    def test_activity(self: Any) -> None:
+        """
+        While the session has an inactivity timeout, a read relayed on the
+        fast path sets its C{lastActivity} to the clock's time; without
+        one, the time is left alone.
+        """
+        self.session.clock.advance(5)
+        self.sourcePeer.sendall(b"x")
+        self.pump()
+        self.assertEqual(self.session.lastActivity, 0.0)
+        self.session.inactivityTimeout = 60.0
+        self.sourcePeer.sendall(b"y")
+        self.pump()
+        self.assertEqual(self.session.lastActivity, 5.0)
+        self.assertEqual(self.session.counted, 2)
+
+    def test_countsDown(self: Any) -> None:
+        """
+        Bytes relayed from the backend count in the session's
+        C{bytesFromBackend} and the backend's C{bytesIn}.
+        """
+        self.relay.up = False
+        self.sourcePeer.sendall(b"reply")
+        self.pump()
+        self.assertEqual(drain(self.sinkPeer, 5), b"reply")
+        self.assertEqual(
+            (self.session.bytesFromBackend, self.session.backend.bytesIn), (5, 5)
+        )
+        self.assertEqual((self.session.bytesFromClient, self.session.backend.bytesOut), (0, 0))
 
     def test_manyChunksInOrder(self: Any) -> None:
         """

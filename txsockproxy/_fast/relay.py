@@ -195,10 +195,10 @@ class Relay:
     source transport while the fast path is installed.
 
     @ivar owner: the session: its C{fromClient}/C{fromBackend} take bytes on
-        the ordinary path, its C{countUp}/C{countDown} count those relayed on
-        the fast path, its C{sidePaused}/C{sideResumed} hear when the source
-        is not read while the pipe waits for the sink (methods looked up per call: bound methods kept per
-        session would cost memory).
+        the ordinary path; those relayed on the fast path are counted in its
+        counters (L{count}); its C{sidePaused}/C{sideResumed} hear when the
+        source is not read while the pipe waits for the sink (methods looked
+        up per call: bound methods kept per session would cost memory).
     @ivar up: L{True} for client -> backend.
     @ivar pending: bytes in the pipe, not yet taken by the sink's socket.
     @ivar writes: on an epoll reactor (txsockproxy's, or Twisted's), its set
@@ -261,13 +261,18 @@ class Relay:
 
     def count(self, n: int) -> None:
         """
-        Count C{n} bytes relayed on the fast path: the owner's
-        C{countUp}/C{countDown}.
+        Count C{n} bytes relayed on the fast path, as the owner's
+        C{countUp}/C{countDown} would (see L{IRelayPath.join}).
         """
+        owner = self.owner
         if self.up:
-            self.owner.countUp(n)
+            owner.bytesFromClient += n
+            owner.backend.bytesOut += n
         else:
-            self.owner.countDown(n)
+            owner.bytesFromBackend += n
+            owner.backend.bytesIn += n
+        if owner.inactivityTimeout:
+            owner.lastActivity = owner.clock.seconds()
 
     # -- reading ------------------------------------------------------------
 
@@ -298,10 +303,16 @@ class Relay:
         if (self.sinkFd in writes) if writes is not None else not _quiet(self.sink):
             self.ordinary(_VIEW[:n].tobytes())
             return None
+        # count(n), inline: a call less per read.
+        owner = self.owner
         if self.up:
-            self.owner.countUp(n)
+            owner.bytesFromClient += n
+            owner.backend.bytesOut += n
         else:
-            self.owner.countDown(n)
+            owner.bytesFromBackend += n
+            owner.backend.bytesIn += n
+        if owner.inactivityTimeout:
+            owner.lastActivity = owner.clock.seconds()
         try:
             sent = self.sinkSocket.send(_VIEW[:n])
         except OSError as e:
