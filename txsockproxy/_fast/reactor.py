@@ -128,16 +128,19 @@ class EPollReactor(epollreactor.EPollReactor):
         relays = self.relays
         reads = self._reads
         for fd, event in events:
-            if fd in gone:
+            if gone and fd in gone:
                 continue
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == EPOLLIN and fd in relays:
+            if event == EPOLLIN:
+                relay = relays.get(fd)
+            else:
+                relay = None
+            if relay is not None:
                 # A relay's read: straight to it, without the transport's
                 # doRead, its descriptor check and the general dispatch
                 # below (most events of a busy proxy).
-                relay = relays[fd]
                 if relay.source is selectable and fd in reads:
                     try:
                         lost: Any = relay.doRead()

@@ -283,13 +283,15 @@ class Relay:
         @return: what Twisted's C{doRead} returns: L{None}, or
             C{CONNECTION_DONE} on EOF, or C{CONNECTION_LOST} on an error.
         """
-        if self.pending:
-            # Resumed by someone else while the sink is stalled.
-            self._pushPipe()
+        if self.readFd >= 0:
+            # Splicing (only then can the pipe hold bytes).
             if self.pending:
-                return None
-        if self.readFd >= 0 and self.sinkQuiet():
-            return self._spliceRead()
+                # Resumed by someone else while the sink is stalled.
+                self._pushPipe()
+                if self.pending:
+                    return None
+            if self.sinkQuiet():
+                return self._spliceRead()
         try:
             n = self.sourceSocket.recv_into(_BUFFER)
         except OSError as e:
@@ -325,7 +327,7 @@ class Relay:
             sent = 0
         if sent < n:
             self.sink.write(_VIEW[sent:n].tobytes())
-        if self.mode == "splice" and n >= SPLICE_THRESHOLD and self.readFd < 0:
+        if n >= SPLICE_THRESHOLD and self.mode == "splice" and self.readFd < 0:
             self._openPipe()
         return None
 
