@@ -389,6 +389,22 @@ class TCPClientTests(ReactorTestCase):
         peer, _ = server.accept()
         self.addCleanup(peer.close)
 
+    def test_peerShared(self) -> None:
+        """
+        C{getPeer()} gives the address Twisted's would, one object per
+        backend address: connections to the same address share it.
+        """
+        server = self.listenTCP()
+        peers = []
+        for _ in range(2):
+            factory, connecting = self.connectTCP(server)
+            self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+            accepted, _ = server.accept()
+            self.addCleanup(accepted.close)
+            peers.append(connecting.transport.getPeer())
+        self.assertEqual(peers[0], address.IPv4Address("TCP", *server.getsockname()))
+        self.assertIs(peers[0], peers[1])
+
     def test_ipv4Literals(self) -> None:
         """
         Only IPv4 address literals take the lean construction.

@@ -979,6 +979,31 @@ class ClassSwitchTests(SynchronousTestCase):
         for t in transports:
             self.assertIs(type(t), tcp.Server)
 
+    def test_producersAsPlainTransports(self) -> None:
+        """
+        A relayed transport registers and unregisters producers as its own
+        class does for a plain (not TLS) connection: Twisted's
+        C{FileDescriptor} methods; unregistering from a transport that is
+        closing starts its writing (to finish the close).
+        """
+        from twisted.internet import tcp
+
+        relayed = fastrelay._fastClass(tcp.Server)
+        t = relayed.__new__(relayed)
+        t.connected = True
+        t.disconnected = False
+        t.disconnecting = True
+        t.TLS = False
+        started = []
+        t.startWriting = lambda: started.append(True)
+        producer = object()
+        t.registerProducer(producer, True)
+        self.assertIs(t.producer, producer)
+        self.assertTrue(t.streamingProducer)
+        t.unregisterProducer()
+        self.assertIsNone(t.producer)
+        self.assertEqual(started, [True])
+
     def test_ownCodePerClass(self) -> None:
         """
         Each class made for the fast path has a C{doRead} with a code

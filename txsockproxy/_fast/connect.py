@@ -140,6 +140,9 @@ class _ConnectAtOnce:
             reactor.callLater(0, self.failIfNotConnected, error)  # type: ignore[attr-defined]
 
 
+# The address object of each backend address seen (see TCPClient.getPeer).
+_peers: dict[Any, Any] = {}
+
 # Whether each host seen is an IPv4 address literal (the first 1024 seen).
 _ipv4: dict[str, bool] = {}
 
@@ -200,6 +203,20 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
             tcp.Client.resolveAddress(self)
         else:
             self._setRealAddress(self.addr)
+
+    def getPeer(self) -> Any:
+        """
+        Twisted's, but one address object per backend address (the first
+        1024 seen), not one per call: the session asks for it once per
+        connection, and Twisted's address objects are dear to make.
+        """
+        key = self.realAddress
+        peer = _peers.get(key)
+        if peer is None:
+            peer = tcp.Client.getPeer(self)
+            if len(_peers) < 1024:
+                _peers[key] = peer
+        return peer
 
 
 if _UNIX:

@@ -577,6 +577,10 @@ def _fastClass(cls: type) -> type:
                 "doRead": _ownCopy(_relayedRead),
                 "readConnectionLost": _readConnectionLost,
                 "connectionLost": _connectionLost,
+                # A plain transport's (no TLS in it: see isPlain), without
+                # the TLS test of _newtls's wrappers around them.
+                "registerProducer": abstract.FileDescriptor.registerProducer,
+                "unregisterProducer": abstract.FileDescriptor.unregisterProducer,
                 # Whether its _closeSocket is Twisted's (which
                 # _connectionLost may then do itself).
                 "_twistedClose": getattr(cls, "_closeSocket", None) is tcp.Connection._closeSocket,
