@@ -398,7 +398,7 @@ class TCPClientTests(ReactorTestCase):
         peers = []
         for _ in range(2):
             factory, connecting = self.connectTCP(server)
-            self.turnUntil(lambda: factory.protocol is not None and factory.protocol.made)
+            self.turnUntil(lambda f=factory: f.protocol is not None and f.protocol.made)
             accepted, _ = server.accept()
             self.addCleanup(accepted.close)
             peers.append(connecting.transport.getPeer())
