@@ -320,6 +320,9 @@ class Congestion:
         accepted in the order created, so the first one found with the
         algorithm ends the search.
         """
+        port = getattr(transport, "server", None)
+        if port is not None and port is self._port and not self._checking:
+            return  # the listener gives it (a plain transport: the usual case)
         held = _underlying(transport)
         if held is None:
             return

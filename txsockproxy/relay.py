@@ -110,7 +110,8 @@ class ConnectionInfo:
         The info of a client connected over C{transport}; its addresses are
         asked of the transport when first needed.
         """
-        info = cls(None, None)  # type: ignore[arg-type]
+        info = cls.__new__(cls)
+        info._peer = info._local = info.serverName = None
         info._transport = transport
         return info
 
@@ -657,7 +658,7 @@ class Session:
         pool.active += 1
         self.factory.sessions.add(self)
         admission = pool.admission
-        refusal = admission.admit(self)
+        refusal = admission.admit(self) if admission.checking else None
         if refusal is None:
             entered = admission.enter(self)
             if entered is None:
@@ -1056,7 +1057,11 @@ class Session:
         if not self.backendDone:
             # No longer read, but its reset must still be heard.
             self.sidePaused(True)
-        self._halfClosed()
+        # Both directions over: close; else the half-closed timeout.
+        if self.clientDone and self.backendDone:
+            self._closeBoth()
+        else:
+            self._updateTimer()
 
     def backendEOF(self) -> None:
         """
@@ -1081,9 +1086,7 @@ class Session:
         if not self.clientDone and self.backendTransport is not None:
             # No longer read, but its reset must still be heard.
             self.sidePaused(False)
-        self._halfClosed()
-
-    def _halfClosed(self) -> None:
+        # Both directions over: close; else the half-closed timeout.
         if self.clientDone and self.backendDone:
             self._closeBoth()
         else:
@@ -1116,17 +1119,15 @@ class Session:
         The client's write side is shut, everything for it handed to the
         system.
         """
-        self._writeDone(True)
+        self._flushed |= _CLIENT
+        self._closeIfFlushed()
 
     def backendFlushed(self) -> None:
         """
         The backend's write side is shut, everything for it handed to the
         system.
         """
-        self._writeDone(False)
-
-    def _writeDone(self, client: bool) -> None:
-        self._flushed |= _CLIENT if client else _BACKEND
+        self._flushed |= _BACKEND
         self._closeIfFlushed()
 
     def _closeBoth(self) -> None:
@@ -1266,8 +1267,12 @@ class Session:
         if self.connecting is not None:
             return
         self.finished = True
-        if self._timer is not None:
-            self._cancelTimer()
+        timer = self._timer
+        if timer is not None:
+            # _cancelTimer(), inline.
+            self._timer = None
+            if timer.active():
+                timer.cancel()
         paused = self._paused
         if paused:
             self._paused = 0

@@ -196,7 +196,7 @@ class TCPClient(_ConnectAtOnce, tcp.Client):
         congestion = getattr(connector, "congestion", None)
         if congestion is not None and congestion.name is not None:
             self.congestionSet = congestion.beforeConnect(skt, host)
-        self.doConnect()
+        self._connectStep()  # doConnect(), which knows the connector is set
 
     def resolveAddress(self) -> None:
         if self._requiresResolution:
@@ -298,7 +298,8 @@ class Connecting:
 
     def buildProtocol(self, addr: Any) -> Any:
         self._over = True
-        self._stopTimer()
+        if self.timer is not None:
+            self._stopTimer()
         return self.factory.buildProtocol(addr)
 
     def connectionFailed(self, reason: failure.Failure) -> None:

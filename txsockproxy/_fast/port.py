@@ -110,7 +110,7 @@ class Server(tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        self.startReading()
+        reactor.addReader(self)  # startReading()
         self.connected = 1
 
     # Made when first asked for; a value set replaces them, as with Twisted's.
