@@ -979,6 +979,39 @@ class ClassSwitchTests(SynchronousTestCase):
         for t in transports:
             self.assertIs(type(t), tcp.Server)
 
+    def test_closedKeepsClass(self) -> None:
+        """
+        Uninstalling from a transport that is closed by then (a finished
+        session's) leaves its class as it is: nothing reads it any more.
+        """
+        from twisted.internet import tcp
+
+        class Proto:
+            relay = None
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        transports = []
+        for sock in (a, b):
+            t = tcp.Server.__new__(tcp.Server)
+            t.socket = sock
+            t.fileno = sock.fileno
+            t.connected = True
+            t.protocol = Proto()
+            transports.append(t)
+        relays = fastrelay.install(
+            transports[0], transports[1], object(), mode="copy",
+            clientProtocol=transports[0].protocol, backendProtocol=transports[1].protocol,
+        )
+        assert relays is not None
+        relayed = type(transports[0])
+        transports[0].disconnected = True
+        for relay in relays:
+            relay.uninstall()
+        self.assertIs(type(transports[0]), relayed)
+        self.assertIs(type(transports[1]), tcp.Server)
+
     def test_producersAsPlainTransports(self) -> None:
         """
         A relayed transport registers and unregisters producers as its own

@@ -466,7 +466,8 @@ class Relay:
 
     def uninstall(self) -> None:
         """
-        Give the source its own C{doRead} back and release the pipe.
+        Give the source its own C{doRead} back (its own class, unless it is
+        closed by now) and release the pipe.
         """
         if self.stalled:
             self._unstall()
@@ -476,8 +477,11 @@ class Relay:
         source = self.source
         base = _relayedBases.get(type(source))
         if base is not None:
-            source.__class__ = base
+            if not source.disconnected:
+                # (A closed transport keeps the class: nothing reads it.)
+                source.__class__ = base
         elif "doRead" in source.__dict__:
+            # (Also once closed: the bound method is a reference cycle.)
             del source.doRead
         if self.readFd >= 0:
             self.closePipe()
