@@ -894,7 +894,8 @@ class Session:
                 ct.resumeProducing()
                 self.sideResumed(True)
         self.joined = self.factory.relayPath.join(self.client, protocol, self)
-        self._updateTimer()
+        if self.factory.idleTimeout or self.clientDone or self.finSeen:
+            self._updateTimer()  # (else it has nothing to arm)
 
     def _proxyHeader(self, version: str) -> bytes:
         """
@@ -1120,7 +1121,8 @@ class Session:
         system.
         """
         self._flushed |= _CLIENT
-        self._closeIfFlushed()
+        if self.clientDone and self.backendDone:
+            self._closeIfFlushed()
 
     def backendFlushed(self) -> None:
         """
@@ -1128,7 +1130,8 @@ class Session:
         system.
         """
         self._flushed |= _BACKEND
-        self._closeIfFlushed()
+        if self.clientDone and self.backendDone:
+            self._closeIfFlushed()
 
     def _closeBoth(self) -> None:
         # Both directions are done (each side's EOF read). With nothing held
