@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import SocketTransport, WrappingTransport, resetSocket, tcpPair
-from txsockproxy.handles import noDelay, pendingError, setNoDelay, socketError, socketOf
+from txsockproxy.handles import (
+    AcceptedNoDelay,
+    noDelay,
+    pendingError,
+    setNoDelay,
+    socketError,
+    socketOf,
+)
 
 
 class SocketOfTests(SynchronousTestCase):
@@ -141,3 +149,108 @@ class NoDelayTests(SynchronousTestCase):
         self.addCleanup(b.close)
         self.assertFalse(setNoDelay(a))
         self.assertFalse(setNoDelay(None))
+
+
+class Listening:
+    """
+    A listening port, as a transport's C{server}: its socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+class AcceptedTransport(SocketTransport):
+    """
+    A transport of a connection that C{server} accepted.
+    """
+
+    def __init__(self, sock: socket.socket, server: Listening) -> None:
+        super().__init__(sock)
+        self.server = server
+
+
+class AcceptedNoDelayTests(SynchronousTestCase):
+    """
+    L{AcceptedNoDelay} turns Nagle's algorithm off on a listener's
+    connections, by way of the listening socket once it can.
+    """
+
+    def setUp(self) -> None:
+        self.listening = socket.socket()
+        self.addCleanup(self.listening.close)
+        self.listening.bind(("127.0.0.1", 0))
+        self.listening.listen(8)
+        self.port = Listening(self.listening)
+        self.noDelay = AcceptedNoDelay()
+        self.sets: list[int] = []
+        original = socket.socket.setsockopt
+
+        def recording(sock: socket.socket, level: int, option: int, value: Any) -> None:
+            if (level, option) == (socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                self.sets.append(sock.fileno())
+            original(sock, level, option, value)
+
+        self.patch(socket.socket, "setsockopt", recording)
+
+    def connect(self) -> socket.socket:
+        """
+        A client's connection, created now, not accepted yet.
+        """
+        client = socket.create_connection(self.listening.getsockname())
+        self.addCleanup(client.close)
+        return client
+
+    def accept(self) -> socket.socket:
+        accepted, _ = self.listening.accept()
+        self.addCleanup(accepted.close)
+        self.noDelay.apply(AcceptedTransport(accepted, self.port), accepted)
+        return accepted
+
+    def test_byTheListener(self) -> None:
+        """
+        The first connection gets the option, and so does the listening
+        socket; connections created after that have it from the start, with
+        no call of their own; one created before it was given (waiting to
+        be accepted) gets it as the first did.
+        """
+        self.connect()
+        queued = self.connect()
+        first = self.accept()
+        self.assertEqual(self.sets, [first.fileno(), self.listening.fileno()])
+        self.assertEqual(self.listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        del self.sets[:]
+        second = self.accept()  # the queued one: created before
+        self.assertEqual(self.sets, [second.fileno()])
+        self.assertIsNotNone(queued)
+        del self.sets[:]
+        for _ in range(3):
+            self.connect()
+            later = self.accept()
+            self.assertNotEqual(later.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        self.assertEqual(self.sets, [])
+
+    def test_noPort(self) -> None:
+        """
+        A transport whose listening port is not known (a TLS transport, a
+        wrapper) gets the option on its own socket every time; no listener
+        is changed.
+        """
+        for _ in range(2):
+            self.connect()
+            accepted, _ = self.listening.accept()
+            self.addCleanup(accepted.close)
+            self.noDelay.apply(SocketTransport(accepted), accepted)
+            self.assertNotEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        self.assertEqual(len(self.sets), 2)
+        self.assertEqual(self.listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+
+    def test_unixListener(self) -> None:
+        """
+        A unix socket takes no option: nothing is set, and nothing fails.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.noDelay.apply(AcceptedTransport(a, Listening(b)), a)
+        self.noDelay.apply(AcceptedTransport(a, Listening(b)), None)

@@ -89,4 +89,61 @@ def setNoDelay(skt: Optional[socket.SocketType]) -> bool:
     return True
 
 
-__all__ = ["noDelay", "pendingError", "setNoDelay", "socketError", "socketOf"]
+class AcceptedNoDelay:
+    """
+    C{TCP_NODELAY} for the connections of one listener: Linux gives a
+    connection the option of its listening socket when it creates it (at
+    the client's SYN), so the listening socket is given it once, with the
+    first connection accepted, and later connections need no system call
+    of their own.  Connections created before that (waiting to be
+    accepted) still get it one by one: they are accepted in the order
+    created, so the first one found with the option ends the search.
+    Transports whose listening port is not known (TLS, other wrappers) get
+    it one by one, as L{noDelay} does.
+    """
+
+    __slots__ = ("_port", "_checking", "_tried")
+
+    def __init__(self) -> None:
+        # The listening port given the option, whether connections it
+        # accepted may still predate that, and whether it was tried.
+        self._port: Any = None
+        self._checking = False
+        self._tried = False
+
+    def apply(self, transport: Any, skt: Optional[socket.SocketType]) -> None:
+        """
+        Nagle's algorithm off on C{skt}, the socket under C{transport}, a
+        connection its listening port accepted (C{transport.server}, as on
+        Twisted's TCP transports).
+        """
+        port = getattr(transport, "server", None)
+        if port is not None and port is self._port:
+            if not self._checking:
+                return  # created with it
+            try:
+                if skt is not None and skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                    self._checking = False
+                    return
+            except OSError:
+                return
+        if setNoDelay(skt) and not self._tried and port is not None:
+            self._giveListener(port)
+
+    def _giveListener(self, port: Any) -> None:
+        # Once: the listening socket does not change.
+        self._tried = True
+        listening = getattr(port, "socket", None)
+        if not isinstance(listening, socket.SocketType):
+            return
+        try:
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return
+        self._port = port
+        self._checking = True
+
+
+__all__ = [
+    "AcceptedNoDelay", "noDelay", "pendingError", "setNoDelay", "socketError", "socketOf",
+]

@@ -48,7 +48,7 @@ from txsockproxy.addresses import formatAddress
 from txsockproxy.backends import localResourceError
 from txsockproxy.congestion import Congestion
 from txsockproxy.endpoints import isProxyProtocolListen
-from txsockproxy.handles import setNoDelay, socketError, socketOf
+from txsockproxy.handles import AcceptedNoDelay, setNoDelay, socketError, socketOf
 from txsockproxy.interfaces import ICancellable, IConnectionInfo, IRelayPath
 from txsockproxy.keepalive import applyKeepalive
 from txsockproxy.listening import LISTENING
@@ -262,6 +262,9 @@ class ProxyFactory(ServerFactory):
         self.timeouts = Timeouts(reactor)
         # The sides of its sessions that are not being read.
         self.watch = PausedWatch(reactor)
+        # Nagle's algorithm off on its clients' sockets, by way of the
+        # listening socket where it can.
+        self.noDelay = AcceptedNoDelay()
         # Failed TLS handshakes: a client can make as many as it likes.
         self.tlsLog = RateLimitedLog(reactor, Session.log, "failed TLS handshakes")
         # Behind a PROXY protocol listener (haproxy:...): each client sends
@@ -369,7 +372,7 @@ class FrontendProtocol(SideProducer, Protocol):
 
     def connectionMade(self) -> None:
         skt = socketOf(self.transport)
-        setNoDelay(skt)
+        self.factory.noDelay.apply(self.transport, skt)
         congestion = self.factory.congestion
         if congestion.name is not None:
             congestion.applyAccepted(self.transport)
