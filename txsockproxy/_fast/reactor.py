@@ -36,6 +36,9 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import failure, log
 
+# Readable, not writable: what a relay's read event has of these bits.
+_IN_NOT_OUT = EPOLLIN | EPOLLOUT
+
 # What a transport's readConnectionLost is given at its EOF (as by
 # _disconnectSelectable: one Failure shared by every EOF).
 _DONE = failure.Failure(error.ConnectionDone())
@@ -133,12 +136,14 @@ class EPollReactor(epollreactor.EPollReactor):
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == EPOLLIN:
+            if event == EPOLLIN or event & _IN_NOT_OUT == EPOLLIN:
                 relay = relays.get(fd)
             else:
                 relay = None
             if relay is not None:
-                # A relay's read: straight to it, without the transport's
+                # A relay's read (readable, not writable; with or without a
+                # hang-up or an error, which the read finds as Twisted's
+                # dispatch would): straight to it, without the transport's
                 # doRead, its descriptor check and the general dispatch
                 # below (most events of a busy proxy).
                 if relay.source is selectable and fd in reads:
