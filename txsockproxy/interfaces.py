@@ -135,8 +135,11 @@ class IRelayPath(Interface):
 
     def join(client: Any, backend: Any, owner: Any) -> Any:
         """
-        The session's two transports are connected, each registered as the
-        other's streaming producer: relay between them from now on.
+        The session's two transports are connected: relay between them from
+        now on.  Right after this call the session registers each side's
+        protocol as the streaming producer of the other side's transport
+        (and, if the client has sent its EOF already, shuts the backend's
+        write side).
 
         @param owner: the session. A path relaying outside the protocols
             reports bytes through its C{fromClient}/C{fromBackend} (for the

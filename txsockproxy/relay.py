@@ -887,6 +887,10 @@ class Session:
             if sent:
                 self.countUp(sent)
         self.held = _NOTHING_HELD
+        # Joined first: an accelerated path may give the transports methods
+        # of its own (as registerProducer, without TLS's test, for plain
+        # sockets).
+        self.joined = self.factory.relayPath.join(self.client, protocol, self)
         ct.registerProducer(protocol, True)
         if self.clientDone:
             self._shutWrite(False)
@@ -896,7 +900,6 @@ class Session:
                 self.clientPaused = False
                 ct.resumeProducing()
                 self.sideResumed(True)
-        self.joined = self.factory.relayPath.join(self.client, protocol, self)
         if self.factory.idleTimeout or self.clientDone or self.finSeen:
             self._updateTimer()  # (else it has nothing to arm)
 
