@@ -26,7 +26,13 @@ from txsockproxy.interfaces import IBackendInfo, IBalancer, IConnectionInfo
 from txsockproxy.listening import LISTENING
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import TLV_UNIQUE_ID, ProxyHeader, parseHeader
-from txsockproxy.relay import HANDSHAKE_TIMEOUT, HOLD_LIMIT, BackendProtocol, FrontendProtocol
+from txsockproxy.relay import (
+    HANDSHAKE_TIMEOUT,
+    HOLD_LIMIT,
+    BackendProtocol,
+    ConnectionInfo,
+    FrontendProtocol,
+)
 
 
 class InterfaceTests(SynchronousTestCase):
@@ -62,6 +68,65 @@ class InterfaceTests(SynchronousTestCase):
         self.assertEqual(info.local, IPv4Address("TCP", "127.0.0.1", 8080))
         self.assertIsNone(info.serverName)
         verifyObject(IBackendInfo, proxy.backends["a"])
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """
+    The local address of a connection (L{ConnectionInfo.local}): asked of
+    the transport, once per listening port bound to one address.
+    """
+
+    class Port:
+        def __init__(self, host: str) -> None:
+            self.host = host
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("TCP", self.host, 8080)
+
+    def accepted(self, port: Any, local: str) -> HalfCloseTransport:
+        transport = HalfCloseTransport()
+        transport.hostAddress = IPv4Address("TCP", local, 8080)
+        transport.server = port  # type: ignore[attr-defined]
+        asked = self.asked
+
+        def getHost() -> IPv4Address:
+            asked.append(local)
+            return IPv4Address("TCP", local, 8080)
+
+        transport.getHost = getHost  # type: ignore[method-assign]
+        return transport
+
+    def setUp(self) -> None:
+        self.asked: list[str] = []
+
+    def test_boundToOneAddress(self) -> None:
+        """
+        The connections of a port bound to one address all have it: the
+        first one's transport is asked, the others' are not.
+        """
+        port = self.Port("192.0.2.1")
+        locals_ = [
+            ConnectionInfo.ofTransport(self.accepted(port, "192.0.2.1")).local
+            for _ in range(3)
+        ]
+        self.assertEqual(locals_, [IPv4Address("TCP", "192.0.2.1", 8080)] * 3)
+        self.assertEqual(self.asked, ["192.0.2.1"])
+
+    def test_wildcard(self) -> None:
+        """
+        The connections of a port bound to a wildcard address are asked one
+        by one: each has the address it was reached at.
+        """
+        port = self.Port("0.0.0.0")
+        locals_ = [
+            ConnectionInfo.ofTransport(self.accepted(port, host)).local
+            for host in ("127.0.0.1", "192.0.2.1")
+        ]
+        self.assertEqual(
+            [address.host for address in locals_],  # type: ignore[attr-defined]
+            ["127.0.0.1", "192.0.2.1"],
+        )
+        self.assertEqual(self.asked, ["127.0.0.1", "192.0.2.1"])
 
 
 class ConnectingTests(SynchronousTestCase):

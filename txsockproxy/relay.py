@@ -129,7 +129,7 @@ class ConnectionInfo:
     def local(self) -> IAddress:
         if self._local is None and self._transport is not None:
             try:
-                self._local = _shared(self._transport.getHost())
+                self._local = _localOf(self._transport)
             except (AttributeError, OSError):
                 # Asked first once the connection is closed: the socket is
                 # gone, and with it the address.
@@ -146,6 +146,40 @@ class ConnectionInfo:
 
 # Local addresses seen, shared by the sessions (memory per session).
 _locals: dict[IAddress, IAddress] = {}
+
+# The local address of every connection of a listening port bound to one
+# address (the first 64 ports seen; None: bound to a wildcard address).
+_portLocals: dict[Any, Optional[IAddress]] = {}
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _localOf(transport: Any) -> IAddress:
+    """
+    The local address of C{transport}'s connection: its C{getHost()}
+    (a system call, and an address object made), asked once per listening
+    port (C{transport.server}, as on Twisted's TCP transports) when that
+    port is bound to one address: every connection it accepts has that
+    address then.
+    """
+    port = getattr(transport, "server", None)
+    if port is None:
+        return _shared(transport.getHost())
+    known = _portLocals.get(port, False)
+    if known:
+        return known  # type: ignore[return-value]
+    address = _shared(transport.getHost())
+    if known is False and len(_portLocals) < 64:
+        bound = getattr(port, "getHost", None)
+        try:
+            host = getattr(bound(), "host", None) if bound is not None else None
+        except OSError:
+            host = None
+        if host is not None and host not in _WILDCARDS and host == getattr(address, "host", None):
+            _portLocals[port] = address
+        else:
+            _portLocals[port] = None
+    return address
 
 
 def _shared(address: IAddress) -> IAddress:
