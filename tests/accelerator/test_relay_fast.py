@@ -940,49 +940,11 @@ class ClassSwitchTests(SynchronousTestCase):
     switches it back.
     """
 
-    def test_switchAndBack(self) -> None:
+    def installed(self) -> tuple[list[Any], tuple[Any, Any]]:
         """
-        Both transports get the C{Relayed} subclass of their own class, the
-        protocols hold the relays, and uninstalling restores the classes.
-        """
-        from twisted.internet import tcp
-
-        class Proto:
-            relay = None
-
-        a, b = socket.socketpair()
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-        transports = []
-        protocols = []
-        for sock in (a, b):
-            t = tcp.Server.__new__(tcp.Server)
-            t.socket = sock
-            t.fileno = sock.fileno
-            t.connected = True
-            p = Proto()
-            t.protocol = p
-            transports.append(t)
-            protocols.append(p)
-        relays = fastrelay.install(
-            transports[0], transports[1], object(), mode="copy",
-            clientProtocol=protocols[0], backendProtocol=protocols[1],
-        )
-        assert relays is not None
-        for t, p, relay in zip(transports, protocols, relays, strict=True):
-            self.assertIsNot(type(t), tcp.Server)
-            self.assertIsInstance(t, tcp.Server)
-            self.assertIs(p.relay, relay)
-            self.assertNotIn("doRead", vars(t))
-        for relay in relays:
-            relay.uninstall()
-        for t in transports:
-            self.assertIs(type(t), tcp.Server)
-
-    def test_closedKeepsClass(self) -> None:
-        """
-        Uninstalling from a transport that is closed by then (a finished
-        session's) leaves its class as it is: nothing reads it any more.
+        Two connected C{tcp.Server} transports over a socket pair, each with
+        a protocol that holds its relay, and the relays installed between
+        them: (transports, relays).
         """
         from twisted.internet import tcp
 
@@ -1005,6 +967,35 @@ class ClassSwitchTests(SynchronousTestCase):
             clientProtocol=transports[0].protocol, backendProtocol=transports[1].protocol,
         )
         assert relays is not None
+        return transports, relays
+
+    def test_switchAndBack(self) -> None:
+        """
+        Both transports get the C{Relayed} subclass of their own class, the
+        protocols hold the relays, and uninstalling restores the classes.
+        """
+        from twisted.internet import tcp
+
+        transports, relays = self.installed()
+        protocols = [t.protocol for t in transports]
+        for t, p, relay in zip(transports, protocols, relays, strict=True):
+            self.assertIsNot(type(t), tcp.Server)
+            self.assertIsInstance(t, tcp.Server)
+            self.assertIs(p.relay, relay)
+            self.assertNotIn("doRead", vars(t))
+        for relay in relays:
+            relay.uninstall()
+        for t in transports:
+            self.assertIs(type(t), tcp.Server)
+
+    def test_closedKeepsClass(self) -> None:
+        """
+        Uninstalling from a transport that is closed by then (a finished
+        session's) leaves its class as it is: nothing reads it any more.
+        """
+        from twisted.internet import tcp
+
+        transports, relays = self.installed()
         relayed = type(transports[0])
         transports[0].disconnected = True
         for relay in relays:

@@ -196,8 +196,8 @@ class EPollReactor(epollreactor.EPollReactor):
         """
         A relay's read of C{selectable} (descriptor C{fd}) found its EOF or
         an error (C{lost}): what C{_disconnectSelectable} does, and for an
-        EOF (the relay's transports are half-closeable) with its
-        C{removeReader} inline.  (A method of its own: in doPoll, this
+        EOF (the relay's transports are half-closeable) without
+        C{removeReader}'s checks.  (A method of its own: in doPoll, this
         code made every relayed read dearer.)
         """
         try:
@@ -206,13 +206,7 @@ class EPollReactor(epollreactor.EPollReactor):
                 and fd in self._reads
                 and IHalfCloseableDescriptor.providedBy(selectable)
             ):
-                if fd in self._writes:
-                    self._poller.modify(fd, EPOLLOUT)
-                else:
-                    del self._selectables[fd]
-                    self._poller.unregister(fd)
-                    self._unregistered.add(fd)
-                self._reads.remove(fd)
+                self._stopReading(fd)
                 selectable.readConnectionLost(_DONE)
             else:
                 self._disconnectSelectable(selectable, lost, True)
@@ -282,6 +276,10 @@ class EPollReactor(epollreactor.EPollReactor):
             if fd < 0 or self._continuousPolling.isReading(reader):
                 super().removeReader(reader)
             return
+        self._stopReading(fd)
+
+    def _stopReading(self, fd: int) -> None:
+        # removeReader of a descriptor in _reads.
         if fd in self._writes:
             self._poller.modify(fd, EPOLLOUT)
         else:
