@@ -29,6 +29,7 @@ from txsockproxy.proxyprotocol import TLV_UNIQUE_ID, ProxyHeader, parseHeader
 from txsockproxy.relay import (
     HANDSHAKE_TIMEOUT,
     HOLD_LIMIT,
+    SETTLE_TIME,
     BackendProtocol,
     ConnectionInfo,
     FrontendProtocol,
@@ -759,6 +760,58 @@ class TimeoutTests(SynchronousTestCase):
         proxy.clock.advance(1)
         self.assertTrue(ct.aborted and bt.aborted)
         self.assertEqual(client.session.ended, "half-closed timeout")  # type: ignore[union-attr]
+
+    def withSockets(self, **kwargs: Any) -> tuple[Proxy, Any, HalfCloseTransport, Any, HalfCloseTransport]:
+        """
+        A proxy (made with C{kwargs}) and a session whose transports have
+        real sockets under them (the watch needs them).
+        """
+        sockets = []
+        for _ in range(2):
+            ours, peer = tcpPair()
+            self.addCleanup(ours.close)
+            self.addCleanup(peer.close)
+            sockets.append(ours)
+        proxy = Proxy(**kwargs)
+        client, ct = proxy.accept(transport=HalfCloseTransport(handle=sockets[0]))
+        backend, bt = proxy.endpoints["a"].succeed(handle=sockets[1])
+        return proxy, client, ct, backend, bt
+
+    def test_settledHalfClose(self) -> None:
+        """
+        A session still half-closed L{SETTLE_TIME} after its first EOF has
+        the side that sent it watched and the half-closed timeout armed,
+        counted from then.
+        """
+        proxy, client, ct, backend, bt = self.withSockets(halfClosedTimeout=30)
+        client.readConnectionLost()
+        self.assertEqual(len(proxy.factory.watch), 0)
+        proxy.clock.advance(SETTLE_TIME)
+        self.assertEqual(len(proxy.factory.watch), 1)
+        proxy.clock.advance(30 - 0.001)
+        self.assertFalse(ct.aborted)
+        proxy.clock.advance(0.002)
+        self.assertTrue(ct.aborted and bt.aborted)
+        self.assertEqual(client.session.ended, "half-closed timeout")  # type: ignore[union-attr]
+
+    def test_endedWhileSettling(self) -> None:
+        """
+        A session whose other direction ends within L{SETTLE_TIME} (most
+        do) is never watched and never arms a timer; once it has ended,
+        nothing is left pending and nothing refers to it.
+        """
+        proxy, client, ct, backend, bt = self.withSockets(halfClosedTimeout=30)
+        session = client.session
+        client.readConnectionLost()
+        proxy.clock.advance(SETTLE_TIME / 2)
+        backend.readConnectionLost()
+        client.connectionLost(lost())
+        backend.connectionLost(lost())
+        self.assertTrue(session.finished)  # type: ignore[union-attr]
+        self.assertEqual(len(proxy.factory.watch), 0)
+        self.assertEqual(proxy.factory.settling, set())
+        self.assertEqual(proxy.clock.getDelayedCalls(), [])
+        self.assertIsNone(session._timer)  # type: ignore[union-attr]
 
     def test_timersCancelledAtEnd(self) -> None:
         """

@@ -75,6 +75,12 @@ _TLS_CLIENT_CLOSED = "client closed TLS (no half-close)"
 # which no backend is chosen or connected.
 HANDSHAKE_TIMEOUT = 10.0
 
+# Seconds after one direction of a session ends before the side that ended
+# it is watched for a reset and the half-closed timeout is armed (both then
+# count from there): most sessions end the other direction within it, and
+# need neither (see ProxyFactory.settle).
+SETTLE_TIME = 0.05
+
 # What a connected session holds (nothing; shared, it costs no memory).
 _NOTHING_HELD: list[bytes] = []
 
@@ -296,6 +302,10 @@ class ProxyFactory(ServerFactory):
         self.timeouts = Timeouts(reactor)
         # The sides of its sessions that are not being read.
         self.watch = PausedWatch(reactor)
+        # Sessions that ended one direction since the last settle(): their
+        # watch and half-closed timer wait for SETTLE_TIME (see settle).
+        self.settling: set[Session] = set()
+        self._settleCall: Optional[IDelayedCall] = None
         # Nagle's algorithm off on its clients' sockets, by way of the
         # listening socket where it can.
         self.noDelay = AcceptedNoDelay()
@@ -349,6 +359,37 @@ class ProxyFactory(ServerFactory):
 
     def buildProtocol(self, addr: Optional[IAddress]) -> FrontendProtocol:
         return FrontendProtocol(self)
+
+    def settle(self, session: Session) -> None:
+        """
+        C{session} just ended one direction: call its C{settled()} in
+        L{SETTLE_TIME} seconds, unless it ends first (L{unsettle}); one call
+        for all those of a moment.
+        """
+        self.settling.add(session)
+        if self._settleCall is None:
+            self._settleCall = self.reactor.callLater(SETTLE_TIME, self._settled)
+
+    def unsettle(self, session: Session) -> None:
+        """
+        C{session}, which may be settling, has ended: forget it (no
+        reference kept to a finished session, and no call left pending for
+        none).
+        """
+        settling = self.settling
+        settling.discard(session)
+        if not settling and self._settleCall is not None:
+            self._settleCall.cancel()
+            self._settleCall = None
+
+    def _settled(self) -> None:
+        self._settleCall = None
+        settling, self.settling = self.settling, set()
+        for session in settling:
+            try:
+                session.settled()
+            except Exception:
+                Session.log.failure("while watching a half-closed session")
 
 
 @implementer(IPushProducer)
@@ -1095,14 +1136,13 @@ class Session:
             if not self.backendDone:
                 self._shutWrite(False)
             # else both directions are done: _closeBoth shuts it.
-        if not self.backendDone:
-            # No longer read, but its reset must still be heard.
-            self.sidePaused(True)
-        # Both directions over: close; else the half-closed timeout.
-        if self.clientDone and self.backendDone:
+        # Both directions over: close; else, once settled, the watch of
+        # this side (no longer read, but its reset must still be heard) and
+        # the half-closed timeout.
+        if self.backendDone:
             self._closeBoth()
         else:
-            self._updateTimer()
+            self.factory.settle(self)
 
     def backendEOF(self) -> None:
         """
@@ -1124,14 +1164,28 @@ class Session:
             ct.unregisterProducer()
             if not self.clientDone:
                 self._shutWrite(True)
-        if not self.clientDone and self.backendTransport is not None:
-            # No longer read, but its reset must still be heard.
-            self.sidePaused(False)
-        # Both directions over: close; else the half-closed timeout.
-        if self.clientDone and self.backendDone:
+        # As in clientEOF.
+        if self.clientDone:
             self._closeBoth()
         else:
-            self._updateTimer()
+            self.factory.settle(self)
+
+    def settled(self) -> None:
+        """
+        One direction ended a moment ago (L{SETTLE_TIME}) and the session is
+        still half-closed: watch the side that sent its EOF (no longer read,
+        but its reset must still be heard), and arm the half-closed timeout.
+        Most sessions end both directions within that moment, and never need
+        either.
+        """
+        if self.finished or self.clientDone == self.backendDone:
+            return
+        if self.clientDone:
+            if not self.clientGone:
+                self.sidePaused(True)
+        elif self.backendTransport is not None and not self.backendGone:
+            self.sidePaused(False)
+        self._updateTimer()
 
     def _shutWrite(self, client: bool) -> None:
         """
@@ -1326,6 +1380,9 @@ class Session:
         if self.joined is not None:
             joined, self.joined = self.joined, None
             joined.release()
+        if self.clientDone or self.backendDone:
+            # It may be settling (see ProxyFactory.settle).
+            self.factory.unsettle(self)
         if self.backendTransport is not None:
             self.pool.released(self.backend)  # type: ignore[arg-type]
         self.pool.active -= 1
