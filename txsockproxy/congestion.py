@@ -26,6 +26,8 @@ from typing import Any, Optional, Sequence
 
 from twisted.logger import Logger
 
+from txsockproxy.inherited import ListenerOption
+
 AUTO = "auto"
 SYSTEM = "system"
 
@@ -196,7 +198,7 @@ def summary(default: Optional[str] = None, names: Optional[Sequence[str]] = None
     )
 
 
-class Congestion:
+class Congestion(ListenerOption):
     """
     The algorithm one side's sockets get (a proxy's client sockets, or one
     backend's): see the module's docstring for the settings.
@@ -209,7 +211,7 @@ class Congestion:
     """
 
     __slots__ = (
-        "setting", "name", "loopbackOnly", "adopted", "_choices", "_port", "_checking", "_tried",
+        "setting", "name", "loopbackOnly", "adopted", "_choices",
     )
 
     def __init__(
@@ -245,11 +247,8 @@ class Congestion:
         self._choices = choices
         self.name: Optional[bytes] = choices[0].encode() if choices else None
         # The listening port whose socket was given the algorithm (see
-        # applyAccepted), and whether connections it accepted may still
-        # predate that.
-        self._port: Any = None
-        self._checking = False
-        self._tried = False
+        # applyAccepted): ListenerOption's state.
+        ListenerOption.__init__(self)
         # Whether the listening socket was handed over (systemd): it is
         # then never changed (see _owns).
         self.adopted = False
@@ -321,32 +320,22 @@ class Congestion:
         algorithm ends the search.
         """
         port = getattr(transport, "server", None)
-        if port is not None and port is self._port and not self._checking:
+        if port is not None and port is self.port and not self.checking:
             return  # the listener gives it (a plain transport: the usual case)
         held = _underlying(transport)
         if held is None:
             return
         port = getattr(held, "server", None)
-        if port is not None and port is self._port:
-            if not self._checking:
-                return
-            try:
-                if held.socket.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16).rstrip(
-                    b"\0"
-                ) == self.name:
-                    self._checking = False
-                    return
-            except OSError:
-                return
+        if self.inherited(port, held.socket):
+            return
         self.apply(transport)
-        if not self._tried and port is not None and self.name is not None:
-            self._giveListener(port)
-
-    def _giveListener(self, port: Any) -> None:
-        # Once: the listening socket does not change.
-        self._tried = True
-        if self._owns(port):
+        if self.name is not None and self.tryListener(port) and self._owns(port):
             self._setListener(port, self.name)
+
+    def connectionHas(self, sock: Any) -> bool:
+        return bool(
+            sock.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16).rstrip(b"\0") == self.name
+        )
 
     def _owns(self, port: Any) -> bool:
         # Whether every connection of this port qualifies, and the listening
@@ -366,8 +355,7 @@ class Congestion:
             port.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, name)
         except (OSError, AttributeError, TypeError):
             return False  # refused, closed, or not TCP: each connection gets it
-        self._port = port
-        self._checking = True
+        self.given(port)
         return True
 
     def takeOver(self, previous: Congestion) -> None:
@@ -381,13 +369,13 @@ class Congestion:
         is now: Linux has no way back to "whatever the system's is", so that
         listening socket keeps it until the proxy restarts.
         """
-        port = previous._port
+        port = previous.port
         if (self.name, self.loopbackOnly) == (previous.name, previous.loopbackOnly):
-            self._port, self._checking, self._tried = port, previous._checking, previous._tried
+            self.port, self.checking, self.tried = port, previous.checking, previous.tried
             return
         if port is None:
             return  # this setting tries the listening socket at its first connection
-        self._tried = True
+        self.tried = True
         if self.name is not None and self._owns(port) and self._setListener(port, self.name):
             return
         default = systemDefault()

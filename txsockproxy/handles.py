@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional
 
+from txsockproxy.inherited import ListenerOption
+
 
 def socketOf(transport: Any) -> Optional[socket.SocketType]:
     """
@@ -89,27 +91,15 @@ def setNoDelay(skt: Optional[socket.SocketType]) -> bool:
     return True
 
 
-class AcceptedNoDelay:
+class AcceptedNoDelay(ListenerOption):
     """
-    C{TCP_NODELAY} for the connections of one listener: Linux gives a
-    connection the option of its listening socket when it creates it (at
-    the client's SYN), so the listening socket is given it once, with the
-    first connection accepted, and later connections need no system call
-    of their own.  Connections created before that (waiting to be
-    accepted) still get it one by one: they are accepted in the order
-    created, so the first one found with the option ends the search.
+    C{TCP_NODELAY} for the connections of one listener, by way of the
+    listening socket where it can (see L{txsockproxy.inherited}).
     Transports whose listening port is not known (TLS, other wrappers) get
     it one by one, as L{noDelay} does.
     """
 
-    __slots__ = ("_port", "_checking", "_tried")
-
-    def __init__(self) -> None:
-        # The listening port given the option, whether connections it
-        # accepted may still predate that, and whether it was tried.
-        self._port: Any = None
-        self._checking = False
-        self._tried = False
+    __slots__ = ()
 
     def apply(self, transport: Any, skt: Optional[socket.SocketType]) -> None:
         """
@@ -118,30 +108,15 @@ class AcceptedNoDelay:
         Twisted's TCP transports).
         """
         port = getattr(transport, "server", None)
-        if port is not None and port is self._port:
-            if not self._checking:
-                return  # created with it
-            try:
-                if skt is not None and skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
-                    self._checking = False
-                    return
-            except OSError:
-                return
-        if setNoDelay(skt) and not self._tried and port is not None:
-            self._giveListener(port)
+        if self.inherited(port, skt):
+            return
+        if setNoDelay(skt) and self.tryListener(port):
+            listening = getattr(port, "socket", None)
+            if setNoDelay(listening if isinstance(listening, socket.SocketType) else None):
+                self.given(port)
 
-    def _giveListener(self, port: Any) -> None:
-        # Once: the listening socket does not change.
-        self._tried = True
-        listening = getattr(port, "socket", None)
-        if not isinstance(listening, socket.SocketType):
-            return
-        try:
-            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            return
-        self._port = port
-        self._checking = True
+    def connectionHas(self, sock: Any) -> bool:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 __all__ = [
