@@ -116,8 +116,7 @@ class ConnectionInfo:
         The info of a client connected over C{transport}; its addresses are
         asked of the transport when first needed.
         """
-        info = cls.__new__(cls)
-        info._peer = info._local = info.serverName = None
+        info = cls(None, None)  # type: ignore[arg-type]
         info._transport = transport
         return info
 
@@ -169,23 +168,25 @@ def _localOf(transport: Any) -> IAddress:
     address then.
     """
     port = getattr(transport, "server", None)
-    if port is None:
-        return _shared(transport.getHost())
-    known = _portLocals.get(port, False)
-    if known:
-        return known  # type: ignore[return-value]
+    known = _portLocals.get(port) if port is not None else None
+    if known is not None:
+        return known
     address = _shared(transport.getHost())
-    if known is False and len(_portLocals) < 64:
-        bound = getattr(port, "getHost", None)
-        try:
-            host = getattr(bound(), "host", None) if bound is not None else None
-        except OSError:
-            host = None
-        if host is not None and host not in _WILDCARDS and host == getattr(address, "host", None):
-            _portLocals[port] = address
-        else:
-            _portLocals[port] = None
+    if port is not None and port not in _portLocals and len(_portLocals) < 64:
+        _portLocals[port] = address if _boundTo(port, address) else None
     return address
+
+
+def _boundTo(port: Any, address: IAddress) -> bool:
+    """
+    Whether listening port C{port} is bound to C{address}'s host (not to a
+    wildcard address): then every connection it accepts has C{address}.
+    """
+    try:
+        host = getattr(port.getHost(), "host", None)
+    except (OSError, AttributeError):
+        return False
+    return host is not None and host not in _WILDCARDS and host == getattr(address, "host", None)
 
 
 def _shared(address: IAddress) -> IAddress:
@@ -1364,12 +1365,8 @@ class Session:
         if self.connecting is not None:
             return
         self.finished = True
-        timer = self._timer
-        if timer is not None:
-            # _cancelTimer(), inline.
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        if self._timer is not None:
+            self._cancelTimer()
         paused = self._paused
         if paused:
             self._paused = 0

@@ -53,11 +53,7 @@ class Timeout:
     def cancel(self) -> None:
         if self.func is not None:
             self.func = None
-            queue = self.queue
-            if queue.live > 1 and len(queue.entries) <= 64:
-                queue.live -= 1  # cancelled(), when it has nothing else to do
-            else:
-                queue.cancelled()
+            self.queue.cancelled()
 
 
 class _Queue:

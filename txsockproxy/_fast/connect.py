@@ -379,7 +379,7 @@ def connect(
         or C{endpoint.connect}.
     """
     reactor = getattr(endpoint, "_reactor", None)
-    if not isinstance(reactor, EPollReactor):  # _connectsAtOnce, inline
+    if not _connectsAtOnce(reactor):
         return None
     kind = type(endpoint)
     if kind is TCP4ClientEndpoint:

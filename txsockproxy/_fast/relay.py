@@ -628,36 +628,12 @@ def install(
         not apply and the session relays through Twisted.
     """
     mode = defaultMode() if mode is None else mode
-    if mode == "off":
+    if mode == "off" or not (isPlain(client) and isPlain(backend)):
         return None
-    # isPlain() of both, inline.
-    for transport in (client, backend):
-        if not (
-            type(transport) in _plain
-            and transport.connected
-            and not transport.TLS
-            and hasattr(transport, "socket")
-        ):
-            return None
     up = Relay(client, backend, owner, True, mode)
     down = Relay(backend, client, owner, False, mode)
-    # _attach() of both, inline, for the usual case: protocols that hold
-    # their relay and are their transports' own.
-    if (
-        clientProtocol is not None
-        and backendProtocol is not None
-        and client.protocol is clientProtocol
-        and backend.protocol is backendProtocol
-    ):
-        clientProtocol.relay = up
-        backendProtocol.relay = down
-        cls = type(client)
-        client.__class__ = _fastClasses.get(cls) or _fastClass(cls)
-        cls = type(backend)
-        backend.__class__ = _fastClasses.get(cls) or _fastClass(cls)
-    else:
-        _attach(client, clientProtocol, up)
-        _attach(backend, backendProtocol, down)
+    _attach(client, clientProtocol, up)
+    _attach(backend, backendProtocol, down)
     if up.relays is not None:
         up.relays[up.sourceFd] = up
     if down.relays is not None:
@@ -721,13 +697,7 @@ def close(transport: Any, drained: bool = False) -> None:
         there to turn it into a reset.  (Twisted would shut it a reactor turn
         later, then close it.)
     """
-    # isPlain(), inline.
-    if (
-        type(transport) in _plain
-        and transport.connected
-        and not transport.TLS
-        and hasattr(transport, "socket")
-    ):
+    if isPlain(transport):
         if transport._writeDisconnected:
             transport._shouldShutdown = False
         elif drained and idle(transport):
