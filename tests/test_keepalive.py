@@ -42,3 +42,15 @@ class KeepaliveTests(SynchronousTestCase):
         self.addCleanup(b.close)
         self.assertFalse(applyKeepalive(KeepaliveConfig(idle=1), SocketTransport(a)))
         self.assertFalse(applyKeepalive(KeepaliveConfig(idle=1), object()))
+
+    def test_outOfRangeNotApplied(self) -> None:
+        """
+        A value the system refuses (beyond the range of C{setsockopt}'s
+        integer) is reported as not applied, not raised: the session goes
+        on without keepalive.
+        """
+        ours, peer = tcpPair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        self.assertFalse(applyKeepalive(KeepaliveConfig(idle=2.0**31), SocketTransport(ours)))
+        self.assertFalse(applyKeepalive(KeepaliveConfig(idle=60, count=2**40), SocketTransport(ours)))

@@ -39,7 +39,9 @@ def applyKeepalive(config: KeepaliveConfig, transport: Any) -> bool:
             number = getattr(socket, option, None)
             if number is not None and value:
                 skt.setsockopt(socket.IPPROTO_TCP, number, max(1, int(value)))
-    except OSError:
+    except (OSError, OverflowError, TypeError):
+        # Refused by the system (a value out of its range): the session
+        # goes on without it.
         return False
     return True
 

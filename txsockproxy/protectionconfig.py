@@ -110,6 +110,10 @@ def _access(raw: Mapping[str, Any], path: tuple[Any, ...], reader: Any) -> tuple
     return tuple(rules)
 
 
+#: The longest keepalive idle time and probe interval the system takes.
+KEEPALIVE_MAX_SECONDS = 32767
+
+
 def readKeepalive(
     raw: Mapping[str, Any], path: tuple[Any, ...], key: str, reader: Any,
     default: KeepaliveConfig = KeepaliveConfig(),
@@ -129,6 +133,12 @@ def readKeepalive(
     if "idle" not in value:
         reader.problem(here, "needs idle (the seconds without traffic before probing)")
     interval = reader.seconds(value, here, "interval", 0.0, positive=True)
+    for name, seconds in (("idle", idle), ("interval", interval)):
+        if seconds > KEEPALIVE_MAX_SECONDS:
+            # The system refuses more (Linux: TCP_KEEPIDLE, TCP_KEEPINTVL).
+            reader.problem(
+                here + (name,), f"must be at most {KEEPALIVE_MAX_SECONDS} seconds, not {value[name]}"
+            )
     count = reader.integer(value, here, "count", 1, 127)
     return KeepaliveConfig(idle=idle, interval=interval, count=count or 0)
 
@@ -146,6 +156,7 @@ def readBackendProtection(
 
 __all__ = [
     "BACKEND_PROTECTION_KEYS",
+    "KEEPALIVE_MAX_SECONDS",
     "PROTECTION_KEYS",
     "readBackendProtection",
     "readKeepalive",
