@@ -353,9 +353,10 @@ def _leafProblem(waiter: Protocol) -> str:
 
 def connectionCreator(tls: BackendTLS) -> IOpenSSLClientConnectionCreator:
     """
-    The TLS client settings of C{tls}: its name (checked and sent as SNI),
-    its trusted CAs (the system's when none are given), its client
-    certificate and the oldest TLS version.
+    The TLS client settings of C{tls}: its name (sent as SNI; the
+    certificate is checked against it by L{HandshakingEndpoint}, see
+    L{ChainVerdict}), its trusted CAs (the system's when none are given),
+    its client certificate and the oldest TLS version.
     """
     trustRoot: Any = None
     if tls.caPEM:
@@ -369,10 +370,38 @@ def connectionCreator(tls: BackendTLS) -> IOpenSSLClientConnectionCreator:
         clientCertificate = PrivateCertificate.loadPEM(first + tls.keyPEM)
         if chain:
             extra["extraCertChain"] = [Certificate.loadPEM(pem).original for pem in chain]
-    return optionsForClientTLS(
+    return ChainVerdict(optionsForClientTLS(
         tls.name, trustRoot=trustRoot, clientCertificate=clientCertificate,
         extraCertificateOptions=extra,
-    )
+    ))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ChainVerdict:
+    """
+    The TLS client connections of C{creator}, whose certificate check is
+    OpenSSL's verdict on the chain alone; the name is checked once the
+    handshake is done (L{identityProblem}, by L{HandshakingEndpoint}),
+    before a byte of the client's is sent.
+
+    Twisted's own check of the name, during the handshake, raises inside
+    OpenSSL's callback for a certificate without a subjectAltName
+    (service_identity's C{CertificateError}), logs that as a traceback at
+    critical level, and lets the certificate through: one traceback per
+    connect and per health check of such a backend.
+    """
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        self.creator = creator
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self.creator.clientConnectionForTLS(tlsProtocol)
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _chainVerdict)
+        return connection
+
+
+def _chainVerdict(connection: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
+    return bool(ok)
 
 
 def backendEndpoint(reactor: Any, config: BackendConfig) -> IStreamClientEndpoint:
@@ -498,6 +527,7 @@ def endpointHost(description: str) -> Optional[str]:
 
 
 __all__ = [
+    "ChainVerdict",
     "HandshakingEndpoint",
     "TLSConnectError",
     "backendEndpoint",
