@@ -20,6 +20,7 @@ from tests.integration_support import (
     echoHandler,
     proxyConfig,
     recvAll,
+    refusedEndpoint,
     tomlString,
 )
 from tests.test_integration import _IntegrationTestCase
@@ -247,6 +248,60 @@ class TLSListenerIntegrationTests(_IntegrationTestCase):
         self.assertEqual(served(port, "a.example",
                                context=clientContext(ssl.TLSVersion.TLSv1_3))[1], b"ping")
         self.assertEqual(backend.accepted, 1)
+
+
+class TLSUnservedIntegrationTests(_IntegrationTestCase):
+    """
+    A client of a TLS listener that no backend will serve (every backend
+    refuses) is closed with close_notify, and its session ends: when it
+    answers by closing, even after sending more than the proxy holds for a
+    backend (64 KiB); when it does not, within C{CLOSING_TIMEOUT} (5 s).
+    """
+
+    def startRefusing(self) -> int:
+        pair = issue(("a.example",)).write(self.tmp, "a")
+        config = proxyConfig(
+            self.tmp, ["tcp:0:interface=127.0.0.1"], [{"endpoint": refusedEndpoint(self)}],
+            extra=f"tls-certificates = [{{cert = {tomlString(pair[0])}, key = {tomlString(pair[1])}}}]",
+            debug=1,
+        )
+        self.proxy = self.startProxy(config)
+        return boundPort(self.proxy)
+
+    def test_closedAfterSending(self) -> None:
+        """
+        Clients that send 300 KB, read to the end (close_notify) and close:
+        every session ends at once (it used to stay open for good, the
+        client's FIN unread behind the 64 KiB held).
+        """
+        port = self.startRefusing()
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with clientContext().wrap_socket(raw, server_hostname="a.example") as conn:
+                    conn.sendall(os.urandom(300_000))
+                    try:
+                        self.assertEqual(conn.recv(1024), b"", i)
+                    except (ssl.SSLError, ConnectionError):
+                        pass
+            # Well before the proxy's own deadline (CLOSING_TIMEOUT, 5 s).
+            self.proxy.waitFor(" ended (", count=i + 1, timeout=3)
+        self.assertEqual(self.proxy.matching("Traceback"), [], self.proxy.output)
+
+    def test_silentClientAborted(self) -> None:
+        """
+        A client that neither answers the close_notify nor closes has its
+        connection aborted after C{CLOSING_TIMEOUT}, and its session ends.
+        """
+        port = self.startRefusing()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+            with clientContext().wrap_socket(raw, server_hostname="a.example") as conn:
+                start = time.monotonic()
+                self.proxy.waitFor(" ended (", timeout=10)
+                elapsed = time.monotonic() - start
+                # It had been sent close_notify.
+                self.assertEqual(conn.recv(10), b"")
+        self.assertGreater(elapsed, 4.0)
+        self.assertLess(elapsed, 8.0)
 
 
 class TLSHalfCloseIntegrationTests(_IntegrationTestCase):

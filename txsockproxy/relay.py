@@ -75,6 +75,10 @@ _TLS_CLIENT_CLOSED = "client closed TLS (no half-close)"
 # which no backend is chosen or connected.
 HANDSHAKE_TIMEOUT = 10.0
 
+# Seconds a TLS client that no backend will serve has to answer the proxy's
+# close_notify (or close) before its connection is aborted.
+CLOSING_TIMEOUT = 5.0
+
 # Seconds after one direction of a session ends before the side that ended
 # it is watched for a reset and the half-closed timeout is armed (both then
 # count from there): most sessions end the other direction within it, and
@@ -655,7 +659,7 @@ class Session:
         "inspecting", "_inspectTimer", "started", "_timer", "inactivityTimeout",
         "_timeoutReason", "lastActivity", "connection", "finSeen", "_paused",
         "handshaking", "joined", "_shut", "_flushed", "serial", "clientKey", "served",
-        "queueTimer", "waitingBackend", "clientSocket", "backendSocket",
+        "queueTimer", "waitingBackend", "clientSocket", "backendSocket", "closingTimer",
         "__weakref__",
     )
 
@@ -725,6 +729,8 @@ class Session:
         self.served = False
         self.queueTimer: Optional[IDelayedCall] = None
         self.waitingBackend = False
+        # A TLS client no backend will serve, being closed: its deadline.
+        self.closingTimer: Optional[IDelayedCall] = None
 
     # -- connecting ---------------------------------------------------------
 
@@ -863,7 +869,7 @@ class Session:
         if backend is None:
             self.pool.refused += 1
             self.ended = self.pool.whyRefused(self.connection)
-            self.clientTransport.loseConnection()
+            self._closeUnserved()
             return
         self.backend = backend
         self.tried = self.tried | {backend}
@@ -890,6 +896,31 @@ class Session:
             # Still under way (it may succeed or fail within connect()).
             self.connecting = connecting
 
+    def _closeUnserved(self) -> None:
+        """
+        Close the client, which no backend will serve (C{ended} says why).
+        A plain client is closed at once.  A TLS client is sent close_notify
+        (C{loseConnection()}), which Twisted's TLS follows by waiting for the
+        client's own or its close: so it is read again if it was paused (what
+        it sends is dropped), and aborted if it has not closed within
+        L{CLOSING_TIMEOUT}.
+        """
+        transport = self.clientTransport
+        transport.loseConnection()
+        if self.clientGone or not ISSLTransport.providedBy(transport):
+            return
+        if self.clientPaused:
+            self.clientPaused = False
+            self.clientTransport.resumeProducing()
+            self.sideResumed(True)
+        if self.closingTimer is None:
+            self.closingTimer = self.clock.callLater(CLOSING_TIMEOUT, self._closingTimedOut)
+
+    def _closingTimedOut(self) -> None:
+        self.closingTimer = None
+        if not self.clientGone:
+            self.clientTransport.abortConnection()
+
     def _connectFailed(self, reason: Failure, backend: Optional[Backend]) -> None:
         self.connecting = None
         assert backend is not None
@@ -903,7 +934,7 @@ class Session:
             self.pool.resourceError(backend, reason, formatAddress(self.connection.peer))
             self.backend = None
             self.ended = "out of resources"
-            self.clientTransport.loseConnection()
+            self._closeUnserved()
             return
         self.pool.connectFailed(backend, reason)
         self.backend = None
@@ -1014,6 +1045,8 @@ class Session:
             self.backend.bytesOut += len(data)  # type: ignore[union-attr]
             self.factory.relayPath.write(bt, data)
             return
+        if self.closingTimer is not None:
+            return  # no backend will take it (see _closeUnserved)
         self.held.append(data)
         self.heldSize += len(data)
         if self.heldSize >= HOLD_LIMIT and not self.clientPaused:
@@ -1123,7 +1156,7 @@ class Session:
         if self.handshaking:
             # Gone before its TLS handshake was done: nothing to relay.
             self.ended = "client closed during TLS handshake"
-            self.clientTransport.loseConnection()
+            self._closeUnserved()
             return
         if self.inspecting:
             # No more bytes will come: decide with what was held.
@@ -1367,6 +1400,10 @@ class Session:
         self.finished = True
         if self._timer is not None:
             self._cancelTimer()
+        if self.closingTimer is not None:
+            if self.closingTimer.active():
+                self.closingTimer.cancel()
+            self.closingTimer = None
         paused = self._paused
         if paused:
             self._paused = 0
@@ -1542,6 +1579,7 @@ __all__ = [
     "BackendProtocol",
     "ConnectionInfo",
     "FrontendProtocol",
+    "CLOSING_TIMEOUT",
     "HOLD_LIMIT",
     "ProxyFactory",
     "Session",
