@@ -1265,6 +1265,25 @@ class ProxyProtocolListenerTests(SynchronousTestCase):
         )
         self.assertEqual(self.attempts, [])
 
+    def test_resetBeforeHeader(self) -> None:
+        """
+        A client reset before its header is complete (with part of one, or
+        none) is counted and logged as one that closes first.
+        """
+        with capturedLogs() as events:
+            self.client.dataReceived(b"PROXY TCP4 ")
+            self.client.connectionLost(lost(clean=False))
+            other, _ = self.proxy.accept()
+            other.connectionLost(lost(clean=False))
+        self.assertEqual(self.proxy.pool.badHeaders, 2)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["proxy test: closing 127.0.0.2:40000: reset before a complete PROXY protocol header"]
+            * 2,
+        )
+        self.assertIsNone(self.client.headerTimer)
+        self.assertEqual(self.attempts, [])
+
     def test_halfCloseThroughListener(self) -> None:
         """
         A client's FIN after its header and request shuts the backend's

@@ -537,6 +537,15 @@ class FrontendProtocol(SideProducer, Protocol):
             self.session.clientFlushed()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.header is not None:
+            # Gone (reset) before a complete header, and not refused yet.
+            self._cancelHeaderTimer()
+            self.header = None
+            how = "closed" if isinstance(reason.value, ConnectionDone) else "reset"
+            self.factory.refuseHeader(
+                None, f"{how} before a complete PROXY protocol header",
+                self.transport.getPeer(),  # type: ignore[union-attr]
+            )
         if self.headerTimer is not None:
             self._cancelHeaderTimer()
         self.header = None
