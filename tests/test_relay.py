@@ -955,6 +955,32 @@ class InspectionTests(SynchronousTestCase):
         self.assertEqual(bt.value(), hello)
         self.assertEqual(proxy.clock.getDelayedCalls(), [])
 
+    def test_helloSentWhileQueued(self) -> None:
+        """
+        A ClientHello that arrived while the session waited in the queue is
+        read when its turn comes: placed by its name at once.
+        """
+        from tests.test_sni import clientHello
+        from txsockproxy.config import Protection
+
+        recorder = NameRecorder()
+        proxy = Proxy(
+            balancer=recorder, inspectDelay=5,
+            protection=Protection(maxConnections=1, maxQueue=1, queueTimeout=30),
+        )
+        first, _ = proxy.accept()
+        first.dataReceived(b"GET / HTTP/1.0\r\n")
+        backend, _ = proxy.endpoints["a"].succeed()
+        second, _ = proxy.accept()
+        hello = clientHello(b"queued.example")
+        second.dataReceived(hello)
+        self.assertEqual(recorder.names, [None])
+        first.connectionLost(lost())
+        backend.connectionLost(lost())
+        self.assertEqual(recorder.names, [None, "queued.example"])
+        _, bt = proxy.endpoints["a"].succeed()
+        self.assertEqual(bt.value(), hello)
+
     def test_notTLSConnectsAtOnce(self) -> None:
         """
         Bytes that are not a ClientHello end the wait at once, with no name.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from txsockproxy.sni import NEED_MORE, NOT_TLS, parseServerName
+from txsockproxy.sni import NEED_MORE, NOT_TLS, HelloReader, parseServerName
 
 
 def clientHello(serverName: bytes | None) -> bytes:
@@ -94,3 +94,70 @@ class ParseServerNameTests(SynchronousTestCase):
         """
         for candidate in (data, b"\x16\x03\x01" + data, b"\x16\x03\x01\x01\x00\x01" + data):
             self.assertIn(parseServerName(candidate)[0], ("ok", NEED_MORE, NOT_TLS))
+
+    def test_serverNameListLength(self) -> None:
+        """
+        A server_name list whose length is not that of its extension makes
+        the hello malformed (not routed by the name it seems to carry).
+        """
+        hello = clientHello(b"a.test")
+        at = hello.index(b"a.test") - 5  # the list's length, before type and name length
+        listLength = int.from_bytes(hello[at : at + 2], "big")
+        self.assertEqual(parseServerName(hello), ("ok", "a.test"))
+        for wrong in (listLength + 5, listLength - 1):
+            bad = hello[:at] + wrong.to_bytes(2, "big") + hello[at + 2 :]
+            self.assertEqual(parseServerName(bad), (NOT_TLS, None), wrong)
+
+
+class HelloReaderTests(SynchronousTestCase):
+    """
+    L{HelloReader} reads a ClientHello fed a piece at a time.
+    """
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        name=st.one_of(st.none(), hostnames),
+        size=st.integers(min_value=1, max_value=600),
+        cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    )
+    def test_piecesAsWhole(self, name: str | None, size: int, cuts: list[int]) -> None:
+        """
+        Fed in pieces (cut anywhere, over records of any size, down to one
+        byte), it says "need more" until the hello is complete and then
+        what L{parseServerName} says of the whole, also for bytes after it.
+        """
+        framed = records(clientHello(None if name is None else name.encode()), size) + b"extra"
+        whole = parseServerName(framed)
+        self.assertEqual(whole, ("ok", name))
+        reader = HelloReader()
+        bounds = sorted({min(c, len(framed)) for c in cuts} | {len(framed)})
+        start = 0
+        results = []
+        for end in bounds:
+            results.append(reader.feed(framed[start:end]))
+            start = end
+        self.assertEqual(results[-1], whole)
+        self.assertTrue(all(r == (NEED_MORE, None) for r in results if r != whole), results)
+
+    def test_oneByteRecords(self) -> None:
+        """
+        A ClientHello sent as one-byte records, one record per piece (what
+        made the session re-read everything it held at every read), gives
+        its name at the last one.
+        """
+        framed = records(clientHello(b"one.test"), 1)
+        reader = HelloReader()
+        pieces = [framed[i : i + 6] for i in range(0, len(framed), 6)]
+        for piece in pieces[:-1]:
+            self.assertEqual(reader.feed(piece), (NEED_MORE, None))
+        self.assertEqual(reader.feed(pieces[-1]), ("ok", "one.test"))
+        self.assertEqual(reader.feed(b"later"), ("ok", "one.test"))
+
+    def test_notTLSAtOnce(self) -> None:
+        """
+        Bytes that cannot begin a TLS record end the reading at once.
+        """
+        reader = HelloReader()
+        self.assertEqual(reader.feed(b"\x16"), (NEED_MORE, None))
+        self.assertEqual(reader.feed(b"\x01GET"), (NOT_TLS, None))
+

@@ -55,7 +55,7 @@ from txsockproxy.listening import LISTENING
 from txsockproxy.portable import PortableRelayPath
 from txsockproxy.proxyprotocol import HeaderError, ProxyHeader, encodeV1, encodeV2, parseHeader
 from txsockproxy.ratelimit import RateLimitedLog
-from txsockproxy.sni import NEED_MORE, parseServerName
+from txsockproxy.sni import NEED_MORE, HelloReader
 from txsockproxy.timeouts import Timeouts
 from txsockproxy.watch import PausedWatch
 
@@ -668,7 +668,7 @@ class Session:
         "inspecting", "_inspectTimer", "started", "_timer", "inactivityTimeout",
         "_timeoutReason", "lastActivity", "connection", "finSeen", "_paused",
         "handshaking", "joined", "_shut", "_flushed", "serial", "clientKey", "served",
-        "queueTimer", "waitingBackend", "clientSocket", "backendSocket", "closingTimer",
+        "queueTimer", "waitingBackend", "clientSocket", "backendSocket", "closingTimer", "hello",
         "__weakref__",
     )
 
@@ -740,6 +740,8 @@ class Session:
         self.waitingBackend = False
         # A TLS client no backend will serve, being closed: its deadline.
         self.closingTimer: Optional[IDelayedCall] = None
+        # While inspecting a passthrough client: what its ClientHello tells.
+        self.hello: Optional[HelloReader] = None
 
     # -- connecting ---------------------------------------------------------
 
@@ -807,6 +809,9 @@ class Session:
             # the handshake, before choosing.
             self.inspecting = True
             self._inspectTimer = self.clock.callLater(delay, self._inspected, None)
+            if self.held and not ISSLTransport.providedBy(self.clientTransport):
+                # Sent while the session waited in the queue.
+                self._inspectHeld(b"".join(self.held))
             return
         self._connectNext()
 
@@ -817,6 +822,7 @@ class Session:
         if not self.inspecting:
             return
         self.inspecting = False
+        self.hello = None
         if self._inspectTimer is not None:
             if self._inspectTimer.active():
                 self._inspectTimer.cancel()
@@ -830,8 +836,14 @@ class Session:
             )
         self._connectNext()
 
-    def _inspectHeld(self) -> None:
-        status, name = parseServerName(b"".join(self.held))
+    def _inspectHeld(self, data: bytes) -> None:
+        """
+        Look for the SNI name in the client's next bytes, C{data} (each
+        byte is looked at once: see L{HelloReader}).
+        """
+        if self.hello is None:
+            self.hello = HelloReader()
+        status, name = self.hello.feed(data)
         if status != NEED_MORE:
             self._inspected(name)
 
@@ -1063,7 +1075,7 @@ class Session:
             self.clientTransport.pauseProducing()
             self.sidePaused(True)
         if self.inspecting and not ISSLTransport.providedBy(self.clientTransport):
-            self._inspectHeld()
+            self._inspectHeld(data)
 
     def countUp(self, n: int) -> None:
         """
@@ -1168,8 +1180,8 @@ class Session:
             self._closeUnserved()
             return
         if self.inspecting:
-            # No more bytes will come: decide with what was held.
-            self._inspectHeld()
+            # No more bytes will come, and those held did not complete a
+            # ClientHello (else inspection would be over): no name.
             self._inspected(None)
         bt = self.backendTransport
         if bt is not None and not self.backendGone:
