@@ -453,6 +453,27 @@ class MakeServiceTests(OptionsTestCase):
         self.assertIs(service.config, options["configObject"])
         self.assertIs(service.reactor, reactor)
 
+    def test_startupErrorOneLine(self) -> None:
+        """
+        A listener the configuration's checks let through but that cannot
+        be made (OpenSSL refusing its certificates) is one line on stderr
+        and exit status 1, not a traceback.
+        """
+        from txsockproxy import service
+        from txsockproxy.service import StartupError
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise StartupError("tcp:8443: cannot use the certificates: ee key too small")
+
+        self.patch(service, "makeProxyService", refused)
+        options = self.parse(["--listen", "tcp:0", "--backend", "unix:/a"])
+        exit = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(
+            options.stderr.getvalue(),
+            "sockproxy: tcp:8443: cannot use the certificates: ee key too small\n",
+        )
+
     def test_startUpObjectsFrozen(self) -> None:
         """
         L{makeService} collects start-up's garbage and freezes what remains,

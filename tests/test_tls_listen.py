@@ -10,6 +10,7 @@ import os
 from typing import Any, Optional
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
@@ -185,6 +186,17 @@ class TLSConfigTests(_Files):
         self.assertOneProblem(self.config(self.certificates(a, (b[0], a[1]))), 3,
                               "proxy[0].tls-certificates[1]", repr(a[1]), repr(b[0]),
                               "is not the key")
+
+    def test_keyOpenSSLRefuses(self) -> None:
+        """
+        A certificate and key that load as PEM but that OpenSSL refuses to
+        use (a key too small for its security level: P-192, 96 bits) is a
+        problem naming both and OpenSSL's reason, not a traceback at start.
+        """
+        weak = self.pair("weak", curve=ec.SECP192R1())
+        self.assertOneProblem(self.config(self.certificates(weak)), 3,
+                              "proxy[0].tls-certificates[0]", repr(weak[0]), repr(weak[1]),
+                              "OpenSSL refuses it", "too small")
 
     def test_expiredIsNotice(self) -> None:
         """

@@ -14,6 +14,7 @@ import tempfile
 from textwrap import dedent
 from typing import Any, Optional
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, DNSMismatch
@@ -31,6 +32,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.pki import Authority
+from tests.tls_support import issue
 from txsockproxy.config import BackendConfig, BackendTLS, ConfigError
 from txsockproxy.portable import PortableRelayPath, shutWrite
 from txsockproxy.render import renderToml
@@ -371,6 +373,10 @@ class TLSConfigTests(SynchronousTestCase):
         self.junk = os.path.join(self.tmp, "junk")
         with open(self.junk, "w") as f:
             f.write("not PEM\n")
+        # A key OpenSSL refuses to use (P-192: 96 bits, under its level).
+        self.weakCert, self.weakKey = issue(("proxy.client",), curve=ec.SECP192R1()).write(
+            self.tmp, "weak"
+        )
 
     def parse(self, backend: str) -> Any:
         text = '[[proxy]]\nlisten = "tcp:8080"\n[[proxy.backend]]\n' + dedent(backend)
@@ -434,6 +440,8 @@ class TLSConfigTests(SynchronousTestCase):
              f"{self.junk!r} holds no unencrypted PEM private key (or a broken one)"),
             (f'tls = true\ntls-cert = "{self.cert}"\ntls-key = "{self.other}"', 7, "tls-key",
              f"{self.other!r} is not the key of the certificate in tls-cert"),
+            (f'tls = true\ntls-cert = "{self.weakCert}"\ntls-key = "{self.weakKey}"', 7,
+             "tls-key", f"{self.weakKey!r} and tls-cert: OpenSSL refuses it: ee key too small"),
             ('tls = true\ntls-min-version = "1.1"', 6, "tls-min-version",
              "must be one of '1.2', '1.3', not '1.1'"),
         ]

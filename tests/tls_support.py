@@ -62,13 +62,15 @@ def issue(
     days: int = 30,
     start: int = -1,
     addresses: tuple[str, ...] = (),
+    curve: ec.EllipticCurve = ec.SECP256R1(),
 ) -> Issued:
     """
     A certificate for the DNS C{names} (the first also its common name),
     signed by C{issuer} or self-signed, valid from C{start} days from now
     for C{days} days; the IP C{addresses} are in its subjectAltName too.
+    Its key is on C{curve}.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(curve)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.UTC)
     builder = (

@@ -203,7 +203,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     Build the proxy service from parsed L{Options}.
     """
-    from txsockproxy.service import makeProxyService
+    from txsockproxy.service import StartupError, makeProxyService
     from txsockproxy.workers import REUSEPORT, SOCKETS_VARIABLE, workerCount
 
     config = options["configObject"]
@@ -245,7 +245,13 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         service = TakenOverProxyService(config, _reactor(reactor), configPath=options["config"],
                                         inherited=_kept(received, config))
     else:
-        service = makeProxyService(config, reactor, configPath=options["config"])
+        try:
+            service = makeProxyService(config, reactor, configPath=options["config"])
+        except StartupError as e:
+            # What the configuration's checks could not foresee (OpenSSL
+            # refusing certificates it read): one line, as a config error.
+            print(f"sockproxy: {e}", file=options.stderr)
+            raise SystemExit(1) from None
     service.reactorChoice = reactorChoice
     if options["debug"] is not None:
         # --debug overrides the file's debug on reload too.

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.config import BackendConfig, BackendTLS
+from txsockproxy.tlsconfig import openSSLRefuses
 
 _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
@@ -481,6 +482,9 @@ def readKey(path: str, certPEM: bytes) -> bytes:
         )
         if mine != theirs:
             raise ValueError(f"{path!r} is not the key of the certificate in tls-cert")
+        refused = openSSLRefuses(certPEM, data)
+        if refused:
+            raise ValueError(f"{path!r} and tls-cert: {refused}")
     return data
 
 

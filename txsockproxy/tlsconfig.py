@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
+from OpenSSL import SSL
 
 from txsockproxy.config import (
     DEFAULT_TLS_MIN_VERSION,
@@ -67,6 +68,26 @@ def certificateNames(certificate: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if n))
 
 
+def openSSLRefuses(certPEM: bytes, keyPEM: bytes) -> Optional[str]:
+    """
+    Why OpenSSL, with its default security level, would refuse to use the
+    certificate (the first of C{certPEM}) and key C{keyPEM} (a key too
+    small, a digest too weak, ...), or L{None}: what loads as PEM may still
+    be refused when a connection is made with it.
+    """
+    try:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(x509.load_pem_x509_certificates(certPEM)[0])
+        context.use_privatekey(
+            serialization.load_pem_private_key(keyPEM, password=None)  # type: ignore[arg-type]
+        )
+        context.check_privatekey()
+    except SSL.Error as e:
+        reasons = [str(entry[-1]) for entry in (e.args[0] if e.args else ()) if entry]
+        return "OpenSSL refuses it: " + ("; ".join(reasons) or str(e))
+    return None
+
+
 def readCertificatePair(
     cert: str, key: str, now: Optional[datetime.datetime] = None
 ) -> tuple[Optional[TLSCertificateConfig], str, tuple[str, ...]]:
@@ -103,6 +124,9 @@ def readCertificatePair(
         der, public
     ):
         return None, f"{key!r} is not the key of the certificate in {cert!r}", ()
+    refused = openSSLRefuses(certPEM, keyPEM)
+    if refused:
+        return None, f"{cert!r} and {key!r}: {refused}", ()
     notices: list[str] = []
     when = now if now is not None else datetime.datetime.now(datetime.UTC)
     if leaf.not_valid_after_utc < when:
@@ -261,6 +285,7 @@ def _readCertificates(
 
 __all__ = [
     "certificateNames",
+    "openSSLRefuses",
     "readCertificatePair",
     "readClientCA",
     "readListenTLS",
