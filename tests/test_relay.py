@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectBindError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -563,6 +563,32 @@ class FailoverTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionRefusedError()))
         self.assertFalse(ct.disconnecting)
         _, bt = proxy.endpoints["b"].succeed(peer=IPv4Address("TCP", "127.0.0.3", 40000))
+        self.assertEqual(bt.value(), b"early")
+        self.assertFalse(ct.disconnecting)
+
+    def test_ownUnixListenerFailsOver(self) -> None:
+        """
+        Likewise for a unix-socket backend that is one of the proxy's own
+        unix-socket listeners (also by another path to the same file):
+        every session would otherwise connect to the proxy again, until
+        descriptors ran out.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "proxy.sock")
+        os.symlink(path, os.path.join(directory, "link.sock"))
+        listener = UNIXAddress(path)
+        LISTENING.add(listener)
+        self.addCleanup(LISTENING.remove, listener)
+        proxy = Proxy(disableTime=5)
+        client, ct = proxy.accept()
+        client.dataReceived(b"early")
+        _, looped = proxy.endpoints["a"].succeed(
+            peer=UNIXAddress(os.path.join(directory, "link.sock").encode())
+        )
+        self.assertTrue(looped.disconnecting or looped.disconnected)
+        self.assertEqual(proxy.backends["a"].failed, 1)
+        _, bt = proxy.endpoints["b"].succeed(peer=UNIXAddress(os.path.join(directory, "b.sock")))
         self.assertEqual(bt.value(), b"early")
         self.assertFalse(ct.disconnecting)
 

@@ -8,9 +8,10 @@ in a loop that ends when descriptors run out.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 
 @lru_cache(maxsize=1024)
@@ -40,11 +41,26 @@ def isLocalAddress(address: str) -> bool:
         return False
 
 
+def _socketPath(name: Any) -> Optional[str]:
+    """
+    A unix socket's path, as one string per socket file (symbolic links and
+    relative paths resolved; an abstract name as it is), or L{None}.
+    """
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not isinstance(name, str) or not name:
+        return None
+    if name.startswith("\0"):
+        return name
+    return os.path.realpath(name)
+
+
 class Listening:
     """
     The TCP addresses of this process's listeners (each as bound: a
     wildcard address stands for every address of the host, of its
-    family; C{::} for IPv4 ones too, as a dual-stack socket takes them).
+    family; C{::} for IPv4 ones too, as a dual-stack socket takes them),
+    and the paths of its unix-socket listeners.
     """
 
     def __init__(self) -> None:
@@ -52,16 +68,21 @@ class Listening:
         # The ports alone: most addresses asked about (every backend
         # connect) are ruled out by their port.
         self._ports: set[int] = set()
+        self._paths: list[str] = []
 
     def add(self, address: Any) -> None:
         """
-        A listener is bound to C{address} (an L{IAddress}; those without an
-        IP address and port, such as UNIX sockets, are ignored).
+        A listener is bound to C{address} (an L{IAddress}: an IP address and
+        port, or a unix socket's path).
         """
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         if isinstance(host, str) and isinstance(port, int):
             self._bound.append((host, port))
             self._ports.add(port)
+            return
+        path = _socketPath(getattr(address, "name", None))
+        if path is not None:
+            self._paths.append(path)
 
     def remove(self, address: Any) -> None:
         """
@@ -71,6 +92,20 @@ class Listening:
         if key in self._bound:
             self._bound.remove(key)
             self._ports = {port for _, port in self._bound}
+            return
+        path = _socketPath(getattr(address, "name", None))
+        if path is not None and path in self._paths:
+            self._paths.remove(path)
+
+    def coversPath(self, name: Any) -> bool:
+        """
+        Whether C{name}, the path (or abstract name) of a unix socket
+        connected to, is one of the listeners'.
+        """
+        if not self._paths:
+            return False
+        path = _socketPath(name)
+        return path is not None and path in self._paths
 
     def covers(self, address: str, port: int) -> bool:
         """

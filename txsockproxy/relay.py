@@ -973,7 +973,11 @@ class Session:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
             return
         peer: Any = protocol.transport.getPeer()  # type: ignore[union-attr]
-        if LISTENING.covers(getattr(peer, "host", ""), getattr(peer, "port", 0)):
+        host = getattr(peer, "host", None)
+        if (
+            LISTENING.covers(host, peer.port) if host is not None
+            else LISTENING.coversPath(getattr(peer, "name", None))
+        ):
             # Connected to the proxy itself (a backend, or an address DNS
             # gave, that is one of its listeners): every session would do
             # so again, until descriptors run out.
