@@ -932,9 +932,10 @@ class ConfigErrorTests(ConfigTestCase):
 
     def test_badNumbers(self) -> None:
         """
-        L{parseConfig} reports negative durations, a zero connect timeout, a
-        weight below 1, an out-of-range debug level, and durations that are
-        not finite or do not fit a float.
+        L{parseConfig} reports negative durations, a zero connect timeout,
+        timeouts and check intervals below their floors, a weight below 1, an
+        out-of-range debug level, and durations that are not finite or do
+        not fit a float.
         """
         cases = [
             ("disable-time = -1", "proxy[0].backend[0].disable-time", "must not be negative"),
@@ -943,6 +944,13 @@ class ConfigErrorTests(ConfigTestCase):
             ("connect-timeout = nan", "proxy[0].backend[0].connect-timeout", "finite"),
             ("disable-time = inf", "proxy[0].backend[0].disable-time", "finite"),
             ("disable-time = " + "9" * 400, "proxy[0].backend[0].disable-time", "too large"),
+            # Floors: every connect would fail, or checks would spin.
+            ("connect-timeout = 1e-320", "proxy[0].backend[0].connect-timeout",
+             "must be at least 0.01s, not 1e-320"),
+            ("check-interval = 1e-9", "proxy[0].backend[0].check-interval",
+             "must be at least 0.1s, not 1e-09"),
+            ("check-timeout = 0.001", "proxy[0].backend[0].check-timeout",
+             "must be at least 0.01s, not 0.001"),
         ]
         for setting, key, message in cases:
             self.assertOneProblem(minimal(f'endpoint = "unix:/a"\n{setting}'), 5, key, message)
@@ -1434,8 +1442,9 @@ _names = st.text(
 _seconds = st.one_of(
     st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 )
+# Timeouts: at least tomlconfig's MIN_TIMEOUT.
 _positiveSeconds = st.one_of(
-    st.integers(1, 10**6), st.floats(0.001, 1e6, allow_nan=False, allow_infinity=False)
+    st.integers(1, 10**6), st.floats(0.01, 1e6, allow_nan=False, allow_infinity=False)
 )
 _addresses = st.one_of(
     st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)

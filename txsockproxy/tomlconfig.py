@@ -241,10 +241,12 @@ class _Reader:
         key: str,
         default: float,
         positive: bool = False,
+        minimum: float = 0.0,
     ) -> float:
         """
         Read a duration in seconds: a non-negative (or, if C{positive}, a
-        strictly positive) finite number, integer or float.
+        strictly positive) finite number, integer or float, and at least
+        C{minimum} if given (a floor below which the proxy would spin).
         """
         if key not in table:
             return default
@@ -265,6 +267,9 @@ class _Reader:
             return default
         if seconds < 0:
             self.problem(path + (key,), f"must not be negative, not {value}")
+            return default
+        if seconds < minimum:
+            self.problem(path + (key,), f"must be at least {minimum:g}s, not {value}")
             return default
         return seconds
 
@@ -371,6 +376,12 @@ _RESOLVE_KEYS = ("resolve", "resolve-min", "resolve-max", "resolver")
 # The shortest resolve-min and resolve-max: a TTL of 0 (or one of a
 # hostile server) must not make a lookup after the other.
 MIN_RESOLVE_INTERVAL = 0.1
+
+# The shortest connect and check timeouts, and check interval, taken: less
+# would fail every connect, or check a backend as fast as the CPU allows.
+MIN_TIMEOUT = 0.01
+MIN_CHECK_INTERVAL = 0.1
+
 # The longest path a unix socket address holds (Linux's sun_path is 108
 # bytes, the terminating NUL included).
 MAX_UNIX_PATH = 107
@@ -760,7 +771,8 @@ def _buildProxy(
         reader.problem(path + ("balance",), unknownBalancer(balance, balancers))
 
     connectTimeout = reader.seconds(
-        raw, path, "connect-timeout", DEFAULT_CONNECT_TIMEOUT, positive=True
+        raw, path, "connect-timeout", DEFAULT_CONNECT_TIMEOUT, positive=True,
+        minimum=MIN_TIMEOUT,
     )
     disableTime = reader.seconds(raw, path, "disable-time", DEFAULT_DISABLE_TIME)
     idleTimeout = reader.seconds(raw, path, "idle-timeout", 0.0)
@@ -1055,7 +1067,9 @@ def _buildBackend(
         label = discovery.name
     weight = reader.integer(raw, path, "weight", 1)
     maxConnections, backendKeepalive = readBackendProtection(raw, path, reader, keepalive)
-    ct = reader.seconds(raw, path, "connect-timeout", connectTimeout, positive=True)
+    ct = reader.seconds(
+        raw, path, "connect-timeout", connectTimeout, positive=True, minimum=MIN_TIMEOUT
+    )
     dt = reader.seconds(raw, path, "disable-time", disableTime)
     backend = BackendConfig(
         endpoint=resolved,
@@ -1249,8 +1263,13 @@ def _readCheck(
     fall = reader.integer(raw, path, "fall", 1, 1000)
     check = CheckConfig(
         kind=default.kind if kind is None else kind,
-        interval=reader.seconds(raw, path, "check-interval", default.interval, positive=True),
-        timeout=reader.seconds(raw, path, "check-timeout", default.timeout, positive=True),
+        interval=reader.seconds(
+            raw, path, "check-interval", default.interval, positive=True,
+            minimum=MIN_CHECK_INTERVAL,
+        ),
+        timeout=reader.seconds(
+            raw, path, "check-timeout", default.timeout, positive=True, minimum=MIN_TIMEOUT
+        ),
         rise=default.rise if rise is None else rise,
         fall=default.fall if fall is None else fall,
         send=_checkBytes(raw, path, reader, "check-send", default.send),
