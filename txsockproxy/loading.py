@@ -9,6 +9,7 @@ from __future__ import annotations
 from txsockproxy.config import Config, ConfigError, Problem
 from txsockproxy.endpoints import Resolver, resolveFirst
 from txsockproxy.lighttpd import looksLikeLighttpd, parseLighttpd
+from txsockproxy.readfile import readBounded
 from txsockproxy.tomlconfig import parseConfig
 
 __all__ = ["loadConfig", "parseConfig"]
@@ -27,10 +28,11 @@ def loadConfig(
     @raise ConfigError: the file cannot be read or is invalid.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {e.strerror or e}")]) from None
+        raw = readBounded(path)
+    except (OSError, ValueError) as e:
+        # ValueError: a path the system refuses before trying (a NUL in it).
+        why = getattr(e, "strerror", None) or e
+        raise ConfigError([Problem(path, None, "", f"cannot read: {why}")]) from None
     try:
         # utf-8-sig: editors on Windows may start the file with a BOM.
         text = raw.decode("utf-8-sig")

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsockproxy.config import BackendConfig, BackendTLS
+from txsockproxy.readfile import readBounded
 from txsockproxy.tlsconfig import openSSLRefuses
 
 _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
@@ -434,10 +435,9 @@ def _certificatePEMs(data: bytes) -> list[bytes]:
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+        return readBounded(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def readCertificates(path: str) -> bytes:

@@ -28,12 +28,12 @@ from txsockproxy.config import (
     ListenTLSConfig,
     TLSCertificateConfig,
 )
+from txsockproxy.readfile import readBounded
 
 
 def _read(path: str) -> tuple[bytes, str]:
     try:
-        with open(path, "rb") as f:
-            return f.read(), ""
+        return readBounded(path), ""
     except (OSError, ValueError) as e:
         # ValueError: a path the system refuses before trying (a NUL in it).
         return b"", f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}"

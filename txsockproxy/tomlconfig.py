@@ -75,6 +75,7 @@ from txsockproxy.protectionconfig import (
     readKeepalive,
     readProtection,
 )
+from txsockproxy.readfile import readBounded
 from txsockproxy.routes import checkPattern
 from txsockproxy.tlsclient import endpointHost, isTLSEndpoint, readCertificates, readKey
 from txsockproxy.tlsconfig import readListenTLS
@@ -377,6 +378,9 @@ _RESOLVE_KEYS = ("resolve", "resolve-min", "resolve-max", "resolver")
 # hostile server) must not make a lookup after the other.
 MIN_RESOLVE_INTERVAL = 0.1
 
+# The most an admin token file may hold.
+TOKEN_FILE_LIMIT = 65536
+
 # The shortest connect and check timeouts, and check interval, taken: less
 # would fail every connect, or check a backend as fast as the CPU allows.
 MIN_TIMEOUT = 0.01
@@ -630,8 +634,7 @@ def readToken(path: str) -> tuple[str, str]:
     @return: the token and C{""}, or C{""} and what is wrong.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.readline().strip()
+        token = readBounded(path, TOKEN_FILE_LIMIT).decode("utf-8").partition("\n")[0].strip()
     except (OSError, UnicodeDecodeError, ValueError) as e:
         # ValueError: a path the system refuses before trying (a NUL in it).
         return "", f"cannot read {path!r}: {getattr(e, 'strerror', None) or e}"

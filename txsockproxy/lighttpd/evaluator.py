@@ -10,6 +10,7 @@ of L{Block}s holding L{Assignment}s of values (L{Str}, L{Int}, L{Arr}).
 
 from __future__ import annotations
 
+import errno
 import glob
 import re
 import subprocess
@@ -27,9 +28,9 @@ from txsockproxy.lighttpd.lexer import (
     problemAt,
     quoted,
 )
+from txsockproxy.readfile import MAX_FILE_SIZE, readBounded
 
 # lighttpd refuses config files larger than this (configfile.c).
-MAX_FILE_SIZE = 32 * 1024 * 1024
 # include and include_shell may nest this deep (a file that includes itself
 # would otherwise recurse for ever), and arrays and blocks this deep.
 MAX_INCLUDE_DEPTH = 32
@@ -273,13 +274,13 @@ class Evaluator:
             raise StopParsing(problemAt(pos, "include", f"include file not found: {quoted(path)}"))
         for name in matches:
             try:
-                with open(name, "rb") as f:
-                    raw = f.read(MAX_FILE_SIZE + 1)
+                raw = readBounded(name, MAX_FILE_SIZE)
             except OSError as e:
+                if e.errno == errno.EFBIG:
+                    raise StopParsing(problemAt(pos, "include",
+                                         f"{quoted(name)} is larger than 32 MiB")) from None
                 raise StopParsing(problemAt(pos, "include",
                                      f"cannot read {quoted(name)}: {e.strerror or e}")) from None
-            if len(raw) > MAX_FILE_SIZE:
-                raise StopParsing(problemAt(pos, "include", f"{quoted(name)} is larger than 32 MiB"))
             try:
                 text = raw.decode("utf-8-sig")
             except UnicodeDecodeError as e:
