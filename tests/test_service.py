@@ -310,6 +310,23 @@ class ReloadTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.service.reload()))
         self.assertEqual(chosen(), [b"cubic", b"cubic", b"cubic"])
 
+    def test_workersChangeSaid(self) -> None:
+        """
+        A reload that changes C{workers} says that it takes effect at the
+        next start (one process does not start workers on a reload).
+        """
+        self.configs["c.toml"] = replace(
+            Config(proxies=(proxyConfig("web", ("tcp:8080",), A),)), workers=2
+        )
+        with capturedLogs() as events:
+            self.assertTrue(self.successResultOf(self.service.reload()))
+        said = [formatEvent(e) for e in events]
+        self.assertIn("reload: workers = 2 takes effect at the next start", said)
+        with capturedLogs() as events:
+            self.assertTrue(self.successResultOf(self.service.reload()))
+        self.assertNotIn("reload: workers = 2 takes effect at the next start",
+                         [formatEvent(e) for e in events])
+
     def test_keepsListenersAndCounters(self) -> None:
         """
         A listener that stays keeps its socket (nothing is bound again) and

@@ -991,12 +991,16 @@ class ProxyService(MultiService):
             self.log.info("reload: shutting down: {source} read, not applied",
                           source=config.source)
             return False
+        workers = config.workers != self.config.workers
         try:
             self.apply(config)
         except StartupError as e:
             self.log.error("reload failed: {error}; keeping the running configuration",
                            error=str(e))
             return False
+        if workers:
+            self.log.warn("reload: workers = {workers} takes effect at the next start",
+                          workers=config.workers)
         for notice in config.notices:
             self.log.warn("config notice: {notice}", notice=notice)
         self.log.info("reload: applied {source}", source=config.source)
