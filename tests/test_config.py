@@ -779,7 +779,8 @@ class ConfigErrorTests(ConfigTestCase):
     def test_badBackendEndpoint(self) -> None:
         """
         L{parseConfig} reports an C{endpoint} that is not a client endpoint,
-        naming the parameter that is wrong or missing.
+        naming the parameter that is wrong or missing, or the backslash it
+        ends with (Twisted's parser says "generator raised StopIteration").
         """
         problem = self.assertOneProblem(
             minimal('endpoint = "tcp:host=a:port=1:bogus=2"'),
@@ -795,6 +796,13 @@ class ConfigErrorTests(ConfigTestCase):
             "bad client endpoint",
         )
         self.assertIn("missing 'port'", problem.message)
+        problem = self.assertOneProblem(
+            minimal('endpoint = "tcp:host=a:port=1:bindAddress=\\\\"'),
+            4,
+            "proxy[0].backend[0].endpoint",
+            "bad client endpoint",
+        )
+        self.assertIn("ends with a backslash", problem.message)
 
     def test_missingListen(self) -> None:
         """

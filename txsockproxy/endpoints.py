@@ -74,6 +74,9 @@ def _endpointReason(description: str, e: Exception) -> str:
     in rather than those of the parser function that failed.
     """
     text = str(e)
+    if isinstance(e, RuntimeError) and isinstance(e.__cause__, StopIteration):
+        # Twisted's tokenizer, at a backslash with nothing after it.
+        return "ends with a backslash (an escape of nothing): write \\\\ for a backslash"
     if isinstance(e, TypeError):
         m = re.search(r"unexpected keyword argument '([^']+)'", text)
         if m:
