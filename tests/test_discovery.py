@@ -460,6 +460,62 @@ class StreamResolverTests(SynchronousTestCase):
         again.answer(query, a("b.example", "10.0.0.2"))
         self.assertEqual(len(self.successResultOf(second)[0]), 1)
 
+    def test_timeoutDropsConnection(self) -> None:
+        """
+        A lookup that times out on a kept connection (here one whose server
+        declared a 65535-byte message and sent 20 bytes of it) drops that
+        connection: the next lookup connects afresh, and is answered.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        first = resolver.query(dns.Query("a.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        server.answer(server.queries()[0], a("a.example", "10.0.0.1"))
+        self.successResultOf(first)
+        answers: list[list[Target]] = []
+        chain = resolve.ResolverChain([resolver])
+        resolution = Resolution(
+            self.reactor, lambda: lookupAddresses(chain, "db.example", 5432),
+            answers.append, 1.0, 300.0, what="backend db",
+        )
+        self.addCleanup(resolution.stop)
+        resolution.start()
+        self.assertEqual(len(server.queries()), 3)
+        server.protocol.dataReceived(b"\xff\xff" + b"\x00" * 20)
+        self.reactor.advance(5)
+        self.assertEqual(resolution.lastError, "no answer (timeout)")
+        self.assertTrue(server.transport.disconnecting)
+        self.assertEqual(resolver.timedOut, 1)
+        server.protocol.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        fresh = Server(self.reactor, 1).accept()
+        ipv4, ipv6 = fresh.queries()
+        fresh.answer(ipv4, a("db.example", "10.0.0.2"))
+        fresh.answer(ipv6)
+        self.assertFalse(resolution.failing)
+        self.assertEqual(answers, [[Target("10.0.0.2", 5432)]])
+
+    def test_cancelledQueryStillDrops(self) -> None:
+        """
+        A query whose lookup was cancelled (the lookup's deadline came
+        first) still drops its connection when its own time is up without
+        an answer.
+        """
+        resolver = self.resolver(("192.0.2.53", 53))
+        asked = resolver.query(dns.Query("a.example", dns.A))
+        server = Server(self.reactor, 0).accept()
+        self.reactor.advance(1)
+        asked.cancel()
+        self.failureResultOf(asked, defer.CancelledError)
+        self.assertFalse(server.transport.disconnecting)
+        self.reactor.advance(4)
+        self.assertTrue(server.transport.disconnecting)
+        again = resolver.query(dns.Query("a.example", dns.A))
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertNoResult(again)
+        Server(self.reactor, 1).refuse()
+        self.failureResultOf(again)
+
     def test_unusedDropped(self) -> None:
         """
         L{ResolverCache} gives one resolver per setting; one that no backend

@@ -32,6 +32,7 @@ from twisted.names.error import (
     DNSNameError,
     DNSNotImplementedError,
     DNSQueryRefusedError,
+    DNSQueryTimeoutError,
     DNSServerError,
     DNSUnknownError,
     DomainError,
@@ -180,6 +181,38 @@ class _Connection(dns.DNSProtocol):
             framed = framed[2 + length:]
         self._framed = b"" if self.dropped else framed
 
+    def query(self, queries: list[dns.Query], timeout: float = QUERY_TIMEOUT) -> Any:
+        """
+        Send C{queries}, in a message of their own.
+
+        @return: a Deferred of the answer, failing with
+            L{twisted.names.error.DNSQueryTimeoutError} when none comes
+            within C{timeout} seconds. A query not answered in time drops
+            the connection, whether it is still waited for or not (a
+            cancelled lookup leaves its timer running): a server that
+            stalls, or that declared a message longer than what it sent (the
+            bytes that follow would all be read as part of it), must not keep
+            the connection every later query would wait on.
+        """
+        id = self.pickID()
+        message = dns.Message(id, recDes=1)
+        message.queries = queries
+        try:
+            self.writeMessage(message)
+        except BaseException:
+            return defer.fail()
+        result: defer.Deferred[dns.Message] = defer.Deferred()
+        timer = self.callLater(timeout, self._timedOut, result, id)
+        self.liveMessages[id] = (result, timer)
+        return result
+
+    def _timedOut(self, result: defer.Deferred[dns.Message], id: int) -> None:
+        self.liveMessages.pop(id, None)
+        # Forgotten first: a query asked again at once connects afresh.
+        self.controller.dropConnection(self)
+        if not result.called:
+            result.errback(DNSQueryTimeoutError(id))
+
     def messageReceived(self, data: bytes) -> None:
         """
         One whole DNS message from the server: the answer to a query in
@@ -233,10 +266,14 @@ class StreamResolver:
     A query tries the servers in turn (the next after a refusal, a server
     failure, a lost connection or its share of the time), all within
     C{timeout} seconds, connecting included. A kept connection lost as a
-    query goes (servers close idle ones) is made again, once, for it.
+    query goes (servers close idle ones) is made again, once, for it. One
+    on which a query is not answered in time is dropped (see
+    L{_Connection.query}): the next query connects afresh.
 
     @ivar badMessages: connections dropped for an unreadable or unexpected
         message, ever.
+    @ivar timedOut: connections dropped for a query not answered in time
+        (see L{_Connection.query}), ever.
     """
 
     log = Logger()
@@ -255,6 +292,7 @@ class StreamResolver:
         self.servers = servers
         self.timeout = timeout
         self.badMessages = 0
+        self.timedOut = 0
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], list[defer.Deferred[_Connection]]] = {}
         self._factory = _ConnectionFactory(self)
@@ -291,6 +329,21 @@ class StreamResolver:
             "DNS server {server} sent {what}: dropping its connection",
             server=f"{peer.host}:{peer.port}" if peer is not None else "?", what=what,
         )
+        if transport is not None:
+            transport.abortConnection()
+
+    def dropConnection(self, connection: _Connection) -> None:
+        """
+        A query on C{connection} was not answered in time: abort it (its
+        other queries fail, and are asked again), so that the next query
+        connects afresh. The lookup's failure is what is logged.
+        """
+        if connection.dropped:
+            return
+        connection.dropped = True
+        self.timedOut += 1
+        self.connectionLost(connection)
+        transport: Any = connection.transport
         if transport is not None:
             transport.abortConnection()
 
