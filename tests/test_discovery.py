@@ -53,6 +53,7 @@ from txsockproxy.config import (
     ProxyConfig,
 )
 from txsockproxy.discovery import (
+    EmptyAnswer,
     HostsResolver,
     Resolution,
     StreamResolver,
@@ -187,6 +188,59 @@ class LookupTests(SynchronousTestCase):
         flaky = HalfTimingOut()
         flaky.set("db", "10.0.0.1")
         self.failureResultOf(lookupAddresses(flaky, "db", 1), defer.TimeoutError)
+
+    def test_otherNamesIgnored(self) -> None:
+        """
+        Records whose owner is not the name asked are not its addresses:
+        an answer with only those fails as an empty one, naming the other
+        name; beside records of the name they are left out. Names compare
+        without case or trailing dot.
+        """
+        resolver = FakeDNS()
+        resolver.records[("db.test", dns.A)] = [a("other.test", "127.0.0.9")]
+        failure = self.failureResultOf(lookupAddresses(resolver, "db.test", 1), EmptyAnswer)
+        self.assertIn("'other.test'", whyFailed(failure))
+        self.assertTrue(whyFailed(failure).startswith("no addresses in the answer ("))
+        resolver.records[("db.test", dns.A)] = [a("other.test", "127.0.0.9"),
+                                                a("DB.test.", "10.0.0.1")]
+        resolver.records[("db.test", dns.AAAA)] = [aaaa("other.test", "fd00::9")]
+        targets, _ = self.successResultOf(lookupAddresses(resolver, "db.test", 1))
+        self.assertEqual(targets, [Target("10.0.0.1", 1)])
+
+    def test_cnameFollowed(self) -> None:
+        """
+        The records of a name the name asked is a CNAME of, in the same
+        answer (chains included), are its addresses; a CNAME loop ends.
+        """
+        def cname(name: str, target: str) -> dns.RRHeader:
+            return dns.RRHeader(name, dns.CNAME, dns.IN, 30, dns.Record_CNAME(target, 30))
+
+        resolver = FakeDNS()
+        resolver.records[("db.test", dns.A)] = [
+            cname("db.test", "lb.test"), cname("lb.test", "x.test"),
+            a("x.test", "10.0.0.1"), a("other.test", "127.0.0.9"),
+        ]
+        targets, _ = self.successResultOf(lookupAddresses(resolver, "db.test", 1))
+        self.assertEqual(targets, [Target("10.0.0.1", 1)])
+        resolver.records[("db.test", dns.A)] = [cname("db.test", "db.test")]
+        self.assertEqual(self.successResultOf(lookupAddresses(resolver, "db.test", 1)),
+                         ([], None))
+
+    def test_serviceOtherNamesIgnored(self) -> None:
+        """
+        SRV records of another name than the one asked are left out; an
+        answer with only those fails.
+        """
+        resolver = FakeDNS()
+        name = "_pg._tcp.example"
+        resolver.records[(name, dns.SRV)] = [srv("_evil._tcp.example", "t2.example", 2),
+                                             srv(name, "t1.example", 1)]
+        resolver.set("t1.example", "10.0.0.1")
+        resolver.set("t2.example", "10.0.0.2")
+        targets, _ = self.successResultOf(lookupService(resolver, name))
+        self.assertEqual(targets, [Target("10.0.0.1", 1)])
+        resolver.records[(name, dns.SRV)] = [srv("_evil._tcp.example", "t2.example", 2)]
+        self.failureResultOf(lookupService(resolver, name), EmptyAnswer)
 
     def test_serviceWithAdditional(self) -> None:
         """

@@ -492,13 +492,54 @@ def makeResolver(reactor: Any, server: str = "") -> resolve.ResolverChain:
 
 class EmptyAnswer(Exception):
     """
-    DNS answered, with no usable address.
+    DNS answered, with no usable address; C{str()} says why, when more is
+    known.
     """
 
 
-def _records(result: Any, kind: int) -> list[dns.RRHeader]:
+# The most CNAMEs followed from the name asked, within one answer (a
+# hostile answer may loop).
+_CNAME_CHAIN = 8
+
+
+def _nameKey(name: Any) -> bytes:
+    raw = name.name if isinstance(name, dns.Name) else dns.Name(name).name
+    return raw.lower().rstrip(b".")
+
+
+def _records(result: Any, kind: int, name: Any) -> tuple[list[dns.RRHeader], list[bytes]]:
+    """
+    The records of type C{kind} in the answer section of C{result} whose
+    owner is C{name}, or a name it is a CNAME of in the same answer; and
+    the owners of those of that type left out (records of other names a
+    server put in its answer are not the name's addresses).
+    """
     answers, authority, additional = result
-    return [r for r in answers if r.type == kind]
+    wanted = {_nameKey(name)}
+    for _ in range(_CNAME_CHAIN):
+        more = {_nameKey(r.payload.name) for r in answers
+                if r.type == dns.CNAME and _nameKey(r.name) in wanted} - wanted
+        if not more:
+            break
+        wanted |= more
+    kept, others = [], []
+    for r in answers:
+        if r.type == kind:
+            if _nameKey(r.name) in wanted:
+                kept.append(r)
+            else:
+                others.append(r.name.name)
+    return kept, others
+
+
+def _otherNames(asked: Any, others: Sequence[bytes]) -> EmptyAnswer:
+    """
+    The failure of an answer whose records are all of names other than
+    C{asked}.
+    """
+    other = others[0].decode("ascii", "replace")[:64]
+    return EmptyAnswer(f"its records are for other names, e.g. {other!r}, "
+                       f"not {str(asked)[:64]!r}")
 
 
 def _addressesOf(records: Sequence[dns.RRHeader], port: int) -> list[Target]:
@@ -538,7 +579,9 @@ def lookupAddresses(
         of the first drain. One that finds no such name leaves the other's.
         A name of C{/etc/hosts} never gets a DNS answer here: the system
         resolver answers it from the file alone, in both families (see
-        L{HostsResolver}).
+        L{HostsResolver}). Only records of C{name} (or of a name it is a
+        CNAME of, in the same answer) count: an answer with records of
+        other names alone fails with L{EmptyAnswer}.
     """
     lookups = [resolver.lookupAddress(name), resolver.lookupIPV6Address(name)]
 
@@ -550,8 +593,15 @@ def lookupAddresses(
         wrong = [f for f in failures if not _noSuchName(f)]
         if wrong or not good:
             return (wrong or failures)[0]
-        records = [r for result in good for kind in (dns.A, dns.AAAA)
-                   for r in _records(result, kind)]
+        records: list[dns.RRHeader] = []
+        others: list[bytes] = []
+        for result in good:
+            for kind in (dns.A, dns.AAAA):
+                kept, left = _records(result, kind, name)
+                records += kept
+                others += left
+        if not records and others:
+            return Failure(_otherNames(name, others))
         return _addressesOf(records, port), _ttl(records)
 
     return defer.DeferredList(lookups, consumeErrors=True).addCallback(combine)
@@ -565,14 +615,18 @@ def lookupService(
     their targets (from the answer's additional section when it gives them,
     as Consul does, else by A and AAAA lookups, all at once). A target that
     does not exist is left out, and so is one with port 0 (logged once); one
-    whose lookup goes wrong fails the whole.
+    whose lookup goes wrong fails the whole. SRV records of another name
+    than C{name} are left out (with nothing else, it fails with
+    L{EmptyAnswer}).
 
     @return: a Deferred of the targets' addresses, each with its record's
         port, priority and weight, and the shortest TTL of the records used.
     """
 
     def gotService(result: Any) -> defer.Deferred[tuple[list[Target], Optional[float]]]:
-        srv = _records(result, dns.SRV)
+        srv, others = _records(result, dns.SRV, name)
+        if not srv and others:
+            return defer.fail(_otherNames(name, others))
         additional = result[2]
         ttls = [_ttl(srv)]
         lookups = []
@@ -682,7 +736,8 @@ def whyFailed(failure: Failure) -> str:
     if isinstance(value, defer.TimeoutError):
         return "no answer (timeout)"
     if isinstance(value, EmptyAnswer):
-        return "no addresses in the answer"
+        return f"no addresses in the answer ({value})" if str(value) else (
+            "no addresses in the answer")
     if isinstance(value, ConnectionRefusedError):
         return "the DNS server refused the connection"
     if isinstance(value, ConnectError):
