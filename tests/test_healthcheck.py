@@ -13,7 +13,14 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpoint, lost
-from txsockproxy.healthcheck import CHECK_DOWN, CHECK_UP, CONNECT, SEND_EXPECT, HealthCheck
+from txsockproxy.healthcheck import (
+    CHECK_DOWN,
+    CHECK_UP,
+    CONNECT,
+    REPLY_LIMIT,
+    SEND_EXPECT,
+    HealthCheck,
+)
 
 
 class HealthCheckTests(SynchronousTestCase):
@@ -150,6 +157,34 @@ class HealthCheckTests(SynchronousTestCase):
         protocol.connectionLost(lost())
         self.assertEqual(check.state, CHECK_DOWN)
         self.assertEqual(check.lastResult, "closed before replying b'+PONG' (got b'-ERR auth\\r\\n')")
+
+    def test_sendExpectFirstBytesOnly(self) -> None:
+        """
+        The expected bytes are looked for in the first C{REPLY_LIMIT} bytes
+        of the reply only: found there (even at its very end) the probe
+        passes; a reply that reaches the limit without them fails at once,
+        its connection aborted, whatever comes after.
+        """
+        check = self.check(kind=SEND_EXPECT, send=b"PING\r\n", expect=b"+PONG", fall=1)
+        self.probe()
+        protocol, _ = self.endpoint.succeed()
+        protocol.dataReceived(b"x" * (REPLY_LIMIT - 5) + b"+PONG" + b"y" * 100)
+        self.assertEqual((check.checks, check.lastResult), (1, "ok"))
+        self.probe()
+        protocol, transport = self.endpoint.succeed()
+        protocol.dataReceived(b"x" * 10000)
+        self.assertEqual(check.checks, 1)
+        protocol.dataReceived(b"x" * 10000 + b"+PONG\r\n")
+        self.assertEqual(check.checks, 2)
+        self.assertEqual(check.state, CHECK_DOWN)
+        self.assertEqual(
+            check.lastResult,
+            f"no b'+PONG' in the first {REPLY_LIMIT} bytes of the reply (got {b'x' * 40!r})",
+        )
+        self.assertTrue(transport.aborted)
+        protocol.dataReceived(b"+PONG")
+        protocol.connectionLost(lost())
+        self.assertEqual((check.checks, check.state), (2, CHECK_DOWN))
 
     def test_replyTimeout(self) -> None:
         """

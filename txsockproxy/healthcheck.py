@@ -26,7 +26,8 @@ from txsockproxy.config import CHECK_KINDS
 CONNECT = "connect"
 SEND_EXPECT = "send-expect"
 
-# The most of a reply kept while looking for the expected bytes.
+# How much of a reply the expected bytes are looked for in: its first
+# REPLY_LIMIT bytes; a reply without them there fails the probe.
 REPLY_LIMIT = 16384
 
 # Up and down, as checks see a backend.
@@ -64,9 +65,19 @@ class _Probe(Protocol):
             self.transport.write(self.send)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        self.received = (self.received + data)[-REPLY_LIMIT:]
+        if self.done.called:
+            return
+        self.received = (self.received + data)[:REPLY_LIMIT]
         if self.expect in self.received:
             self._finish()
+        elif len(self.received) >= REPLY_LIMIT:
+            # Decided: what comes after the first REPLY_LIMIT bytes is
+            # not looked at (nor read).
+            self.done.errback(
+                ProbeFailed(f"no {self.expect[:40]!r} in the first {REPLY_LIMIT} bytes "
+                            f"of the reply (got {self.received[:40]!r})")
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         if not self.done.called:
