@@ -177,6 +177,34 @@ class AvailabilityTests(SynchronousTestCase):
         levels = {formatEvent(e): e["log_level"].name for e in logs}
         self.assertEqual(levels[down[0]], "warn")
 
+    def test_changeLinesBounded(self) -> None:
+        """
+        A backend that flaps (rise = fall = 1) logs at most 10 changes a
+        minute, then one line saying how many were left out and where it
+        stands; its counters and state stay exact. Another backend has a
+        budget of its own.
+        """
+        proxy = Proxy(check=CheckConfig("connect", interval=0.1, timeout=1.0, rise=1, fall=1))
+        proxy.pool.startChecks()
+        self.addCleanup(proxy.pool.stopChecks)
+        with capturedLogs() as logs:
+            for _ in range(20):
+                failProbes(proxy, "a", 1)
+                passProbes(proxy, "a", 1)
+            failProbes(proxy, "a", 1)
+            failProbes(proxy, "b", 1)
+            logged = len(messages(logs, "backend a is"))
+            a = proxy.backends["a"]
+            assert a.health is not None
+            self.assertEqual((a.health.checks, a.health.failures), (41, 21))
+            proxy.clock.advance(60)
+        self.assertEqual(logged, 10)
+        self.assertEqual(len(messages(logs, "backend b is down (health check: ")), 1)
+        self.assertEqual(messages(logs, "more health-check changes"), [
+            "31 more health-check changes of backend a not logged in the last 60s; now down"
+        ])
+        self.assertEqual(a.health.state, CHECK_DOWN)
+
     def test_allDownByChecks(self) -> None:
         """
         With every backend down by checks, a client is refused and "all

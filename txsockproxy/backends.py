@@ -67,6 +67,10 @@ STATES = (UP, FAILING, CHECKED_DOWN, DRAINING, MAINTENANCE)
 # Its health check failed fall times in a row: no new sessions until rise
 # good ones (another name of CHECKED_DOWN).
 UNHEALTHY = CHECKED_DOWN
+# The lines of a backend's health-check changes: at most CHECK_LOG_BURST in
+# CHECK_LOG_INTERVAL seconds, then one saying how many were left out.
+CHECK_LOG_INTERVAL = 60.0
+CHECK_LOG_BURST = 10
 #: The names of the states before 0.2 ("disabled" was a failure, "down" an
 #: operator's disable), which /status.json still gives as "legacy_state".
 LEGACY_STATES = {FAILING: "disabled", CHECKED_DOWN: "disabled", MAINTENANCE: "down"}
@@ -499,6 +503,10 @@ class BackendPool:
         self.resourceErrors = 0
         self.badHeaders = 0
         self.checking = False
+        # The lines of each backend's health-check state changes: a
+        # backend that flaps (rise = fall = 1, a short interval) would log
+        # one per probe.
+        self._checkLogs: dict[Backend, RateLimitedLog] = {}
         self._syncChecks()
         self._resourceLog = RateLimitedLog(
             clock, self.log, "sessions closed for lack of resources"
@@ -547,6 +555,9 @@ class BackendPool:
         for backend in before:
             if backend not in staying and backend.health is not None:
                 backend.health.stop()
+            if backend not in staying:
+                # Its window ends on its own (with its summary, if any).
+                self._checkLogs.pop(backend, None)
         self._syncChecks()
 
     @property
@@ -697,6 +708,9 @@ class BackendPool:
         for backend in before:
             if backend not in staying and backend.health is not None:
                 backend.health.stop()
+            if backend not in staying:
+                # Its window ends on its own (with its summary, if any).
+                self._checkLogs.pop(backend, None)
         stayingDiscovered = set(self.discovered)
         for member in beforeDiscovered:
             if member not in stayingDiscovered:
@@ -724,6 +738,9 @@ class BackendPool:
                 backend.health.stop()
         for member in self.discovered:
             member.stop()
+        checkLogs, self._checkLogs = self._checkLogs, {}
+        for log in checkLogs.values():
+            log.stop()
 
     def _syncChecks(self) -> None:
         """
@@ -768,15 +785,26 @@ class BackendPool:
                 health.start()
 
     def _checkChanged(self, backend: Backend, check: HealthCheck, why: str) -> None:
-        # Called once per change of the check's state: one line each.
+        # Called once per change of the check's state: one line each, at
+        # most CHECK_LOG_BURST a CHECK_LOG_INTERVAL per backend, then a
+        # summary that says where it stands (status and metrics count all).
+        log = self._checkLogs.get(backend)
+        if log is None:
+            log = self._checkLogs[backend] = RateLimitedLog(
+                self.clock, self.log, f"health-check changes of backend {backend.label}",
+                interval=CHECK_LOG_INTERVAL, burst=CHECK_LOG_BURST,
+                now=lambda: "down" if backend.checkDown else "up",
+            )
         if check.state == CHECK_DOWN:
-            self.log.warn(
+            log.emit(
+                LogLevel.warn,
                 "proxy {proxy}: backend {label} is down (health check: {why}, "
                 "{count} failed checks in a row)",
                 proxy=self.name, label=backend.label, why=why, count=-check.streak,
             )
         else:
-            self.log.info(
+            log.emit(
+                LogLevel.info,
                 "proxy {proxy}: backend {label} is up again ({why})",
                 proxy=self.name, label=backend.label, why=why,
             )

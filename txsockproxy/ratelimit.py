@@ -7,7 +7,7 @@ the first of them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -32,16 +32,21 @@ class RateLimitedLog:
         what: str,
         interval: float = 10.0,
         burst: int = 10,
+        now: Optional[Callable[[], str]] = None,
     ) -> None:
         """
         @param what: what the events are, for the summary line (e.g.
             C{"refused admin requests"}).
+        @param now: gives, for the summary line, how things stand when it
+            is logged (e.g. C{"down"}), when the events left out change a
+            state the last line logged no longer tells.
         """
         self.clock = clock
         self.log = log
         self.what = what
         self.interval = interval
         self.burst = burst
+        self.now = now
         self.suppressed = 0
         self._logged = 0
         self._window: Optional[IDelayedCall] = None
@@ -67,10 +72,16 @@ class RateLimitedLog:
         self._window = None
         if self.suppressed:
             count, self.suppressed = self.suppressed, 0
-            self.log.warn(
-                "{count} more {what} not logged in the last {interval:g}s",
-                count=count, what=self.what, interval=self.interval,
-            )
+            if self.now is None:
+                self.log.warn(
+                    "{count} more {what} not logged in the last {interval:g}s",
+                    count=count, what=self.what, interval=self.interval,
+                )
+            else:
+                self.log.warn(
+                    "{count} more {what} not logged in the last {interval:g}s; now {now}",
+                    count=count, what=self.what, interval=self.interval, now=self.now(),
+                )
 
     def stop(self) -> None:
         """
