@@ -19,7 +19,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns, resolve
 from twisted.names.error import (
     DNSFormatError,
@@ -765,13 +765,32 @@ class ResolutionTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertEqual(self.resolution.lastError, "no addresses in the answer")
         self.assertEqual(len(self.answers), 1)
-        self.assertEqual(len(self.events.containing("DNS lookup failed")), 1)
+        self.assertEqual(
+            [formatEvent(e) for e in self.events.containing("DNS lookup failed")],
+            ["proxy p: backend db: DNS lookup failed (no answer (timeout)); keeping the "
+             "last good addresses until it answers again"],
+        )
         self.dns.set("db", "10.0.0.2", ttl=5)
         self.clock.advance(4)
         self.assertEqual(self.answers[-1], [Target("10.0.0.2", 1)])
         self.assertFalse(self.resolution.failing)
         self.assertEqual(len(self.events.containing("DNS answers again")), 1)
         self.assertEqual(self.resolution.failures, 3)
+
+    def test_failureBeforeAnyAnswer(self) -> None:
+        """
+        A lookup that fails before any answer came (at start-up, or after a
+        reload that changed the resolver) says there are no addresses
+        until DNS answers, not that the last good ones are kept.
+        """
+        self.dns.failing.add("db")
+        self.resolution.start()
+        self.assertEqual(
+            [formatEvent(e) for e in self.events.containing("DNS lookup failed")],
+            ["proxy p: backend db: DNS lookup failed (no answer (timeout)); "
+             "no addresses until it answers"],
+        )
+        self.assertEqual(self.answers, [])
 
     def test_deadline(self) -> None:
         """

@@ -757,8 +757,9 @@ class Resolution:
     a timeout.
 
     A failed or empty answer changes nothing: C{onAnswer} is called with
-    good answers only, so the backends keep the last good set. It is
-    logged once, and once more when an answer comes again.
+    good answers only, so the backends keep the last good set (none before
+    the first). It is logged once, saying which, and once more when an
+    answer comes again.
 
     @ivar failing: whether the last lookup failed or gave nothing.
     @ivar lookups: lookups finished, ever; C{failures}: those that failed
@@ -798,6 +799,7 @@ class Resolution:
         self.failures = 0
         self.lastError = ""
         self.nextAt: Optional[float] = None
+        self._answers = 0  # good answers, ever
         self._retry = resolveMin
         self._call: Optional[IDelayedCall] = None
         self._inFlight: Optional[defer.Deferred[Any]] = None
@@ -867,6 +869,7 @@ class Resolution:
             self._failed(Failure(EmptyAnswer()), d, mine=True)
             return
         self.lookups += 1
+        self._answers += 1
         if self.failing:
             self.failing = False
             self.lastError = ""
@@ -885,10 +888,18 @@ class Resolution:
         why = whyFailed(failure)
         if not self.failing:
             self.failing = True
-            self.log.warn(
-                "{what}: DNS lookup failed ({why}); keeping the last good addresses "
-                "until it answers again", what=self.what, why=why,
-            )
+            if self._answers:
+                self.log.warn(
+                    "{what}: DNS lookup failed ({why}); keeping the last good addresses "
+                    "until it answers again", what=self.what, why=why,
+                )
+            else:
+                # Started afresh (at start-up, or a reload that changed its
+                # name or resolver): there is no last good answer to keep.
+                self.log.warn(
+                    "{what}: DNS lookup failed ({why}); no addresses until it answers",
+                    what=self.what, why=why,
+                )
         self.lastError = why
         delay = self._retry
         self._retry = min(self._retry * 2, self.resolveMax)
