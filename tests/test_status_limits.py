@@ -34,6 +34,7 @@ from txsockproxy.status import (
     LOG_LINES,
     MAX_BODY_SIZE,
     MAX_CONNECTIONS,
+    MAX_UNSENT,
     REDACTED,
     REQUEST_TIMEOUT,
     RefusalLog,
@@ -507,6 +508,120 @@ class RequestTimeoutTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
+
+
+class UnreadTransport(StringTransport):
+    """
+    A transport to a client that reads nothing until told to: once it holds
+    over C{bufferSize} bytes, it pauses its producer, as Twisted's transports
+    do when their buffer is full, and resumes it when drained.
+
+    @ivar written: every byte written to it, drained or not.
+    @ivar full: whether its producer is paused for it.
+    """
+
+    bufferSize = 65536
+    full = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.written += len(data)
+        self._check()
+
+    def writeSequence(self, data: Any) -> None:
+        data = list(data)
+        super().writeSequence(data)
+        self.written += sum(map(len, data))
+        self._check()
+
+    def _check(self) -> None:
+        if self.producer is not None and not self.full and len(self.value()) > self.bufferSize:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """
+        The client reads everything held.
+        """
+        self.clear()
+        if self.full:
+            self.full = False
+            self.producer.resumeProducing()
+
+
+# Requests a scraper would pipeline: the two largest answers.
+PIPELINED = (b"GET /metrics HTTP/1.1\r\nHost: status\r\n\r\n"
+             b"GET / HTTP/1.1\r\nHost: status\r\n\r\n")
+
+
+class UnreadAnswersTests(SynchronousTestCase):
+    """
+    A connection that keeps sending requests and reads none of the answers
+    is reset once it has over C{maxUnsent} bytes of answers written while
+    its transport's buffer was full; one that reads is not.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService()
+        self.site = siteFor(self.service, maxUnsent=100_000)
+
+    def connect(self) -> tuple[Protocol, UnreadTransport]:
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.site.buildProtocol(peer)
+        transport = UnreadTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_notReadingReset(self) -> None:
+        """
+        Answers to pipelined requests stop being written soon after the
+        bound is passed: the connection is reset, counted and logged once,
+        and what it sends later is not answered.
+        """
+        protocol, transport = self.connect()
+        with capturedLogs() as events:
+            protocol.dataReceived(PIPELINED * 500)
+            protocol.dataReceived(PIPELINED * 500)
+        self.assertTrue(transport.disconnected)
+        # At most the transport's buffer, the bound, and the rest of the
+        # answer being written when it was passed.
+        held = transport.written
+        self.assertLess(held, transport.bufferSize + 100_000 + 64 * 1024)
+        self.assertGreater(held, transport.bufferSize + 100_000)
+        self.assertEqual(self.site.unreadClosed, 1)
+        [warning] = warnings(events)
+        self.assertIn("status: connection from 127.0.0.1 reset: over 100000 bytes of answers "
+                      "unread (1 reset so far)", warning)
+        protocol.dataReceived(PIPELINED * 10)
+        self.assertEqual(transport.written, held)
+        lose(protocol)
+        self.assertEqual(self.site.openConnections, 0)
+
+    def test_readingNotReset(self) -> None:
+        """
+        A client that reads its answers, however many, is not reset: the
+        bound counts what was written since the transport last drained.
+        """
+        protocol, transport = self.connect()
+        for _ in range(40):
+            protocol.dataReceived(PIPELINED * 3)
+            transport.drain()
+        self.assertGreater(transport.written, 10 * 100_000)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.site.unreadClosed, 0)
+        protocol.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: status\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+
+    def test_default(self) -> None:
+        """
+        By default the bound is L{MAX_UNSENT}, 1 MiB.
+        """
+        self.assertEqual(MAX_UNSENT, 1024 * 1024)
+        self.assertEqual(siteFor(self.service).maxUnsent, MAX_UNSENT)
 
 
 class RefusalLogTests(SynchronousTestCase):

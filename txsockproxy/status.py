@@ -69,6 +69,10 @@ REQUEST_TIMEOUT = DEFAULT_STATUS_REQUEST_TIMEOUT
 #: Seconds a closed connection has to take the rest of its reply before it is
 #: reset.
 ABORT_TIMEOUT = 5.0
+#: Bytes of answers a connection may have written while its transport's
+#: buffer is full (the client does not read); beyond it is reset. Pipelined
+#: requests are answered as they come, read or not.
+MAX_UNSENT = 1 << 20
 #: Refusals logged per interval; those beyond are counted and summed up in one
 #: line at the end of the interval.
 LOG_LINES = 10
@@ -1173,7 +1177,9 @@ class _StatusChannel(HTTPChannel):
     C{openConnections}; refused with 413 when its request's body is over
     the site's C{maxBodySize}; closed when it has not sent a whole request
     within the site's C{requestTimeout} seconds of opening or of its
-    previous request's end (which also closes idle keep-alive connections).
+    previous request's end (which also closes idle keep-alive connections);
+    reset when it has written over the site's C{maxUnsent} bytes while its
+    transport's buffer is full.
 
     @ivar closing: whether it is being closed, and reads nothing more.
     """
@@ -1184,6 +1190,10 @@ class _StatusChannel(HTTPChannel):
     _abort: Optional[IDelayedCall] = None
     # Whether bytes of a request not yet complete were received.
     _partial = False
+    # Whether the transport said its buffer is full (and not yet that it was
+    # drained), and the bytes written since.
+    _full = False
+    _unsent = 0
 
     def _transport(self) -> ITCPTransport:
         # Any stream transport: TCP, unix, TLS.
@@ -1224,6 +1234,60 @@ class _StatusChannel(HTTPChannel):
         # Before HTTPChannel goes on to a pipelined request, if there is one.
         self._startDeadline()
         super().requestDone(request)
+
+    def pauseProducing(self) -> None:
+        self._full = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._full = False
+        self._unsent = 0
+        super().resumeProducing()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
+                     headers: Any) -> None:
+        super().writeHeaders(version, code, reason, headers)
+        # The status line and headers as HTTPChannel writes them.
+        size = len(version) + len(code) + len(reason) + 4
+        for name, values in headers.getAllRawHeaders():
+            size += sum(len(name) + len(value) + 4 for value in values)
+        self._wrote(size)
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._wrote(len(data))
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        super().writeSequence(iovec)
+        self._wrote(sum(map(len, iovec)))
+
+    def _wrote(self, size: int) -> None:
+        # HTTPChannel stops reading when the transport is full only between
+        # requests, and answers the pipelined requests it has read at once:
+        # answered synchronously, they leave no time between them, and the
+        # answers to a client that sends requests and reads none pile up in
+        # memory. Such a client is reset instead.
+        if not self._full or self.closing:
+            return
+        self._unsent += size
+        site = self.site
+        if self._unsent <= site.maxUnsent:
+            return
+        site.unreadClosed += 1
+        site.refusals.warn(
+            _siteLog, "clients not reading",
+            "status: connection from {client} reset: over {limit} bytes of answers unread "
+            "({count} reset so far)",
+            client=_client(self._transport().getPeer()), limit=site.maxUnsent,
+            count=site.unreadClosed,
+        )
+        self.closing = True
+        self._cancelDeadline()
+        # Disconnecting, it answers none of the requests read but not yet
+        # answered; reset, it drops what it holds for the client.
+        if not getattr(self.transport, "disconnecting", False):
+            self.loseConnection()
+        self._transport().abortConnection()
 
     def refuseBody(self, length: Optional[int]) -> None:
         """
@@ -1302,6 +1366,8 @@ class StatusSite(Site):
     @ivar maxConnections: connections open at once; more are closed at once.
     @ivar requestTimeout: seconds a connection has for each whole request.
     @ivar maxBodySize: the largest request body, in bytes.
+    @ivar maxUnsent: bytes of answers a connection may write while its
+        transport's buffer is full; beyond it is reset.
     @ivar refusals: where refusals are logged.
     @ivar openConnections: connections open now.
     @ivar refusedConnections: connections closed at once for being over
@@ -1309,6 +1375,8 @@ class StatusSite(Site):
     @ivar refusedBodies: requests refused for their body, ever.
     @ivar timedOut: connections closed in the middle of a request for being
         slower than C{requestTimeout}, ever.
+    @ivar unreadClosed: connections reset for being over C{maxUnsent},
+        ever.
     """
 
     noisy = False
@@ -1324,6 +1392,7 @@ class StatusSite(Site):
         requestTimeout: float = REQUEST_TIMEOUT,
         maxBodySize: int = MAX_BODY_SIZE,
         refusals: Optional[RefusalLog] = None,
+        maxUnsent: int = MAX_UNSENT,
     ) -> None:
         """
         @param reactor: the clock of the timeouts; by default its view's
@@ -1339,6 +1408,7 @@ class StatusSite(Site):
         self.maxConnections = maxConnections
         self.requestTimeout = requestTimeout
         self.maxBodySize = maxBodySize
+        self.maxUnsent = maxUnsent
         if refusals is None:
             refusals = (resource.refusals if isinstance(resource, StatusRoot)
                         else RefusalLog(self.reactor))
@@ -1349,6 +1419,7 @@ class StatusSite(Site):
         self.refusedConnections = 0
         self.refusedBodies = 0
         self.timedOut = 0
+        self.unreadClosed = 0
 
     def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
         if self.openConnections >= self.maxConnections:
