@@ -299,9 +299,12 @@ class _Deferring(Resource):
         def answer(snapshots: Sequence[Any]) -> None:
             if request.finished or getattr(request, "_disconnected", False):
                 return
+            body = self.body(snapshots)
             request.setHeader(b"content-type", self.contentType)
             request.setHeader(b"cache-control", b"no-store")
-            request.write(self.body(snapshots))
+            # Also for HEAD, whose body the request drops.
+            request.setHeader(b"content-length", b"%d" % (len(body),))
+            request.write(body)
             request.finish()
 
         def failed(failure: Failure) -> None:

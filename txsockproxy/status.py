@@ -1345,6 +1345,29 @@ class _StatusChannel(HTTPChannel):
         self._close()
 
 
+class _Head(Resource):
+    """
+    The answer to C{HEAD} of a resource: the status and headers of its
+    C{GET} answer, with that answer's C{Content-Length}, and no body.
+    Twisted's own C{HEAD} renders C{GET} too, and logs a line each time for
+    the body it drops.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__()
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        body = self._resource.render(request)
+        if not isinstance(body, bytes):
+            # NOT_DONE_YET: the body written later is dropped by the request.
+            return body
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        return b""
+
+
 class _Refused(Protocol):
     """
     A connection over the status site's limit: closed at once.
@@ -1357,8 +1380,9 @@ class _Refused(Protocol):
 class StatusSite(Site):
     """
     The status endpoint's site: scrapes are not worth a log line each (admin
-    actions are logged by themselves), and tracebacks are not shown. While
-    it listens, its view's rates are sampled.
+    actions are logged by themselves), and tracebacks are not shown. C{HEAD}
+    of any path answers the headers C{GET} would, without a body nor a log
+    line. While it listens, its view's rates are sampled.
 
     It holds the limits that keep it from taking the relay's file
     descriptors, memory and disk.
@@ -1420,6 +1444,12 @@ class StatusSite(Site):
         self.refusedBodies = 0
         self.timedOut = 0
         self.unreadClosed = 0
+
+    def getResourceFor(self, request: Request) -> Resource:
+        found: Resource = super().getResourceFor(request)
+        if request.method == b"HEAD":
+            return _Head(found)
+        return found
 
     def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
         if self.openConnections >= self.maxConnections:
