@@ -6,13 +6,17 @@ from the workers' answers: here a fake parent whose answers the tests give.
 
 from __future__ import annotations
 
+import gc
+import json
 from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_status import TOKEN, makeService
@@ -98,3 +102,88 @@ class InstanceHeadTests(SynchronousTestCase):
             self.assertIn(b"Content-Length: %d\r\n" % (len(getBody),), head + b"\r\n")
             self.assertEqual([h for h in head.split(b"\r\n") if not h.startswith(b"Date:")],
                              [h for h in getHead.split(b"\r\n") if not h.startswith(b"Date:")])
+
+
+ADMIN = (b"POST /backends/db/primary/enable HTTP/1.1\r\nHost: status\r\nConnection: close\r\n"
+         b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+GET = b"GET /status.json HTTP/1.1\r\nHost: status\r\nConnection: close\r\n\r\n"
+
+
+class LostBeforeAnswerTests(SynchronousTestCase):
+    """
+    A client whose connection is lost before the workers answer gets
+    nothing written, and its answer logs no error.
+    """
+
+    def setUp(self) -> None:
+        self.parent = FakeParent()
+        self.site = instanceStatusSite(self.parent, StatusConfig(("tcp:9180",)))
+
+    def assertNoErrors(self, events: list[dict[str, Any]]) -> None:
+        """
+        No error was logged, nor left in a Deferred to be logged.
+        """
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.error], [])
+
+    def test_admin(self) -> None:
+        """
+        An admin action whose client went away before the workers applied
+        it is still logged, and its answer raises and logs no error.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(ADMIN)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        with capturedLogs() as events:
+            self.parent.actions.pop().callback([(0, 200, json.dumps({"state": "up"}))])
+            self.assertNoErrors(events)
+        self.assertEqual(transport.value(), b"")
+        [info] = [e for e in events if e["log_level"] == LogLevel.info]
+        self.assertEqual((info["proxy"], info["label"], info["action"]),
+                         ("db", "primary", "enable"))
+
+    def test_adminAnswered(self) -> None:
+        """
+        A client still connected gets the answer of the workers.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(ADMIN)
+        self.parent.actions.pop().callback([(0, 200, json.dumps({"state": "up"}))])
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertIn(b'"workers": [{"worker": 0', transport.value())
+
+    def test_adminFailed(self) -> None:
+        """
+        An admin action that fails is logged once, and answered 500 to a
+        client still connected, nothing to one gone.
+        """
+        for lost in (False, True):
+            protocol, transport = connect(self.site)
+            protocol.dataReceived(ADMIN)
+            if lost:
+                protocol.connectionLost(Failure(ConnectionDone()))
+            with capturedLogs() as events:
+                self.parent.actions.pop().errback(Failure(ValueError("boom")))
+            self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+            gc.collect()
+            self.assertEqual(self.flushLoggedErrors(), [])
+            self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.error]), 1)
+            if lost:
+                self.assertEqual(transport.value(), b"")
+            else:
+                self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 "),
+                                transport.value())
+
+    def test_page(self) -> None:
+        """
+        A page whose client went away before the workers answered is not
+        written, and its answer logs no error.
+        """
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(GET)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        with capturedLogs() as events:
+            self.parent.asked.pop().callback(snapshots())
+            self.assertNoErrors(events)
+        self.assertEqual(transport.value(), b"")

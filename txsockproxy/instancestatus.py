@@ -279,6 +279,17 @@ def instanceDocument(snapshots: Sequence[Any]) -> dict[str, Any]:
     return merged
 
 
+def _whenGone(request: Request) -> list[Failure]:
+    """
+    A list that gets why C{request}'s connection was lost, if it is lost
+    before the request is finished: an answer that comes later must not be
+    written (L{Request.finish} raises then).
+    """
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+    return gone
+
+
 class _Deferring(Resource):
     """
     A leaf answering GET from the workers' snapshots.
@@ -296,8 +307,10 @@ class _Deferring(Resource):
         raise NotImplementedError()
 
     def render_GET(self, request: Request) -> Any:
+        gone = _whenGone(request)
+
         def answer(snapshots: Sequence[Any]) -> None:
-            if request.finished or getattr(request, "_disconnected", False):
+            if request.finished or gone:
                 return
             body = self.body(snapshots)
             request.setHeader(b"content-type", self.contentType)
@@ -309,7 +322,7 @@ class _Deferring(Resource):
 
         def failed(failure: Failure) -> None:
             self.log.failure("status: rendering {uri}", failure, uri=request.uri)
-            if not request.finished:
+            if not (request.finished or gone):
                 request.setResponseCode(500)
                 request.finish()
 
@@ -418,8 +431,14 @@ class _Admin(Resource):
                 return self._reply(request, 400, {
                     "error": "timeout must be a number of seconds, 0 or more"})
 
+        gone = _whenGone(request)
+
         def answer(results: list[tuple[int, int, str]]) -> None:
-            if request.finished:
+            # Done in the workers whether or not the client is still there.
+            self.log.info("status: set backend {label} of proxy {proxy} to {action} "
+                          "in {count} workers", label=parts[1], proxy=parts[0],
+                          action=parts[2], count=len(results))
+            if request.finished or gone:
                 return
             codes = [code for _, code, _ in results]
             code = max(codes) if codes else 503
@@ -428,11 +447,17 @@ class _Admin(Resource):
             first = workers[0]["result"] if workers else {"error": "no worker serving"}
             request.write(self._reply(request, code, {**first, "workers": workers}))
             request.finish()
-            self.log.info("status: set backend {label} of proxy {proxy} to {action} "
-                          "in {count} workers", label=parts[1], proxy=parts[0],
-                          action=parts[2], count=len(results))
 
-        self._parent.admin(parts[0], parts[1], parts[2], timeout).addCallback(answer)
+        def failed(failure: Failure) -> None:
+            self.log.failure("status: admin action {action} on backend {label} of proxy "
+                             "{proxy}", failure, label=parts[1], proxy=parts[0],
+                             action=parts[2])
+            if not (request.finished or gone):
+                request.write(self._reply(request, 500, {"error": "the action failed"}))
+                request.finish()
+
+        self._parent.admin(parts[0], parts[1], parts[2], timeout).addCallback(
+            answer).addErrback(failed)
         return NOT_DONE_YET
 
 
