@@ -6,9 +6,13 @@ rendered in memory against a service on a fake reactor.
 from __future__ import annotations
 
 import json
+import re
 from typing import Optional
+from urllib.parse import unquote as unquoteText
 from urllib.parse import unquote_to_bytes as unquote
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
@@ -20,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from txsockproxy.backends import Backend
 from txsockproxy.config import BackendConfig, Config, ProxyConfig, StatusConfig
 from txsockproxy.service import ProxyService
-from txsockproxy.status import serverStatistics, statusResource
+from txsockproxy.status import serverStatistics, statisticsLabel, statusResource
 
 TOKEN = "0123456789abcdef-token"
 
@@ -182,6 +186,48 @@ class StatusDocumentTests(SynchronousTestCase):
         service.pools["db"].backends[0].connected = 2
         service.pools["other"].backends[0].connected = 3
         self.assertIn("gw.backend.primary.0.connected: 5\n", serverStatistics(service.statusView))
+
+    def test_unsafeLabels(self) -> None:
+        """
+        Backend labels with a newline, or made of dots, are written in
+        C{/server-statistics} so that it stays one C{name: value} a line and
+        every backend's names are its own: a newline cannot add a line, and
+        C{.} and C{..} give names with no empty part.
+        """
+        primary, standby = backends(self.service)
+        primary.label = "evil\nsockproxy.requests: 999999\r"
+        standby.label = "."
+        service = makeService()
+        service.pools["db"].backends[0].label = ".."
+        self.service.statusView.pools = {"db": self.service.pools["db"],
+                                         "other": service.pools["db"]}
+        text = serverStatistics(self.service.statusView)
+        lines = text.splitlines()
+        self.assertEqual(len(lines), 2 + 4 * 6, text)
+        for line in lines:
+            self.assertRegex(line, r"^[^\s]+: [0-9]+$")
+        names = dict(line.split(": ") for line in lines)
+        self.assertEqual(names["sockproxy.requests"], "5")
+        self.assertIn("gw.backend.evil%0Asockproxy.requests:%20999999%0D.0.connected", names)
+        self.assertIn("gw.backend.%2E.0.died", names)
+        self.assertIn("gw.backend.%2E%2E.0.died", names)
+        for name in names:
+            self.assertNotIn("..", name)
+
+    @settings(deadline=None)
+    @given(st.text())
+    def test_labelProperty(self, label: str) -> None:
+        """
+        For every label, L{statisticsLabel} gives one word with no
+        whitespace, control character or empty dot-separated part, from
+        which the label is read back by percent-decoding.
+        """
+        shown = statisticsLabel(label)
+        self.assertEqual(unquoteText(shown, errors="surrogatepass"), label)
+        if label:
+            self.assertTrue(shown.isprintable(), shown)
+            self.assertIsNone(re.search(r"\s", shown))
+            self.assertNotIn("", shown.split("."))
 
     def test_page(self) -> None:
         """

@@ -562,10 +562,31 @@ class _Collector:
                     bytesOut, up, state, routed, drainClosed, checkUp, checks, checkFailures)
 
 
+def statisticsLabel(label: str) -> str:
+    """
+    C{label} as it is written in the counter names of C{/server-statistics}:
+    each C{%}, whitespace or control character (a newline would split the
+    line) as C{%XX} of its UTF-8 bytes, and so is a dot that would leave a
+    part of the name empty (at the start or end of C{label}, or after
+    another dot): C{.} is C{%2E}, C{..} C{%2E%2E}, C{a..b} C{a.%2Eb}.
+    Other labels, such as C{db1.example} or an endpoint string, are kept.
+    """
+    out = []
+    for i, c in enumerate(label):
+        if c == "." and (i == 0 or i == len(label) - 1 or label[i - 1] == "."):
+            out.append("%2E")
+        elif c == "%" or c.isspace() or not c.isprintable():
+            out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def serverStatistics(view: StatusView) -> str:
     """
     lighttpd's mod_status C{statistics-url} text, with its counter names, so
-    that existing scrapers keep working.
+    that existing scrapers keep working: one C{name: value} a line, backend
+    labels written by L{statisticsLabel}.
 
     Backends with the same label in several proxies are summed, as lighttpd
     merges hosts that share a label.
@@ -579,7 +600,7 @@ def serverStatistics(view: StatusView) -> str:
     add("gw.active-requests", 0)
     for pool in view.pools.values():
         for b in pool.backends:
-            label = redactEndpoint(b.label)
+            label = statisticsLabel(redactEndpoint(b.label))
             add("sockproxy.requests", b.connected)
             add("gw.active-requests", b.active)
             add(f"gw.backend.{label}.load", b.active)
