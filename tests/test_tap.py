@@ -234,6 +234,22 @@ class CommandLineProxyTests(OptionsTestCase):
         options = self.options()
         self.assertRaises(usage.UsageError, options.parseOptions, ["--lisen", "tcp:1"])
 
+    def test_conflicts(self) -> None:
+        """
+        C{--config} twice is a usage error naming both files (not "the last
+        one wins"); C{--check} with C{--print-toml} is one line asking for
+        one of them.
+        """
+        path = self.writeConfig()
+        error = self.assertRaises(
+            usage.UsageError, self.options().parseOptions, ["--config", path, "-c", "b.toml"]
+        )
+        self.assertEqual(str(error), f"--config given twice ({path!r} and 'b.toml')")
+        self.assertEqual(
+            self.problemLines(["--config", path, "--check", "--print-toml"]),
+            ["--check and --print-toml: give one of them"],
+        )
+
 
 class HelpTests(SynchronousTestCase):
     """

@@ -90,7 +90,19 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_config(self, path: str) -> None:
+        # (The help text is optParameters'.)  Twice is a mistake, not "the
+        # last one wins".
+        if self["config"] is not None:
+            raise usage.UsageError(f"--config given twice ({self['config']!r} and {path!r})")
+        self["config"] = path
+
+    opt_c = opt_config
+
     def postOptions(self) -> None:
+        if self["check"] and self["print-toml"]:
+            print("sockproxy: --check and --print-toml: give one of them", file=self.stderr)
+            raise SystemExit(1)
         try:
             self["configObject"] = self.buildConfig()
         except ConfigError as e:
