@@ -205,6 +205,18 @@ class DrainTests(SynchronousTestCase):
         self.assertIn("backend a drained: 1 session(s) still open after 30s closed",
                       formatEvent(events[0]))
 
+    def test_drainedBeforeDeadline(self) -> None:
+        """
+        A backend whose sessions all ended before the deadline is not
+        warned about at the deadline.
+        """
+        proxy = Proxy(labels=("a",), protection=Protection(drainTimeout=5))
+        proxy.pool.setAdminState(proxy.backends["a"], "draining")
+        with capturedLogs() as events:
+            proxy.clock.advance(5)
+        self.assertEqual([formatEvent(e) for e in events], [])
+        self.assertEqual(proxy.backends["a"].drainClosed, 0)
+
     def test_explicitDeadlineAndCancel(self) -> None:
         """
         A deadline given with the drain replaces the proxy's; enabling the

@@ -919,6 +919,9 @@ class BackendPool:
             s for s in list(self.sessions.open)
             if s.backend is backend and not s.finished
         ]
+        if not closing:
+            # Drained by itself: nothing to warn about.
+            return
         backend.drainClosed += len(closing)
         self.log.warn(
             "proxy {proxy}: backend {label} drained: {count} session(s) still open after "
