@@ -736,6 +736,51 @@ class FailoverTests(SynchronousTestCase):
             self.assertEqual(allDown(list(events)), 2)
 
 
+class _BrokenBalancer:
+    """
+    A balancer plugin with a bug: it raises.
+    """
+
+    wantsServerName = False
+
+    def choose(
+        self, candidates: Sequence[IBackendInfo], connection: IConnectionInfo
+    ) -> Optional[IBackendInfo]:
+        raise RuntimeError("broken plugin")
+
+
+class StartFailureTests(SynchronousTestCase):
+    """
+    A session whose start raises (a bug, here a balancer plugin's) does not
+    leave its client connection open.
+    """
+
+    def test_clientClosedAndSessionEnds(self) -> None:
+        """
+        The client is closed at once, the error logged (with its traceback)
+        at a bounded rate, and the session ends as its connection goes: no
+        active session, connect or slot left.
+        """
+        proxy = Proxy(balancer=_BrokenBalancer())
+        with capturedLogs() as events:
+            clients = [proxy.accept() for _ in range(15)]
+        for client, ct in clients:
+            self.assertTrue(ct.aborted)
+            assert client.session is not None
+            self.assertEqual(client.session.ended, "internal error")
+            client.connectionLost(lost(clean=False))
+        self.assertEqual(proxy.pool.active, 0)
+        self.assertEqual(proxy.factory.sessions.open, set())
+        self.assertEqual(proxy.endpoints["a"].attempts, [])
+        self.assertEqual(len(events), 10)
+        self.assertEqual(
+            formatEvent(events[0]),
+            "proxy test: session of 127.0.0.2:40000 failed to start: closed",
+        )
+        self.assertIsInstance(events[0]["log_failure"].value, RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 10)
+
+
 class TimeoutTests(SynchronousTestCase):
     """
     Idle and half-closed timeouts.

@@ -321,6 +321,8 @@ class ProxyFactory(ServerFactory):
         # at a bounded rate.
         self.proxyHeader = isProxyProtocolListen(listen)
         self.headerLog = RateLimitedLog(reactor, Session.log, "bad PROXY protocol headers")
+        # Sessions that raised while starting (a bug): each client closed.
+        self.startLog = RateLimitedLog(reactor, Session.log, "sessions that failed to start")
         self.usePool(pool)
 
     def refuseHeader(self, transport: Any, why: str, peer: Optional[IAddress] = None) -> None:
@@ -464,7 +466,26 @@ class FrontendProtocol(SideProducer, Protocol):
             )
             return
         self.session = Session(self.factory, self, skt)
-        self.session.start()
+        self._start(self.session)
+
+    def _start(self, session: Session) -> None:
+        """
+        Start C{session}.  Should that raise (a bug), its client is closed,
+        which ends the session (its counts and slots given back), and the
+        error logged at a bounded rate: left open, the connection would
+        hold its descriptor and its place among the sessions for good.
+        """
+        try:
+            session.start()
+        except Exception:
+            session.ended = session.ended or "internal error"
+            self.factory.startLog.emit(
+                LogLevel.critical, "proxy {proxy}: session of {client} failed to start: closed",
+                proxy=self.factory.pool.name, client=formatAddress(session.connection.peer),
+                log_failure=Failure(),
+            )
+            if not session.clientGone:
+                self.transport.abortConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is None:
@@ -492,7 +513,7 @@ class FrontendProtocol(SideProducer, Protocol):
             if header.destination is not None:
                 session.connection.local = header.destination
         self.session = session
-        session.start()
+        self._start(session)
         if session.handshaking:
             # Over TLS the header came after the handshake.
             session.handshakeCompleted()
