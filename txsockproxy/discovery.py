@@ -319,9 +319,7 @@ class StreamResolver:
         """
         if connection.dropped:
             return
-        connection.dropped = True
         self.badMessages += 1
-        self.connectionLost(connection)
         transport: Any = connection.transport
         peer: Any = transport.getPeer() if transport is not None else None
         self._badLog.emit(
@@ -329,8 +327,7 @@ class StreamResolver:
             "DNS server {server} sent {what}: dropping its connection",
             server=f"{peer.host}:{peer.port}" if peer is not None else "?", what=what,
         )
-        if transport is not None:
-            transport.abortConnection()
+        self._drop(connection)
 
     def dropConnection(self, connection: _Connection) -> None:
         """
@@ -340,8 +337,11 @@ class StreamResolver:
         """
         if connection.dropped:
             return
-        connection.dropped = True
         self.timedOut += 1
+        self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.dropped = True
         self.connectionLost(connection)
         transport: Any = connection.transport
         if transport is not None:
