@@ -201,7 +201,8 @@ class AvailabilityTests(SynchronousTestCase):
         self.assertEqual(logged, 10)
         self.assertEqual(len(messages(logs, "backend b is down (health check: ")), 1)
         self.assertEqual(messages(logs, "more health-check changes"), [
-            "31 more health-check changes of backend a not logged in the last 60s; now down"
+            "31 more health-check changes of backend a of proxy test not logged in the last 60s; "
+            "now down"
         ])
         self.assertEqual(a.health.state, CHECK_DOWN)
 

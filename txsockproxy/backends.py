@@ -791,7 +791,8 @@ class BackendPool:
         log = self._checkLogs.get(backend)
         if log is None:
             log = self._checkLogs[backend] = RateLimitedLog(
-                self.clock, self.log, f"health-check changes of backend {backend.label}",
+                self.clock, self.log,
+                f"health-check changes of backend {backend.label} of proxy {self.name}",
                 interval=CHECK_LOG_INTERVAL, burst=CHECK_LOG_BURST,
                 now=lambda: "down" if backend.checkDown else "up",
             )
