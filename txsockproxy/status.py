@@ -1295,12 +1295,11 @@ class _StatusChannel(HTTPChannel):
         if self._unsent <= site.maxUnsent:
             return
         site.unreadClosed += 1
-        site.refusals.warn(
-            _siteLog, "clients not reading",
+        self._refused(
+            "clients not reading",
             "status: connection from {client} reset: over {limit} bytes of answers unread "
             "({count} reset so far)",
-            client=_client(self._transport().getPeer()), limit=site.maxUnsent,
-            count=site.unreadClosed,
+            limit=site.maxUnsent, count=site.unreadClosed,
         )
         self.closing = True
         self._cancelDeadline()
@@ -1309,6 +1308,13 @@ class _StatusChannel(HTTPChannel):
         if not getattr(self.transport, "disconnecting", False):
             self.loseConnection()
         self._transport().abortConnection()
+
+    def _refused(self, kind: str, format: str, **kwargs: Any) -> None:
+        # One of the site's refusals of this client, logged at its bounded
+        # rate (see RefusalLog).
+        self.site.refusals.warn(
+            _siteLog, kind, format, client=_client(self._transport().getPeer()), **kwargs
+        )
 
     def refuseBody(self, length: Optional[int]) -> None:
         """
@@ -1320,12 +1326,11 @@ class _StatusChannel(HTTPChannel):
         site = self.site
         site.refusedBodies += 1
         size = f"{length}-byte" if length is not None else "chunked"
-        site.refusals.warn(
-            _siteLog, "request bodies",
+        self._refused(
+            "request bodies",
             "status: request from {client} refused (413): {size} body, over the limit of "
             "{limit} bytes ({count} refused so far)",
-            client=_client(self._transport().getPeer()), size=size, limit=site.maxBodySize,
-            count=site.refusedBodies,
+            size=size, limit=site.maxBodySize, count=site.refusedBodies,
         )
         self._transport().write(_tooLarge(site.maxBodySize))
         self._close()
@@ -1355,12 +1360,11 @@ class _StatusChannel(HTTPChannel):
         if self._partial:
             site = self.site
             site.timedOut += 1
-            site.refusals.warn(
-                _siteLog, "slow requests",
+            self._refused(
+                "slow requests",
                 "status: connection from {client} closed: no whole request within {timeout} s "
                 "({count} closed so far)",
-                client=_client(self._transport().getPeer()), timeout=site.requestTimeout,
-                count=site.timedOut,
+                timeout=site.requestTimeout, count=site.timedOut,
             )
         # An idle keep-alive connection is closed without a word.
         self._close()
